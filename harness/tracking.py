@@ -42,7 +42,23 @@ class Store:
             self.runs_dir.mkdir(parents=True, exist_ok=True)
             self.uri = f"sqlite:///{self.runs_dir / 'mlflow.db'}"
             self.artifact_root = (self.runs_dir / "artifacts").as_uri()
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self.client = self._connect()
+
+    def _connect(self) -> MlflowClient:
+        """A client; a new SQLite file is created and migrated under a file lock, because
+        two processes migrating the same fresh database at once fail."""
+        if self.artifact_root is None:
+            return MlflowClient(tracking_uri=self.uri)
+        import fcntl
+
+        with open(self.runs_dir / ".mlflow.lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                client = MlflowClient(tracking_uri=self.uri)
+                client.search_experiments(max_results=1)  # forces schema creation / migration
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        return client
 
     def __repr__(self) -> str:
         return f"Store({self.uri})"
@@ -126,6 +142,37 @@ class Store:
             return []
         runs = self.client.search_runs([exp_id], filter_string=f"attributes.status = '{status}'", max_results=50000)
         return [r.info.run_id for r in runs]
+
+    # ---- sweep support (harness/sweep.py): reopen a resumed parent, drop a duplicate parent ----------
+    def set_run_status(self, run_id: str, status: str) -> None:
+        """Set a run's status without ending it (a resumed sweep's parent goes back to RUNNING)."""
+        self.client.update_run(run_id, status=status)
+
+    def delete_run(self, run_id: str) -> None:
+        """Soft-delete a run (a parent created by a coordinator that lost the creation race)."""
+        self.client.delete_run(run_id)
+
+    def find_runs(self, experiment: str, filter_string: str = "") -> list[Any]:
+        """Runs (mlflow.entities.Run: .info.run_id/.status/.start_time, .data.tags) matching a filter."""
+        exp_id = self.experiment_id(experiment, create=False)
+        if exp_id is None:
+            return []
+        return list(self.client.search_runs([exp_id], filter_string=filter_string, max_results=50000))
+
+    # ---- lookups for reports/ (added with the report issue) ---------------------------------
+    def run_summary(self, run_id: str) -> dict[str, Any] | None:
+        """{run_id, experiment, status, tags} of one run; None when the store has no such run."""
+        try:
+            run = self.client.get_run(run_id)
+        except Exception:  # MlflowException: not found / malformed id
+            return None
+        exp = self.client.get_experiment(run.info.experiment_id)
+        return {
+            "run_id": run.info.run_id,
+            "experiment": exp.name if exp is not None else None,
+            "status": run.info.status,
+            "tags": dict(run.data.tags),
+        }
 
 
 class RunLogger:

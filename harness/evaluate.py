@@ -1,0 +1,64 @@
+"""Held-out evaluation shared by every implementation (custom core and TRL baseline).
+
+Fixed prompts (the task's eval split) and a fixed sampling seed, so two
+evaluations differ only by the policy. ``eval/kl`` is the summed k1 estimate of
+KL(pi || ref) over sampled responses: an unbiased estimate of the sequence KL.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from harness.ppo import rollout as R
+
+EVAL_SEED = 20240607  # the same sampling noise at every evaluation of every run
+
+
+def eval_prompts(task, n: int) -> list[str]:
+    """The first n held-out prompts, cycling when the split is smaller."""
+    return list(itertools.islice(itertools.cycle(task.eval_prompts), n))
+
+
+@torch.inference_mode()
+def evaluate(
+    policy,
+    ref,
+    tokenizer,
+    task,
+    score_fn: R.ScoreFn,
+    *,
+    n_prompts: int,
+    response_length: int,
+    temperature: float,
+    missing_eos_penalty: float | None,
+    batch_size: int = 128,
+) -> tuple[dict[str, float], list[dict]]:
+    """Returns (metrics, samples): eval/gold, eval/proxy, eval/kl, eval/length (held-out mean tokens)."""
+    was_training = policy.training
+    policy.eval()
+    g = torch.Generator().manual_seed(EVAL_SEED)
+    prompts = eval_prompts(task, n_prompts)
+    gold, proxy, kl, length, samples = [], [], [], [], []
+    for s in range(0, len(prompts), batch_size):
+        ro = R.collect(
+            policy, ref, tokenizer, prompts[s : s + batch_size],
+            max_new_tokens=response_length, temperature=temperature, generator=g,
+            score_fn=score_fn, gold_fn=task.gold, missing_eos_penalty=missing_eos_penalty,
+        )
+        gold.append(ro.gold)
+        proxy.append(ro.scores)
+        kl.append(((ro.logprobs - ro.ref_logprobs) * ro.mask).sum(1))
+        length.append(ro.mask.sum(1))
+        for p, c, sc, gd in zip(ro.prompts, ro.completions, ro.scores.tolist(), ro.gold.tolist(), strict=True):
+            samples.append({"prompt": p, "completion": c, "proxy": sc, "gold": gd})
+    if was_training:
+        policy.train()
+    metrics = {
+        "eval/gold": float(torch.cat(gold).mean()),
+        "eval/proxy": float(torch.cat(proxy).mean()),
+        "eval/kl": float(torch.cat(kl).mean()),
+        "eval/length": float(torch.cat(length).mean()),
+    }
+    return metrics, samples

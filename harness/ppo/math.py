@@ -1,0 +1,352 @@
+"""Pure tensor functions for PPO in RLHF: masked statistics, KL estimators,
+GAE, sequence-level baselines, loss aggregation, clipped policy / value losses.
+
+Everything here is a pure function of tensors (torch only): no modules, no
+optimisers, no config objects, no I/O. Shapes use B = batch (completions),
+T = response tokens, V = vocabulary. A ``mask`` is 1 (or True) on real
+response tokens and 0 on padding; it may be bool or floating point.
+
+Sources of the tricks, cited again where used:
+- TRL ``experimental/ppo/ppo_trainer.py`` (masked mean / var / whiten, approxkl, clipfrac).
+- cleanRL ``ppo.py`` (pg_loss1 / pg_loss2, v_loss_clipped, explained variance).
+- Huang et al. 2023, "The N implementation details of RLHF with PPO" (whitening, value clipping).
+- J. Schulman, "Approximating KL divergence" (2020 note): k1 / k2 / k3 estimators.
+- veRL ``trainer/ppo/core_algos.py`` ``agg_loss`` (loss_agg_mode names and semantics).
+- Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization..." (RLOO).
+- Shao et al. 2024, DeepSeekMath (GRPO group normalisation).
+- Liu et al. 2025, "Understanding R1-Zero-Like Training" (Dr. GRPO: no std division).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "AGG_MODES",
+    "BASELINES",
+    "KL_ESTIMATORS",
+    "aggregate",
+    "entropy_from_logits",
+    "explained_variance",
+    "gae",
+    "kl_penalty",
+    "masked_mean",
+    "masked_var",
+    "masked_whiten",
+    "policy_loss",
+    "sequence_advantages",
+    "value_loss",
+]
+
+KL_ESTIMATORS = ("k1", "k2", "k3")
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
+BASELINES = ("none", "batch_mean", "rloo", "group_norm", "group_mean", "value")
+
+# Added to the variance before rsqrt in whitening (TRL masked_whiten) and to the
+# group std in group_norm (TRL GRPOTrainer / DeepSeekMath): keeps a constant
+# batch / group finite instead of dividing by zero.
+_EPS = 1e-8
+
+
+# --------------------------------------------------------------------------- masked statistics
+
+
+def _masked_terms(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """x * mask with masked-out positions forced to exactly 0, and the mask broadcast to it.
+
+    torch.where (rather than a bare product) keeps a non-finite value at a padded
+    position (e.g. a -inf logprob) from turning the sum into NaN: 0 * inf = nan.
+    """
+    m = mask.to(x.dtype)
+    xm = torch.where(m != 0, x * m, torch.zeros((), dtype=x.dtype, device=x.device))
+    return xm, torch.broadcast_to(m, xm.shape)
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | tuple[int, ...] | None = None) -> Tensor:
+    """Mean of ``x`` over the positions where ``mask`` is non-zero.
+
+    x: any shape; mask: broadcastable to x (bool or float weights).
+    dim: None -> scalar over all elements; an int / tuple -> reduced over those dims.
+    Returns 0 (not NaN) wherever the mask sums to 0.
+    """
+    # mean = sum(x * m) / sum(m)      (TRL masked_mean, made safe for an empty mask)
+    xm, m = _masked_terms(x, mask)
+    num = xm.sum() if dim is None else xm.sum(dim=dim)
+    den = m.sum() if dim is None else m.sum(dim=dim)
+    empty = den == 0
+    return torch.where(empty, torch.zeros_like(num), num / torch.where(empty, torch.ones_like(den), den))
+
+
+def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
+    """Variance of ``x`` over all masked elements (a scalar).
+
+    x: any shape; mask: broadcastable to x.
+    unbiased=True applies Bessel's correction n / (n - 1) with n = sum(mask), as TRL's
+    masked_var; it raises ValueError when n < 2 (TRL would divide by zero and return NaN).
+    unbiased=False with an empty mask returns 0.
+    """
+    # var = mean_m((x - mean_m(x))^2) * n / (n - 1)      (TRL masked_var)
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    if unbiased:
+        n = torch.broadcast_to(mask.to(x.dtype), torch.broadcast_shapes(x.shape, mask.shape)).sum()
+        if n < 2:  # one host sync; same as TRL's `if mask_sum == 0` check
+            raise ValueError(f"masked_var(unbiased=True) needs at least 2 masked elements, got {float(n):g}")
+        var = var * (n / (n - 1))
+    return var
+
+
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
+    """Whiten ``x`` with the mean and (unbiased) variance of its masked elements.
+
+    x: any shape (typically (B, T) advantages); mask: broadcastable to x. Returns x's shape.
+    As in TRL, the same affine map is applied to EVERY position: positions where mask
+    is 0 are transformed too, not zeroed. Multiply by the mask if you need zeros there.
+    shift_mean=False adds the mean back (only rescales), as TRL does for rewards.
+    """
+    # x_w = (x - mu) / sqrt(var + 1e-8);  if not shift_mean: x_w += mu
+    # (TRL masked_whiten; advantage whitening: "The N implementation details of RLHF with PPO")
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    whitened = (x - mean) * torch.rsqrt(var + _EPS)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened
+
+
+# --------------------------------------------------------------------------- KL estimators
+
+
+def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str) -> Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from samples of pi.
+
+    logprobs, ref_logprobs: (B, T) log-probs of the sampled tokens under pi and pi_ref.
+    estimator: "k1" | "k2" | "k3" (Schulman, "Approximating KL divergence").
+    Returns (B, T). No masking: multiply by the response mask before summing.
+    k1 is unbiased but can be negative per token; k2 and k3 are >= 0; k3 is unbiased
+    with low variance. Unlike veRL we do not clamp k3.
+    """
+    log_ratio = logprobs - ref_logprobs  # log pi/pi_ref, (B, T)
+    if estimator == "k1":
+        return log_ratio  # k1 = log(p/q)
+    if estimator == "k2":
+        return 0.5 * log_ratio**2  # k2 = 0.5 * (log(p/q))^2
+    if estimator == "k3":
+        d = -log_ratio  # d = log(q/p)
+        # k3 = q/p - 1 - log(q/p) = expm1(d) - d; expm1 keeps precision when d ~ 0 (and k3 >= 0)
+        return torch.expm1(d) - d
+    raise ValueError(f"unknown KL estimator {estimator!r}; expected one of {KL_ESTIMATORS}")
+
+
+# --------------------------------------------------------------------------- advantages
+
+
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+    """Generalized advantage estimation over response tokens (Schulman et al. 2016).
+
+    rewards, values, mask: (B, T). mask is 1 on real response tokens, a prefix of each
+    row (up to and including EOS), 0 after; the state after the last real token is
+    terminal, so its value is taken as 0 (whatever ``values`` holds there).
+    Returns (advantages, returns), both (B, T), zero where mask is 0;
+    returns = advantages + values. Vectorised over B, one reverse loop over T.
+    Call under torch.no_grad() (or pass detached tensors) in a PPO loop.
+    """
+    m = mask.to(values.dtype)
+    B, T = values.shape
+    zero = values.new_zeros(B)
+    next_value, next_adv = zero, zero  # V(s_T) = 0, A_T = 0: terminal after the last column
+    advs_reversed = []
+    for t in reversed(range(T)):
+        # delta_t = r_t + gamma * V(s_{t+1}) * m_{t+1} - V(s_t)      (TRL PPOTrainer, cleanRL)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        # A_t = delta_t + gamma * lam * A_{t+1}; zeroed on padding so it cannot leak backwards
+        adv_t = (delta + gamma * lam * next_adv) * m[:, t]
+        advs_reversed.append(adv_t)
+        next_value, next_adv = values[:, t] * m[:, t], adv_t
+    advantages = torch.stack(advs_reversed[::-1], dim=1)  # (B, T)
+    returns = (advantages + values) * m  # R_t = A_t + V(s_t)    (TRL: returns = advantages + values)
+    return advantages, returns
+
+
+def sequence_advantages(
+    returns: Tensor,
+    baseline: str,
+    group_size: int = 1,
+    values: Tensor | None = None,
+) -> Tensor:
+    """Sequence-level (bandit) advantages: one scalar return per completion minus a baseline.
+
+    returns: (B,), laid out group by group: completions [g*k, (g+1)*k) share a prompt,
+    k = group_size, and B % k must be 0. values: (B,), only for baseline "value".
+    baseline:
+      "none"        A_i = R_i
+      "batch_mean"  A_i = R_i - mean_j R_j
+      "rloo"        A_i = R_i - (sum_group R - R_i) / (k - 1)     (Ahmadian et al. 2024)
+      "group_norm"  A_i = (R_i - mean_g) / (std_g + 1e-8), std_g the UNBIASED (n - 1)
+                    group std, as torch.std and TRL's GRPOTrainer (DeepSeekMath GRPO)
+      "group_mean"  A_i = R_i - mean_g                              (Dr. GRPO, Liu et al. 2025)
+      "value"       A_i = R_i - values_i
+    The group baselines ("rloo", "group_norm", "group_mean") need group_size >= 2: with
+    one completion per prompt they are undefined (rloo, unbiased std) or identically 0.
+    Returns (B,). Broadcast to tokens with ``adv[:, None] * mask``.
+    """
+    if returns.dim() != 1:
+        raise ValueError(f"returns must be 1-D (B,), got shape {tuple(returns.shape)}")
+    B = returns.shape[0]
+    if group_size < 1 or B % group_size != 0:
+        raise ValueError(f"batch size {B} is not a multiple of group_size {group_size}")
+    if baseline == "none":
+        return returns.clone()
+    if baseline == "batch_mean":
+        return returns - returns.mean()  # A_i = R_i - mean(R)
+    if baseline == "value":
+        if values is None or values.shape != returns.shape:
+            got = None if values is None else tuple(values.shape)
+            raise ValueError(f"baseline 'value' needs values of shape {tuple(returns.shape)}, got {got}")
+        return returns - values  # A_i = R_i - V(x_i)
+    if baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; expected one of {BASELINES}")
+    if group_size < 2:
+        raise ValueError(f"baseline {baseline!r} needs group_size >= 2, got {group_size}")
+    k = group_size
+    grouped = returns.view(B // k, k)  # (G, k)
+    if baseline == "rloo":
+        # leave-one-out mean of the other k-1 completions (Ahmadian et al. 2024, RLOO)
+        loo = (grouped.sum(dim=1, keepdim=True) - grouped) / (k - 1)  # (G, k)
+        return (grouped - loo).reshape(B)
+    mean = grouped.mean(dim=1, keepdim=True)  # (G, 1)
+    if baseline == "group_mean":
+        return (grouped - mean).reshape(B)  # Dr. GRPO: no std division
+    # group_norm: GRPO (DeepSeekMath); torch.std is unbiased (n - 1), as TRL GRPOTrainer
+    std = grouped.std(dim=1, keepdim=True)  # (G, 1)
+    return ((grouped - mean) / (std + _EPS)).reshape(B)
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def aggregate(loss_mat: Tensor, mask: Tensor, agg: str) -> Tensor:
+    """Reduce a per-token loss matrix to a scalar (veRL ``agg_loss`` / loss_agg_mode).
+
+    loss_mat, mask: (B, T). agg:
+      "token-mean"           sum_{b,t} l*m / sum_{b,t} m            (every token weighs the same)
+      "seq-mean-token-mean"  (1/B) sum_b [ sum_t l*m / sum_t m ]    (every sequence weighs the same)
+      "seq-mean-token-sum"   (1/B) sum_b sum_t l*m                  (Dr. GRPO-style, no length norm)
+    The seq-mean modes divide by B, all rows; a row with an empty mask contributes 0
+    (veRL would give NaN for seq-mean-token-mean there).
+    Returns a 0-dim tensor.
+    """
+    if agg == "token-mean":
+        return masked_mean(loss_mat, mask)
+    if agg == "seq-mean-token-mean":
+        return masked_mean(loss_mat, mask, dim=-1).mean()  # (B,) -> ()
+    if agg == "seq-mean-token-sum":
+        lm, _ = _masked_terms(loss_mat, mask)
+        return lm.sum(dim=-1).mean()  # (B,) -> ()
+    raise ValueError(f"unknown loss aggregation {agg!r}; expected one of {AGG_MODES}")
+
+
+def policy_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_eps: float,
+    agg: str,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO clipped surrogate, as a loss to MINIMISE (Schulman et al. 2017; cleanRL naming).
+
+    logprobs: (B, T) log-probs of the taken tokens under the current policy (with grad).
+    old_logprobs: (B, T) the same under the rollout policy (no grad).
+    advantages: (B, T), or (B, 1) for sequence-level advantages (broadcast).
+    mask: (B, T). clip_eps: epsilon. agg: see ``aggregate``.
+    Returns (loss, stats); stats are detached 0-dim tensors:
+      "approxkl"   0.5 * masked_mean((logp - old)^2)   (TRL; k2 of the new vs old policy)
+      "clipfrac"   masked_mean(pg_loss2 > pg_loss1)    (TRL / cleanRL)
+      "ratio_mean" masked_mean(ratio)
+    Padded positions get log-ratio 0 (TRL fills them with INVALID_LOGPROB for the same
+    reason), so a non-finite logprob there cannot put NaN into the loss or its gradient.
+    """
+    valid = mask != 0
+    log_ratio = (logprobs - old_logprobs).masked_fill(~valid, 0.0)  # (B, T)
+    ratio = torch.exp(log_ratio)  # r_t = pi(a_t|s_t) / pi_old(a_t|s_t)
+    # L = max(-A * r, -A * clip(r, 1 - eps, 1 + eps))      (cleanRL pg_loss1 / pg_loss2)
+    pg_loss1 = -advantages * ratio
+    pg_loss2 = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    pg_losses = torch.max(pg_loss1, pg_loss2)  # (B, T)
+    loss = aggregate(pg_losses, mask, agg)
+    with torch.no_grad():
+        stats = {
+            "approxkl": 0.5 * masked_mean(log_ratio**2, mask),  # TRL approxkl
+            "clipfrac": masked_mean((pg_loss2 > pg_loss1).to(ratio.dtype), mask),
+            "ratio_mean": masked_mean(ratio, mask),
+        }
+    return loss, {k: v.detach() for k, v in stats.items()}
+
+
+def value_loss(
+    values: Tensor,
+    old_values: Tensor,
+    returns: Tensor,
+    mask: Tensor,
+    clip: float | None,
+    agg: str,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clipped value loss (cleanRL v_loss_clipped; "The N implementation details of RLHF with PPO").
+
+    values: (B, T) current predictions (with grad); old_values: (B, T) rollout predictions;
+    returns: (B, T) targets; mask: (B, T). clip: max change of V from old_values, or None
+    for the plain squared error. agg: see ``aggregate``.
+    Returns (loss, stats); stats are detached 0-dim tensors:
+      "clipfrac"   masked_mean(v_loss_clipped > v_loss_unclipped)   (TRL vf_clipfrac)
+      "value_mean" masked_mean(values)
+    """
+    v_loss_unclipped = (values - returns) ** 2  # (B, T)
+    if clip is None:
+        v_loss_max = v_loss_unclipped
+        clipfrac = values.new_zeros(())
+    else:
+        if clip < 0:
+            raise ValueError(f"value clip must be >= 0 or None, got {clip}")
+        # V_clipped = V_old + clip(V - V_old, -c, c);  L = 0.5 * max((V - R)^2, (V_clipped - R)^2)
+        v_clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+        v_loss_clipped = (v_clipped - returns) ** 2
+        v_loss_max = torch.max(v_loss_unclipped, v_loss_clipped)
+        clipfrac = masked_mean((v_loss_clipped > v_loss_unclipped).to(values.dtype), mask)
+    loss = 0.5 * aggregate(v_loss_max, mask, agg)
+    stats = {"clipfrac": clipfrac.detach(), "value_mean": masked_mean(values.detach(), mask)}
+    return loss, stats
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Entropy of softmax(logits) along the last dim.
+
+    logits: (B, T, V) (any leading shape). Returns (B, T).
+    Computed in the logits' dtype (upcast bf16 logits first if you need precision).
+    """
+    # H = logsumexp(z) - sum_v softmax(z)_v * z_v   (TRL / veRL entropy_from_logits), with
+    # z = logits - max(logits): H is shift-invariant and the shift keeps lse - E[z] from
+    # cancelling catastrophically for large logits. The max is detached (gradient unchanged).
+    z = logits - logits.amax(dim=-1, keepdim=True).detach()
+    p = torch.softmax(z, dim=-1)
+    # -inf logits (masked vocabulary) have p = 0; use z = 0 there so 0 * -inf is never formed
+    z_safe = torch.where(p > 0, z, torch.zeros((), dtype=z.dtype, device=z.device))
+    return torch.logsumexp(z, dim=-1) - (p * z_safe).sum(dim=-1)
+
+
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
+    """Fraction of the variance of the returns that the value predictions explain.
+
+    values, returns, mask: (B, T). Returns a detached 0-dim tensor:
+    1 is perfect, 0 is no better than a constant, negative is worse. NaN when the masked
+    returns have zero variance (or the mask is empty): the ratio is undefined (as cleanRL).
+    """
+    # ev = 1 - Var[R - V] / Var[R]     (cleanRL explained_var; biased variances, ratio unchanged)
+    with torch.no_grad():
+        var_r = masked_var(returns, mask, unbiased=False)
+        var_res = masked_var(returns - values, mask, unbiased=False)
+        nan = torch.full_like(var_r, float("nan"))
+        return torch.where(var_r == 0, nan, 1.0 - var_res / var_r)

@@ -1,0 +1,234 @@
+"""Rollout: sample responses with the KV cache, mask after EOS, and score them.
+
+Everything here runs under ``torch.inference_mode``; the update recomputes what
+it differentiates. Layout: prompts are left-padded to P tokens, responses are
+right-padded to T tokens, so a full sequence is ``(B, P + T)`` and the logits
+predicting response token t sit at position ``P - 1 + t``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Rollout:
+    prompts: list[str]
+    completions: list[str]
+    prompt_ids: torch.Tensor  # (B, P) left-padded
+    prompt_mask: torch.Tensor  # (B, P) 1 on real prompt tokens
+    response_ids: torch.Tensor  # (B, T) pad after EOS
+    mask: torch.Tensor  # (B, T) float, 1 on response tokens up to and including EOS
+    has_eos: torch.Tensor  # (B,) bool
+    logprobs: torch.Tensor  # (B, T) sampling logprobs at the temperature (the "old" policy)
+    entropy: torch.Tensor  # (B, T) entropy of the sampling distribution
+    ref_logprobs: torch.Tensor | None = None  # (B, T)
+    values: torch.Tensor | None = None  # (B, T) V(s_t), state before response token t
+    scores: torch.Tensor | None = None  # (B,) optimised reward (proxy or gold), EOS penalty applied
+    gold: torch.Tensor | None = None  # (B,) task gold reward
+
+    @property
+    def size(self) -> int:
+        return self.response_ids.shape[0]
+
+    def inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return sequence_inputs(self.prompt_ids, self.prompt_mask, self.response_ids)
+
+    def select(self, idx: torch.Tensor) -> Rollout:
+        """Rows ``idx`` of every tensor field (lists follow)."""
+        out = {}
+        for k, v in self.__dict__.items():
+            if isinstance(v, torch.Tensor):
+                out[k] = v[idx]
+            elif isinstance(v, list):
+                out[k] = [v[i] for i in idx.tolist()]
+            else:
+                out[k] = v
+        return Rollout(**out)
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompt ids and mask, (B, P)."""
+    rows = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+def sequence_inputs(prompt_ids, prompt_mask, response_ids):
+    """(input_ids, attention_mask, position_ids) for the full (B, P + T) sequence.
+
+    Response positions are all attended (tokens after EOS only see themselves
+    causally and are masked out of every loss), which avoids fully-masked rows.
+    """
+    input_ids = torch.cat([prompt_ids, response_ids], dim=1)  # (B, P+T)
+    attn = torch.cat([prompt_mask, torch.ones_like(response_ids)], dim=1)  # (B, P+T)
+    position_ids = (attn.cumsum(1) - 1).clamp(min=0)  # left padding shifts positions
+    return input_ids, attn, position_ids
+
+
+def response_mask(response_ids: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask 1 up to and including the first EOS, 0 after; and whether an EOS occurred. (B, T)."""
+    is_eos = response_ids == eos_id  # (B, T)
+    after = (is_eos.cumsum(1) - is_eos.long()) > 0  # strictly after the first EOS
+    return (~after).float(), is_eos.any(1)
+
+
+@torch.inference_mode()
+def sample(
+    policy,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    eos_id: int,
+    pad_id: int,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample T tokens with the KV cache straight from the logits.
+
+    Returns (response_ids, mask, has_eos, logprobs, entropy); logprobs and entropy
+    are those of the distribution actually sampled from (logits / temperature).
+    """
+    B = prompt_ids.shape[0]
+    position_ids = (prompt_mask.cumsum(1) - 1).clamp(min=0)
+    out = policy(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids, use_cache=True)
+    past = out.past_key_values
+    logits = out.logits[:, -1, :]  # (B, V)
+    attn = prompt_mask
+    next_pos = position_ids[:, -1:] + 1  # (B, 1)
+    tokens, logps, ents = [], [], []
+    done = torch.zeros(B, dtype=torch.bool)
+    for t in range(max_new_tokens):
+        logp_all = F.log_softmax(logits.float() / temperature, dim=-1)  # (B, V)
+        tok = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)  # (B,)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        logps.append(logp_all.gather(1, tok[:, None]).squeeze(1))
+        ents.append(-(logp_all.exp() * logp_all).sum(-1))
+        tokens.append(tok)
+        done = done | (tok == eos_id)
+        if bool(done.all()) or t == max_new_tokens - 1:
+            break
+        attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype)], dim=1)
+        out = policy(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, past_key_values=past, use_cache=True)
+        past, logits = out.past_key_values, out.logits[:, -1, :]
+        next_pos = next_pos + 1
+    n = len(tokens)
+    response_ids = torch.full((B, max_new_tokens), pad_id, dtype=torch.long)
+    response_ids[:, :n] = torch.stack(tokens, 1)
+    logprobs = torch.zeros((B, max_new_tokens))
+    logprobs[:, :n] = torch.stack(logps, 1)
+    entropy = torch.zeros((B, max_new_tokens))
+    entropy[:, :n] = torch.stack(ents, 1)
+    mask, has_eos = response_mask(response_ids, eos_id)
+    return response_ids, mask, has_eos, logprobs * mask, entropy * mask
+
+
+def forward_logits(model, prompt_ids, prompt_mask, response_ids) -> torch.Tensor:
+    """Logits predicting each response token, (B, T, V). Differentiable; no cache."""
+    input_ids, attn, pos = sequence_inputs(prompt_ids, prompt_mask, response_ids)
+    P = prompt_ids.shape[1]
+    logits = model(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=False).logits
+    return logits[:, P - 1 : -1, :]  # (B, T, V)
+
+
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log pi(token) at the sampling temperature, (B, T)."""
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)  # (B, T, V)
+    return logp.gather(-1, tokens[..., None]).squeeze(-1)
+
+
+def backbone_hidden(model, prompt_ids, prompt_mask, response_ids) -> torch.Tensor:
+    """Last hidden states of a sequence-classification model's trunk, (B, P+T, H)."""
+    input_ids, attn, pos = sequence_inputs(prompt_ids, prompt_mask, response_ids)
+    trunk = getattr(model, model.base_model_prefix)
+    return trunk(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
+
+
+def token_values(value_model, prompt_ids, prompt_mask, response_ids) -> torch.Tensor:
+    """V(s_t) for each response token t: the score head on the state before it, (B, T)."""
+    P = prompt_ids.shape[1]
+    h = backbone_hidden(value_model, prompt_ids, prompt_mask, response_ids)  # (B, P+T, H)
+    return value_model.score(h[:, P - 1 : -1]).squeeze(-1).float()  # (B, T)
+
+
+def sequence_scores(reward_model, prompt_ids, prompt_mask, response_ids, mask) -> torch.Tensor:
+    """Reward-model score at the last real response token (EOS when present), (B,)."""
+    P = prompt_ids.shape[1]
+    h = backbone_hidden(reward_model, prompt_ids, prompt_mask, response_ids)  # (B, P+T, H)
+    last = P + mask.sum(1).long().clamp(min=1) - 1  # (B,)
+    h_last = h[torch.arange(h.shape[0]), last]  # (B, H)
+    return reward_model.score(h_last).squeeze(-1).float()
+
+
+def decode(tokenizer, response_ids: torch.Tensor, mask: torch.Tensor, eos_id: int) -> list[str]:
+    """Completion texts without EOS and padding."""
+    out = []
+    for row, m in zip(response_ids.tolist(), mask.tolist(), strict=True):
+        toks = [t for t, keep in zip(row, m, strict=True) if keep and t != eos_id]
+        out.append(tokenizer.decode(toks, skip_special_tokens=True).strip())
+    return out
+
+
+ScoreFn = Callable[[Rollout], torch.Tensor]
+
+
+@torch.inference_mode()
+def collect(
+    policy,
+    ref,
+    tokenizer,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    generator: torch.Generator,
+    score_fn: ScoreFn,
+    gold_fn: Callable[[list[str], list[str]], list[float]],
+    value_model=None,
+    missing_eos_penalty: float | None = None,
+) -> Rollout:
+    """Steps 1-3 of the loop: sample, score, ref logprobs, values."""
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    pids, pmask = encode_prompts(tokenizer, prompts)
+    rids, mask, has_eos, logprobs, entropy = sample(policy, pids, pmask, max_new_tokens, temperature, eos, pad, generator)
+    ro = Rollout(
+        prompts=list(prompts),
+        completions=decode(tokenizer, rids, mask, eos),
+        prompt_ids=pids,
+        prompt_mask=pmask,
+        response_ids=rids,
+        mask=mask,
+        has_eos=has_eos,
+        logprobs=logprobs,
+        entropy=entropy,
+    )
+    ro.ref_logprobs = logprobs_from_logits(forward_logits(ref, pids, pmask, rids), rids, temperature) * mask
+    if value_model is not None:
+        ro.values = token_values(value_model, pids, pmask, rids) * mask
+    ro.gold = torch.tensor(gold_fn(ro.prompts, ro.completions), dtype=torch.float32)
+    scores = score_fn(ro)
+    if missing_eos_penalty is not None:
+        # N implementation details #23 / TRL missing_eos_penalty: no EOS -> fixed low score
+        scores = torch.where(has_eos, scores, torch.full_like(scores, missing_eos_penalty))
+    ro.scores = scores
+    return ro
+
+
+def make_score_fn(reward_model, task_gold: Callable[[list[str], list[str]], list[float]]) -> ScoreFn:
+    """The optimised reward: the proxy RM's score, or the gold reward when there is no RM."""
+    if reward_model is None:
+        return lambda ro: ro.gold.clone() if ro.gold is not None else torch.tensor(task_gold(ro.prompts, ro.completions))
+
+    def score(ro: Rollout) -> torch.Tensor:
+        return sequence_scores(reward_model, ro.prompt_ids, ro.prompt_mask, ro.response_ids, ro.mask)
+
+    return score

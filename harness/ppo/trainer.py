@@ -1,0 +1,241 @@
+"""The PPO loop, readable top to bottom (DESIGN.md section 2). No MLflow, no CLI, no files.
+
+``PPOState`` holds what persists across iterations; ``ppo_iteration`` runs steps 1-7
+once and returns a flat metrics dict. Both advantage levels, all sequence baselines,
+the three loss aggregations, KL in reward or in loss, fixed or adaptive KL, value
+clipping, entropy bonus, gradient clipping, linear LR decay, minibatches x epochs,
+early stop at target KL and the missing-EOS penalty live here.
+"""
+
+from __future__ import annotations
+
+import math as _math
+import random
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from harness.config import RunConfig
+from harness.models import Models
+from harness.ppo import math as M
+from harness.ppo import rollout as R
+from harness.ppo.variance import probe_gradient_variance
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or statistic became NaN or inf; the message names it and the iteration."""
+
+
+@dataclass
+class PPOState:
+    iteration: int
+    kl_coef: float
+    episodes: int
+    rng: random.Random  # prompt sampling
+    generator: torch.Generator  # token sampling and minibatch shuffles
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    params: list[torch.nn.Parameter] = field(default_factory=list)
+
+
+def init_state(cfg: RunConfig, models: Models) -> PPOState:
+    torch.manual_seed(cfg.seed)
+    params = [p for p in models.policy.parameters() if p.requires_grad]
+    if models.value is not None:
+        params += [p for p in models.value.parameters() if p.requires_grad]
+    # Adam eps 1e-5 (cleanRL; N implementation details: the eps matters for early approx-KL)
+    opt = torch.optim.Adam(params, lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps)
+    n = cfg.train.iterations
+    # linear decay to 0 over the run (cleanRL anneal_lr): lr_i = lr * (1 - i / n)
+    decay = (lambda i: max(0.0, 1.0 - i / n)) if cfg.ppo.lr_decay else (lambda i: 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, decay)
+    return PPOState(
+        iteration=0,
+        kl_coef=cfg.kl.coef,
+        episodes=0,
+        rng=random.Random(cfg.seed),
+        generator=torch.Generator().manual_seed(cfg.seed),
+        optimizer=opt,
+        scheduler=sched,
+        params=params,
+    )
+
+
+def response_length(cfg: RunConfig, models: Models) -> int:
+    return cfg.task.response_length or models.task.response_length
+
+
+def _check(name: str, value: torch.Tensor, it: int) -> None:
+    if not torch.isfinite(value).all():
+        raise NonFiniteError(f"{name} became {float(value)} at iteration {it}")
+
+
+def ppo_iteration(cfg: RunConfig, models: Models, st: PPOState, score_fn: R.ScoreFn) -> dict[str, float]:
+    """One PPO iteration: rollout, score, KL, advantages, update. Returns metrics."""
+    st.iteration += 1
+    it = st.iteration
+    B, k, temp = cfg.rollout.batch_size, cfg.rollout.group_size, cfg.rollout.temperature
+    token_level = cfg.advantage.level == "token"
+    use_value = models.value is not None
+    t_start = time.perf_counter()
+
+    # 1. rollout: B / k prompts, each sampled k times (contiguous groups)
+    prompts = [st.rng.choice(models.task.train_prompts) for _ in range(B // k)]
+    batch = [p for p in prompts for _ in range(k)]
+    models.policy.eval()
+    # 2. score (proxy RM or gold, missing-EOS penalty) and 3. ref logprobs + values
+    ro = R.collect(
+        models.policy,
+        models.ref,
+        models.tokenizer,
+        batch,
+        max_new_tokens=response_length(cfg, models),
+        temperature=temp,
+        generator=st.generator,
+        score_fn=score_fn,
+        gold_fn=models.task.gold,
+        value_model=models.value,
+        missing_eos_penalty=cfg.train.missing_eos_penalty,
+    )
+    t_rollout = time.perf_counter() - t_start
+    mask = ro.mask  # (B, T)
+    n_tokens = mask.sum(1)  # (B,)
+    last = n_tokens.long().clamp(min=1) - 1  # (B,) index of EOS / last real token
+    rows = torch.arange(B)
+
+    # 4. rewards + KL: per token (MDP) or one scalar per sequence (bandit)
+    kl = M.kl_penalty(ro.logprobs, ro.ref_logprobs, cfg.kl.estimator) * mask  # (B, T)
+    seq_kl = kl.sum(1)  # (B,)
+    beta = st.kl_coef if cfg.kl.placement == "reward" else 0.0
+    vmask = mask
+    if token_level:
+        # r_t = -beta * kl_t on every response token, + score on the last real one (TRL, N details)
+        rewards = -beta * kl  # (B, T)
+        rewards[rows, last] += ro.scores
+        # 5. GAE(gamma, lambda); returns = advantages + values
+        adv, returns = M.gae(rewards, ro.values, mask, cfg.advantage.gamma, cfg.advantage.lam)
+        adv_raw = adv
+        if cfg.advantage.whiten:
+            adv = M.masked_whiten(adv, mask) * mask  # N details: whiten advantages over the batch
+        seq_return = rewards.sum(1)
+    else:
+        # R = score - beta * sum_t kl_t, one action per completion (Ahmadian et al. 2024)
+        seq_return = ro.scores - beta * seq_kl  # (B,)
+        v0 = ro.values[:, 0] if cfg.advantage.baseline == "value" else None  # V(prompt)
+        a_seq = M.sequence_advantages(seq_return, cfg.advantage.baseline, k, values=v0)  # (B,)
+        adv_raw = a_seq[:, None] * mask
+        if cfg.advantage.whiten:
+            # scale only: centring here would turn baseline "none" into "batch_mean"
+            a_seq = a_seq / (a_seq.std() + 1e-8)
+        adv = a_seq[:, None] * mask  # broadcast to every token
+        # the sequence value baseline regresses R from the prompt state only
+        returns = seq_return[:, None] * mask
+        vmask = torch.zeros_like(mask)
+        vmask[:, 0] = 1.0
+    _check("adv/mean", adv_raw.sum(), it)
+
+    # 6. epochs x minibatches of the clipped surrogate (+ value loss, entropy, KL-in-loss)
+    t_update = time.perf_counter()
+    probe_stats = {}
+    if cfg.probe.every and (it - 1) % cfg.probe.every == 0:
+        models.policy.train()
+        probe_stats = probe_gradient_variance(
+            models.policy, ro, adv, cfg.ppo.clip_eps, cfg.loss.agg, temp, cfg.probe.microbatches, st.generator
+        )
+    models.policy.train()
+    mb = B // cfg.ppo.minibatches
+    sums: dict[str, float] = {}
+    count = 0
+    stopped_early = 0.0
+    for _epoch in range(cfg.ppo.epochs):
+        perm = torch.randperm(B, generator=st.generator)
+        epoch_kl, epoch_n = 0.0, 0
+        for s in range(0, B, mb):
+            idx = perm[s : s + mb]
+            m_mask = mask[idx]
+            logits = R.forward_logits(models.policy, ro.prompt_ids[idx], ro.prompt_mask[idx], ro.response_ids[idx])
+            new_logp = R.logprobs_from_logits(logits, ro.response_ids[idx], temp)  # (b, T)
+            pg_loss, pst = M.policy_loss(new_logp, ro.logprobs[idx], adv[idx], m_mask, cfg.ppo.clip_eps, cfg.loss.agg)
+            loss = pg_loss
+            if cfg.ppo.entropy_coef > 0:
+                ent = M.aggregate(M.entropy_from_logits(logits.float() / temp), m_mask, cfg.loss.agg)
+                loss = loss - cfg.ppo.entropy_coef * ent
+            if cfg.kl.placement == "loss" and st.kl_coef > 0:
+                # KL as a loss term (GRPO-style): beta * agg(kl(pi_theta, pi_ref))
+                kl_tok = M.kl_penalty(new_logp, ro.ref_logprobs[idx], cfg.kl.estimator)
+                loss = loss + st.kl_coef * M.aggregate(kl_tok, m_mask, cfg.loss.agg)
+            v_loss = torch.zeros(())
+            vst = {"clipfrac": torch.zeros(())}
+            if use_value:
+                v_new = R.token_values(models.value, ro.prompt_ids[idx], ro.prompt_mask[idx], ro.response_ids[idx])
+                v_loss, vst = M.value_loss(
+                    v_new, ro.values[idx], returns[idx], vmask[idx], cfg.ppo.value_clip, cfg.loss.agg
+                )
+                loss = loss + cfg.ppo.vf_coef * v_loss
+            _check("loss/policy", pg_loss.detach(), it)
+            _check("loss/value", v_loss.detach(), it)
+            st.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            max_norm = cfg.ppo.max_grad_norm if cfg.ppo.max_grad_norm is not None else _math.inf
+            gnorm = torch.nn.utils.clip_grad_norm_(st.params, max_norm)
+            _check("grad/norm", gnorm, it)
+            st.optimizer.step()
+            logged = [
+                ("policy/approxkl_avg", pst["approxkl"]),
+                ("policy/clipfrac_avg", pst["clipfrac"]),
+                ("loss/policy_avg", pg_loss),
+                ("grad/norm", gnorm),
+            ]
+            if use_value:
+                logged += [("loss/value_avg", v_loss), ("val/clipfrac_avg", vst["clipfrac"])]
+            for key, val in logged:
+                sums[key] = sums.get(key, 0.0) + float(val.detach())
+            count += 1
+            epoch_kl += float(pst["approxkl"])
+            epoch_n += 1
+        # early stop on the epoch's mean approx KL (cleanRL target_kl)
+        if cfg.ppo.target_kl is not None and epoch_kl / epoch_n > cfg.ppo.target_kl:
+            stopped_early = 1.0
+            break
+    st.scheduler.step()
+    models.policy.eval()
+    t_end = time.perf_counter()
+
+    # adaptive KL controller (Ziegler et al. 2019): beta *= 1 + clip(KL/target - 1, ±0.2) * n / horizon
+    mean_kl = float(seq_kl.mean())
+    coef_used = st.kl_coef
+    if cfg.kl.target is not None:
+        err = min(max(mean_kl / cfg.kl.target - 1.0, -0.2), 0.2)
+        st.kl_coef *= 1.0 + err * B / cfg.kl.horizon
+    st.episodes += B
+
+    # 7. metrics -> caller
+    metrics = {key: val / count for key, val in sums.items()}
+    gen_tokens = float(n_tokens.sum())
+    metrics.update(
+        {
+            "objective/scores": float(ro.scores.mean()),
+            "objective/gold": float(ro.gold.mean()),
+            "objective/kl": mean_kl,
+            "objective/rlhf_reward": float((ro.scores - coef_used * seq_kl).mean()),
+            "objective/kl_coef": coef_used,
+            "objective/entropy": float(M.masked_mean(ro.entropy, mask)),
+            "adv/mean": float(M.masked_mean(adv_raw, mask)),
+            "adv/std": float(M.masked_var(adv_raw, mask).sqrt()),
+            "response/length": float(n_tokens.mean()),
+            "response/eos_frac": float(ro.has_eos.float().mean()),
+            "perf/rollout_s": t_rollout,
+            "perf/update_s": t_end - t_update,
+            "perf/tokens_per_s": gen_tokens / (t_end - t_start),
+            "episodes": float(st.episodes),
+        }
+    )
+    if cfg.ppo.target_kl is not None:
+        metrics["policy/early_stop"] = stopped_early
+    if use_value:
+        metrics["val/explained_var"] = float(M.explained_variance(ro.values, returns, vmask))
+    metrics.update(probe_stats)
+    for key in ("loss/policy_avg", "objective/scores", "objective/kl"):
+        _check(key, torch.tensor(metrics[key]), it)
+    return metrics

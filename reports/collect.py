@@ -1,0 +1,277 @@
+"""MLflow runs of one sweep -> tidy pandas frames (through ``harness.tracking.Store`` only).
+
+A sweep is found from an ablation spec (its ``name`` is the experiment), an experiment name,
+or a parent run id. Layout written by the sweep runner (the contract read here):
+
+- parent run: tags ``sweep.role=parent``, ``sweep.name``, ``sweep.hash``, ``sweep.axes`` (JSON list
+  of swept dotted keys);
+- child run per (cell, seed): tags ``mlflow.parentRunId``, ``sweep.role=child``, ``axis.<key>``,
+  ``seed``, ``impl``, ``task``; params = the flattened RunConfig; step = PPO iteration.
+
+Runs of a plain ``ppo-harness train`` (no parent) work too: the axes are then the params that
+differ between the finished runs.
+
+Frames:
+
+- ``runs``: one row per FINISHED child run: ``run_id``, ``seed``, ``impl``, ``task``, every axis (typed
+  values), the context keys below, ``advantage`` (``token`` or ``sequence/<baseline>``), ``cell``
+  (the axes except seed, as text: the bootstrap stratum), and the final value of every metric
+  (MLflow's latest value = the value at the last logged step; eval metrics are logged at the
+  last iteration, so this is the last evaluation).
+- ``curves``: long format, one row per (run, metric, step): ``run_id``, id columns, ``step``,
+  ``episodes`` (completions seen at that step), ``metric``, ``value``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from harness.tracking import DEFAULT_EXPERIMENT, Store
+
+
+class ReportError(ValueError):
+    """A report cannot be built; the message is one line saying why."""
+
+
+# Params always carried into ``runs`` (even when not swept): figures group by them.
+CONTEXT_KEYS = ("advantage.level", "advantage.baseline", "rollout.batch_size", "ppo.clip_eps", "kl.coef")
+# Metrics fetched as full histories for curves (only those a run actually logged).
+CURVE_KEYS = (
+    "eval/gold",
+    "eval/proxy",
+    "eval/kl",
+    "response/length",
+    "policy/clipfrac_avg",
+    "policy/approxkl_avg",
+    "objective/entropy",
+    "grad/rel_variance",
+)
+ID_COLUMNS = ("run_id", "seed", "impl", "task", "advantage", "cell")
+
+
+@dataclass
+class Sweep:
+    """Everything a report needs about one sweep."""
+
+    name: str  # MLflow experiment name (= the ablation spec's name)
+    parent_run_id: str | None  # where report artifacts are logged; None for plain runs
+    axes: list[str]  # swept dotted keys, in the spec's order
+    runs: pd.DataFrame
+    curves: pd.DataFrame = field(default_factory=pd.DataFrame)
+    excluded: dict[str, int] = field(default_factory=dict)  # status -> child runs left out
+    where: str = ""  # the store, for messages
+
+    @property
+    def factors(self) -> list[str]:
+        """Axes with at least two levels among the finished runs (seed is never a factor)."""
+        return [a for a in self.axes if a in self.runs and self.runs[a].nunique(dropna=True) >= 2]
+
+
+# ---- resolving the sweep ------------------------------------------------------------------------
+
+
+def spec_name(spec: str | Path) -> str:
+    """The ``name`` field of an ablation spec (nothing else of the spec is read)."""
+    path = Path(spec)
+    if not path.is_file():
+        raise ReportError(f"ablation spec '{spec}' not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ReportError(f"ablation spec '{spec}' is not valid YAML: {str(e).splitlines()[0]}") from None
+    name = data.get("name") if isinstance(data, dict) else None
+    if not name or not isinstance(name, str):
+        raise ReportError(f"ablation spec '{spec}' has no 'name' field")
+    return name
+
+
+def collect(
+    store: Store,
+    spec: str | Path | None = None,
+    experiment: str | None = None,
+    parent_run: str | None = None,
+    curve_keys: tuple[str, ...] = CURVE_KEYS,
+) -> Sweep:
+    """Find the sweep (exactly one of spec / experiment / parent_run) and read its runs and curves."""
+    given = [x for x in (spec, experiment, parent_run) if x]
+    if len(given) != 1:
+        raise ReportError("give exactly one of: an ablation spec, --experiment NAME, --parent-run ID")
+    if parent_run:
+        info = store.run_summary(parent_run)
+        if info is None:
+            raise ReportError(f"no MLflow run with id '{parent_run}' in {store.where}")
+        name = info["experiment"]
+    else:
+        name = spec_name(spec) if spec else experiment
+    frame = store.search_runs(experiments=[name])
+    if frame.empty:
+        if _no_experiment(store, name):
+            raise ReportError(f"no MLflow experiment '{name}' in {store.where}")
+        raise ReportError(f"experiment '{name}' has no runs in {store.where}")
+    frame = frame.copy()
+    parents, children = _split(frame, parent_run)
+    if parent_run and parent_run not in set(frame["run_id"]):
+        raise ReportError(f"run '{parent_run}' is not in experiment '{name}'")
+    if children.empty:
+        what = f"parent run '{parent_run}'" if parent_run else f"experiment '{name}'"
+        raise ReportError(f"{what} has no child runs in {store.where}")
+    parent_id = parents["run_id"].iloc[0] if not parents.empty else None
+    status = children["status"].astype(str)
+    excluded = status[status != "FINISHED"].value_counts().to_dict()
+    done = children[status == "FINISHED"]
+    if done.empty:
+        counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(excluded.items()))
+        raise ReportError(f"sweep '{name}' has no finished runs ({counts}) in {store.where}")
+    axes = _axes(parents, done)
+    runs = _runs_frame(done, axes)
+    sweep = Sweep(name, parent_id, axes, runs, excluded={k: int(v) for k, v in excluded.items()}, where=store.where)
+    sweep.curves = curves_frame(store, sweep.runs, axes, curve_keys)
+    return sweep
+
+
+def _no_experiment(store: Store, name: str) -> bool:
+    return store.experiment_id(name, create=False) is None
+
+
+def _tag(frame: pd.DataFrame, key: str) -> pd.Series:
+    col = f"tags.{key}"
+    return frame[col] if col in frame else pd.Series([None] * len(frame), index=frame.index, dtype=object)
+
+
+def _split(frame: pd.DataFrame, parent_run: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(parent rows, newest first; child rows) of one experiment."""
+    role = _tag(frame, "sweep.role")
+    parent_of = _tag(frame, "mlflow.parentRunId")
+    if parent_run:
+        return frame[frame["run_id"] == parent_run], frame[parent_of == parent_run]
+    parents = frame[role == "parent"].sort_values("start_time", ascending=False)
+    if parents.empty:  # plain `ppo-harness train` runs: every run is a data point
+        return parents, frame[parent_of.isna()]
+    # One parent per sweep; if a resume left several, keep those with the newest one's hash.
+    newest_hash = _tag(parents, "sweep.hash").iloc[0]
+    same = parents[_tag(parents, "sweep.hash") == newest_hash] if newest_hash is not None else parents.iloc[:1]
+    return same, frame[parent_of.isin(set(same["run_id"])) & (role != "parent")]
+
+
+def _axes(parents: pd.DataFrame, children: pd.DataFrame) -> list[str]:
+    raw = _tag(parents, "sweep.axes").dropna()
+    if not raw.empty:
+        try:
+            axes = json.loads(raw.iloc[0])
+        except (TypeError, ValueError):
+            raise ReportError(f"parent run tag sweep.axes is not a JSON list: {raw.iloc[0]!r}") from None
+        return [str(a) for a in axes if str(a) != "seed"]
+    # No parent (plain runs): the params that differ between runs.
+    params = [c for c in children.columns if c.startswith("params.")]
+    varying = [c[len("params.") :] for c in params if children[c].nunique(dropna=True) >= 2]
+    return sorted(k for k in varying if k != "seed")
+
+
+def parse_value(text):
+    """A tag / param string back to int, float or bool where it is one ('0.2' -> 0.2)."""
+    if text is None or (isinstance(text, float) and np.isnan(text)):
+        return None
+    if not isinstance(text, str):
+        return text
+    try:
+        v = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return v if isinstance(v, int | float | bool) and not isinstance(v, str) else text
+
+
+def _column(values: pd.Series) -> pd.Series:
+    """Typed values: numeric when every present value is a number, else text."""
+    parsed = values.map(parse_value)
+    present = parsed.dropna()
+    if len(present) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+        return pd.to_numeric(parsed)
+    return parsed.map(lambda v: None if v is None else str(v)).astype(object)
+
+
+def _runs_frame(done: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    def first(*cols: str) -> pd.Series:
+        out = pd.Series([None] * len(done), index=done.index, dtype=object)
+        for c in cols:
+            if c in done:
+                out = out.where(out.notna(), done[c])
+        return out
+
+    runs = pd.DataFrame({"run_id": done["run_id"].to_numpy()}, index=done.index)
+    runs["seed"] = pd.to_numeric(first("tags.seed", "params.seed"), errors="coerce").astype("Int64")
+    runs["impl"] = first("tags.impl", "params.impl").fillna("custom").astype(str)
+    runs["task"] = first("tags.task", "params.task.name").fillna("").astype(str)
+    for key in dict.fromkeys([*axes, *CONTEXT_KEYS]):
+        if key in ("impl", "seed"):
+            continue
+        vals = first(f"tags.axis.{key}", f"params.{key}")
+        if vals.notna().any():
+            runs[key] = _column(vals)
+    if "impl" in axes:
+        runs["impl"] = first("tags.axis.impl", "params.impl").fillna("custom").astype(str)
+    runs["advantage"] = _advantage_label(runs)
+    cell_keys = [a for a in axes if a in runs]
+    runs["cell"] = [", ".join(f"{k}={r[k]}" for k in cell_keys) for _, r in runs[cell_keys].iterrows()]
+    for c in done.columns:
+        if c.startswith("metrics."):
+            runs[c[len("metrics.") :]] = pd.to_numeric(done[c], errors="coerce")
+    runs["start_time"] = done["start_time"].to_numpy() if "start_time" in done else pd.NaT
+    return runs.sort_values(["cell", "seed"]).reset_index(drop=True)
+
+
+def _advantage_label(runs: pd.DataFrame) -> pd.Series:
+    if "advantage.level" not in runs:
+        return pd.Series([None] * len(runs), index=runs.index, dtype=object)
+    base = runs["advantage.baseline"] if "advantage.baseline" in runs else pd.Series("", index=runs.index)
+    return pd.Series(
+        [
+            None if lvl is None else (f"sequence/{b}" if lvl == "sequence" and b else str(lvl))
+            for lvl, b in zip(runs["advantage.level"], base, strict=True)
+        ],
+        index=runs.index,
+        dtype=object,
+    )
+
+
+def curves_frame(
+    store: Store, runs: pd.DataFrame, axes: list[str], keys: tuple[str, ...] = CURVE_KEYS
+) -> pd.DataFrame:
+    """Long-format histories of ``keys`` for every run, with ``episodes`` joined on step."""
+    id_cols = [c for c in dict.fromkeys([*ID_COLUMNS, *axes, *CONTEXT_KEYS]) if c in runs]
+    parts = []
+    for _, run in runs.iterrows():
+        logged = [k for k in keys if k in runs and np.isfinite(run.get(k, np.nan))]
+        if not logged:
+            continue
+        episodes = dict(store.metric_history(run["run_id"], "episodes"))
+        batch = run.get("rollout.batch_size")
+        for key in logged:
+            hist = store.metric_history(run["run_id"], key)
+            if not hist:
+                continue
+            steps = np.array([s for s, _ in hist], dtype=int)
+            ep = [
+                episodes.get(s, s * batch if isinstance(batch, int | float | np.integer) else np.nan)
+                for s in steps
+            ]
+            part = pd.DataFrame(
+                {"step": steps, "episodes": np.asarray(ep, dtype=float), "metric": key, "value": [v for _, v in hist]}
+            )
+            for c in id_cols:
+                part[c] = run[c]
+            parts.append(part)
+    cols = [*id_cols, "step", "episodes", "metric", "value"]
+    if not parts:
+        return pd.DataFrame(columns=cols)
+    out = pd.concat(parts, ignore_index=True)[cols]
+    # MLflow may hold several values for one step (a retried log): keep the last.
+    return out.drop_duplicates(["run_id", "metric", "step"], keep="last").reset_index(drop=True)
+
+
+__all__ = ["DEFAULT_EXPERIMENT", "ReportError", "Sweep", "collect", "curves_frame", "parse_value", "spec_name"]

@@ -1,0 +1,735 @@
+"""Paper figures from the tidy frames of ``reports.collect``: the only module importing matplotlib/seaborn.
+
+Every figure function takes ``(runs, curves, factors, style)`` and returns a matplotlib
+``Figure``, or ``None`` when its data is absent (no gradient probe, no TRL runs, one clip
+level ...); ``fn.explain(...)`` returns the reason instead of ``None``. ``make_figures`` draws
+and saves all of them as vector PDF (Type 42 fonts) + PNG (300 dpi).
+
+No pyplot: figures are ``matplotlib.figure.Figure`` objects (no global state, nothing to close),
+drawn under an rc context built from a ``Style`` (venue column widths, print-sized fonts,
+seaborn's colourblind palette, no LaTeX).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from cycler import cycler
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+from reports import stats
+
+# ---- style ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Style:
+    """Venue geometry and type sizes. Widths in inches; sizes in points."""
+
+    name: str
+    single: float  # one-column figure (or half the text width on one-column venues)
+    double: float  # full text width
+    font: float = 8.0
+    small: float = 7.0  # ticks, legends, annotations
+    row: float = 1.45  # height of one row of panels
+
+    def rc(self) -> dict[str, Any]:
+        return {
+            # Type 42 (TrueType) fonts: some venues reject Type 3; no LaTeX installation needed.
+            "pdf.fonttype": 42,
+            "ps.fonttype": 42,
+            "svg.fonttype": "none",
+            "text.usetex": False,
+            "mathtext.fontset": "dejavusans",
+            "font.family": "sans-serif",
+            "font.sans-serif": ["DejaVu Sans"],
+            "font.size": self.font,
+            "axes.titlesize": self.font,
+            "axes.labelsize": self.font,
+            "xtick.labelsize": self.small,
+            "ytick.labelsize": self.small,
+            "legend.fontsize": self.small,
+            "legend.title_fontsize": self.small,
+            "legend.frameon": False,
+            "legend.handlelength": 1.4,
+            "legend.columnspacing": 0.9,
+            "legend.borderaxespad": 0.2,
+            "axes.prop_cycle": cycler(color=PALETTE),
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.linewidth": 0.6,
+            "axes.grid": True,
+            "grid.linewidth": 0.4,
+            "grid.alpha": 0.35,
+            "xtick.major.width": 0.6,
+            "ytick.major.width": 0.6,
+            "xtick.major.size": 2.5,
+            "ytick.major.size": 2.5,
+            "xtick.minor.size": 1.5,
+            "ytick.minor.size": 1.5,
+            "lines.linewidth": 1.2,
+            "lines.markersize": 3.0,
+            "patch.linewidth": 0.5,
+            "figure.dpi": 100,
+            "savefig.dpi": 300,
+            "savefig.pad_inches": 0.02,
+            "figure.constrained_layout.h_pad": 0.03,
+            "figure.constrained_layout.w_pad": 0.03,
+        }
+
+
+PALETTE = sns.color_palette("colorblind").as_hex()
+STYLES: dict[str, Style] = {
+    "default": Style("default", single=3.5, double=7.0),
+    "icml": Style("icml", single=3.25, double=6.75),
+    # One-column venues: text width 5.5 in; "single" is half of it (two figures side by side).
+    "neurips": Style("neurips", single=2.7, double=5.5),
+    "iclr": Style("iclr", single=2.7, double=5.5),
+}
+
+
+def get_style(name: str | Style = "default") -> Style:
+    if isinstance(name, Style):
+        return name
+    try:
+        return STYLES[name]
+    except KeyError:
+        raise ValueError(f"unknown style '{name}'; choose one of {', '.join(STYLES)}") from None
+
+
+@contextmanager
+def styled(style: Style):
+    with mpl.rc_context(style.rc()):
+        yield
+
+
+# ---- labels (units on every axis) ------------------------------------------------------------------
+
+METRIC_LABELS = {
+    "eval/gold": "gold reward (task score)",
+    "eval/proxy": "proxy reward (RM score)",
+    "eval/kl": "KL to reference (nats)",
+    "episodes": "episodes (completions)",
+    "grad/rel_variance": "rel. gradient variance (tr Σ / ‖ḡ‖²)",
+    "grad/variance": "gradient variance (tr Σ)",
+    "perf/tokens_per_s": "throughput (tokens/s)",
+    "response/length": "response length (tokens)",
+    "policy/clipfrac_avg": "clip fraction",
+    "policy/approxkl_avg": "approx. KL (nats)",
+    "objective/entropy": "entropy (nats/token)",
+}
+FACTOR_LABELS = {
+    "ppo.clip_eps": "clip ε",
+    "kl.coef": "KL coef. β",
+    "rollout.batch_size": "batch size",
+    "advantage.level": "advantage level",
+    "advantage.baseline": "baseline",
+    "advantage": "advantage",
+    "impl": "implementation",
+    "loss.agg": "loss aggregation",
+    "kl.estimator": "KL estimator",
+}
+HEALTH_METRICS = ("policy/clipfrac_avg", "policy/approxkl_avg", "response/length", "objective/entropy")
+
+
+def metric_label(key: str) -> str:
+    return METRIC_LABELS.get(key, key)
+
+
+def factor_label(key: str) -> str:
+    return FACTOR_LABELS.get(key, key)
+
+
+def level_label(v: Any) -> str:
+    if isinstance(v, float | np.floating):
+        return f"{float(v):g}"
+    return str(v)
+
+
+def _levels(values: pd.Series) -> list:
+    present = values.dropna().unique().tolist()
+    try:
+        return sorted(present)
+    except TypeError:
+        return sorted(present, key=str)
+
+
+def _k(x: float, _pos=None) -> str:
+    """Tick label: 2500 -> '2.5k', 1200000 -> '1.2M'."""
+    for div, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:g}{suffix}"
+    return f"{x:g}"
+
+
+# ---- results -------------------------------------------------------------------------------------
+
+
+@dataclass
+class FigureResult:
+    stem: str  # file name without suffix, e.g. "fig1_learning_curves"
+    title: str
+    files: list[Path] = field(default_factory=list)  # [pdf, png] when drawn
+    skipped: str | None = None  # why it was not drawn
+    meta: dict[str, Any] = field(default_factory=dict)  # facts for the caption
+
+
+def _skippable(fn: Callable[..., Figure | str]) -> Callable[..., Figure | None]:
+    """fn returns a Figure or a skip reason; the public function returns the Figure or None."""
+
+    @functools.wraps(fn)
+    def public(*args, **kwargs) -> Figure | None:
+        out = fn(*args, **kwargs)
+        return None if isinstance(out, str) else out
+
+    public.explain = fn  # type: ignore[attr-defined]
+    return public
+
+
+def _figure(style: Style, width: float, height: float) -> Figure:
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+# ---- shared drawing helpers ------------------------------------------------------------------------
+
+
+def _finite(frame: pd.DataFrame, col: str) -> pd.DataFrame:
+    if col not in frame:
+        return frame.iloc[0:0]
+    return frame[np.isfinite(pd.to_numeric(frame[col], errors="coerce"))]
+
+
+def _metric_curves(curves: pd.DataFrame, metric: str) -> pd.DataFrame:
+    if curves is None or curves.empty or "metric" not in curves:
+        return pd.DataFrame()
+    c = curves[(curves["metric"] == metric) & np.isfinite(curves["value"]) & np.isfinite(curves["episodes"])]
+    return c
+
+
+def aggregate_curve(c: pd.DataFrame, n_points: int = 30) -> tuple[np.ndarray, ...] | None:
+    """IQM and 95% CI band over runs on a shared episodes grid.
+
+    c: long rows (run_id, episodes, value) of one metric for one group of runs. Runs with other
+    batch sizes see other episode counts: each run is linearly interpolated onto the grid,
+    which spans [0, the fewest episodes any run reached] (compare at equal samples only).
+    Returns (x, iqm, low, high, n_runs) or None.
+    """
+    if c.empty:
+        return None
+    c = c.sort_values(["run_id", "episodes"], kind="stable")
+    ids = c["run_id"].to_numpy()
+    x, y = c["episodes"].to_numpy(float), c["value"].to_numpy(float)
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])  # contiguous: sorted by run_id
+    per_run = [(x[a:b], y[a:b]) for a, b in zip(starts, np.r_[starts[1:], len(ids)], strict=True)]
+    lo = max(float(px[0]) for px, _ in per_run)
+    hi = min(float(px[-1]) for px, _ in per_run)
+    xs = np.unique(x)
+    xs = xs[(xs >= lo) & (xs <= hi)]
+    if xs.size > n_points:
+        xs = np.linspace(lo, hi, n_points)
+    if xs.size == 0:
+        return None
+    v = np.stack([np.interp(xs, px, py) for px, py in per_run])
+    point, low, high = stats.curve_band(v)
+    return xs, point, low, high, len(per_run)
+
+
+def _legend_above(ax, handles, labels, title: str, width_in: float, style: Style) -> None:
+    """A legend in a band above the axes, as many columns as fit the panel width."""
+    char_w = style.small / 72 * 0.55  # average glyph width, inches
+    widths = [0.35 + len(lab) * char_w for lab in labels]
+    ncol = len(labels)
+    while ncol > 1 and sum(sorted(widths, reverse=True)[:ncol]) > width_in:
+        ncol -= 1
+    ax.legend(
+        handles,
+        labels,
+        title=title,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncol=ncol,
+        handletextpad=0.4,
+    )
+
+
+def _grid(n: int, style: Style, max_cols: int | None = None) -> tuple[int, int]:
+    cols = max_cols or (4 if style.double >= 6.5 else 2)
+    cols = min(n, cols)
+    return int(np.ceil(n / cols)), cols
+
+
+def _band(ax, x, point, low, high, color, label, marker=None) -> Any:
+    ax.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
+    (line,) = ax.plot(x, point, color=color, label=label, marker=marker, markersize=2.5)
+    return line
+
+
+def _interval_rows(
+    ax,
+    rows: pd.DataFrame,
+    colors: Sequence[str],
+    labels: Sequence[str],
+) -> None:
+    """rliable-style interval plot: one horizontal CI bar + IQM tick per row, top to bottom."""
+    y = np.arange(len(rows))[::-1]
+    for yi, (_, r), color in zip(y, rows.iterrows(), colors, strict=True):
+        ax.barh(yi, r["ci_high"] - r["ci_low"], left=r["ci_low"], height=0.6, color=color, alpha=0.45, linewidth=0)
+        ax.plot([r["iqm"], r["iqm"]], [yi - 0.3, yi + 0.3], color=color, linewidth=1.6, solid_capstyle="butt")
+    ax.set_yticks(y, labels)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.grid(axis="y", visible=False)
+
+
+def _log_axis(axis) -> None:
+    """Log ticks at 1, 2, 5 x 10^k, labelled as plain numbers (0.5, 2, 10), no minor labels."""
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=6))
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _xfmt_episodes(ax) -> None:
+    ax.xaxis.set_major_locator(MaxNLocator(4))
+    ax.xaxis.set_major_formatter(FuncFormatter(_k))
+
+
+# ---- figure 1: learning curves ------------------------------------------------------------------------
+
+
+@_skippable
+def learning_curves(
+    runs: pd.DataFrame, curves: pd.DataFrame, factors: Sequence[str], style: Style, metric: str = "eval/gold"
+) -> Figure | str:
+    """IQM of ``metric`` vs episodes with 95% CI bands: one panel per factor, one line per level."""
+    c = _metric_curves(curves, metric)
+    factors = [f for f in factors if f in c and c[f].nunique() >= 2]
+    if c.empty:
+        return f"no {metric} history"
+    if not factors:
+        return "no factor with two or more levels"
+    nrows, ncols = _grid(len(factors), style)
+    width = style.double
+    fig = _figure(style, width, style.row * nrows + 0.35 * nrows)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, sharey=True, squeeze=False)).ravel()
+    for i, (ax, f) in enumerate(zip(axes, factors, strict=False)):
+        handles, labels = [], []
+        for j, level in enumerate(_levels(c[f])):
+            agg = aggregate_curve(c[c[f] == level])
+            if agg is None:
+                continue
+            x, point, low, high, _ = agg
+            handles.append(_band(ax, x, point, low, high, PALETTE[j % len(PALETTE)], level_label(level)))
+            labels.append(level_label(level))
+        _legend_above(ax, handles, labels, factor_label(f), width / ncols, style)
+        _xfmt_episodes(ax)
+        if i % ncols == 0:
+            ax.set_ylabel(metric_label(metric))
+        if i >= len(factors) - ncols:
+            ax.set_xlabel(metric_label("episodes"))
+    for ax in axes[len(factors) :]:
+        ax.set_visible(False)
+    return fig
+
+
+# ---- figure 2: final reward per factor level -------------------------------------------------------------
+
+
+@_skippable
+def final_by_factor(
+    runs: pd.DataFrame, curves: pd.DataFrame, factors: Sequence[str], style: Style, metric: str = "eval/gold"
+) -> Figure | str:
+    """Interval plot (IQM + stratified 95% CI over seeds) of the final ``metric`` per factor level."""
+    r = _finite(runs, metric)
+    factors = [f for f in factors if f in r and r[f].nunique() >= 2]
+    if r.empty:
+        return f"no final {metric}"
+    if not factors:
+        return "no factor with two or more levels"
+    nrows, ncols = _grid(len(factors), style)
+    max_levels = max(r[f].nunique() for f in factors)
+    fig = _figure(style, style.double, nrows * (0.45 + 0.2 * max_levels) + 0.2)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, sharex=True, squeeze=False)).ravel()
+    for i, (ax, f) in enumerate(zip(axes, factors, strict=False)):
+        # Stratified over the other factors: seeds are resampled within each sweep cell.
+        table = stats.summarise_by(r, f, metric, strata=[a for a in factors if a != f])
+        levels = table["level"].tolist()
+        colors = [PALETTE[j % len(PALETTE)] for j in range(len(levels))]
+        _interval_rows(ax, table, colors, [level_label(v) for v in levels])
+        ax.set_title(factor_label(f), loc="left")
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+    for ax in axes[len(factors) :]:
+        ax.set_visible(False)
+    fig.supxlabel(f"final {metric_label(metric)}: IQM (tick) and 95% CI (bar)", fontsize=style.font)
+    return fig
+
+
+# ---- figure 3: reward vs KL frontier ------------------------------------------------------------------
+
+
+def frontier_hue(runs: pd.DataFrame, factors: Sequence[str]) -> str | None:
+    """The factor that colours the frontier: the KL coefficient when swept, else the first factor."""
+    for f in ("kl.coef", *factors):
+        if f in runs and runs[f].nunique() >= 2:
+            return f
+    return None
+
+
+@_skippable
+def reward_kl_frontier(
+    runs: pd.DataFrame, curves: pd.DataFrame, factors: Sequence[str], style: Style
+) -> Figure | str:
+    """Gold and proxy reward against KL: per-run final points and per-level IQM trajectories."""
+    r = _finite(_finite(runs, "eval/kl"), "eval/gold")
+    if r.empty:
+        return "no final eval/kl and eval/gold"
+    panels = ["eval/gold"] + (["eval/proxy"] if not _finite(r, "eval/proxy").empty else [])
+    hue = frontier_hue(r, factors)
+    levels = _levels(r[hue]) if hue else [None]
+    fig = _figure(style, style.double if len(panels) > 1 else style.single, style.row + 0.45)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharex=True, squeeze=False)).ravel()
+    kl = _metric_curves(curves, "eval/kl")
+    handles, labels = [], []
+    for ax, metric in zip(axes, panels, strict=True):
+        y = _metric_curves(curves, metric)
+        for j, level in enumerate(levels):
+            color = PALETTE[j % len(PALETTE)]
+            sel = r if hue is None else r[r[hue] == level]
+            ax.scatter(sel["eval/kl"], sel[metric], s=7, color=color, alpha=0.45, linewidths=0, zorder=2)
+            traj = _trajectory(kl, y, sel["run_id"])
+            if traj is not None:
+                (line,) = ax.plot(traj[0], traj[1], color=color, marker="o", markersize=2.2, zorder=3)
+                peak = int(np.argmax(traj[1])) if metric == "eval/gold" else None
+                if peak is not None and peak < len(traj[1]) - 1:
+                    ax.plot(traj[0][peak], traj[1][peak], marker="*", markersize=7, color=color, zorder=4,
+                            markeredgecolor="black", markeredgewidth=0.4)
+                if metric == "eval/gold":
+                    handles.append(line)
+                    labels.append(level_label(level) if hue else "all runs")
+        ax.set_ylabel(metric_label(metric))
+        ax.set_xlabel(metric_label("eval/kl"))
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+    if hue:
+        fig.legend(handles, labels, title=factor_label(hue), loc="outside right center")
+    return fig
+
+
+def _trajectory(kl: pd.DataFrame, y: pd.DataFrame, run_ids) -> tuple[np.ndarray, np.ndarray] | None:
+    """IQM over runs, per eval step, of (KL, reward): the path a level takes during training."""
+    ids = set(run_ids)
+    if kl.empty or y.empty:
+        return None
+    a = kl[kl["run_id"].isin(ids)][["run_id", "step", "value"]]
+    b = y[y["run_id"].isin(ids)][["run_id", "step", "value"]]
+    m = a.merge(b, on=["run_id", "step"], suffixes=("_kl", "_y"))
+    if m.empty:
+        return None
+    g = m.groupby("step")
+    xs = g["value_kl"].apply(lambda s: stats.iqm(s)).to_numpy(float)
+    ys = g["value_y"].apply(lambda s: stats.iqm(s)).to_numpy(float)
+    return xs, ys
+
+
+# ---- figure 4: gradient variance ----------------------------------------------------------------------
+
+
+def _cell_strata(sel: pd.DataFrame, metric: str) -> list[np.ndarray]:
+    """Values of ``metric`` split by sweep cell: seeds are resampled within each cell."""
+    if "cell" not in sel:
+        return [sel[metric].to_numpy(float)]
+    return [g[metric].to_numpy(float) for _, g in sel.groupby("cell")]
+
+
+def _variance_group(runs: pd.DataFrame) -> str | None:
+    for col in ("advantage", "advantage.level"):
+        if col in runs and runs[col].notna().any():
+            return col
+    return None
+
+
+@_skippable
+def gradient_variance(
+    runs: pd.DataFrame, curves: pd.DataFrame, factors: Sequence[str], style: Style
+) -> Figure | str:
+    """(a) grad/rel_variance (log) per advantage level x batch size, IQM + 95% CI; (b) vs final gold."""
+    metric = "grad/rel_variance"
+    r = _finite(runs, metric)
+    r = r[r[metric] > 0] if not r.empty else r
+    if r.empty:
+        return "no grad/rel_variance (the variance probe was off)"
+    group = _variance_group(r)
+    if group is None:
+        return "no advantage level recorded"
+    hue = "rollout.batch_size" if "rollout.batch_size" in r and r["rollout.batch_size"].nunique() >= 2 else None
+    groups = _levels(r[group])
+    hues = _levels(r[hue]) if hue else [None]
+    has_gold = not _finite(r, "eval/gold").empty
+    fig = _figure(style, style.double, style.row + 0.55)
+    axes = np.atleast_1d(fig.subplots(1, 2 if has_gold else 1, squeeze=False)).ravel()
+    ax = axes[0]
+    width = 0.7 / len(hues)
+    handles, labels = [], []
+    for j, h in enumerate(hues):
+        color = PALETTE[j % len(PALETTE)]
+        xs, pts, lo, hi = [], [], [], []
+        for i, g in enumerate(groups):
+            sel = r[(r[group] == g) & ((r[hue] == h) if hue else True)]
+            if sel.empty:
+                continue
+            ci = stats.bootstrap_ci(_cell_strata(sel, metric))
+            xs.append(i + (j - (len(hues) - 1) / 2) * width)
+            pts.append(ci.point)
+            lo.append(ci.low)
+            hi.append(ci.high)
+        if not xs:
+            continue
+        pts_a = np.asarray(pts)
+        yerr = np.vstack([pts_a - np.asarray(lo), np.asarray(hi) - pts_a])
+        cont = ax.errorbar(xs, pts, yerr=yerr, fmt="o", color=color, capsize=2, elinewidth=0.9, markersize=3.5)
+        handles.append(cont)
+        labels.append(level_label(h) if hue else "all runs")
+    ax.set_yscale("log")
+    _log_axis(ax.yaxis)
+    ax.set_xticks(range(len(groups)), [level_label(g) for g in groups])
+    ax.set_xlim(-0.6, len(groups) - 0.4)
+    ax.set_xlabel(factor_label(group))
+    ax.set_ylabel(_short(metric_label(metric)))
+    ax.grid(axis="x", visible=False)
+    panel_w = style.double / len(axes)
+    if hue:
+        _legend_above(ax, handles, labels, factor_label(hue), panel_w, style)
+    if has_gold:
+        ax = axes[1]
+        rg = _finite(r, "eval/gold")
+        for i, g in enumerate(groups):
+            sel = rg[rg[group] == g]
+            ax.scatter(sel[metric], sel["eval/gold"], s=9, color=PALETTE[i % len(PALETTE)], alpha=0.75,
+                       linewidths=0, label=level_label(g))
+        ax.set_xscale("log")
+        _log_axis(ax.xaxis)
+        ax.set_xlabel(metric_label(metric))
+        ax.set_ylabel(_short(f"final {metric_label('eval/gold')}"))
+        h, lab = ax.get_legend_handles_labels()
+        _legend_above(ax, h, lab, factor_label(group), panel_w, style)
+    return fig
+
+
+# ---- figure 5: sensitivity heatmap --------------------------------------------------------------------
+
+
+@_skippable
+def sensitivity_heatmap(
+    runs: pd.DataFrame,
+    curves: pd.DataFrame,
+    factors: Sequence[str],
+    style: Style,
+    metric: str = "eval/gold",
+    rows: str = "ppo.clip_eps",
+    cols: str = "kl.coef",
+) -> Figure | str:
+    """IQM of the final ``metric`` over ``rows`` x ``cols``, one panel per advantage level."""
+    r = _finite(runs, metric)
+    for key in (rows, cols):
+        if key not in r or r[key].nunique() < 2:
+            return f"a single {key} level: nothing to map"
+    group = _variance_group(r)
+    panels = _levels(r[group]) if group else [None]
+    ylv, xlv = _levels(r[rows]), _levels(r[cols])
+    grids = []
+    for p in panels:
+        sel = r if p is None else r[r[group] == p]
+        z = np.full((len(ylv), len(xlv)), np.nan)
+        for (a, b), g in sel.groupby([rows, cols]):
+            z[ylv.index(a), xlv.index(b)] = stats.iqm(g[metric])
+        grids.append(z)
+    vmin = float(np.nanmin([np.nanmin(z) for z in grids]))
+    vmax = float(np.nanmax([np.nanmax(z) for z in grids]))
+    cell = min(0.42, (style.double - 1.0) / (len(panels) * len(xlv)))
+    width = min(style.double, len(panels) * (len(xlv) * cell + 0.45) + 1.0)
+    fig = _figure(style, width, len(ylv) * cell + 0.9)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True, squeeze=False)).ravel()
+    cmap = mpl.colormaps["viridis"]
+    norm = mpl.colors.Normalize(vmin, vmax if vmax > vmin else vmin + 1e-12)
+    image = None
+    for i, (ax, p, z) in enumerate(zip(axes, panels, grids, strict=True)):
+        image = ax.imshow(z, origin="lower", cmap=cmap, norm=norm, aspect="auto")
+        for (yi, xi), v in np.ndenumerate(z):
+            if np.isfinite(v):
+                rgb = cmap(norm(v))[:3]
+                light = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] > 0.5
+                ax.text(xi, yi, stats.fmt_number(v, 2), ha="center", va="center", fontsize=style.small - 1,
+                        color="black" if light else "white")
+        ax.set_xticks(range(len(xlv)), [level_label(v) for v in xlv])
+        ax.set_yticks(range(len(ylv)), [level_label(v) for v in ylv])
+        ax.grid(False)
+        for s in ax.spines.values():
+            s.set_visible(False)
+        ax.tick_params(length=0)
+        ax.set_xlabel(factor_label(cols))
+        if i == 0:
+            ax.set_ylabel(factor_label(rows))
+        if p is not None:
+            ax.set_title(level_label(p))
+    cb = fig.colorbar(image, ax=list(axes), shrink=0.9, aspect=15, pad=0.02)
+    cb.set_label(f"final {metric_label(metric)}\n(IQM over seeds)", fontsize=style.small)
+    cb.ax.tick_params(labelsize=style.small)
+    cb.ax.yaxis.set_major_locator(MaxNLocator(4))
+    return fig
+
+
+# ---- figure 6: custom vs TRL ----------------------------------------------------------------------------
+
+
+def matched_impl_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs of settings (apart from impl and seed) that both custom and trl finished."""
+    return stats.matched(runs, "impl", ["custom", "trl"])
+
+
+@_skippable
+def custom_vs_trl(runs: pd.DataFrame, curves: pd.DataFrame, factors: Sequence[str], style: Style) -> Figure | str:
+    """Custom vs TRL on matched settings: gold and KL vs episodes, and throughput."""
+    m = matched_impl_runs(runs)
+    if m.empty:
+        return "the sweep has no cell run by both custom and trl"
+    ids = set(m["run_id"])
+    panels = [k for k in ("eval/gold", "eval/kl") if not _metric_curves(curves, k).empty]
+    has_tps = not _finite(m, "perf/tokens_per_s").empty
+    n = len(panels) + int(has_tps)
+    if n == 0:
+        return "no eval curves or throughput for the matched runs"
+    fig = _figure(style, style.double, style.row + 0.45)
+    axes = np.atleast_1d(fig.subplots(1, n, squeeze=False)).ravel()
+    impls = ["custom", "trl"]
+    handles = []
+    for ax, metric in zip(axes, panels, strict=False):
+        c = _metric_curves(curves, metric)
+        c = c[c["run_id"].isin(ids)]
+        handles = []
+        for j, impl in enumerate(impls):
+            agg = aggregate_curve(c[c["impl"] == impl])
+            if agg is not None:
+                handles.append(_band(ax, *agg[:4], PALETTE[j], impl))
+        ax.set_ylabel(metric_label(metric))
+        ax.set_xlabel(metric_label("episodes"))
+        _xfmt_episodes(ax)
+    if has_tps:
+        ax = axes[-1]
+        table = stats.summarise_by(_finite(m, "perf/tokens_per_s"), "impl", "perf/tokens_per_s")
+        table = table.set_index("level").reindex(impls).dropna(subset=["iqm"]).reset_index()
+        colors = [PALETTE[impls.index(v)] for v in table["level"]]
+        _interval_rows(ax, table, colors, table["level"].tolist())
+        ax.set_xlabel(metric_label("perf/tokens_per_s"))
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.xaxis.set_major_formatter(FuncFormatter(_k))
+    if handles:
+        fig.legend(handles, impls[: len(handles)], loc="outside upper center", ncol=2)
+    return fig
+
+
+# ---- figure 7: training health ------------------------------------------------------------------------
+
+
+@_skippable
+def training_health(runs: pd.DataFrame, curves: pd.DataFrame, factors: Sequence[str], style: Style) -> Figure | str:
+    """Clip fraction, approx. KL, response length, entropy vs episodes: rows = metrics, cols = factors."""
+    metrics = [k for k in HEALTH_METRICS if not _metric_curves(curves, k).empty]
+    if not metrics:
+        return "no training-health metrics logged"
+    factors = [f for f in factors if f in curves and curves[f].nunique() >= 2]
+    if not factors:
+        return "no factor with two or more levels"
+    factors = factors[:4]
+    ncols, nrows = len(factors), len(metrics)
+    width = style.double
+    fig = _figure(style, width, nrows * 1.05 + 0.55)
+    axes = fig.subplots(nrows, ncols, sharex="col", sharey="row", squeeze=False)
+    for ci, f in enumerate(factors):
+        for ri, metric in enumerate(metrics):
+            ax = axes[ri, ci]
+            c = _metric_curves(curves, metric)
+            handles, labels = [], []
+            for j, level in enumerate(_levels(c[f])):
+                agg = aggregate_curve(c[c[f] == level], n_points=25)
+                if agg is None:
+                    continue
+                handles.append(_band(ax, *agg[:4], PALETTE[j % len(PALETTE)], level_label(level)))
+                labels.append(level_label(level))
+            if ri == 0:
+                _legend_above(ax, handles, labels, factor_label(f), width / ncols, style)
+            if ci == 0:
+                ax.set_ylabel(_short(metric_label(metric)))
+            if ri == nrows - 1:
+                ax.set_xlabel(metric_label("episodes"))
+            _xfmt_episodes(ax)
+            ax.yaxis.set_major_locator(MaxNLocator(3))
+    fig.align_ylabels(axes[:, 0])
+    return fig
+
+
+def _short(label: str) -> str:
+    """Break 'response length (tokens)' onto two lines to fit a narrow row."""
+    return label.replace(" (", "\n(", 1) if len(label) > 14 else label
+
+
+# ---- all figures -----------------------------------------------------------------------------------------
+
+FIGURES: list[tuple[str, str, Callable[..., Figure | None]]] = [
+    ("fig1_learning_curves", "Learning curves", learning_curves),
+    ("fig2_final_reward", "Final gold reward per factor level", final_by_factor),
+    ("fig3_reward_kl_frontier", "Reward-KL frontier", reward_kl_frontier),
+    ("fig4_gradient_variance", "Policy-gradient variance", gradient_variance),
+    ("fig5_sensitivity", "Sensitivity to clip ε and KL coefficient", sensitivity_heatmap),
+    ("fig6_custom_vs_trl", "Custom PPO vs TRL", custom_vs_trl),
+    ("fig7_training_health", "Training health", training_health),
+]
+
+
+def save_figure(fig: Figure, out_dir: str | Path, stem: str, style: Style) -> list[Path]:
+    """Vector PDF (Type 42 fonts) and a 300 dpi PNG; returns [pdf, png]."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pdf, png = out / f"{stem}.pdf", out / f"{stem}.png"
+    with styled(style):
+        fig.savefig(pdf, metadata={"CreationDate": None, "Creator": "ppo-harness report"})
+        fig.savefig(png, dpi=300, metadata={"Software": "ppo-harness report"})
+    return [pdf, png]
+
+
+def make_figures(
+    runs: pd.DataFrame,
+    curves: pd.DataFrame,
+    factors: Sequence[str],
+    style: str | Style = "default",
+    out_dir: str | Path = "figures",
+) -> list[FigureResult]:
+    """Draw and save every figure that has data; skipped ones carry the reason."""
+    st = get_style(style)
+    results = []
+    for stem, title, fn in FIGURES:
+        with styled(st):
+            out = fn.explain(runs, curves, list(factors), st)  # type: ignore[attr-defined]
+        res = FigureResult(stem, title)
+        if isinstance(out, str):
+            res.skipped = out
+        else:
+            res.files = save_figure(out, out_dir, stem, st)
+        res.meta = _meta(stem, runs, factors)
+        results.append(res)
+    return results
+
+
+def _meta(stem: str, runs: pd.DataFrame, factors: Sequence[str]) -> dict[str, Any]:
+    meta: dict[str, Any] = {"n_runs": len(runs)}
+    if stem == "fig3_reward_kl_frontier":
+        meta["hue"] = frontier_hue(runs, factors)
+    if stem == "fig6_custom_vs_trl":
+        meta["n_matched"] = len(matched_impl_runs(runs))
+    return meta

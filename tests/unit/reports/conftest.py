@@ -1,0 +1,131 @@
+"""A synthetic but schema-correct sweep: the same tags, params and metric keys the sweep runner logs.
+
+``fake_sweep`` describes runs as plain data; ``write_sweep`` puts them into a real MLflow store
+through ``harness.tracking.Store``; ``tidy_frames`` builds the frames ``reports.collect`` returns,
+without MLflow, for the fast plotting and rendering tests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pytest
+
+AXES = ["ppo.clip_eps", "kl.coef", "rollout.batch_size", "advantage.level"]
+EVAL_KEYS = ("eval/gold", "eval/proxy", "eval/kl", "response/length")
+GRAD_KEYS = ("grad/variance", "grad/rel_variance", "grad/snr", "grad/cosine", "grad/norm")
+
+
+@dataclass
+class FakeRun:
+    tags: dict
+    params: dict
+    history: dict[int, dict[str, float]] = field(default_factory=dict)
+    status: str = "FINISHED"
+
+
+def fake_sweep(
+    seeds: int = 2,
+    iterations: int = 10,
+    eval_every: int = 5,
+    probe_every: int = 2,
+    clip=(0.1, 0.2),
+    kl=(0.02, 0.1),
+    batch=(16, 32),
+    levels=("token", "sequence"),
+    trl_cells: int = 2,
+    failed: int = 1,
+    seed: int = 0,
+) -> list[FakeRun]:
+    """Runs of a grid sweep; token level has ~3x the relative gradient variance of sequence level."""
+    rng = np.random.default_rng(seed)
+    runs = []
+    cells = list(itertools.product(clip, kl, batch, levels))
+    impl_cells = [(c, "custom") for c in cells] + [(c, "trl") for c in cells[:trl_cells]]
+    for (eps, coef, bs, level), impl in impl_cells:
+        for s in range(seeds):
+            axis = {"ppo.clip_eps": eps, "kl.coef": coef, "rollout.batch_size": bs, "advantage.level": level}
+            tags = {f"axis.{k}": v for k, v in axis.items()}
+            tags.update({"sweep.role": "child", "seed": s, "impl": impl, "task": "sentiment", "advantage.level": level})
+            params = {**axis, "advantage.baseline": "rloo", "seed": s, "impl": impl, "task.name": "sentiment",
+                      "ppo.epochs": 4, "eval.every": eval_every, "probe.every": probe_every}
+            run = FakeRun(tags, params)
+            noise = rng.normal(0, 0.03)
+            var_base = (3.0 if level == "token" else 1.0) * 32 / bs * np.exp(rng.normal(0, 0.2))
+            for t in range(iterations + 1):
+                ep = t * bs
+                klv = (0.05 / (coef + 0.02)) * t / iterations * (1.3 if eps > 0.15 else 1.0)
+                m = {
+                    "episodes": ep,
+                    "objective/scores": 0.2 + 0.05 * t,
+                    "policy/clipfrac_avg": 0.05 + eps * 0.3 + 0.01 * rng.normal(),
+                    "policy/approxkl_avg": 0.01 + 0.002 * t,
+                    "objective/entropy": 2.0 - 0.05 * t + 0.02 * rng.normal(),
+                    "loss/policy_avg": -0.01 * t,
+                    "perf/tokens_per_s": (1500.0 if impl == "custom" else 900.0) * (1 + 0.05 * rng.normal()),
+                }
+                if t % eval_every == 0 or t == iterations:
+                    m["eval/kl"] = klv
+                    m["eval/gold"] = (0.3 + 0.4 * (1 - np.exp(-ep / 150)) - 0.3 * max(0.0, klv - 1.0)
+                                      + (0.05 if level == "sequence" else 0.0) + noise + 0.01 * rng.normal())
+                    m["eval/proxy"] = 0.5 + 1.2 * np.sqrt(klv) + 0.02 * rng.normal()
+                    m["response/length"] = 20 + t + rng.normal()
+                if probe_every and t % probe_every == 0:
+                    rv = var_base * np.exp(rng.normal(0, 0.1))
+                    m.update({"grad/variance": rv * 0.5, "grad/rel_variance": rv, "grad/snr": 1 / np.sqrt(rv),
+                              "grad/cosine": 0.3, "grad/norm": 0.7})
+                run.history[t] = m
+            runs.append(run)
+    for i in range(failed):
+        bad = FakeRun(dict(runs[i].tags), dict(runs[i].params), {0: dict(runs[i].history[0])}, status="FAILED")
+        runs.append(bad)
+    return runs
+
+
+def write_sweep(store, name: str, runs: list[FakeRun], axes=AXES) -> str:
+    """Parent + children in a real MLflow store, as the sweep runner writes them; returns the parent id."""
+    parent = store.start_run(name, run_name=f"sweep-{name}", tags={
+        "sweep.role": "parent", "sweep.name": name, "sweep.hash": "abc123", "sweep.axes": json.dumps(axes)})
+    for i, r in enumerate(runs):
+        child = store.start_run(name, run_name=f"child-{i}", tags=r.tags, params=r.params, parent_run_id=parent.run_id)
+        for step, metrics in r.history.items():
+            child.log_metrics(metrics, step=step)
+        child.end(r.status)
+    parent.end("FINISHED")
+    return parent.run_id
+
+
+def tidy_frames(runs: list[FakeRun], axes=AXES) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The (runs, curves) frames of reports.collect, built directly (FINISHED runs only)."""
+    rows, curves = [], []
+    for i, r in enumerate(x for x in runs if x.status == "FINISHED"):
+        row = {"run_id": f"run{i:03d}", "seed": r.params["seed"], "impl": r.params["impl"], "task": "sentiment"}
+        for k in [*axes, "advantage.baseline"]:
+            row[k] = r.params[k]
+        row["advantage"] = "token" if row["advantage.level"] == "token" else f"sequence/{row['advantage.baseline']}"
+        row["cell"] = ", ".join(f"{k}={row[k]}" for k in axes)
+        last = {}
+        for t in sorted(r.history):
+            last.update(r.history[t])
+        row.update(last)
+        rows.append(row)
+        ids = {k: v for k, v in row.items() if k in ("run_id", "seed", "impl", "task", "advantage", "cell", *axes)}
+        for t, m in sorted(r.history.items()):
+            for key, v in m.items():
+                if key != "episodes":
+                    curves.append({**ids, "step": t, "episodes": float(m["episodes"]), "metric": key, "value": v})
+    return pd.DataFrame(rows), pd.DataFrame(curves)
+
+
+@pytest.fixture(scope="session")
+def sweep_runs() -> list[FakeRun]:
+    return fake_sweep()
+
+
+@pytest.fixture(scope="session")
+def frames(sweep_runs) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return tidy_frames(sweep_runs)
