@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -28,6 +28,15 @@ class TaskConfig(_Section):
     # None = the task's own default (each task knows how long its answers are).
     response_length: int | None = Field(default=None, ge=1, le=512)
 
+    @field_validator("name")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        from harness.tasks import list_tasks
+
+        if v not in list_tasks():
+            raise ValueError(f"unknown task '{v}' (known: {', '.join(list_tasks())})")
+        return v
+
 
 class ModelConfig(_Section):
     # A built-in preset ("tiny", "small") or a Hugging Face model name / local path.
@@ -40,7 +49,7 @@ class ModelConfig(_Section):
     # Share of preference labels flipped when training the proxy RM.
     rm_label_noise: float = Field(default=0.1, ge=0.0, lt=0.5)
     # Preference pairs sampled from the SFT policy for the proxy RM.
-    rm_pairs: int = Field(default=2048, ge=16)
+    rm_pairs: int = Field(default=4096, ge=16)
 
 
 class RolloutConfig(_Section):
@@ -75,7 +84,7 @@ class KLConfig(_Section):
 class AdvantageConfig(_Section):
     level: Literal["token", "sequence"] = "token"
     # Sequence level only: what is subtracted from the scalar return.
-    baseline: Literal["none", "batch_mean", "rloo", "group_norm", "value"] = "rloo"
+    baseline: Literal["none", "batch_mean", "rloo", "group_norm", "group_mean", "value"] = "rloo"
     gamma: float = Field(default=1.0, ge=0.0, le=1.0)
     lam: float = Field(default=0.95, ge=0.0, le=1.0)
     whiten: bool = True
@@ -125,7 +134,7 @@ class RunConfig(_Section):
         if r.batch_size // p.minibatches < 1:
             raise _KeyProblem("ppo.minibatches", "minibatches would be empty")
         a = self.advantage
-        if a.level == "sequence" and a.baseline in ("rloo", "group_norm") and r.group_size < 2:
+        if a.level == "sequence" and a.baseline in ("rloo", "group_norm", "group_mean") and r.group_size < 2:
             raise _KeyProblem("advantage.baseline", f"'{a.baseline}' needs rollout.group_size >= 2, got {r.group_size}")
         if self.probe.every and r.batch_size < self.probe.microbatches:
             raise _KeyProblem("probe.microbatches", f"{self.probe.microbatches} exceeds rollout.batch_size={r.batch_size}")
@@ -193,6 +202,11 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         raise ConfigError(f"config key '{key}': cannot parse value {raw!r}") from None
+    if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string; users mean a number
+        try:
+            value = float(value) if value.lower() not in ("nan", "inf", "-inf", "infinity") else value
+        except ValueError:
+            pass
     return key, value
 
 
@@ -206,8 +220,11 @@ def _error_line(err: ValidationError) -> str:
     if e["type"] == "extra_forbidden":
         return f"config key '{loc}': unknown key"
     got = e.get("input")
+    msg = e["msg"]
+    if msg.startswith("Value error, "):
+        return f"config key '{loc}': {msg[len('Value error, '):]}"
     got_s = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"config key '{loc}': {e['msg'].lower()}{got_s}"
+    return f"config key '{loc}': {msg[0].lower() + msg[1:]}{got_s}"
 
 
 def build_config(data: dict[str, Any] | None = None, overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:

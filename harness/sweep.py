@@ -359,6 +359,8 @@ class Coordinator:
             n = min(self.workers, work) if spec.sampler == "grid" else self.workers
             if n > 0:
                 self._run_workers(n)
+            else:
+                print("nothing to run: every (cell, seed) is done or running elsewhere")
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -473,12 +475,13 @@ class Coordinator:
         logger.log_text(md, "summary.md")
         logger.log_text(text, "summary.csv")
         done = sum(slot_state(ts) in ("done", "pruned") for ts in table.values())
-        complete = done == spec.n_runs
-        logger.set_tags({"sweep.done": done, "sweep.failed": snap.counts["failed"]})
-        status = "KILLED" if interrupted else ("FINISHED" if complete else "FAILED")
-        logger.end(status)
-        print(summary_text(spec, rows, limit=10))
         c = snap.counts
+        complete = done == spec.n_runs
+        elsewhere = c["running"] > 0 and not interrupted  # other coordinators (machines) still at work
+        logger.set_tags({"sweep.done": done, "sweep.failed": c["failed"]})
+        if not elsewhere:  # the last coordinator to finish ends the parent run
+            logger.end("KILLED" if interrupted else ("FINISHED" if complete else "FAILED"))
+        print(summary_text(spec, rows, limit=10))
         best = f"; best {spec.objective.metric} {snap.best[0]:.4g} at {snap.best[1]}" if snap.best else ""
         print(
             f"sweep {self.study.study_name}: {done}/{spec.n_runs} done, {c['failed']} failed, "
@@ -488,15 +491,19 @@ class Coordinator:
         if interrupted:
             print("interrupted: rerun the same command to resume")
             return EXIT_INTERRUPTED
-        if not complete:
-            if c["failed"]:
-                failed = [
-                    ts[-1].user_attrs.get("sweep.fail_reason", "unknown")
-                    for ts in table.values()
-                    if slot_state(ts) == "failed"
-                ]
-                print(f"{c['failed']} run(s) failed (e.g. {failed[0]}); rerun the same command to retry them")
+        if c["failed"]:
+            failed = [
+                ts[-1].user_attrs.get("sweep.fail_reason", "unknown")
+                for ts in table.values()
+                if slot_state(ts) == "failed"
+            ]
+            print(f"{c['failed']} run(s) failed (e.g. {failed[0]}); rerun the same command to retry them")
             return EXIT_INCOMPLETE
+        if not complete and not elsewhere:
+            print(f"{spec.n_runs - done} run(s) not started; rerun the same command to run them")
+            return EXIT_INCOMPLETE
+        if elsewhere:
+            print("the rest is running in other processes sharing this study")
         return EXIT_OK
 
 
@@ -554,11 +561,10 @@ def _me() -> dict[str, Any]:
 
 def reconcile(study, storage, store, spec: AblationSpec) -> int:
     """Fail RUNNING trials whose worker is gone; end their MLflow runs (KILLED / FAILED). Returns #failed."""
-    import optuna
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
-    optuna.storages.fail_stale_trials(study)  # RDB heartbeat; a no-op for journal storage
+    _fail_stale(study)
     study_id = storage.get_study_id_from_name(study.study_name)
     now = time.time()
     failed: dict[int, str] = {}
@@ -606,6 +612,15 @@ def _reconcile_runs(study, storage, study_id, store, spec, failed: dict[int, str
             if run.info.status == "FINISHED":  # died after the run ended, before Optuna heard of it
                 store.run_logger(run.info.run_id).set_tags({"failure.reason": reason})
                 store.set_terminated(run.info.run_id, "FAILED")
+
+
+def _fail_stale(study) -> None:
+    """RDB storages: fail RUNNING trials whose heartbeat stopped (a no-op for journal storage)."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def _owner_tag(owner: dict[str, Any]) -> str:
@@ -857,7 +872,7 @@ class Display:
             self.live.stop()
 
     def note(self, text: str) -> None:
-        self.console.print(text, highlight=False)
+        self.console.print(text, highlight=False, soft_wrap=True)
 
     def update(self, snap: Snapshot) -> None:
         self._snap = snap
@@ -963,12 +978,11 @@ class Worker:
         self.cells = {c.id: c.values for c in spec.cells}
 
     def loop(self) -> int:
-        import optuna
 
         n = 0
         misses = 0
         while True:
-            optuna.storages.fail_stale_trials(self.study)  # RDB: trials of workers that lost their heartbeat
+            _fail_stale(self.study)
             trial = self.claim()
             if trial is None and self.spec.sampler != "grid":
                 trial, exhausted = self.sample()

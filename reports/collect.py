@@ -25,6 +25,7 @@ Frames:
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,7 +131,9 @@ def collect(
         raise ReportError(f"sweep '{name}' has no finished runs ({counts}) in {store.where}")
     axes = _axes(parents, done)
     runs = _runs_frame(done, axes)
-    sweep = Sweep(name, parent_id, axes, runs, excluded={k: int(v) for k, v in excluded.items()}, where=store.where)
+    sweep = Sweep(
+        name, parent_id, axes, runs, excluded={k: int(v) for k, v in excluded.items()}, where=store.where
+    )
     sweep.curves = curves_frame(store, sweep.runs, axes, curve_keys)
     return sweep
 
@@ -155,7 +158,9 @@ def _split(frame: pd.DataFrame, parent_run: str | None) -> tuple[pd.DataFrame, p
         return parents, frame[parent_of.isna()]
     # One parent per sweep; if a resume left several, keep those with the newest one's hash.
     newest_hash = _tag(parents, "sweep.hash").iloc[0]
-    same = parents[_tag(parents, "sweep.hash") == newest_hash] if newest_hash is not None else parents.iloc[:1]
+    same = (
+        parents[_tag(parents, "sweep.hash") == newest_hash] if newest_hash is not None else parents.iloc[:1]
+    )
     return same, frame[parent_of.isin(set(same["run_id"])) & (role != "parent")]
 
 
@@ -240,38 +245,60 @@ def _advantage_label(runs: pd.DataFrame) -> pd.Series:
 
 
 def curves_frame(
-    store: Store, runs: pd.DataFrame, axes: list[str], keys: tuple[str, ...] = CURVE_KEYS
+    store: Store, runs: pd.DataFrame, axes: list[str], keys: tuple[str, ...] = CURVE_KEYS, workers: int = 8
 ) -> pd.DataFrame:
-    """Long-format histories of ``keys`` for every run, with ``episodes`` joined on step."""
+    """Long-format histories of ``keys`` for every run, with ``episodes`` joined on step.
+
+    Histories are read concurrently (one MLflow call per run and key, I/O bound).
+    """
     id_cols = [c for c in dict.fromkeys([*ID_COLUMNS, *axes, *CONTEXT_KEYS]) if c in runs]
-    parts = []
-    for _, run in runs.iterrows():
-        logged = [k for k in keys if k in runs and np.isfinite(run.get(k, np.nan))]
-        if not logged:
-            continue
-        episodes = dict(store.metric_history(run["run_id"], "episodes"))
-        batch = run.get("rollout.batch_size")
-        for key in logged:
-            hist = store.metric_history(run["run_id"], key)
-            if not hist:
-                continue
-            steps = np.array([s for s, _ in hist], dtype=int)
-            ep = [
-                episodes.get(s, s * batch if isinstance(batch, int | float | np.integer) else np.nan)
-                for s in steps
-            ]
-            part = pd.DataFrame(
-                {"step": steps, "episodes": np.asarray(ep, dtype=float), "metric": key, "value": [v for _, v in hist]}
-            )
-            for c in id_cols:
-                part[c] = run[c]
-            parts.append(part)
     cols = [*id_cols, "step", "episodes", "metric", "value"]
-    if not parts:
+    jobs = []
+    for run in runs.to_dict("records"):
+        logged = [k for k in keys if k in run and np.isfinite(run[k])]
+        if logged:
+            jobs += [(run["run_id"], k) for k in ["episodes", *logged]]
+    if not jobs:
         return pd.DataFrame(columns=cols)
-    out = pd.concat(parts, ignore_index=True)[cols]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        histories = dict(zip(jobs, pool.map(lambda job: store.metric_history(*job), jobs), strict=True))
+    batch = runs.set_index("run_id")["rollout.batch_size"] if "rollout.batch_size" in runs else None
+    rid, step, metric, value = [], [], [], []
+    for (run_id, key), hist in histories.items():
+        if key == "episodes" or not hist:
+            continue
+        rid += [run_id] * len(hist)
+        metric += [key] * len(hist)
+        step += [s for s, _ in hist]
+        value += [v for _, v in hist]
+    long = pd.DataFrame(
+        {
+            "run_id": rid,
+            "step": np.asarray(step, dtype=int),
+            "metric": metric,
+            "value": np.asarray(value, dtype=float),
+        }
+    )
+    ep_rows = [(r, s, v) for (r, k), h in histories.items() if k == "episodes" for s, v in h]
+    episodes = pd.DataFrame(ep_rows, columns=["run_id", "step", "episodes"]).drop_duplicates(
+        ["run_id", "step"], keep="last"
+    )
+    long = long.merge(episodes, on=["run_id", "step"], how="left")
+    if batch is not None and long["episodes"].isna().any():  # no `episodes` metric: batch size x step
+        fallback = long["run_id"].map(pd.to_numeric(batch, errors="coerce")) * long["step"]
+        long["episodes"] = long["episodes"].fillna(fallback)
     # MLflow may hold several values for one step (a retried log): keep the last.
-    return out.drop_duplicates(["run_id", "metric", "step"], keep="last").reset_index(drop=True)
+    long = long.drop_duplicates(["run_id", "metric", "step"], keep="last")
+    out = long.merge(runs[id_cols], on="run_id", how="left")[cols]
+    return out.sort_values(["run_id", "metric", "step"], kind="stable").reset_index(drop=True)
 
 
-__all__ = ["DEFAULT_EXPERIMENT", "ReportError", "Sweep", "collect", "curves_frame", "parse_value", "spec_name"]
+__all__ = [
+    "DEFAULT_EXPERIMENT",
+    "ReportError",
+    "Sweep",
+    "collect",
+    "curves_frame",
+    "parse_value",
+    "spec_name",
+]

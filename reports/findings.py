@@ -31,6 +31,7 @@ def findings(
 ) -> list[str]:
     """All findings, in reading order. ``table`` from ``stats.summarise_factors``, ``poi`` from ``stats.poi_table``."""
     out = [coverage(runs, excluded or {})]
+    out += [s for s in [small_samples(table, runs)] if s]
     out += [s for f in factors if (s := best_level(table, f, "eval/gold", "final gold reward"))]
     out += [s for s in [kl_driver(table, factors)] if s]
     out += [s for s in [variance_by_advantage(runs)] if s]
@@ -38,12 +39,13 @@ def findings(
     out += poi_sentences(poi)
     out += [s for s in [over_optimisation(runs, curves, factors)] if s]
     out += [s for s in [custom_vs_trl(runs)] if s]
-    out += [s for s in [small_samples(table)] if s]
     return out
 
 
 def _iv(row: pd.Series) -> Interval:
-    return Interval(float(row["iqm"]), float(row["ci_low"]), float(row["ci_high"]), int(row["n"]), str(row["note"]))
+    return Interval(
+        float(row["iqm"]), float(row["ci_low"]), float(row["ci_high"]), int(row["n"]), str(row["note"])
+    )
 
 
 def _lv(v) -> str:
@@ -195,7 +197,9 @@ def overoptimised_runs(curves: pd.DataFrame) -> pd.DataFrame:
         p = proxy[proxy["run_id"] == rid].set_index("step")["value"]
         peak_step, last_step = int(g["step"].iloc[k]), int(g["step"].iloc[-1])
         rise = float(p.get(last_step, np.nan) - p.get(peak_step, np.nan)) if len(p) else np.nan
-        flag = bool(k < v.size - 1 and gain > 0 and drop >= OVEROPT_DROP * gain and np.isfinite(rise) and rise > 0)
+        flag = bool(
+            k < v.size - 1 and gain > 0 and drop >= OVEROPT_DROP * gain and np.isfinite(rise) and rise > 0
+        )
         rows.append([rid, peak_step, gain, drop, rise, flag])
     return pd.DataFrame(rows, columns=cols)
 
@@ -240,16 +244,24 @@ def custom_vs_trl(runs: pd.DataFrame) -> str | None:
     return s
 
 
-def small_samples(table: pd.DataFrame) -> str | None:
-    """Say when intervals are degenerate or crude because levels have one or two runs."""
+def small_samples(table: pd.DataFrame, runs: pd.DataFrame | None = None) -> str | None:
+    """Say when intervals are degenerate or optimistic because levels or cells have few seeds."""
     t = table[table["metric"] == "eval/gold"] if "metric" in table else table
     if t.empty:
         return None
     n_min = int(t["n"].min())
-    if n_min >= 3:
-        return None
-    few = t[t["n"] == n_min]
-    names = ", ".join(f"{r.factor} = {_lv(r.level)}" for r in few.itertuples(index=False))
-    if n_min <= 1:
-        return f"Some levels have a single run ({names}): their intervals are degenerate; add seeds."
-    return f"Some levels have only two runs ({names}): their intervals are crude; add seeds."
+    if n_min <= 2:
+        few = t[t["n"] == n_min]
+        names = ", ".join(f"{r.factor} = {_lv(r.level)}" for r in few.itertuples(index=False))
+        if n_min <= 1:
+            return f"Some levels have a single run ({names}): their intervals are degenerate; add seeds."
+        return f"Some levels have only two runs ({names}): their intervals are crude; add seeds."
+    if runs is not None and "cell" in runs and len(runs):
+        per_cell = int(runs.groupby("cell").size().min())
+        if per_cell < 3:
+            return (
+                f"Some sweep cells have only {per_cell} seed{'s' if per_cell != 1 else ''}: bootstrap intervals "
+                "resampled within cells understate the seed-to-seed spread, so read non-overlapping CIs as "
+                "tentative and add seeds before drawing conclusions."
+            )
+    return None

@@ -251,9 +251,12 @@ def _legend_above(ax, handles, labels, title: str, width_in: float, style: Style
     ncol = len(labels)
     while ncol > 1 and sum(sorted(widths, reverse=True)[:ncol]) > width_in:
         ncol -= 1
+    rows = int(np.ceil(len(labels) / ncol))
+    # matplotlib fills legend columns first; permute so the levels read left to right, row by row.
+    order = [r * ncol + c for c in range(ncol) for r in range(rows) if r * ncol + c < len(labels)]
     ax.legend(
-        handles,
-        labels,
+        [handles[i] for i in order],
+        [labels[i] for i in order],
         title=title,
         loc="lower center",
         bbox_to_anchor=(0.5, 1.0),
@@ -283,7 +286,9 @@ def _interval_rows(
     """rliable-style interval plot: one horizontal CI bar + IQM tick per row, top to bottom."""
     y = np.arange(len(rows))[::-1]
     for yi, (_, r), color in zip(y, rows.iterrows(), colors, strict=True):
-        ax.barh(yi, r["ci_high"] - r["ci_low"], left=r["ci_low"], height=0.6, color=color, alpha=0.45, linewidth=0)
+        ax.barh(
+            yi, r["ci_high"] - r["ci_low"], left=r["ci_low"], height=0.6, color=color, alpha=0.45, linewidth=0
+        )
         ax.plot([r["iqm"], r["iqm"]], [yi - 0.3, yi + 0.3], color=color, linewidth=1.6, solid_capstyle="butt")
     ax.set_yticks(y, labels)
     ax.set_ylim(-0.6, len(rows) - 0.4)
@@ -358,7 +363,7 @@ def final_by_factor(
     max_levels = max(r[f].nunique() for f in factors)
     fig = _figure(style, style.double, nrows * (0.45 + 0.2 * max_levels) + 0.2)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, sharex=True, squeeze=False)).ravel()
-    for i, (ax, f) in enumerate(zip(axes, factors, strict=False)):
+    for ax, f in zip(axes, factors, strict=False):
         # Stratified over the other factors: seeds are resampled within each sweep cell.
         table = stats.summarise_by(r, f, metric, strata=[a for a in factors if a != f])
         levels = table["level"].tolist()
@@ -409,8 +414,16 @@ def reward_kl_frontier(
                 (line,) = ax.plot(traj[0], traj[1], color=color, marker="o", markersize=2.2, zorder=3)
                 peak = int(np.argmax(traj[1])) if metric == "eval/gold" else None
                 if peak is not None and peak < len(traj[1]) - 1:
-                    ax.plot(traj[0][peak], traj[1][peak], marker="*", markersize=7, color=color, zorder=4,
-                            markeredgecolor="black", markeredgewidth=0.4)
+                    ax.plot(
+                        traj[0][peak],
+                        traj[1][peak],
+                        marker="*",
+                        markersize=7,
+                        color=color,
+                        zorder=4,
+                        markeredgecolor="black",
+                        markeredgewidth=0.4,
+                    )
                 if metric == "eval/gold":
                     handles.append(line)
                     labels.append(level_label(level) if hue else "all runs")
@@ -468,7 +481,9 @@ def gradient_variance(
     group = _variance_group(r)
     if group is None:
         return "no advantage level recorded"
-    hue = "rollout.batch_size" if "rollout.batch_size" in r and r["rollout.batch_size"].nunique() >= 2 else None
+    hue = (
+        "rollout.batch_size" if "rollout.batch_size" in r and r["rollout.batch_size"].nunique() >= 2 else None
+    )
     groups = _levels(r[group])
     hues = _levels(r[hue]) if hue else [None]
     has_gold = not _finite(r, "eval/gold").empty
@@ -493,7 +508,9 @@ def gradient_variance(
             continue
         pts_a = np.asarray(pts)
         yerr = np.vstack([pts_a - np.asarray(lo), np.asarray(hi) - pts_a])
-        cont = ax.errorbar(xs, pts, yerr=yerr, fmt="o", color=color, capsize=2, elinewidth=0.9, markersize=3.5)
+        cont = ax.errorbar(
+            xs, pts, yerr=yerr, fmt="o", color=color, capsize=2, elinewidth=0.9, markersize=3.5
+        )
         handles.append(cont)
         labels.append(level_label(h) if hue else "all runs")
     ax.set_yscale("log")
@@ -511,8 +528,15 @@ def gradient_variance(
         rg = _finite(r, "eval/gold")
         for i, g in enumerate(groups):
             sel = rg[rg[group] == g]
-            ax.scatter(sel[metric], sel["eval/gold"], s=9, color=PALETTE[i % len(PALETTE)], alpha=0.75,
-                       linewidths=0, label=level_label(g))
+            ax.scatter(
+                sel[metric],
+                sel["eval/gold"],
+                s=9,
+                color=PALETTE[i % len(PALETTE)],
+                alpha=0.75,
+                linewidths=0,
+                label=level_label(g),
+            )
         ax.set_xscale("log")
         _log_axis(ax.xaxis)
         ax.set_xlabel(metric_label(metric))
@@ -565,8 +589,15 @@ def sensitivity_heatmap(
             if np.isfinite(v):
                 rgb = cmap(norm(v))[:3]
                 light = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] > 0.5
-                ax.text(xi, yi, stats.fmt_number(v, 2), ha="center", va="center", fontsize=style.small - 1,
-                        color="black" if light else "white")
+                ax.text(
+                    xi,
+                    yi,
+                    stats.fmt_number(v, 2),
+                    ha="center",
+                    va="center",
+                    fontsize=style.small - 1,
+                    color="black" if light else "white",
+                )
         ax.set_xticks(range(len(xlv)), [level_label(v) for v in xlv])
         ax.set_yticks(range(len(ylv)), [level_label(v) for v in ylv])
         ax.grid(False)
@@ -594,7 +625,9 @@ def matched_impl_runs(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 @_skippable
-def custom_vs_trl(runs: pd.DataFrame, curves: pd.DataFrame, factors: Sequence[str], style: Style) -> Figure | str:
+def custom_vs_trl(
+    runs: pd.DataFrame, curves: pd.DataFrame, factors: Sequence[str], style: Style
+) -> Figure | str:
     """Custom vs TRL on matched settings: gold and KL vs episodes, and throughput."""
     m = matched_impl_runs(runs)
     if m.empty:
@@ -616,7 +649,9 @@ def custom_vs_trl(runs: pd.DataFrame, curves: pd.DataFrame, factors: Sequence[st
         for j, impl in enumerate(impls):
             agg = aggregate_curve(c[c["impl"] == impl])
             if agg is not None:
-                handles.append(_band(ax, *agg[:4], PALETTE[j], impl))
+                line = _band(ax, *agg[:4], PALETTE[j], impl)
+                line.set_linestyle("-" if impl == "custom" else "--")  # visible where the two coincide
+                handles.append(line)
         ax.set_ylabel(metric_label(metric))
         ax.set_xlabel(metric_label("episodes"))
         _xfmt_episodes(ax)
@@ -638,7 +673,9 @@ def custom_vs_trl(runs: pd.DataFrame, curves: pd.DataFrame, factors: Sequence[st
 
 
 @_skippable
-def training_health(runs: pd.DataFrame, curves: pd.DataFrame, factors: Sequence[str], style: Style) -> Figure | str:
+def training_health(
+    runs: pd.DataFrame, curves: pd.DataFrame, factors: Sequence[str], style: Style
+) -> Figure | str:
     """Clip fraction, approx. KL, response length, entropy vs episodes: rows = metrics, cols = factors."""
     metrics = [k for k in HEALTH_METRICS if not _metric_curves(curves, k).empty]
     if not metrics:
@@ -666,11 +703,10 @@ def training_health(runs: pd.DataFrame, curves: pd.DataFrame, factors: Sequence[
                 _legend_above(ax, handles, labels, factor_label(f), width / ncols, style)
             if ci == 0:
                 ax.set_ylabel(_short(metric_label(metric)))
-            if ri == nrows - 1:
-                ax.set_xlabel(metric_label("episodes"))
             _xfmt_episodes(ax)
             ax.yaxis.set_major_locator(MaxNLocator(3))
     fig.align_ylabels(axes[:, 0])
+    fig.supxlabel(metric_label("episodes"), fontsize=style.font)
     return fig
 
 

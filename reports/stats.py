@@ -211,7 +211,9 @@ def ratio_ci(
     point = float(statistic(a, axis=-1)) / den
     n = min(a.size, b.size)
     if n < 2 or (np.all(a == a[0]) and np.all(b == b[0])):
-        return Interval(point, point, point, n, f"n={n}: no interval" if n < 2 else f"n={n}: all values equal")
+        return Interval(
+            point, point, point, n, f"n={n}: no interval" if n < 2 else f"n={n}: all values equal"
+        )
 
     def stat(s1, s2, axis=-1):
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -387,7 +389,9 @@ def matched(frame: pd.DataFrame, factor: str, levels: Sequence, cell: str = "cel
     """
     if factor not in frame or cell not in frame or not set(levels) <= set(frame[factor]):
         return frame.iloc[0:0]
-    key = frame[cell].map(lambda c: ", ".join(p for p in str(c).split(", ") if not p.startswith(f"{factor}=")))
+    key = frame[cell].map(
+        lambda c: ", ".join(p for p in str(c).split(", ") if not p.startswith(f"{factor}="))
+    )
     present = frame.groupby(key)[factor].agg(lambda s: set(s))
     full = set(present[present.map(lambda s: set(levels) <= s)].index)
     return frame[key.isin(full) & frame[factor].isin(list(levels))]

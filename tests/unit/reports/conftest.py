@@ -50,9 +50,25 @@ def fake_sweep(
         for s in range(seeds):
             axis = {"ppo.clip_eps": eps, "kl.coef": coef, "rollout.batch_size": bs, "advantage.level": level}
             tags = {f"axis.{k}": v for k, v in axis.items()}
-            tags.update({"sweep.role": "child", "seed": s, "impl": impl, "task": "sentiment", "advantage.level": level})
-            params = {**axis, "advantage.baseline": "rloo", "seed": s, "impl": impl, "task.name": "sentiment",
-                      "ppo.epochs": 4, "eval.every": eval_every, "probe.every": probe_every}
+            tags.update(
+                {
+                    "sweep.role": "child",
+                    "seed": s,
+                    "impl": impl,
+                    "task": "sentiment",
+                    "advantage.level": level,
+                }
+            )
+            params = {
+                **axis,
+                "advantage.baseline": "rloo",
+                "seed": s,
+                "impl": impl,
+                "task.name": "sentiment",
+                "ppo.epochs": 4,
+                "eval.every": eval_every,
+                "probe.every": probe_every,
+            }
             run = FakeRun(tags, params)
             noise = rng.normal(0, 0.03)
             var_base = (3.0 if level == "token" else 1.0) * 32 / bs * np.exp(rng.normal(0, 0.2))
@@ -70,28 +86,53 @@ def fake_sweep(
                 }
                 if t % eval_every == 0 or t == iterations:
                     m["eval/kl"] = klv
-                    m["eval/gold"] = (0.3 + 0.4 * (1 - np.exp(-ep / 150)) - 0.3 * max(0.0, klv - 1.0)
-                                      + (0.05 if level == "sequence" else 0.0) + noise + 0.01 * rng.normal())
+                    m["eval/gold"] = (
+                        0.3
+                        + 0.4 * (1 - np.exp(-ep / 150))
+                        - 0.3 * max(0.0, klv - 1.0)
+                        + (0.05 if level == "sequence" else 0.0)
+                        + noise
+                        + 0.01 * rng.normal()
+                    )
                     m["eval/proxy"] = 0.5 + 1.2 * np.sqrt(klv) + 0.02 * rng.normal()
                     m["response/length"] = 20 + t + rng.normal()
                 if probe_every and t % probe_every == 0:
                     rv = var_base * np.exp(rng.normal(0, 0.1))
-                    m.update({"grad/variance": rv * 0.5, "grad/rel_variance": rv, "grad/snr": 1 / np.sqrt(rv),
-                              "grad/cosine": 0.3, "grad/norm": 0.7})
+                    m.update(
+                        {
+                            "grad/variance": rv * 0.5,
+                            "grad/rel_variance": rv,
+                            "grad/snr": 1 / np.sqrt(rv),
+                            "grad/cosine": 0.3,
+                            "grad/norm": 0.7,
+                        }
+                    )
                 run.history[t] = m
             runs.append(run)
     for i in range(failed):
-        bad = FakeRun(dict(runs[i].tags), dict(runs[i].params), {0: dict(runs[i].history[0])}, status="FAILED")
+        bad = FakeRun(
+            dict(runs[i].tags), dict(runs[i].params), {0: dict(runs[i].history[0])}, status="FAILED"
+        )
         runs.append(bad)
     return runs
 
 
 def write_sweep(store, name: str, runs: list[FakeRun], axes=AXES) -> str:
     """Parent + children in a real MLflow store, as the sweep runner writes them; returns the parent id."""
-    parent = store.start_run(name, run_name=f"sweep-{name}", tags={
-        "sweep.role": "parent", "sweep.name": name, "sweep.hash": "abc123", "sweep.axes": json.dumps(axes)})
+    parent = store.start_run(
+        name,
+        run_name=f"sweep-{name}",
+        tags={
+            "sweep.role": "parent",
+            "sweep.name": name,
+            "sweep.hash": "abc123",
+            "sweep.axes": json.dumps(axes),
+        },
+    )
     for i, r in enumerate(runs):
-        child = store.start_run(name, run_name=f"child-{i}", tags=r.tags, params=r.params, parent_run_id=parent.run_id)
+        child = store.start_run(
+            name, run_name=f"child-{i}", tags=r.tags, params=r.params, parent_run_id=parent.run_id
+        )
         for step, metrics in r.history.items():
             child.log_metrics(metrics, step=step)
         child.end(r.status)
@@ -103,21 +144,34 @@ def tidy_frames(runs: list[FakeRun], axes=AXES) -> tuple[pd.DataFrame, pd.DataFr
     """The (runs, curves) frames of reports.collect, built directly (FINISHED runs only)."""
     rows, curves = [], []
     for i, r in enumerate(x for x in runs if x.status == "FINISHED"):
-        row = {"run_id": f"run{i:03d}", "seed": r.params["seed"], "impl": r.params["impl"], "task": "sentiment"}
+        row = {
+            "run_id": f"run{i:03d}",
+            "seed": r.params["seed"],
+            "impl": r.params["impl"],
+            "task": "sentiment",
+        }
         for k in [*axes, "advantage.baseline"]:
             row[k] = r.params[k]
-        row["advantage"] = "token" if row["advantage.level"] == "token" else f"sequence/{row['advantage.baseline']}"
+        row["advantage"] = (
+            "token" if row["advantage.level"] == "token" else f"sequence/{row['advantage.baseline']}"
+        )
         row["cell"] = ", ".join(f"{k}={row[k]}" for k in axes)
         last = {}
         for t in sorted(r.history):
             last.update(r.history[t])
         row.update(last)
         rows.append(row)
-        ids = {k: v for k, v in row.items() if k in ("run_id", "seed", "impl", "task", "advantage", "cell", *axes)}
+        ids = {
+            k: v
+            for k, v in row.items()
+            if k in ("run_id", "seed", "impl", "task", "advantage", "cell", *axes)
+        }
         for t, m in sorted(r.history.items()):
             for key, v in m.items():
                 if key != "episodes":
-                    curves.append({**ids, "step": t, "episodes": float(m["episodes"]), "metric": key, "value": v})
+                    curves.append(
+                        {**ids, "step": t, "episodes": float(m["episodes"]), "metric": key, "value": v}
+                    )
     return pd.DataFrame(rows), pd.DataFrame(curves)
 
 

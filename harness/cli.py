@@ -1,0 +1,161 @@
+"""The command line: a thin typer app. Parsing here; work in the modules it calls."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="ppo-harness: PPO for RLHF - custom core, TRL reference, Optuna ablations, MLflow, reports.",
+)
+
+RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Local store: MLflow SQLite db, artifacts, Optuna journals.")]
+TrackingUri = Annotated[
+    str | None, typer.Option("--tracking-uri", help="An MLflow tracking server (e.g. http://host:5000) instead of --runs-dir.")
+]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """One line on stderr and a non-zero exit."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def tasks() -> None:
+    """List the built-in tasks with a one-line description each."""
+    from harness.tasks import list_tasks
+
+    for name, desc in list_tasks().items():
+        typer.echo(f"{name:<10} {desc}")
+
+
+@app.command()
+def train(
+    task: Annotated[str | None, typer.Option(help="Task name (see `ppo-harness tasks`); same as --set task.name=...")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="A RunConfig YAML file.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="Override a config key: dotted.key=value (YAML scalar). Repeatable.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (same as --set seed=N).")] = None,
+    impl: Annotated[str | None, typer.Option(help="custom | trl (same as --set impl=...).")] = None,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "ppo-harness",
+    runs_dir: RunsDir = Path("runs"),
+    tracking_uri: TrackingUri = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Train one configuration and log it as one MLflow run."""
+    from harness.config import ConfigError, load_config
+    from harness.models import ModelError, validate_model_keys
+
+    overrides = list(set_ or [])
+    for key, value in (("task.name", task), ("seed", seed), ("impl", impl)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    try:
+        cfg = load_config(config, overrides)
+        validate_model_keys(cfg)
+    except (ConfigError, ModelError) as e:
+        raise fail(str(e)) from None
+    if cfg.impl == "trl":
+        try:
+            from baselines.trl_ppo import check_expressible
+        except ImportError:
+            raise fail("impl 'trl': the TRL baseline is not available in this installation") from None
+        try:
+            check_expressible(cfg)
+        except ValueError as e:
+            raise fail(str(e)) from None
+    from harness.run import execute
+    from harness.tracking import Store
+
+    store = Store(runs_dir, tracking_uri)
+    try:
+        result = execute(cfg, store, experiment=experiment, progress=not quiet and sys.stderr.isatty())
+    except KeyboardInterrupt:
+        raise fail("interrupted; the run is marked KILLED", 130) from None
+    except Exception as e:  # the run is already marked FAILED with the reason
+        raise fail(f"run failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", 1) from None
+    typer.echo(f"run id   {result.run_id}")
+    typer.echo(f"stored   {store.where} (experiment '{experiment}')")
+    for key in ("eval/gold", "eval/proxy", "eval/kl", "eval/length", "objective/entropy"):
+        if key in result.final:
+            typer.echo(f"{key:<17} {result.final[key]:+.4f}")
+
+
+@app.command()
+def sweep(
+    spec: Annotated[Path, typer.Argument(help="An ablation spec (YAML), e.g. ablations/quick.yaml.")],
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna storage URL (e.g. postgresql://user@host/db); default: a journal file under --runs-dir.")
+    ] = None,
+    runs_dir: RunsDir = Path("runs"),
+    tracking_uri: TrackingUri = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate, print the cells and the storage, run nothing.")] = False,
+    new: Annotated[bool, typer.Option("--new", help="Start a fresh study when the spec changed under the same name.")] = False,
+) -> None:
+    """Run an ablation grid (cells x seeds) with Optuna; rerun the same command to resume."""
+    from harness.sweep import run_sweep
+
+    code = run_sweep(spec, workers=workers, storage=storage, tracking_uri=tracking_uri, runs_dir=str(runs_dir),
+                     dry_run=dry_run, new=new)
+    raise typer.Exit(code)
+
+
+@app.command()
+def report(
+    spec: Annotated[Path | None, typer.Argument(help="The ablation spec whose sweep to report.")] = None,
+    experiment: Annotated[str | None, typer.Option(help="Report an MLflow experiment by name instead.")] = None,
+    parent_run: Annotated[str | None, typer.Option("--parent-run", help="Report the sweep under this parent run id.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default reports/out/<name>).")] = None,
+    style: Annotated[str, typer.Option(help="Figure style: default | icml | neurips | iclr.")] = "default",
+    runs_dir: RunsDir = Path("runs"),
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Figures, tables and report.md/.html from a sweep's MLflow runs."""
+    from reports.report import main as report_main
+
+    argv = [str(spec)] if spec else []
+    if experiment:
+        argv += ["--experiment", experiment]
+    if parent_run:
+        argv += ["--parent-run", parent_run]
+    if out:
+        argv += ["--out", str(out)]
+    argv += ["--style", style, "--runs-dir", str(runs_dir)]
+    if tracking_uri:
+        argv += ["--tracking-uri", tracking_uri]
+    raise typer.Exit(report_main(argv))
+
+
+@app.command()
+def ui(
+    runs_dir: RunsDir = Path("runs"),
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+) -> None:
+    """Start the MLflow UI on the project's store (loopback only) and print the URL."""
+    from harness.tracking import Store
+
+    store = Store(runs_dir)
+    typer.echo(f"MLflow UI for {store.where}: http://127.0.0.1:{port}  (Ctrl-C to stop)")
+    os.execvp(
+        sys.executable,
+        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store.uri,
+         "--default-artifact-root", store.artifact_root or "", "--host", "127.0.0.1", "--port", str(port)],
+    )
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

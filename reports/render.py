@@ -1,0 +1,431 @@
+"""Text outputs of a report: Markdown / LaTeX (booktabs) / CSV tables, captions, report.md and report.html.
+
+Nothing here computes a statistic: it formats the frames of ``reports.stats`` and the sentences
+of ``reports.findings``. The HTML page is self-contained (inline CSS, no scripts, no remote
+resources); figures are referenced relatively (``figures/<stem>.png``), like in report.md.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from reports import stats
+
+TABLE_METRICS = ("eval/gold", "eval/kl", "grad/rel_variance", "perf/tokens_per_s")
+COLUMN_TITLES = {
+    "eval/gold": "final gold reward",
+    "eval/kl": "final KL (nats)",
+    "grad/rel_variance": "rel. grad. variance",
+    "perf/tokens_per_s": "tokens/s",
+}
+LATEX_COLUMNS = {
+    "eval/gold": "Gold reward",
+    "eval/kl": "KL (nats)",
+    "grad/rel_variance": r"Rel.\ grad.\ var.",
+    "perf/tokens_per_s": "Tokens/s",
+}
+LATEX_FACTORS = {
+    "ppo.clip_eps": r"Clip $\epsilon$",
+    "kl.coef": r"KL coef.\ $\beta$",
+    "rollout.batch_size": "Batch size",
+    "advantage.level": "Advantage level",
+    "advantage.baseline": "Baseline",
+    "advantage": "Advantage",
+    "impl": "Implementation",
+}
+
+
+# ---- tables --------------------------------------------------------------------------------------
+
+
+def _level(v: Any) -> str:
+    return f"{float(v):g}" if isinstance(v, float | np.floating) else str(v)
+
+
+def wide_table(table: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) -> pd.DataFrame:
+    """Long ``stats.summarise_factors`` output -> one row per (factor, level), 'IQM [low, high]' cells.
+
+    Columns: factor, level, n (runs with a final gold reward, else the largest n), then one
+    column per metric present, titled by ``COLUMN_TITLES``.
+    """
+    present = [m for m in metrics if m in set(table["metric"])]
+    rows = []
+    for (factor, level), g in table.groupby(["factor", "level"], sort=False):
+        by = g.set_index("metric")
+        n = int(by.loc["eval/gold", "n"]) if "eval/gold" in by.index else int(g["n"].max())
+        row = {"factor": factor, "level": _level(level), "n": n}
+        for m in present:
+            if m in by.index:
+                r = by.loc[m]
+                row[COLUMN_TITLES.get(m, m)] = stats.Interval(
+                    float(r["iqm"]), float(r["ci_low"]), float(r["ci_high"]), int(r["n"])
+                ).fmt()
+            else:
+                row[COLUMN_TITLES.get(m, m)] = "n/a"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["factor", "level", "n", *[COLUMN_TITLES.get(m, m) for m in present]])
+
+
+def poi_display(poi: pd.DataFrame) -> pd.DataFrame | None:
+    """``stats.poi_table`` -> square text frame 'P(row > column)', '-' on the diagonal; None if < 2 levels."""
+    if poi is None or poi.empty:
+        return None
+    m = stats.poi_matrix(poi)
+    out = m.map(lambda p: "-" if not np.isfinite(p) else f"{p:.2f}")
+    out.index = [_level(v) for v in m.index]
+    out.columns = [_level(v) for v in m.columns]
+    out.index.name = "P(row > column)"
+    return out
+
+
+def markdown_table(df: pd.DataFrame, index: bool = False) -> str:
+    """A GitHub-flavoured Markdown table; numbers right-aligned, text left-aligned."""
+    frame = df.reset_index() if index else df
+    cols = [str(c) for c in frame.columns]
+    numeric = [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns]
+
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(c) for c in cols) + " |"]
+    lines.append("|" + "|".join("---:" if num else ":---" for num in numeric) + "|")
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def latex_escape(text: Any) -> str:
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
+
+
+def _latex_number_cell(text: str) -> str:
+    # A leading '-' would print as a hyphen: use a math minus (no package needed).
+    return latex_escape(text).replace("-", "$-$") if any(ch.isdigit() for ch in text) else latex_escape(text)
+
+
+def latex_table(wide: pd.DataFrame, comment: str = "") -> str:
+    """booktabs ``tabular`` of ``wide_table`` output (only \\usepackage{booktabs} needed).
+
+    The factor name appears on the first row of its block; blocks are separated by \\midrule.
+    """
+    metric_cols = [c for c in wide.columns if c not in ("factor", "level", "n")]
+    titles = {v: LATEX_COLUMNS[k] for k, v in COLUMN_TITLES.items()}
+    head = ["Factor", "Level", "$n$", *[titles.get(c, latex_escape(c)) for c in metric_cols]]
+    lines = []
+    if comment:
+        lines += [f"% {line}" for line in comment.splitlines()]
+    lines += [
+        r"\begin{tabular}{ll r" + " l" * len(metric_cols) + "}",
+        r"\toprule",
+        " & ".join(head) + r" \\",
+        r"\midrule",
+    ]
+    for b, (factor, g) in enumerate(wide.groupby("factor", sort=False)):
+        if b:
+            lines.append(r"\midrule")
+        for i, d in enumerate(g.to_dict("records")):
+            name = LATEX_FACTORS.get(factor, latex_escape(factor)) if i == 0 else ""
+            cells = [name, latex_escape(d["level"]), str(d["n"])]
+            cells += [_latex_number_cell(str(d[c])) for c in metric_cols]
+            lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def latex_matrix(matrix: pd.DataFrame, comment: str = "") -> str:
+    """booktabs ``tabular`` of a square text matrix such as ``poi_display``."""
+    lines = [f"% {line}" for line in comment.splitlines()] if comment else []
+    lines += [
+        r"\begin{tabular}{l" + " r" * len(matrix.columns) + "}",
+        r"\toprule",
+        r"$P(\mathrm{row} > \mathrm{column})$ & "
+        + " & ".join(latex_escape(c) for c in matrix.columns)
+        + r" \\",
+        r"\midrule",
+    ]
+    for idx, row in matrix.iterrows():
+        lines.append(" & ".join([latex_escape(idx), *[latex_escape(v) for v in row]]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(
+    table: pd.DataFrame, poi: pd.DataFrame | None, runs: pd.DataFrame, out_dir: str | Path
+) -> dict[str, Path]:
+    """Write tables/<name>.{csv,md,tex}; returns {relative name: path}.
+
+    final_by_factor.csv is the long numeric table (one row per factor, level, metric);
+    the .md / .tex files are its formatted wide form. poi_advantage.* when there are two or
+    more advantage levels. runs.csv is one row per run with its final metrics.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+
+    def put(name: str, text: str) -> None:
+        path = out / name
+        path.write_text(text)
+        written[name] = path
+
+    wide = wide_table(table)
+    table.to_csv(out / "final_by_factor.csv", index=False)
+    written["final_by_factor.csv"] = out / "final_by_factor.csv"
+    put("final_by_factor.md", markdown_table(wide))
+    put(
+        "final_by_factor.tex",
+        latex_table(wide, "IQM [95% stratified bootstrap CI] over seeds of final metrics per factor level."),
+    )
+    shown = poi_display(poi) if poi is not None else None
+    if shown is not None:
+        poi.to_csv(out / "poi_advantage.csv", index=False)
+        written["poi_advantage.csv"] = out / "poi_advantage.csv"
+        put("poi_advantage.md", markdown_table(shown, index=True))
+        put("poi_advantage.tex", latex_matrix(shown, "Probability of improvement on final gold reward."))
+    runs.drop(columns=[c for c in ("start_time",) if c in runs]).to_csv(out / "runs.csv", index=False)
+    written["runs.csv"] = out / "runs.csv"
+    return written
+
+
+# ---- captions ------------------------------------------------------------------------------------
+
+
+def captions(
+    figures: Sequence[Any], runs: pd.DataFrame, factors: Sequence[str]
+) -> dict[str, tuple[str, str]]:
+    """Two-line caption per drawn figure: what it shows; how it is aggregated / how to read it."""
+    n = len(runs)
+    per_level = [int(c) for f in factors if f in runs for c in runs[f].value_counts()]
+    runs_per = (
+        f"{min(per_level)} to {max(per_level)} runs"
+        if per_level and min(per_level) != max(per_level)
+        else f"{per_level[0] if per_level else n} runs"
+    )
+    ci = "95% stratified bootstrap CI (seeds resampled within sweep cells; 2000 resamples, seed 0)"
+    out: dict[str, tuple[str, str]] = {}
+    for fig in figures:
+        meta = getattr(fig, "meta", {}) or {}
+        hue = meta.get("hue")
+        out[fig.stem] = {
+            "fig1_learning_curves": (
+                "Gold reward on held-out prompts against completions seen; one panel per swept factor, "
+                "one line per level.",
+                f"Lines: IQM over the {runs_per} of a level; bands: 95% bootstrap CI. Runs are interpolated "
+                "onto a shared episodes axis and cut at the fewest episodes any of them reached.",
+            ),
+            "fig2_final_reward": (
+                "Final gold reward (last evaluation) for each level of each swept factor.",
+                f"Tick: IQM over {runs_per}; bar: {ci}.",
+            ),
+            "fig3_reward_kl_frontier": (
+                "Gold (left) and proxy (right) reward against KL to the reference policy"
+                + (f", coloured by {hue}." if hue else "."),
+                "Dots: final values of single runs; lines: IQM path over evaluations; a star marks a gold "
+                "peak before the end, past which the proxy still rises while gold falls (over-optimisation).",
+            ),
+            "fig4_gradient_variance": (
+                "Relative policy-gradient variance tr(Σ)/‖ḡ‖² (log scale) by advantage estimator and batch "
+                "size (left) and against final gold reward per run (right).",
+                f"Points: IQM of the last probe over runs; error bars: {ci}. Lower means a less noisy gradient.",
+            ),
+            "fig5_sensitivity": (
+                "Final gold reward over clip ε × KL coefficient β, one panel per advantage estimator.",
+                "Cell value: IQM over the seeds of that cell; one colour scale shared by all panels.",
+            ),
+            "fig6_custom_vs_trl": (
+                f"Custom PPO against TRL's PPOTrainer on the settings both ran ({meta.get('n_matched', 0)} runs): "
+                "gold reward and KL against completions seen, and throughput.",
+                "Lines: IQM over runs; bands and bars: 95% bootstrap CIs.",
+            ),
+            "fig7_training_health": (
+                "Training health against completions seen: clip fraction, approximate KL, response length "
+                "and entropy (rows), one column per swept factor.",
+                "Lines: IQM over the runs of a level; bands: 95% bootstrap CI. Rising clip fraction or "
+                "approx. KL, or collapsing entropy or length, flag unstable settings.",
+            ),
+        }.get(fig.stem, (fig.title, f"{n} runs."))
+    return out
+
+
+# ---- the report page -----------------------------------------------------------------------------
+
+
+@dataclass
+class ReportContent:
+    """Everything report.md and report.html show, already formatted."""
+
+    name: str
+    source: list[str]  # where the data came from, one line each
+    findings: list[str]
+    table: pd.DataFrame  # wide_table output
+    poi: pd.DataFrame | None  # poi_display output
+    figures: list[Any]  # plots.FigureResult
+    captions: dict[str, tuple[str, str]]
+    method: list[str] = field(default_factory=list)
+
+
+METHOD = [
+    "Final value of a metric: its value at the last logged evaluation (MLflow's latest value by step).",
+    "Aggregate over seeds: interquartile mean (IQM, 25% trimmed mean); 95% percentile bootstrap CIs "
+    "(scipy.stats.bootstrap, 2000 resamples, fixed seed 0), stratified by sweep cell: seeds are "
+    "resampled within each cell of the other factors.",
+    "Probability of improvement P(X > Y) = U / (n m) from the Mann-Whitney U statistic, averaged over "
+    "the sweep cells where both levels ran (rliable).",
+    "Learning curves compare at equal samples: the x-axis is completions seen (episodes), not iterations.",
+]
+
+
+def _rel(path: Path, out_dir: Path) -> str:
+    return Path(path).resolve().relative_to(out_dir).as_posix()
+
+
+def report_markdown(c: ReportContent, out_dir: Path) -> str:
+    lines = [f"# PPO ablation report: {c.name}", ""]
+    lines += [f"- {s}" for s in c.source] + ["", "## Findings", ""]
+    lines += [f"- {s}" for s in c.findings] + [""]
+    lines += [
+        "## Final metrics per factor level",
+        "",
+        "IQM [95% stratified bootstrap CI] over runs; n = runs with a final gold reward. "
+        "Files: `tables/final_by_factor.{csv,md,tex}`.",
+        "",
+        markdown_table(c.table),
+    ]
+    if c.poi is not None:
+        lines += [
+            "## Probability of improvement between advantage levels",
+            "",
+            "P(row > column) on final gold reward, averaged over matched sweep cells. "
+            "Files: `tables/poi_advantage.{csv,md,tex}`.",
+            "",
+            markdown_table(c.poi, index=True),
+        ]
+    lines += ["## Figures", ""]
+    k = 0
+    for fig in c.figures:
+        if fig.skipped:
+            continue
+        k += 1
+        png = next(p for p in fig.files if p.suffix == ".png")
+        pdf = next(p for p in fig.files if p.suffix == ".pdf")
+        one, two = c.captions.get(fig.stem, (fig.title, ""))
+        lines += [
+            f"### Figure {k}. {fig.title}",
+            "",
+            f"![Figure {k}: {fig.title}]({_rel(png, out_dir)})",
+            "",
+            f"**Figure {k}.** {one}  ",
+            f"{two} ([PDF]({_rel(pdf, out_dir)}))",
+            "",
+        ]
+    skipped = [f for f in c.figures if f.skipped]
+    if skipped:
+        lines += ["### Figures not drawn", ""]
+        lines += [f"- {f.title}: {f.skipped}." for f in skipped] + [""]
+    lines += ["## Method", ""] + [f"- {s}" for s in c.method or METHOD] + [""]
+    return "\n".join(lines)
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 60rem; margin: 2rem auto;
+       padding: 0 1rem; color: #1a1a1a; line-height: 1.45; }
+h1 { font-size: 1.6rem; } h2 { font-size: 1.25rem; margin-top: 2rem; border-bottom: 1px solid #ddd; }
+h3 { font-size: 1.05rem; }
+table { border-collapse: collapse; margin: 0.5rem 0 1rem; font-size: 0.9rem; }
+th, td { padding: 0.25rem 0.6rem; border-bottom: 1px solid #e3e3e3; text-align: left; }
+thead th { border-bottom: 2px solid #555; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+figure { margin: 1rem 0 2rem; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 0.92rem; color: #333; } code { background: #f4f4f4; padding: 0 0.2rem; }
+.muted { color: #666; font-size: 0.9rem; }
+"""
+
+
+def _html_table(df: pd.DataFrame, index: bool = False) -> str:
+    frame = df.reset_index() if index else df
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = []
+    for row in frame.itertuples(index=False):
+        cells = []
+        for v in row:
+            num = isinstance(v, int | float | np.number) or (isinstance(v, str) and v[:1].isdigit())
+            cells.append(
+                f'<td class="num">{html.escape(str(v))}</td>' if num else f"<td>{html.escape(str(v))}</td>"
+            )
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def report_html(c: ReportContent, out_dir: Path) -> str:
+    e = html.escape
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>PPO ablation report: {e(c.name)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>PPO ablation report: {e(c.name)}</h1>",
+        '<ul class="muted">' + "".join(f"<li>{e(s)}</li>" for s in c.source) + "</ul>",
+        "<h2>Findings</h2>",
+        "<ul>" + "".join(f"<li>{e(s)}</li>" for s in c.findings) + "</ul>",
+        "<h2>Final metrics per factor level</h2>",
+        '<p class="muted">IQM [95% stratified bootstrap CI] over runs; n = runs with a final gold reward.</p>',
+        _html_table(c.table),
+    ]
+    if c.poi is not None:
+        parts += [
+            "<h2>Probability of improvement between advantage levels</h2>",
+            '<p class="muted">P(row &gt; column) on final gold reward, averaged over matched sweep cells.</p>',
+            _html_table(c.poi, index=True),
+        ]
+    parts.append("<h2>Figures</h2>")
+    k = 0
+    for fig in c.figures:
+        if fig.skipped:
+            continue
+        k += 1
+        png = next(p for p in fig.files if p.suffix == ".png")
+        pdf = next(p for p in fig.files if p.suffix == ".pdf")
+        one, two = c.captions.get(fig.stem, (fig.title, ""))
+        parts.append(
+            f'<figure id="{e(fig.stem)}"><h3>Figure {k}. {e(fig.title)}</h3>'
+            f'<img src="{e(_rel(png, out_dir))}" alt="Figure {k}: {e(fig.title)}">'
+            f"<figcaption><strong>Figure {k}.</strong> {e(one)}<br>{e(two)} "
+            f'(<a href="{e(_rel(pdf, out_dir))}">PDF</a>)</figcaption></figure>'
+        )
+    skipped = [f for f in c.figures if f.skipped]
+    if skipped:
+        parts.append("<h3>Figures not drawn</h3><ul>")
+        parts += [f"<li>{e(f.title)}: {e(f.skipped)}.</li>" for f in skipped]
+        parts.append("</ul>")
+    parts.append("<h2>Method</h2><ul>" + "".join(f"<li>{e(s)}</li>" for s in c.method or METHOD) + "</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def write_report(c: ReportContent, out_dir: str | Path) -> tuple[Path, Path]:
+    """report.md and report.html in ``out_dir`` (figure paths must lie under it); returns both paths."""
+    out = Path(out_dir).resolve()
+    md, page = out / "report.md", out / "report.html"
+    md.write_text(report_markdown(c, out))
+    page.write_text(report_html(c, out))
+    return md, page

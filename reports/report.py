@@ -1,0 +1,175 @@
+"""Build one report: collect (MLflow) -> stats -> plots -> findings -> render, then log it to the sweep.
+
+``build_report`` is what ``ppo-harness report`` calls; ``python -m reports.report`` runs the same
+thing with its own small argparse front end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.tracking import DEFAULT_RUNS_DIR, Store
+from reports import stats
+from reports.collect import ReportError, Sweep, collect
+from reports.findings import findings
+from reports.render import (
+    TABLE_METRICS,
+    ReportContent,
+    captions,
+    poi_display,
+    wide_table,
+    write_report,
+    write_tables,
+)
+
+ARTIFACT_DIR = "report"  # where the report lands among the parent run's artifacts
+ADVANTAGE_KEYS = ("advantage", "advantage.level", "advantage.baseline")
+
+__all__ = ["ReportError", "Source", "build_report", "main"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Which sweep to report on: exactly one of an ablation spec path, an experiment, a parent run."""
+
+    spec: str | Path | None = None
+    experiment: str | None = None
+    parent_run: str | None = None
+
+    @classmethod
+    def parse(cls, source: Source | str | Path) -> Source:
+        """A Source as is; a path that exists or ends in .yaml / .yml is a spec; any other text an experiment."""
+        if isinstance(source, Source):
+            return source
+        text = str(source)
+        if isinstance(source, Path) or text.endswith((".yaml", ".yml")) or Path(text).is_file():
+            return cls(spec=source)
+        return cls(experiment=text)
+
+
+def build_report(
+    source: Source | str | Path,
+    out_dir: str | Path | None = None,
+    style: str = "default",
+    store: Store | None = None,
+    log_to_mlflow: bool = True,
+) -> Path:
+    """Write the report of one sweep and return the path of its report.md.
+
+    Writes, under ``out_dir`` (default ``reports/out/<sweep name>``):
+    ``report.md``, ``report.html``, ``figures/fig*.{pdf,png}`` (figures without data are skipped
+    and listed in the report), ``tables/final_by_factor.{csv,md,tex}``,
+    ``tables/poi_advantage.{csv,md,tex}`` (two or more advantage levels) and ``tables/runs.csv``.
+    The same files are logged to the sweep's parent run under ``report/`` (not for plain runs
+    without a parent). Raises ``ReportError`` (a ValueError, one line) when the sweep,
+    experiment or run is missing or has no finished runs.
+    """
+    from reports import plots  # matplotlib / seaborn are imported only when drawing
+
+    src = Source.parse(source)
+    store = store or Store(DEFAULT_RUNS_DIR)
+    try:
+        style_obj = plots.get_style(style)
+    except ValueError as e:
+        raise ReportError(str(e)) from None
+    sweep = collect(store, spec=src.spec, experiment=src.experiment, parent_run=src.parent_run)
+    out = Path(out_dir) if out_dir else Path("reports") / "out" / _safe(sweep.name)
+    out = out.resolve()
+
+    factors = sweep.factors
+    table = stats.summarise_factors(sweep.runs, factors, TABLE_METRICS)
+    adv = next((k for k in ADVANTAGE_KEYS if k in sweep.runs and sweep.runs[k].nunique() >= 2), None)
+    poi = (
+        stats.poi_table(sweep.runs, adv, "eval/gold", strata=[a for a in factors if a not in ADVANTAGE_KEYS])
+        if adv
+        else None
+    )
+    figures = plots.make_figures(sweep.runs, sweep.curves, factors, style_obj, out / "figures")
+    tables = write_tables(table, poi, sweep.runs, out / "tables")
+    content = ReportContent(
+        name=sweep.name,
+        source=_source_lines(sweep, style_obj.name),
+        findings=findings(sweep.runs, sweep.curves, factors, table, poi, sweep.excluded),
+        table=wide_table(table),
+        poi=poi_display(poi) if poi is not None else None,
+        figures=figures,
+        captions=captions([f for f in figures if not f.skipped], sweep.runs, factors),
+    )
+    md, page = write_report(content, out)
+    if log_to_mlflow and sweep.parent_run_id:
+        _log(
+            store, sweep.parent_run_id, md, page, [p for f in figures for p in f.files], list(tables.values())
+        )
+    return md
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _source_lines(sweep: Sweep, style: str) -> list[str]:
+    lines = [f"Experiment: {sweep.name} (store: {sweep.where})"]
+    lines.append(
+        f"Parent run: {sweep.parent_run_id}" if sweep.parent_run_id else "Parent run: none (plain runs)"
+    )
+    lines.append(
+        f"Swept axes: {', '.join(sweep.axes) or 'none'}; factors with two or more levels: "
+        f"{', '.join(sweep.factors) or 'none'}"
+    )
+    lines.append(f"Finished runs: {len(sweep.runs)}; figure style: {style}")
+    return lines
+
+
+def _log(store: Store, run_id: str, md: Path, page: Path, figures: list[Path], tables: list[Path]) -> None:
+    """Attach the report to the parent run; a failure to log never loses the files on disk."""
+    try:
+        logger = store.run_logger(run_id)
+        logger.log_file(md, ARTIFACT_DIR)
+        logger.log_file(page, ARTIFACT_DIR)
+        for p in figures:
+            logger.log_file(p, f"{ARTIFACT_DIR}/figures")
+        for p in tables:
+            logger.log_file(p, f"{ARTIFACT_DIR}/tables")
+    except Exception as e:  # a read-only or unreachable store: keep the local report
+        warnings.warn(f"report written but not logged to run {run_id}: {e}", stacklevel=2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m reports.report",
+        description="Figures, tables and findings of one sweep, read from MLflow.",
+    )
+    p.add_argument("spec", nargs="?", help="ablation spec (its 'name' is the MLflow experiment)")
+    p.add_argument("--experiment", help="MLflow experiment name instead of a spec")
+    p.add_argument("--parent-run", help="sweep parent run id instead of a spec")
+    p.add_argument("--out", help="output folder (default reports/out/<name>)")
+    p.add_argument("--style", default="default", help="figure style: default, icml, neurips, iclr")
+    p.add_argument("--runs-dir", default=str(DEFAULT_RUNS_DIR), help="local store folder (default runs)")
+    p.add_argument("--tracking-uri", help="MLflow tracking server instead of the local store")
+    p.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
+    a = p.parse_args(argv)
+    given = [x for x in (a.spec, a.experiment, a.parent_run) if x]
+    if len(given) != 1:
+        p.print_usage(sys.stderr)
+        print("error: give exactly one of: SPEC, --experiment NAME, --parent-run ID", file=sys.stderr)
+        return 2
+    source = Source(spec=a.spec, experiment=a.experiment, parent_run=a.parent_run)
+    try:
+        if not a.tracking_uri and not (Path(a.runs_dir) / "mlflow.db").exists():
+            raise ReportError(f"no MLflow store at {Path(a.runs_dir) / 'mlflow.db'}; run a sweep first")
+        store = Store(a.runs_dir, tracking_uri=a.tracking_uri)
+        md = build_report(source, a.out, a.style, store, log_to_mlflow=not a.no_log)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"report: {md}")
+    print(f"html:   {md.with_suffix('.html')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
