@@ -364,9 +364,6 @@ def load_pretrained_lm(name: str):
     """A Hugging Face causal LM + tokenizer by name or path; one-line error when unavailable."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if "/" not in name and not Path(name).exists():
-        known = ", ".join(PRESETS)
-        raise ModelError(f"model.policy '{name}': not a built-in preset ({known}) nor an existing path")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
         model = AutoModelForCausalLM.from_pretrained(name)
@@ -379,13 +376,21 @@ def load_pretrained_lm(name: str):
     return tokenizer, model
 
 
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") != 1 or Path(name).exists()
+
+
 def validate_model_keys(cfg: RunConfig) -> None:
-    """Cheap checks before anything is logged: model.policy / model.reward exist."""
+    """Cheap checks before anything is logged: model.policy / model.reward exist.
+
+    A local path must exist; ``org/name`` is taken as a Hugging Face hub id and is
+    resolved when the models load.
+    """
     p = cfg.model.policy
-    if not _is_preset(p) and not Path(p).exists() and "/" not in p:
+    if not _is_preset(p) and _looks_local(p) and not Path(p).expanduser().exists():
         raise ModelError(f"model.policy '{p}': not a built-in preset ({', '.join(PRESETS)}) nor an existing path")
     r = cfg.model.reward
-    if r not in ("learned", "gold") and not Path(r).exists():
+    if r not in ("learned", "gold") and _looks_local(r) and not Path(r).expanduser().exists():
         raise ModelError(f"model.reward '{r}': not 'learned', 'gold' or an existing model path")
 
 
@@ -406,7 +411,10 @@ def load_models(cfg: RunConfig, progress=None) -> Models:
     elif cfg.model.reward == "learned":
         reward = _load_classifier(build_reward_model(cfg, task, sft_dir, progress) / "rm")
     else:
-        reward = _load_classifier(Path(cfg.model.reward))
+        try:
+            reward = _load_classifier(Path(cfg.model.reward))
+        except Exception as e:
+            raise ModelError(f"model.reward '{cfg.model.reward}': cannot load ({str(e).splitlines()[0][:160]})") from None
     if reward is not None:
         reward.requires_grad_(False)
     value = None

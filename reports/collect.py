@@ -51,7 +51,6 @@ CURVE_KEYS = (
     "policy/clipfrac_avg",
     "policy/approxkl_avg",
     "objective/entropy",
-    "grad/rel_variance",
 )
 ID_COLUMNS = ("run_id", "seed", "impl", "task", "advantage", "cell")
 

@@ -117,19 +117,23 @@ def variance_by_advantage(runs: pd.DataFrame, metric: str = "grad/rel_variance")
     if col is None or metric not in runs:
         return None
     r = runs[np.isfinite(runs[metric])]
-    groups = {k: g[metric].to_numpy(float) for k, g in r.groupby(col) if len(g)}
-    if len(groups) < 2:
+    frames = {k: g for k, g in r.groupby(col) if len(g)}
+    if len(frames) < 2:
         return None
-    order = sorted(groups, key=lambda k: stats.iqm(groups[k]))
+    order = sorted(frames, key=lambda k: stats.iqm(frames[k][metric]))
     low, high = order[0], order[-1]
-    ratio = stats.ratio_ci(groups[high], groups[low])
-    a, b = stats.bootstrap_ci(groups[low]), stats.bootstrap_ci(groups[high])
+    ratio = stats.ratio_ci(stats.by_cell(frames[high], metric), stats.by_cell(frames[low], metric))
+    # the same stratified intervals as the tables and figure 4
+    a, b = (
+        stats.bootstrap_ci(stats.by_cell(frames[low], metric)),
+        stats.bootstrap_ci(stats.by_cell(frames[high], metric)),
+    )
     if ratio.degenerate:
         verdict = "too few runs for an interval on the ratio"
     elif ratio.low > 1:
-        verdict = f"ratio {ratio.fmt(2)} (95% bootstrap CI), so the reduction is clear"
+        verdict = f"ratio {ratio.fmt(2)} (95% stratified bootstrap CI), so the reduction is clear"
     else:
-        verdict = f"ratio {ratio.fmt(2)} (95% bootstrap CI) includes 1, so the difference is not reliable"
+        verdict = f"ratio {ratio.fmt(2)} (95% stratified bootstrap CI) includes 1, so the difference is not reliable"
     return (
         f"{low} advantages have {stats.fmt_number(ratio.point, 2)}x lower relative gradient variance "
         f"(final probe) than {high}: IQM {a.fmt()} against {b.fmt()}; {verdict}."
@@ -146,12 +150,13 @@ def variance_by_batch(runs: pd.DataFrame, metric: str = "grad/rel_variance") -> 
     if len(sizes) < 2:
         return None
     small, big = sizes[0], sizes[-1]
-    ratio = stats.ratio_ci(r.loc[r[col] == small, metric], r.loc[r[col] == big, metric])
+    ratio = stats.ratio_ci(stats.by_cell(r[r[col] == small], metric), stats.by_cell(r[r[col] == big], metric))
     if not np.isfinite(ratio.point):
         return None
     return (
         f"Relative gradient variance at batch size {_lv(big)} is {stats.fmt_number(ratio.point, 2)}x lower than "
-        f"at {_lv(small)} (ratio {ratio.fmt(2)}); averaging over more samples alone (1/B) "
+        f"at {_lv(small)} (95% CI of the ratio [{stats.fmt_number(ratio.low, 2)}, "
+        f"{stats.fmt_number(ratio.high, 2)}]); averaging over more samples alone (1/B) "
         f"would give {stats.fmt_number(float(big) / float(small), 2)}x."
     )
 
@@ -231,16 +236,22 @@ def custom_vs_trl(runs: pd.DataFrame) -> str | None:
         return None
     key = m["cell"].map(lambda c: ", ".join(p for p in str(c).split(", ") if not p.startswith("impl=")))
     c, t = m[m["impl"] == "custom"], m[m["impl"] == "trl"]
-    a, b = stats.bootstrap_ci(c["eval/gold"]), stats.bootstrap_ci(t["eval/gold"])
+    a, b = (
+        stats.bootstrap_ci(stats.by_cell(c, "eval/gold")),
+        stats.bootstrap_ci(stats.by_cell(t, "eval/gold")),
+    )
     verdict = "the 95% CIs overlap" if a.overlaps(b) else "the 95% CIs do not overlap"
     s = (
         f"At the {key.nunique()} settings both implementations ran, custom PPO reaches final gold reward "
         f"IQM {a.fmt()} and TRL {b.fmt()}; {verdict}."
     )
     if "perf/tokens_per_s" in m and np.isfinite(m["perf/tokens_per_s"]).any():
-        r = stats.ratio_ci(c["perf/tokens_per_s"], t["perf/tokens_per_s"])
+        r = stats.ratio_ci(stats.by_cell(c, "perf/tokens_per_s"), stats.by_cell(t, "perf/tokens_per_s"))
         if np.isfinite(r.point):
-            s += f" Custom runs at {r.fmt(2)}x TRL's throughput (tokens/s)."
+            s += (
+                f" Custom runs at {stats.fmt_number(r.point, 2)}x TRL's throughput in tokens/s "
+                f"(95% CI of the ratio [{stats.fmt_number(r.low, 2)}, {stats.fmt_number(r.high, 2)}])."
+            )
     return s
 
 

@@ -454,13 +454,6 @@ def _trajectory(kl: pd.DataFrame, y: pd.DataFrame, run_ids) -> tuple[np.ndarray,
 # ---- figure 4: gradient variance ----------------------------------------------------------------------
 
 
-def _cell_strata(sel: pd.DataFrame, metric: str) -> list[np.ndarray]:
-    """Values of ``metric`` split by sweep cell: seeds are resampled within each cell."""
-    if "cell" not in sel:
-        return [sel[metric].to_numpy(float)]
-    return [g[metric].to_numpy(float) for _, g in sel.groupby("cell")]
-
-
 def _variance_group(runs: pd.DataFrame) -> str | None:
     for col in ("advantage", "advantage.level"):
         if col in runs and runs[col].notna().any():
@@ -499,7 +492,7 @@ def gradient_variance(
             sel = r[(r[group] == g) & ((r[hue] == h) if hue else True)]
             if sel.empty:
                 continue
-            ci = stats.bootstrap_ci(_cell_strata(sel, metric))
+            ci = stats.bootstrap_ci(stats.by_cell(sel, metric))
             xs.append(i + (j - (len(hues) - 1) / 2) * width)
             pts.append(ci.point)
             lo.append(ci.low)
@@ -508,10 +501,16 @@ def gradient_variance(
             continue
         pts_a = np.asarray(pts)
         yerr = np.vstack([pts_a - np.asarray(lo), np.asarray(hi) - pts_a])
-        cont = ax.errorbar(
-            xs, pts, yerr=yerr, fmt="o", color=color, capsize=2, elinewidth=0.9, markersize=3.5
-        )
-        handles.append(cont)
+        if hue:
+            cont = ax.errorbar(
+                xs, pts, yerr=yerr, fmt="o", color=color, capsize=2, elinewidth=0.9, markersize=3.5
+            )
+            handles.append(cont)
+        else:  # no batch-size split: colour by advantage level, as in panel (b)
+            for k, x in enumerate(xs):
+                c = PALETTE[round(x) % len(PALETTE)]
+                ax.errorbar([x], [pts[k]], yerr=yerr[:, k : k + 1], fmt="o", color=c, capsize=2, elinewidth=0.9,
+                            markersize=3.5)  # fmt: skip
         labels.append(level_label(h) if hue else "all runs")
     ax.set_yscale("log")
     _log_axis(ax.yaxis)

@@ -200,8 +200,14 @@ def ratio_ci(
     n_resamples: int = N_RESAMPLES,
     seed: int = SEED,
 ) -> Interval:
-    """statistic(x) / statistic(y) with a two-sample (unpaired) bootstrap CI; NaN if y's is 0."""
-    a, b = _clean(x), _clean(y)
+    """statistic(x) / statistic(y) with an unpaired bootstrap CI; NaN if statistic(y) is 0.
+
+    x, y: 1-D arrays, or sequences of 1-D arrays (strata, as in ``bootstrap_ci``): each stratum
+    of each side is resampled on its own; with a stratum of one value both sides are pooled.
+    """
+    xs, ys = _as_strata(x), _as_strata(y)
+    a = np.concatenate(xs) if xs else np.empty(0)
+    b = np.concatenate(ys) if ys else np.empty(0)
     nan = float("nan")
     if not a.size or not b.size:
         return Interval(nan, nan, nan, 0, "no data")
@@ -214,15 +220,21 @@ def ratio_ci(
         return Interval(
             point, point, point, n, f"n={n}: no interval" if n < 2 else f"n={n}: all values equal"
         )
+    xs, ys = [s for s in xs if s.size], [s for s in ys if s.size]
+    note = ""
+    if min(s.size for s in [*xs, *ys]) < 2:
+        xs, ys, note = [a], [b], "pooled bootstrap (a stratum has one seed)"
+    k = len(xs)
 
-    def stat(s1, s2, axis=-1):
+    def stat(*samples, axis=-1):
+        num = statistic(np.concatenate(samples[:k], axis=axis), axis=axis)
         with np.errstate(divide="ignore", invalid="ignore"):
-            return statistic(s1, axis=axis) / statistic(s2, axis=axis)
+            return num / statistic(np.concatenate(samples[k:], axis=axis), axis=axis)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = st.bootstrap(
-            (a, b),
+            (*xs, *ys),
             stat,
             n_resamples=n_resamples,
             confidence_level=confidence,
@@ -233,7 +245,9 @@ def ratio_ci(
     low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     if not (np.isfinite(low) and np.isfinite(high)):
         return Interval(point, point, point, n, "resampled denominator hit 0: no interval")
-    return Interval(point, min(low, point), max(high, point), n, "n=2: crude interval" if n == 2 else "")
+    if n == 2:
+        note = _join(note, "n=2: crude interval")
+    return Interval(point, min(low, point), max(high, point), n, note)
 
 
 # ---- probability of improvement --------------------------------------------------------------
@@ -380,6 +394,13 @@ def poi_matrix(table: pd.DataFrame) -> pd.DataFrame:
 
 def _sort_key(v):
     return (0, float(v), "") if isinstance(v, int | float | np.number) else (1, 0.0, str(v))
+
+
+def by_cell(frame: pd.DataFrame, value: str, cell: str = "cell") -> list[np.ndarray]:
+    """Values of ``value`` split by sweep cell: the strata of ``bootstrap_ci`` (seeds resampled within cells)."""
+    if cell not in frame:
+        return [frame[value].to_numpy(float)]
+    return [g[value].to_numpy(float) for _, g in frame.groupby(cell)]
 
 
 def matched(frame: pd.DataFrame, factor: str, levels: Sequence, cell: str = "cell") -> pd.DataFrame:

@@ -235,3 +235,11 @@ def test_matched_keeps_settings_run_by_every_level():
     m = stats.matched(df, "impl", ["custom", "trl"])
     assert m.index.tolist() == [0, 1]
     assert stats.matched(df[df["impl"] == "custom"], "impl", ["custom", "trl"]).empty
+
+
+def test_stratified_ratio_ci():
+    x = [np.array([4.0, 4.4, 3.6]), np.array([8.0, 8.8, 7.2])]
+    y = [np.array([1.0, 1.1, 0.9]), np.array([2.0, 2.2, 1.8])]
+    r = stats.ratio_ci(x, y, statistic=np.mean)
+    assert r.point == pytest.approx(4.0) and r.low < 4.0 < r.high and r.note == ""
+    assert "pooled" in stats.ratio_ci([[1.0, 2.0], [3.0]], [1.0, 2.0, 3.0]).note

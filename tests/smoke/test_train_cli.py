@@ -1,0 +1,73 @@
+"""`ppo-harness train` end to end as a subprocess, against a real MLflow SQLite store."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.tracking import Store
+from tests.conftest import ROOT, run_cli, tiny_args
+
+SCHEMA = (
+    "objective/scores", "objective/gold", "objective/kl", "objective/rlhf_reward", "objective/kl_coef",
+    "objective/entropy", "policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg", "loss/value_avg",
+    "val/clipfrac_avg", "val/explained_var", "adv/mean", "adv/std", "grad/norm", "grad/variance",
+    "grad/rel_variance", "grad/snr", "grad/cosine", "response/length", "response/eos_frac", "eval/gold",
+    "eval/proxy", "eval/kl", "perf/tokens_per_s", "perf/rollout_s", "perf/update_s", "episodes",
+)
+
+
+@pytest.mark.slow
+def test_train_logs_one_complete_run(tmp_path):
+    runs = tmp_path / "runs"
+    r = run_cli("train", "--task", "sentiment", "--seed", "1", *tiny_args({"probe.every": 1}), "--runs-dir", str(runs),
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run_id = r.stdout.split("run id", 1)[1].split()[0]
+    assert "eval/gold" in r.stdout and str(runs / "mlflow.db") in r.stdout
+
+    store = Store(runs)
+    run = store.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert set(SCHEMA) <= set(run.data.metrics), set(SCHEMA) - set(run.data.metrics)
+    assert run.data.params["ppo.clip_eps"] == "0.2" and run.data.params["seed"] == "1"
+    assert run.data.tags["task"] == "sentiment" and run.data.tags["impl"] == "custom"
+    assert run.data.tags["advantage.level"] == "token" and "git_commit" in run.data.tags
+    assert [s for s, _ in store.metric_history(run_id, "eval/gold")] == [0, 1, 2]
+    assert [v for _, v in store.metric_history(run_id, "episodes")] == [0, 8, 16]
+    artifacts = {a.path for a in store.client.list_artifacts(run_id)}
+    assert {"config.yaml", "samples.parquet", "samples.md"} <= artifacts
+
+
+@pytest.mark.parametrize(
+    "args, key",
+    [
+        (["--set", "ppo.clip_eps=-1"], "ppo.clip_eps"),
+        (["--set", "rollout.group_size=3"], "rollout.group_size"),
+        (["--set", "advantage.level=sequence", "--set", "rollout.group_size=1"], "advantage.baseline"),
+        (["--set", "ppo.nope=1"], "ppo.nope"),
+        (["--set", "ppo.epochs=two"], "ppo.epochs"),
+        (["--config", "missing.yaml"], "missing.yaml"),
+        (["--set", "model.policy=./no/such/model"], "model.policy"),
+        (["--task", "chess"], "task.name"),
+    ],
+)
+def test_bad_input_exits_2_and_logs_nothing(tmp_path, args, key):
+    runs = tmp_path / "runs"
+    r = run_cli("train", *args, "--runs-dir", str(runs), cwd=tmp_path, timeout=120)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0] and lines[0].startswith("error:")
+    assert not runs.exists()
+
+
+@pytest.mark.parametrize("cmd", ["train", "tasks", "sweep", "report", "ui"])
+def test_every_command_has_help(cmd):
+    r = run_cli(cmd, "--help", cwd=ROOT, timeout=120)
+    assert r.returncode == 0 and "Usage" in r.stdout
+
+
+def test_tasks_lists_the_builtin_tasks():
+    r = run_cli("tasks", cwd=ROOT, timeout=120)
+    assert r.returncode == 0
+    names = [line.split()[0] for line in r.stdout.strip().splitlines()]
+    assert {"sentiment", "sort", "length"} <= set(names)

@@ -1,0 +1,29 @@
+"""The project's own promises: README commands, CI entry point, layout."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = text.split("```bash", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_readme_opens_with_the_two_commands():
+    main_job, tests = _readme_commands()[:2]
+    assert "ppo-harness sweep ablations/quick.yaml" in main_job and "ppo-harness report" in main_job
+    assert tests.rstrip().endswith("pytest -q")
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert _readme_commands()[1] in ci.splitlines()
+    assert '"$rc" -eq 5' in ci  # "no tests collected" fails CI
+
+
+def test_layout():
+    for d in ("harness", "ablations", "baselines", "reports", "tests"):
+        assert (ROOT / d).is_dir(), d
+    assert (ROOT / "pyproject.toml").is_file() and (ROOT / "noxfile.py").is_file()
