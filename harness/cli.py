@@ -137,6 +137,28 @@ def report(
 
 
 @app.command()
+def bench(
+    size: Annotated[str, typer.Option(help="Workload: S (2 layers, 64 wide) or M (4 layers, 256 wide).")] = "S",
+    vs: Annotated[str | None, typer.Option("--vs", help="Also run a reference on the identical workload: trl.")] = None,
+    iterations: Annotated[int, typer.Option(help="Timed PPO iterations per implementation.")] = 5,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up iterations.")] = 1,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: all cores).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write every number to this JSON file.")] = None,
+) -> None:
+    """Benchmark the custom core (and TRL with --vs trl): iterations/s, tokens/s, time split, RSS, GFLOP/s."""
+    from harness.bench import main as bench_main
+
+    argv = ["--size", size, "--iterations", str(iterations), "--warmup", str(warmup)]
+    if vs:
+        argv += ["--vs", vs]
+    if threads:
+        argv += ["--threads", str(threads)]
+    if json_out:
+        argv += ["--json", str(json_out)]
+    raise typer.Exit(bench_main(argv))
+
+
+@app.command()
 def ui(
     runs_dir: RunsDir = Path("runs"),
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
@@ -149,7 +171,7 @@ def ui(
     os.execvp(
         sys.executable,
         [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store.uri,
-         "--default-artifact-root", store.artifact_root or "", "--host", "127.0.0.1", "--port", str(port)],
+         "--default-artifact-root", store.artifact_root or "", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
     )
 
 

@@ -154,15 +154,40 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
+def _with_driver(url: str) -> str:
+    """SQLAlchemy 2.1 reads postgresql:// as psycopg 3; use psycopg2 when only that is installed."""
+    import importlib.util
+
+    scheme, _, rest = url.partition("://")
+    if scheme in ("postgresql", "postgres") and importlib.util.find_spec("psycopg") is None:
+        if importlib.util.find_spec("psycopg2") is not None:
+            return f"postgresql+psycopg2://{rest}"
+    return url
+
+
 def open_storage(url: str):
     """Optuna storage: RDB (with heartbeat) for URLs, JournalStorage for a file path."""
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     if _is_rdb(url):
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, engine_kwargs={"pool_pre_ping": True}
-        )
+        for attempt in range(5):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    rdb = optuna.storages.RDBStorage(
+                        _with_driver(url),
+                        heartbeat_interval=HEARTBEAT_S,
+                        grace_period=GRACE_S,
+                        engine_kwargs={"pool_pre_ping": True},
+                    )
+                break
+            except Exception as e:  # two coordinators creating the schema of a fresh database at once
+                if attempt == 4 or "already exists" not in str(e):
+                    raise
+                time.sleep(0.5 + attempt)
+        # the same cached wrapper Optuna's study uses, so trials claimed here are known to the study
+        return optuna.storages.get_storage(rdb)
     Path(url).parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(url))
 
@@ -811,7 +836,8 @@ def print_plan(spec: AblationSpec, url: str, tracking_uri, runs_dir, workers: in
           f"final {spec.objective.metric}" + ("  (MedianPruner)" if spec.prune else ""))
     print(f"runs      {_plan_shape(spec)} = {spec.n_runs} runs")
     print(f"storage   {redact(url)}  ({_storage_state(spec, url)})")
-    print(f"tracking  {tracking_uri or Path(runs_dir).resolve() / 'mlflow.db'}  experiment '{spec.name}'")
+    print(f"tracking  {redact(tracking_uri) if tracking_uri else Path(runs_dir).resolve() / 'mlflow.db'}  "
+          f"experiment '{spec.name}'")
     print(f"workers   {workers} process(es) x {threads} torch thread(s)")
     if spec.base:
         print("base      " + ", ".join(f"{k}={_fmt_value(v)}" for k, v in spec.base.items()))

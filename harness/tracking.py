@@ -77,7 +77,12 @@ class Store:
         if not create:
             return None
         try:
-            return self.client.create_experiment(name, artifact_location=self._artifact_location(name))
+            # "custom_model_development" opens the experiment in the UI's training-runs view
+            return self.client.create_experiment(
+                name,
+                artifact_location=self._artifact_location(name),
+                tags={"mlflow.experimentKind": "custom_model_development"},
+            )
         except Exception:  # another process created it first
             for _ in range(20):
                 exp = self.client.get_experiment_by_name(name)

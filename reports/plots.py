@@ -765,6 +765,7 @@ def _meta(stem: str, runs: pd.DataFrame, factors: Sequence[str]) -> dict[str, An
     meta: dict[str, Any] = {"n_runs": len(runs)}
     if stem == "fig3_reward_kl_frontier":
         meta["hue"] = frontier_hue(runs, factors)
+        meta["proxy"] = not _finite(runs, "eval/proxy").empty
     if stem == "fig6_custom_vs_trl":
         meta["n_matched"] = len(matched_impl_runs(runs))
     return meta

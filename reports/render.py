@@ -238,7 +238,8 @@ def captions(
                 f"Tick: IQM over {runs_per}; bar: {ci}.",
             ),
             "fig3_reward_kl_frontier": (
-                "Gold (left) and proxy (right) reward against KL to the reference policy"
+                ("Gold (left) and proxy (right) reward" if meta.get("proxy", True) else "Gold reward")
+                + " against KL to the reference policy"
                 + (f", coloured by {hue}." if hue else "."),
                 "Dots: final values of single runs; lines: IQM path over evaluations; a star marks a gold "
                 "peak before the end, past which the proxy still rises while gold falls (over-optimisation).",

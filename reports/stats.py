@@ -1,4 +1,6 @@
-"""Aggregates over seeds, their bootstrap intervals and the probability of improvement (pure).
+"""Aggregates over seeds, their bootstrap intervals and the probability of improvement.
+
+Pure: numpy, scipy and (for the frame helpers at the end) pandas; no I/O, no MLflow, no plotting.
 
 Follows rliable (Agarwal et al. 2021, "Deep RL at the edge of the statistical precipice"):
 

@@ -8,6 +8,7 @@ predicting response token t sit at position ``P - 1 + t``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -195,11 +196,18 @@ def collect(
     gold_fn: Callable[[list[str], list[str]], list[float]],
     value_model=None,
     missing_eos_penalty: float | None = None,
+    timings: dict[str, float] | None = None,
 ) -> Rollout:
-    """Steps 1-3 of the loop: sample, score, ref logprobs, values."""
+    """Steps 1-3 of the loop: sample, score, ref logprobs, values.
+
+    ``timings``, when given, receives ``generate_s`` (sampling) and ``score_s``
+    (decode, ref / value / reward forwards, gold) in seconds.
+    """
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    t0 = time.perf_counter()
     pids, pmask = encode_prompts(tokenizer, prompts)
     rids, mask, has_eos, logprobs, entropy = sample(policy, pids, pmask, max_new_tokens, temperature, eos, pad, generator)
+    t1 = time.perf_counter()
     ro = Rollout(
         prompts=list(prompts),
         completions=decode(tokenizer, rids, mask, eos),
@@ -220,6 +228,9 @@ def collect(
         # N implementation details #23 / TRL missing_eos_penalty: no EOS -> fixed low score
         scores = torch.where(has_eos, scores, torch.full_like(scores, missing_eos_penalty))
     ro.scores = scores
+    if timings is not None:
+        timings["generate_s"] = t1 - t0
+        timings["score_s"] = time.perf_counter() - t1
     return ro
 
 

@@ -71,8 +71,13 @@ def _check(name: str, value: torch.Tensor, it: int) -> None:
         raise NonFiniteError(f"{name} became {float(value)} at iteration {it}")
 
 
-def ppo_iteration(cfg: RunConfig, models: Models, st: PPOState, score_fn: R.ScoreFn) -> dict[str, float]:
-    """One PPO iteration: rollout, score, KL, advantages, update. Returns metrics."""
+def ppo_iteration(
+    cfg: RunConfig, models: Models, st: PPOState, score_fn: R.ScoreFn, timings: dict[str, float] | None = None
+) -> dict[str, float]:
+    """One PPO iteration: rollout, score, KL, advantages, update. Returns metrics.
+
+    ``timings``, when given, receives the rollout's ``generate_s`` and ``score_s`` (the benchmark's split).
+    """
     st.iteration += 1
     it = st.iteration
     B, k, temp = cfg.rollout.batch_size, cfg.rollout.group_size, cfg.rollout.temperature
@@ -97,6 +102,7 @@ def ppo_iteration(cfg: RunConfig, models: Models, st: PPOState, score_fn: R.Scor
         gold_fn=models.task.gold,
         value_model=models.value,
         missing_eos_penalty=cfg.train.missing_eos_penalty,
+        timings=timings,
     )
     t_rollout = time.perf_counter() - t_start
     mask = ro.mask  # (B, T)

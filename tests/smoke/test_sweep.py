@@ -269,11 +269,18 @@ def test_two_sweeps_share_one_postgres_study(pg_url, tmp_path):
     from harness.tracking import Store
 
     name = f"pg-{os.getpid()}-{int(time.time())}"  # a server kept between runs keeps old studies
-    base = dict(TINY, **{"train.iterations": 15})
+    # both "machines" are this one: one torch thread each, or they oversubscribe the cores
+    base = dict(TINY, **{"train.iterations": 15, "train.threads": 1})
     spec = write_spec(tmp_path, name, base=base, grid={"kl.coef": [0.0, 0.1, 0.2]})
     Store(tmp_path / "runs")  # the shared MLflow SQLite file exists before the two race to open it
     procs = [sweep(tmp_path, spec, "--workers", "1", "--storage", pg_url, background=True) for _ in range(2)]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
+    try:
+        outs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(timeout=60)
     print("\n----\n".join(o[-2000:] for o in outs))
     assert [p.returncode for p in procs] == [0, 0]
     assert all("storage postgresql://postgres@127.0.0.1" in o for o in outs)

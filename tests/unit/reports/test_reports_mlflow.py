@@ -36,7 +36,9 @@ def store(tmp_path_factory):
         run = s.start_run("ppo-harness", params={"kl.coef": coef, "seed": 0, "impl": "custom",
                                                  "advantage.level": "token"})  # fmt: skip
         for step in range(3):
-            run.log_metrics({"eval/gold": 0.1 * step + coef, "eval/kl": 0.2 * step, "episodes": 16 * step}, step)
+            run.log_metrics(
+                {"eval/gold": 0.1 * step + coef, "eval/kl": 0.2 * step, "episodes": 16 * step}, step
+            )
         run.end()
     return s
 
@@ -66,13 +68,16 @@ def test_collect_reads_the_sweep_layout(store):
     assert r["cell"].nunique() == 4
     # final values = the last logged evaluation (iteration 6)
     child = _children(store).set_index("run_id")
-    np.testing.assert_allclose(r.set_index("run_id")["eval/gold"], child.loc[r["run_id"], "metrics.eval/gold"])
+    np.testing.assert_allclose(
+        r.set_index("run_id")["eval/gold"], child.loc[r["run_id"], "metrics.eval/gold"]
+    )
     c = sweep.curves
     assert {"run_id", "kl.coef", "advantage.level", "step", "episodes", "metric", "value"} <= set(c.columns)
     gold = c[c["metric"] == "eval/gold"]
     assert sorted(gold["step"].unique()) == [0, 3, 6] and len(gold) == 8 * 3
     assert (gold["episodes"] == gold["step"] * 16).all()
-    assert sorted(c.loc[c["metric"] == "policy/clipfrac_avg", "step"].unique()) == list(range(7))  # every iteration
+    every = sorted(c.loc[c["metric"] == "policy/clipfrac_avg", "step"].unique())
+    assert every == list(range(7))  # train metrics: every iteration
 
 
 def test_collect_by_spec_and_by_parent_run(store, tmp_path):

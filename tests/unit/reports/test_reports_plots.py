@@ -74,10 +74,11 @@ def test_missing_data_skips_the_figure(frames):
 
 def test_make_figures_reports_skips_and_writes_nothing_for_them(frames, tmp_path):
     runs, curves = frames
-    runs = runs[runs["impl"] == "custom"].drop(columns=["grad/rel_variance"])
-    curves = curves[curves["metric"] == "eval/gold"]  # only what figures 1 and 2 need
+    runs = runs[runs["impl"] == "custom"].drop(columns=["grad/rel_variance", "eval/gold"])
+    curves = curves[curves["metric"] == "eval/gold"]  # only what figure 1 needs
     results = {r.stem: r for r in plots.make_figures(runs, curves, ["kl.coef"], "neurips", tmp_path)}
-    assert results["fig1_learning_curves"].files
+    assert results["fig1_learning_curves"].files and results["fig1_learning_curves"].skipped is None
+    assert results["fig2_final_reward"].skipped == "no final eval/gold"
     assert results["fig4_gradient_variance"].skipped
     assert results["fig6_custom_vs_trl"].skipped
     assert results["fig7_training_health"].skipped

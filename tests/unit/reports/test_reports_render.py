@@ -33,7 +33,9 @@ def test_wide_table_one_row_per_level(frames, table):
 
 def test_tables_parse_back(frames, table, tmp_path):
     runs, _ = frames
-    poi = stats.poi_table(runs, "advantage", "eval/gold", strata=["ppo.clip_eps", "kl.coef", "rollout.batch_size"])
+    poi = stats.poi_table(
+        runs, "advantage", "eval/gold", strata=["ppo.clip_eps", "kl.coef", "rollout.batch_size"]
+    )
     written = render.write_tables(table, poi, runs, tmp_path)
     assert {"final_by_factor.csv", "final_by_factor.md", "final_by_factor.tex", "poi_advantage.csv",
             "poi_advantage.md", "poi_advantage.tex", "runs.csv"} <= set(written)  # fmt: skip
@@ -68,7 +70,9 @@ def test_latex_escape():
 
 
 def test_poi_display_has_blank_diagonal():
-    t = pd.DataFrame({"a": ["x", "y"], "b": ["y", "x"], "poi": [0.75, 0.25], "n_strata": [2, 2], "pooled": [False] * 2})
+    t = pd.DataFrame(
+        {"a": ["x", "y"], "b": ["y", "x"], "poi": [0.75, 0.25], "n_strata": [2, 2], "pooled": [False] * 2}
+    )
     shown = render.poi_display(t)
     assert shown.loc["x", "x"] == "-" and shown.loc["x", "y"] == "0.75" and shown.loc["y", "x"] == "0.25"
 
@@ -133,7 +137,9 @@ def test_over_optimisation_detected_from_curves():
 
 def test_findings_cover_every_factor(frames, table):
     runs, curves = frames
-    poi = stats.poi_table(runs, "advantage", "eval/gold", strata=["ppo.clip_eps", "kl.coef", "rollout.batch_size"])
+    poi = stats.poi_table(
+        runs, "advantage", "eval/gold", strata=["ppo.clip_eps", "kl.coef", "rollout.batch_size"]
+    )
     out = findings.findings(runs, curves, FACTORS, table, poi, {"FAILED": 2})
     text = "\n".join(out)
     assert "Left out: 2 failed child runs." in out[0]

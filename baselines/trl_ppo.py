@@ -1,0 +1,356 @@
+"""TRL's own PPOTrainer (``trl.experimental.ppo``) on a RunConfig: same task, models, seed, metric names.
+
+``check_expressible(cfg)`` refuses, before anything starts, every key TRL cannot express
+(one-line ValueError naming it); ``trl_args(cfg, ...)`` maps every key it can; ``train_trl``
+runs TRL's unmodified training loop and logs through the harness logger.
+
+Key mapping (RunConfig -> PPOConfig / PPOTrainer argument):
+
+    ppo.clip_eps -> cliprange            kl.coef -> kl_coef        kl.estimator k1|k3 -> kl_estimator
+    ppo.epochs -> num_ppo_epochs         ppo.minibatches -> num_mini_batches
+    rollout.batch_size -> per_device_train_batch_size (gradient_accumulation_steps=1) and
+                          local_rollout_forward_batch_size (one rollout chunk, as the custom core)
+    train.iterations -> total_episodes = iterations * batch_size
+    ppo.lr -> learning_rate              ppo.vf_coef -> vf_coef
+    ppo.value_clip -> cliprange_value (null -> inf: clamp is then the identity, the loss unclipped)
+    advantage.gamma / advantage.lam -> gamma / lam        task.response_length -> response_length
+    rollout.temperature -> temperature   stop token = EOS (stop_token="eos")
+    rollout.group_size -> the collator keeps B/k prompts of each batch and repeats each k times
+    seed -> seed (+ transformers.set_seed: TRL shuffles minibatches with numpy's global RNG)
+    ppo.adam_eps / ppo.lr_decay / ppo.max_grad_norm -> the optimizer and scheduler handed to
+        PPOTrainer(optimizers=...): Adam(eps), linear decay to 0 per iteration, and global-norm
+        clipping inside step(); PPOTrainer.train() itself never clips gradients.
+    train.missing_eos_penalty -> applied by the reward model (baselines/trl_reward.py) with the
+        custom core's REPLACE semantics; TRL's own missing_eos_penalty (which SUBTRACTS) stays unset.
+    model.reward=gold -> the gold reward wrapped as a module TRL's get_reward accepts.
+
+Refused (TRL has no equivalent): advantage.level=sequence, advantage.whiten=false (TRL always
+whitens advantages), kl.estimator=k2, kl.placement=loss, kl.target (adaptive KL), loss.agg other
+than token-mean, ppo.entropy_coef > 0, ppo.target_kl.
+
+Accepted with metrics absent (not faked): probe.every > 0 (the gradient-variance probe cannot run
+inside TRL's loop: grad/variance, grad/rel_variance, grad/snr, grad/cosine are not logged), and
+val/explained_var, adv/mean, adv/std (TRL does not expose advantages or returns).
+
+Known differences inside TRL's loop (documented, not patched; see tests/unit/test_trl_parity.py):
+- the score goes on the token AFTER EOS (``actual_end = sequence_lengths + 1`` when it fits) and
+  the value of that post-EOS state is bootstrapped and regressed; the custom core puts the score
+  on EOS and treats the state after it as terminal. With gamma=1 the EOS-token advantage differs
+  by (1 - lam) * (V_post_eos - score), 0 once the value head predicts the score there.
+- policy/approxkl_avg averages over all T positions (padding contributes 0), not the masked mean.
+- objective/entropy: TRL logs the summed sampled -logprob per sequence; it is divided here by the
+  mean response length to give the per-token entropy estimate the schema means.
+- generation stops at the pad token too (TRL truncates at the first pad); the custom core only at EOS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+
+from harness.config import RunConfig
+
+__all__ = ["REFUSED", "NotExpressible", "check_expressible", "train_trl", "trl_args"]
+
+# key -> (is it refused?, why), checked in this order
+REFUSED: dict[str, tuple[Callable[[RunConfig], bool], str]] = {
+    "advantage.level": (lambda c: c.advantage.level != "token", "TRL's PPO is token level (GAE) only"),
+    "advantage.whiten": (lambda c: not c.advantage.whiten, "TRL always whitens advantages"),
+    "kl.estimator": (lambda c: c.kl.estimator not in ("k1", "k3"), "TRL offers k1 and k3 only"),
+    "kl.placement": (lambda c: c.kl.placement != "reward", "TRL puts the KL penalty in the reward"),
+    "kl.target": (lambda c: c.kl.target is not None, "TRL's kl_coef is fixed (no adaptive controller)"),
+    "loss.agg": (lambda c: c.loss.agg != "token-mean", "TRL's losses are token means"),
+    "ppo.entropy_coef": (lambda c: c.ppo.entropy_coef > 0, "TRL has no entropy bonus"),
+    "ppo.target_kl": (lambda c: c.ppo.target_kl is not None, "TRL has no early stop on approx KL"),
+}
+
+# schema keys TRL's statistics map to (DESIGN.md section 6): TRL key -> harness key
+_TRL_KEYS = {
+    "objective/scores": "objective/scores",
+    "objective/kl": "objective/kl",
+    "objective/rlhf_reward": "objective/rlhf_reward",
+    "policy/approxkl_avg": "policy/approxkl_avg",
+    "policy/clipfrac_avg": "policy/clipfrac_avg",
+    "loss/policy_avg": "loss/policy_avg",
+    "loss/value_avg": "loss/value_avg",
+    "val/clipfrac_avg": "val/clipfrac_avg",
+}
+ABSENT = ("grad/variance", "grad/rel_variance", "grad/snr", "grad/cosine", "val/explained_var", "adv/mean", "adv/std")
+
+
+class NotExpressible(ValueError):
+    """A config value TRL's PPOTrainer cannot express; the message is one line naming the key."""
+
+    def __init__(self, key: str, value, why: str):
+        super().__init__(f"config key '{key}': {value!r} cannot be expressed by TRL's PPOTrainer ({why})")
+        self.key = key
+
+
+def _value(cfg: RunConfig, key: str):
+    return cfg.flat()[key]
+
+
+def check_expressible(cfg: RunConfig) -> None:
+    """Raise NotExpressible (a ValueError) for the first key TRL's PPOTrainer cannot express."""
+    for key, (refused, why) in REFUSED.items():
+        if refused(cfg):
+            raise NotExpressible(key, _value(cfg, key), why)
+
+
+def trl_args(cfg: RunConfig, response_length: int, output_dir: str):
+    """The PPOConfig equivalent to ``cfg`` (after check_expressible). CPU, no hub, no reporting."""
+    from trl.experimental.ppo import PPOConfig
+
+    B = cfg.rollout.batch_size
+    return PPOConfig(
+        output_dir=output_dir,
+        seed=cfg.seed,
+        use_cpu=True,
+        bf16=False,  # PPOConfig defaults to bf16 autocast; the custom core is fp32
+        fp16=False,
+        activation_checkpointing=False,  # PPOConfig default True (gradient_checkpointing): recomputation, slower
+        report_to=[],
+        push_to_hub=False,
+        save_strategy="no",
+        eval_strategy="no",
+        disable_tqdm=True,
+        logging_steps=1,
+        num_sample_generations=0,  # its debug generations would call the reward model off-loop
+        dataloader_num_workers=0,
+        # batch geometry: one rollout of B, split into ppo.minibatches optimizer steps per epoch
+        per_device_train_batch_size=B,
+        gradient_accumulation_steps=1,
+        local_rollout_forward_batch_size=B,
+        num_mini_batches=cfg.ppo.minibatches,
+        num_ppo_epochs=cfg.ppo.epochs,
+        total_episodes=cfg.train.iterations * B,
+        # sampling
+        response_length=response_length,
+        temperature=cfg.rollout.temperature,
+        stop_token="eos",
+        missing_eos_penalty=None,  # applied by RewardAdapter with the custom core's semantics
+        # PPO
+        learning_rate=cfg.ppo.lr,
+        adam_epsilon=cfg.ppo.adam_eps,
+        weight_decay=0.0,
+        max_grad_norm=cfg.ppo.max_grad_norm if cfg.ppo.max_grad_norm is not None else 0.0,
+        lr_scheduler_type="linear" if cfg.ppo.lr_decay else "constant",
+        warmup_steps=0,
+        cliprange=cfg.ppo.clip_eps,
+        cliprange_value=cfg.ppo.value_clip if cfg.ppo.value_clip is not None else math.inf,
+        vf_coef=cfg.ppo.vf_coef,
+        kl_coef=cfg.kl.coef,
+        kl_estimator=cfg.kl.estimator,
+        gamma=cfg.advantage.gamma,
+        lam=cfg.advantage.lam,
+        whiten_rewards=False,
+    )
+
+
+class ClippedAdam(torch.optim.Adam):
+    """torch Adam whose step() first clips the global gradient norm and records it (grad/norm).
+
+    Handed to PPOTrainer(optimizers=...): its loop calls backward(); optimizer.step() with no
+    clipping of its own. Same optimizer as the custom core's init_state (Adam, eps, no decay).
+    """
+
+    def __init__(self, params, lr: float, eps: float, max_grad_norm: float | None):
+        super().__init__(list(params), lr=lr, eps=eps)
+        self.max_grad_norm = max_grad_norm if max_grad_norm is not None else math.inf
+        self.norms: list[float] = []
+
+    def step(self, closure=None):
+        params = [p for g in self.param_groups for p in g["params"]]
+        self.norms.append(float(torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)))
+        return super().step(closure)
+
+
+def make_optimizer(cfg: RunConfig, policy, value) -> tuple[ClippedAdam, torch.optim.lr_scheduler.LambdaLR]:
+    """Adam over policy + value parameters and the per-iteration LR schedule of the custom core."""
+    params = [p for p in policy.parameters() if p.requires_grad] + [p for p in value.parameters() if p.requires_grad]
+    opt = ClippedAdam(params, lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps, max_grad_norm=cfg.ppo.max_grad_norm)
+    n = cfg.train.iterations
+    # lr_i = lr * (1 - i / n): harness.ppo.trainer.init_state (cleanRL anneal_lr); TRL steps it once per iteration
+    decay = (lambda i: max(0.0, 1.0 - i / n)) if cfg.ppo.lr_decay else (lambda i: 1.0)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, decay)
+
+
+def prompt_dataset(tokenizer, prompts, min_rows: int):
+    """A datasets.Dataset of tokenized prompts, repeated until it holds a full batch (drop_last)."""
+    from datasets import Dataset
+
+    ids = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+    reps = max(1, math.ceil(min_rows / len(ids)))
+    return Dataset.from_dict({"input_ids": ids * reps})
+
+
+def group_collator(tokenizer, prompt_width: int, group_size: int):
+    """Left-pad every batch to ``prompt_width``; with group_size k keep B/k prompts, each k times.
+
+    The custom core samples B/k prompts and k completions of each (contiguous); token-level PPO
+    does not use the groups, but the batch's prompt mix is the same this way.
+    """
+    from transformers import DataCollatorWithPadding
+
+    pad = DataCollatorWithPadding(tokenizer, padding="max_length", max_length=prompt_width)
+
+    def collate(features):
+        if group_size > 1:
+            features = [f for f in features[: len(features) // group_size] for _ in range(group_size)]
+        return pad(features)
+
+    return collate
+
+
+def _trl_callback(**kw):
+    """The harness TrainerCallback (a factory so transformers is imported lazily)."""
+    from transformers import TrainerCallback
+
+    class HarnessCallback(TrainerCallback):
+        """Eval at 0 / every eval.every / last, TRL stats -> schema keys, perf timing, MLflow logging."""
+
+        def __init__(self, cfg, reward, optimizer, do_eval, log, bar, on_eval):
+            self.cfg, self.reward, self.opt = cfg, reward, optimizer
+            self.do_eval, self.log, self.bar, self.on_eval = do_eval, log, bar, on_eval
+            self.trl_logs: dict[str, float] = {}
+            self.t_start = time.perf_counter()
+
+        def _eval(self, it: int) -> dict[str, float]:
+            em = self.do_eval(it)
+            if self.on_eval:
+                self.on_eval(it, em)
+            return em
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            em = self._eval(0)
+            self.log(0, {**em, "episodes": 0.0})
+            self.bar.update(0, em)
+            self.reward.drain()
+            self.opt.norms.clear()
+            self.t_start = time.perf_counter()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.trl_logs = dict(logs or {})
+
+        def on_step_end(self, args, state, control, **kwargs):
+            t_end = time.perf_counter()
+            it, n = state.global_step, self.cfg.train.iterations
+            rec = self.reward.drain()
+            logs, self.trl_logs = self.trl_logs, {}
+            m = {ours: float(logs[theirs]) for theirs, ours in _TRL_KEYS.items() if theirs in logs}
+            m["objective/kl_coef"] = float(self.cfg.kl.coef)
+            m["episodes"] = float(state.episode)
+            if self.opt.norms:
+                m["grad/norm"] = sum(self.opt.norms) / len(self.opt.norms)
+                self.opt.norms.clear()
+            if not rec.empty:
+                tokens = sum(rec.lengths)
+                mean_len = tokens / len(rec.lengths)
+                m["objective/gold"] = sum(rec.gold) / len(rec.gold)
+                m["response/length"] = mean_len
+                m["response/eos_frac"] = sum(rec.has_eos) / len(rec.has_eos)
+                if "objective/entropy" in logs and mean_len > 0:
+                    # TRL: mean over sequences of sum_t -logp_t; per token: divide by the mean length
+                    m["objective/entropy"] = float(logs["objective/entropy"]) / mean_len
+                m["perf/tokens_per_s"] = tokens / (t_end - self.t_start)
+                if rec.scored_at is not None:
+                    m["perf/rollout_s"] = rec.scored_at - self.t_start
+                    m["perf/update_s"] = t_end - rec.scored_at
+            seconds = t_end - self.t_start
+            if it % self.cfg.eval.every == 0 or it == n:
+                m.update(self._eval(it))
+            self.log(it, m)
+            self.bar.update(it, m, seconds=seconds)
+            self.t_start = time.perf_counter()  # evaluation and logging stay out of the next timing
+
+    return HarnessCallback(**kw)
+
+
+def train_trl(cfg: RunConfig, logger, on_eval=None, progress: bool = True):
+    """Train ``cfg`` with TRL's PPOTrainer and log it into ``logger``'s run; returns a RunResult."""
+    check_expressible(cfg)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    from transformers import PrinterCallback, ProgressCallback, set_seed
+    from trl.experimental.ppo import PPOTrainer
+
+    from baselines.trl_reward import RewardAdapter
+    from harness.evaluate import evaluate
+    from harness.models import load_models
+    from harness.ppo.rollout import make_score_fn
+    from harness.ppo.trainer import response_length
+    from harness.progress import RunProgress
+    from harness.run import SAMPLE_ROWS, RunResult, _sample_iterations, _samples_markdown
+
+    n = cfg.train.iterations
+    history: dict[str, list[tuple[int, float]]] = {}
+    samples: list[dict] = []
+    tags = {"trl.absent_metrics": ",".join(ABSENT)}
+    if cfg.probe.every:
+        tags["trl.probe"] = "probe.every is set but the gradient-variance probe cannot run inside TRL: not logged"
+    logger.set_tags(tags)
+
+    with RunProgress(n, enabled=progress, title=f"{cfg.task.name} trl seed {cfg.seed}") as bar:
+        models = load_models(cfg, progress=bar.status)
+        tok, task = models.tokenizer, models.task
+        if tok.pad_token_id == tok.eos_token_id:
+            raise NotExpressible("model.policy", cfg.model.policy, "its tokenizer pads with EOS; TRL would drop EOS "
+                                 "from the response mask")
+        T = response_length(cfg, models)
+        P = max(len(tok.encode(p, add_special_tokens=False)) for p in task.train_prompts)
+        score_fn = make_score_fn(models.reward, task.gold)
+        sample_at = _sample_iterations(n, cfg.eval.every)
+
+        def do_eval(it: int) -> dict[str, float]:
+            em, rows = evaluate(
+                models.policy, models.ref, tok, task, score_fn,
+                n_prompts=cfg.eval.prompts, response_length=T,
+                temperature=cfg.rollout.temperature, missing_eos_penalty=cfg.train.missing_eos_penalty,
+            )
+            if it in sample_at:
+                samples.extend({"iteration": it, **r} for r in rows[:SAMPLE_ROWS])
+            return em
+
+        def log(it: int, metrics: dict[str, float]) -> None:
+            logger.log_metrics(metrics, step=it)
+            for k, v in metrics.items():
+                history.setdefault(k, []).append((it, v))
+
+        set_seed(cfg.seed)  # python, numpy (TRL's minibatch permutations) and torch
+        reward = RewardAdapter(models.reward, tok, task.gold, P, cfg.train.missing_eos_penalty, task.train_prompts)
+        models.policy.generation_config.pad_token_id = tok.pad_token_id
+        optimizer, scheduler = make_optimizer(cfg, models.policy, models.value)
+        callback = _trl_callback(cfg=cfg, reward=reward, optimizer=optimizer, do_eval=do_eval, log=log, bar=bar,
+                                 on_eval=on_eval)
+        with tempfile.TemporaryDirectory(prefix="ppo-harness-trl-") as out_dir:
+            trainer = PPOTrainer(
+                args=trl_args(cfg, T, out_dir),
+                processing_class=tok,
+                model=models.policy,
+                ref_model=models.ref,
+                reward_model=reward,
+                train_dataset=prompt_dataset(tok, task.train_prompts, cfg.rollout.batch_size),
+                value_model=models.value,
+                data_collator=group_collator(tok, P, cfg.rollout.group_size),
+                optimizers=(optimizer, scheduler),
+                callbacks=[callback],
+            )
+            for cb in (ProgressCallback, PrinterCallback):  # the harness has its own progress display
+                trainer.remove_callback(cb)
+            with contextlib.redirect_stdout(io.StringIO()):  # TRL prints "===training policy==="
+                trainer.train()
+
+    if samples:
+        import pandas as pd
+
+        logger.log_table(pd.DataFrame(samples), "samples.parquet")
+        logger.log_text(_samples_markdown(samples), "samples.md")
+    final = {k: v[-1][1] for k, v in history.items()}
+    return RunResult(run_id=logger.run_id, final=final, history=history)
