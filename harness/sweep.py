@@ -920,24 +920,30 @@ class Display:
         )
 
     def _render(self):
-        from rich.table import Table
+        from rich.console import Group
+        from rich.text import Text
 
-        t = Table.grid(padding=(0, 2))
         s = self._snap
         if s is None:
-            t.add_row(f"[bold]{self.study_name}[/]", "starting workers ...")
-            return t
+            return Text(f"{self.study_name}: starting workers ...")
         c = s.counts
-        t.add_row(f"[bold]{self.study_name}[/]", f"[green]done {c['done']}[/]/{s.total}",
-                  f"[cyan]running {c['running']}[/]", f"[red]failed {c['failed']}[/]",
-                  f"remaining {s.remaining}", f"ETA {_fmt_s(s.eta_s)}")
-        if c["pruned"]:
-            t.add_row("", f"pruned {c['pruned']}")
+        head = Text.assemble(
+            (self.study_name, "bold"),
+            "  ",
+            (f"done {c['done']}/{s.total}", "green"),
+            f"  pruned {c['pruned']}" if c["pruned"] else "",
+            "  ",
+            (f"running {c['running']}", "cyan"),
+            "  ",
+            (f"failed {c['failed']}", "red" if c["failed"] else ""),
+            f"  remaining {s.remaining}  ETA {_fmt_s(s.eta_s)}",
+        )
+        lines = [head]
         if s.best:
-            t.add_row("best", f"{self.spec.objective.metric} {s.best[0]:.4g}", f"{s.best[1]} ({s.best[2]} seeds)")
-        for r in s.running[:8]:
-            t.add_row("", "[cyan]running[/]", r)
-        return t
+            lines.append(Text(f"best {self.spec.objective.metric} {s.best[0]:.4g} "
+                              f"({s.best[2]} seed(s)): {s.best[1]}"))
+        lines += [Text(f"  running  {r}", style="cyan") for r in s.running[:8]]
+        return Group(*lines)
 
 
 # ---- the worker process --------------------------------------------------------------------------------
@@ -1170,6 +1176,9 @@ class Worker:
             trial.set_user_attr("sweep.seconds", round(time.time() - t0, 2))
             trial.set_user_attr("sweep.pruned", str(e))
             self.study.tell(trial, state=TrialState.PRUNED)
+            flt = f"tags.`sweep.study` = '{self.study.study_name}' and tags.`optuna.trial` = '{trial.number}'"
+            for r in self.store.find_runs(spec.name, flt):  # FAILED by execute; say it was a pruning
+                self.store.run_logger(r.info.run_id).set_tags({"sweep.pruned": str(e)})
             print(f"trial {trial.number}: {e}", flush=True)
         except KeyboardInterrupt:
             self._fail(trial, "interrupted", "interrupted (Ctrl-C or SIGTERM)")

@@ -203,21 +203,27 @@ def test_tpe_runs_every_seed_of_each_sampled_config(tmp_path):
         sampler="tpe",
         n_trials=3,
         search={"ppo.lr": {"low": 1e-4, "high": 3e-3, "log": True}, "rollout.batch_size": {"choices": [8, 16]}},
+        prune={"n_startup_trials": 2},
     )
     out = sweep(tmp_path, spec, "--workers", "2")
     assert out.returncode == 0, out.stdout + out.stderr
     trials = [t for t in study_trials(str(tmp_path / "runs" / "sweeps" / "tpe.journal"))
               if "sweep.skipped" not in t.user_attrs]
-    done = by_slot(trials, "COMPLETE")
-    cells = collections.Counter(cell for cell, _ in done)
-    assert len(cells) == 3 and set(cells.values()) == {2}  # 3 configurations x 2 seeds
+    finished = by_slot(trials, "COMPLETE") + by_slot(trials, "PRUNED")
+    cells = collections.Counter(cell for cell, _ in finished)
+    assert len(cells) == 3 and set(cells.values()) == {2}  # 3 configurations x 2 seeds, each run once
+    assert len(trials) == 6
     for t in trials:
-        assert 0 in t.intermediate_values and 2 in t.intermediate_values  # eval/gold reported per evaluation
+        assert 0 in t.intermediate_values  # eval/gold is reported to Optuna at every evaluation
+        if t.state.name == "COMPLETE":
+            assert sorted(t.intermediate_values) == [0, 1, 2]
         same_cell = [u for u in trials if u.user_attrs["sweep.cell"] == t.user_attrs["sweep.cell"]]
         assert all(u.params == t.params for u in same_cell)
     _, parents, children = mlflow_runs(tmp_path, "tpe")
     assert len(parents) == 1 and len(children) == 6
     assert {"axis.ppo.lr", "axis.rollout.batch_size"} <= set(children[0].data.tags)
+    pruned = {str(t.number) for t in trials if t.state.name == "PRUNED"}
+    assert {r.data.tags["optuna.trial"] for r in children if "sweep.pruned" in r.data.tags} == pruned
 
 
 # ---- many machines: PostgreSQL ----------------------------------------------------------------------
@@ -270,7 +276,7 @@ def test_two_sweeps_share_one_postgres_study(pg_url, tmp_path):
 
     name = f"pg-{os.getpid()}-{int(time.time())}"  # a server kept between runs keeps old studies
     # both "machines" are this one: one torch thread each, or they oversubscribe the cores
-    base = dict(TINY, **{"train.iterations": 15, "train.threads": 1})
+    base = dict(TINY, **{"train.iterations": 8, "train.threads": 1})
     spec = write_spec(tmp_path, name, base=base, grid={"kl.coef": [0.0, 0.1, 0.2]})
     Store(tmp_path / "runs")  # the shared MLflow SQLite file exists before the two race to open it
     procs = [sweep(tmp_path, spec, "--workers", "1", "--storage", pg_url, background=True) for _ in range(2)]
