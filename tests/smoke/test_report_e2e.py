@@ -65,8 +65,8 @@ def test_table_numbers_equal_mlflow(reported):
         rows = children[children["params.kl.coef"].astype(float) == level]
         for metric in ("eval/gold", "eval/kl"):
             expect = trim_mean(rows[f"metrics.{metric}"].to_numpy(), 0.25)
-            got = table[(table["factor"] == "kl.coef") & (table["level"].astype(float) == level)
-                        & (table["metric"] == metric)]
+            kl_rows = table[(table["factor"] == "kl.coef") & (table["metric"] == metric)]
+            got = kl_rows[kl_rows["level"].astype(float) == level]
             assert len(got) == 1
             np.testing.assert_allclose(got["iqm"].iloc[0], expect, rtol=1e-9)
     tex = (out / "tables" / "final_by_factor.tex").read_text()
