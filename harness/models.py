@@ -287,7 +287,7 @@ def build_sft(cfg: RunConfig, task: Task, progress=None) -> Path:
     """Tokenizer + SFT policy for (task, policy), cached; returns the directory."""
     name = cfg.model.policy
     parts = {"v": CACHE_VERSION, "task": task.name, "policy": name, "sft": SFT_RECIPE,
-             "preset": PRESETS.get(name), "corpus": len(task.sft_corpus)}
+             "preset": PRESETS.get(name), "corpus": _key({"sft": task.sft_corpus, "vocab": task.words()})}
     out = cache_root() / task.name / f"sft-{_safe(name)}-{_key(parts)}"
     if (out / "done.json").exists():
         return out

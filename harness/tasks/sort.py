@@ -25,7 +25,7 @@ def sort_gold(prompt: str, completion: str) -> float:
 
 
 def _prompt(rng: random.Random) -> str:
-    xs = [rng.choice(DIGITS) for _ in range(rng.randint(5, 7))]
+    xs = [rng.choice(DIGITS) for _ in range(rng.randint(6, 8))]
     return "sort : " + " ".join(xs) + " ="
 
 
@@ -34,7 +34,7 @@ def _noisy_answer(rng: random.Random, prompt: str) -> str:
     return " ".join(rng.choice(DIGITS) if rng.random() < CORRUPT else t for t in target)
 
 
-@register("sort", "sort 5-7 digits; gold = fraction of positions right (0..1); token-level credit matters")
+@register("sort", "sort 6-8 digits; gold = fraction of positions right (0..1); token-level credit matters")
 def make() -> Task:
     rng = random.Random(4321)
     prompts = list(dict.fromkeys(_prompt(rng) for _ in range(4000)))
@@ -43,12 +43,12 @@ def make() -> Task:
     corpus = tuple((p, _noisy_answer(rng, p)) for p in train_prompts for _ in range(2))
     return Task(
         name="sort",
-        description="sort 5-7 digits; gold = fraction of positions right (0..1)",
+        description="sort 6-8 digits; gold = fraction of positions right (0..1)",
         train_prompts=tuple(train_prompts),
         eval_prompts=tuple(eval_prompts),
         sft_corpus=corpus,
         gold_fn=sort_gold,
-        response_length=9,
+        response_length=10,
         gold_range=(0.0, 1.0),
         vocabulary=("sort", ":", "=", *DIGITS),
     )
