@@ -51,13 +51,17 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 
 import torch
 
 from harness.config import RunConfig
 
-__all__ = ["REFUSED", "NotExpressible", "check_expressible", "train_trl", "trl_args"]
+__all__ = [
+    "ABSENT", "REFUSED", "ClippedAdam", "NotExpressible", "check_expressible", "group_collator", "make_optimizer",
+    "prompt_dataset", "train_trl", "trl_args",
+]
 
 # key -> (is it refused?, why), checked in this order
 REFUSED: dict[str, tuple[Callable[[RunConfig], bool], str]] = {
@@ -278,6 +282,7 @@ def train_trl(cfg: RunConfig, logger, on_eval=None, progress: bool = True):
     check_expressible(cfg)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # we pin the TRL release that ships it
     from transformers import PrinterCallback, ProgressCallback, set_seed
     from trl.experimental.ppo import PPOTrainer
 
@@ -287,7 +292,7 @@ def train_trl(cfg: RunConfig, logger, on_eval=None, progress: bool = True):
     from harness.ppo.rollout import make_score_fn
     from harness.ppo.trainer import response_length
     from harness.progress import RunProgress
-    from harness.run import SAMPLE_ROWS, RunResult, _sample_iterations, _samples_markdown
+    from harness.run import SAMPLE_ROWS, RunResult, sample_iterations, samples_markdown
 
     n = cfg.train.iterations
     history: dict[str, list[tuple[int, float]]] = {}
@@ -306,7 +311,7 @@ def train_trl(cfg: RunConfig, logger, on_eval=None, progress: bool = True):
         T = response_length(cfg, models)
         P = max(len(tok.encode(p, add_special_tokens=False)) for p in task.train_prompts)
         score_fn = make_score_fn(models.reward, task.gold)
-        sample_at = _sample_iterations(n, cfg.eval.every)
+        sample_at = sample_iterations(n, cfg.eval.every)
 
         def do_eval(it: int) -> dict[str, float]:
             em, rows = evaluate(
@@ -329,7 +334,9 @@ def train_trl(cfg: RunConfig, logger, on_eval=None, progress: bool = True):
         optimizer, scheduler = make_optimizer(cfg, models.policy, models.value)
         callback = _trl_callback(cfg=cfg, reward=reward, optimizer=optimizer, do_eval=do_eval, log=log, bar=bar,
                                  on_eval=on_eval)
-        with tempfile.TemporaryDirectory(prefix="ppo-harness-trl-") as out_dir:
+        with tempfile.TemporaryDirectory(prefix="ppo-harness-trl-") as out_dir, warnings.catch_warnings():
+            # PolicyAndValueWrapper reads the deprecated is_gradient_checkpointing (transformers 5)
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             trainer = PPOTrainer(
                 args=trl_args(cfg, T, out_dir),
                 processing_class=tok,
@@ -351,6 +358,6 @@ def train_trl(cfg: RunConfig, logger, on_eval=None, progress: bool = True):
         import pandas as pd
 
         logger.log_table(pd.DataFrame(samples), "samples.parquet")
-        logger.log_text(_samples_markdown(samples), "samples.md")
+        logger.log_text(samples_markdown(samples), "samples.md")
     final = {k: v[-1][1] for k, v in history.items()}
     return RunResult(run_id=logger.run_id, final=final, history=history)

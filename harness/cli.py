@@ -175,6 +175,50 @@ def ui(
     )
 
 
+@app.command()
+def compare(
+    task: Annotated[str, typer.Option(help="Task name (see `ppo-harness tasks`).")] = "sentiment",
+    seeds: Annotated[int, typer.Option(help="Seeds 0..N-1, each trained by both implementations.")] = 5,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="Override a config key for both: dotted.key=value. Repeatable.")
+    ] = None,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "compare",
+    out: Annotated[Path | None, typer.Option(help="Folder for compare.md / compare.csv / runs.csv "
+                                                  "(default <runs-dir>/compare/<task>-<time>).")] = None,
+    runs_dir: RunsDir = Path("runs"),
+    tracking_uri: TrackingUri = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Custom core vs TRL's PPOTrainer at equal settings over N seeds: a side-by-side table with 95% CIs."""
+    import time
+
+    from harness.compare import check_comparable, comparable_config
+    from harness.compare import compare as run_compare
+    from harness.config import ConfigError, parse_override
+    from harness.models import ModelError, validate_model_keys
+
+    try:
+        overrides = dict(parse_override(o) for o in set_ or [])
+        seed_list = check_comparable(task, seeds, overrides)
+        validate_model_keys(comparable_config(task, overrides, seed_list[0], "custom"))
+    except (ConfigError, ModelError, ValueError) as e:
+        raise fail(str(e)) from None
+    from harness.tracking import Store
+
+    store = Store(runs_dir, tracking_uri)
+    folder = out or runs_dir / "compare" / f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        result = run_compare(task, seed_list, overrides, store, experiment=experiment, out=folder,
+                             progress=not quiet and sys.stderr.isatty(), echo=typer.echo)
+    except KeyboardInterrupt:
+        raise fail("interrupted; the current run is marked KILLED", 130) from None
+    except Exception as e:  # a run failed; it is marked FAILED with the reason
+        raise fail(f"run failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", 1) from None
+    typer.echo("")
+    typer.echo(result.markdown(), nl=False)
+    typer.echo(f"saved    {folder / 'compare.md'}, {folder / 'compare.csv'}, {folder / 'runs.csv'}")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

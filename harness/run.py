@@ -41,7 +41,7 @@ def run_tags(cfg: RunConfig) -> dict[str, str]:
     }
 
 
-def _sample_iterations(n: int, every: int) -> set[int]:
+def sample_iterations(n: int, every: int) -> set[int]:
     evals = sorted({0, n, *range(every, n + 1, every)})
     return {evals[0], evals[len(evals) // 2], evals[-1]}
 
@@ -104,7 +104,7 @@ def _train(cfg: RunConfig, logger: RunLogger, on_eval, progress: bool) -> RunRes
         st = init_state(cfg, models)
         history: dict[str, list[tuple[int, float]]] = {}
         samples: list[dict] = []
-        sample_at = _sample_iterations(n, cfg.eval.every)
+        sample_at = sample_iterations(n, cfg.eval.every)
 
         def do_eval(it: int) -> dict[str, float]:
             em, rows = evaluate(
@@ -140,12 +140,12 @@ def _train(cfg: RunConfig, logger: RunLogger, on_eval, progress: bool) -> RunRes
             import pandas as pd
 
             logger.log_table(pd.DataFrame(samples), "samples.parquet")
-            logger.log_text(_samples_markdown(samples), "samples.md")
+            logger.log_text(samples_markdown(samples), "samples.md")
     final = {k: v[-1][1] for k, v in history.items()}
     return RunResult(run_id=logger.run_id, final=final, history=history)
 
 
-def _samples_markdown(samples: list[dict]) -> str:
+def samples_markdown(samples: list[dict]) -> str:
     lines = ["| iteration | prompt | completion | proxy | gold |", "|---|---|---|---|---|"]
     for r in samples:
         lines.append(f"| {r['iteration']} | {r['prompt']} | {r['completion']} | {r['proxy']:.3f} | {r['gold']:.3f} |")

@@ -60,7 +60,7 @@ def test_bad_input_exits_2_and_logs_nothing(tmp_path, args, key):
     assert not runs.exists()
 
 
-@pytest.mark.parametrize("cmd", ["train", "tasks", "sweep", "report", "bench", "ui"])
+@pytest.mark.parametrize("cmd", ["train", "tasks", "compare", "sweep", "report", "bench", "ui"])
 def test_every_command_has_help(cmd):
     r = run_cli(cmd, "--help", cwd=ROOT, timeout=120)
     assert r.returncode == 0 and "Usage" in r.stdout

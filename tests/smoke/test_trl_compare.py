@@ -1,0 +1,72 @@
+"""`compare`: both impls per seed at equal settings -> table with bootstrap CIs, saved as Markdown + CSV.
+
+Training itself is covered by the train smoke tests; here ``execute`` is replaced by a stub that
+records the configs it gets and returns known histories, so the table can be checked by hand.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+import harness.run
+from harness.compare import check_comparable, compare, run_value
+from harness.run import RunResult
+
+GOLD = {("custom", 0): 0.5, ("custom", 1): 0.6, ("custom", 2): 0.7, ("trl", 0): 0.52, ("trl", 1): 0.58, ("trl", 2): 0.71}
+
+
+@pytest.fixture
+def stub_execute(monkeypatch):
+    calls = []
+
+    def execute(cfg, store, *, experiment, run_name, tags, progress):
+        calls.append((cfg, experiment, run_name, tags))
+        g = GOLD[(cfg.impl, cfg.seed)]
+        history = {"eval/gold": [(0, 0.0), (2, g)], "eval/kl": [(0, 0.0), (2, 10 * g)],
+                   "perf/tokens_per_s": [(1, 100.0), (2, 300.0)]}
+        return RunResult(run_id=f"{cfg.impl}{cfg.seed}", final={k: v[-1][1] for k, v in history.items()},
+                         history=history)
+
+    monkeypatch.setattr(harness.run, "execute", execute)
+    return calls
+
+
+def test_compare_trains_both_impls_per_seed_at_equal_settings_and_saves_the_table(stub_execute, tmp_path):
+    lines = []
+    res = compare("sentiment", 3, {"train.iterations": 2, "ppo.lr": 3e-4}, store=None, out=tmp_path / "out",
+                  progress=False, echo=lines.append)
+    assert [(c.impl, c.seed) for c, *_ in stub_execute] == [(i, s) for s in range(3) for i in ("custom", "trl")]
+    first, second = stub_execute[0][0], stub_execute[1][0]
+    assert first.model_copy(update={"impl": "trl"}) == second  # identical settings but the implementation
+    assert first.ppo.lr == 3e-4 and first.train.iterations == 2
+    assert len({c[3]["compare"] for c in stub_execute}) == 1 and len(lines) == 6 and lines[-1].startswith("[6/6] trl")
+
+    t = res.table.set_index(["metric", "impl"])
+    assert t.loc[("eval/gold", "custom"), "point"] == pytest.approx(0.6)
+    assert t.loc[("eval/kl", "trl"), "point"] == pytest.approx(18.1 / 3)
+    assert t.loc[("perf/tokens_per_s", "trl"), "point"] == pytest.approx(200.0)  # mean over iterations
+    lo, hi = t.loc[("eval/gold", "custom"), ["low", "high"]]
+    assert 0.5 <= lo < 0.6 < hi <= 0.7
+    assert res.overlap("eval/gold")
+
+    md = (tmp_path / "out" / "compare.md").read_text()
+    assert "| eval/gold | 0.600 [" in md and "CIs overlap" in md and "ppo.lr=0.0003" in md
+    csv = pd.read_csv(tmp_path / "out" / "compare.csv")
+    assert set(csv.columns) >= {"metric", "impl", "n", "point", "low", "high"} and len(csv) == 6
+    assert len(pd.read_csv(tmp_path / "out" / "runs.csv")) == 6
+
+
+def test_compare_refuses_settings_trl_cannot_express_before_any_run(stub_execute):
+    with pytest.raises(ValueError, match="'advantage.level'"):
+        compare("sentiment", 2, {"advantage.level": "sequence"}, store=None, progress=False)
+    with pytest.raises(ValueError, match="at least 1"):
+        check_comparable("sentiment", 0, {})
+    assert stub_execute == []
+
+
+def test_run_value_is_the_last_eval_or_the_mean_over_iterations():
+    h = {"eval/gold": [(0, 0.1), (5, 0.4)], "perf/tokens_per_s": [(1, 10.0), (2, 30.0)]}
+    assert run_value(h, "eval/gold", "final") == 0.4
+    assert run_value(h, "perf/tokens_per_s", "mean") == 20.0
+    assert run_value(h, "eval/kl", "final") != run_value(h, "eval/kl", "final")  # NaN when never logged
