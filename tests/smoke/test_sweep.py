@@ -21,17 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-TINY = {
-    "train.iterations": 2,
-    "rollout.batch_size": 8,
-    "rollout.group_size": 2,
-    "ppo.minibatches": 2,
-    "ppo.epochs": 1,
-    "eval.prompts": 8,
-    "eval.every": 1,
-    "task.response_length": 6,
-    "model.rm_pairs": 64,
-}
+from tests.conftest import TINY  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

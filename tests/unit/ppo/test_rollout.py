@@ -62,3 +62,43 @@ def test_reward_score_is_read_at_the_last_real_token(models):
             seq = torch.cat([p, rids[i, :n]])[None]
             h = models.reward.transformer(input_ids=seq).last_hidden_state[0, -1]
             assert float(models.reward.score(h)) == pytest.approx(float(batched[i]), abs=1e-4)
+
+
+def test_fast_gpt2_path_equals_the_hf_forward_and_decoder(models, monkeypatch):
+    """The lean GPT-2 forward and preallocated-KV-cache decoder (gpt2_fast) against plain HF:
+    the same sampled tokens and logprobs, the same logits / values / scores, the same gradients."""
+    from harness.ppo import gpt2_fast
+
+    tok, policy = models.tokenizer, models.policy
+    was_training = policy.training
+    assert gpt2_fast.supports(policy) and gpt2_fast.supports(models.value) and gpt2_fast.supports(models.reward)
+    prompts = list(models.task.train_prompts[:10])
+    pids, pmask = R.encode_prompts(tok, prompts)
+    assert (pmask == 0).any(), "the test needs padded prompts"
+    args = (pids, pmask, 12, 0.8, tok.eos_token_id, tok.pad_token_id)
+    fast = R.sample(policy, *args, torch.Generator().manual_seed(5))
+    with monkeypatch.context() as m:  # the HF route: generic forward with its own KV cache
+        m.setattr(gpt2_fast, "supports", lambda model: False)
+        slow = R.sample(policy, *args, torch.Generator().manual_seed(5))
+        rids = fast[0]
+        with torch.no_grad():
+            hf_logits = R.forward_logits(policy, pids, pmask, rids)
+            hf_values = R.token_values(models.value, pids, pmask, rids)
+            hf_scores = R.sequence_scores(models.reward, pids, pmask, rids, fast[1])
+        policy.train()
+        hf_grads = torch.autograd.grad(R.forward_logits(policy, pids, pmask, rids).logsumexp(-1).mean(),
+                                       list(policy.parameters()))
+    for a, b in zip(fast, slow, strict=True):  # ids, mask, has_eos, logprobs, entropy
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        policy.eval()
+        torch.testing.assert_close(R.forward_logits(policy, pids, pmask, rids), hf_logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(R.token_values(models.value, pids, pmask, rids), hf_values, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(R.sequence_scores(models.reward, pids, pmask, rids, fast[1]), hf_scores,
+                                   atol=1e-5, rtol=1e-5)
+    policy.train()
+    grads = torch.autograd.grad(R.forward_logits(policy, pids, pmask, rids).logsumexp(-1).mean(),
+                                list(policy.parameters()))
+    policy.train(was_training)
+    for g, h in zip(grads, hf_grads, strict=True):
+        torch.testing.assert_close(g, h, atol=1e-5, rtol=1e-4)

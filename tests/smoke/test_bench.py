@@ -1,0 +1,73 @@
+"""`python -m harness.bench` end to end: both implementations, every JSON field, sane values.
+
+A benchmark, not a timed test: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+IMPL_FIELDS = (
+    "iterations", "iterations_per_s", "seconds_per_iteration", "cpu_seconds_per_iteration",
+    "generated_tokens_per_s", "time_s", "time_share", "peak_rss_mb", "gflops", "peak_share", "threads",
+    "iteration_s", "repeats_iterations_per_s",
+)
+PARTS = ("generation", "scoring", "update", "other")
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+@pytest.mark.slow
+def test_bench_small_vs_trl_writes_every_field(tmp_path):
+    out = tmp_path / "out.json"
+    # one thread keeps the run short and steady on a busy 2-core machine; the bench's default is 2
+    cmd = [sys.executable, "-m", "harness.bench", "--size", "S", "--iterations", "2", "--vs", "trl",
+           "--threads", "1", "--json", str(out)]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "iterations/s" in r.stdout and "custom / trl" in r.stdout  # the printed table
+
+    doc = json.loads(out.read_text())
+    assert doc["size"] == "S"
+    w = doc["workload"]
+    assert (w["n_layer"], w["n_embd"], w["n_head"]) == (2, 64, 2)
+    assert (w["batch"], w["prompt_tokens"], w["response_tokens"], w["epochs"], w["minibatches"]) == (32, 16, 32, 4, 4)
+    assert w["iterations"] == 2 and w["threads"] == 1 and 25 <= w["vocab"] <= 40
+    flops = doc["flops_per_iteration"]
+    assert all(_positive(flops[k]) for k in ("generation", "scoring", "update", "total"))
+    assert flops["total"] == pytest.approx(flops["generation"] + flops["scoring"] + flops["update"])
+    assert "2*N*tokens" in doc["flop_formula"]
+    assert _positive(doc["matmul_peak_gflops"])
+
+    assert set(doc["results"]) == {"custom", "trl"}
+    for impl, res in doc["results"].items():
+        for key in IMPL_FIELDS:
+            assert key in res, (impl, key)
+        assert res["iterations"] == 2 and len(res["iteration_s"]) == 2
+        for key in ("iterations_per_s", "seconds_per_iteration", "cpu_seconds_per_iteration",
+                    "generated_tokens_per_s", "peak_rss_mb", "gflops"):
+            assert _positive(res[key]), (impl, key, res[key])
+        assert res["iterations_per_s"] == pytest.approx(1 / res["seconds_per_iteration"])
+        assert 0 < res["peak_share"] <= 1, (impl, res["peak_share"])
+        assert set(res["time_s"]) == set(PARTS) and set(res["time_share"]) == set(PARTS)
+        assert all(res["time_s"][p] >= 0 and 0 <= res["time_share"][p] <= 1 for p in PARTS), (impl, res["time_share"])
+        assert res["time_s"]["generation"] > 0 and res["time_s"]["update"] > 0 and res["time_s"]["scoring"] > 0
+        assert sum(res["time_share"].values()) == pytest.approx(1.0, abs=0.02)
+        assert 50 < res["peak_rss_mb"] < 8000  # MB, of that implementation's own process
+        assert res["threads"] == 1
+
+    ratio = doc["ratio_custom_over_trl"]
+    for key in ("iterations_per_s", "generated_tokens_per_s", "gflops", "peak_rss_mb", "cpu_time_speedup"):
+        assert _positive(ratio[key]), key
+    c, t = doc["results"]["custom"], doc["results"]["trl"]
+    assert ratio["iterations_per_s"] == pytest.approx(c["iterations_per_s"] / t["iterations_per_s"])
+    assert doc["versions"]["trl"].startswith("1.12")
