@@ -107,7 +107,7 @@ def test_quick_spec_sweeps_the_four_mission_axes():
     assert {"ppo.clip_eps", "kl.coef", "rollout.batch_size", "advantage.level"} <= set(s.axes)
     assert s.n_runs <= 32  # a 2^4 factorial x 2 seeds; "quick" by design
     seq = [c for c in s.cells if c.values.get("advantage.level") == "sequence"]
-    assert seq and "advantage.baseline" in s.axes
+    assert seq and ("advantage.baseline" in s.axes or "advantage.baseline" in s.base)
 
 
 # ---- refusals: one line naming the key -------------------------------------------------------------
