@@ -41,7 +41,6 @@ import copy
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,7 +59,7 @@ EPOCHS = 4
 MINIBATCHES = 4
 N_PROMPTS = 256  # distinct prompts; TRL's dataloader drops the last partial batch
 CHARS = "abcdefghijklmnopqrstuvwxyz"  # + <pad>, <eos>, <unk> = a vocabulary of 29
-LR = 1e-4
+LR = 3e-6  # TRL's default; small enough that the policies (and response lengths) barely drift in a bench run
 SEED = 0
 IMPLS = ("custom", "trl")
 
@@ -221,13 +220,14 @@ def _run_custom(size: str, iterations: int, warmup: int, threads: int) -> dict[s
     rows = []
     for i in range(warmup + iterations):
         timings: dict[str, float] = {}
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         m = ppo_iteration(cfg, models, st, score_fn, timings=timings)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         if i >= warmup:
             rows.append(
                 {
                     "wall_s": wall,
+                    "cpu_s": cpu,
                     "generation_s": timings["generate_s"],
                     "scoring_s": timings["score_s"],
                     "update_s": m["perf/update_s"],
@@ -291,17 +291,18 @@ def _run_trl(size: str, iterations: int, warmup: int, threads: int) -> dict[str,
 
     class Timer(TrainerCallback):
         def __init__(self):
-            self.last = None
+            self.last, self.last_cpu = 0.0, 0.0
 
         def on_train_begin(self, args, state, control, **kw):
-            self.last = time.perf_counter()
+            self.last, self.last_cpu = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kw):
-            now = time.perf_counter()
+            now, cpu = time.perf_counter(), time.process_time()
             if state.global_step > warmup:
                 rows.append(
                     {
                         "wall_s": now - self.last,
+                        "cpu_s": cpu - self.last_cpu,
                         "generation_s": clock["generation"],
                         "scoring_s": clock["scoring"],
                         "update_s": now - clock["update_start"],
@@ -309,7 +310,7 @@ def _run_trl(size: str, iterations: int, warmup: int, threads: int) -> dict[str,
                         "kl": float("nan"),
                     }
                 )
-            self.last = now
+            self.last, self.last_cpu = now, cpu
             clock.update(generation=0.0, scoring=0.0, tokens=0.0, update_start=None)
 
     with tempfile.TemporaryDirectory() as out_dir:
@@ -415,6 +416,8 @@ def summarise(child: dict[str, Any], flops: dict[str, float], peak: float) -> di
         "iterations": n,
         "iterations_per_s": n / wall,
         "seconds_per_iteration": per_it,
+        # CPU seconds of the whole process per iteration: robust to a loaded machine at 1 thread
+        "cpu_seconds_per_iteration": sum(r["cpu_s"] for r in rows) / n,
         "generated_tokens_per_s": sum(r["tokens"] for r in rows) / wall,
         "time_s": split,
         "time_share": {k: v / per_it for k, v in split.items()},
@@ -432,6 +435,7 @@ def _median_result(results: list[dict[str, Any]]) -> dict[str, Any]:
     return ordered[(len(ordered) - 1) // 2]
 
 
+ENV_KEYS = ("OMP_WAIT_POLICY", "KMP_BLOCKTIME", "MKL_NUM_THREADS", "LD_PRELOAD", "MALLOC_MMAP_THRESHOLD_")
 RATIO_KEYS = ("iterations_per_s", "generated_tokens_per_s", "gflops", "peak_rss_mb")
 
 
@@ -441,12 +445,11 @@ def benchmark(size: str, iterations: int, warmup: int, threads: int, vs_trl: boo
     import transformers
     import trl
 
-    from harness.models import build_tokenizer  # noqa: F401  (fail early on a broken install)
-
     vocab = len(make_tokenizer())
     flops = flops_per_iteration(size, vocab)
     impls = ["custom", "trl"] if vs_trl else ["custom"]
     runs: dict[str, list[dict[str, Any]]] = {i: [] for i in impls}
+    load_before = os.getloadavg()
     peaks = [matmul_peak_gflops(threads)]
     for _ in range(repeats):
         for impl in impls:
@@ -481,10 +484,19 @@ def benchmark(size: str, iterations: int, warmup: int, threads: int, vs_trl: boo
         "matmul_peak_gflops": peak,
         "results": results,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
+        # a busy machine slows both sides unevenly (2-thread OpenMP teams suffer most): say how busy it was
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_1m_before": load_before[0],
+            "loadavg_1m_after": os.getloadavg()[0],
+            "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
+        },
     }
     if vs_trl:
         c, t = results["custom"], results["trl"]
         doc["ratio_custom_over_trl"] = {k: c[k] / t[k] for k in RATIO_KEYS}
+        # TRL's CPU seconds per iteration over custom's: the speed-up in work done, robust to a busy machine
+        doc["ratio_custom_over_trl"]["cpu_time_speedup"] = t["cpu_seconds_per_iteration"] / c["cpu_seconds_per_iteration"]
     return doc
 
 
@@ -521,6 +533,7 @@ def print_table(doc: dict[str, Any]) -> None:
             "{}",
             lambda r, p=part: f"{r['time_s'][p]:.3f} ({r['time_share'][p]:.0%})",
         )
+    row("CPU s/it (all threads)", "cpu_time_speedup", "{:.3f}", lambda r: r["cpu_seconds_per_iteration"])
     row("peak RSS MB", "peak_rss_mb", "{:.0f}", lambda r: r["peak_rss_mb"])
     row("GFLOP/s", "gflops", "{:.1f}", lambda r: r["gflops"])
     row("share of matmul peak", None, "{:.1%}", lambda r: r["peak_share"])

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from harness.ppo import gpt2_fast
+
 
 @dataclass
 class Rollout:
@@ -98,47 +100,65 @@ def sample(
 
     Returns (response_ids, mask, has_eos, logprobs, entropy); logprobs and entropy
     are those of the distribution actually sampled from (logits / temperature).
+    GPT-2 models decode through ``gpt2_fast.Decoder`` (a KV cache preallocated for
+    P + T positions); other models through the HF forward with its cache.
     """
-    B = prompt_ids.shape[0]
-    position_ids = (prompt_mask.cumsum(1) - 1).clamp(min=0)
-    out = policy(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids, use_cache=True)
-    past = out.past_key_values
-    logits = out.logits[:, -1, :]  # (B, V)
-    attn = prompt_mask
-    next_pos = position_ids[:, -1:] + 1  # (B, 1)
-    tokens, logps, ents = [], [], []
+    B, P = prompt_ids.shape
+    T = max_new_tokens
+    position_ids = (prompt_mask.cumsum(1) - 1).clamp(min=0)  # (B, P) left padding shifts positions
+    next_pos = position_ids[:, -1:] + 1  # (B, 1) position of response token 0
+    if gpt2_fast.supports(policy):
+        decoder = gpt2_fast.Decoder(policy, prompt_mask, P + T)
+        logits = decoder.prefill(prompt_ids, position_ids)  # (B, V)
+        step = decoder.step
+    else:
+        attn = torch.cat([prompt_mask, torch.ones((B, T), dtype=prompt_mask.dtype)], dim=1)  # (B, P+T)
+        out = policy(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids, use_cache=True)
+        cache = {"past": out.past_key_values, "len": P}
+        logits = out.logits[:, -1, :]
+
+        def step(tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+            cache["len"] += 1
+            o = policy(input_ids=tok, attention_mask=attn[:, : cache["len"]], position_ids=pos,
+                       past_key_values=cache["past"], use_cache=True)
+            cache["past"] = o.past_key_values
+            return o.logits[:, -1, :]
+
+    response_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    logprobs = torch.zeros((B, T))
+    entropy = torch.zeros((B, T))
     done = torch.zeros(B, dtype=torch.bool)
-    for t in range(max_new_tokens):
-        logp_all = F.log_softmax(logits.float() / temperature, dim=-1)  # (B, V)
-        tok = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(1)  # (B,)
-        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
-        logps.append(logp_all.gather(1, tok[:, None]).squeeze(1))
-        ents.append(-(logp_all.exp() * logp_all).sum(-1))
-        tokens.append(tok)
-        done = done | (tok == eos_id)
-        if bool(done.all()) or t == max_new_tokens - 1:
+    for t in range(T):
+        logits = logits.float()
+        if temperature != 1.0:
+            logits = logits / temperature
+        logp_all = F.log_softmax(logits, dim=-1)  # (B, V)
+        p_all = logp_all.exp()
+        tok = torch.multinomial(p_all, 1, generator=generator).squeeze(1)  # (B,)
+        tok.masked_fill_(done, pad_id)
+        response_ids[:, t] = tok
+        logprobs[:, t] = logp_all.gather(1, tok[:, None]).squeeze(1)
+        entropy[:, t] = -(p_all * logp_all).sum(-1)
+        done |= tok == eos_id
+        if t == T - 1 or bool(done.all()):
             break
-        attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype)], dim=1)
-        out = policy(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, past_key_values=past, use_cache=True)
-        past, logits = out.past_key_values, out.logits[:, -1, :]
-        next_pos = next_pos + 1
-    n = len(tokens)
-    response_ids = torch.full((B, max_new_tokens), pad_id, dtype=torch.long)
-    response_ids[:, :n] = torch.stack(tokens, 1)
-    logprobs = torch.zeros((B, max_new_tokens))
-    logprobs[:, :n] = torch.stack(logps, 1)
-    entropy = torch.zeros((B, max_new_tokens))
-    entropy[:, :n] = torch.stack(ents, 1)
+        logits = step(tok[:, None], next_pos + t)
     mask, has_eos = response_mask(response_ids, eos_id)
     return response_ids, mask, has_eos, logprobs * mask, entropy * mask
 
 
 def forward_logits(model, prompt_ids, prompt_mask, response_ids) -> torch.Tensor:
-    """Logits predicting each response token, (B, T, V). Differentiable; no cache."""
-    input_ids, attn, pos = sequence_inputs(prompt_ids, prompt_mask, response_ids)
+    """Logits predicting each response token, (B, T, V). Differentiable; no cache.
+
+    The last response token predicts nothing used here, so it is not fed: (B, P+T-1).
+    """
     P = prompt_ids.shape[1]
+    input_ids, attn, pos = sequence_inputs(prompt_ids, prompt_mask, response_ids[:, :-1])
+    if gpt2_fast.supports(model):
+        h = gpt2_fast.hidden_states(model, input_ids, attn, pos)[:, P - 1 :]  # (B, T, H)
+        return model.lm_head(h)  # (B, T, V): the head only where it is read
     logits = model(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=False).logits
-    return logits[:, P - 1 : -1, :]  # (B, T, V)
+    return logits[:, P - 1 :, :]  # (B, T, V)
 
 
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -150,6 +170,8 @@ def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature
 def backbone_hidden(model, prompt_ids, prompt_mask, response_ids) -> torch.Tensor:
     """Last hidden states of a sequence-classification model's trunk, (B, P+T, H)."""
     input_ids, attn, pos = sequence_inputs(prompt_ids, prompt_mask, response_ids)
+    if gpt2_fast.supports(model):
+        return gpt2_fast.hidden_states(model, input_ids, attn, pos)
     trunk = getattr(model, model.base_model_prefix)
     return trunk(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
 
@@ -157,8 +179,8 @@ def backbone_hidden(model, prompt_ids, prompt_mask, response_ids) -> torch.Tenso
 def token_values(value_model, prompt_ids, prompt_mask, response_ids) -> torch.Tensor:
     """V(s_t) for each response token t: the score head on the state before it, (B, T)."""
     P = prompt_ids.shape[1]
-    h = backbone_hidden(value_model, prompt_ids, prompt_mask, response_ids)  # (B, P+T, H)
-    return value_model.score(h[:, P - 1 : -1]).squeeze(-1).float()  # (B, T)
+    h = backbone_hidden(value_model, prompt_ids, prompt_mask, response_ids[:, :-1])  # (B, P+T-1, H)
+    return value_model.score(h[:, P - 1 :]).squeeze(-1).float()  # (B, T)
 
 
 def sequence_scores(reward_model, prompt_ids, prompt_mask, response_ids, mask) -> torch.Tensor:
