@@ -29,6 +29,7 @@ from harness.config import RunConfig
 from harness.ppo import rollout as R
 from harness.tasks import Task, get_task
 
+
 def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 

@@ -1,5 +1,6 @@
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from harness.config import ConfigError, RunConfig, build_config, known_keys, load_config, parse_override
 
@@ -21,7 +22,7 @@ def test_values_parse_as_yaml_scalars():
 
 def test_frozen():
     cfg = RunConfig()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         cfg.ppo.clip_eps = 0.5  # type: ignore[misc]
 
 
