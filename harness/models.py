@@ -284,18 +284,33 @@ def _response_length(cfg: RunConfig, task: Task) -> int:
     return cfg.task.response_length or task.response_length
 
 
-def build_sft(cfg: RunConfig, task: Task, progress=None) -> Path:
-    """Tokenizer + SFT policy for (task, policy), cached; returns the directory."""
-    name = cfg.model.policy
-    parts = {"v": CACHE_VERSION, "task": task.name, "policy": name, "sft": SFT_RECIPE,
-             "preset": PRESETS.get(name), "corpus": _key({"sft": task.sft_corpus, "vocab": task.words()})}
-    out = cache_root() / task.name / f"sft-{_safe(name)}-{_key(parts)}"
+def _cached(out: Path, parts: dict, build) -> Path:
+    """Build into ``out`` once: a lock across processes, a temp dir, an atomic rename.
+
+    ``build(tmp)`` writes the artifacts into ``tmp`` and returns stats for done.json.
+    """
     if (out / "done.json").exists():
         return out
     with _locked(out.with_suffix(".lock")):
         if (out / "done.json").exists():
             return out
         t0 = time.time()
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        stats = build(tmp)
+        (tmp / "done.json").write_text(json.dumps({**parts, **stats, "build_s": time.time() - t0}))
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    return out
+
+
+def build_sft(cfg: RunConfig, task: Task, progress=None) -> Path:
+    """Tokenizer + SFT policy for (task, policy), cached; returns the directory."""
+    name = cfg.model.policy
+    parts = {"v": CACHE_VERSION, "task": task.name, "policy": name, "sft": SFT_RECIPE,
+             "preset": PRESETS.get(name), "corpus": _key({"sft": task.sft_corpus, "vocab": task.words()})}
+
+    def build(tmp: Path) -> dict:
         torch.manual_seed(0)
         if _is_preset(name):
             tokenizer = build_tokenizer(task.words())
@@ -306,27 +321,19 @@ def build_sft(cfg: RunConfig, task: Task, progress=None) -> Path:
         else:
             tokenizer, model = load_pretrained_lm(name)
         stats = sft(no_dropout(model), tokenizer, task.sft_corpus, seed=0, progress=progress)
-        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp / "policy")
         tokenizer.save_pretrained(tmp / "tokenizer")
-        (tmp / "done.json").write_text(json.dumps({**parts, **stats, "build_s": time.time() - t0}))
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-    return out
+        return stats
+
+    return _cached(cache_root() / task.name / f"sft-{_safe(name)}-{_key(parts)}", parts, build)
 
 
 def build_reward_model(cfg: RunConfig, task: Task, sft_dir: Path, progress=None) -> Path:
     """Proxy RM trained on gold-labelled SFT preference pairs, cached; returns the directory."""
     parts = {"v": CACHE_VERSION, "sft": sft_dir.name, "pairs": cfg.model.rm_pairs, "noise": cfg.model.rm_label_noise,
              "len": _response_length(cfg, task), "rm": RM_RECIPE}
-    out = cache_root() / task.name / f"rm-{_key(parts)}"
-    if (out / "done.json").exists():
-        return out
-    with _locked(out.with_suffix(".lock")):
-        if (out / "done.json").exists():
-            return out
-        t0 = time.time()
+
+    def build(tmp: Path) -> dict:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(sft_dir / "tokenizer")
@@ -338,13 +345,10 @@ def build_reward_model(cfg: RunConfig, task: Task, sft_dir: Path, progress=None)
         rm = AutoModelForSequenceClassification.from_pretrained(sft_dir / "policy", num_labels=1)
         rm.config.pad_token_id = tokenizer.pad_token_id
         stats = train_reward_model(no_dropout(rm), tokenizer, chosen, rejected, seed=0, progress=progress)
-        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
         _save_classifier(rm, tmp / "rm")
-        (tmp / "done.json").write_text(json.dumps({**parts, **stats, "build_s": time.time() - t0}))
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-    return out
+        return stats
+
+    return _cached(cache_root() / task.name / f"rm-{_key(parts)}", parts, build)
 
 
 def _max_prompt_tokens(tokenizer, task: Task) -> int:
