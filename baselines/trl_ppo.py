@@ -287,16 +287,13 @@ def train_trl(cfg: RunConfig, logger, on_eval=None, progress: bool = True):
     from trl.experimental.ppo import PPOTrainer
 
     from baselines.trl_reward import RewardAdapter
-    from harness.evaluate import evaluate
     from harness.models import load_models
     from harness.ppo.rollout import make_score_fn
     from harness.ppo.trainer import response_length
     from harness.progress import RunProgress
-    from harness.run import SAMPLE_ROWS, RunResult, sample_iterations, samples_markdown
+    from harness.run import Recorder
 
     n = cfg.train.iterations
-    history: dict[str, list[tuple[int, float]]] = {}
-    samples: list[dict] = []
     tags = {"trl.absent_metrics": ",".join(ABSENT)}
     if cfg.probe.every:
         tags["trl.probe"] = "probe.every is set but the gradient-variance probe cannot run inside TRL: not logged"
@@ -311,28 +308,13 @@ def train_trl(cfg: RunConfig, logger, on_eval=None, progress: bool = True):
         T = response_length(cfg, models)
         P = max(len(tok.encode(p, add_special_tokens=False)) for p in task.train_prompts)
         score_fn = make_score_fn(models.reward, task.gold)
-        sample_at = sample_iterations(n, cfg.eval.every)
-
-        def do_eval(it: int) -> dict[str, float]:
-            em, rows = evaluate(
-                models.policy, models.ref, tok, task, score_fn,
-                n_prompts=cfg.eval.prompts, response_length=T,
-                temperature=cfg.rollout.temperature, missing_eos_penalty=cfg.train.missing_eos_penalty,
-            )
-            if it in sample_at:
-                samples.extend({"iteration": it, **r} for r in rows[:SAMPLE_ROWS])
-            return em
-
-        def log(it: int, metrics: dict[str, float]) -> None:
-            logger.log_metrics(metrics, step=it)
-            for k, v in metrics.items():
-                history.setdefault(k, []).append((it, v))
+        rec = Recorder(cfg, logger, models, score_fn, T)
 
         set_seed(cfg.seed)  # python, numpy (TRL's minibatch permutations) and torch
         reward = RewardAdapter(models.reward, tok, task.gold, P, cfg.train.missing_eos_penalty, task.train_prompts)
         models.policy.generation_config.pad_token_id = tok.pad_token_id
         optimizer, scheduler = make_optimizer(cfg, models.policy, models.value)
-        callback = _trl_callback(cfg=cfg, reward=reward, optimizer=optimizer, do_eval=do_eval, log=log, bar=bar,
+        callback = _trl_callback(cfg=cfg, reward=reward, optimizer=optimizer, do_eval=rec.evaluate, log=rec.log, bar=bar,
                                  on_eval=on_eval)
         with tempfile.TemporaryDirectory(prefix="ppo-harness-trl-") as out_dir, warnings.catch_warnings():
             # PolicyAndValueWrapper reads the deprecated is_gradient_checkpointing (transformers 5)
@@ -353,11 +335,4 @@ def train_trl(cfg: RunConfig, logger, on_eval=None, progress: bool = True):
                 trainer.remove_callback(cb)
             with contextlib.redirect_stdout(io.StringIO()):  # TRL prints "===training policy==="
                 trainer.train()
-
-    if samples:
-        import pandas as pd
-
-        logger.log_table(pd.DataFrame(samples), "samples.parquet")
-        logger.log_text(samples_markdown(samples), "samples.md")
-    final = {k: v[-1][1] for k, v in history.items()}
-    return RunResult(run_id=logger.run_id, final=final, history=history)
+        return rec.result()

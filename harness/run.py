@@ -46,6 +46,46 @@ def sample_iterations(n: int, every: int) -> set[int]:
     return {evals[0], evals[len(evals) // 2], evals[-1]}
 
 
+class Recorder:
+    """What every implementation does around its loop: held-out evaluation with a
+    samples table, metric logging with a local history, and the final RunResult."""
+
+    def __init__(self, cfg: RunConfig, logger: RunLogger, models, score_fn, response_length: int):
+        self.cfg, self.logger, self.models, self.score_fn = cfg, logger, models, score_fn
+        self.response_length = response_length
+        self.history: dict[str, list[tuple[int, float]]] = {}
+        self.samples: list[dict] = []
+        self.sample_at = sample_iterations(cfg.train.iterations, cfg.eval.every)
+
+    def evaluate(self, it: int) -> dict[str, float]:
+        from harness.evaluate import evaluate
+
+        m = self.models
+        em, rows = evaluate(
+            m.policy, m.ref, m.tokenizer, m.task, self.score_fn,
+            n_prompts=self.cfg.eval.prompts, response_length=self.response_length,
+            temperature=self.cfg.rollout.temperature, missing_eos_penalty=self.cfg.train.missing_eos_penalty,
+        )
+        if it in self.sample_at:
+            self.samples.extend({"iteration": it, **r} for r in rows[:SAMPLE_ROWS])
+        return em
+
+    def log(self, it: int, metrics: dict[str, float]) -> None:
+        self.logger.log_metrics(metrics, step=it)
+        for k, v in metrics.items():
+            self.history.setdefault(k, []).append((it, v))
+
+    def result(self) -> RunResult:
+        """Write the samples table and return the run's result."""
+        if self.samples:
+            import pandas as pd
+
+            self.logger.log_table(pd.DataFrame(self.samples), "samples.parquet")
+            self.logger.log_text(samples_markdown(self.samples), "samples.md")
+        final = {k: v[-1][1] for k, v in self.history.items()}
+        return RunResult(run_id=self.logger.run_id, final=final, history=self.history)
+
+
 def execute(
     cfg: RunConfig,
     store: Store,
@@ -91,7 +131,6 @@ def _train(cfg: RunConfig, logger: RunLogger, on_eval, progress: bool) -> RunRes
         from baselines.trl_ppo import train_trl
 
         return train_trl(cfg, logger, on_eval, progress)
-    from harness.evaluate import evaluate
     from harness.models import load_models
     from harness.ppo.rollout import make_score_fn
     from harness.ppo.trainer import init_state, ppo_iteration, response_length
@@ -102,27 +141,9 @@ def _train(cfg: RunConfig, logger: RunLogger, on_eval, progress: bool) -> RunRes
         models = load_models(cfg, progress=bar.status)
         score_fn = make_score_fn(models.reward, models.task.gold)
         st = init_state(cfg, models)
-        history: dict[str, list[tuple[int, float]]] = {}
-        samples: list[dict] = []
-        sample_at = sample_iterations(n, cfg.eval.every)
-
-        def do_eval(it: int) -> dict[str, float]:
-            em, rows = evaluate(
-                models.policy, models.ref, models.tokenizer, models.task, score_fn,
-                n_prompts=cfg.eval.prompts, response_length=response_length(cfg, models),
-                temperature=cfg.rollout.temperature, missing_eos_penalty=cfg.train.missing_eos_penalty,
-            )
-            if it in sample_at:
-                samples.extend({"iteration": it, **r} for r in rows[:SAMPLE_ROWS])
-            return em
-
-        def log(it: int, metrics: dict[str, float]) -> None:
-            logger.log_metrics(metrics, step=it)
-            for k, v in metrics.items():
-                history.setdefault(k, []).append((it, v))
-
-        em = do_eval(0)
-        log(0, {**em, "episodes": 0.0})
+        rec = Recorder(cfg, logger, models, score_fn, response_length(cfg, models))
+        em = rec.evaluate(0)
+        rec.log(0, {**em, "episodes": 0.0})
         bar.update(0, em)
         if on_eval:
             on_eval(0, em)
@@ -130,19 +151,12 @@ def _train(cfg: RunConfig, logger: RunLogger, on_eval, progress: bool) -> RunRes
             t0 = time.perf_counter()
             metrics = ppo_iteration(cfg, models, st, score_fn)
             if it % cfg.eval.every == 0 or it == n:
-                em = do_eval(it)
-                metrics.update(em)
-            log(it, metrics)
+                metrics.update(rec.evaluate(it))
+            rec.log(it, metrics)
             bar.update(it, metrics, seconds=time.perf_counter() - t0)
             if on_eval and ("eval/gold" in metrics):
                 on_eval(it, {k: v for k, v in metrics.items() if k.startswith("eval/")})
-        if samples:
-            import pandas as pd
-
-            logger.log_table(pd.DataFrame(samples), "samples.parquet")
-            logger.log_text(samples_markdown(samples), "samples.md")
-    final = {k: v[-1][1] for k, v in history.items()}
-    return RunResult(run_id=logger.run_id, final=final, history=history)
+        return rec.result()
 
 
 def samples_markdown(samples: list[dict]) -> str:
