@@ -97,20 +97,9 @@ def make_task(prompts: list[str]):
 
 
 def gpt2_config(size: str, tokenizer):
-    from transformers import GPT2Config
+    from harness.models import gpt2_config as preset_config
 
-    return GPT2Config(
-        vocab_size=len(tokenizer),
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        summary_first_dropout=0.0,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id,
-        activation_function="gelu_new",
-        **SIZES[size],
-    )
+    return preset_config(SIZES[size], tokenizer)
 
 
 def make_models(size: str, tokenizer, seed: int = SEED):

@@ -93,12 +93,12 @@ def build_tokenizer(words: list[str]):
 # ---- building blocks ---------------------------------------------------------------------------
 
 
-def _gpt2_config(preset: str, vocab_size: int, n_positions: int, tokenizer):
+def gpt2_config(arch: dict[str, int], tokenizer):
+    """A GPT-2 config for ``tokenizer`` with dropout off; ``arch`` gives n_layer, n_embd, n_head, n_positions."""
     from transformers import GPT2Config
 
     return GPT2Config(
-        vocab_size=vocab_size,
-        n_positions=n_positions,
+        vocab_size=len(tokenizer),
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
@@ -107,7 +107,7 @@ def _gpt2_config(preset: str, vocab_size: int, n_positions: int, tokenizer):
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.eos_token_id,
         activation_function="gelu_new",
-        **PRESETS[preset],
+        **arch,
     )
 
 
@@ -317,7 +317,7 @@ def build_sft(cfg: RunConfig, task: Task, progress=None) -> Path:
             from transformers import GPT2LMHeadModel
 
             n_pos = 32 + _max_prompt_tokens(tokenizer, task) + max(64, task.response_length)
-            model = GPT2LMHeadModel(_gpt2_config(name, len(tokenizer), n_pos, tokenizer))
+            model = GPT2LMHeadModel(gpt2_config({**PRESETS[name], "n_positions": n_pos}, tokenizer))
         else:
             tokenizer, model = load_pretrained_lm(name)
         stats = sft(no_dropout(model), tokenizer, task.sft_corpus, seed=0, progress=progress)
