@@ -11,20 +11,24 @@ n_positions 128 for both; a character vocabulary (26 letters + pad, EOS, unk);
 prompts of 16 tokens, responses of up to 32, a rollout batch of 32, 4 PPO
 epochs x 4 minibatches, fp32, ``torch.set_num_threads(threads)``.
 
-FLOPs are counted analytically and identically for both sides (useful work of one
-iteration, recomputation not counted)::
+FLOPs are counted analytically and identically for both sides: the useful work of
+one iteration on the tokens that exist (the prompt and each response up to its EOS,
+from that implementation's own mean response length l; padding and recomputation
+not counted)::
 
     F_fwd(model, n_tokens) = 2 * N * n_tokens      N = matmul parameters: the
                                                    transformer blocks + the output head
                                                    (LM head V x d, or the 1 x d score head)
-    generation   F_fwd(policy, B * (P + T - 1))    the KV cache feeds each token once
-    scoring      F_fwd(ref | value | reward, B * (P + T)) each
-    update       epochs * 3 * (F_fwd(policy) + F_fwd(value)) over B * (P + T)   (fwd + bwd = 3x)
+    generation   F_fwd(policy, B * (P + l - 1))    the KV cache feeds each token once
+    scoring      F_fwd(ref | value | reward, B * (P + l)) each
+    update       epochs * 3 * (F_fwd(policy) + F_fwd(value)) over B * (P + l)   (fwd + bwd = 3x)
 
 Embedding look-ups, attention scores (4 * n_layer * L * d per token: ~12% on S,
 ~3% on M), norms and the optimiser are not counted, so the achieved GFLOP/s is a
-lower bound. The share of peak divides it by the best of a few timed 2048^2 fp32
-``torch.matmul`` calls on the same threads, measured in the same run.
+lower bound. The share of peak divides it by the best fp32 matmul rate on the same
+threads, measured in the same run: the best of a few 2048^2 products through
+PyTorch's own ``torch.matmul`` (MKL on x86) and through oneDNN (``gemm.linear``),
+whichever kernel is faster on this processor.
 
 TRL's time split comes from timing its own module functions (``batch_generation``
 for generation; the no-grad ``forward`` and ``get_reward`` calls for scoring +
@@ -130,10 +134,11 @@ def matmul_params(size: str, vocab: int) -> tuple[int, int]:
     return n * block + vocab * d, n * block + d
 
 
-def flops_per_iteration(size: str, vocab: int) -> dict[str, float]:
+def flops_per_iteration(size: str, vocab: int, response_tokens: float = RESPONSE_TOKENS) -> dict[str, float]:
+    """Useful FLOPs of one iteration whose completions average ``response_tokens`` tokens."""
     n_lm, n_cls = matmul_params(size, vocab)
-    seq = BATCH * (PROMPT_TOKENS + RESPONSE_TOKENS)
-    gen = 2 * n_lm * BATCH * (PROMPT_TOKENS + RESPONSE_TOKENS - 1)
+    seq = BATCH * (PROMPT_TOKENS + response_tokens)
+    gen = 2 * n_lm * BATCH * (PROMPT_TOKENS + response_tokens - 1)
     score = 2 * (n_lm + 2 * n_cls) * seq  # ref (LM) + value + reward (classifiers)
     update = EPOCHS * 3 * 2 * (n_lm + n_cls) * seq
     return {"generation": float(gen), "scoring": float(score), "update": float(update), "total": float(gen + score + update)}
@@ -141,8 +146,9 @@ def flops_per_iteration(size: str, vocab: int) -> dict[str, float]:
 
 FLOP_FORMULA = (
     "2*N*tokens per forward (N = matmul params: blocks + output head), x3 for forward+backward; "
-    "generation B*(P+T-1) tokens (KV cache), ref/value/reward B*(P+T) each, "
-    "update epochs*3*(policy+value) over B*(P+T); attention scores, norms, optimiser not counted"
+    "over the tokens that exist (l = the implementation's mean response length, EOS included): "
+    "generation B*(P+l-1) tokens (KV cache), ref/value/reward B*(P+l) each, "
+    "update epochs*3*(policy+value) over B*(P+l); attention scores, norms, optimiser not counted"
 )
 
 
@@ -377,22 +383,31 @@ def _spawn(impl: str, size: str, iterations: int, warmup: int, threads: int) -> 
 # ---- measurement and summary ---------------------------------------------------------------------
 
 
-def matmul_peak_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
-    """Best of ``repeats`` timed fp32 n x n matmuls on ``threads`` threads, in GFLOP/s."""
+def matmul_peak_gflops(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """Best of ``repeats`` timed fp32 n x n products on ``threads`` threads, in GFLOP/s, per kernel:
+    ``torch.matmul`` (PyTorch's BLAS) and oneDNN (``gemm.linear``, where the build has it)."""
     import torch
+
+    from harness.ppo import gemm
 
     torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.matmul(a, b)  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
+    kernels = {"torch_matmul": lambda: torch.matmul(a, b)}
+    if gemm.available():
+        kernels["onednn"] = lambda: gemm.linear(a, b)
+    out = {}
+    for name, fn in kernels.items():
+        fn()  # warm-up (and oneDNN's kernel generation)
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+        out[name] = 2 * n**3 / best / 1e9
+    return out
 
 
-def summarise(child: dict[str, Any], flops: dict[str, float], peak: float) -> dict[str, Any]:
+def summarise(child: dict[str, Any], size: str, vocab: int, peak: float) -> dict[str, Any]:
     """Per-iteration rows -> rates, time split (seconds per iteration and shares), FLOP rates."""
     rows = child["rows"]
     wall = sum(r["wall_s"] for r in rows)
@@ -400,6 +415,8 @@ def summarise(child: dict[str, Any], flops: dict[str, float], peak: float) -> di
     split = {k: sum(r[f"{k}_s"] for r in rows) / n for k in ("generation", "scoring", "update")}
     per_it = wall / n
     split["other"] = max(0.0, per_it - sum(split.values()))
+    mean_len = sum(r["tokens"] for r in rows) / n / BATCH
+    flops = flops_per_iteration(size, vocab, mean_len)
     gflops = flops["total"] * n / wall / 1e9
     return {
         "iterations": n,
@@ -408,6 +425,8 @@ def summarise(child: dict[str, Any], flops: dict[str, float], peak: float) -> di
         # CPU seconds of the whole process per iteration: robust to a loaded machine at 1 thread
         "cpu_seconds_per_iteration": sum(r["cpu_s"] for r in rows) / n,
         "generated_tokens_per_s": sum(r["tokens"] for r in rows) / wall,
+        "mean_response_tokens": mean_len,
+        "flops_per_iteration": flops,
         "time_s": split,
         "time_share": {k: v / per_it for k, v in split.items()},
         "peak_rss_mb": child["peak_rss_mb"],
@@ -435,7 +454,6 @@ def benchmark(size: str, iterations: int, warmup: int, threads: int, vs_trl: boo
     import trl
 
     vocab = len(make_tokenizer())
-    flops = flops_per_iteration(size, vocab)
     impls = ["custom", "trl"] if vs_trl else ["custom"]
     runs: dict[str, list[dict[str, Any]]] = {i: [] for i in impls}
     load_before = os.getloadavg()
@@ -445,10 +463,13 @@ def benchmark(size: str, iterations: int, warmup: int, threads: int, vs_trl: boo
             child = _spawn(impl, size, iterations, warmup, threads)
             peaks.append(matmul_peak_gflops(threads))
             runs[impl].append(child)
-    peak = max(peaks)
-    results = {impl: _median_result([summarise(c, flops, peak) for c in runs[impl]]) for impl in impls}
+    by_kernel = {k: max(p[k] for p in peaks) for k in peaks[0]}
+    peak = max(by_kernel.values())
+    results = {}
     for impl in impls:
-        results[impl]["repeats_iterations_per_s"] = sorted(summarise(c, flops, peak)["iterations_per_s"] for c in runs[impl])
+        summaries = [summarise(c, size, vocab, peak) for c in runs[impl]]
+        results[impl] = _median_result(summaries)
+        results[impl]["repeats_iterations_per_s"] = sorted(r["iterations_per_s"] for r in summaries)
     n_lm, n_cls = matmul_params(size, vocab)
     doc: dict[str, Any] = {
         "size": size,
@@ -468,9 +489,10 @@ def benchmark(size: str, iterations: int, warmup: int, threads: int, vs_trl: boo
             "matmul_params_lm": n_lm,
             "matmul_params_classifier": n_cls,
         },
-        "flops_per_iteration": flops,
+        "flops_per_iteration": flops_per_iteration(size, vocab),  # at the full response length
         "flop_formula": FLOP_FORMULA,
         "matmul_peak_gflops": peak,
+        "matmul_peak_by_kernel": by_kernel,
         "results": results,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
         # a busy machine slows both sides unevenly (2-thread OpenMP teams suffer most): say how busy it was
@@ -498,7 +520,9 @@ def print_table(doc: dict[str, Any]) -> None:
     w = doc["workload"]
     table = Table(
         title=f"ppo-harness bench {doc['size']}: GPT-2 {w['n_layer']}x{w['n_embd']}, batch {w['batch']}, "
-        f"{w['epochs']}x{w['minibatches']} PPO, {w['threads']} threads, peak {doc['matmul_peak_gflops']:.0f} GFLOP/s"
+        f"{w['epochs']}x{w['minibatches']} PPO, {w['threads']} threads, fp32 matmul peak "
+        + " / ".join(f"{k} {v:.0f}" for k, v in doc["matmul_peak_by_kernel"].items())
+        + " GFLOP/s"
     )
     table.add_column("metric")
     for impl in impls:
@@ -515,6 +539,7 @@ def print_table(doc: dict[str, Any]) -> None:
 
     row("iterations/s", "iterations_per_s", "{:.2f}", lambda r: r["iterations_per_s"])
     row("generated tokens/s", "generated_tokens_per_s", "{:,.0f}", lambda r: r["generated_tokens_per_s"])
+    row("  mean response tokens", None, "{:.1f}", lambda r: r["mean_response_tokens"])
     for part in ("generation", "scoring", "update", "other"):
         row(
             f"  {part} s/it (share)" if part != "scoring" else "  scoring+ref/value s/it (share)",

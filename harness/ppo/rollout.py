@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from harness.ppo import gpt2_fast
+from harness.ppo import math as M
+from harness.ppo.gemm import linear
 
 
 @dataclass
@@ -148,9 +150,10 @@ def sample(
 
 
 def forward_logits(model, prompt_ids, prompt_mask, response_ids) -> torch.Tensor:
-    """Logits predicting each response token, (B, T, V). Differentiable; no cache.
+    """Logits predicting each response token, (B, T, V), over the padded batch. Differentiable; no cache.
 
     The last response token predicts nothing used here, so it is not fed: (B, P+T-1).
+    The reference route (any causal LM); ``policy_logprobs`` is the one the loop uses.
     """
     P = prompt_ids.shape[1]
     input_ids, attn, pos = sequence_inputs(prompt_ids, prompt_mask, response_ids[:, :-1])
@@ -162,9 +165,57 @@ def forward_logits(model, prompt_ids, prompt_mask, response_ids) -> torch.Tensor
 
 
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log pi(token) at the sampling temperature, (B, T)."""
+    """log pi(token) at the sampling temperature, (B, T) (or any leading shape)."""
     logp = F.log_softmax(logits.float() / temperature, dim=-1)  # (B, T, V)
     return logp.gather(-1, tokens[..., None]).squeeze(-1)
+
+
+# ---- packed forwards: only the tokens that are read (GPT-2 fast path) ------------------------------
+#
+# A response mask is a prefix of each row (response_mask): l_b = mask[b].sum() tokens, EOS included.
+# The output predicting response token t sits at input position P - 1 + t, so reading l_b outputs
+# feeds the prompt and response tokens 0 .. l_b - 2; tokens after them are never computed.
+
+
+def _pack_next_token(prompt_ids, prompt_mask, response_ids, mask, width: int) -> gpt2_fast.Packed:
+    """Feed the real prompt and response tokens up to l_b - 2; read positions P - 1 + t for mask[b, t]."""
+    B, P = prompt_ids.shape
+    m = mask.bool()
+    fed = torch.zeros_like(m)
+    fed[:, :-1] = m[:, 1:]  # response token t is fed when token t + 1 is read
+    out = torch.zeros((B, P + m.shape[1]), dtype=torch.bool, device=m.device)
+    out[:, P - 1 : -1] = m
+    return gpt2_fast.pack(torch.cat([prompt_ids, response_ids], 1), torch.cat([prompt_mask.bool(), fed], 1), out, width)
+
+
+def _unpack(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(N_out,) values at mask's 1s in row-major order -> (B, T), 0 elsewhere. Differentiable."""
+    flat = mask.flatten().nonzero().squeeze(1)
+    return values.new_zeros(mask.numel()).index_copy(0, flat, values).view(mask.shape)
+
+
+def policy_logprobs(
+    model, prompt_ids, prompt_mask, response_ids, mask, temperature: float, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log pi(a_t | s_t) at the temperature, and optionally the entropy of pi(. | s_t), on the
+    response tokens where ``mask`` is 1; both (B, T), 0 elsewhere. Differentiable; no cache.
+
+    GPT-2 models run the packed forward (no padding, nothing after the last read token);
+    others the padded ``forward_logits``. The same values either way, to float rounding.
+    """
+    if gpt2_fast.supports(model):
+        pk = _pack_next_token(prompt_ids, prompt_mask, response_ids, mask, model.config.n_embd)
+        head = model.lm_head
+        h = gpt2_fast.packed_hidden(model, pk)  # (N_out_pad, d)
+        logits = linear(h, head.weight, head.bias)[: pk.n_out].float() / temperature  # (N_out, V)
+        tokens = response_ids[mask.bool()]  # (N_out,) row-major, as pk.out
+        logp = F.log_softmax(logits, dim=-1).gather(1, tokens[:, None]).squeeze(1)
+        ent = _unpack(M.entropy_from_logits(logits), mask) if with_entropy else None
+        return _unpack(logp, mask), ent
+    logits = forward_logits(model, prompt_ids, prompt_mask, response_ids).float() / temperature  # (B, T, V)
+    logp = F.log_softmax(logits, dim=-1).gather(-1, response_ids[..., None]).squeeze(-1) * mask
+    ent = M.entropy_from_logits(logits) * mask if with_entropy else None
+    return logp, ent
 
 
 def backbone_hidden(model, prompt_ids, prompt_mask, response_ids) -> torch.Tensor:
@@ -176,19 +227,36 @@ def backbone_hidden(model, prompt_ids, prompt_mask, response_ids) -> torch.Tenso
     return trunk(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
 
 
-def token_values(value_model, prompt_ids, prompt_mask, response_ids) -> torch.Tensor:
-    """V(s_t) for each response token t: the score head on the state before it, (B, T)."""
+def token_values(value_model, prompt_ids, prompt_mask, response_ids, mask=None) -> torch.Tensor:
+    """V(s_t) for each response token t: the score head on the state before it, (B, T).
+
+    With ``mask`` (a prefix of each row) only those states are computed and the rest are 0.
+    """
+    if mask is not None and gpt2_fast.supports(value_model):
+        pk = _pack_next_token(prompt_ids, prompt_mask, response_ids, mask, value_model.config.n_embd)
+        h = gpt2_fast.packed_hidden(value_model, pk)[: pk.n_out]  # (N_out, d)
+        return _unpack(value_model.score(h).squeeze(-1).float(), mask)
     P = prompt_ids.shape[1]
     h = backbone_hidden(value_model, prompt_ids, prompt_mask, response_ids[:, :-1])  # (B, P+T-1, H)
-    return value_model.score(h[:, P - 1 :]).squeeze(-1).float()  # (B, T)
+    values = value_model.score(h[:, P - 1 :]).squeeze(-1).float()  # (B, T)
+    return values if mask is None else values * mask
 
 
 def sequence_scores(reward_model, prompt_ids, prompt_mask, response_ids, mask) -> torch.Tensor:
     """Reward-model score at the last real response token (EOS when present), (B,)."""
-    P = prompt_ids.shape[1]
+    B, P = prompt_ids.shape
+    n = mask.sum(1).long().clamp(min=1)  # (B,) response tokens read, EOS included
+    if gpt2_fast.supports(reward_model):
+        T = response_ids.shape[1]
+        fed = torch.arange(T, device=n.device)[None, :] < n[:, None]  # (B, T)
+        out = torch.zeros((B, P + T), dtype=torch.bool, device=n.device)
+        out[torch.arange(B), P + n - 1] = True
+        pk = gpt2_fast.pack(
+            torch.cat([prompt_ids, response_ids], 1), torch.cat([prompt_mask.bool(), fed], 1), out, reward_model.config.n_embd
+        )
+        return reward_model.score(gpt2_fast.packed_hidden(reward_model, pk)[: pk.n_out]).squeeze(-1).float()
     h = backbone_hidden(reward_model, prompt_ids, prompt_mask, response_ids)  # (B, P+T, H)
-    last = P + mask.sum(1).long().clamp(min=1) - 1  # (B,)
-    h_last = h[torch.arange(h.shape[0]), last]  # (B, H)
+    h_last = h[torch.arange(B), P + n - 1]  # (B, H)
     return reward_model.score(h_last).squeeze(-1).float()
 
 
@@ -241,9 +309,9 @@ def collect(
         logprobs=logprobs,
         entropy=entropy,
     )
-    ro.ref_logprobs = logprobs_from_logits(forward_logits(ref, pids, pmask, rids), rids, temperature) * mask
+    ro.ref_logprobs = policy_logprobs(ref, pids, pmask, rids, mask, temperature)[0]
     if value_model is not None:
-        ro.values = token_values(value_model, pids, pmask, rids) * mask
+        ro.values = token_values(value_model, pids, pmask, rids, mask)
     ro.gold = torch.tensor(gold_fn(ro.prompts, ro.completions), dtype=torch.float32)
     scores = score_fn(ro)
     if missing_eos_penalty is not None:

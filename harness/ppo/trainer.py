@@ -191,7 +191,7 @@ def ppo_iteration(
 
     def value_step(idx: torch.Tensor, backward: bool):
         """The value loss of one minibatch (and, on the worker thread, its backward)."""
-        v_new = R.token_values(models.value, ro.prompt_ids[idx], ro.prompt_mask[idx], ro.response_ids[idx])
+        v_new = R.token_values(models.value, ro.prompt_ids[idx], ro.prompt_mask[idx], ro.response_ids[idx], vmask[idx])
         v_loss, vst = M.value_loss(v_new, ro.values[idx], returns[idx], vmask[idx], cfg.ppo.value_clip, cfg.loss.agg)
         if backward:
             (cfg.ppo.vf_coef * v_loss).backward()
@@ -208,13 +208,14 @@ def ppo_iteration(
                 # With >= 2 threads the value model's forward + backward run beside the policy's, on a
                 # worker thread: disjoint parameters, so the gradients are exactly those of the summed loss.
                 pending = worker.submit(value_step, idx, True) if worker is not None else None
-                logits = R.forward_logits(models.policy, ro.prompt_ids[idx], ro.prompt_mask[idx], ro.response_ids[idx])
-                new_logp = R.logprobs_from_logits(logits, ro.response_ids[idx], temp)  # (b, T)
+                new_logp, entropy = R.policy_logprobs(  # (b, T) each, 0 after EOS
+                    models.policy, ro.prompt_ids[idx], ro.prompt_mask[idx], ro.response_ids[idx], m_mask, temp,
+                    with_entropy=cfg.ppo.entropy_coef > 0,
+                )
                 pg_loss, pst = M.policy_loss(new_logp, ro.logprobs[idx], adv[idx], m_mask, cfg.ppo.clip_eps, cfg.loss.agg)
                 loss = pg_loss
-                if cfg.ppo.entropy_coef > 0:
-                    ent = M.aggregate(M.entropy_from_logits(logits.float() / temp), m_mask, cfg.loss.agg)
-                    loss = loss - cfg.ppo.entropy_coef * ent
+                if entropy is not None:
+                    loss = loss - cfg.ppo.entropy_coef * M.aggregate(entropy, m_mask, cfg.loss.agg)
                 if cfg.kl.placement == "loss" and st.kl_coef > 0:
                     # KL as a loss term (GRPO-style): beta * agg(kl(pi_theta, pi_ref))
                     kl_tok = M.kl_penalty(new_logp, ro.ref_logprobs[idx], cfg.kl.estimator)

@@ -102,3 +102,55 @@ def test_fast_gpt2_path_equals_the_hf_forward_and_decoder(models, monkeypatch):
     policy.train(was_training)
     for g, h in zip(grads, hf_grads, strict=True):
         torch.testing.assert_close(g, h, atol=1e-5, rtol=1e-4)
+
+
+def test_packed_forwards_equal_the_padded_hf_forward(models, monkeypatch):
+    """The loop's packed forwards (no padding, nothing after the last read token, filler rows for
+    oneDNN's shapes) against the padded HF forward: the same logprobs, entropies, values and
+    scores on the real tokens, zeros elsewhere, and the same gradients."""
+    from harness.ppo import gemm, gpt2_fast
+    from harness.ppo import math as M
+
+    tok, policy = models.tokenizer, models.policy
+    was_training = policy.training
+    prompts = list(models.task.train_prompts[:16])
+    pids, pmask = R.encode_prompts(tok, prompts)
+    rids, mask, *_ = R.sample(policy, pids, pmask, 14, 1.0, tok.eos_token_id, tok.pad_token_id, torch.Generator().manual_seed(7))
+    pids, pmask, rids, mask = (t.clone() for t in (pids, pmask, rids, mask))  # out of inference mode
+    assert (pmask == 0).any() and (mask == 0).any(), "the test needs padded prompts and early EOS"
+    seq0 = torch.zeros_like(mask)
+    seq0[:, 0] = 1  # the sequence-level value baseline reads V(prompt) only
+    pk = R._pack_next_token(pids, pmask, rids, mask, policy.config.n_embd)
+    assert pk.n == int(pmask.sum() + mask.sum() - len(prompts))  # exactly the tokens that are read
+    if gemm.available():
+        assert len(pk.ids) > pk.n, "the test needs filler rows"
+
+    def everything():
+        policy.train()
+        logp, ent = R.policy_logprobs(policy, pids, pmask, rids, mask, 0.7, with_entropy=True)
+        grads = torch.autograd.grad((logp.sum() + ent.sum()), list(policy.parameters()))
+        with torch.no_grad():
+            values = R.token_values(models.value, pids, pmask, rids, mask)
+            v0 = R.token_values(models.value, pids, pmask, rids, seq0)
+            scores = R.sequence_scores(models.reward, pids, pmask, rids, mask)
+        return logp.detach(), ent.detach(), values, v0, scores, grads
+
+    fast = everything()
+    with monkeypatch.context() as m:  # the padded HF route for every model
+        m.setattr(gpt2_fast, "supports", lambda model: False)
+        slow = everything()
+        with torch.no_grad():  # entropy straight from HF logits, an independent formula route
+            logits = policy(*R.sequence_inputs(pids, pmask, rids)[:1]).logits  # no padding mask: compare real rows only
+    policy.train(was_training)
+    for a, b in zip(fast[:5], slow[:5], strict=True):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
+    for g, h in zip(fast[5], slow[5], strict=True):
+        torch.testing.assert_close(g, h, atol=5e-5, rtol=1e-4)
+    logp, ent, values, v0, _, _ = fast
+    assert (logp[mask == 0] == 0).all() and (ent[mask == 0] == 0).all() and (values[mask == 0] == 0).all()
+    assert (v0[:, 1:] == 0).all() and torch.allclose(v0[:, 0], values[:, 0], atol=1e-5)
+    full = pmask.all(1)  # rows without prompt padding: the plain HF call above is exact for them
+    assert full.any()  # the longest prompt sets the width
+    P = pids.shape[1]
+    ref_ent = M.entropy_from_logits(logits[:, P - 1 : -1].float() / 0.7) * mask
+    torch.testing.assert_close(ent[full], ref_ent[full], atol=2e-5, rtol=1e-5)
