@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.ppo.gemm import linear, padded_rows
+from harness.ppo.gemm import linear, linear_gelu, padded_rows
 
 # activation_function -> F.gelu approximate mode (the same function, one fused kernel)
 _GELU = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "none"}
@@ -120,7 +120,7 @@ def _block(blk: nn.Module, h: torch.Tensor, attend, gelu: str, rows: torch.Tenso
         h = h.index_select(0, rows)
     h = h + linear(a, at.c_proj.weight.t(), at.c_proj.bias)
     x = F.layer_norm(h, (d,), blk.ln_2.weight, blk.ln_2.bias, blk.ln_2.eps)
-    x = F.gelu(linear(x, mlp.c_fc.weight.t(), mlp.c_fc.bias), approximate=gelu)  # (N, 4d)
+    x = linear_gelu(x, mlp.c_fc.weight.t(), mlp.c_fc.bias, gelu)  # (N, 4d)
     return h + linear(x, mlp.c_proj.weight.t(), mlp.c_proj.bias)
 
 

@@ -58,3 +58,17 @@ def test_padded_rows_bounds_waste_and_shapes():
     assert len(set(sizes)) <= 8 + 6 * 4 + 1  # 8 sizes up to 64, then 4 per octave
     assert gemm.padded_rows(100, 1) == 100  # too small a product for oneDNN: no filler
     assert gemm.padded_rows(300, big, "meta") == 300  # not the CPU: no filler
+
+
+@needs_onednn
+def test_linear_gelu_fuses_only_without_autograd():
+    g = torch.Generator().manual_seed(1)
+    x, w, b = torch.randn(300, 256, generator=g), 0.05 * torch.randn(1024, 256, generator=g), torch.randn(1024, generator=g)
+    expected = torch.nn.functional.gelu(x.double() @ w.double().t() + b.double(), approximate="tanh")
+    with torch.no_grad():
+        fused = gemm.linear_gelu(x, w, b, "tanh")
+    torch.testing.assert_close(fused.double(), expected, atol=1e-4, rtol=1e-5)
+    xg = x.clone().requires_grad_()
+    out = gemm.linear_gelu(xg, w, b, "tanh")
+    assert out.grad_fn is not None  # the differentiable route
+    torch.testing.assert_close(out.detach().double(), expected, atol=1e-4, rtol=1e-5)
