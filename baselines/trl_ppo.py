@@ -23,10 +23,11 @@ Key mapping (RunConfig -> PPOConfig / PPOTrainer argument):
     train.missing_eos_penalty -> applied by the reward model (baselines/trl_reward.py) with the
         custom core's REPLACE semantics; TRL's own missing_eos_penalty (which SUBTRACTS) stays unset.
     model.reward=gold -> the gold reward wrapped as a module TRL's get_reward accepts.
+    train.autocast=bf16 -> PPOConfig(bf16=True): accelerate's bf16 autocast around TRL's forwards.
 
 Refused (TRL has no equivalent): advantage.level=sequence, advantage.whiten=false (TRL always
 whitens advantages), kl.estimator=k2, kl.placement=loss, kl.target (adaptive KL), loss.agg other
-than token-mean, ppo.entropy_coef > 0, ppo.target_kl.
+than token-mean, ppo.entropy_coef > 0, ppo.target_kl, model.value_trunk=shared.
 
 Accepted with metrics absent (not faked): probe.every > 0 (the gradient-variance probe cannot run
 inside TRL's loop: grad/variance, grad/rel_variance, grad/snr, grad/cosine are not logged), and
@@ -73,6 +74,7 @@ REFUSED: dict[str, tuple[Callable[[RunConfig], bool], str]] = {
     "loss.agg": (lambda c: c.loss.agg != "token-mean", "TRL's losses are token means"),
     "ppo.entropy_coef": (lambda c: c.ppo.entropy_coef > 0, "TRL has no entropy bonus"),
     "ppo.target_kl": (lambda c: c.ppo.target_kl is not None, "TRL has no early stop on approx KL"),
+    "model.value_trunk": (lambda c: c.model.value_trunk != "separate", "TRL's PPO takes a separate value model"),
 }
 
 # schema keys TRL's statistics map to (DESIGN.md section 6): TRL key -> harness key
@@ -117,7 +119,7 @@ def trl_args(cfg: RunConfig, response_length: int, output_dir: str):
         output_dir=output_dir,
         seed=cfg.seed,
         use_cpu=True,
-        bf16=False,  # PPOConfig defaults to bf16 autocast; the custom core is fp32
+        bf16=cfg.train.autocast == "bf16",  # PPOConfig defaults to bf16 autocast; the harness to fp32
         fp16=False,
         activation_checkpointing=False,  # PPOConfig default True (gradient_checkpointing): recomputation, slower
         report_to=[],

@@ -6,7 +6,7 @@ policy and value losses, no missing-EOS penalty, no gradient clipping) on the
 same random-initialised GPT-2 models, each in its own fresh subprocess so that
 peak RSS is per implementation. Warm-up iterations are excluded from every figure.
 
-Workloads (issue 6): S = GPT-2 2 layers x 64 wide x 2 heads; M = 4 x 256 x 4;
+Workloads: S = GPT-2 2 layers x 64 wide x 2 heads; M = 4 x 256 x 4;
 n_positions 128 for both; a character vocabulary (26 letters + pad, EOS, unk);
 prompts of 16 tokens, responses of up to 32, a rollout batch of 32, 4 PPO
 epochs x 4 minibatches, fp32, ``torch.set_num_threads(threads)``.
@@ -66,6 +66,16 @@ CHARS = "abcdefghijklmnopqrstuvwxyz"  # + <pad>, <eos>, <unk> = a vocabulary of 
 LR = 3e-6  # TRL's default; small enough that the policies (and response lengths) barely drift in a bench run
 SEED = 0
 IMPLS = ("custom", "trl")
+
+# Switches that change the math, benchmarked apart from the equal-math figure: variant -> the custom
+# core's config overrides. TRL runs its equal-math loop, with bf16 autocast (PPOConfig(bf16=True))
+# wherever the variant has it, so the only difference left is the one the variant names.
+VARIANTS: dict[str, dict[str, str]] = {
+    "equal": {},
+    "shared-trunk": {"model.value_trunk": "shared"},
+    "bf16": {"train.autocast": "bf16"},
+    "shared-trunk+bf16": {"model.value_trunk": "shared", "train.autocast": "bf16"},
+}
 
 
 # ---- the workload ------------------------------------------------------------------------------
@@ -134,13 +144,16 @@ def matmul_params(size: str, vocab: int) -> tuple[int, int]:
     return n * block + vocab * d, n * block + d
 
 
-def flops_per_iteration(size: str, vocab: int, response_tokens: float = RESPONSE_TOKENS) -> dict[str, float]:
-    """Useful FLOPs of one iteration whose completions average ``response_tokens`` tokens."""
+def flops_per_iteration(
+    size: str, vocab: int, response_tokens: float = RESPONSE_TOKENS, shared_trunk: bool = False
+) -> dict[str, float]:
+    """Useful FLOPs of one iteration whose completions average ``response_tokens`` tokens
+    (with ``shared_trunk`` the update trains one trunk for both losses)."""
     n_lm, n_cls = matmul_params(size, vocab)
     seq = BATCH * (PROMPT_TOKENS + response_tokens)
     gen = 2 * n_lm * BATCH * (PROMPT_TOKENS + response_tokens - 1)
     score = 2 * (n_lm + 2 * n_cls) * seq  # ref (LM) + value + reward (classifiers)
-    update = EPOCHS * 3 * 2 * (n_lm + n_cls) * seq
+    update = EPOCHS * 3 * 2 * (n_lm + (0 if shared_trunk else n_cls)) * seq
     return {"generation": float(gen), "scoring": float(score), "update": float(update), "total": float(gen + score + update)}
 
 
@@ -152,8 +165,8 @@ FLOP_FORMULA = (
 )
 
 
-def custom_config(n_iterations: int, threads: int):
-    """The equal-math RunConfig (TRL PPOTrainer semantics)."""
+def custom_config(n_iterations: int, threads: int, variant: str = "equal"):
+    """The equal-math RunConfig (TRL PPOTrainer semantics), plus the variant's switches."""
     from harness.config import build_config
 
     return build_config(
@@ -186,6 +199,7 @@ def custom_config(n_iterations: int, threads: int):
             "train.missing_eos_penalty": None,
             "train.threads": threads,
             "seed": SEED,
+            **VARIANTS[variant],
         },
     )
 
@@ -197,10 +211,10 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def _run_custom(size: str, iterations: int, warmup: int, threads: int) -> dict[str, Any]:
+def _run_custom(size: str, iterations: int, warmup: int, threads: int, variant: str) -> dict[str, Any]:
     import torch
 
-    from harness.models import Models
+    from harness.models import Models, SharedTrunkValue
     from harness.ppo import rollout as R
     from harness.ppo.trainer import init_state, ppo_iteration
 
@@ -208,8 +222,10 @@ def _run_custom(size: str, iterations: int, warmup: int, threads: int) -> dict[s
     tokenizer = make_tokenizer()
     task = make_task(make_prompts())
     policy, ref, reward, value = make_models(size, tokenizer)
+    cfg = custom_config(warmup + iterations, threads, variant)
+    if cfg.model.value_trunk == "shared":
+        value = SharedTrunkValue(policy)
     models = Models(task=task, tokenizer=tokenizer, policy=policy, ref=ref, reward=reward, value=value, source="bench")
-    cfg = custom_config(warmup + iterations, threads)
     st = init_state(cfg, models)
     score_fn = R.make_score_fn(models.reward, task.gold)
     rows = []
@@ -233,7 +249,7 @@ def _run_custom(size: str, iterations: int, warmup: int, threads: int) -> dict[s
     return {"rows": rows, "threads": torch.get_num_threads()}
 
 
-def _run_trl(size: str, iterations: int, warmup: int, threads: int) -> dict[str, Any]:
+def _run_trl(size: str, iterations: int, warmup: int, threads: int, variant: str) -> dict[str, Any]:
     import torch
     import trl.experimental.ppo.ppo_trainer as T
     from datasets import Dataset
@@ -334,7 +350,7 @@ def _run_trl(size: str, iterations: int, warmup: int, threads: int) -> dict[str,
             lr_scheduler_type="linear",
             num_sample_generations=0,
             use_cpu=True,
-            bf16=False,
+            bf16=VARIANTS[variant].get("train.autocast") == "bf16",
             fp16=False,
             report_to=[],
             save_strategy="no",
@@ -359,19 +375,20 @@ def _run_trl(size: str, iterations: int, warmup: int, threads: int) -> dict[str,
     return {"rows": rows, "threads": torch.get_num_threads()}
 
 
-def run_child(impl: str, size: str, iterations: int, warmup: int, threads: int) -> dict[str, Any]:
+def run_child(impl: str, size: str, iterations: int, warmup: int, threads: int, variant: str) -> dict[str, Any]:
     """One implementation in this (fresh) process; per-iteration rows + peak RSS."""
     run = _run_custom if impl == "custom" else _run_trl
-    out = run(size, iterations, warmup, threads)
+    out = run(size, iterations, warmup, threads, variant)
     out["peak_rss_mb"] = _peak_rss_mb()
     return out
 
 
-def _spawn(impl: str, size: str, iterations: int, warmup: int, threads: int) -> dict[str, Any]:
+def _spawn(impl: str, size: str, iterations: int, warmup: int, threads: int, variant: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "child.json"
         cmd = [sys.executable, "-m", "harness.bench", "--size", size, "--iterations", str(iterations),
-               "--warmup", str(warmup), "--threads", str(threads), "--child", impl, "--child-out", str(path)]
+               "--warmup", str(warmup), "--threads", str(threads), "--variant", variant,
+               "--child", impl, "--child-out", str(path)]
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(threads)}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0 or not path.exists():
@@ -407,7 +424,7 @@ def matmul_peak_gflops(threads: int, n: int = 2048, repeats: int = 5) -> dict[st
     return out
 
 
-def summarise(child: dict[str, Any], size: str, vocab: int, peak: float) -> dict[str, Any]:
+def summarise(child: dict[str, Any], size: str, vocab: int, peak: float, shared_trunk: bool = False) -> dict[str, Any]:
     """Per-iteration rows -> rates, time split (seconds per iteration and shares), FLOP rates."""
     rows = child["rows"]
     wall = sum(r["wall_s"] for r in rows)
@@ -416,7 +433,7 @@ def summarise(child: dict[str, Any], size: str, vocab: int, peak: float) -> dict
     per_it = wall / n
     split["other"] = max(0.0, per_it - sum(split.values()))
     mean_len = sum(r["tokens"] for r in rows) / n / BATCH
-    flops = flops_per_iteration(size, vocab, mean_len)
+    flops = flops_per_iteration(size, vocab, mean_len, shared_trunk)
     gflops = flops["total"] * n / wall / 1e9
     return {
         "iterations": n,
@@ -447,7 +464,9 @@ ENV_KEYS = ("OMP_WAIT_POLICY", "KMP_BLOCKTIME", "MKL_NUM_THREADS", "LD_PRELOAD",
 RATIO_KEYS = ("iterations_per_s", "generated_tokens_per_s", "gflops", "peak_rss_mb")
 
 
-def benchmark(size: str, iterations: int, warmup: int, threads: int, vs_trl: bool, repeats: int = 1) -> dict[str, Any]:
+def benchmark(
+    size: str, iterations: int, warmup: int, threads: int, vs_trl: bool, repeats: int = 1, variant: str = "equal"
+) -> dict[str, Any]:
     """Run the children (interleaved custom / trl per repeat) and summarise; the JSON document."""
     import torch
     import transformers
@@ -460,19 +479,26 @@ def benchmark(size: str, iterations: int, warmup: int, threads: int, vs_trl: boo
     peaks = [matmul_peak_gflops(threads)]
     for _ in range(repeats):
         for impl in impls:
-            child = _spawn(impl, size, iterations, warmup, threads)
+            child = _spawn(impl, size, iterations, warmup, threads, variant)
             peaks.append(matmul_peak_gflops(threads))
             runs[impl].append(child)
     by_kernel = {k: max(p[k] for p in peaks) for k in peaks[0]}
     peak = max(by_kernel.values())
     results = {}
     for impl in impls:
-        summaries = [summarise(c, size, vocab, peak) for c in runs[impl]]
+        shared = impl == "custom" and VARIANTS[variant].get("model.value_trunk") == "shared"
+        summaries = [summarise(c, size, vocab, peak, shared) for c in runs[impl]]
         results[impl] = _median_result(summaries)
         results[impl]["repeats_iterations_per_s"] = sorted(r["iterations_per_s"] for r in summaries)
     n_lm, n_cls = matmul_params(size, vocab)
     doc: dict[str, Any] = {
         "size": size,
+        "variant": {
+            "name": variant,
+            "equal_math": variant == "equal",
+            "custom_overrides": VARIANTS[variant],
+            "trl_bf16": VARIANTS[variant].get("train.autocast") == "bf16",
+        },
         "workload": {
             **SIZES[size],
             "vocab": vocab,
@@ -523,6 +549,9 @@ def print_table(doc: dict[str, Any]) -> None:
         f"{w['epochs']}x{w['minibatches']} PPO, {w['threads']} threads, fp32 matmul peak "
         + " / ".join(f"{k} {v:.0f}" for k, v in doc["matmul_peak_by_kernel"].items())
         + " GFLOP/s"
+        + ("" if doc["variant"]["equal_math"] else f"\nvariant {doc['variant']['name']} "
+           f"({', '.join(f'{k}={v}' for k, v in doc['variant']['custom_overrides'].items())}): "
+           "changes the math, not the equal-math figure")
     )
     table.add_column("metric")
     for impl in impls:
@@ -563,6 +592,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=1, help="fresh runs per implementation, interleaved; median reported")
     p.add_argument("--threads", type=int, default=2, help="torch threads (match the cores per worker)")
     p.add_argument("--json", type=Path, default=None, help="write every figure to this file")
+    p.add_argument("--variant", choices=list(VARIANTS), default="equal",
+                   help="equal math (default), or switches that change it, reported apart: "
+                   + "; ".join(f"{k}: {', '.join(f'{a}={b}' for a, b in v.items())}" for k, v in VARIANTS.items() if v))
     p.add_argument("--child", choices=IMPLS, help=argparse.SUPPRESS)
     p.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -574,11 +606,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     if a.child:
-        out = run_child(a.child, a.size, a.iterations, a.warmup, a.threads)
+        out = run_child(a.child, a.size, a.iterations, a.warmup, a.threads, a.variant)
         a.child_out.write_text(json.dumps(out))
         return 0
     try:
-        doc = benchmark(a.size, a.iterations, a.warmup, a.threads, a.vs == "trl", a.repeats)
+        doc = benchmark(a.size, a.iterations, a.warmup, a.threads, a.vs == "trl", a.repeats, a.variant)
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

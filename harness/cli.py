@@ -143,13 +143,16 @@ def bench(
     iterations: Annotated[int, typer.Option(help="Timed PPO iterations per implementation.")] = 5,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up iterations.")] = 1,
     repeats: Annotated[int, typer.Option(help="Fresh runs per implementation, interleaved; the median is reported.")] = 1,
+    variant: Annotated[str, typer.Option(help="equal (equal math, the default) or a math-changing switch, "
+                                         "reported apart: shared-trunk, bf16, shared-trunk+bf16.")] = "equal",
     threads: Annotated[int | None, typer.Option(help="torch threads (default: all cores).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every number to this JSON file.")] = None,
 ) -> None:
     """Benchmark the custom core (and TRL with --vs trl): iterations/s, tokens/s, time split, RSS, GFLOP/s."""
     from harness.bench import main as bench_main
 
-    argv = ["--size", size, "--iterations", str(iterations), "--warmup", str(warmup), "--repeats", str(repeats)]
+    argv = ["--size", size, "--iterations", str(iterations), "--warmup", str(warmup), "--repeats", str(repeats),
+            "--variant", variant]
     if vs:
         argv += ["--vs", vs]
     if threads:

@@ -46,6 +46,10 @@ class ModelConfig(_Section):
     reward: str = "learned"
     # Value model initialisation: from the reward model (N implementation details) or the SFT policy.
     value_init: Literal["reward", "policy"] = "reward"
+    # "separate": a value model of its own (TRL, N implementation details); "shared": a scalar head
+    # (zero-initialised) on the policy's own trunk, one forward and backward for both losses. Shared
+    # changes the math (the value loss also moves the policy's features); value_init is then unused.
+    value_trunk: Literal["separate", "shared"] = "separate"
     # Share of preference labels flipped when training the proxy RM.
     rm_label_noise: float = Field(default=0.1, ge=0.0, lt=0.5)
     # Preference pairs sampled from the SFT policy for the proxy RM.
@@ -98,6 +102,10 @@ class TrainConfig(_Section):
     iterations: int = Field(default=40, ge=1)
     missing_eos_penalty: float | None = -1.0  # score given to responses with no EOS; null = off
     threads: int | None = Field(default=None, ge=1)  # torch threads; None = all cores
+    # "bf16": rollout and update forwards under torch.autocast(bfloat16); weights, optimiser and
+    # evaluation stay fp32. Changes the math: the sampler's and the learner's logprobs then differ
+    # by bf16 rounding, so the ratio starts near, not at, 1.
+    autocast: Literal["none", "bf16"] = "none"
 
 
 class EvalConfig(_Section):

@@ -69,6 +69,27 @@ class Models:
     source: str  # where the weights came from (cache dir or HF name)
 
 
+class SharedTrunkValue(nn.Module):
+    """V(s) as a scalar head on the policy's own trunk (``model.value_trunk=shared``).
+
+    Looks like a sequence-classification model to the rollout (``config``, the trunk under
+    ``base_model_prefix``, ``score``), so values are read the same way; the PPO update reads
+    them off the policy's forward instead (``rollout.policy_forward(value_head=...)``).
+    ``head_parameters`` are its own; the trunk's belong to the policy.
+    """
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        self.config = policy.config
+        self.base_model_prefix = policy.base_model_prefix
+        setattr(self, policy.base_model_prefix, getattr(policy, policy.base_model_prefix))
+        self.score = nn.Linear(policy.config.hidden_size, 1, bias=False)
+        nn.init.zeros_(self.score.weight)  # V = 0 at the start: no signal from an untrained head
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.score.parameters())
+
+
 # ---- tokenizer ----------------------------------------------------------------------------------
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
@@ -424,7 +445,9 @@ def load_models(cfg: RunConfig, progress=None) -> Models:
         reward.requires_grad_(False)
     value = None
     needs_value = cfg.advantage.level == "token" or cfg.advantage.baseline == "value"
-    if needs_value:
+    if needs_value and cfg.model.value_trunk == "shared":
+        value = SharedTrunkValue(policy)
+    elif needs_value:
         if cfg.model.value_init == "reward" and reward is not None:
             value = copy.deepcopy(reward)
         else:

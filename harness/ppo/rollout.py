@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -153,7 +154,7 @@ def forward_logits(model, prompt_ids, prompt_mask, response_ids) -> torch.Tensor
     """Logits predicting each response token, (B, T, V), over the padded batch. Differentiable; no cache.
 
     The last response token predicts nothing used here, so it is not fed: (B, P+T-1).
-    The reference route (any causal LM); ``policy_logprobs`` is the one the loop uses.
+    The reference route (any causal LM); ``policy_forward`` is the one the loop uses.
     """
     P = prompt_ids.shape[1]
     input_ids, attn, pos = sequence_inputs(prompt_ids, prompt_mask, response_ids[:, :-1])
@@ -194,32 +195,48 @@ def _unpack(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return values.new_zeros(mask.numel()).index_copy(0, flat, values).view(mask.shape)
 
 
-def policy_logprobs(
-    model, prompt_ids, prompt_mask, response_ids, mask, temperature: float, with_entropy: bool = False
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log pi(a_t | s_t) at the temperature, and optionally the entropy of pi(. | s_t), on the
-    response tokens where ``mask`` is 1; both (B, T), 0 elsewhere. Differentiable; no cache.
+def _read_hidden(model, prompt_ids, prompt_mask, response_ids, mask) -> tuple[torch.Tensor, int]:
+    """Last hidden states at the positions predicting the response tokens where ``mask`` is 1:
+    (rows, d) with the first n of them the real ones, row-major as mask's 1s; returns (rows, n).
 
-    GPT-2 models run the packed forward (no padding, nothing after the last read token);
-    others the padded ``forward_logits``. The same values either way, to float rounding.
+    GPT-2 models run the packed forward (no padding, nothing after the last read token; rows
+    past n are filler, kept so the head's product has a bounded set of shapes); other models
+    their trunk over the padded batch.
     """
     if gpt2_fast.supports(model):
         pk = _pack_next_token(prompt_ids, prompt_mask, response_ids, mask, model.config.n_embd)
-        head = model.lm_head
-        h = gpt2_fast.packed_hidden(model, pk)  # (N_out_pad, d)
-        logits = linear(h, head.weight, head.bias)[: pk.n_out].float() / temperature  # (N_out, V)
-        tokens = response_ids[mask.bool()]  # (N_out,) row-major, as pk.out
-        logp = F.log_softmax(logits, dim=-1).gather(1, tokens[:, None]).squeeze(1)
-        ent = _unpack(M.entropy_from_logits(logits), mask) if with_entropy else None
-        return _unpack(logp, mask), ent
-    logits = forward_logits(model, prompt_ids, prompt_mask, response_ids).float() / temperature  # (B, T, V)
-    logp = F.log_softmax(logits, dim=-1).gather(-1, response_ids[..., None]).squeeze(-1) * mask
-    ent = M.entropy_from_logits(logits) * mask if with_entropy else None
-    return logp, ent
+        return gpt2_fast.packed_hidden(model, pk), pk.n_out  # (N_out_pad, d)
+    P = prompt_ids.shape[1]
+    h = backbone_hidden(model, prompt_ids, prompt_mask, response_ids[:, :-1])[:, P - 1 :]  # (B, T, d)
+    h = h[mask.bool()]  # (N_out, d)
+    return h, h.shape[0]
+
+
+class PolicyOut(NamedTuple):
+    logprobs: torch.Tensor  # (B, T) log pi(a_t | s_t) at the temperature, 0 where mask is 0
+    entropy: torch.Tensor | None  # (B, T) entropy of pi(. | s_t) at the temperature, or None
+    values: torch.Tensor | None  # (B, T) a value head on the same hidden states, or None
+
+
+def policy_forward(
+    model, prompt_ids, prompt_mask, response_ids, mask, temperature: float,
+    with_entropy: bool = False, value_head: torch.nn.Module | None = None,
+) -> PolicyOut:
+    """The policy on the sampled responses, read where ``mask`` (a prefix of each row) is 1.
+    Differentiable; no cache. ``value_head`` (model.value_trunk=shared) reads V(s_t) off the
+    same forward. The same values as ``forward_logits``, to float rounding."""
+    h, n = _read_hidden(model, prompt_ids, prompt_mask, response_ids, mask)
+    head = model.get_output_embeddings()
+    logits = linear(h, head.weight, head.bias)[:n].float() / temperature  # (N_out, V)
+    tokens = response_ids[mask.bool()]  # (N_out,) row-major, as the hidden rows
+    logp = F.log_softmax(logits, dim=-1).gather(1, tokens[:, None]).squeeze(1)
+    ent = _unpack(M.entropy_from_logits(logits), mask) if with_entropy else None
+    values = _unpack(value_head(h[:n]).squeeze(-1).float(), mask) if value_head is not None else None
+    return PolicyOut(_unpack(logp, mask), ent, values)
 
 
 def backbone_hidden(model, prompt_ids, prompt_mask, response_ids) -> torch.Tensor:
-    """Last hidden states of a sequence-classification model's trunk, (B, P+T, H)."""
+    """Last hidden states of a model's trunk over the padded batch, (B, P+T, H)."""
     input_ids, attn, pos = sequence_inputs(prompt_ids, prompt_mask, response_ids)
     if gpt2_fast.supports(model):
         return gpt2_fast.hidden_states(model, input_ids, attn, pos)
@@ -227,19 +244,11 @@ def backbone_hidden(model, prompt_ids, prompt_mask, response_ids) -> torch.Tenso
     return trunk(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
 
 
-def token_values(value_model, prompt_ids, prompt_mask, response_ids, mask=None) -> torch.Tensor:
-    """V(s_t) for each response token t: the score head on the state before it, (B, T).
-
-    With ``mask`` (a prefix of each row) only those states are computed and the rest are 0.
-    """
-    if mask is not None and gpt2_fast.supports(value_model):
-        pk = _pack_next_token(prompt_ids, prompt_mask, response_ids, mask, value_model.config.n_embd)
-        h = gpt2_fast.packed_hidden(value_model, pk)[: pk.n_out]  # (N_out, d)
-        return _unpack(value_model.score(h).squeeze(-1).float(), mask)
-    P = prompt_ids.shape[1]
-    h = backbone_hidden(value_model, prompt_ids, prompt_mask, response_ids[:, :-1])  # (B, P+T-1, H)
-    values = value_model.score(h[:, P - 1 :]).squeeze(-1).float()  # (B, T)
-    return values if mask is None else values * mask
+def token_values(value_model, prompt_ids, prompt_mask, response_ids, mask) -> torch.Tensor:
+    """V(s_t) for each response token t where ``mask`` (a prefix of each row) is 1: the score
+    head on the state before it, (B, T), 0 elsewhere. Only the states read are computed."""
+    h, n = _read_hidden(value_model, prompt_ids, prompt_mask, response_ids, mask)
+    return _unpack(value_model.score(h[:n]).squeeze(-1).float(), mask)
 
 
 def sequence_scores(reward_model, prompt_ids, prompt_mask, response_ids, mask) -> torch.Tensor:
@@ -309,7 +318,7 @@ def collect(
         logprobs=logprobs,
         entropy=entropy,
     )
-    ro.ref_logprobs = policy_logprobs(ref, pids, pmask, rids, mask, temperature)[0]
+    ro.ref_logprobs = policy_forward(ref, pids, pmask, rids, mask, temperature).logprobs
     if value_model is not None:
         ro.values = token_values(value_model, pids, pmask, rids, mask)
     ro.gold = torch.tensor(gold_fn(ro.prompts, ro.completions), dtype=torch.float32)

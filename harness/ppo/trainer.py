@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from harness.config import RunConfig
-from harness.models import Models
+from harness.models import Models, SharedTrunkValue
 from harness.ppo import math as M
 from harness.ppo import rollout as R
 from harness.ppo.variance import probe_gradient_variance
@@ -43,7 +43,9 @@ class PPOState:
 def init_state(cfg: RunConfig, models: Models) -> PPOState:
     torch.manual_seed(cfg.seed)
     params = [p for p in models.policy.parameters() if p.requires_grad]
-    if models.value is not None:
+    if isinstance(models.value, SharedTrunkValue):
+        params += models.value.head_parameters()  # the trunk is the policy's, already in
+    elif models.value is not None:
         params += [p for p in models.value.parameters() if p.requires_grad]
     # Adam eps 1e-5 (cleanRL; N implementation details: the eps matters for early approx-KL).
     # The fused kernel is the same update in one pass over all tensors (4x faster on CPU than the loop).
@@ -100,6 +102,12 @@ def _side_thread(enabled: bool):
         torch.set_num_threads(n)
 
 
+def _autocast(cfg: RunConfig, model: torch.nn.Module):
+    """bf16 autocast on the model's device when ``train.autocast=bf16``; a no-op otherwise."""
+    device = next(model.parameters()).device.type
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.train.autocast == "bf16")
+
+
 def _check(name: str, value: torch.Tensor, it: int) -> None:
     if not torch.isfinite(value).all():
         raise NonFiniteError(f"{name} became {float(value)} at iteration {it}")
@@ -124,20 +132,21 @@ def ppo_iteration(
     batch = [p for p in prompts for _ in range(k)]
     models.policy.eval()
     # 2. score (proxy RM or gold, missing-EOS penalty) and 3. ref logprobs + values
-    ro = R.collect(
-        models.policy,
-        models.ref,
-        models.tokenizer,
-        batch,
-        max_new_tokens=response_length(cfg, models),
-        temperature=temp,
-        generator=st.generator,
-        score_fn=score_fn,
-        gold_fn=models.task.gold,
-        value_model=models.value,
-        missing_eos_penalty=cfg.train.missing_eos_penalty,
-        timings=timings,
-    )
+    with _autocast(cfg, models.policy):
+        ro = R.collect(
+            models.policy,
+            models.ref,
+            models.tokenizer,
+            batch,
+            max_new_tokens=response_length(cfg, models),
+            temperature=temp,
+            generator=st.generator,
+            score_fn=score_fn,
+            gold_fn=models.task.gold,
+            value_model=models.value,
+            missing_eos_penalty=cfg.train.missing_eos_penalty,
+            timings=timings,
+        )
     t_rollout = time.perf_counter() - t_start
     mask = ro.mask  # (B, T)
     n_tokens = mask.sum(1)  # (B,)
@@ -189,15 +198,19 @@ def ppo_iteration(
     count = 0
     stopped_early = 0.0
 
-    def value_step(idx: torch.Tensor, backward: bool):
+    shared = isinstance(models.value, SharedTrunkValue)
+
+    def value_step(idx: torch.Tensor, backward: bool, v_new: torch.Tensor | None = None):
         """The value loss of one minibatch (and, on the worker thread, its backward)."""
-        v_new = R.token_values(models.value, ro.prompt_ids[idx], ro.prompt_mask[idx], ro.response_ids[idx], vmask[idx])
+        if v_new is None:
+            with _autocast(cfg, models.value):  # autocast state is per thread
+                v_new = R.token_values(models.value, ro.prompt_ids[idx], ro.prompt_mask[idx], ro.response_ids[idx], vmask[idx])
         v_loss, vst = M.value_loss(v_new, ro.values[idx], returns[idx], vmask[idx], cfg.ppo.value_clip, cfg.loss.agg)
         if backward:
             (cfg.ppo.vf_coef * v_loss).backward()
         return v_loss, vst
 
-    with _side_thread(use_value and _on_cpu(models.policy)) as worker:
+    with _side_thread(use_value and not shared and _on_cpu(models.policy)) as worker:
         for _epoch in range(cfg.ppo.epochs):
             perm = torch.randperm(B, generator=st.generator)
             epoch_kl, epoch_n = 0.0, 0
@@ -208,10 +221,11 @@ def ppo_iteration(
                 # With >= 2 threads the value model's forward + backward run beside the policy's, on a
                 # worker thread: disjoint parameters, so the gradients are exactly those of the summed loss.
                 pending = worker.submit(value_step, idx, True) if worker is not None else None
-                new_logp, entropy = R.policy_logprobs(  # (b, T) each, 0 after EOS
-                    models.policy, ro.prompt_ids[idx], ro.prompt_mask[idx], ro.response_ids[idx], m_mask, temp,
-                    with_entropy=cfg.ppo.entropy_coef > 0,
-                )
+                with _autocast(cfg, models.policy):
+                    new_logp, entropy, v_shared = R.policy_forward(  # (b, T) each, 0 after EOS
+                        models.policy, ro.prompt_ids[idx], ro.prompt_mask[idx], ro.response_ids[idx], m_mask, temp,
+                        with_entropy=cfg.ppo.entropy_coef > 0, value_head=models.value.score if shared else None,
+                    )
                 pg_loss, pst = M.policy_loss(new_logp, ro.logprobs[idx], adv[idx], m_mask, cfg.ppo.clip_eps, cfg.loss.agg)
                 loss = pg_loss
                 if entropy is not None:
@@ -230,8 +244,8 @@ def ppo_iteration(
                         v_loss, vst = pending.result()
                     _check("loss/value", v_loss.detach(), it)
                 else:
-                    if use_value:
-                        v_loss, vst = value_step(idx, False)
+                    if use_value:  # one backward through both losses (shared trunk: one forward too)
+                        v_loss, vst = value_step(idx, False, v_shared)
                         loss = loss + cfg.ppo.vf_coef * v_loss
                     _check("loss/policy", pg_loss.detach(), it)
                     _check("loss/value", v_loss.detach(), it)

@@ -57,7 +57,7 @@ def probe_gradient_variance(
     perm = torch.randperm(ro.size, generator=generator)
     grads = []
     for idx in torch.chunk(perm, microbatches):
-        logp, _ = R.policy_logprobs(policy, ro.prompt_ids[idx], ro.prompt_mask[idx], ro.response_ids[idx], ro.mask[idx], temperature)
+        logp = R.policy_forward(policy, ro.prompt_ids[idx], ro.prompt_mask[idx], ro.response_ids[idx], ro.mask[idx], temperature).logprobs
         loss, _ = M.policy_loss(logp, ro.logprobs[idx], advantages[idx], ro.mask[idx], clip_eps, agg)
         g = torch.autograd.grad(loss, params, allow_unused=True)
         grads.append(torch.cat([(x if x is not None else torch.zeros_like(p)).reshape(-1) for x, p in zip(g, params, strict=True)]))

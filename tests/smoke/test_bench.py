@@ -17,7 +17,7 @@ from tests.conftest import ROOT
 IMPL_FIELDS = (
     "iterations", "iterations_per_s", "seconds_per_iteration", "cpu_seconds_per_iteration",
     "generated_tokens_per_s", "time_s", "time_share", "peak_rss_mb", "gflops", "peak_share", "threads",
-    "iteration_s", "repeats_iterations_per_s",
+    "iteration_s", "repeats_iterations_per_s", "mean_response_tokens", "flops_per_iteration",
 )
 PARTS = ("generation", "scoring", "update", "other")
 
@@ -47,6 +47,10 @@ def test_bench_small_vs_trl_writes_every_field(tmp_path):
     assert flops["total"] == pytest.approx(flops["generation"] + flops["scoring"] + flops["update"])
     assert "2*N*tokens" in doc["flop_formula"]
     assert _positive(doc["matmul_peak_gflops"])
+    kernels = doc["matmul_peak_by_kernel"]
+    assert "torch_matmul" in kernels and all(_positive(v) for v in kernels.values())
+    assert doc["matmul_peak_gflops"] == max(kernels.values())
+    assert doc["variant"]["name"] == "equal" and doc["variant"]["equal_math"] is True
 
     assert set(doc["results"]) == {"custom", "trl"}
     for impl, res in doc["results"].items():
@@ -57,6 +61,8 @@ def test_bench_small_vs_trl_writes_every_field(tmp_path):
                     "generated_tokens_per_s", "peak_rss_mb", "gflops"):
             assert _positive(res[key]), (impl, key, res[key])
         assert res["iterations_per_s"] == pytest.approx(1 / res["seconds_per_iteration"])
+        assert 1 <= res["mean_response_tokens"] <= 32
+        assert res["generated_tokens_per_s"] == pytest.approx(res["mean_response_tokens"] * 32 * res["iterations_per_s"])
         assert 0 < res["peak_share"] <= 1, (impl, res["peak_share"])
         assert set(res["time_s"]) == set(PARTS) and set(res["time_share"]) == set(PARTS)
         assert all(res["time_s"][p] >= 0 and 0 <= res["time_share"][p] <= 1 for p in PARTS), (impl, res["time_share"])
@@ -71,3 +77,25 @@ def test_bench_small_vs_trl_writes_every_field(tmp_path):
     c, t = doc["results"]["custom"], doc["results"]["trl"]
     assert ratio["iterations_per_s"] == pytest.approx(c["iterations_per_s"] / t["iterations_per_s"])
     assert doc["versions"]["trl"].startswith("1.12")
+
+
+@pytest.mark.slow
+def test_bench_variant_is_reported_apart_from_equal_math(tmp_path):
+    out = tmp_path / "out.json"
+    cmd = [sys.executable, "-m", "harness.bench", "--size", "S", "--iterations", "1", "--threads", "1",
+           "--variant", "shared-trunk", "--json", str(out)]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "changes the math" in r.stdout
+    doc = json.loads(out.read_text())
+    assert doc["variant"] == {"name": "shared-trunk", "equal_math": False,
+                              "custom_overrides": {"model.value_trunk": "shared"}, "trl_bf16": False}
+    assert set(doc["results"]) == {"custom"} and "ratio_custom_over_trl" not in doc
+    res = doc["results"]["custom"]
+    # one trunk trained, not two: the update's useful FLOPs are the policy's alone
+    from harness.bench import flops_per_iteration
+
+    vocab, length = doc["workload"]["vocab"], res["mean_response_tokens"]
+    assert res["flops_per_iteration"] == pytest.approx(flops_per_iteration("S", vocab, length, shared_trunk=True))
+    assert res["flops_per_iteration"]["update"] < flops_per_iteration("S", vocab, length)["update"]
+    assert 0 < res["peak_share"] <= 1 and res["iterations_per_s"] > 0

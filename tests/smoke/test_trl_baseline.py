@@ -29,6 +29,7 @@ REFUSALS = {
     "loss.agg": {"loss.agg": "seq-mean-token-mean"},
     "ppo.entropy_coef": {"ppo.entropy_coef": 0.01},
     "ppo.target_kl": {"ppo.target_kl": 0.02},
+    "model.value_trunk": {"model.value_trunk": "shared"},
 }
 
 

@@ -83,7 +83,7 @@ def test_fast_gpt2_path_equals_the_hf_forward_and_decoder(models, monkeypatch):
         rids = fast[0]
         with torch.no_grad():
             hf_logits = R.forward_logits(policy, pids, pmask, rids)
-            hf_values = R.token_values(models.value, pids, pmask, rids)
+            hf_values = R.token_values(models.value, pids, pmask, rids, fast[1])
             hf_scores = R.sequence_scores(models.reward, pids, pmask, rids, fast[1])
         policy.train()
         hf_grads = torch.autograd.grad(R.forward_logits(policy, pids, pmask, rids).logsumexp(-1).mean(),
@@ -93,7 +93,7 @@ def test_fast_gpt2_path_equals_the_hf_forward_and_decoder(models, monkeypatch):
     with torch.no_grad():
         policy.eval()
         torch.testing.assert_close(R.forward_logits(policy, pids, pmask, rids), hf_logits, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(R.token_values(models.value, pids, pmask, rids), hf_values, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(R.token_values(models.value, pids, pmask, rids, fast[1]), hf_values, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(R.sequence_scores(models.reward, pids, pmask, rids, fast[1]), hf_scores,
                                    atol=1e-5, rtol=1e-5)
     policy.train()
@@ -127,7 +127,7 @@ def test_packed_forwards_equal_the_padded_hf_forward(models, monkeypatch):
 
     def everything():
         policy.train()
-        logp, ent = R.policy_logprobs(policy, pids, pmask, rids, mask, 0.7, with_entropy=True)
+        logp, ent, _ = R.policy_forward(policy, pids, pmask, rids, mask, 0.7, with_entropy=True)
         grads = torch.autograd.grad((logp.sum() + ent.sum()), list(policy.parameters()))
         with torch.no_grad():
             values = R.token_values(models.value, pids, pmask, rids, mask)
