@@ -11,6 +11,10 @@ n_positions 128 for both; a character vocabulary (26 letters + pad, EOS, unk);
 prompts of 16 tokens, responses of up to 32, a rollout batch of 32, 4 PPO
 epochs x 4 minibatches, fp32, ``torch.set_num_threads(threads)``.
 
+``--variant`` benchmarks a switch that changes the math (``VARIANTS``: a value head on
+the policy's trunk, bf16 autocast) apart from the equal-math figure; the table and the
+JSON say which variant ran. TRL keeps its own loop (bf16 where the variant has it).
+
 FLOPs are counted analytically and identically for both sides: the useful work of
 one iteration on the tokens that exist (the prompt and each response up to its EOS,
 from that implementation's own mean response length l; padding and recomputation
@@ -21,7 +25,8 @@ not counted)::
                                                    (LM head V x d, or the 1 x d score head)
     generation   F_fwd(policy, B * (P + l - 1))    the KV cache feeds each token once
     scoring      F_fwd(ref | value | reward, B * (P + l)) each
-    update       epochs * 3 * (F_fwd(policy) + F_fwd(value)) over B * (P + l)   (fwd + bwd = 3x)
+    update       epochs * 3 * (F_fwd(policy) + F_fwd(value)) over B * (P + l)   (fwd + bwd = 3x;
+                 no F_fwd(value) with a shared value trunk)
 
 Embedding look-ups, attention scores (4 * n_layer * L * d per token: ~12% on S,
 ~3% on M), norms and the optimiser are not counted, so the achieved GFLOP/s is a

@@ -13,7 +13,7 @@ import contextlib
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -21,6 +21,7 @@ from harness.config import RunConfig
 from harness.models import Models, SharedTrunkValue
 from harness.ppo import math as M
 from harness.ppo import rollout as R
+from harness.ppo.flat import FlatParams
 from harness.ppo.variance import probe_gradient_variance
 
 
@@ -37,7 +38,7 @@ class PPOState:
     generator: torch.Generator  # token sampling and minibatch shuffles
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    params: list[torch.nn.Parameter] = field(default_factory=list)
+    params: FlatParams  # policy + value parameters, stepped as flat buffers
 
 
 def init_state(cfg: RunConfig, models: Models) -> PPOState:
@@ -47,10 +48,11 @@ def init_state(cfg: RunConfig, models: Models) -> PPOState:
         params += models.value.head_parameters()  # the trunk is the policy's, already in
     elif models.value is not None:
         params += [p for p in models.value.parameters() if p.requires_grad]
+    flat = FlatParams(params)  # one buffer: Adam, the norm and zeroing in one call each
     # Adam eps 1e-5 (cleanRL; N implementation details: the eps matters for early approx-KL).
-    # The fused kernel is the same update in one pass over all tensors (4x faster on CPU than the loop).
-    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
-    opt = torch.optim.Adam(params, lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps, fused=fused or None)
+    # The fused kernel is the same update in one pass (4x faster on CPU than the per-tensor loop).
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in flat.flat)
+    opt = torch.optim.Adam(flat.flat, lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps, fused=fused or None)
     n = cfg.train.iterations
     # linear decay to 0 over the run (cleanRL anneal_lr): lr_i = lr * (1 - i / n)
     decay = (lambda i: max(0.0, 1.0 - i / n)) if cfg.ppo.lr_decay else (lambda i: 1.0)
@@ -63,7 +65,7 @@ def init_state(cfg: RunConfig, models: Models) -> PPOState:
         generator=torch.Generator().manual_seed(cfg.seed),
         optimizer=opt,
         scheduler=sched,
-        params=params,
+        params=flat,
     )
 
 
@@ -217,7 +219,7 @@ def ppo_iteration(
             for s in range(0, B, mb):
                 idx = perm[s : s + mb]
                 m_mask = mask[idx]
-                st.optimizer.zero_grad(set_to_none=True)
+                st.params.zero_grad()
                 # With >= 2 threads the value model's forward + backward run beside the policy's, on a
                 # worker thread: disjoint parameters, so the gradients are exactly those of the summed loss.
                 pending = worker.submit(value_step, idx, True) if worker is not None else None
@@ -251,9 +253,9 @@ def ppo_iteration(
                     _check("loss/value", v_loss.detach(), it)
                     loss.backward()
                 if cfg.ppo.max_grad_norm is not None:
-                    gnorm = torch.nn.utils.clip_grad_norm_(st.params, cfg.ppo.max_grad_norm)
+                    gnorm = torch.nn.utils.clip_grad_norm_(st.params.flat, cfg.ppo.max_grad_norm)
                 else:  # no clipping: the norm alone (clip_grad_norm_ with inf would scale every grad by 1.0)
-                    gnorm = torch.nn.utils.get_total_norm([p.grad for p in st.params if p.grad is not None])
+                    gnorm = torch.nn.utils.get_total_norm(st.params.grads())
                 _check("grad/norm", gnorm, it)
                 st.optimizer.step()
                 logged = [

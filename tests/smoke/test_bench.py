@@ -26,17 +26,20 @@ def _positive(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
-@pytest.mark.slow
-def test_bench_small_vs_trl_writes_every_field(tmp_path):
+def _bench(tmp_path, *args: str) -> tuple[str, dict]:
+    """``python -m harness.bench --size S --threads 1 ARGS --json``: (stdout, the JSON document).
+    One thread keeps the run short and steady on a busy 2-core machine; the bench's default is 2."""
     out = tmp_path / "out.json"
-    # one thread keeps the run short and steady on a busy 2-core machine; the bench's default is 2
-    cmd = [sys.executable, "-m", "harness.bench", "--size", "S", "--iterations", "2", "--vs", "trl",
-           "--threads", "1", "--json", str(out)]
+    cmd = [sys.executable, "-m", "harness.bench", "--size", "S", "--threads", "1", *args, "--json", str(out)]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "iterations/s" in r.stdout and "custom / trl" in r.stdout  # the printed table
+    return r.stdout, json.loads(out.read_text())
 
-    doc = json.loads(out.read_text())
+
+@pytest.mark.slow
+def test_bench_small_vs_trl_writes_every_field(tmp_path):
+    stdout, doc = _bench(tmp_path, "--iterations", "2", "--vs", "trl")
+    assert "iterations/s" in stdout and "custom / trl" in stdout  # the printed table
     assert doc["size"] == "S"
     w = doc["workload"]
     assert (w["n_layer"], w["n_embd"], w["n_head"]) == (2, 64, 2)
@@ -81,13 +84,8 @@ def test_bench_small_vs_trl_writes_every_field(tmp_path):
 
 @pytest.mark.slow
 def test_bench_variant_is_reported_apart_from_equal_math(tmp_path):
-    out = tmp_path / "out.json"
-    cmd = [sys.executable, "-m", "harness.bench", "--size", "S", "--iterations", "1", "--threads", "1",
-           "--variant", "shared-trunk", "--json", str(out)]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "changes the math" in r.stdout
-    doc = json.loads(out.read_text())
+    stdout, doc = _bench(tmp_path, "--iterations", "1", "--variant", "shared-trunk")
+    assert "changes the math" in stdout
     assert doc["variant"] == {"name": "shared-trunk", "equal_math": False,
                               "custom_overrides": {"model.value_trunk": "shared"}, "trl_bf16": False}
     assert set(doc["results"]) == {"custom"} and "ratio_custom_over_trl" not in doc

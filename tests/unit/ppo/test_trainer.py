@@ -98,7 +98,7 @@ def test_shared_value_trunk_trains_one_trunk_and_a_head():
 
     m, _, hist, st = _run({"model.value_trunk": "shared"}, iterations=2)
     assert isinstance(m.value, SharedTrunkValue)
-    ids = [id(p) for p in st.params]
+    ids = [id(p) for p in st.params.params]
     assert len(ids) == len(set(ids)) == len(list(m.policy.parameters())) + 1
     assert m.value.transformer is m.policy.transformer
     assert m.value.score.weight.abs().sum() > 0  # moved off its zero start
