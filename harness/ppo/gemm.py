@@ -80,22 +80,28 @@ def available() -> bool:
     return _LINEAR is not None
 
 
-# Below this many FLOPs a call is dominated by oneDNN's fixed cost (~13 us a call here, against
-# MKL's ~4 us); from ~4 MFLOP oneDNN wins (1.2x at 4 MFLOP, 2.2x from 30 MFLOP). A rule on the
-# shape, not a timing, so that the same shapes always take the same kernel (determinism).
+# Below this many FLOPs a call is dominated by fixed costs: oneDNN's (~13 us a call here, against
+# MKL's ~4 us) and, with autograd, the Python-level Function (~20 us forward + backward). Without
+# autograd oneDNN wins from ~4 MFLOP (1.2x at 4 MFLOP, 1.7x at 12 MFLOP, 2.2x from 30 MFLOP);
+# with it, from ~16 MFLOP. A rule on the shape, not a timing, so that the same shapes always take
+# the same kernel (determinism).
 MIN_FLOPS = 16_000_000
+MIN_FLOPS_NO_GRAD = 4_000_000
 
 
-def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether ``linear(x, weight)`` runs on oneDNN: 2-D fp32 CPU operands, big enough to pay."""
-    return (
-        _LINEAR is not None
-        and x.dim() == 2
-        and x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
-        and 2 * x.shape[0] * weight.shape[0] * weight.shape[1] >= MIN_FLOPS
-        and not torch.is_autocast_enabled("cpu")
-    )
+def _tracked(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether autograd records this call."""
+    return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
+
+
+def uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    """Whether ``linear(x, weight, bias)`` runs on oneDNN: 2-D fp32 CPU operands, big enough to pay."""
+    if _LINEAR is None or x.dim() != 2 or x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+        return False
+    if not x.dtype == weight.dtype == torch.float32:
+        return False
+    floor = MIN_FLOPS if _tracked(x, weight, bias) else MIN_FLOPS_NO_GRAD
+    return 2 * x.shape[0] * weight.shape[0] * weight.shape[1] >= floor
 
 
 def padded_rows(n: int, row_flops: int, device: torch.device | str = "cpu") -> int:
@@ -112,9 +118,9 @@ def padded_rows(n: int, row_flops: int, device: torch.device | str = "cpu") -> i
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``; on oneDNN when ``uses_onednn``. Differentiable."""
-    if not uses_onednn(x, weight):
+    if not uses_onednn(x, weight, bias):
         return F.linear(x, weight, bias)
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
+    if _tracked(x, weight, bias):
         return _Linear.apply(x, weight, bias)
     return _mm(x, weight, bias)
 
@@ -123,6 +129,6 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     """``F.gelu(linear(x, weight, bias), approximate=approximate)``. Without autograd on the
     oneDNN route the GELU runs inside the GEMM (a post-op: one pass less over the (N, 4d)
     activations, ~25% off the call); the same function either way (to 5e-7)."""
-    if uses_onednn(x, weight) and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+    if uses_onednn(x, weight, bias) and not _tracked(x, weight, bias):
         return _LINEAR(x, weight, bias, "gelu", [], approximate)
     return F.gelu(linear(x, weight, bias), approximate=approximate)

@@ -46,6 +46,10 @@ def test_small_or_non_fp32_products_take_f_linear():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not gemm.uses_onednn(x, w)  # autocast decides the kernel there
     torch.testing.assert_close(gemm.linear(*small), torch.nn.functional.linear(*small), atol=0, rtol=0)
+    mid = torch.randn(32, 256), torch.randn(768, 256)  # 12.6 MFLOP: a decoding step's qkv
+    assert gemm.MIN_FLOPS_NO_GRAD <= 2 * 32 * 256 * 768 < gemm.MIN_FLOPS
+    assert gemm.uses_onednn(*mid)  # no autograd: only oneDNN's fixed cost to pay
+    assert not gemm.uses_onednn(mid[0], mid[1].requires_grad_())  # autograd's Python Function too
 
 
 @needs_onednn
