@@ -356,7 +356,9 @@ def test_optimizer_and_schedule_equal_the_custom_cores():
                                 source=""))
     ours, theirs = opt.param_groups[0], st.optimizer.param_groups[0]
     assert type(st.optimizer) is torch.optim.Adam and isinstance(opt, torch.optim.Adam)
-    assert [p is q for p, q in zip(ours["params"], theirs["params"], strict=True)] == [True] * 4
+    # the custom core steps one flat buffer whose views are exactly these parameters
+    assert [p is q for p, q in zip(theirs["params"], st.params.flat, strict=True)] == [True] and st.params.intact()
+    assert [p is q for p, q in zip(ours["params"], st.params.params, strict=True)] == [True] * 4
     for k in ("lr", "eps", "betas", "weight_decay", "amsgrad"):
         assert ours[k] == theirs[k], k
     lrs = []
