@@ -69,8 +69,20 @@ class Sweep:
 
     @property
     def factors(self) -> list[str]:
-        """Axes with at least two levels among the finished runs (seed is never a factor)."""
-        return [a for a in self.axes if a in self.runs and self.runs[a].nunique(dropna=True) >= 2]
+        """Axes with at least two levels among the finished runs (seed is never a factor).
+
+        ``advantage.level`` and ``advantage.baseline`` swept together (a zip group such as
+        token/rloo, sequence/none, sequence/rloo, ...; or crossed, where token level ignores the
+        baseline) are one factor, ``advantage`` ("token", "sequence/<baseline>"): as two factors
+        the baseline's "rloo" level would pool token-level runs with sequence-level RLOO ones.
+        """
+        out = [a for a in self.axes if a in self.runs and self.runs[a].nunique(dropna=True) >= 2]
+        linked = ("advantage.level", "advantage.baseline")
+        if all(a in out for a in linked) and "advantage" in self.runs:
+            at = min(out.index(a) for a in linked)
+            out = [a for a in out if a not in linked]
+            out.insert(at, "advantage")
+        return out
 
 
 # ---- resolving the sweep ------------------------------------------------------------------------

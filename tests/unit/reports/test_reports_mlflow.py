@@ -186,3 +186,53 @@ def test_source_parse(tmp_path):
     src = report.Source(parent_run="abc")
     assert report.Source.parse(src) is src
     assert json.loads(json.dumps(AXES)) == AXES
+
+
+def test_zipped_advantage_level_and_baseline_are_one_factor():
+    """baselines.yaml's zip group (level, baseline) becomes the single factor 'advantage'; a baseline
+    that does not vary leaves advantage.level a factor of its own."""
+    import pandas as pd
+
+    from reports.collect import Sweep, _advantage_label
+
+    zipped = [("token", "rloo"), ("sequence", "none"), ("sequence", "rloo"), ("sequence", "group_norm")]
+    runs = pd.DataFrame(
+        [{"advantage.level": lvl, "advantage.baseline": b, "kl.coef": c, "seed": s}
+         for lvl, b in zipped for c in (0.0, 0.1) for s in (0, 1)]
+    )
+    runs["advantage"] = _advantage_label(runs)
+    sweep = Sweep("baselines", None, ["kl.coef", "advantage.level", "advantage.baseline"], runs)
+    assert sweep.factors == ["kl.coef", "advantage"]
+    assert sorted(runs["advantage"].unique()) == ["sequence/group_norm", "sequence/none", "sequence/rloo", "token"]
+
+    one_baseline = runs[runs["advantage.baseline"] == "rloo"].copy()
+    sweep = Sweep("levels", None, ["advantage.level", "advantage.baseline", "kl.coef"], one_baseline)
+    assert sweep.factors == ["advantage.level", "kl.coef"]
+
+
+def test_report_of_a_zipped_level_baseline_sweep_has_one_advantage_factor(tmp_path):
+    """A baselines.yaml-style sweep (level and baseline in one zip group) through MLflow and
+    build_report: one 'advantage' factor with a level per (level, baseline) pair, no pooled
+    'advantage.baseline' panel or row."""
+    import copy
+
+    s = Store(tmp_path / "runs")
+    runs = [r for r in fake_sweep(seeds=2, iterations=4, eval_every=2, probe_every=2, clip=(0.2,), kl=(0.05,),
+                                  batch=(16,), levels=("token", "sequence"), trl_cells=0, failed=0)]  # fmt: skip
+    for r in [r for r in runs if r.params["advantage.level"] == "sequence"]:
+        other = copy.deepcopy(r)
+        other.params["advantage.baseline"] = other.tags["axis.advantage.baseline"] = "none"
+        r.tags["axis.advantage.baseline"] = "rloo"
+        runs.append(other)
+    for r in runs:
+        r.tags.setdefault("axis.advantage.baseline", "rloo")
+    write_sweep(s, "baselines", runs, axes=["advantage.level", "advantage.baseline"])
+    sweep = collect(s, experiment="baselines")
+    assert sweep.factors == ["advantage"]
+    out = tmp_path / "report"
+    assert report.main(["--experiment", "baselines", "--runs-dir", str(s.runs_dir), "--out", str(out)]) == 0
+    table = pd.read_csv(out / "tables" / "final_by_factor.csv")
+    assert set(table["factor"]) == {"advantage"}
+    assert set(table["level"]) == {"token", "sequence/rloo", "sequence/none"}
+    assert (table[table["metric"] == "eval/gold"]["n"] == 2).all()  # 2 seeds per pair, nothing pooled
+    assert (out / "figures" / "fig2_final_reward.png").is_file()
