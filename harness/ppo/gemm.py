@@ -32,12 +32,17 @@ import torch.nn.functional as F
 
 
 def _onednn_op():
+    """The oneDNN linear op, if this build has one that works here (one tiny call decides)."""
     if os.environ.get("PPO_HARNESS_GEMM", "auto") == "aten" or not torch.backends.mkldnn.is_available():
         return None
     try:
-        return torch.ops.mkldnn._linear_pointwise.default
-    except (AttributeError, RuntimeError):
+        op = torch.ops.mkldnn._linear_pointwise.default
+        x, w = torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, 4.0]])
+        if float(op(x, w, None, "none", [], "")[0, 0]) != 11.0:
+            return None
+    except (AttributeError, RuntimeError, NotImplementedError):
         return None
+    return op
 
 
 _LINEAR = _onednn_op()

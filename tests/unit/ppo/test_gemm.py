@@ -76,3 +76,15 @@ def test_linear_gelu_fuses_only_without_autograd():
     out = gemm.linear_gelu(xg, w, b, "tanh")
     assert out.grad_fn is not None  # the differentiable route
     torch.testing.assert_close(out.detach().double(), expected, atol=1e-4, rtol=1e-5)
+
+
+def test_the_aten_switch_turns_onednn_off():
+    import os
+    import subprocess
+    import sys
+
+    code = "from harness.ppo import gemm; import torch; x = torch.randn(300, 256); w = torch.randn(256, 256); " \
+           "print(gemm.available(), gemm.uses_onednn(x, w), gemm.padded_rows(300, gemm.MIN_FLOPS))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PPO_HARNESS_GEMM": "aten"}, check=True).stdout.split()
+    assert out == ["False", "False", "300"]
