@@ -18,8 +18,8 @@ Key mapping (RunConfig -> PPOConfig / PPOTrainer argument):
     rollout.group_size -> the collator keeps B/k prompts of each batch and repeats each k times
     seed -> seed (+ transformers.set_seed: TRL shuffles minibatches with numpy's global RNG)
     ppo.adam_eps / ppo.lr_decay / ppo.max_grad_norm -> the optimizer and scheduler handed to
-        PPOTrainer(optimizers=...): Adam(eps), linear decay to 0 per iteration, and global-norm
-        clipping inside step(); PPOTrainer.train() itself never clips gradients.
+        PPOTrainer(optimizers=...): Adam(eps), linear decay to 0 per iteration, and the policy's and
+        value's gradient norms clipped apart inside step(); PPOTrainer.train() itself never clips.
     train.missing_eos_penalty -> applied by the reward model (baselines/trl_reward.py) with the
         custom core's REPLACE semantics; TRL's own missing_eos_penalty (which SUBTRACTS) stays unset.
     model.reward=gold -> the gold reward wrapped as a module TRL's get_reward accepts.
@@ -30,7 +30,7 @@ whitens advantages), kl.estimator=k2, kl.placement=loss, kl.target (adaptive KL)
 than token-mean, ppo.entropy_coef > 0, ppo.target_kl, model.value_trunk=shared.
 
 Accepted with metrics absent (not faked): probe.every > 0 (the gradient-variance probe cannot run
-inside TRL's loop: grad/variance, grad/rel_variance, grad/snr, grad/cosine are not logged), and
+inside TRL's loop: none of harness.ppo.variance.KEYS is logged), and
 val/explained_var, adv/mean, adv/std (TRL does not expose advantages or returns).
 
 Known differences inside TRL's loop (documented, not patched; see tests/unit/test_trl_parity.py):
@@ -58,6 +58,8 @@ from collections.abc import Callable
 import torch
 
 from harness.config import RunConfig
+from harness.ppo.flat import clip_norm_
+from harness.ppo.variance import KEYS as VARIANCE_KEYS
 
 __all__ = [
     "ABSENT", "REFUSED", "ClippedAdam", "NotExpressible", "check_expressible", "group_collator", "make_optimizer",
@@ -88,7 +90,7 @@ _TRL_KEYS = {
     "loss/value_avg": "loss/value_avg",
     "val/clipfrac_avg": "val/clipfrac_avg",
 }
-ABSENT = ("grad/variance", "grad/rel_variance", "grad/snr", "grad/cosine", "val/explained_var", "adv/mean", "adv/std")
+ABSENT = (*VARIANCE_KEYS, "val/explained_var", "adv/mean", "adv/std")
 
 
 class NotExpressible(ValueError):
@@ -161,27 +163,36 @@ def trl_args(cfg: RunConfig, response_length: int, output_dir: str):
 
 
 class ClippedAdam(torch.optim.Adam):
-    """torch Adam whose step() first clips the global gradient norm and records it (grad/norm).
+    """torch Adam whose step() first clips each parameter group's gradient norm apart and records them.
 
     Handed to PPOTrainer(optimizers=...): its loop calls backward(); optimizer.step() with no
-    clipping of its own. Same optimizer as the custom core's init_state (Adam, eps, no decay).
+    clipping of its own. Same optimizer as the custom core's init_state (Adam, eps, no decay),
+    and the same clipping rule: the policy's and the value model's gradients are clipped
+    separately (group 0 = policy -> grad/norm, group 1 = value -> grad/value_norm), so the
+    value gradient never eats the policy's clipping budget.
     """
 
-    def __init__(self, params, lr: float, eps: float, max_grad_norm: float | None):
-        super().__init__(list(params), lr=lr, eps=eps)
-        self.max_grad_norm = max_grad_norm if max_grad_norm is not None else math.inf
-        self.norms: list[float] = []
+    def __init__(self, groups: list[list[torch.nn.Parameter]], lr: float, eps: float, max_grad_norm: float | None):
+        super().__init__([{"params": list(g)} for g in groups], lr=lr, eps=eps)
+        self.max_grad_norm = max_grad_norm
+        self.norms: list[float] = []  # the policy's, before clipping
+        self.value_norms: list[float] = []
 
     def step(self, closure=None):
-        params = [p for g in self.param_groups for p in g["params"]]
-        self.norms.append(float(torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)))
+        norms = []
+        for g in self.param_groups:
+            grads = [p.grad for p in g["params"] if p.grad is not None]
+            norms.append(float(clip_norm_(grads, self.max_grad_norm)) if grads else 0.0)
+        self.norms.append(norms[0])
+        if len(norms) > 1:
+            self.value_norms.append(norms[1])
         return super().step(closure)
 
 
 def make_optimizer(cfg: RunConfig, policy, value) -> tuple[ClippedAdam, torch.optim.lr_scheduler.LambdaLR]:
     """Adam over policy + value parameters and the per-iteration LR schedule of the custom core."""
-    params = [p for p in policy.parameters() if p.requires_grad] + [p for p in value.parameters() if p.requires_grad]
-    opt = ClippedAdam(params, lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps, max_grad_norm=cfg.ppo.max_grad_norm)
+    groups = [[p for p in policy.parameters() if p.requires_grad], [p for p in value.parameters() if p.requires_grad]]
+    opt = ClippedAdam(groups, lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps, max_grad_norm=cfg.ppo.max_grad_norm)
     n = cfg.train.iterations
     # lr_i = lr * (1 - i / n): harness.ppo.trainer.init_state (cleanRL anneal_lr); TRL steps it once per iteration
     decay = (lambda i: max(0.0, 1.0 - i / n)) if cfg.ppo.lr_decay else (lambda i: 1.0)
@@ -240,6 +251,7 @@ def _trl_callback(**kw):
             self.bar.update(0, em)
             self.reward.drain()
             self.opt.norms.clear()
+            self.opt.value_norms.clear()
             self.t_start = time.perf_counter()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -256,6 +268,9 @@ def _trl_callback(**kw):
             if self.opt.norms:
                 m["grad/norm"] = sum(self.opt.norms) / len(self.opt.norms)
                 self.opt.norms.clear()
+            if self.opt.value_norms:
+                m["grad/value_norm"] = sum(self.opt.value_norms) / len(self.opt.value_norms)
+                self.opt.value_norms.clear()
             if not rec.empty:
                 tokens = sum(rec.lengths)
                 mean_len = tokens / len(rec.lengths)

@@ -78,7 +78,7 @@ class _Head(nn.Module):
         a = self._adapter[0]
         ids, attn = a.seen["input_ids"], a.seen["attention_mask"]
         prompts, completions, mask, has_eos = a.decode(ids, attn)
-        gold = torch.tensor(a.gold_fn(prompts, completions), dtype=torch.float32)  # (B,)
+        gold = torch.tensor(a.gold_fn(prompts, completions, has_eos.tolist()), dtype=torch.float32)  # (B,)
         if self.inner is None:
             scores = gold[:, None, None].expand(ids.shape[0], ids.shape[1], 1).clone()  # (B, L, 1)
         else:

@@ -108,7 +108,7 @@ def make_task(prompts: list[str]):
         train_prompts=tuple(prompts),
         eval_prompts=tuple(prompts[:BATCH]),
         sft_corpus=(),
-        gold_fn=lambda prompt, completion: float(len(completion.split())),  # trivial: the length
+        gold_fn=lambda prompt, completion, ended: float(len(completion.split())),  # trivial: the length
         response_length=RESPONSE_TOKENS,
         gold_range=(0.0, float(RESPONSE_TOKENS)),
         vocabulary=tuple(CHARS),

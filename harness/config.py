@@ -69,6 +69,8 @@ class PPOConfig(_Section):
     lr: float = Field(default=1e-4, gt=0.0)  # tiny models want more than TRL 3e-6 at 1B; 3e-4 moved 7 nats per iteration
     lr_decay: bool = True  # linear decay to 0 over train.iterations (cleanRL anneal_lr)
     adam_eps: float = Field(default=1e-5, gt=0.0)  # cleanRL / N details: 1e-5, not torch's 1e-8
+    # Max L2 norm of the policy's gradient and, separately, of the value model's (null = no clipping).
+    # With model.value_trunk=shared the trunk's gradient holds both losses and is clipped with the policy's.
     max_grad_norm: float | None = Field(default=1.0, gt=0.0)
     vf_coef: float = Field(default=0.1, ge=0.0)  # TRL default
     value_clip: float | None = Field(default=0.2, gt=0.0)  # TRL cliprange_value; null = unclipped
@@ -78,7 +80,14 @@ class PPOConfig(_Section):
 
 class KLConfig(_Section):
     coef: float = Field(default=0.05, ge=0.0)
+    # Schulman's estimators of KL(pi || ref) per sampled token: k1 = log(pi/ref), k2 = 0.5 log(pi/ref)^2,
+    # k3 = ref/pi - 1 - log(ref/pi).
     estimator: Literal["k1", "k2", "k3"] = "k1"
+    # "reward": -coef * kl_t enters the reward (token level) or R (sequence level); every estimator's
+    # value then penalises KL(pi || ref). "loss": coef * agg(kl_t) is added to the loss and only its
+    # GRADIENT matters: k2 gives the gradient of KL(pi || ref), k3 that of the reverse KL(ref || pi)
+    # (Tang and Munos 2025), and k1's expected gradient on on-policy samples is exactly 0, so
+    # placement=loss with k1 is refused.
     placement: Literal["reward", "loss"] = "reward"
     # None = fixed coefficient; else the target KL of the adaptive controller (Ziegler et al. 2019).
     target: float | None = Field(default=None, gt=0.0)
@@ -114,8 +123,11 @@ class EvalConfig(_Section):
 
 
 class ProbeConfig(_Section):
-    every: int = Field(default=0, ge=0)  # 0 = off
-    microbatches: int = Field(default=4, ge=2)
+    # Gradient-noise probe (harness/ppo/variance.py) every N iterations, from iteration 1; 0 = off.
+    every: int = Field(default=0, ge=0)
+    # K equal microbatches of the batch (K must divide rollout.batch_size; K = batch size gives
+    # per-completion gradients). More K = a less noisy signal estimate, at K backward passes per probe.
+    microbatches: int = Field(default=8, ge=2)
 
 
 class RunConfig(_Section):
@@ -144,8 +156,16 @@ class RunConfig(_Section):
         a = self.advantage
         if a.level == "sequence" and a.baseline in ("rloo", "group_norm", "group_mean") and r.group_size < 2:
             raise _KeyProblem("advantage.baseline", f"'{a.baseline}' needs rollout.group_size >= 2, got {r.group_size}")
-        if self.probe.every and r.batch_size < self.probe.microbatches:
-            raise _KeyProblem("probe.microbatches", f"{self.probe.microbatches} exceeds rollout.batch_size={r.batch_size}")
+        if self.probe.every and r.batch_size % self.probe.microbatches:
+            raise _KeyProblem(
+                "probe.microbatches", f"{self.probe.microbatches} does not divide rollout.batch_size={r.batch_size}"
+            )
+        if self.kl.placement == "loss" and self.kl.estimator == "k1":
+            raise _KeyProblem(
+                "kl.estimator",
+                "k1 with kl.placement=loss has zero expected gradient on on-policy samples (the term does "
+                "nothing); use k2 (gradient of KL(pi||ref)) or k3 (gradient of KL(ref||pi))",
+            )
         if self.kl.target is not None and self.kl.coef == 0:
             raise _KeyProblem("kl.coef", "the adaptive controller (kl.target) needs kl.coef > 0 to start from")
         return self

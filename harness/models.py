@@ -199,7 +199,7 @@ def preference_pairs(policy, tokenizer, task: Task, n_pairs: int, response_lengt
             policy, pids, pmask, response_length, 1.0, tokenizer.eos_token_id, tokenizer.pad_token_id, g
         )
         texts = R.decode(tokenizer, rids, mask, tokenizer.eos_token_id)
-        gold = task.gold(batch, texts)
+        gold = task.gold(batch, texts, has_eos.tolist())
         for i in range(0, len(batch), 2):
             # a response that never stops is worse than any that does (the harness penalises it too)
             ga = gold[i] if bool(has_eos[i]) else task.gold_range[0] - 1

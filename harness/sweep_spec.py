@@ -38,15 +38,10 @@ from typing import Any
 import yaml
 
 from harness.config import ConfigError, RunConfig, build_config, flatten, known_keys
+from harness.schema import METRICS
 
-# The fixed metric schema (DESIGN.md section 6): an objective must name one of these.
-METRIC_KEYS = frozenset(
-    """objective/scores objective/gold objective/kl objective/rlhf_reward objective/kl_coef
-    objective/entropy policy/approxkl_avg policy/clipfrac_avg loss/policy_avg loss/value_avg
-    val/clipfrac_avg val/explained_var adv/mean adv/std grad/norm grad/variance grad/rel_variance
-    grad/snr grad/cosine response/length response/eos_frac eval/gold eval/proxy eval/kl
-    perf/tokens_per_s perf/rollout_s perf/update_s episodes""".split()
-)
+# The fixed metric schema (harness/schema.py): an objective must name one of these.
+METRIC_KEYS = frozenset(METRICS)
 SAMPLERS = ("grid", "tpe", "random")
 TOP_KEYS = ("name", "description", "base", "grid", "seeds", "sampler", "n_trials", "search", "objective", "prune")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

@@ -20,27 +20,56 @@ from torch import nn
 
 
 class FlatParams:
-    """``params`` re-homed into flat buffers; ``flat`` are what the optimiser steps."""
+    """``params`` re-homed into flat buffers; ``flat`` are what the optimiser steps.
 
-    def __init__(self, params: list[nn.Parameter]):
-        groups: dict[tuple[torch.device, torch.dtype], list[nn.Parameter]] = {}
+    ``groups`` (optional) names disjoint subsets of ``params`` (e.g. policy and value) that are
+    laid out contiguously in each buffer, so ``group_grads(name)`` returns their gradients as
+    one slice per buffer: per-group norms and clipping cost one call each.
+    """
+
+    def __init__(self, params: list[nn.Parameter], groups: dict[str, list[nn.Parameter]] | None = None):
+        by_id = {id(p): p for p in params}
+        order: list[nn.Parameter] = []
+        owner: dict[int, str] = {}
+        for name, members in (groups or {}).items():
+            for p in members:
+                if id(p) not in by_id:
+                    raise ValueError(f"group '{name}' holds a parameter that is not in params")
+                if id(p) in owner:
+                    raise ValueError(f"a parameter is in groups '{owner[id(p)]}' and '{name}'")
+                owner[id(p)] = name
+                order.append(p)
+        rest = [p for p in params if id(p) not in owner]
         seen: set[int] = set()
-        for p in params:
+        buffers: dict[tuple[torch.device, torch.dtype], list[nn.Parameter]] = {}
+        for p in order + rest:
             if id(p) not in seen:
                 seen.add(id(p))
-                groups.setdefault((p.device, p.dtype), []).append(p)
-        self.params = [p for group in groups.values() for p in group]
+                buffers.setdefault((p.device, p.dtype), []).append(p)
+        self.params = [p for group in buffers.values() for p in group]
         self.flat: list[nn.Parameter] = []
-        for (device, dtype), group in groups.items():
+        # name -> [(buffer index, start, stop)]: the group's slice of each buffer
+        self._slices: dict[str, list[tuple[int, int, int]]] = {name: [] for name in groups or {}}
+        for (device, dtype), group in buffers.items():
             buf = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in group]).to(device=device, dtype=dtype))
             buf.grad = torch.zeros_like(buf)
             offset = 0
+            spans: dict[str, list[int]] = {}
             for p in group:
                 k = p.numel()
                 p.data = buf.data[offset : offset + k].view_as(p)
                 p.grad = buf.grad[offset : offset + k].view_as(p)
+                if id(p) in owner:
+                    span = spans.setdefault(owner[id(p)], [offset, offset])
+                    span[1] = offset + k
                 offset += k
+            for name, (start, stop) in spans.items():
+                self._slices[name].append((len(self.flat), start, stop))
             self.flat.append(buf)
+
+    def group_grads(self, name: str) -> list[torch.Tensor]:
+        """The gradients of group ``name``: one contiguous view per buffer."""
+        return [self.flat[i].grad[start:stop] for i, start, stop in self._slices[name]]
 
     def zero_grad(self) -> None:
         for buf in self.flat:
@@ -59,3 +88,16 @@ class FlatParams:
             and p.grad.untyped_storage().data_ptr() in grads
             for p in self.params
         )
+
+
+def clip_norm_(grads: list[torch.Tensor], max_norm: float | None) -> torch.Tensor:
+    """Scale ``grads`` in place so their joint L2 norm is at most ``max_norm``; return the norm before.
+
+    g <- g * min(max_norm / (||g|| + 1e-6), 1), as ``torch.nn.utils.clip_grad_norm_``; None = no clipping.
+    """
+    norm = torch.nn.utils.get_total_norm(grads)
+    if max_norm is not None:
+        coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+        for g in grads:
+            g.mul_(coef)
+    return norm

@@ -292,7 +292,7 @@ def collect(
     temperature: float,
     generator: torch.Generator,
     score_fn: ScoreFn,
-    gold_fn: Callable[[list[str], list[str]], list[float]],
+    gold_fn: Callable[[list[str], list[str], list[bool]], list[float]],
     value_model=None,
     missing_eos_penalty: float | None = None,
     timings: dict[str, float] | None = None,
@@ -321,7 +321,7 @@ def collect(
     ro.ref_logprobs = policy_forward(ref, pids, pmask, rids, mask, temperature).logprobs
     if value_model is not None:
         ro.values = token_values(value_model, pids, pmask, rids, mask)
-    ro.gold = torch.tensor(gold_fn(ro.prompts, ro.completions), dtype=torch.float32)
+    ro.gold = torch.tensor(gold_fn(ro.prompts, ro.completions, has_eos.tolist()), dtype=torch.float32)
     scores = score_fn(ro)
     if missing_eos_penalty is not None:
         # N implementation details #23 / TRL missing_eos_penalty: no EOS -> fixed low score
@@ -333,10 +333,15 @@ def collect(
     return ro
 
 
-def make_score_fn(reward_model, task_gold: Callable[[list[str], list[str]], list[float]]) -> ScoreFn:
+def make_score_fn(reward_model, task_gold: Callable[[list[str], list[str], list[bool]], list[float]]) -> ScoreFn:
     """The optimised reward: the proxy RM's score, or the gold reward when there is no RM."""
     if reward_model is None:
-        return lambda ro: ro.gold.clone() if ro.gold is not None else torch.tensor(task_gold(ro.prompts, ro.completions))
+        def gold(ro: Rollout) -> torch.Tensor:
+            if ro.gold is not None:
+                return ro.gold.clone()
+            return torch.tensor(task_gold(ro.prompts, ro.completions, ro.has_eos.tolist()), dtype=torch.float32)
+
+        return gold
 
     def score(ro: Rollout) -> torch.Tensor:
         return sequence_scores(reward_model, ro.prompt_ids, ro.prompt_mask, ro.response_ids, ro.mask)

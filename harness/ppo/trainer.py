@@ -21,8 +21,8 @@ from harness.config import RunConfig
 from harness.models import Models, SharedTrunkValue
 from harness.ppo import math as M
 from harness.ppo import rollout as R
-from harness.ppo.flat import FlatParams
-from harness.ppo.variance import probe_gradient_variance
+from harness.ppo.flat import FlatParams, clip_norm_
+from harness.ppo.variance import probe_generator, probe_gradient_variance
 
 
 class NonFiniteError(RuntimeError):
@@ -36,6 +36,7 @@ class PPOState:
     episodes: int
     rng: random.Random  # prompt sampling
     generator: torch.Generator  # token sampling and minibatch shuffles
+    probe_generator: torch.Generator  # the noise probe's splits only: the probe never moves training
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     params: FlatParams  # policy + value parameters, stepped as flat buffers
@@ -43,12 +44,15 @@ class PPOState:
 
 def init_state(cfg: RunConfig, models: Models) -> PPOState:
     torch.manual_seed(cfg.seed)
-    params = [p for p in models.policy.parameters() if p.requires_grad]
+    policy_params = [p for p in models.policy.parameters() if p.requires_grad]
     if isinstance(models.value, SharedTrunkValue):
-        params += models.value.head_parameters()  # the trunk is the policy's, already in
+        value_params = models.value.head_parameters()  # the trunk is the policy's, already in
     elif models.value is not None:
-        params += [p for p in models.value.parameters() if p.requires_grad]
-    flat = FlatParams(params)  # one buffer: Adam, the norm and zeroing in one call each
+        value_params = [p for p in models.value.parameters() if p.requires_grad]
+    else:
+        value_params = []
+    # one buffer: Adam and zeroing in one call each; policy and value laid out apart for their own clipping
+    flat = FlatParams(policy_params + value_params, groups={"policy": policy_params, "value": value_params})
     # Adam eps 1e-5 (cleanRL; N implementation details: the eps matters for early approx-KL).
     # The fused kernel is the same update in one pass (4x faster on CPU than the per-tensor loop).
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in flat.flat)
@@ -63,6 +67,7 @@ def init_state(cfg: RunConfig, models: Models) -> PPOState:
         episodes=0,
         rng=random.Random(cfg.seed),
         generator=torch.Generator().manual_seed(cfg.seed),
+        probe_generator=probe_generator(cfg.seed),
         optimizer=opt,
         scheduler=sched,
         params=flat,
@@ -192,7 +197,7 @@ def ppo_iteration(
     if cfg.probe.every and (it - 1) % cfg.probe.every == 0:
         models.policy.train()
         probe_stats = probe_gradient_variance(
-            models.policy, ro, adv, cfg.ppo.clip_eps, cfg.loss.agg, temp, cfg.probe.microbatches, st.generator
+            models.policy, ro, adv, cfg.ppo.clip_eps, cfg.loss.agg, temp, cfg.probe.microbatches, st.probe_generator
         )
     models.policy.train()
     mb = B // cfg.ppo.minibatches
@@ -252,11 +257,14 @@ def ppo_iteration(
                     _check("loss/policy", pg_loss.detach(), it)
                     _check("loss/value", v_loss.detach(), it)
                     loss.backward()
-                if cfg.ppo.max_grad_norm is not None:
-                    gnorm = torch.nn.utils.clip_grad_norm_(st.params.flat, cfg.ppo.max_grad_norm)
-                else:  # no clipping: the norm alone (clip_grad_norm_ with inf would scale every grad by 1.0)
-                    gnorm = torch.nn.utils.get_total_norm(st.params.grads())
+                # Policy and value gradients are clipped apart (same max norm): with one global norm the
+                # value gradient would eat the policy's clipping budget, and the policy's step would
+                # depend on whether a value model is present (token level) or not (sequence level).
+                gnorm = clip_norm_(st.params.group_grads("policy"), cfg.ppo.max_grad_norm)
                 _check("grad/norm", gnorm, it)
+                if use_value:
+                    vnorm = clip_norm_(st.params.group_grads("value"), cfg.ppo.max_grad_norm)
+                    _check("grad/value_norm", vnorm, it)
                 st.optimizer.step()
                 logged = [
                     ("policy/approxkl_avg", pst["approxkl"]),
@@ -265,7 +273,7 @@ def ppo_iteration(
                     ("grad/norm", gnorm),
                 ]
                 if use_value:
-                    logged += [("loss/value_avg", v_loss), ("val/clipfrac_avg", vst["clipfrac"])]
+                    logged += [("loss/value_avg", v_loss), ("val/clipfrac_avg", vst["clipfrac"]), ("grad/value_norm", vnorm)]
                 for key, val in logged:
                     sums[key] = sums.get(key, 0.0) + float(val.detach())
                 count += 1

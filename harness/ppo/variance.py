@@ -1,9 +1,27 @@
-"""The policy-gradient variance probe (DESIGN.md section 4).
+"""The policy-gradient noise probe: unbiased signal and noise of the policy gradient.
 
-On the on-policy batch (ratio = 1, so the clipped surrogate's gradient is the
-plain policy gradient ``-A grad log pi``), split the batch into K disjoint
-microbatches, take each one's policy-loss gradient, and measure how much they
-disagree. Cost: K extra forward/backward passes every ``probe.every`` iterations.
+On the on-policy batch (ratio = 1, so the clipped surrogate's gradient is the plain policy
+gradient ``-A grad log pi``), split the B completions into K disjoint microbatches of
+b = B / K completions, take each one's policy-loss gradient g_k, and compare them.
+
+With g_bar = mean_k g_k and the sample covariance Cov_mb over the K estimates:
+
+    E ||g_bar||^2      = |G|^2 + tr(Cov_mb) / K          (G the true gradient)
+    E tr(Cov_mb)       = tr(Sigma) / b                   (Sigma: per-completion covariance)
+
+so ``||g_bar||^2 - tr(Cov_mb) / K`` is an unbiased estimate of |G|^2 and ``b tr(Cov_mb)``
+one of tr(Sigma) (McCandlish et al. 2018, "An Empirical Model of Large-Batch Training",
+appendix A). The naive ratio tr(Cov_mb) / ||g_bar||^2 tends to K when noise dominates, which
+it does in RLHF: it is never reported. B_simple = tr(Sigma) / |G|^2 is the batch size (in
+completions) at which the gradient's noise and signal balance.
+
+The probe draws its microbatch split from a generator of its own: turning it on never
+changes the training trajectory. Cost: K forward/backward passes every ``probe.every``
+iterations (K = B gives per-completion gradients, the finest resolution).
+
+Caveat: with ``loss.agg=token-mean`` a microbatch's gradient is a ratio (a sum over tokens
+divided by their count), so b * tr(Cov_mb) is tr(Sigma) of that ratio estimator, which
+matches the per-completion picture up to the spread of response lengths.
 """
 
 from __future__ import annotations
@@ -13,33 +31,67 @@ import torch
 from harness.ppo import math as M
 from harness.ppo import rollout as R
 
+# Keys this probe logs (documented in harness/schema.py).
+KEYS = (
+    "grad/variance",
+    "grad/signal",
+    "grad/rel_variance",
+    "grad/noise_scale",
+    "grad/sample_variance",
+    "grad/batch_variance",
+    "grad/cosine",
+    "grad/mean_norm",
+)
 
-def gradient_stats(grads: torch.Tensor) -> dict[str, float]:
-    """Statistics of K gradient estimates, grads (K, D) (one flattened gradient per row).
+# The probe's generator is seeded from the run seed and this offset, apart from the training one.
+PROBE_SEED_OFFSET = 0x9E3779B9
 
-    grad/variance      tr(Cov) = sum_d Var_k[g_kd] (unbiased over K): the variance of a
-                       microbatch-sized estimator, summed over parameters
-    grad/rel_variance  tr(Cov) / ||g_bar||^2: scale-free, comparable across reward scales
-    grad/snr           ||g_bar||^2 / (tr(Cov) / K): signal over the variance of the mean
-    grad/cosine        mean pairwise cosine similarity between the K estimates
-    grad/mean_norm     ||g_bar||, the norm of the mean gradient
+
+def gradient_stats(grads: torch.Tensor, microbatch_size: int) -> dict[str, float]:
+    """Noise and signal of the mean of K gradient estimates, grads (K, D), each over ``microbatch_size`` samples.
+
+    Shape: grads (K, D), K >= 2; one flattened microbatch gradient per row.
+    Returns (floats; "unresolved" readings are NaN, never clamped):
+      grad/variance        tr(Cov_mb) = sum_d Var_k[g_kd] (unbiased, K - 1): variance of one
+                           microbatch (b-sample) estimator, summed over parameters
+      grad/signal          ||g_bar||^2 - tr(Cov_mb) / K: unbiased |G|^2; <= 0 when noise swamps it
+      grad/rel_variance    tr(Cov_mb) / signal; NaN when signal <= 0
+      grad/noise_scale     B_simple = b tr(Cov_mb) / signal, in samples; NaN when signal <= 0
+      grad/sample_variance tr(Sigma) = b tr(Cov_mb): the per-sample gradient noise
+      grad/batch_variance  tr(Sigma) / (K b): the variance of the whole batch's gradient
+      grad/cosine          mean pairwise cosine similarity of the K estimates
+      grad/mean_norm       ||g_bar||
     """
     K = grads.shape[0]
+    if grads.dim() != 2 or K < 2:
+        raise ValueError(f"gradient_stats needs grads of shape (K >= 2, D), got {tuple(grads.shape)}")
+    if microbatch_size < 1:
+        raise ValueError(f"microbatch_size must be >= 1, got {microbatch_size}")
+    b = float(microbatch_size)
     g = grads.double()
     mean = g.mean(0)  # (D,)
-    trace = g.var(0, unbiased=True).sum()  # tr(Cov)
-    norm2 = mean.pow(2).sum()
-    unit = g / g.norm(dim=1, keepdim=True).clamp(min=1e-30)  # (K, D)
+    trace = float(g.var(0, unbiased=True).sum())  # tr(Cov_mb)
+    norm2 = float(mean.pow(2).sum())  # ||g_bar||^2
+    signal = norm2 - trace / K  # E = |G|^2
+    unit = g / g.norm(dim=1, keepdim=True).clamp(min=1e-300)  # (K, D)
     cos = unit @ unit.T  # (K, K)
     off = cos[~torch.eye(K, dtype=torch.bool)]
-    tiny = torch.finfo(torch.float64).tiny
+    nan = float("nan")
     return {
-        "grad/variance": float(trace),
-        "grad/rel_variance": float(trace / norm2.clamp(min=tiny)),
-        "grad/snr": float(norm2 / (trace / K).clamp(min=tiny)),
+        "grad/variance": trace,
+        "grad/signal": signal,
+        "grad/rel_variance": trace / signal if signal > 0 else nan,
+        "grad/noise_scale": b * trace / signal if signal > 0 else nan,
+        "grad/sample_variance": b * trace,
+        "grad/batch_variance": b * trace / (K * b),
         "grad/cosine": float(off.mean()),
-        "grad/mean_norm": float(norm2.sqrt()),
+        "grad/mean_norm": norm2**0.5,
     }
+
+
+def probe_generator(seed: int) -> torch.Generator:
+    """The probe's own generator: never the training one (that would move the trajectory)."""
+    return torch.Generator().manual_seed((seed + PROBE_SEED_OFFSET) % 2**63)
 
 
 def probe_gradient_variance(
@@ -52,13 +104,21 @@ def probe_gradient_variance(
     microbatches: int,
     generator: torch.Generator,
 ) -> dict[str, float]:
-    """Gradient statistics of the policy loss over ``microbatches`` disjoint parts of the batch."""
+    """``gradient_stats`` of the policy loss over ``microbatches`` equal, disjoint parts of the batch.
+
+    ``microbatches`` must divide the batch (the config checks it): unequal parts would make
+    the estimates differently distributed and the covariance meaningless.
+    """
+    B = ro.size
+    if microbatches < 2 or B % microbatches:
+        raise ValueError(f"probe.microbatches={microbatches} must be >= 2 and divide the batch of {B}")
+    b = B // microbatches
     params = [p for p in policy.parameters() if p.requires_grad]
-    perm = torch.randperm(ro.size, generator=generator)
+    perm = torch.randperm(B, generator=generator)
     grads = []
-    for idx in torch.chunk(perm, microbatches):
+    for idx in perm.view(microbatches, b):
         logp = R.policy_forward(policy, ro.prompt_ids[idx], ro.prompt_mask[idx], ro.response_ids[idx], ro.mask[idx], temperature).logprobs
         loss, _ = M.policy_loss(logp, ro.logprobs[idx], advantages[idx], ro.mask[idx], clip_eps, agg)
         g = torch.autograd.grad(loss, params, allow_unused=True)
         grads.append(torch.cat([(x if x is not None else torch.zeros_like(p)).reshape(-1) for x, p in zip(g, params, strict=True)]))
-    return gradient_stats(torch.stack(grads))
+    return gradient_stats(torch.stack(grads), b)

@@ -11,7 +11,10 @@ class Task:
     """An offline RLHF task: prompts, a gold reward and an SFT corpus.
 
     Text is whitespace-separated words; the harness tokenizer is word-level over
-    ``vocabulary``. ``gold(prompt, completion)`` scores a completion (EOS stripped).
+    ``vocabulary``. ``gold_fn(prompt, completion, ended)`` scores a completion: the text has
+    EOS stripped, and ``ended`` says whether the response emitted EOS within its budget. Each
+    task documents what an unfinished response scores (the built-ins: the worst gold, as the
+    proxy RM's preference labels and PPO's missing-EOS penalty treat it).
     """
 
     name: str
@@ -19,13 +22,16 @@ class Task:
     train_prompts: tuple[str, ...]
     eval_prompts: tuple[str, ...]
     sft_corpus: tuple[tuple[str, str], ...]  # (prompt, completion) pairs for the warm start
-    gold_fn: Callable[[str, str], float]
+    gold_fn: Callable[[str, str, bool], float]
     response_length: int  # default generation budget, in tokens (EOS included)
     gold_range: tuple[float, float]  # (worst, best) attainable gold
     vocabulary: tuple[str, ...] = field(default=())
 
-    def gold(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
-        return [float(self.gold_fn(p, c)) for p, c in zip(prompts, completions, strict=True)]
+    def gold(self, prompts: Sequence[str], completions: Sequence[str], ended: Sequence[bool]) -> list[float]:
+        """Gold reward of each completion; ``ended[i]``: completion i emitted EOS."""
+        return [
+            float(self.gold_fn(p, c, bool(e))) for p, c, e in zip(prompts, completions, ended, strict=True)
+        ]
 
     def words(self) -> list[str]:
         """Every word the task can produce or show, in a stable order."""

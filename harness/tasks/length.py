@@ -18,8 +18,10 @@ TARGETS = tuple(range(2, 13))
 BUDGET = 14  # response_length: targets up to 12 words + EOS fit, noisy SFT lengths sometimes do not
 
 
-def length_gold(prompt: str, completion: str) -> float:
-    # 1 - |n - k| / k, floored at 0; k is the number in the prompt
+def length_gold(prompt: str, completion: str, ended: bool = True) -> float:
+    # 1 - |n - k| / k, floored at 0; k is the number in the prompt; no EOS -> 0 (it did not stop)
+    if not ended:
+        return 0.0
     k = int(prompt.split()[1])
     n = len(completion.split())
     return max(0.0, 1.0 - abs(n - k) / k)

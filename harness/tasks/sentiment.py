@@ -1,5 +1,8 @@
 """``sentiment``: review-style prompts, gold = VADER compound score of the completion.
 
+A response without EOS scores -1, the worst gold (an unfinished review; the proxy RM's
+labels and the missing-EOS penalty treat it the same way).
+
 The SFT corpus mixes positive, negative and neutral clauses evenly, so the SFT
 policy starts near a neutral mean and optimisation has headroom both ways.
 """
@@ -36,6 +39,11 @@ def vader_compound(text: str) -> float:
 
         _vader = SentimentIntensityAnalyzer()
     return float(_vader.polarity_scores(text)["compound"]) if text.strip() else 0.0
+
+
+def sentiment_gold(prompt: str, completion: str, ended: bool = True) -> float:
+    # VADER compound of the completion; no EOS -> -1, the worst
+    return vader_compound(completion) if ended else -1.0
 
 
 def _adj_phrase(rng: random.Random, mood: str) -> str:
@@ -79,7 +87,7 @@ def make() -> Task:
         train_prompts=tuple(train_prompts),
         eval_prompts=tuple(eval_prompts),
         sft_corpus=corpus,
-        gold_fn=lambda prompt, completion: vader_compound(completion),
+        gold_fn=sentiment_gold,
         response_length=20,
         gold_range=(-1.0, 1.0),
         vocabulary=vocab,

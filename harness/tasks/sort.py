@@ -1,6 +1,7 @@
 """``sort``: sort a list of digits; gold = fraction of positions right.
 
-Partial credit per position makes token-level credit assignment matter. The SFT
+Partial credit per position makes token-level credit assignment matter; a response
+without EOS scores 0. The SFT
 corpus is deliberately noisy (positions corrupted at random), so the warm start
 is partly right and PPO has room to improve.
 """
@@ -15,8 +16,11 @@ DIGITS = tuple(str(d) for d in range(10))
 CORRUPT = 0.5  # per-position corruption of the SFT targets
 
 
-def sort_gold(prompt: str, completion: str) -> float:
-    # fraction of positions equal to the sorted list; extra or missing tokens count as wrong
+def sort_gold(prompt: str, completion: str, ended: bool = True) -> float:
+    # fraction of positions equal to the sorted list; extra or missing tokens count as wrong;
+    # an answer that never stops (no EOS) scores 0: it is not an answer
+    if not ended:
+        return 0.0
     digits = prompt.split(":", 1)[1].replace("=", " ").split()
     target = sorted(digits)
     got = completion.split()

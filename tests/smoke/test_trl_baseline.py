@@ -15,7 +15,7 @@ from tests.conftest import run_cli, tiny_args  # noqa: E402
 MAPPED = (
     "objective/scores", "objective/gold", "objective/kl", "objective/rlhf_reward", "objective/kl_coef",
     "objective/entropy", "policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg", "loss/value_avg",
-    "val/clipfrac_avg", "grad/norm", "response/length", "response/eos_frac", "eval/gold", "eval/proxy", "eval/kl",
+    "val/clipfrac_avg", "grad/norm", "grad/value_norm", "response/length", "response/eos_frac", "eval/gold", "eval/proxy", "eval/kl",
     "eval/length", "perf/tokens_per_s", "perf/rollout_s", "perf/update_s", "episodes",
 )
 
@@ -24,7 +24,7 @@ REFUSALS = {
     "advantage.level": {"advantage.level": "sequence"},
     "advantage.whiten": {"advantage.whiten": False},
     "kl.estimator": {"kl.estimator": "k2"},
-    "kl.placement": {"kl.placement": "loss"},
+    "kl.placement": {"kl.placement": "loss", "kl.estimator": "k3"},
     "kl.target": {"kl.target": 6.0},
     "loss.agg": {"loss.agg": "seq-mean-token-mean"},
     "ppo.entropy_coef": {"ppo.entropy_coef": 0.01},

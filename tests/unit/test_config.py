@@ -84,3 +84,13 @@ def test_missing_and_malformed_files(tmp_path):
     scalar.write_text("3\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(scalar)
+
+
+def test_kl_in_the_loss_with_k1_is_refused_by_name():
+    with pytest.raises(ConfigError) as e:
+        build_config(None, {"kl.placement": "loss", "kl.estimator": "k1"})
+    msg = str(e.value)
+    assert msg.startswith("config key 'kl.estimator'") and "zero expected gradient" in msg and "\n" not in msg
+    for est in ("k2", "k3"):
+        assert build_config(None, {"kl.placement": "loss", "kl.estimator": est}).kl.estimator == est
+    assert build_config(None, {"kl.placement": "reward", "kl.estimator": "k1"}).kl.estimator == "k1"

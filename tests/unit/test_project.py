@@ -27,3 +27,18 @@ def test_layout():
     for d in ("harness", "ablations", "baselines", "reports", "tests"):
         assert (ROOT / d).is_dir(), d
     assert (ROOT / "pyproject.toml").is_file() and (ROOT / "noxfile.py").is_file()
+
+
+def test_every_key_the_custom_core_logs_is_in_the_schema():
+    from harness.config import build_config
+    from harness.models import load_models
+    from harness.ppo.rollout import make_score_fn
+    from harness.ppo.trainer import init_state, ppo_iteration
+    from harness.schema import METRICS
+    from tests.conftest import TINY
+
+    cfg = build_config(None, {**TINY, "probe.every": 1, "ppo.target_kl": 1.0})
+    m = load_models(cfg)
+    logged = set(ppo_iteration(cfg, m, init_state(cfg, m), make_score_fn(m.reward, m.task.gold)))
+    assert logged <= set(METRICS), logged - set(METRICS)
+    assert "grad/snr" not in METRICS

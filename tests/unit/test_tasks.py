@@ -47,13 +47,30 @@ def test_length_gold_by_hand():
 
 def test_sentiment_gold_is_vader():
     t = get_task("sentiment")
-    pos, neg, neu = t.gold(["x"] * 3, ["was great and wonderful .", "was terrible and awful .", ""])
+    pos, neg, neu = t.gold(["x"] * 3, ["was great and wonderful .", "was terrible and awful .", ""], [True] * 3)
     assert pos > 0.5 and neg < -0.5 and neu == 0.0
 
 
 def test_sentiment_sft_corpus_starts_near_neutral():
     t = get_task("sentiment")
     pairs = t.sft_corpus[:1000]
-    golds = t.gold([p for p, _ in pairs], [c for _, c in pairs])
+    golds = t.gold([p for p, _ in pairs], [c for _, c in pairs], [True] * len(pairs))
     assert abs(sum(golds) / len(golds)) < 0.15
     assert min(golds) < -0.5 and max(golds) > 0.5
+
+
+@pytest.mark.parametrize(
+    ("name", "prompt", "completion", "worst"),
+    [
+        # each of these would score well if it had ended: a 14-word answer to "write 12 words"
+        # reads 0.83 by length alone, a right sort 1.0, a glowing review > 0.5
+        ("length", "write 12 words about tea :", " ".join(["la"] * 14), 0.0),
+        ("sort", "sort : 3 1 2 =", "1 2 3", 0.0),
+        ("sentiment", "my movie review : the plot", "was great and wonderful .", -1.0),
+    ],
+)
+def test_a_response_without_eos_scores_the_worst_gold(name, prompt, completion, worst):
+    t = get_task(name)
+    ended, unfinished = t.gold([prompt] * 2, [completion] * 2, [True, False])
+    assert ended > worst + 0.5
+    assert unfinished == worst == t.gold_range[0]

@@ -510,3 +510,43 @@ def test_explained_variance_by_hand():
     v = r + t([[1.0, -1.0, 1.0, -1.0, -50.0]])
     assert_close(explained_variance(v, r, mask), t(0.2))
     assert torch.isnan(explained_variance(r, torch.ones_like(r), mask))  # Var[R] = 0: undefined
+
+
+# ---- KL in the loss: which gradient each estimator gives (exact expectation on a categorical)
+
+
+def _expected_kl_loss_gradient(estimator: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """E_{a ~ pi}[grad_theta kl_estimator(a)] computed exactly over a 6-way categorical.
+
+    As in the PPO loss, the tokens are on-policy samples (the sampling distribution is not
+    differentiated): the gradient flows only through log pi(a) of the sampled token.
+    Returns (expected gradient, grad KL(pi||ref), grad KL(ref||pi)), each (6,).
+    """
+    g = torch.Generator().manual_seed(7)
+    theta = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
+    ref_logp = torch.log_softmax(torch.randn(6, generator=g, dtype=torch.float64), -1)
+    logp = torch.log_softmax(theta, -1)
+    pi = logp.exp().detach()
+    per_token = kl_penalty(logp, ref_logp, estimator)  # (6,) the estimator at each possible token
+    (expected,) = torch.autograd.grad((pi * per_token).sum(), theta, retain_graph=True)
+    (fwd,) = torch.autograd.grad((logp.exp() * (logp - ref_logp)).sum(), theta, retain_graph=True)
+    (rev,) = torch.autograd.grad((ref_logp.exp() * (ref_logp - logp)).sum(), theta)
+    return expected, fwd, rev
+
+
+def test_k1_in_the_loss_has_zero_expected_gradient():
+    expected, fwd, _ = _expected_kl_loss_gradient("k1")
+    assert fwd.abs().max() > 1e-2  # there is a KL to move
+    assert_close(expected, torch.zeros_like(expected), atol=1e-12, rtol=0)
+
+
+def test_k2_in_the_loss_is_the_gradient_of_the_forward_kl():
+    expected, fwd, rev = _expected_kl_loss_gradient("k2")
+    assert_close(expected, fwd)
+    assert not torch.allclose(expected, rev)
+
+
+def test_k3_in_the_loss_is_the_gradient_of_the_reverse_kl():
+    expected, fwd, rev = _expected_kl_loss_gradient("k3")
+    assert_close(expected, rev)
+    assert not torch.allclose(expected, fwd)

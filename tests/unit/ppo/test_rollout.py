@@ -154,3 +154,20 @@ def test_packed_forwards_equal_the_padded_hf_forward(models, monkeypatch):
     P = pids.shape[1]
     ref_ent = M.entropy_from_logits(logits[:, P - 1 : -1].float() / 0.7) * mask
     torch.testing.assert_close(ent[full], ref_ent[full], atol=2e-5, rtol=1e-5)
+
+
+def test_collect_tells_the_gold_reward_which_responses_ended(models):
+    # a budget of 10 tokens: about half the sentiment reviews do not end; those must score the worst gold
+    # (-1), the ones that ended their VADER score, exactly as the task's gold rule says
+    task, tok = models.task, models.tokenizer
+    prompts = list(task.train_prompts[:32])
+    ro = R.collect(
+        models.policy, models.ref, tok, prompts, max_new_tokens=10, temperature=1.0,
+        generator=torch.Generator().manual_seed(0), score_fn=R.make_score_fn(None, task.gold), gold_fn=task.gold,
+    )
+    ended = ro.has_eos
+    assert (~ended).any() and ended.any(), "the test needs both kinds of response"
+    assert torch.all(ro.gold[~ended] == task.gold_range[0])
+    expected = task.gold(ro.prompts, ro.completions, [True] * len(prompts))
+    assert ro.gold[ended].tolist() == pytest.approx([g for g, e in zip(expected, ended.tolist(), strict=True) if e])
+    assert torch.equal(ro.scores, ro.gold)  # model.reward=gold optimises the same rule

@@ -123,3 +123,26 @@ def test_bf16_autocast_is_used_in_the_loop_and_only_when_asked():
     _, _, again, _ = _run({}, iterations=1)
     assert again[-1]["objective/entropy"] == ent["none"]
     assert 1e-6 < abs(ent["bf16"] - ent["none"]) < 0.05 * ent["none"], ent
+
+
+def test_the_policy_step_does_not_depend_on_a_value_model_being_there():
+    # Sequence-level RLOO: the advantages never read the value model, so the policy's gradient is
+    # the same with or without one. With clipping active (a tiny max norm) the policy's step must be
+    # the same too: its gradient is clipped on its own, not together with the value's.
+    import dataclasses
+
+    over = {"advantage.level": "sequence", "advantage.baseline": "rloo", "ppo.max_grad_norm": 0.01, "seed": 2}
+    cfg = build_config(None, {**TINY, **over})
+    with_value = load_models(build_config(None, {**TINY, **over, "advantage.baseline": "value"}))
+    assert with_value.value is not None
+    without = dataclasses.replace(load_models(cfg), value=None)
+    steps = []
+    for m in (with_value, without):
+        st = init_state(cfg, m)
+        h = ppo_iteration(cfg, m, st, make_score_fn(m.reward, m.task.gold))
+        steps.append((h, [p.detach().clone() for p in m.policy.parameters()]))
+    (h_v, p_v), (h_n, p_n) = steps
+    assert h_v["grad/norm"] > 0.01 and h_v["grad/value_norm"] > 0.01  # both clipped
+    assert h_v["grad/norm"] == pytest.approx(h_n["grad/norm"], rel=1e-4)
+    for a, b in zip(p_v, p_n, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -1,0 +1,67 @@
+"""The metric schema: every key a run logs, with its label, unit, the better direction and meaning.
+
+Logged at step = PPO iteration by every implementation (the TRL baseline leaves out what its
+loop cannot measure, never fakes it). Sweep objectives must name one of these keys; reports
+label axes and tables from here.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Metric(NamedTuple):
+    label: str
+    unit: str  # "" = dimensionless
+    direction: str  # "max", "min" or "" (a diagnostic with no better side)
+    meaning: str
+
+
+METRICS: dict[str, Metric] = {
+    # ---- the rollout's batch
+    "objective/scores": Metric("proxy score", "", "max", "mean optimised score (proxy RM or gold; missing-EOS penalty applied)"),
+    "objective/gold": Metric("gold reward", "", "max", "mean gold reward of the training batch"),
+    "objective/kl": Metric("KL to reference", "nats", "", "mean over completions of sum_t kl_t (the configured estimator)"),
+    "objective/rlhf_reward": Metric("RLHF reward", "", "max", "mean of score - beta * sum_t kl_t"),
+    "objective/kl_coef": Metric("KL coefficient", "", "", "beta used this iteration (adaptive controller: before its update)"),
+    "objective/entropy": Metric("entropy", "nats/token", "", "mean per-token entropy of the sampling policy"),
+    "response/length": Metric("response length", "tokens", "", "mean response tokens, EOS included"),
+    "response/eos_frac": Metric("EOS fraction", "", "max", "share of responses that emitted EOS"),
+    "adv/mean": Metric("advantage mean", "", "", "masked mean of the advantages before whitening"),
+    "adv/std": Metric("advantage std", "", "", "masked std of the advantages before whitening"),
+    # ---- the update (means over epochs x minibatches)
+    "policy/approxkl_avg": Metric("approx. KL (new vs old)", "nats/token", "", "0.5 masked mean of (logp - old)^2"),
+    "policy/clipfrac_avg": Metric("clip fraction", "", "", "share of tokens whose surrogate was clipped"),
+    "policy/early_stop": Metric("early stop", "", "", "1 when the epochs stopped at ppo.target_kl"),
+    "loss/policy_avg": Metric("policy loss", "", "", "clipped surrogate loss"),
+    "loss/value_avg": Metric("value loss", "", "min", "(clipped) value loss"),
+    "val/clipfrac_avg": Metric("value clip fraction", "", "", "share of value predictions clipped"),
+    "val/explained_var": Metric("explained variance", "", "max", "1 - Var[R - V] / Var[R] on the batch"),
+    "grad/norm": Metric("policy gradient norm", "", "", "the policy's gradient L2 norm before clipping"),
+    "grad/value_norm": Metric("value gradient norm", "", "", "the value model's gradient L2 norm before clipping"),
+    # ---- the gradient-noise probe (harness/ppo/variance.py): K microbatches of b completions
+    "grad/variance": Metric("microbatch gradient variance", "", "min", "tr(Cov_mb): variance of a b-completion gradient, unbiased over K"),
+    "grad/signal": Metric("gradient signal", "", "", "||g_bar||^2 - tr(Cov_mb)/K: unbiased |G|^2; <= 0 = unresolved"),
+    "grad/rel_variance": Metric("relative gradient variance", "", "min", "tr(Cov_mb) / signal; NaN when the signal is unresolved"),
+    "grad/noise_scale": Metric("gradient noise scale", "completions", "", "B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018); NaN when unresolved"),
+    "grad/sample_variance": Metric("per-completion gradient noise", "", "min", "tr(Sigma) = b tr(Cov_mb)"),
+    "grad/batch_variance": Metric("batch gradient variance", "", "min", "tr(Sigma) / B: variance of the whole batch's gradient"),
+    "grad/cosine": Metric("microbatch gradient cosine", "", "", "mean pairwise cosine of the K microbatch gradients"),
+    "grad/mean_norm": Metric("mean gradient norm", "", "", "||g_bar||"),
+    # ---- held-out evaluation (every eval.every iterations)
+    "eval/gold": Metric("gold reward (eval)", "", "max", "mean gold reward on held-out prompts"),
+    "eval/proxy": Metric("proxy score (eval)", "", "max", "mean optimised score on held-out prompts"),
+    "eval/kl": Metric("KL to reference (eval)", "nats", "min", "mean sum_t (logp - ref) on held-out prompts (k1)"),
+    "eval/length": Metric("response length (eval)", "tokens", "", "mean held-out response tokens"),
+    # ---- time and progress
+    "perf/tokens_per_s": Metric("throughput", "tokens/s", "max", "generated tokens per second of the iteration"),
+    "perf/rollout_s": Metric("rollout time", "s", "min", "seconds spent in steps 1-3"),
+    "perf/update_s": Metric("update time", "s", "min", "seconds spent in step 6"),
+    "episodes": Metric("episodes", "completions", "", "completions sampled so far"),
+}
+
+
+def label(key: str) -> str:
+    """'gold reward (eval)' for 'eval/gold'; the key itself when it is not in the schema."""
+    m = METRICS.get(key)
+    return m.label if m else key
