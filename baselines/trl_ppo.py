@@ -79,7 +79,7 @@ REFUSED: dict[str, tuple[Callable[[RunConfig], bool], str]] = {
     "model.value_trunk": (lambda c: c.model.value_trunk != "separate", "TRL's PPO takes a separate value model"),
 }
 
-# schema keys TRL's statistics map to (DESIGN.md section 6): TRL key -> harness key
+# schema keys TRL's statistics map to (harness/schema.py): TRL key -> harness key
 _TRL_KEYS = {
     "objective/scores": "objective/scores",
     "objective/kl": "objective/kl",

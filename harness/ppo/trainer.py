@@ -1,4 +1,4 @@
-"""The PPO loop, readable top to bottom (DESIGN.md section 2). No MLflow, no CLI, no files.
+"""The PPO loop, readable top to bottom. No MLflow, no CLI, no files.
 
 ``PPOState`` holds what persists across iterations; ``ppo_iteration`` runs steps 1-7
 once and returns a flat metrics dict. Both advantage levels, all sequence baselines,

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from harness.ppo.variance import KEYS as VARIANCE_KEYS
 from harness.tracking import Store
 from tests.conftest import ROOT, run_cli, tiny_args
 
 SCHEMA = (
     "objective/scores", "objective/gold", "objective/kl", "objective/rlhf_reward", "objective/kl_coef",
     "objective/entropy", "policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg", "loss/value_avg",
-    "val/clipfrac_avg", "val/explained_var", "adv/mean", "adv/std", "grad/norm", "grad/variance",
-    "grad/rel_variance", "grad/snr", "grad/cosine", "response/length", "response/eos_frac", "eval/gold",
+    "val/clipfrac_avg", "val/explained_var", "adv/mean", "adv/std", "grad/norm", "grad/value_norm",
+    *VARIANCE_KEYS, "response/length", "response/eos_frac", "eval/gold",
     "eval/proxy", "eval/kl", "perf/tokens_per_s", "perf/rollout_s", "perf/update_s", "episodes",
 )
 

@@ -11,7 +11,7 @@ from harness.config import build_config  # noqa: E402
 from harness.tracking import Store  # noqa: E402
 from tests.conftest import run_cli, tiny_args  # noqa: E402
 
-# the schema keys (DESIGN.md section 6) the TRL baseline maps; ABSENT lists the ones TRL cannot produce
+# the schema keys (harness/schema.py) the TRL baseline maps; ABSENT lists the ones TRL cannot produce
 MAPPED = (
     "objective/scores", "objective/gold", "objective/kl", "objective/rlhf_reward", "objective/kl_coef",
     "objective/entropy", "policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg", "loss/value_avg",
