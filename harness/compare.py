@@ -2,8 +2,8 @@
 
 Both implementations get the same RunConfig (only ``impl`` differs), run one after the other
 for every seed, and log to MLflow as ordinary runs tagged ``compare=<id>``. Per implementation
-the table gives, over seeds, the mean and a 95% percentile-bootstrap CI (reports.stats,
-fixed bootstrap seed) of the final ``eval/gold`` and ``eval/kl`` and of the run's mean
+the table gives, over seeds, the mean and its 95% Student-t interval (reports.stats.mean_interval,
+whose coverage a test measures) of the final ``eval/gold`` and ``eval/kl`` and of the run's mean
 ``perf/tokens_per_s``, and says whether the two CIs overlap.
 """
 
@@ -81,15 +81,15 @@ def run_value(history: dict[str, list[tuple[int, float]]], metric: str, how: str
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def summarise(runs: pd.DataFrame, statistic: Callable = np.mean) -> pd.DataFrame:
-    """Tidy table of point + 95% bootstrap CI per (metric, impl) over seeds (reports.stats)."""
-    from reports.stats import bootstrap_ci
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    """Tidy table of the mean + 95% t-interval per (metric, impl) over seeds (reports.stats.mean_interval)."""
+    from reports.stats import mean_interval
 
     rows = []
     for metric, _ in METRICS:
         for impl in IMPLS:
             vals = runs.loc[runs.impl == impl, metric].to_numpy(dtype=float)
-            ci = bootstrap_ci(vals[np.isfinite(vals)], statistic=statistic)
+            ci = mean_interval(vals[np.isfinite(vals)])
             rows.append({"metric": metric, "impl": impl, "n": ci.n, "point": ci.point, "low": ci.low,
                          "high": ci.high, "note": ci.note})
     return pd.DataFrame(rows)

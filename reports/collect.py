@@ -51,6 +51,11 @@ CURVE_KEYS = (
     "policy/clipfrac_avg",
     "policy/approxkl_avg",
     "objective/entropy",
+    # gradient-noise probe (harness/ppo/variance.py): a run's noise reading is the mean over all
+    # its probes (reports.effects.run_noise), never the last probe alone
+    "grad/signal",
+    "grad/sample_variance",
+    "grad/batch_variance",
 )
 ID_COLUMNS = ("run_id", "seed", "impl", "task", "advantage", "cell")
 

@@ -1,9 +1,14 @@
 """Findings: plain sentences generated from a sweep's numbers (never hard-coded conclusions).
 
 Each function looks at the tidy frames and the summary tables and says what the numbers say,
-with the interval that qualifies it: which level of each factor is best and whether the CIs
-separate it from the next, which advantage estimator has the lower gradient variance and by
-what factor, where gold and proxy reward part ways, and how custom PPO compares with TRL.
+with the interval that qualifies it: which level of each factor is best and whether the
+intervals separate it from the next, the factorial main effects and interactions over matched
+cells, how the batch-gradient variance scales with batch size, the gradient noise scale per
+advantage estimator, whether a baseline (or GAE lambda < 1) lowers the gradient variance, where
+gold and proxy reward part ways, and how custom PPO compares with TRL.
+
+A finding never calls a difference from fewer than ``MIN_SEEDS`` runs per level, or an effect
+from fewer than ``MIN_CELLS`` matched cells: it says how many more are needed instead.
 """
 
 from __future__ import annotations
@@ -13,12 +18,16 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from reports import effects as E
 from reports import stats
-from reports.stats import Interval
+from reports.effects import MIN_CELLS, MIN_SEEDS
+from reports.stats import Interval, level_label
 
 # Over-optimisation: gold peaked before the last evaluation and then lost at least this share
 # of its gain over the initial policy, while the proxy reward was still rising.
 OVEROPT_DROP = 0.1
+IV = "95% Yuen interval"  # the per-level interval (stats.interval), coverage measured by a test
+T_IV = "95% t-interval"
 
 
 def findings(
@@ -28,14 +37,25 @@ def findings(
     table: pd.DataFrame,
     poi: pd.DataFrame,
     excluded: dict[str, int] | None = None,
+    effects: pd.DataFrame | None = None,
 ) -> list[str]:
-    """All findings, in reading order. ``table`` from ``stats.summarise_factors``, ``poi`` from ``stats.poi_table``."""
+    """All findings, in reading order.
+
+    ``table`` from ``stats.summarise_factors``, ``poi`` from ``stats.poi_table``, ``effects``
+    from ``effects.effects_table`` (computed here when None).
+    """
+    if effects is None:
+        effects = E.effects_table(runs, curves, factors)
+    noisy = E.with_noise(runs, curves)
     out = [coverage(runs, excluded or {})]
     out += [s for s in [small_samples(table, runs)] if s]
-    out += [s for f in factors if (s := best_level(table, f, "eval/gold", "final gold reward"))]
+    out += [s for f in factors if (s := factor_level(runs, curves, factors, table, f))]
     out += [s for s in [kl_driver(table, factors)] if s]
-    out += [s for s in [variance_by_advantage(runs)] if s]
-    out += [s for s in [variance_by_batch(runs)] if s]
+    out += effect_sentences(effects)
+    out += [s for s in [batch_variance_scaling(noisy)] if s]
+    out += [s for s in [noise_scale(noisy)] if s]
+    out += baseline_variance(noisy, factors)
+    out += [s for s in [gae_lambda_variance(noisy, factors)] if s]
     out += poi_sentences(poi)
     out += [s for s in [over_optimisation(runs, curves, factors)] if s]
     out += [s for s in [custom_vs_trl(runs)] if s]
@@ -48,23 +68,38 @@ def _iv(row: pd.Series) -> Interval:
     )
 
 
-def _lv(v) -> str:
-    return f"{float(v):g}" if isinstance(v, float | np.floating) else str(v)
+def _s(n: int) -> str:
+    return "" if n == 1 else "s"
+
+
+def needs_more(n: int, minimum: int, what: str) -> str | None:
+    """'needs 2 more seeds per level' when ``n`` < ``minimum``, else None."""
+    if n >= minimum:
+        return None
+    k = minimum - n
+    return f"needs {k} more {what if k != 1 else what.replace('seeds', 'seed').replace('cells', 'cell')}"
 
 
 def coverage(runs: pd.DataFrame, excluded: dict[str, int]) -> str:
     cells = runs.groupby("cell").size() if "cell" in runs and len(runs) else pd.Series([len(runs)])
     lo, hi = int(cells.min()), int(cells.max())
-    seeds = f"{lo} seed{'s' if lo != 1 else ''}" if lo == hi else f"{lo} to {hi} seeds"
+    seeds = f"{lo} seed{_s(lo)}" if lo == hi else f"{lo} to {hi} seeds"
     s = f"The report covers {len(runs)} finished runs in {len(cells)} sweep cells ({seeds} per cell)."
     if excluded:
         parts = [f"{n} {status.lower()}" for status, n in sorted(excluded.items())]
-        s += f" Left out: {', '.join(parts)} child run{'s' if sum(excluded.values()) != 1 else ''}."
+        s += f" Left out: {', '.join(parts)} child run{_s(sum(excluded.values()))}."
     return s
 
 
-def best_level(table: pd.DataFrame, factor: str, metric: str, what: str, higher: bool = True) -> str | None:
-    """'<factor> = <level> gives the highest <what>: IQM [CI] vs ... for the next best; CIs (do not) overlap.'"""
+def best_level(
+    table: pd.DataFrame, factor: str, metric: str, what: str, higher: bool = True, where: str = ""
+) -> str | None:
+    """'<factor> = <level> gives the highest <what>: IQM [interval] vs ... for the next best; verdict.'
+
+    The verdict refuses to call a difference when either level has fewer than ``MIN_SEEDS``
+    runs (it says how many more are needed); otherwise it says whether the intervals overlap.
+    ``where`` qualifies the comparison (e.g. ' at 160 episodes').
+    """
     t = table[(table["factor"] == factor) & (table["metric"] == metric)].dropna(subset=["iqm"])
     if len(t) < 2:
         return None
@@ -72,20 +107,50 @@ def best_level(table: pd.DataFrame, factor: str, metric: str, what: str, higher:
     best, nxt = t.iloc[0], t.iloc[1]
     a, b = _iv(best), _iv(nxt)
     word = "highest" if higher else "lowest"
-    if a.degenerate and b.degenerate:
-        verdict = "with one run per level there is no interval, so this is not evidence of a difference"
+    n_min = int(t["n"].min())
+    if (more := needs_more(n_min, MIN_SEEDS, "seeds per level")) is not None:
+        verdict = f"not called: {n_min} run{_s(n_min)} at the smallest level, {more} to call a difference"
     elif a.overlaps(b):
-        verdict = "the 95% CIs overlap, so this sweep does not separate them"
+        verdict = f"the {IV}s overlap, so this sweep does not separate them"
     else:
-        verdict = "the 95% CIs do not overlap"
+        verdict = f"the {IV}s do not overlap"
     return (
-        f"{factor} = {_lv(best['level'])} gives the {word} {what}: IQM {a.fmt()} against {b.fmt()} "
-        f"for {factor} = {_lv(nxt['level'])}, the next best; {verdict}."
+        f"{factor} = {level_label(best['level'])} gives the {word} {what}{where}: IQM {a.fmt()} against "
+        f"{b.fmt()} for {factor} = {level_label(nxt['level'])}, the next best; {verdict}."
+    )
+
+
+def factor_level(
+    runs: pd.DataFrame, curves: pd.DataFrame, factors: Sequence[str], table: pd.DataFrame, factor: str
+) -> str | None:
+    """``best_level`` on gold reward, at matched episodes when ``factor`` changes the sample budget.
+
+    Budgets are read from the runs' ``episodes`` (``effects.budget_differs``). With curves the
+    levels are compared at the last episode count all runs reached; without, the sentence says
+    that the budgets differ.
+    """
+    metric, what = "eval/gold", "final gold reward"
+    frame, at = E.comparison_frame(runs, curves, metric, factor, factors)
+    if at == "final":
+        return best_level(table, factor, metric, what)
+    if at.startswith("at "):
+        t = stats.summarise_by(frame, factor, metric).assign(factor=factor, metric=metric)
+        s = best_level(t, factor, metric, "gold reward", where=f" {at} (the last count all runs reached)")
+        return (
+            None if s is None else s[:-1] + f"; the levels' sample budgets differ, so they are compared {at}."
+        )
+    eps = runs.groupby(runs[factor].map(level_label))["episodes"].median()
+    budgets = ", ".join(f"{k}: {v:g}" for k, v in eps.items())
+    s = best_level(table, factor, metric, what)
+    return (
+        None
+        if s is None
+        else s[:-1] + f"; the sample budgets differ (final episodes {budgets}): unequal budgets."
     )
 
 
 def kl_driver(table: pd.DataFrame, factors: Sequence[str]) -> str | None:
-    """The factor whose levels spread final KL the most (ratio of largest to smallest IQM)."""
+    """The factor whose levels spread final KL the most (largest minus smallest IQM)."""
     t = table[(table["metric"] == "eval/kl") & table["factor"].isin(list(factors))].dropna(subset=["iqm"])
     best = None
     for f, g in t.groupby("factor", sort=False):
@@ -94,71 +159,145 @@ def kl_driver(table: pd.DataFrame, factors: Sequence[str]) -> str | None:
         lo, hi = g.loc[g["iqm"].idxmin()], g.loc[g["iqm"].idxmax()]
         spread = hi["iqm"] - lo["iqm"]
         if best is None or spread > best[0]:
-            best = (spread, f, lo, hi)
+            best = (spread, f, lo, hi, int(g["n"].min()))
     if best is None:
         return None
-    _, f, lo, hi = best
+    _, f, lo, hi, n_min = best
+    s = (
+        f"Final KL to the reference spreads most over {f}: IQM {_iv(lo).fmt()} nats at {f} = "
+        f"{level_label(lo['level'])} and {_iv(hi).fmt()} nats at {f} = {level_label(hi['level'])}"
+    )
+    if (more := needs_more(n_min, MIN_SEEDS, "seeds per level")) is not None:
+        return s + f"; not called a difference: {more}."
+    verdict = "overlap" if _iv(lo).overlaps(_iv(hi)) else "do not overlap"
+    return s + f"; the {IV}s {verdict}."
+
+
+def effect_sentences(effects: pd.DataFrame, metric: str = "eval/gold") -> list[str]:
+    """One sentence per main effect and interaction on ``metric`` (rows of ``effects.effects_table``).
+
+    Fewer than ``MIN_CELLS`` matched cells: not called, with how many more are needed. Sweeps
+    with one factor (no matched cells to speak of) are left to the per-level findings.
+    """
+    out = []
+    if effects is None or effects.empty:
+        return out
+    what = {"eval/gold": "gold reward", "eval/kl": "KL"}.get(metric, metric)
+    for r in effects[effects["metric"] == metric].itertuples(index=False):
+        if r.term == "main" and str(r.note).startswith("no other factor"):
+            continue
+        kind = "Main effect" if r.term == "main" else "Interaction"
+        head = f"{kind} {r.effect} on {what} ({r.at})"
+        n = int(r.n_matched)
+        if (more := needs_more(n, MIN_CELLS, "matched cells")) is not None:
+            est = f"{stats.fmt_number(r.estimate)} " if np.isfinite(r.estimate) else ""
+            out.append(f"{head}: {est}over {n} matched cell{_s(n)}, not called: {more}.")
+            continue
+        iv = Interval(float(r.estimate), float(r.low), float(r.high), n)
+        if r.low > 0 or r.high < 0:
+            verdict = f"the {T_IV} excludes 0, so it is {'positive' if r.estimate > 0 else 'negative'}"
+        else:
+            verdict = f"the {T_IV} includes 0, so the sweep does not resolve it"
+        out.append(f"{head}: {iv.fmt()} over {n} matched cells; {verdict}.")
+    return out
+
+
+def batch_variance_scaling(runs: pd.DataFrame) -> str | None:
+    """Log-log slope of the batch-gradient variance tr(Sigma)/B on batch size, per advantage level (theory -1)."""
+    fits = E.batch_variance_slopes(runs, stats.advantage_column(runs, 1))
+    fits = fits[fits["n_sizes"] >= 2]
+    if fits.empty:
+        return None
+    parts = []
+    for r in fits.itertuples(index=False):
+        if not np.isfinite(r.slope):
+            parts.append(f"{r.level}: no slope interval ({r.note})")
+            continue
+        iv = Interval(float(r.slope), float(r.low), float(r.high), int(r.n))
+        verdict = "consistent with -1" if r.low <= -1 <= r.high else (
+            "flatter than -1" if r.low > -1 else "steeper than -1")  # fmt: skip
+        parts.append(f"{r.level}: {iv.fmt(2)} over {r.n} runs at {r.n_sizes} batch sizes, {verdict}")
     return (
-        f"Final KL to the reference depends most on {f}: IQM {_iv(lo).fmt()} nats at {f} = {_lv(lo['level'])} "
-        f"and {_iv(hi).fmt()} nats at {f} = {_lv(hi['level'])}."
+        "Batch-gradient variance tr(Σ)/B against batch size B (log-log least-squares slope of per-run "
+        f"means over probes, {T_IV}; 1/B averaging alone gives -1): " + "; ".join(parts) + "."
     )
 
 
-def _advantage_column(runs: pd.DataFrame) -> str | None:
-    for col in ("advantage", "advantage.level"):
-        if col in runs and runs[col].nunique() >= 2:
-            return col
-    return None
+def noise_scale(runs: pd.DataFrame) -> str | None:
+    """Gradient noise scale B_simple per advantage level (and sequence baseline), or 'unresolved'.
 
-
-def variance_by_advantage(runs: pd.DataFrame, metric: str = "grad/rel_variance") -> str | None:
-    """Which advantage estimator has the lower gradient variance, by what factor, with the ratio's CI."""
-    col = _advantage_column(runs)
-    if col is None or metric not in runs:
+    Rule: resolved when the t-interval of the level's mean signal over runs excludes 0 (Fieller's
+    interval is then bounded); an unresolved level quotes no ratio.
+    """
+    t = E.noise_scale_by(runs, stats.advantage_column(runs, 1))
+    if t.empty:
         return None
-    r = runs[np.isfinite(runs[metric])]
-    frames = {k: g for k, g in r.groupby(col) if len(g)}
-    if len(frames) < 2:
-        return None
-    order = sorted(frames, key=lambda k: stats.iqm(frames[k][metric]))
-    low, high = order[0], order[-1]
-    ratio = stats.ratio_ci(stats.by_cell(frames[high], metric), stats.by_cell(frames[low], metric))
-    # the same stratified intervals as the tables and figure 4
-    a, b = (
-        stats.bootstrap_ci(stats.by_cell(frames[low], metric)),
-        stats.bootstrap_ci(stats.by_cell(frames[high], metric)),
+    parts = []
+    for r in t.itertuples(index=False):
+        if r.resolved:
+            iv = Interval(float(r.point), float(r.low), float(r.high), int(r.n))
+            parts.append(f"{r.level}: {iv.fmt()} completions ({r.n} runs)")
+        else:
+            sig = Interval(float(r.signal), float(r.signal_low), float(r.signal_high), int(r.n))
+            parts.append(f"{r.level}: unresolved (mean signal {sig.fmt()} does not exclude 0; {r.n} runs)")
+    return (
+        "Gradient noise scale B_simple = mean tr(Σ) / mean |G|² over runs (each run's means over its "
+        "probes; 95% Fieller interval; a level is unresolved, and no ratio quoted, when the t-interval of "
+        "its mean signal includes 0): " + "; ".join(parts) + "."
     )
-    if ratio.degenerate:
-        verdict = "too few runs for an interval on the ratio"
-    elif ratio.low > 1:
-        verdict = f"ratio {ratio.fmt(2)} (95% stratified bootstrap CI), so the reduction is clear"
+
+
+def _ratio_sentence(what: str, lb: str, la: str, iv: Interval) -> str:
+    head = f"{what}: {lb} against {la}"
+    if (more := needs_more(iv.n, MIN_CELLS, "matched cells")) is not None:
+        return f"{head}: {iv.n} matched cell{_s(iv.n)}, not called: {more}."
+    if iv.high < 1:
+        verdict = "lower"
+    elif iv.low > 1:
+        verdict = "higher"
     else:
-        verdict = f"ratio {ratio.fmt(2)} (95% stratified bootstrap CI) includes 1, so the difference is not reliable"
+        verdict = "not resolved (the interval includes 1)"
     return (
-        f"{low} advantages have {stats.fmt_number(ratio.point, 2)}x lower relative gradient variance "
-        f"(final probe) than {high}: IQM {a.fmt()} against {b.fmt()}; {verdict}."
+        f"{head}: per-completion gradient variance tr(Σ) ratio {iv.fmt(2)} (geometric mean over {iv.n} "
+        f"matched cells, {T_IV} of the log ratio): {verdict}."
     )
 
 
-def variance_by_batch(runs: pd.DataFrame, metric: str = "grad/rel_variance") -> str | None:
-    """Gradient variance at the largest vs the smallest batch, against the 1/B expectation."""
-    col = "rollout.batch_size"
-    if col not in runs or metric not in runs or runs[col].nunique() < 2:
+def baseline_variance(runs: pd.DataFrame, factors: Sequence[str]) -> list[str]:
+    """Whether each sequence baseline lowers tr(Sigma) against baseline ``none`` at matched settings."""
+    col = stats.advantage_column(runs)
+    if col != "advantage" or E.SAMPLE_VAR not in runs or "sequence/none" not in set(runs[col]):
+        return []
+    others = [
+        lv
+        for lv in stats.sorted_levels(runs[col])
+        if str(lv).startswith("sequence/") and lv != "sequence/none"
+    ]
+    fs = [f if f not in ("advantage.level", "advantage.baseline") else col for f in factors]
+    fs = list(dict.fromkeys([*fs, col]))
+    return [
+        _ratio_sentence("Baseline", lv, "sequence/none", E.variance_ratio(runs, col, "sequence/none", lv, fs))
+        for lv in others
+    ]
+
+
+def gae_lambda_variance(runs: pd.DataFrame, factors: Sequence[str]) -> str | None:
+    """Whether GAE lambda < 1 lowers tr(Sigma) against lambda = 1 at matched settings (token level only)."""
+    f = "advantage.lam"
+    if f not in factors or f not in runs or E.SAMPLE_VAR not in runs:
         return None
-    r = runs[np.isfinite(runs[metric])]
-    sizes = sorted(r[col].dropna().unique())
-    if len(sizes) < 2:
+    r = runs[runs["advantage.level"] == "token"] if "advantage.level" in runs else runs
+    levels = stats.sorted_levels(r[f])
+    if 1.0 not in levels or len(levels) < 2:
         return None
-    small, big = sizes[0], sizes[-1]
-    ratio = stats.ratio_ci(stats.by_cell(r[r[col] == small], metric), stats.by_cell(r[r[col] == big], metric))
-    if not np.isfinite(ratio.point):
-        return None
-    return (
-        f"Relative gradient variance at batch size {_lv(big)} is {stats.fmt_number(ratio.point, 2)}x lower than "
-        f"at {_lv(small)} (95% CI of the ratio [{stats.fmt_number(ratio.low, 2)}, "
-        f"{stats.fmt_number(ratio.high, 2)}]); averaging over more samples alone (1/B) "
-        f"would give {stats.fmt_number(float(big) / float(small), 2)}x."
-    )
+    parts = [
+        _ratio_sentence(
+            "GAE", f"lambda = {level_label(lam)}", "lambda = 1", E.variance_ratio(r, f, 1.0, lam, factors)
+        )
+        for lam in levels
+        if lam < 1
+    ]
+    return " ".join(parts) or None
 
 
 def poi_sentences(poi: pd.DataFrame, what: str = "final gold reward") -> list[str]:
@@ -179,7 +318,7 @@ def poi_sentences(poi: pd.DataFrame, what: str = "final gold reward") -> list[st
         )
         strength = "" if abs(row.poi - 0.5) >= 0.25 else " (close to a coin flip)"
         out.append(
-            f"Probability of improvement on {what}: P({_lv(row.a)} > {_lv(row.b)}) = {row.poi:.2f}, {how}{strength}."
+            f"Probability of improvement on {what}: P({level_label(row.a)} > {level_label(row.b)}) = {row.poi:.2f}, {how}{strength}."
         )
     return out
 
@@ -225,54 +364,53 @@ def over_optimisation(runs: pd.DataFrame, curves: pd.DataFrame, factors: Sequenc
     if hue:
         per = runs.set_index("run_id").loc[bad["run_id"], hue].value_counts()
         total = runs[hue].value_counts()
-        parts = [f"{n} of {int(total.get(lv, 0))} at {_lv(lv)}" for lv, n in per.sort_index().items()]
+        parts = [f"{n} of {int(total.get(lv, 0))} at {level_label(lv)}" for lv, n in per.sort_index().items()]
         s += f" By {hue}: {', '.join(parts)}."
     return s
 
 
 def custom_vs_trl(runs: pd.DataFrame) -> str | None:
+    """Custom PPO against TRL at the settings both ran: gold reward (and throughput) per implementation."""
     m = stats.matched(runs, "impl", ["custom", "trl"])
     if m.empty or "eval/gold" not in m:
         return None
     key = m["cell"].map(lambda c: ", ".join(p for p in str(c).split(", ") if not p.startswith("impl=")))
     c, t = m[m["impl"] == "custom"], m[m["impl"] == "trl"]
-    a, b = (
-        stats.bootstrap_ci(stats.by_cell(c, "eval/gold")),
-        stats.bootstrap_ci(stats.by_cell(t, "eval/gold")),
-    )
-    verdict = "the 95% CIs overlap" if a.overlaps(b) else "the 95% CIs do not overlap"
+    a, b = stats.interval(c["eval/gold"]), stats.interval(t["eval/gold"])
+    if (more := needs_more(min(a.n, b.n), MIN_SEEDS, "seeds per level")) is not None:
+        verdict = f"not called: {more}"
+    else:
+        verdict = f"the {IV}s overlap" if a.overlaps(b) else f"the {IV}s do not overlap"
     s = (
         f"At the {key.nunique()} settings both implementations ran, custom PPO reaches final gold reward "
         f"IQM {a.fmt()} and TRL {b.fmt()}; {verdict}."
     )
     if "perf/tokens_per_s" in m and np.isfinite(m["perf/tokens_per_s"]).any():
-        r = stats.ratio_ci(stats.by_cell(c, "perf/tokens_per_s"), stats.by_cell(t, "perf/tokens_per_s"))
-        if np.isfinite(r.point):
+        x, y = stats.interval(c["perf/tokens_per_s"]), stats.interval(t["perf/tokens_per_s"])
+        if np.isfinite(x.point) and np.isfinite(y.point) and y.point > 0:
             s += (
-                f" Custom runs at {stats.fmt_number(r.point, 2)}x TRL's throughput in tokens/s "
-                f"(95% CI of the ratio [{stats.fmt_number(r.low, 2)}, {stats.fmt_number(r.high, 2)}])."
+                f" Throughput: custom IQM {x.fmt()} tokens/s, TRL {y.fmt()} "
+                f"({stats.fmt_number(x.point / y.point, 2)}x)."
             )
     return s
 
 
 def small_samples(table: pd.DataFrame, runs: pd.DataFrame | None = None) -> str | None:
-    """Say when intervals are degenerate or optimistic because levels or cells have few seeds."""
+    """Say when levels have too few runs for the findings to call a difference."""
     t = table[table["metric"] == "eval/gold"] if "metric" in table else table
     if t.empty:
         return None
     n_min = int(t["n"].min())
-    if n_min <= 2:
-        few = t[t["n"] == n_min]
-        names = ", ".join(f"{r.factor} = {_lv(r.level)}" for r in few.itertuples(index=False))
-        if n_min <= 1:
-            return f"Some levels have a single run ({names}): their intervals are degenerate; add seeds."
-        return f"Some levels have only two runs ({names}): their intervals are crude; add seeds."
-    if runs is not None and "cell" in runs and len(runs):
-        per_cell = int(runs.groupby("cell").size().min())
-        if per_cell < 3:
-            return (
-                f"Some sweep cells have only {per_cell} seed{'s' if per_cell != 1 else ''}: bootstrap intervals "
-                "resampled within cells understate the seed-to-seed spread, so read non-overlapping CIs as "
-                "tentative and add seeds before drawing conclusions."
-            )
-    return None
+    if n_min >= MIN_SEEDS:
+        return None
+    few = t[t["n"] == n_min]
+    names = ", ".join(f"{r.factor} = {level_label(r.level)}" for r in few.itertuples(index=False))
+    if n_min <= 1:
+        return (
+            f"Some levels have a single run ({names}): no interval; the findings call no difference "
+            f"there ({needs_more(n_min, MIN_SEEDS, 'seeds per level')})."
+        )
+    return (
+        f"Some levels have only {n_min} runs ({names}): the findings call no difference between levels "
+        f"from fewer than {MIN_SEEDS} runs ({needs_more(n_min, MIN_SEEDS, 'seeds per level')})."
+    )

@@ -27,7 +27,8 @@ from cycler import cycler
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from reports import stats
+from reports import effects, stats
+from reports.stats import level_label
 
 # ---- style ----------------------------------------------------------------------------------------
 
@@ -120,8 +121,14 @@ METRIC_LABELS = {
     "eval/proxy": "proxy reward (RM score)",
     "eval/kl": "KL to reference (nats)",
     "episodes": "episodes (completions)",
-    "grad/rel_variance": "rel. gradient variance (tr Σ / ‖ḡ‖²)",
-    "grad/variance": "gradient variance (tr Σ)",
+    "grad/variance": "microbatch gradient variance (tr Cov_mb)",
+    "grad/signal": "gradient signal |G|² (unbiased)",
+    "grad/rel_variance": "rel. gradient variance (tr Cov_mb / |G|²)",
+    "grad/noise_scale": "noise scale B_simple (completions)",
+    "grad/sample_variance": "per-completion gradient variance (tr Σ)",
+    "grad/batch_variance": "batch-gradient variance (tr Σ / B)",
+    "grad/cosine": "microbatch gradient cosine",
+    "grad/mean_norm": "norm of mean gradient ‖ḡ‖",
     "perf/tokens_per_s": "throughput (tokens/s)",
     "response/length": "response length (tokens)",
     "policy/clipfrac_avg": "clip fraction",
@@ -150,18 +157,8 @@ def factor_label(key: str) -> str:
     return FACTOR_LABELS.get(key, key)
 
 
-def level_label(v: Any) -> str:
-    if isinstance(v, float | np.floating):
-        return f"{float(v):g}"
-    return str(v)
-
-
 def _levels(values: pd.Series) -> list:
-    present = values.dropna().unique().tolist()
-    try:
-        return sorted(present)
-    except TypeError:
-        return sorted(present, key=str)
+    return stats.sorted_levels(values)
 
 
 def _k(x: float, _pos=None) -> str:
@@ -217,7 +214,7 @@ def _metric_curves(curves: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def aggregate_curve(c: pd.DataFrame, n_points: int = 30) -> tuple[np.ndarray, ...] | None:
-    """IQM and 95% CI band over runs on a shared episodes grid.
+    """IQM and pointwise percentile-bootstrap band (``stats.curve_band``) over runs on a shared episodes grid.
 
     c: long rows (run_id, episodes, value) of one metric for one group of runs. Runs with other
     batch sizes see other episode counts: each run is linearly interpolated onto the grid,
@@ -314,7 +311,7 @@ def _xfmt_episodes(ax) -> None:
 def learning_curves(
     runs: pd.DataFrame, curves: pd.DataFrame, factors: Sequence[str], style: Style, metric: str = "eval/gold"
 ) -> Figure | str:
-    """IQM of ``metric`` vs episodes with 95% CI bands: one panel per factor, one line per level."""
+    """IQM of ``metric`` vs episodes with bootstrap bands: one panel per factor, one line per level."""
     c = _metric_curves(curves, metric)
     factors = [f for f in factors if f in c and c[f].nunique() >= 2]
     if c.empty:
@@ -352,7 +349,7 @@ def learning_curves(
 def final_by_factor(
     runs: pd.DataFrame, curves: pd.DataFrame, factors: Sequence[str], style: Style, metric: str = "eval/gold"
 ) -> Figure | str:
-    """Interval plot (IQM + stratified 95% CI over seeds) of the final ``metric`` per factor level."""
+    """Interval plot (IQM + ``stats.interval``, Yuen's trimmed-mean t-interval) of the final ``metric`` per level."""
     r = _finite(runs, metric)
     factors = [f for f in factors if f in r and r[f].nunique() >= 2]
     if r.empty:
@@ -364,8 +361,7 @@ def final_by_factor(
     fig = _figure(style, style.double, nrows * (0.45 + 0.2 * max_levels) + 0.2)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, sharex=True, squeeze=False)).ravel()
     for ax, f in zip(axes, factors, strict=False):
-        # Stratified over the other factors: seeds are resampled within each sweep cell.
-        table = stats.summarise_by(r, f, metric, strata=[a for a in factors if a != f])
+        table = stats.summarise_by(r, f, metric)
         levels = table["level"].tolist()
         colors = [PALETTE[j % len(PALETTE)] for j in range(len(levels))]
         _interval_rows(ax, table, colors, [level_label(v) for v in levels])
@@ -373,7 +369,9 @@ def final_by_factor(
         ax.xaxis.set_major_locator(MaxNLocator(4))
     for ax in axes[len(factors) :]:
         ax.set_visible(False)
-    fig.supxlabel(f"final {metric_label(metric)}: IQM (tick) and 95% CI (bar)", fontsize=style.font)
+    fig.supxlabel(
+        f"final {metric_label(metric)}: IQM (tick) and 95% Yuen interval (bar)", fontsize=style.font
+    )
     return fig
 
 
@@ -451,97 +449,121 @@ def _trajectory(kl: pd.DataFrame, y: pd.DataFrame, run_ids) -> tuple[np.ndarray,
     return xs, ys
 
 
-# ---- figure 4: gradient variance ----------------------------------------------------------------------
+# ---- figure 4: gradient noise ----------------------------------------------------------------------
 
 
-def _variance_group(runs: pd.DataFrame) -> str | None:
-    for col in ("advantage", "advantage.level"):
-        if col in runs and runs[col].notna().any():
-            return col
-    return None
+@dataclass(frozen=True)
+class NoiseStats:
+    """What figure 4 draws, computed by ``reports.effects`` (the figure computes nothing itself).
+
+    points: ``effects.batch_variance_points``; slopes: ``effects.batch_variance_slopes``;
+    scales: ``effects.noise_scale_by``; group: the advantage column (None: all runs).
+    """
+
+    group: str | None
+    points: pd.DataFrame
+    slopes: pd.DataFrame
+    scales: pd.DataFrame
+
+    @classmethod
+    def of(cls, runs: pd.DataFrame, curves: pd.DataFrame) -> NoiseStats:
+        """Per-run probe means (``effects.with_noise``) aggregated per advantage level."""
+        noisy = effects.with_noise(runs, curves)
+        group = stats.advantage_column(noisy, 1)
+        return cls(
+            group,
+            effects.batch_variance_points(noisy, group),
+            effects.batch_variance_slopes(noisy, group),
+            effects.noise_scale_by(noisy, group),
+        )
 
 
 @_skippable
 def gradient_variance(
-    runs: pd.DataFrame, curves: pd.DataFrame, factors: Sequence[str], style: Style
+    runs: pd.DataFrame,
+    curves: pd.DataFrame,
+    factors: Sequence[str],
+    style: Style,
+    noise: NoiseStats | None = None,
 ) -> Figure | str:
-    """(a) grad/rel_variance (log) per advantage level x batch size, IQM + 95% CI; (b) vs final gold."""
-    metric = "grad/rel_variance"
-    r = _finite(runs, metric)
-    r = r[r[metric] > 0] if not r.empty else r
-    if r.empty:
-        return "no grad/rel_variance (the variance probe was off)"
-    group = _variance_group(r)
-    if group is None:
-        return "no advantage level recorded"
-    hue = (
-        "rollout.batch_size" if "rollout.batch_size" in r and r["rollout.batch_size"].nunique() >= 2 else None
-    )
-    groups = _levels(r[group])
-    hues = _levels(r[hue]) if hue else [None]
-    has_gold = not _finite(r, "eval/gold").empty
-    fig = _figure(style, style.double, style.row + 0.55)
-    axes = np.atleast_1d(fig.subplots(1, 2 if has_gold else 1, squeeze=False)).ravel()
-    ax = axes[0]
-    width = 0.7 / len(hues)
-    handles, labels = [], []
-    for j, h in enumerate(hues):
-        color = PALETTE[j % len(PALETTE)]
-        xs, pts, lo, hi = [], [], [], []
-        for i, g in enumerate(groups):
-            sel = r[(r[group] == g) & ((r[hue] == h) if hue else True)]
-            if sel.empty:
-                continue
-            ci = stats.bootstrap_ci(stats.by_cell(sel, metric))
-            xs.append(i + (j - (len(hues) - 1) / 2) * width)
-            pts.append(ci.point)
-            lo.append(ci.low)
-            hi.append(ci.high)
-        if not xs:
-            continue
-        pts_a = np.asarray(pts)
-        yerr = np.vstack([pts_a - np.asarray(lo), np.asarray(hi) - pts_a])
-        if hue:
-            cont = ax.errorbar(
-                xs, pts, yerr=yerr, fmt="o", color=color, capsize=2, elinewidth=0.9, markersize=3.5
+    """(a) batch-gradient variance tr(Σ)/B vs batch size (log-log) per advantage level, IQM + Yuen
+    interval, 1/B reference, fitted slope in the legend; (b) noise scale B_simple per level with its
+    Fieller interval, unresolved levels marked. ``noise`` defaults to ``NoiseStats.of(runs, curves)``.
+    """
+    noise = noise if noise is not None else NoiseStats.of(runs, curves)
+    pts, scales = noise.points, noise.scales
+    has_a = not pts.empty and pts["batch_size"].nunique() >= 2
+    has_b = not scales.empty
+    if not has_a and not has_b:
+        return "no grad/batch_variance or grad/signal histories (the variance probe was off)"
+    n = int(has_a) + int(has_b)
+    fig = _figure(style, style.double if n > 1 else style.single, style.row + 0.75)
+    axes = list(np.atleast_1d(fig.subplots(1, n, squeeze=False)).ravel())
+    levels = list(dict.fromkeys([*pts.get("level", []), *scales.get("level", [])]))
+    color = {lv: PALETTE[i % len(PALETTE)] for i, lv in enumerate(levels)}
+    if has_a:
+        ax = axes.pop(0)
+        slopes = noise.slopes.set_index("level") if not noise.slopes.empty else pd.DataFrame()
+        handles, labels = [], []
+        for lv, g in pts.groupby("level", sort=False):
+            g = g.sort_values("batch_size")
+            y = g["iqm"].to_numpy(float)
+            low = np.maximum(g["ci_low"].to_numpy(float), y * 1e-3)  # a bound <= 0 runs off the log axis
+            yerr = np.vstack([y - low, g["ci_high"].to_numpy(float) - y])
+            h = ax.errorbar(g["batch_size"], y, yerr=yerr, fmt="o-", color=color[lv], capsize=2,
+                            elinewidth=0.9, markersize=3.5)  # fmt: skip
+            fit = slopes.loc[lv] if lv in slopes.index else None
+            slope = (
+                f"slope {stats.fmt_number(fit['slope'], 2)} [{stats.fmt_number(fit['low'], 2)}, "
+                f"{stats.fmt_number(fit['high'], 2)}]"
+                if fit is not None and np.isfinite(fit["slope"])
+                else "slope n/a"
             )
-            handles.append(cont)
-        else:  # no batch-size split: colour by advantage level, as in panel (b)
-            for k, x in enumerate(xs):
-                c = PALETTE[round(x) % len(PALETTE)]
-                ax.errorbar([x], [pts[k]], yerr=yerr[:, k : k + 1], fmt="o", color=c, capsize=2, elinewidth=0.9,
-                            markersize=3.5)  # fmt: skip
-        labels.append(level_label(h) if hue else "all runs")
-    ax.set_yscale("log")
-    _log_axis(ax.yaxis)
-    ax.set_xticks(range(len(groups)), [level_label(g) for g in groups])
-    ax.set_xlim(-0.6, len(groups) - 0.4)
-    ax.set_xlabel(factor_label(group))
-    ax.set_ylabel(_short(metric_label(metric)))
-    ax.grid(axis="x", visible=False)
-    panel_w = style.double / len(axes)
-    if hue:
-        _legend_above(ax, handles, labels, factor_label(hue), panel_w, style)
-    if has_gold:
-        ax = axes[1]
-        rg = _finite(r, "eval/gold")
-        for i, g in enumerate(groups):
-            sel = rg[rg[group] == g]
-            ax.scatter(
-                sel[metric],
-                sel["eval/gold"],
-                s=9,
-                color=PALETTE[i % len(PALETTE)],
-                alpha=0.75,
-                linewidths=0,
-                label=level_label(g),
-            )
+            handles.append(h)
+            labels.append(f"{lv}: {slope}")
+        b = np.asarray(sorted(pts["batch_size"].unique()), dtype=float)
+        pos = pts[pts["iqm"] > 0]
+        c = float(np.exp(np.mean(np.log(pos["iqm"] * pos["batch_size"])))) if len(pos) else 1.0
+        (ref,) = ax.plot(b, c / b, color="0.4", linestyle="--", linewidth=0.9)
+        handles.append(ref)
+        labels.append("1/B (slope -1)")
         ax.set_xscale("log")
+        ax.set_yscale("log")
         _log_axis(ax.xaxis)
-        ax.set_xlabel(metric_label(metric))
-        ax.set_ylabel(_short(f"final {metric_label('eval/gold')}"))
-        h, lab = ax.get_legend_handles_labels()
-        _legend_above(ax, h, lab, factor_label(group), panel_w, style)
+        _log_axis(ax.yaxis)
+        ax.set_xlabel(factor_label("rollout.batch_size") + " B (completions)")
+        ax.set_ylabel(_short(metric_label("grad/batch_variance")))
+        ax.set_title("(a)", loc="left")
+        ax.legend(handles, labels, loc="best", fontsize=style.small - 1)
+    if has_b:
+        ax = axes.pop(0)
+        rows = scales.reset_index(drop=True)
+        y = np.arange(len(rows))[::-1]
+        resolved = rows[rows["resolved"]]
+        for yi, r in zip(y, rows.itertuples(index=False), strict=True):
+            if r.resolved:
+                ax.barh(
+                    yi, r.high - r.low, left=r.low, height=0.6, color=color[r.level], alpha=0.45, linewidth=0
+                )
+                ax.plot([r.point, r.point], [yi - 0.3, yi + 0.3], color=color[r.level], linewidth=1.6)
+        if not resolved.empty:
+            ax.set_xscale("log")
+            _log_axis(ax.xaxis)
+            x0 = float(resolved["low"].min()) / 1.25
+            ax.set_xlim(x0, float(resolved["high"].max()) * 1.25)
+        else:
+            ax.set_xlim(0, 1)
+            ax.set_xticks([])
+            x0 = 0.05
+        for yi, r in zip(y, rows.itertuples(index=False), strict=True):
+            if not r.resolved:
+                ax.text(x0, yi, "unresolved (signal ≤ 0 within its interval)", va="center", ha="left",
+                        fontsize=style.small - 1, color=color[r.level], style="italic")  # fmt: skip
+        ax.set_yticks(y, rows["level"].tolist())
+        ax.set_ylim(-0.6, len(rows) - 0.4)
+        ax.grid(axis="y", visible=False)
+        ax.set_xlabel(metric_label("grad/noise_scale"))
+        ax.set_title("(b)", loc="left")
     return fig
 
 
@@ -563,7 +585,7 @@ def sensitivity_heatmap(
     for key in (rows, cols):
         if key not in r or r[key].nunique() < 2:
             return f"a single {key} level: nothing to map"
-    group = _variance_group(r)
+    group = stats.advantage_column(r, 1)
     panels = _levels(r[group]) if group else [None]
     ylv, xlv = _levels(r[rows]), _levels(r[cols])
     grids = []

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.tracking import DEFAULT_RUNS_DIR, Store
+from reports import effects as E
 from reports import stats
 from reports.collect import ReportError, Sweep, collect
 from reports.findings import findings
@@ -20,6 +21,7 @@ from reports.render import (
     TABLE_METRICS,
     ReportContent,
     captions,
+    effects_display,
     poi_display,
     wide_table,
     write_report,
@@ -27,7 +29,7 @@ from reports.render import (
 )
 
 ARTIFACT_DIR = "report"  # where the report lands among the parent run's artifacts
-ADVANTAGE_KEYS = ("advantage", "advantage.level", "advantage.baseline")
+ADVANTAGE_KEYS = ("advantage", "advantage.level", "advantage.baseline")  # never a PoI stratum
 
 __all__ = ["ReportError", "Source", "build_report", "main"]
 
@@ -63,7 +65,8 @@ def build_report(
     Writes, under ``out_dir`` (default ``reports/out/<sweep name>``):
     ``report.md``, ``report.html``, ``figures/fig*.{pdf,png}`` (figures without data are skipped
     and listed in the report), ``tables/final_by_factor.{csv,md,tex}``,
-    ``tables/poi_advantage.{csv,md,tex}`` (two or more advantage levels) and ``tables/runs.csv``.
+    ``tables/effects.{csv,md,tex}`` (factorial effects over matched cells), ``tables/poi_advantage.{csv,md,tex}``
+    (two or more advantage levels) and ``tables/runs.csv``.
     The same files are logged to the sweep's parent run under ``report/`` (not for plain runs
     without a parent). Raises ``ReportError`` (a ValueError, one line) when the sweep,
     experiment or run is missing or has no finished runs.
@@ -82,19 +85,21 @@ def build_report(
 
     factors = sweep.factors
     table = stats.summarise_factors(sweep.runs, factors, TABLE_METRICS)
-    adv = next((k for k in ADVANTAGE_KEYS if k in sweep.runs and sweep.runs[k].nunique() >= 2), None)
+    effects = E.effects_table(sweep.runs, sweep.curves, factors)
+    adv = stats.advantage_column(sweep.runs)
     poi = (
         stats.poi_table(sweep.runs, adv, "eval/gold", strata=[a for a in factors if a not in ADVANTAGE_KEYS])
         if adv
         else None
     )
     figures = plots.make_figures(sweep.runs, sweep.curves, factors, style_obj, out / "figures")
-    tables = write_tables(table, poi, sweep.runs, out / "tables")
+    tables = write_tables(table, poi, sweep.runs, out / "tables", effects)
     content = ReportContent(
         name=sweep.name,
         source=_source_lines(sweep, style_obj.name),
-        findings=findings(sweep.runs, sweep.curves, factors, table, poi, sweep.excluded),
+        findings=findings(sweep.runs, sweep.curves, factors, table, poi, sweep.excluded, effects),
         table=wide_table(table),
+        effects=effects_display(effects),
         poi=poi_display(poi) if poi is not None else None,
         figures=figures,
         captions=captions([f for f in figures if not f.skipped], sweep.runs, factors),

@@ -1,20 +1,23 @@
-"""Aggregates over seeds, their bootstrap intervals and the probability of improvement.
+"""Aggregates over seeds, their intervals and the probability of improvement.
 
 Pure: numpy, scipy and (for the frame helpers at the end) pandas; no I/O, no MLflow, no plotting.
 
-Follows rliable (Agarwal et al. 2021, "Deep RL at the edge of the statistical precipice"):
-
-- IQM: the interquartile mean, ``scipy.stats.trim_mean(x, 0.25)``: robust to one bad seed,
-  less noisy than the median.
-- Stratified bootstrap: resample seeds *within* each stratum (a task, or one cell of a sweep),
-  never across strata. ``scipy.stats.bootstrap`` with one sample per stratum does exactly that
-  (each sample is resampled independently at its own size); the percentile method, as rliable.
+- IQM: the interquartile mean, ``scipy.stats.trim_mean(x, 0.25)`` (rliable, Agarwal et al.
+  2021): robust to one bad seed, less noisy than the median.
+- ``interval``: the interval every per-level IQM in the report carries: Yuen's (1974)
+  trimmed-mean t-interval (25% trimmed, winsorised variance, h - 1 degrees of freedom).
+  Chosen by measured coverage (tests/unit/reports/test_reports_coverage.py, 20000 draws,
+  nominal 95%): about 93.5-94.5% on normal and lognormal(0, 0.5) samples at n = 5 and 10,
+  where the percentile bootstrap covers 74% at n = 3, 89-90% at n = 5, 93% at n = 10.
+- ``mean_interval``: Student's t-interval of a mean (Yuen's with no trimming), for matched
+  differences (``reports.effects``).
+- ``bootstrap_ci`` / ``curve_band``: the stratified percentile bootstrap, kept only where no
+  better interval exists (pointwise learning-curve bands); its coverage is low at small n.
 - Probability of improvement P(X > Y): the Mann-Whitney U statistic over (n * m), averaged
   over strata.
 
-A fixed bootstrap seed makes every report reproducible. Small samples never crash: n = 0
-gives NaN with a note, n = 1 a degenerate interval (low = high = the value) with a note,
-n = 2 an interval flagged as crude.
+Small samples never crash: n = 0 gives NaN with a note, n = 1 a degenerate interval
+(low = high = the value) with a note.
 """
 
 from __future__ import annotations
@@ -30,6 +33,14 @@ from scipy import stats as st
 CONFIDENCE = 0.95
 N_RESAMPLES = 2000  # rliable uses 2000 (figures) to 50000 (papers); 2000 is stable to ~2 decimals
 SEED = 0  # the fixed bootstrap seed: same runs -> same report
+TRIM = 0.25  # the IQM's trimming: 25% from each end
+# What ``interval`` is, for captions and method notes: the coverage is the one the simulation
+# test measures (and asserts to be at least 93%).
+INTERVAL_NAME = "Yuen trimmed-mean t-interval"
+INTERVAL_DESCRIPTION = (
+    "Yuen's trimmed-mean t-interval (25% trimmed, winsorised variance, h - 1 df; nominal 95%, "
+    "measured coverage 93.5-94.5% on normal and lognormal samples at n = 5 and 10)"
+)
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,105 @@ def summary(x) -> dict[str, float]:
 
 
 # ---- intervals ----------------------------------------------------------------------------------
+
+
+def trimmed_interval(samples, trim: float = TRIM, confidence: float = CONFIDENCE) -> Interval:
+    """Trimmed mean of the finite ``samples`` with Yuen's (1974) t-interval.
+
+    With n values, g = int(trim * n) trimmed from each end (scipy's ``trim_mean`` rounding) and
+    h = n - 2g kept: the winsorised sample (the g lowest set to the (g+1)-th value, the g highest
+    to the (n-g)-th) has variance s_w^2 (ddof=1); the standard error of the trimmed mean is
+    sqrt((n - 1) s_w^2 / (h (h - 1))) (the form scipy's Yuen test uses), and the interval is
+    point +- t_{h-1, (1+confidence)/2} * se. ``trim=0`` is Student's t-interval of the mean.
+    Degenerate (low = high = point, with a note) for n = 1, equal values or zero winsorised
+    variance; NaN for no data.
+    """
+    a = np.sort(_clean(samples))
+    n = int(a.size)
+    nan = float("nan")
+    if n == 0:
+        return Interval(nan, nan, nan, 0, "no data")
+    g = int(trim * n)
+    h = n - 2 * g
+    point = float(a[g : n - g].mean())
+    if n == 1:
+        return Interval(point, point, point, 1, "n=1: no interval")
+    if h < 2:  # trim >= 0.5 leaves fewer than two values: no variance estimate
+        return Interval(point, point, point, n, f"n={n}: too few values after trimming")
+    w = np.clip(a, a[g], a[n - g - 1])  # winsorised
+    var_w = float(w.var(ddof=1))
+    if var_w == 0:
+        note = f"n={n}: all values equal" if a[0] == a[-1] else f"n={n}: winsorised variance is 0"
+        return Interval(point, point, point, n, note)
+    se = np.sqrt((n - 1) * var_w / (h * (h - 1)))
+    half = float(st.t.ppf(0.5 + confidence / 2, h - 1) * se)
+    note = f"n={n}: {h - 1} df, wide interval" if h - 1 < 2 else ""
+    return Interval(point, point - half, point + half, n, note)
+
+
+def interval(samples, confidence: float = CONFIDENCE) -> Interval:
+    """The report's interval for an IQM: 25% trimmed mean with Yuen's t-interval (``trimmed_interval``).
+
+    Returns an ``Interval`` (point = the IQM, as ``iqm``; low, high; n; note). Its coverage of
+    the population's 25% trimmed mean is measured by a simulation test (normal and lognormal
+    samples, n = 5 and 10: at least 93% for nominal 95%).
+    """
+    return trimmed_interval(samples, TRIM, confidence)
+
+
+def mean_interval(samples, confidence: float = CONFIDENCE) -> Interval:
+    """Mean of the finite ``samples`` with Student's t-interval (n - 1 df): ``trimmed_interval`` untrimmed."""
+    return trimmed_interval(samples, 0.0, confidence)
+
+
+def slope_interval(x, y, confidence: float = CONFIDENCE) -> Interval:
+    """Least-squares slope of y on x with its t-interval (n - 2 df; exact for normal residuals).
+
+    Pairs with a non-finite x or y are dropped. NaN with a note for fewer than 3 pairs or fewer
+    than 2 distinct x; degenerate for a perfect fit.
+    """
+    xa, ya = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
+    ok = np.isfinite(xa) & np.isfinite(ya)
+    xa, ya = xa[ok], ya[ok]
+    n = int(xa.size)
+    nan = float("nan")
+    if n < 3 or np.unique(xa).size < 2:
+        return Interval(nan, nan, nan, n, "needs 3 points at 2 or more x values for a slope interval")
+    fit = st.linregress(xa, ya)
+    half = float(st.t.ppf(0.5 + confidence / 2, n - 2) * fit.stderr)
+    return Interval(float(fit.slope), float(fit.slope) - half, float(fit.slope) + half, n)
+
+
+def ratio_interval(x, y, confidence: float = CONFIDENCE) -> tuple[Interval, bool]:
+    """mean(x) / mean(y) over paired observations with Fieller's interval; (interval, resolved).
+
+    x, y: 1-D, one pair per unit (e.g. a run's mean sample variance and mean signal); pairs
+    with a non-finite member are dropped. Fieller's theorem (exact for bivariate normal
+    means): the set of r with (xbar - r ybar)^2 <= t^2 (v_xx - 2 r v_xy + r^2 v_yy), v the
+    covariance of the means, t at n - 1 df. It is a bounded interval exactly when ybar^2 >
+    t^2 v_yy, i.e. when the t-interval of mean(y) excludes 0: only then is the ratio
+    ``resolved``; otherwise the interval is (NaN, NaN) and the point is NaN too (no ratio is
+    quoted when the denominator is not resolved from 0).
+    """
+    xa, ya = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
+    ok = np.isfinite(xa) & np.isfinite(ya)
+    xa, ya = xa[ok], ya[ok]
+    n = int(xa.size)
+    nan = float("nan")
+    if n < 2:
+        return Interval(nan, nan, nan, n, "fewer than 2 runs: no interval"), False
+    mx, my = float(xa.mean()), float(ya.mean())
+    c = np.cov(xa, ya, ddof=1) / n  # covariance of the two means
+    vxx, vyy, vxy = float(c[0, 0]), float(c[1, 1]), float(c[0, 1])
+    t2 = float(st.t.ppf(0.5 + confidence / 2, n - 1)) ** 2
+    a = my * my - t2 * vyy
+    if a <= 0 or my <= 0:
+        return Interval(nan, nan, nan, n, "denominator not resolved from 0"), False
+    b = -2 * (mx * my - t2 * vxy)
+    cc = mx * mx - t2 * vxx
+    disc = max(b * b - 4 * a * cc, 0.0)
+    lo, hi = (-b - np.sqrt(disc)) / (2 * a), (-b + np.sqrt(disc)) / (2 * a)
+    return Interval(mx / my, float(lo), float(hi), n), True
 
 
 def _vectorised(statistic: Callable) -> Callable:
@@ -194,64 +304,6 @@ def curve_band(
     return point, low, high
 
 
-def ratio_ci(
-    x,
-    y,
-    statistic: Callable = iqm,
-    confidence: float = CONFIDENCE,
-    n_resamples: int = N_RESAMPLES,
-    seed: int = SEED,
-) -> Interval:
-    """statistic(x) / statistic(y) with an unpaired bootstrap CI; NaN if statistic(y) is 0.
-
-    x, y: 1-D arrays, or sequences of 1-D arrays (strata, as in ``bootstrap_ci``): each stratum
-    of each side is resampled on its own; with a stratum of one value both sides are pooled.
-    """
-    xs, ys = _as_strata(x), _as_strata(y)
-    a = np.concatenate(xs) if xs else np.empty(0)
-    b = np.concatenate(ys) if ys else np.empty(0)
-    nan = float("nan")
-    if not a.size or not b.size:
-        return Interval(nan, nan, nan, 0, "no data")
-    den = float(statistic(b, axis=-1))
-    if den == 0:
-        return Interval(nan, nan, nan, min(a.size, b.size), "denominator is 0")
-    point = float(statistic(a, axis=-1)) / den
-    n = min(a.size, b.size)
-    if n < 2 or (np.all(a == a[0]) and np.all(b == b[0])):
-        return Interval(
-            point, point, point, n, f"n={n}: no interval" if n < 2 else f"n={n}: all values equal"
-        )
-    xs, ys = [s for s in xs if s.size], [s for s in ys if s.size]
-    note = ""
-    if min(s.size for s in [*xs, *ys]) < 2:
-        xs, ys, note = [a], [b], "pooled bootstrap (a stratum has one seed)"
-    k = len(xs)
-
-    def stat(*samples, axis=-1):
-        num = statistic(np.concatenate(samples[:k], axis=axis), axis=axis)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return num / statistic(np.concatenate(samples[k:], axis=axis), axis=axis)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = st.bootstrap(
-            (*xs, *ys),
-            stat,
-            n_resamples=n_resamples,
-            confidence_level=confidence,
-            method="percentile",
-            vectorized=True,
-            rng=np.random.default_rng(seed),
-        )
-    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    if not (np.isfinite(low) and np.isfinite(high)):
-        return Interval(point, point, point, n, "resampled denominator hit 0: no interval")
-    if n == 2:
-        note = _join(note, "n=2: crude interval")
-    return Interval(point, min(low, point), max(high, point), n, note)
-
-
 # ---- probability of improvement --------------------------------------------------------------
 
 
@@ -287,14 +339,13 @@ def summarise_by(
     frame: pd.DataFrame,
     factor: str,
     value: str,
-    strata: Sequence[str] = (),
-    **ci_kwargs,
+    confidence: float = CONFIDENCE,
 ) -> pd.DataFrame:
     """One row per level of ``factor``: n, iqm, ci_low, ci_high, mean, median, std, note.
 
-    Rows with a non-finite ``value`` are dropped. ``strata`` are columns whose combinations are
-    bootstrap strata within a level (e.g. the other swept axes: seeds are resampled within
-    each cell); empty = one stratum. Levels keep their sorted order.
+    The interval is ``interval`` (Yuen's trimmed-mean t-interval) over all runs of the level,
+    pooled over the other factors' cells (their spread counts as run-to-run spread). Rows with
+    a non-finite ``value`` are dropped. Levels keep their sorted order.
     """
     cols = ["level", "n", "iqm", "ci_low", "ci_high", "mean", "median", "std", "note"]
     if factor not in frame or value not in frame:
@@ -302,12 +353,7 @@ def summarise_by(
     df = frame[np.isfinite(pd.to_numeric(frame[value], errors="coerce"))]
     rows = []
     for level, g in df.groupby(factor, sort=True, dropna=False):
-        strata_cols = [c for c in strata if c in g and c != factor]
-        if strata_cols:
-            samples = [s[value].to_numpy(float) for _, s in g.groupby(strata_cols, dropna=False)]
-        else:
-            samples = g[value].to_numpy(float)
-        ci = bootstrap_ci(samples, **ci_kwargs)
+        ci = interval(g[value].to_numpy(float), confidence)
         s = summary(g[value])
         rows.append([level, s["n"], ci.point, ci.low, ci.high, s["mean"], s["median"], s["std"], ci.note])
     return pd.DataFrame(rows, columns=cols)
@@ -331,20 +377,19 @@ def summarise_factors(
     frame: pd.DataFrame,
     factors: Sequence[str],
     metrics: Sequence[str],
-    **ci_kwargs,
+    confidence: float = CONFIDENCE,
 ) -> pd.DataFrame:
     """Long table: one row per (factor, level, metric) with n, iqm, ci_low, ci_high, mean, median, std, note.
 
-    Each factor's levels are stratified over the other factors (seeds resampled within a cell).
-    Metrics absent from ``frame`` or without a finite value are left out.
+    Intervals from ``summarise_by`` (``interval``). Metrics absent from ``frame`` or without a
+    finite value are left out.
     """
     parts = []
     for f in factors:
-        strata = [a for a in factors if a != f]
         for m in metrics:
             if m not in frame or not np.isfinite(pd.to_numeric(frame[m], errors="coerce")).any():
                 continue
-            t = summarise_by(frame, f, m, strata=strata, **ci_kwargs)
+            t = summarise_by(frame, f, m, confidence)
             t.insert(0, "metric", m)
             t.insert(0, "factor", f)
             parts.append(t)
@@ -365,7 +410,7 @@ def poi_table(frame: pd.DataFrame, factor: str, value: str, strata: Sequence[str
     if factor not in frame or value not in frame:
         return pd.DataFrame(columns=cols)
     df = frame[np.isfinite(pd.to_numeric(frame[value], errors="coerce"))]
-    levels = sorted(df[factor].dropna().unique().tolist(), key=_sort_key)
+    levels = sorted_levels(df[factor])
     strata = [c for c in strata if c in df and c != factor]
     groups = [g for _, g in df.groupby(strata, dropna=False)] if strata else [df]
     rows = []
@@ -394,15 +439,35 @@ def poi_matrix(table: pd.DataFrame) -> pd.DataFrame:
     return m
 
 
+def level_label(v) -> str:
+    """How a factor level is written everywhere (tables, figures, findings): 0.1 -> '0.1', 16.0 -> '16'."""
+    if isinstance(v, float | np.floating):
+        return f"{float(v):g}"
+    return str(v)
+
+
+def sorted_levels(values) -> list:
+    """The distinct non-missing levels of ``values``: numbers ascending, then text in order."""
+    return sorted(pd.Series(values).dropna().unique().tolist(), key=_sort_key)
+
+
+ADVANTAGE_COLUMNS = ("advantage", "advantage.level")
+
+
+def advantage_column(frame: pd.DataFrame, min_levels: int = 2) -> str | None:
+    """The column that names a run's advantage estimator, with at least ``min_levels`` levels.
+
+    ``advantage`` ("token" or "sequence/<baseline>", built by ``reports.collect``: level and
+    baseline as one factor) when present, else ``advantage.level``; None when neither varies.
+    """
+    for col in ADVANTAGE_COLUMNS:
+        if col in frame and frame[col].nunique(dropna=True) >= min_levels:
+            return col
+    return None
+
+
 def _sort_key(v):
     return (0, float(v), "") if isinstance(v, int | float | np.number) else (1, 0.0, str(v))
-
-
-def by_cell(frame: pd.DataFrame, value: str, cell: str = "cell") -> list[np.ndarray]:
-    """Values of ``value`` split by sweep cell: the strata of ``bootstrap_ci`` (seeds resampled within cells)."""
-    if cell not in frame:
-        return [frame[value].to_numpy(float)]
-    return [g[value].to_numpy(float) for _, g in frame.groupby(cell)]
 
 
 def matched(frame: pd.DataFrame, factor: str, levels: Sequence, cell: str = "cell") -> pd.DataFrame:

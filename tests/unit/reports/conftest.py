@@ -17,7 +17,9 @@ import pytest
 
 AXES = ["ppo.clip_eps", "kl.coef", "rollout.batch_size", "advantage.level"]
 EVAL_KEYS = ("eval/gold", "eval/proxy", "eval/kl", "response/length")
-GRAD_KEYS = ("grad/variance", "grad/rel_variance", "grad/snr", "grad/cosine", "grad/norm")
+GRAD_KEYS = ("grad/variance", "grad/signal", "grad/rel_variance", "grad/noise_scale", "grad/sample_variance",
+             "grad/batch_variance", "grad/cosine", "grad/mean_norm")  # fmt: skip
+MICROBATCHES = 4  # probe.microbatches of the fake runs
 
 
 @dataclass
@@ -41,7 +43,12 @@ def fake_sweep(
     failed: int = 1,
     seed: int = 0,
 ) -> list[FakeRun]:
-    """Runs of a grid sweep; token level has ~3x the relative gradient variance of sequence level."""
+    """Runs of a grid sweep, logging every key of the gradient-noise probe (harness/ppo/variance.py).
+
+    Per-completion gradient variance tr(Sigma) is ~3x larger at token level than at sequence
+    level and independent of the batch size B, so tr(Sigma)/B falls as 1/B; the signal |G|^2 is
+    clearly positive at sequence level and noise around 0 at token level (unresolved there).
+    """
     rng = np.random.default_rng(seed)
     runs = []
     cells = list(itertools.product(clip, kl, batch, levels))
@@ -68,10 +75,12 @@ def fake_sweep(
                 "ppo.epochs": 4,
                 "eval.every": eval_every,
                 "probe.every": probe_every,
+                "probe.microbatches": MICROBATCHES,
+                "train.iterations": iterations,
             }
             run = FakeRun(tags, params)
             noise = rng.normal(0, 0.03)
-            var_base = (3.0 if level == "token" else 1.0) * 32 / bs * np.exp(rng.normal(0, 0.2))
+            sigma_base = (3.0 if level == "token" else 1.0) * 40.0 * np.exp(rng.normal(0, 0.2))
             for t in range(iterations + 1):
                 ep = t * bs
                 klv = (0.05 / (coef + 0.02)) * t / iterations * (1.3 if eps > 0.15 else 1.0)
@@ -97,16 +106,7 @@ def fake_sweep(
                     m["eval/proxy"] = 0.5 + 1.2 * np.sqrt(klv) + 0.02 * rng.normal()
                     m["response/length"] = 20 + t + rng.normal()
                 if probe_every and t % probe_every == 0:
-                    rv = var_base * np.exp(rng.normal(0, 0.1))
-                    m.update(
-                        {
-                            "grad/variance": rv * 0.5,
-                            "grad/rel_variance": rv,
-                            "grad/snr": 1 / np.sqrt(rv),
-                            "grad/cosine": 0.3,
-                            "grad/norm": 0.7,
-                        }
-                    )
+                    m.update(probe_metrics(sigma_base * np.exp(rng.normal(0, 0.1)), bs, level, rng))
                 run.history[t] = m
             runs.append(run)
     for i in range(failed):
@@ -115,6 +115,24 @@ def fake_sweep(
         )
         runs.append(bad)
     return runs
+
+
+def probe_metrics(sample_variance: float, batch: int, level: str, rng) -> dict[str, float]:
+    """One probe's keys, consistent with each other: tr(Sigma) given, b = B / K, the rest derived."""
+    b = batch / MICROBATCHES
+    signal = rng.normal(2.0, 0.3) if level == "sequence" else rng.normal(0.0, 0.5)
+    var_mb = sample_variance / b  # tr(Cov_mb)
+    nan = float("nan")
+    return {
+        "grad/variance": var_mb,
+        "grad/signal": signal,
+        "grad/rel_variance": var_mb / signal if signal > 0 else nan,
+        "grad/noise_scale": b * var_mb / signal if signal > 0 else nan,
+        "grad/sample_variance": sample_variance,
+        "grad/batch_variance": sample_variance / batch,
+        "grad/cosine": 0.1,
+        "grad/mean_norm": float(np.sqrt(max(signal + var_mb / MICROBATCHES, 0.0))),
+    }
 
 
 def write_sweep(store, name: str, runs: list[FakeRun], axes=AXES) -> str:

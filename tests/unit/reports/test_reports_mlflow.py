@@ -125,7 +125,8 @@ def test_parse_value():
 def test_every_output_file_exists(built):
     for rel in ("report.md", "report.html", "tables/final_by_factor.csv", "tables/final_by_factor.md",
                 "tables/final_by_factor.tex", "tables/poi_advantage.csv", "tables/poi_advantage.md",
-                "tables/poi_advantage.tex", "tables/runs.csv"):  # fmt: skip
+                "tables/poi_advantage.tex", "tables/runs.csv", "tables/effects.csv", "tables/effects.md",
+                "tables/effects.tex"):  # fmt: skip
         assert (built / rel).is_file(), rel
     drawn = ["fig1_learning_curves", "fig2_final_reward", "fig3_reward_kl_frontier",
              "fig4_gradient_variance", "fig7_training_health"]  # fmt: skip
@@ -145,7 +146,7 @@ def test_table_numbers_equal_those_recomputed_from_search_runs(store, built):
     table = pd.read_csv(built / "tables" / "final_by_factor.csv")
     children = _children(store)
     assert set(table["factor"]) == {"kl.coef", "advantage.level"}
-    assert set(table["metric"]) == {"eval/gold", "eval/kl", "grad/rel_variance", "perf/tokens_per_s"}
+    assert set(table["metric"]) == {"eval/gold", "eval/kl", "perf/tokens_per_s"}
     for row in table.itertuples(index=False):
         level = children[f"tags.axis.{row.factor}"].map(parse_value)
         values = children.loc[level == parse_value(str(row.level)), f"metrics.{row.metric}"].astype(float)
@@ -197,13 +198,22 @@ def test_zipped_advantage_level_and_baseline_are_one_factor():
 
     zipped = [("token", "rloo"), ("sequence", "none"), ("sequence", "rloo"), ("sequence", "group_norm")]
     runs = pd.DataFrame(
-        [{"advantage.level": lvl, "advantage.baseline": b, "kl.coef": c, "seed": s}
-         for lvl, b in zipped for c in (0.0, 0.1) for s in (0, 1)]
+        [
+            {"advantage.level": lvl, "advantage.baseline": b, "kl.coef": c, "seed": s}
+            for lvl, b in zipped
+            for c in (0.0, 0.1)
+            for s in (0, 1)
+        ]
     )
     runs["advantage"] = _advantage_label(runs)
     sweep = Sweep("baselines", None, ["kl.coef", "advantage.level", "advantage.baseline"], runs)
     assert sweep.factors == ["kl.coef", "advantage"]
-    assert sorted(runs["advantage"].unique()) == ["sequence/group_norm", "sequence/none", "sequence/rloo", "token"]
+    assert sorted(runs["advantage"].unique()) == [
+        "sequence/group_norm",
+        "sequence/none",
+        "sequence/rloo",
+        "token",
+    ]
 
     one_baseline = runs[runs["advantage.baseline"] == "rloo"].copy()
     sweep = Sweep("levels", None, ["advantage.level", "advantage.baseline", "kl.coef"], one_baseline)

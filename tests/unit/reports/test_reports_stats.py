@@ -135,11 +135,58 @@ def test_curve_band_is_pointwise_iqm_with_a_band():
     np.testing.assert_array_equal(p1, h1)
 
 
-def test_ratio_ci_by_hand():
-    r = stats.ratio_ci([2, 4, 6, 8], [1, 2, 3, 4])  # IQMs: mean(4, 6) = 5 and mean(2, 3) = 2.5
-    assert r.point == pytest.approx(2.0)
-    assert r.low <= 2.0 <= r.high
-    assert math.isnan(stats.ratio_ci([1, 2], [0, 0]).point)
+def test_yuen_interval_by_hand():
+    # [1, 2, 3, 4, 100]: g = 1, h = 3; trimmed mean 3; winsorised [2, 2, 3, 4, 4], var = 4 / 4 = 1;
+    # se = sqrt((n - 1) var / (h (h - 1))) = sqrt(4 / 6); t(2 df, 0.975) = 4.302653
+    iv = stats.interval([100, 1, 2, 3, 4])
+    half = 4.302652730 * math.sqrt(4 / 6)
+    assert iv.point == 3.0 and iv.n == 5
+    assert iv.low == pytest.approx(3 - half) and iv.high == pytest.approx(3 + half)
+
+
+def test_mean_interval_is_students_t():
+    from scipy import stats as st
+
+    x = np.array([0.3, 0.1, 0.7, 0.4, 0.9, 0.2])
+    lo, hi = st.t.interval(0.95, x.size - 1, loc=x.mean(), scale=st.sem(x))
+    iv = stats.mean_interval(x)
+    assert iv.point == pytest.approx(x.mean()) and (iv.low, iv.high) == pytest.approx((lo, hi))
+
+
+def test_interval_small_and_degenerate_samples():
+    assert math.isnan(stats.interval([]).point)
+    one = stats.interval([2.0])
+    assert one.degenerate and "n=1" in one.note
+    assert stats.interval([4.0, 4.0, 4.0]).degenerate
+    flat = stats.interval([1.0, 5.0, 5.0, 5.0, 9.0])  # winsorised to five 5s: no spread left
+    assert flat.degenerate and "winsorised variance is 0" in flat.note
+
+
+def test_slope_interval_by_hand():
+    fit = stats.slope_interval([0, 1, 2, 3], [1, 3, 5, 7.5])
+    from scipy import stats as st
+
+    ref = st.linregress([0, 1, 2, 3], [1, 3, 5, 7.5])
+    half = st.t.ppf(0.975, 2) * ref.stderr
+    assert fit.point == pytest.approx(ref.slope) and fit.high == pytest.approx(ref.slope + half)
+    assert math.isnan(stats.slope_interval([1, 1, 1], [1, 2, 3]).point)
+
+
+def test_ratio_interval_resolved_and_not():
+    iv, ok = stats.ratio_interval([4.0, 4.6, 3.5, 4.1], [1.0, 1.1, 0.9, 1.05])
+    assert ok and iv.point == pytest.approx(16.2 / 4.05) and iv.low < iv.point < iv.high
+    # a denominator whose mean is not resolved from 0: no ratio is quoted
+    iv, ok = stats.ratio_interval([4.0, 4.4, 3.6, 4.2], [0.5, -0.4, 0.3, -0.2])
+    assert not ok and math.isnan(iv.point) and math.isnan(iv.low)
+
+
+def test_level_label_and_sorted_levels():
+    assert (
+        stats.level_label(0.1) == "0.1"
+        and stats.level_label(16.0) == "16"
+        and stats.level_label("tok") == "tok"
+    )
+    assert stats.sorted_levels(pd.Series([0.2, 0.1, None, 0.2])) == [0.1, 0.2]
 
 
 def test_interval_format_and_overlap():
@@ -195,10 +242,15 @@ def test_summarise_by_levels_by_hand():
     assert (t["ci_low"] <= t["iqm"]).all() and (t["iqm"] <= t["ci_high"]).all()
 
 
-def test_summarise_by_stratified_over_cells():
-    t = stats.summarise_by(_frame(), "lr", "gold", strata=["cell"])
-    assert t.loc[0, "iqm"] == 2.5
-    assert "pooled" in t.loc[1, "note"]  # level 0.2 has one run in cell b
+def test_summarise_by_uses_the_yuen_interval_by_hand():
+    t = stats.summarise_by(_frame(), "lr", "gold")
+    # level 0.1: [1, 2, 3, 4]: g = 1, h = 2, winsorised [2, 2, 3, 3] (var 1/3),
+    # se = sqrt(3 * (1/3) / (2 * 1)) = sqrt(1/2), t(1 df, 0.975) = 12.706
+    half = 12.706204736 * math.sqrt(0.5)
+    assert t.loc[0, "ci_low"] == pytest.approx(2.5 - half) and t.loc[0, "ci_high"] == pytest.approx(
+        2.5 + half
+    )
+    assert "1 df" in t.loc[0, "note"]
 
 
 def test_summarise_factors_long_table():
@@ -235,11 +287,3 @@ def test_matched_keeps_settings_run_by_every_level():
     m = stats.matched(df, "impl", ["custom", "trl"])
     assert m.index.tolist() == [0, 1]
     assert stats.matched(df[df["impl"] == "custom"], "impl", ["custom", "trl"]).empty
-
-
-def test_stratified_ratio_ci():
-    x = [np.array([4.0, 4.4, 3.6]), np.array([8.0, 8.8, 7.2])]
-    y = [np.array([1.0, 1.1, 0.9]), np.array([2.0, 2.2, 1.8])]
-    r = stats.ratio_ci(x, y, statistic=np.mean)
-    assert r.point == pytest.approx(4.0) and r.low < 4.0 < r.high and r.note == ""
-    assert "pooled" in stats.ratio_ci([[1.0, 2.0], [3.0]], [1.0, 2.0, 3.0]).note

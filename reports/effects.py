@@ -1,0 +1,392 @@
+"""Factorial effects over matched cells, matched sample budgets, and gradient noise per run and level.
+
+Pure: numpy, pandas and ``reports.stats``; no I/O, no plotting. Frames are those of
+``reports.collect`` (``runs``: one row per run; ``curves``: long histories).
+
+- Main effect of a factor, level a -> b: the mean over MATCHED cells (cells equal in every
+  other factor, both levels present) of (cell mean at b - cell mean at a), cell mean = mean
+  over seeds; Student's t-interval over those n matched differences. Factors with more than
+  two levels: each level against the first (sorted) one.
+- Two-way interaction A x B (contrasts a0 -> a1, b0 -> b1): per matched quadruple (the four
+  cells equal in every other factor), half the difference of A's effect at B's two levels,
+  ((y11 - y01) - (y10 - y00)) / 2: the standard 2-level factorial AB contrast (Box, Hunter and
+  Hunter); t-interval over the quadruples.
+- Matched budgets: a factor whose levels see different numbers of episodes in otherwise equal
+  cells (read from the runs' ``episodes``, not the factor's name) is compared at the last
+  episode count every run reached, each run's curve linearly interpolated there.
+- Gradient noise per run (``harness/ppo/variance.py`` keys): means over all of a run's
+  probes; the run's noise scale B_simple = mean tr(Sigma) / mean signal (a ratio of means, as
+  McCandlish et al. 2018 recommend), NaN ("unresolved") when the mean signal is <= 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+
+from reports import stats
+from reports.stats import Interval, level_label, sorted_levels
+
+MIN_SEEDS = 5  # a finding calls a per-level difference only with at least this many runs per level
+MIN_CELLS = 4  # ... and a main effect or interaction only over at least this many matched cells
+TOP_INTERACTIONS = 3  # interactions are estimated among the factors with the largest |main effect|
+
+EFFECT_COLUMNS = ["metric", "term", "effect", "factor", "level_a", "level_b", "estimate", "low", "high",
+                  "n_matched", "at", "note"]  # fmt: skip
+# Per-run means over probes (columns added to ``runs`` by ``with_noise``).
+SIGNAL, SAMPLE_VAR, BATCH_VAR, NOISE_SCALE, N_PROBES = (
+    "noise/signal",
+    "noise/sample_variance",
+    "noise/batch_variance",
+    "noise/noise_scale",
+    "noise/n_probes",
+)
+PROBE_KEYS = {"grad/signal": SIGNAL, "grad/sample_variance": SAMPLE_VAR, "grad/batch_variance": BATCH_VAR}
+BATCH = "rollout.batch_size"
+
+
+# ---- matched cells -------------------------------------------------------------------------------
+
+
+def _finite(frame: pd.DataFrame, col: str) -> pd.DataFrame:
+    if col not in frame:
+        return frame.iloc[0:0]
+    return frame[np.isfinite(pd.to_numeric(frame[col], errors="coerce"))]
+
+
+def _key(frame: pd.DataFrame, cols: Sequence[str]) -> pd.Series:
+    """One text key per row naming its levels of ``cols`` ('' when there are none)."""
+    if not cols or frame.empty:
+        return pd.Series("", index=frame.index, dtype=object)
+    return pd.Series(
+        ["|".join(level_label(v) for v in row) for row in frame[list(cols)].itertuples(index=False)],
+        index=frame.index,
+        dtype=object,
+    )
+
+
+def _others(runs: pd.DataFrame, factors: Sequence[str], *exclude: str) -> list[str]:
+    return [f for f in factors if f not in exclude and f in runs]
+
+
+def matched_differences(
+    runs: pd.DataFrame, factor: str, a, b, value: str, factors: Sequence[str]
+) -> pd.Series:
+    """Per matched cell: mean of ``value`` at ``factor`` = b minus its mean at ``factor`` = a.
+
+    A matched cell is a combination of the other ``factors``' levels at which both levels ran;
+    the mean is over the seeds of each cell. Index: the cell's text key.
+    """
+    df = _finite(runs, value)
+    if factor not in df or df.empty:
+        return pd.Series(dtype=float)
+    others = _others(df, factors, factor)
+    means = df.groupby([_key(df, others), df[factor].map(level_label)])[value].mean().unstack()
+    la, lb = level_label(a), level_label(b)
+    if la not in means or lb not in means:
+        return pd.Series(dtype=float)
+    return (means[lb] - means[la]).dropna()
+
+
+def interaction_differences(
+    runs: pd.DataFrame, fa: str, a: tuple, fb: str, b: tuple, value: str, factors: Sequence[str]
+) -> pd.Series:
+    """Per matched quadruple: ((y(a1,b1) - y(a0,b1)) - (y(a1,b0) - y(a0,b0))) / 2, cell means of ``value``.
+
+    a = (a0, a1) levels of ``fa``, b = (b0, b1) levels of ``fb``; a quadruple is the four cells
+    at one combination of the other factors' levels. Index: that combination's text key.
+    """
+    df = _finite(runs, value)
+    if fa not in df or fb not in df or df.empty:
+        return pd.Series(dtype=float)
+    others = _others(df, factors, fa, fb)
+    combo = df[fa].map(level_label) + "\x00" + df[fb].map(level_label)
+    means = df.groupby([_key(df, others), combo])[value].mean().unstack()
+    cols = {(i, j): f"{level_label(a[i])}\x00{level_label(b[j])}" for i in (0, 1) for j in (0, 1)}
+    if any(c not in means for c in cols.values()):
+        return pd.Series(dtype=float)
+    m = {k: means[c] for k, c in cols.items()}
+    return (((m[1, 1] - m[0, 1]) - (m[1, 0] - m[0, 0])) / 2).dropna()
+
+
+# ---- matched sample budgets ----------------------------------------------------------------------
+
+
+def budget_differs(runs: pd.DataFrame, factor: str, factors: Sequence[str]) -> bool:
+    """Whether ``factor``'s levels see different numbers of episodes (completions) in otherwise equal cells.
+
+    Read from the runs' final ``episodes``; with no matched cell, from the levels' medians.
+    """
+    df = _finite(runs, "episodes")
+    if factor not in df or df[factor].nunique() < 2:
+        return False
+    levels = sorted_levels(df[factor])
+    scale = max(float(df["episodes"].abs().max()), 1.0)
+    diffs = [matched_differences(df, factor, levels[0], b, "episodes", factors) for b in levels[1:]]
+    if all(d.empty for d in diffs):
+        med = df.groupby(df[factor].map(level_label))["episodes"].median()
+        return bool(med.max() - med.min() > 1e-9 * scale)
+    return any(bool((d.abs() > 1e-9 * scale).any()) for d in diffs)
+
+
+def at_episodes(curves: pd.DataFrame, metric: str, episodes: float) -> pd.Series:
+    """Each run's ``metric`` curve linearly interpolated at ``episodes``; NaN where it does not reach it.
+
+    Returns a Series indexed by run_id.
+    """
+    c = curves[(curves["metric"] == metric) & np.isfinite(curves["value"]) & np.isfinite(curves["episodes"])]
+    out = {}
+    for rid, g in c.groupby("run_id"):
+        g = g.sort_values("episodes")
+        x, y = g["episodes"].to_numpy(float), g["value"].to_numpy(float)
+        out[rid] = float(np.interp(episodes, x, y)) if x[0] <= episodes <= x[-1] else float("nan")
+    return pd.Series(out, dtype=float)
+
+
+def matched_episodes(curves: pd.DataFrame, metric: str, run_ids: Sequence | None = None) -> float:
+    """The last episode count every run (of ``run_ids``, default all) reached on its ``metric`` curve; NaN if none."""
+    if curves is None or curves.empty or "metric" not in curves:
+        return float("nan")
+    c = curves[(curves["metric"] == metric) & np.isfinite(curves["value"]) & np.isfinite(curves["episodes"])]
+    if run_ids is not None:
+        c = c[c["run_id"].isin(set(run_ids))]
+    if c.empty:
+        return float("nan")
+    return float(c.groupby("run_id")["episodes"].max().min())
+
+
+def at_matched_budget(runs: pd.DataFrame, curves: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, float]:
+    """(runs with ``metric`` replaced by its value at the matched episode count, that count).
+
+    The count is ``matched_episodes`` over the runs; runs without a curve get NaN. (runs
+    unchanged, NaN) when there is no curve of ``metric``.
+    """
+    e = matched_episodes(curves, metric, runs["run_id"] if "run_id" in runs else None)
+    if not np.isfinite(e):
+        return runs, e
+    out = runs.copy()
+    out[metric] = out["run_id"].map(at_episodes(curves, metric, e)).astype(float)
+    return out, e
+
+
+def comparison_frame(
+    runs: pd.DataFrame, curves: pd.DataFrame, metric: str, factor: str, factors: Sequence[str]
+) -> tuple[pd.DataFrame, str]:
+    """The runs to compare ``factor``'s levels on and where: (frame, 'final' | 'at E episodes' | 'final, ...').
+
+    Equal budgets: final values. Different budgets: values at the matched episode count when
+    the curves allow it, else final values with 'budgets differ' in the label.
+    """
+    if not budget_differs(runs, factor, factors):
+        return runs, "final"
+    frame, e = at_matched_budget(runs, curves, metric)
+    if np.isfinite(e):
+        return frame, f"at {e:g} episodes"
+    return runs, "final (sample budgets differ)"
+
+
+# ---- effects -------------------------------------------------------------------------------------
+
+
+def _row(metric, term, effect, factor, la, lb, d: pd.Series, at: str, note: str = "") -> dict:
+    iv = stats.mean_interval(d.to_numpy(float))
+    if iv.n < MIN_CELLS and not note:
+        note = f"{iv.n} matched cell{'s' if iv.n != 1 else ''}; needs {MIN_CELLS - iv.n} more to call it"
+    low, high = (iv.low, iv.high) if iv.n >= 2 else (np.nan, np.nan)  # one matched cell: no interval
+    return dict(metric=metric, term=term, effect=effect, factor=factor, level_a=la, level_b=lb,
+                estimate=iv.point, low=low, high=high, n_matched=iv.n, at=at, note=note)  # fmt: skip
+
+
+def main_effects(
+    runs: pd.DataFrame, curves: pd.DataFrame | None, factors: Sequence[str], metric: str
+) -> pd.DataFrame:
+    """Main effect of each factor on ``metric``: each level against the first, over matched cells.
+
+    Columns ``EFFECT_COLUMNS``: effect 'factor: b - a', estimate = mean matched difference,
+    low/high = its t-interval, n_matched, at ('final' or the matched episode count), note.
+    """
+    rows = []
+    curves = curves if curves is not None else pd.DataFrame()
+    for f in factors:
+        frame, at = comparison_frame(runs, curves, metric, f, factors)
+        frame = _finite(frame, metric)
+        if f not in frame or frame[f].nunique() < 2:
+            continue
+        levels = sorted_levels(frame[f])
+        note = (
+            ""
+            if _others(frame, factors, f)
+            else "no other factor: one cell per level, see the per-level table"
+        )
+        for b in levels[1:]:
+            d = matched_differences(frame, f, levels[0], b, metric, factors)
+            la, lb = level_label(levels[0]), level_label(b)
+            rows.append(_row(metric, "main", f"{f}: {lb} - {la}", f, la, lb, d, at, note))
+    return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
+
+
+def interactions(
+    runs: pd.DataFrame,
+    curves: pd.DataFrame | None,
+    factors: Sequence[str],
+    metric: str,
+    main: pd.DataFrame,
+    top: int = TOP_INTERACTIONS,
+) -> pd.DataFrame:
+    """Two-way interactions among the ``top`` factors by largest |main effect| on ``metric`` (``main``).
+
+    Each factor enters with its largest-|estimate| contrast (its only one with two levels).
+    Columns ``EFFECT_COLUMNS``; effect 'A x B: (a1 - a0) x (b1 - b0)'.
+    """
+    m = main[(main["metric"] == metric) & np.isfinite(main["estimate"])]
+    if m.empty:
+        return pd.DataFrame(columns=EFFECT_COLUMNS)
+    best = m.loc[m["estimate"].abs().groupby(m["factor"]).idxmax()]
+    best = best.reindex(best["estimate"].abs().sort_values(ascending=False).index).head(top)
+    contrast = {r.factor: (r.level_a, r.level_b) for r in best.itertuples(index=False)}
+    curves = curves if curves is not None else pd.DataFrame()
+    rows = []
+    for fa, fb in combinations(list(contrast), 2):
+        frame, at = runs, "final"
+        for f in (fa, fb):  # a budget-changing factor: compare at matched episodes
+            frame_f, at_f = comparison_frame(runs, curves, metric, f, factors)
+            if at_f != "final":
+                frame, at = frame_f, at_f
+        ka = frame[fa].map(level_label) if fa in frame else None
+        kb = frame[fb].map(level_label) if fb in frame else None
+        if ka is None or kb is None:
+            continue
+        labelled = frame.assign(**{fa: ka, fb: kb})
+        d = interaction_differences(labelled, fa, contrast[fa], fb, contrast[fb], metric, factors)
+        (a0, a1), (b0, b1) = contrast[fa], contrast[fb]
+        effect = f"{fa} x {fb}: ({a1} - {a0}) x ({b1} - {b0})"
+        rows.append(_row(metric, "interaction", effect, f"{fa} x {fb}", "", "", d, at))
+    return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
+
+
+def effects_table(
+    runs: pd.DataFrame,
+    curves: pd.DataFrame | None,
+    factors: Sequence[str],
+    metrics: Sequence[str] = ("eval/gold", "eval/kl"),
+    top: int = TOP_INTERACTIONS,
+) -> pd.DataFrame:
+    """Main effects and top two-way interactions of every metric in ``metrics`` present in ``runs``."""
+    parts = []
+    for metric in metrics:
+        if _finite(runs, metric).empty:
+            continue
+        main = main_effects(runs, curves, factors, metric)
+        parts += [main, interactions(runs, curves, factors, metric, main, top)]
+    parts = [p for p in parts if not p.empty]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=EFFECT_COLUMNS)
+
+
+# ---- gradient noise ------------------------------------------------------------------------------
+
+
+def run_noise(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per run, means over all its probes: signal, sample variance tr(Sigma), batch variance tr(Sigma)/B.
+
+    Columns: run_id, ``N_PROBES``, ``SIGNAL``, ``SAMPLE_VAR``, ``BATCH_VAR``, ``NOISE_SCALE``
+    (= mean tr(Sigma) / mean signal, NaN when the mean signal is <= 0: unresolved).
+    """
+    cols = ["run_id", N_PROBES, *PROBE_KEYS.values(), NOISE_SCALE]
+    if curves is None or curves.empty or "metric" not in curves:
+        return pd.DataFrame(columns=cols)
+    c = curves[curves["metric"].isin(list(PROBE_KEYS)) & np.isfinite(curves["value"])]
+    if c.empty:
+        return pd.DataFrame(columns=cols)
+    wide = c.groupby(["run_id", "metric"])["value"].mean().unstack().rename(columns=PROBE_KEYS)
+    for col in PROBE_KEYS.values():
+        if col not in wide:
+            wide[col] = np.nan
+    wide[N_PROBES] = c.groupby("run_id")["step"].nunique()
+    sig, sv = wide[SIGNAL].to_numpy(float), wide[SAMPLE_VAR].to_numpy(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        wide[NOISE_SCALE] = np.where(sig > 0, sv / sig, np.nan)
+    return wide.reset_index()[cols]
+
+
+def with_noise(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with the ``run_noise`` columns joined on run_id (NaN for runs without probes)."""
+    noise = run_noise(curves)
+    out = runs.drop(columns=[c for c in noise.columns if c != "run_id" and c in runs])
+    return out.merge(noise, on="run_id", how="left")
+
+
+def _groups(frame: pd.DataFrame, group: str | None) -> list[tuple[str, pd.DataFrame]]:
+    if group is None or group not in frame:
+        return [("all runs", frame)]
+    return [(level_label(v), frame[frame[group] == v]) for v in sorted_levels(frame[group])]
+
+
+def noise_scale_by(runs: pd.DataFrame, group: str | None) -> pd.DataFrame:
+    """Noise scale B_simple per level of ``group`` over its runs, with Fieller's interval.
+
+    Point = mean over runs of ``SAMPLE_VAR`` / mean over runs of ``SIGNAL`` (``stats.ratio_interval``).
+    Resolved when the t-interval of the mean signal excludes 0 and it is positive (the rule
+    under which Fieller's interval is bounded); unresolved levels have NaN point and bounds.
+    Columns: level, n, point, low, high, resolved, signal, signal_low, signal_high.
+    """
+    cols = ["level", "n", "point", "low", "high", "resolved", "signal", "signal_low", "signal_high"]
+    r = _finite(_finite(runs, SIGNAL), SAMPLE_VAR)
+    rows = []
+    for level, g in _groups(r, group):
+        if g.empty:
+            continue
+        iv, resolved = stats.ratio_interval(g[SAMPLE_VAR], g[SIGNAL])
+        s = stats.mean_interval(g[SIGNAL])
+        rows.append([level, iv.n, iv.point, iv.low, iv.high, resolved, s.point, s.low, s.high])
+    return pd.DataFrame(rows, columns=cols)
+
+
+def batch_variance_points(runs: pd.DataFrame, group: str | None) -> pd.DataFrame:
+    """Per (level of ``group``, batch size): ``stats.interval`` of log per-run ``BATCH_VAR``, exponentiated.
+
+    A variance is positive and multiplicative (the log-log figure and slope live in log space), so
+    the IQM and its interval are taken of the logs and mapped back: a geometric IQM whose interval
+    never crosses 0. Columns: level, batch_size, n, iqm, ci_low, ci_high.
+    """
+    cols = ["level", "batch_size", "n", "iqm", "ci_low", "ci_high"]
+    r = _finite(_finite(runs, BATCH_VAR), BATCH)
+    r = r[r[BATCH_VAR] > 0]
+    rows = []
+    for level, g in _groups(r, group):
+        for bs, h in g.groupby(BATCH):
+            iv = stats.interval(np.log(h[BATCH_VAR].to_numpy(float)))
+            rows.append([level, float(bs), iv.n, *np.exp([iv.point, iv.low, iv.high])])
+    return pd.DataFrame(rows, columns=cols)
+
+
+def batch_variance_slopes(runs: pd.DataFrame, group: str | None) -> pd.DataFrame:
+    """Least-squares slope of log batch variance on log batch size, per level of ``group``, from per-run values.
+
+    Theory for tr(Sigma)/B with tr(Sigma) independent of B: slope -1. Columns: level, slope,
+    low, high (t-interval, n - 2 df), n (runs), n_sizes (distinct batch sizes), note.
+    """
+    cols = ["level", "slope", "low", "high", "n", "n_sizes", "note"]
+    r = _finite(_finite(runs, BATCH_VAR), BATCH)
+    r = r[(r[BATCH_VAR] > 0) & (r[BATCH] > 0)]
+    rows = []
+    for level, g in _groups(r, group):
+        iv = stats.slope_interval(np.log(g[BATCH].to_numpy(float)), np.log(g[BATCH_VAR].to_numpy(float)))
+        rows.append([level, iv.point, iv.low, iv.high, iv.n, int(g[BATCH].nunique()), iv.note])
+    return pd.DataFrame(rows, columns=cols)
+
+
+def variance_ratio(
+    runs: pd.DataFrame, factor: str, a, b, factors: Sequence[str], value: str = SAMPLE_VAR
+) -> Interval:
+    """Geometric-mean ratio of ``value`` at ``factor`` = b over ``factor`` = a across matched cells.
+
+    exp of the mean matched difference of log ``value`` (cell means of logs over seeds) with
+    exp of its t-interval; n = matched cells. Non-positive values are dropped.
+    """
+    r = _finite(runs, value)
+    r = r[r[value] > 0].assign(**{value: lambda f: np.log(f[value])})
+    iv = stats.mean_interval(matched_differences(r, factor, a, b, value, factors))
+    return Interval(float(np.exp(iv.point)), float(np.exp(iv.low)), float(np.exp(iv.high)), iv.n, iv.note)

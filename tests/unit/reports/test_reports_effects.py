@@ -1,0 +1,268 @@
+"""reports.effects and the findings built on it: known effects built into synthetic frames."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from reports import effects as E
+from reports import findings, plots, stats
+
+
+def factorial(effect_a=0.3, effect_b=-0.1, inter=0.0, seeds=3, noise=0.02, seed=0, c_levels=(1, 2)):
+    """Runs of an A x B x C grid: gold = 0.5 + effect_a [A=1] + effect_b [B=y] + inter [A=1][B=y] + noise.
+
+    Each level of C also gets a random offset shared by every run at it (settings differ a lot),
+    which the A and B matched differences cancel.
+    """
+    rng = np.random.default_rng(seed)
+    offsets = {c: rng.normal(0, 0.5) for c in c_levels}
+    rows = []
+    for a, b, c in itertools.product((0, 1), ("x", "y"), c_levels):
+        offset = offsets[c] if noise else 0.0
+        for s in range(seeds):
+            gold = 0.5 + effect_a * a + effect_b * (b == "y") + inter * a * (b == "y") + 0.1 * c
+            rows.append({"A": a, "B": b, "C": c, "seed": s, "run_id": f"{a}{b}{c}{s}", "episodes": 320.0,
+                         "eval/gold": gold + offset + rng.normal(0, noise)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _offsets(seed, c_levels=(1, 2)):
+    rng = np.random.default_rng(seed)
+    return {c: rng.normal(0, 0.5) for c in c_levels}
+
+
+# ---- main effects and interactions -------------------------------------------------------------------
+
+
+def test_main_effect_recovers_a_built_in_effect_with_an_interval_containing_it():
+    runs = factorial(effect_a=0.3)
+    t = E.main_effects(runs, None, ["A", "B", "C"], "eval/gold").set_index("factor")
+    a = t.loc["A"]
+    assert a["effect"] == "A: 1 - 0" and a["n_matched"] == 4  # B x C cells
+    assert a["estimate"] == pytest.approx(0.3, abs=0.03)
+    assert a["low"] < 0.3 < a["high"] and a["high"] - a["low"] < 0.1
+    assert t.loc["B", "estimate"] == pytest.approx(-0.1, abs=0.03)
+    assert t.loc["C", "estimate"] == pytest.approx(0.1 + np.diff(list(_offsets(0).values()))[0], abs=0.03)
+
+
+def test_main_effect_sign_follows_the_data():
+    flipped = factorial(effect_a=-0.3)
+    est = E.main_effects(flipped, None, ["A", "B", "C"], "eval/gold").set_index("factor").loc["A", "estimate"]
+    assert est == pytest.approx(-0.3, abs=0.03)
+
+
+def test_main_effect_is_the_mean_of_matched_cell_differences_by_hand():
+    runs = pd.DataFrame({"A": [0, 0, 1, 1, 0, 1, 1], "B": ["x", "x", "x", "x", "y", "y", "z"],
+                         "eval/gold": [1.0, 3.0, 4.0, 6.0, 10.0, 13.0, 99.0]})  # fmt: skip
+    # cell x: mean at A=1 is 5, at A=0 is 2 -> 3; cell y: 13 - 10 = 3
+    d = E.matched_differences(runs, "A", 0, 1, "eval/gold", ["A", "B"])
+    assert d.to_dict() == {"x": 3.0, "y": 3.0}  # cell z has only A=1: not matched
+    t = E.main_effects(runs, None, ["A", "B"], "eval/gold")
+    row = t[t["factor"] == "A"].iloc[0]
+    assert row["estimate"] == 3.0 and row["n_matched"] == 2 and "needs 2 more" in row["note"]
+
+
+def test_interaction_is_half_the_difference_of_effects():
+    runs = factorial(effect_a=0.3, effect_b=-0.1, inter=0.2, noise=0.0)
+    main = E.main_effects(runs, None, ["A", "B", "C"], "eval/gold")
+    # with an interaction the main effect of A averages its effect at B = x (0.3) and y (0.5)
+    assert main.set_index("factor").loc["A", "estimate"] == pytest.approx(0.4)
+    inter = E.interactions(runs, None, ["A", "B", "C"], "eval/gold", main)
+    ab = inter[inter["factor"].isin(["A x B", "B x A"])].iloc[0]
+    assert ab["estimate"] == pytest.approx(0.1) and ab["n_matched"] == 2  # ((0.5) - (0.3)) / 2
+    ac = inter[inter["factor"].isin(["A x C", "C x A"])].iloc[0]
+    assert ac["estimate"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_more_than_two_levels_each_against_the_first_and_advantage_as_one_factor():
+    rows = []
+    for adv, shift in (("sequence/none", 0.0), ("sequence/rloo", 0.2), ("token", -0.1)):
+        for kl in (0.01, 0.1):
+            for s in range(2):
+                rows.append({"advantage": adv, "kl.coef": kl, "seed": s, "eval/gold": 1 + shift + kl})
+    t = E.main_effects(pd.DataFrame(rows), None, ["kl.coef", "advantage"], "eval/gold")
+    adv = t[t["factor"] == "advantage"].set_index("level_b")
+    assert list(adv.index) == ["sequence/rloo", "token"]
+    assert adv.loc["sequence/rloo", "estimate"] == pytest.approx(0.2)
+    assert adv.loc["token", "estimate"] == pytest.approx(-0.1)
+    assert (adv["level_a"] == "sequence/none").all() and (adv["n_matched"] == 2).all()
+
+
+# ---- matched episodes ---------------------------------------------------------------------------------
+
+
+def _budget_sweep(iterations_by_batch=None):
+    """Batch 16 vs 32 at equal iterations (different budgets) x clip, with eval curves."""
+    runs, curves = [], []
+    for bs, clip, s in itertools.product((16, 32), (0.1, 0.2), range(2)):
+        iters = (iterations_by_batch or {}).get(bs, 10)
+        rid = f"b{bs}c{clip}s{s}"
+        runs.append({"run_id": rid, "rollout.batch_size": bs, "ppo.clip_eps": clip, "seed": s,
+                     "episodes": float(bs * iters), "eval/gold": 0.001 * bs * iters})  # fmt: skip
+        for t in range(0, iters + 1, 5):  # gold = 0.001 x episodes + 0.05 at batch 32
+            curves.append({"run_id": rid, "step": t, "episodes": float(bs * t), "metric": "eval/gold",
+                           "value": 0.001 * bs * t + (0.05 if bs == 32 else 0.0)})  # fmt: skip
+    return pd.DataFrame(runs), pd.DataFrame(curves)
+
+
+def test_budget_detected_from_episodes_not_the_factor_name():
+    runs, _ = _budget_sweep()
+    assert E.budget_differs(runs, "rollout.batch_size", ["rollout.batch_size", "ppo.clip_eps"])
+    assert not E.budget_differs(runs, "ppo.clip_eps", ["rollout.batch_size", "ppo.clip_eps"])
+    equal, _ = _budget_sweep({16: 20, 32: 10})  # iterations scaled: same episodes
+    assert not E.budget_differs(equal, "rollout.batch_size", ["rollout.batch_size", "ppo.clip_eps"])
+
+
+def test_at_episodes_interpolates_each_curve():
+    _, curves = _budget_sweep()
+    v = E.at_episodes(curves, "eval/gold", 120.0)
+    assert v["b16c0.1s0"] == pytest.approx(0.12)  # between 80 and 160 episodes, linear
+    assert v["b32c0.1s0"] == pytest.approx(0.12 + 0.05)
+    assert math.isnan(E.at_episodes(curves, "eval/gold", 200.0)["b16c0.1s0"])  # batch 16 stops at 160
+    assert E.matched_episodes(curves, "eval/gold") == 160.0
+
+
+def test_budget_factor_is_compared_at_matched_episodes():
+    runs, curves = _budget_sweep()
+    factors = ["rollout.batch_size", "ppo.clip_eps"]
+    t = E.main_effects(runs, curves, factors, "eval/gold").set_index("factor")
+    # final values would give 0.32 - 0.16 = 0.16; at 160 episodes only the built-in 0.05 remains
+    assert t.loc["rollout.batch_size", "at"] == "at 160 episodes"
+    assert t.loc["rollout.batch_size", "estimate"] == pytest.approx(0.05)
+    assert t.loc["ppo.clip_eps", "at"] == "final"
+    table = stats.summarise_factors(runs, factors, ["eval/gold"])
+    s = findings.factor_level(runs, curves, factors, table, "rollout.batch_size")
+    assert "at 160 episodes" in s and "sample budgets differ" in s
+    no_curves = findings.factor_level(runs, curves.iloc[0:0], factors, table, "rollout.batch_size")
+    assert "sample budgets differ (final episodes 16: 160, 32: 320)" in no_curves
+
+
+# ---- refusals ------------------------------------------------------------------------------------------
+
+
+def test_effect_from_too_few_matched_cells_is_not_called():
+    runs = factorial(effect_a=0.3, c_levels=(1,))  # only 2 matched cells for A
+    t = E.effects_table(runs, None, ["A", "B", "C"])
+    out = findings.effect_sentences(t)
+    a = next(s for s in out if s.startswith("Main effect A: 1 - 0"))
+    assert "over 2 matched cells, not called: needs 2 more matched cells" in a
+    assert "excludes 0" not in a
+    four = findings.effect_sentences(E.effects_table(factorial(effect_a=0.3), None, ["A", "B", "C"]))
+    assert any(s.startswith("Main effect A: 1 - 0") and "excludes 0, so it is positive" in s for s in four)
+
+
+def test_small_samples_sentence_says_how_many_more_seeds():
+    table = stats.summarise_factors(factorial(seeds=1, c_levels=(1,)), ["A"], ["eval/gold"])
+    s = findings.small_samples(table)
+    assert "needs 3 more seeds per level" in s  # 2 runs per level
+
+
+# ---- gradient noise ------------------------------------------------------------------------------------
+
+
+def _probe_curves(run_id, signal, sample_variance, batch):
+    rows = []
+    for t, (g, v) in enumerate(zip(signal, sample_variance, strict=True)):
+        for key, val in (("grad/signal", g), ("grad/sample_variance", v), ("grad/batch_variance", v / batch)):
+            rows.append(
+                {"run_id": run_id, "step": 2 * t, "episodes": 2.0 * t * batch, "metric": key, "value": val}
+            )
+    return rows
+
+
+def test_run_noise_is_a_ratio_of_means_over_probes():
+    curves = pd.DataFrame(_probe_curves("r", [1.0, 3.0], [10.0, 10.0], 16)
+                          + _probe_curves("u", [0.5, -1.5], [10.0, 10.0], 16))  # fmt: skip
+    n = E.run_noise(curves).set_index("run_id")
+    assert n.loc["r", E.NOISE_SCALE] == pytest.approx(10.0 / 2.0)  # not the mean of 10 and 3.33
+    assert n.loc["r", E.N_PROBES] == 2 and n.loc["r", E.BATCH_VAR] == pytest.approx(10 / 16)
+    assert math.isnan(n.loc["u", E.NOISE_SCALE])  # mean signal -0.5 <= 0: unresolved
+
+
+def _noise_runs(seed=0, slope=-1.0):
+    """Runs with per-run probe means: sequence has signal ~2, token signal around 0."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for adv, bs, s in itertools.product(("sequence/rloo", "token"), (16, 32, 64), range(3)):
+        sv = (40.0 if adv == "sequence/rloo" else 120.0) * np.exp(rng.normal(0, 0.1))
+        sig = rng.normal(2.0, 0.2) if adv == "sequence/rloo" else rng.normal(0.0, 0.5)
+        bv = sv * 16 ** (-1 - slope) * bs**slope * np.exp(rng.normal(0, 0.05))
+        rows.append({"run_id": f"{adv}{bs}{s}", "advantage": adv, "rollout.batch_size": bs, "seed": s,
+                     E.SIGNAL: sig, E.SAMPLE_VAR: sv, E.BATCH_VAR: bv})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_noise_scale_per_level_and_the_unresolved_path():
+    runs = _noise_runs()
+    t = E.noise_scale_by(runs, "advantage").set_index("level")
+    seq = runs[runs["advantage"] == "sequence/rloo"]
+    assert t.loc["sequence/rloo", "resolved"]
+    assert t.loc["sequence/rloo", "point"] == pytest.approx(seq[E.SAMPLE_VAR].mean() / seq[E.SIGNAL].mean())
+    assert not t.loc["token", "resolved"] and math.isnan(t.loc["token", "point"])
+    s = findings.noise_scale(runs)
+    tok = s.split("token:")[1]
+    assert tok.lstrip().startswith("unresolved") and "completions" not in tok
+    assert "sequence/rloo: " in s and "completions" in s.split("token:")[0]
+
+
+def test_log_log_slope_of_batch_variance():
+    fits = E.batch_variance_slopes(_noise_runs(), "advantage").set_index("level")
+    for lv in ("sequence/rloo", "token"):
+        assert fits.loc[lv, "slope"] == pytest.approx(-1.0, abs=0.08)
+        assert fits.loc[lv, "low"] < -1 < fits.loc[lv, "high"] and fits.loc[lv, "n_sizes"] == 3
+    assert "consistent with -1" in findings.batch_variance_scaling(_noise_runs())
+    flat = findings.batch_variance_scaling(_noise_runs(slope=-0.5))
+    assert "flatter than -1" in flat and "consistent" not in flat
+
+
+def test_baseline_lowers_the_sample_variance_at_matched_settings():
+    rows = []
+    for adv, scale in (("sequence/none", 1.0), ("sequence/rloo", 0.5)):
+        for kl, s in itertools.product((0.0, 0.01, 0.05, 0.1), range(2)):
+            rows.append(
+                {"advantage": adv, "kl.coef": kl, "seed": s, E.SAMPLE_VAR: scale * (10 + kl * 100 + s)}
+            )
+    runs = pd.DataFrame(rows)
+    (s,) = findings.baseline_variance(runs, ["kl.coef", "advantage"])
+    iv = E.variance_ratio(runs, "advantage", "sequence/none", "sequence/rloo", ["kl.coef", "advantage"])
+    assert iv.point == pytest.approx(0.5) and iv.n == 4
+    assert s.startswith("Baseline: sequence/rloo against sequence/none") and s.endswith("lower.")
+    (few,) = findings.baseline_variance(runs[runs["kl.coef"] < 0.05], ["kl.coef", "advantage"])
+    assert "needs 2 more matched cells" in few
+
+
+def test_gae_lambda_against_lambda_one():
+    rows = []
+    for lam, scale in ((0.95, 0.6), (1.0, 1.0)):
+        for kl, s in itertools.product((0.0, 0.01, 0.05, 0.1), range(2)):
+            rows.append({"advantage.level": "token", "advantage.lam": lam, "kl.coef": kl, "seed": s,
+                         E.SAMPLE_VAR: scale * (10 + kl * 100 + s)})  # fmt: skip
+    s = findings.gae_lambda_variance(pd.DataFrame(rows), ["kl.coef", "advantage.lam"])
+    assert s.startswith("GAE: lambda = 0.95 against lambda = 1") and "0.60" in s and s.endswith("lower.")
+
+
+# ---- figure 4 ------------------------------------------------------------------------------------------
+
+
+def test_figure_4_draws_what_it_is_given(frames):
+    runs, curves = frames
+    style = plots.get_style("default")
+    noise = plots.NoiseStats.of(runs, curves)
+    fig = plots.gradient_variance(runs, curves, [], style, noise=noise)
+    ax_a, ax_b = [a for a in fig.axes if a.get_visible()]
+    assert ax_a.get_xscale() == "log" and ax_a.get_yscale() == "log"
+    labels = [t.get_text() for t in ax_a.get_legend().get_texts()]
+    assert any(lab.startswith("sequence/rloo: slope -") for lab in labels) and "1/B (slope -1)" in labels
+    # the plotted points are the IQMs of effects.batch_variance_points, nothing recomputed
+    seq = noise.points[noise.points["level"] == "sequence/rloo"].sort_values("batch_size")
+    drawn = [ln for ln in ax_a.get_lines() if len(ln.get_xdata()) == len(seq)]
+    assert any(np.allclose(ln.get_ydata(), seq["iqm"]) for ln in drawn)
+    # token's signal is noise around 0 in the fake sweep: marked unresolved, not drawn as a number
+    assert any("unresolved" in t.get_text() for t in ax_b.texts)
+    assert [t.get_text() for t in ax_b.get_yticklabels()] == ["sequence/rloo", "token"]
+    assert not noise.scales.set_index("level").loc["token", "resolved"]
