@@ -41,7 +41,7 @@ class ReportError(ValueError):
 
 
 # Params always carried into ``runs`` (even when not swept): figures group by them.
-CONTEXT_KEYS = ("advantage.level", "advantage.baseline", "rollout.batch_size", "ppo.clip_eps", "kl.coef")
+CONTEXT_KEYS = ("advantage.level", "advantage.baseline", "advantage.lam", "rollout.batch_size", "ppo.clip_eps", "kl.coef")
 # Metrics fetched as full histories for curves (only those a run actually logged).
 CURVE_KEYS = (
     "eval/gold",
@@ -82,8 +82,8 @@ class Sweep:
         the baseline's "rloo" level would pool token-level runs with sequence-level RLOO ones.
         """
         out = [a for a in self.axes if a in self.runs and self.runs[a].nunique(dropna=True) >= 2]
-        linked = ("advantage.level", "advantage.baseline")
-        if all(a in out for a in linked) and "advantage" in self.runs:
+        linked = [a for a in ("advantage.level", "advantage.baseline", "advantage.lam") if a in out]
+        if "advantage.level" in linked and len(linked) >= 2 and "advantage" in self.runs:
             at = min(out.index(a) for a in linked)
             out = [a for a in out if a not in linked]
             out.insert(at, "advantage")
@@ -247,14 +247,25 @@ def _runs_frame(done: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
 
 
 def _advantage_label(runs: pd.DataFrame) -> pd.Series:
+    """'token' or 'sequence/<baseline>'; 'token/lam=<lambda>' when token-level runs differ in GAE lambda."""
     if "advantage.level" not in runs:
         return pd.Series([None] * len(runs), index=runs.index, dtype=object)
     base = runs["advantage.baseline"] if "advantage.baseline" in runs else pd.Series("", index=runs.index)
+    lam = runs["advantage.lam"] if "advantage.lam" in runs else pd.Series(None, index=runs.index, dtype=object)
+    token_lams = lam[(runs["advantage.level"] == "token") & lam.notna()]
+    by_lam = token_lams.nunique() >= 2
+
+    def label(lvl, b, lm) -> str | None:
+        if lvl is None:
+            return None
+        if lvl == "sequence" and b:
+            return f"sequence/{b}"
+        if lvl == "token" and by_lam and lm is not None and lm == lm:
+            return f"token/lam={float(lm):g}"
+        return str(lvl)
+
     return pd.Series(
-        [
-            None if lvl is None else (f"sequence/{b}" if lvl == "sequence" and b else str(lvl))
-            for lvl, b in zip(runs["advantage.level"], base, strict=True)
-        ],
+        [label(lvl, b, lm) for lvl, b, lm in zip(runs["advantage.level"], base, lam, strict=True)],
         index=runs.index,
         dtype=object,
     )

@@ -7,6 +7,9 @@ Pure: numpy, pandas and ``reports.stats``; no I/O, no plotting. Frames are those
   other factor, both levels present) of (cell mean at b - cell mean at a), cell mean = mean
   over seeds; Student's t-interval over those n matched differences. Factors with more than
   two levels: each level against the first (sorted) one.
+  With a single matched cell (no other factor varies, e.g. a one-factor sweep or a zip group)
+  the seeds are the replicates: Welch's t-interval of the difference of the two levels' means,
+  and a call needs ``MIN_SEEDS`` runs per level instead of ``MIN_CELLS`` cells.
 - Two-way interaction A x B (contrasts a0 -> a1, b0 -> b1): per matched quadruple (the four
   cells equal in every other factor), half the difference of A's effect at B's two levels,
   ((y11 - y01) - (y10 - y00)) / 2: the standard 2-level factorial AB contrast (Box, Hunter and
@@ -35,7 +38,8 @@ MIN_CELLS = 4  # ... and a main effect or interaction only over at least this ma
 TOP_INTERACTIONS = 3  # interactions are estimated among the factors with the largest |main effect|
 
 EFFECT_COLUMNS = ["metric", "term", "effect", "factor", "level_a", "level_b", "estimate", "low", "high",
-                  "n_matched", "at", "note"]  # fmt: skip
+                  "n_matched", "n_runs", "over", "at", "note"]  # fmt: skip
+CELLS, SEEDS = "matched cells", "seeds"  # what an interval is taken over (the ``over`` column)
 # Per-run means over probes (columns added to ``runs`` by ``with_noise``).
 SIGNAL, SAMPLE_VAR, BATCH_VAR, NOISE_SCALE, N_PROBES = (
     "noise/signal",
@@ -89,6 +93,26 @@ def matched_differences(
     if la not in means or lb not in means:
         return pd.Series(dtype=float)
     return (means[lb] - means[la]).dropna()
+
+
+def difference_interval(
+    runs: pd.DataFrame, factor: str, a, b, value: str, factors: Sequence[str]
+) -> tuple[Interval, int, str]:
+    """Level b - level a of ``factor`` on ``value``: (interval, matched cells, over).
+
+    Two or more matched cells: t-interval over the matched differences of cell means, n = cells,
+    over = ``CELLS``. One matched cell: Welch's interval over that cell's seeds, n = the smaller
+    level's runs, over = ``SEEDS``. No matched cell: NaN.
+    """
+    d = matched_differences(runs, factor, a, b, value, factors)
+    if len(d) != 1:
+        return stats.mean_interval(d.to_numpy(float)), len(d), CELLS
+    df = _finite(runs, value)
+    others = _others(df, factors, factor)
+    cell = df[_key(df, others) == d.index[0]]
+    lab = cell[factor].map(level_label)
+    iv = stats.welch_interval(cell.loc[lab == level_label(a), value], cell.loc[lab == level_label(b), value])
+    return iv, 1, SEEDS
 
 
 def interaction_differences(
@@ -191,13 +215,13 @@ def comparison_frame(
 # ---- effects -------------------------------------------------------------------------------------
 
 
-def _row(metric, term, effect, factor, la, lb, d: pd.Series, at: str, note: str = "") -> dict:
-    iv = stats.mean_interval(d.to_numpy(float))
-    if iv.n < MIN_CELLS and not note:
-        note = f"{iv.n} matched cell{'s' if iv.n != 1 else ''}; needs {MIN_CELLS - iv.n} more to call it"
-    low, high = (iv.low, iv.high) if iv.n >= 2 else (np.nan, np.nan)  # one matched cell: no interval
+def _row(metric, term, effect, factor, la, lb, iv: Interval, cells: int, over: str, at: str) -> dict:
+    need, have = (MIN_SEEDS, iv.n) if over == SEEDS else (MIN_CELLS, cells)
+    note = "" if have >= need else f"{have} {over if over == CELLS else 'runs per level'}; needs {need - have} more to call it"
+    low, high = (iv.low, iv.high) if iv.n >= 2 else (np.nan, np.nan)  # no replicate: no interval
     return dict(metric=metric, term=term, effect=effect, factor=factor, level_a=la, level_b=lb,
-                estimate=iv.point, low=low, high=high, n_matched=iv.n, at=at, note=note)  # fmt: skip
+                estimate=iv.point, low=low, high=high, n_matched=cells, n_runs=iv.n if over == SEEDS else np.nan,
+                over=over, at=at, note=note)  # fmt: skip
 
 
 def main_effects(
@@ -216,15 +240,10 @@ def main_effects(
         if f not in frame or frame[f].nunique() < 2:
             continue
         levels = sorted_levels(frame[f])
-        note = (
-            ""
-            if _others(frame, factors, f)
-            else "no other factor: one cell per level, see the per-level table"
-        )
         for b in levels[1:]:
-            d = matched_differences(frame, f, levels[0], b, metric, factors)
+            iv, cells, over = difference_interval(frame, f, levels[0], b, metric, factors)
             la, lb = level_label(levels[0]), level_label(b)
-            rows.append(_row(metric, "main", f"{f}: {lb} - {la}", f, la, lb, d, at, note))
+            rows.append(_row(metric, "main", f"{f}: {lb} - {la}", f, la, lb, iv, cells, over, at))
     return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
 
 
@@ -263,7 +282,8 @@ def interactions(
         d = interaction_differences(labelled, fa, contrast[fa], fb, contrast[fb], metric, factors)
         (a0, a1), (b0, b1) = contrast[fa], contrast[fb]
         effect = f"{fa} x {fb}: ({a1} - {a0}) x ({b1} - {b0})"
-        rows.append(_row(metric, "interaction", effect, f"{fa} x {fb}", "", "", d, at))
+        iv = stats.mean_interval(d.to_numpy(float))
+        rows.append(_row(metric, "interaction", effect, f"{fa} x {fb}", "", "", iv, len(d), CELLS, at))
     return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
 
 
@@ -380,13 +400,14 @@ def batch_variance_slopes(runs: pd.DataFrame, group: str | None) -> pd.DataFrame
 
 def variance_ratio(
     runs: pd.DataFrame, factor: str, a, b, factors: Sequence[str], value: str = SAMPLE_VAR
-) -> Interval:
-    """Geometric-mean ratio of ``value`` at ``factor`` = b over ``factor`` = a across matched cells.
+) -> tuple[Interval, int, str]:
+    """Geometric-mean ratio of ``value`` at ``factor`` = b over ``factor`` = a: (interval, cells, over).
 
-    exp of the mean matched difference of log ``value`` (cell means of logs over seeds) with
-    exp of its t-interval; n = matched cells. Non-positive values are dropped.
+    exp of ``difference_interval`` of log ``value``: over matched cells (cell means of logs over
+    seeds), or over the seeds of the one matched cell. Non-positive values are dropped.
     """
     r = _finite(runs, value)
     r = r[r[value] > 0].assign(**{value: lambda f: np.log(f[value])})
-    iv = stats.mean_interval(matched_differences(r, factor, a, b, value, factors))
-    return Interval(float(np.exp(iv.point)), float(np.exp(iv.low)), float(np.exp(iv.high)), iv.n, iv.note)
+    iv, cells, over = difference_interval(r, factor, a, b, value, factors)
+    ratio = Interval(float(np.exp(iv.point)), float(np.exp(iv.low)), float(np.exp(iv.high)), iv.n, iv.note)
+    return ratio, cells, over

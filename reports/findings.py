@@ -184,21 +184,23 @@ def effect_sentences(effects: pd.DataFrame, metric: str = "eval/gold") -> list[s
         return out
     what = {"eval/gold": "gold reward", "eval/kl": "KL"}.get(metric, metric)
     for r in effects[effects["metric"] == metric].itertuples(index=False):
-        if r.term == "main" and str(r.note).startswith("no other factor"):
-            continue
-        kind = "Main effect" if r.term == "main" else "Interaction"
+        seeds = r.over == E.SEEDS
+        kind = ("Difference" if seeds else "Main effect") if r.term == "main" else "Interaction"
         head = f"{kind} {r.effect} on {what} ({r.at})"
-        n = int(r.n_matched)
-        if (more := needs_more(n, MIN_CELLS, "matched cells")) is not None:
+        n = int(r.n_runs) if seeds else int(r.n_matched)
+        unit = "seeds per level" if seeds else "matched cells"
+        have = f"{n} run{_s(n)} per level (one cell)" if seeds else f"{n} matched cell{_s(n)}"
+        if (more := needs_more(n, MIN_SEEDS if seeds else MIN_CELLS, unit)) is not None:
             est = f"{stats.fmt_number(r.estimate)} " if np.isfinite(r.estimate) else ""
-            out.append(f"{head}: {est}over {n} matched cell{_s(n)}, not called: {more}.")
+            out.append(f"{head}: {est}over {have}, not called: {more}.")
             continue
         iv = Interval(float(r.estimate), float(r.low), float(r.high), n)
+        tiv = "95% Welch t-interval over seeds" if seeds else T_IV
         if r.low > 0 or r.high < 0:
-            verdict = f"the {T_IV} excludes 0, so it is {'positive' if r.estimate > 0 else 'negative'}"
+            verdict = f"the {tiv} excludes 0, so it is {'positive' if r.estimate > 0 else 'negative'}"
         else:
-            verdict = f"the {T_IV} includes 0, so the sweep does not resolve it"
-        out.append(f"{head}: {iv.fmt()} over {n} matched cells; {verdict}.")
+            verdict = f"the {tiv} includes 0, so the sweep does not resolve it"
+        out.append(f"{head}: {iv.fmt()} over {have}; {verdict}.")
     return out
 
 
@@ -247,20 +249,27 @@ def noise_scale(runs: pd.DataFrame) -> str | None:
     )
 
 
-def _ratio_sentence(what: str, lb: str, la: str, iv: Interval) -> str:
+def _ratio_sentence(what: str, lb: str, la: str, result: tuple[Interval, int, str]) -> str:
+    iv, cells, over = result
     head = f"{what}: {lb} against {la}"
-    if (more := needs_more(iv.n, MIN_CELLS, "matched cells")) is not None:
-        return f"{head}: {iv.n} matched cell{_s(iv.n)}, not called: {more}."
+    seeds = over == E.SEEDS
+    n = iv.n if seeds else cells
+    have = f"{n} run{_s(n)} per level (one cell)" if seeds else f"{n} matched cell{_s(n)}"
+    unit = "seeds per level" if seeds else "matched cells"
+    if (more := needs_more(n, MIN_SEEDS if seeds else MIN_CELLS, unit)) is not None:
+        return f"{head}: {have}, not called: {more}."
     if iv.high < 1:
         verdict = "lower"
     elif iv.low > 1:
         verdict = "higher"
     else:
         verdict = "not resolved (the interval includes 1)"
-    return (
-        f"{head}: per-completion gradient variance tr(Σ) ratio {iv.fmt(2)} (geometric mean over {iv.n} "
-        f"matched cells, {T_IV} of the log ratio): {verdict}."
+    how = (
+        f"ratio of geometric means over {have}, 95% Welch t-interval of the log ratio"
+        if seeds
+        else f"geometric mean over {have}, {T_IV} of the log ratio"
     )
+    return f"{head}: per-completion gradient variance tr(Σ) ratio {iv.fmt(2)} ({how}): {verdict}."
 
 
 def baseline_variance(runs: pd.DataFrame, factors: Sequence[str]) -> list[str]:
@@ -273,7 +282,7 @@ def baseline_variance(runs: pd.DataFrame, factors: Sequence[str]) -> list[str]:
         for lv in stats.sorted_levels(runs[col])
         if str(lv).startswith("sequence/") and lv != "sequence/none"
     ]
-    fs = [f if f not in ("advantage.level", "advantage.baseline") else col for f in factors]
+    fs = [f if f not in ("advantage.level", "advantage.baseline", "advantage.lam") else col for f in factors]
     fs = list(dict.fromkeys([*fs, col]))
     return [
         _ratio_sentence("Baseline", lv, "sequence/none", E.variance_ratio(runs, col, "sequence/none", lv, fs))
@@ -282,9 +291,31 @@ def baseline_variance(runs: pd.DataFrame, factors: Sequence[str]) -> list[str]:
 
 
 def gae_lambda_variance(runs: pd.DataFrame, factors: Sequence[str]) -> str | None:
-    """Whether GAE lambda < 1 lowers tr(Sigma) against lambda = 1 at matched settings (token level only)."""
+    """Whether GAE lambda < 1 lowers tr(Sigma) against lambda = 1 at matched settings (token level only).
+
+    lambda is either its own factor (every run token level) or part of the merged ``advantage``
+    factor ("token/lam=0.95", "token/lam=1"; see ``reports.collect``).
+    """
     f = "advantage.lam"
-    if f not in factors or f not in runs or E.SAMPLE_VAR not in runs:
+    if E.SAMPLE_VAR not in runs:
+        return None
+    col = stats.advantage_column(runs)
+    if col == "advantage" and f not in factors:
+        levels = [lv for lv in stats.sorted_levels(runs[col]) if str(lv).startswith("token/lam=")]
+        ones = [lv for lv in levels if float(str(lv).split("=", 1)[1]) == 1.0]
+        if not ones:
+            return None
+        fs = [g if g not in ("advantage.level", "advantage.baseline", "advantage.lam") else col for g in factors]
+        fs = list(dict.fromkeys([*fs, col]))
+        parts = [
+            _ratio_sentence(
+                "GAE", f"lambda = {str(lv).split('=', 1)[1]}", "lambda = 1", E.variance_ratio(runs, col, ones[0], lv, fs)
+            )
+            for lv in levels
+            if lv not in ones
+        ]
+        return " ".join(parts) or None
+    if f not in factors or f not in runs:
         return None
     r = runs[runs["advantage.level"] == "token"] if "advantage.level" in runs else runs
     levels = stats.sorted_levels(r[f])

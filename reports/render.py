@@ -34,10 +34,12 @@ LEVEL_TABLE_NOTE = f"IQM [{stats.INTERVAL_DESCRIPTION}] over the runs of each le
 EFFECT_TABLE_NOTE = (
     "Main effect: mean over matched cells (equal in every other factor) of the difference of cell means "
     "(level b - level a); interaction: half the difference of A's effect at B's two levels, over matched "
-    "quadruples. low/high: Student's 95% t-interval over the matched differences (n matched). 'at': final "
+    "quadruples. low/high: Student's 95% t-interval over the matched differences; where only one cell "
+    "holds both levels (no other factor varies), Welch's 95% t-interval over that cell's seeds. Intervals are per comparison (no multiplicity "
+    "correction). 'at': final "
     "values, or at the last episode count all runs reached when the factor changes the sample budget."
 )
-EFFECT_COLUMNS = ["metric", "effect", "estimate", "low", "high", "n matched", "at"]
+EFFECT_COLUMNS = ["metric", "effect", "estimate", "low", "high", "interval over", "at"]
 LATEX_FACTORS = {
     "ppo.clip_eps": r"Clip $\epsilon$",
     "kl.coef": r"KL coef.\ $\beta$",
@@ -87,7 +89,10 @@ def effects_display(effects: pd.DataFrame | None) -> pd.DataFrame | None:
             "estimate": stats.fmt_number(r.estimate),
             "low": stats.fmt_number(r.low),
             "high": stats.fmt_number(r.high),
-            "n matched": int(r.n_matched),
+            "interval over": (
+                f"{int(r.n_runs)} seeds per level (Welch, one cell)" if r.over == "seeds" and r.n_runs == r.n_runs
+                else f"{int(r.n_matched)} matched cells"
+            ),
             "at": r.at,
         }
         for r in effects.itertuples(index=False)
@@ -99,15 +104,15 @@ def latex_effects(shown: pd.DataFrame, comment: str = "") -> str:
     """booktabs ``tabular`` of ``effects_display`` output."""
     lines = [f"% {line}" for line in comment.splitlines()] if comment else []
     lines += [
-        r"\begin{tabular}{ll rrr r l}",
+        r"\begin{tabular}{ll rrr l l}",
         r"\toprule",
-        r"Metric & Effect & Estimate & Low & High & $n$ matched & At \\",
+        r"Metric & Effect & Estimate & Low & High & Interval over & At \\",
         r"\midrule",
     ]
     for d in shown.to_dict("records"):
         cells = [latex_escape(d["metric"]), latex_escape(d["effect"])]
         cells += [_latex_number_cell(str(d[c])) for c in ("estimate", "low", "high")]
-        cells += [str(d["n matched"]), latex_escape(d["at"])]
+        cells += [latex_escape(d["interval over"]), latex_escape(d["at"])]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"

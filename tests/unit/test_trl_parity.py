@@ -7,6 +7,11 @@ the lines of ``trl/experimental/ppo/ppo_trainer.py`` (trl 1.12.0) they transcrib
 
 Where TRL and the custom core genuinely differ (the score one token after EOS), the
 difference is pinned by an exact formula rather than hidden.
+
+The custom side of the reward / GAE / whitening comparisons is the REAL loop: one
+``ppo_iteration`` on the tiny cached models, with spies on the functions it calls
+(``rollout.collect``, ``math.gae``, ``math.policy_loss``) recording the tensors it builds;
+TRL's transcribed code then runs on that iteration's rollout.
 """
 
 from __future__ import annotations
@@ -25,8 +30,12 @@ from trl.trainer.utils import selective_log_softmax  # noqa: E402
 from baselines.trl_ppo import ClippedAdam, check_expressible, group_collator, make_optimizer, trl_args  # noqa: E402
 from baselines.trl_reward import RewardAdapter  # noqa: E402
 from harness.config import build_config  # noqa: E402
+from harness.models import load_models  # noqa: E402
 from harness.ppo import math as M  # noqa: E402
 from harness.ppo import rollout as R  # noqa: E402
+from harness.ppo.rollout import make_score_fn  # noqa: E402
+from harness.ppo.trainer import init_state, ppo_iteration  # noqa: E402
+from tests.conftest import TINY  # noqa: E402
 
 EOS, PAD = 1, 0
 
@@ -103,17 +112,70 @@ def trl_losses(new_logprobs, mb_logprobs, mb_advantage, vpred, mb_values, mb_ret
     return pg_loss, vf_loss, {"pg_clipfrac": pg_clipfrac, "vf_clipfrac": vf_clipfrac, "approxkl": approxkl}
 
 
-# ---- the custom core's composition (harness/ppo/trainer.py ppo_iteration, token level) ----------
+# ---- the custom core's composition, observed in the real loop (harness/ppo/trainer.py ppo_iteration) ---
 
 
-def custom_advantages(logprobs, ref_logprobs, scores, values, mask, *, kl_coef, estimator, gamma, lam):
-    B = mask.shape[0]
-    last = mask.sum(1).long().clamp(min=1) - 1
-    kl = M.kl_penalty(logprobs, ref_logprobs, estimator) * mask
-    rewards = -kl_coef * kl
-    rewards[torch.arange(B), last] += scores
-    adv, returns = M.gae(rewards, values * mask, mask, gamma, lam)
-    return rewards, adv, M.masked_whiten(adv, mask) * mask, returns
+def custom_iteration(monkeypatch, *, response_length, kl_coef, estimator, gamma, lam, seed=0):
+    """One real ``ppo_iteration`` (token level, whitened, one minibatch, one epoch) on the tiny models,
+    the policy moved off the reference by seeded noise so that KL != 0.
+
+    Returns what the trainer built, recorded by spies that call the originals:
+      ro        the rollout (``rollout.collect``'s result)
+      rewards   the rewards matrix handed to ``math.gae``; raw, returns: what GAE returned
+      adv       the advantages that reached ``math.policy_loss``, rows put back in rollout order
+      values    V at EVERY response position, from the value model at rollout time: equal to
+                ro.values up to EOS, plus V(s_e+1) on the state after EOS, which TRL also reads
+    """
+    cfg = build_config(None, {**TINY, "task.response_length": response_length, "kl.coef": kl_coef,
+                              "kl.estimator": estimator, "advantage.gamma": gamma, "advantage.lam": lam,
+                              "ppo.minibatches": 1, "ppo.epochs": 1, "train.missing_eos_penalty": None,
+                              "seed": seed})
+    m = load_models(build_config(None, TINY))  # TINY's response length: the cached reward model
+    assert (m.tokenizer.eos_token_id, m.tokenizer.pad_token_id) == (EOS, PAD)  # TRL's masks below use them
+    g = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        for p in m.policy.parameters():
+            p.add_(0.03 * torch.randn(p.shape, generator=g))
+    rec: dict = {}
+    collect, gae, policy_loss = R.collect, M.gae, M.policy_loss
+
+    def collect_spy(*a, **kw):
+        ro = rec["ro"] = collect(*a, **kw)
+        with torch.no_grad():
+            rec["values"] = R.token_values(kw["value_model"], ro.prompt_ids, ro.prompt_mask, ro.response_ids,
+                                           torch.ones_like(ro.mask))
+        return ro
+
+    def gae_spy(rewards, *a, **kw):
+        rec["rewards"] = rewards.clone()
+        rec["raw"], rec["returns"] = out = gae(rewards, *a, **kw)
+        return out
+
+    def policy_loss_spy(logprobs, old_logprobs, advantages, *a, **kw):
+        rec.setdefault("loss_calls", []).append((old_logprobs.clone(), advantages.clone()))
+        return policy_loss(logprobs, old_logprobs, advantages, *a, **kw)
+
+    monkeypatch.setattr(R, "collect", collect_spy)
+    monkeypatch.setattr(M, "gae", gae_spy)
+    monkeypatch.setattr(M, "policy_loss", policy_loss_spy)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny models run far faster on one thread of a shared machine
+    try:
+        ppo_iteration(cfg, m, init_state(cfg, m), make_score_fn(m.reward, m.task.gold))
+    finally:
+        torch.set_num_threads(threads)
+    ro = rec["ro"]
+    ((old, adv),) = rec["loss_calls"]
+    # the minibatch is a permutation of the batch: a row is known by its old logprobs (ro.logprobs[perm]);
+    # two identical rows (same prompt, same sample) have identical advantages, so either may take either
+    order, free = [], list(range(ro.size))
+    for row in old:
+        j = next(j for j in free if torch.equal(ro.logprobs[j], row))
+        free.remove(j)
+        order.append(j)
+    rec["adv"] = torch.zeros_like(adv).index_copy(0, torch.tensor(order), adv)
+    torch.testing.assert_close(rec["values"] * ro.mask, ro.values, atol=1e-5, rtol=1e-5)
+    return rec
 
 
 # ---- fixtures ----------------------------------------------------------------------------------------
@@ -190,83 +252,88 @@ def test_logprobs_at_temperature_equal_trls():
     torch.testing.assert_close(R.logprobs_from_logits(logits, tokens, temp), trl, atol=1e-5, rtol=1e-5)
 
 
-# ---- rewards, GAE, whitening ---------------------------------------------------------------------
+# ---- rewards, GAE, whitening: TRL's code on the real loop's rollout -----------------------------------
+
+
+def _trl_on(rec, values, **kw):
+    ro = rec["ro"]
+    return trl_advantages(ro.logprobs, ro.ref_logprobs, ro.scores, values, ro.response_ids, **kw)
 
 
 @pytest.mark.parametrize("estimator", ["k1", "k3"])
 @pytest.mark.parametrize("gamma, lam", [(1.0, 0.95), (0.9, 0.8), (1.0, 1.0)])
-def test_rewards_advantages_returns_equal_trl_when_no_response_stops(estimator, gamma, lam):
+def test_rewards_advantages_returns_equal_trl_when_no_response_stops(monkeypatch, estimator, gamma, lam):
     """Every row runs to T tokens: TRL's score index is then the last token, as the custom core's."""
-    b = _batch(NO_EOS)
     kw = dict(kl_coef=0.05, estimator=estimator, gamma=gamma, lam=lam)
-    t_rew, t_raw, t_adv, t_ret, *_ = trl_advantages(b["logprobs"], b["ref_logprobs"], b["scores"], b["values"],
-                                                    b["resp"], **kw)
-    c_rew, c_raw, c_adv, c_ret = custom_advantages(b["logprobs"], b["ref_logprobs"], b["scores"], b["values"],
-                                                   b["mask"], **kw)
-    torch.testing.assert_close(c_rew, t_rew)
-    torch.testing.assert_close(c_raw, t_raw)
-    torch.testing.assert_close(c_ret, t_ret)
-    torch.testing.assert_close(c_adv, t_adv)
+    rec = custom_iteration(monkeypatch, response_length=6, **kw)
+    assert not rec["ro"].has_eos.any()
+    assert (rec["rewards"] - rec["rewards"][:, -1:]).abs().max() > 1e-4  # the KL part is there
+    t_rew, t_raw, t_adv, t_ret, *_ = _trl_on(rec, rec["values"], **kw)
+    torch.testing.assert_close(rec["rewards"], t_rew)
+    torch.testing.assert_close(rec["raw"], t_raw)
+    torch.testing.assert_close(rec["returns"], t_ret)
+    torch.testing.assert_close(rec["adv"], t_adv)
 
 
-def test_trl_puts_the_score_one_token_after_eos():
+def test_trl_puts_the_score_one_token_after_eos(monkeypatch):
     """The one reward difference: TRL adds the score at EOS + 1 (when it fits), the custom core at EOS."""
-    b = _batch(MIXED)
-    t_rew, *_ = trl_advantages(b["logprobs"], b["ref_logprobs"], b["scores"], b["values"], b["resp"],
-                               kl_coef=0.1, estimator="k1", gamma=1.0, lam=0.95)
-    c_rew, *_ = custom_advantages(b["logprobs"], b["ref_logprobs"], b["scores"], b["values"], b["mask"],
-                                  kl_coef=0.1, estimator="k1", gamma=1.0, lam=0.95)
-    Tn = b["mask"].shape[1]
+    kw = dict(kl_coef=0.1, estimator="k1", gamma=1.0, lam=0.95)
+    rec = custom_iteration(monkeypatch, response_length=12, **kw)
+    ro, c_rew = rec["ro"], rec["rewards"]
+    t_rew, *_ = _trl_on(rec, rec["values"], **kw)
+    Tn = ro.mask.shape[1]
     moved = 0
-    for i, n in enumerate(MIXED):
-        end = Tn if n is None else n  # tokens up to and including EOS
-        score = float(b["scores"][i])
+    for i, end in enumerate(ro.mask.sum(1).long().tolist()):  # tokens up to and including EOS
+        score = float(ro.scores[i])
         if end < Tn:  # TRL: actual_end = sequence_lengths + 1, the first padding position
             assert float(t_rew[i, end]) == pytest.approx(score)  # KL is 0 there (INVALID_LOGPROB on both)
-            assert float(c_rew[i, end - 1] - t_rew[i, end - 1]) == pytest.approx(score)
+            assert float(c_rew[i, end - 1] - t_rew[i, end - 1]) == pytest.approx(score, abs=1e-5)
             torch.testing.assert_close(t_rew[i, : end - 1], c_rew[i, : end - 1])
             moved += 1
         else:  # no room after the last token (no EOS, or EOS at T): same place, same rewards
             torch.testing.assert_close(t_rew[i], c_rew[i])
-    assert moved == 3
+    assert 0 < moved < ro.size
 
 
 @pytest.mark.parametrize("lam", [0.95, 0.5, 1.0])
-def test_gae_difference_from_the_post_eos_state_is_exactly_lam_power_times_value_error(lam):
+def test_gae_difference_from_the_post_eos_state_is_exactly_lam_power_times_value_error(monkeypatch, lam):
     """gamma = 1: A_trl(t) - A_custom(t) = lam^(e - t) * (1 - lam) * (V(s_e+1) - score), t <= e.
 
     TRL bootstraps from V(s_e+1), the value head on the EOS hidden state (the reward model's own
     feature when the value model starts from it), where the custom core takes the episode as
     terminal. Zero when lam = 1 or once the value head predicts the score after EOS; pre-whitening.
     """
-    b = _batch(MIXED)
     kw = dict(kl_coef=0.05, estimator="k1", gamma=1.0, lam=lam)
-    _, t_raw, *_ = trl_advantages(b["logprobs"], b["ref_logprobs"], b["scores"], b["values"], b["resp"], **kw)
-    _, c_raw, *_ = custom_advantages(b["logprobs"], b["ref_logprobs"], b["scores"], b["values"], b["mask"], **kw)
-    Tn = b["mask"].shape[1]
-    for i, n in enumerate(MIXED):
-        end = Tn if n is None else n
+    rec = custom_iteration(monkeypatch, response_length=12, **kw)
+    ro, values, c_raw = rec["ro"], rec["values"], rec["raw"]
+    _, t_raw, *_ = _trl_on(rec, values, **kw)
+    Tn = ro.mask.shape[1]
+    stopped = 0
+    for i, end in enumerate(ro.mask.sum(1).long().tolist()):
         e = end - 1
-        v_post = float(b["values"][i, end]) if end < Tn else None
+        v_post = float(values[i, end]) if end < Tn else None
+        stopped += v_post is not None
         for t in range(end):
-            expected = 0.0 if v_post is None else lam ** (e - t) * (1 - lam) * (v_post - float(b["scores"][i]))
+            expected = 0.0 if v_post is None else lam ** (e - t) * (1 - lam) * (v_post - float(ro.scores[i]))
             assert float(t_raw[i, t] - c_raw[i, t]) == pytest.approx(expected, abs=1e-5)
+    assert stopped > 0
 
 
-def test_whitened_advantages_equal_trl_when_the_post_eos_value_equals_the_score():
+def test_whitened_advantages_equal_trl_when_the_post_eos_value_equals_the_score(monkeypatch):
     """With V(s_e+1) = score (the value model initialised from the RM, at iteration 1) everything matches."""
-    b = _batch(MIXED)
-    values = b["values"].clone()
-    Tn = values.shape[1]
-    for i, n in enumerate(MIXED):
-        if n is not None and n < Tn:
-            values[i, n] = b["scores"][i]
     kw = dict(kl_coef=0.05, estimator="k3", gamma=1.0, lam=0.95)
-    *_, t_adv, t_ret, padding_mask, _ = trl_advantages(b["logprobs"], b["ref_logprobs"], b["scores"], values,
-                                                       b["resp"], **kw)
-    _, _, c_adv, c_ret = custom_advantages(b["logprobs"], b["ref_logprobs"], b["scores"], values, b["mask"], **kw)
-    torch.testing.assert_close(c_adv, t_adv)
-    torch.testing.assert_close(c_ret * b["mask"], t_ret * (~padding_mask).float())
+    rec = custom_iteration(monkeypatch, response_length=12, **kw)
+    ro = rec["ro"]
+    values = rec["values"].clone()
+    Tn = values.shape[1]
+    n = ro.mask.sum(1).long()
+    assert (n < Tn).any()
+    for i in range(ro.size):
+        if n[i] < Tn:
+            values[i, n[i]] = ro.scores[i]
+    *_, t_adv, t_ret, padding_mask, _ = _trl_on(rec, values, **kw)
+    torch.testing.assert_close(rec["adv"], t_adv)
+    torch.testing.assert_close(rec["returns"] * ro.mask, t_ret * (~padding_mask).float())
 
 
 # ---- losses ----------------------------------------------------------------------------------------
@@ -345,6 +412,9 @@ def test_trl_args_map_every_expressible_key(tmp_path):
 
 
 def test_optimizer_and_schedule_equal_the_custom_cores():
+    """The TRL baseline's Adam has the custom core's hyperparameters in each of its two groups (policy,
+    value: clipped apart), over the same parameters in the same order as the custom core's flat
+    buffer, and the same LR schedule."""
     from harness.models import Models
     from harness.ppo.trainer import init_state
 
@@ -354,13 +424,17 @@ def test_optimizer_and_schedule_equal_the_custom_cores():
     opt, sched = make_optimizer(cfg, policy, value)
     st = init_state(cfg, Models(task=None, tokenizer=None, policy=policy, ref=None, reward=None, value=value,
                                 source=""))
-    ours, theirs = opt.param_groups[0], st.optimizer.param_groups[0]
+    (theirs,) = st.optimizer.param_groups
     assert type(st.optimizer) is torch.optim.Adam and isinstance(opt, torch.optim.Adam)
     # the custom core steps one flat buffer whose views are exactly these parameters
     assert [p is q for p, q in zip(theirs["params"], st.params.flat, strict=True)] == [True] and st.params.intact()
-    assert [p is q for p, q in zip(ours["params"], st.params.params, strict=True)] == [True] * 4
-    for k in ("lr", "eps", "betas", "weight_decay", "amsgrad"):
-        assert ours[k] == theirs[k], k
+    ours_policy, ours_value = opt.param_groups
+    assert [p is q for p, q in zip(ours_policy["params"] + ours_value["params"], st.params.params, strict=True)] \
+        == [True] * 4
+    assert [id(p) for p in ours_policy["params"]] == [id(p) for p in policy.parameters()]
+    for ours in (ours_policy, ours_value):
+        for k in ("lr", "eps", "betas", "weight_decay", "amsgrad"):
+            assert ours[k] == theirs[k], k
     lrs = []
     for _ in range(4):
         lrs.append((sched.get_last_lr()[0], st.scheduler.get_last_lr()[0]))
@@ -368,13 +442,21 @@ def test_optimizer_and_schedule_equal_the_custom_cores():
     assert [a for a, _ in lrs] == pytest.approx([b for _, b in lrs]) and lrs[-1][0] == pytest.approx(2.5e-4)
 
 
-def test_clipped_adam_clips_the_global_norm_like_the_custom_core():
-    torch.manual_seed(0)
-    w = torch.nn.Parameter(torch.randn(5))
-    opt = ClippedAdam([w], lr=1e-3, eps=1e-5, max_grad_norm=0.5)
-    w.grad = torch.full((5,), 2.0)
+def test_clipped_adam_clips_each_group_like_the_custom_core():
+    """ClippedAdam clips the policy group and the value group apart, with the custom core's clip_norm_ rule
+    (harness/ppo/trainer.py on st.params.group_grads): the same pre-clip norms, the same clipped gradients."""
+    from harness.ppo.flat import clip_norm_
+
+    w, v = torch.nn.Parameter(torch.zeros(5)), torch.nn.Parameter(torch.zeros(3))
+    opt = ClippedAdam([[w], [v]], lr=1e-3, eps=1e-5, max_grad_norm=0.5)
+    w.grad, v.grad = torch.full((5,), 2.0), torch.full((3,), 0.1)
+    gw, gv = w.grad.clone(), v.grad.clone()
     opt.step()
-    assert opt.norms == [pytest.approx(2.0 * math.sqrt(5))]
+    norm_w, norm_v = clip_norm_([gw], 0.5), clip_norm_([gv], 0.5)
+    assert opt.norms == [pytest.approx(float(norm_w))] and float(norm_w) == pytest.approx(2.0 * math.sqrt(5))
+    assert opt.value_norms == [pytest.approx(float(norm_v))]
+    torch.testing.assert_close(w.grad, gw)  # clipped to 0.5
+    torch.testing.assert_close(v.grad, gv)  # 0.17 < 0.5: untouched, not scaled with the policy's
     assert float(w.grad.norm()) == pytest.approx(0.5)
 
 
@@ -425,7 +507,7 @@ def test_reward_adapter_gives_trls_get_reward_the_custom_cores_scores(tiny_rm, p
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     rec = adapter.drain()
     completions = R.decode(tok, resp, mask, tok.eos_token_id)
-    assert rec.gold == pytest.approx(task.gold(prompts, completions))
+    assert rec.gold == pytest.approx(task.gold(prompts, completions, has_eos.tolist()))
     assert rec.lengths == mask.sum(1).tolist() and rec.has_eos == has_eos.tolist()
     assert [p for p, _ in rec.samples] == prompts and adapter.drain().empty
 
@@ -436,7 +518,8 @@ def test_reward_adapter_scores_gold_when_there_is_no_reward_model(tiny_rm):
     mask, has_eos = R.response_mask(resp, tok.eos_token_id)
     adapter = RewardAdapter(None, tok, task.gold, pids.shape[1], -1.0, task.train_prompts)
     _, got, _ = get_reward(adapter, torch.cat([pids, resp], 1), tok.pad_token_id, pids.shape[1])
-    gold = torch.tensor(task.gold(prompts, R.decode(tok, resp, mask, tok.eos_token_id)), dtype=torch.float32)
+    texts = R.decode(tok, resp, mask, tok.eos_token_id)
+    gold = torch.tensor(task.gold(prompts, texts, has_eos.tolist()), dtype=torch.float32)
     torch.testing.assert_close(got, torch.where(has_eos, gold, torch.full_like(gold, -1.0)))
 
 

@@ -79,6 +79,15 @@ def test_mean_interval_covers_the_mean_of_matched_differences():
         assert 0.94 <= cov <= 0.96
 
 
+def test_welch_interval_covers_the_difference_of_means():
+    # unequal variances and sizes, the case Welch's df is for; 5 seeds per level as the call rule asks
+    rng = np.random.default_rng(4)
+    for na, nb in ((5, 5), (5, 10)):
+        a, b = rng.normal(0.0, 1.0, size=(4000, na)), rng.normal(0.3, 3.0, size=(4000, nb))
+        hits = [(iv := stats.welch_interval(x, y)).low <= 0.3 <= iv.high for x, y in zip(a, b, strict=True)]
+        assert 0.94 <= float(np.mean(hits)) <= 0.965
+
+
 def test_slope_interval_covers_the_true_slope():
     rng = np.random.default_rng(4)
     x = np.log(np.repeat([16.0, 32.0, 64.0], 3))

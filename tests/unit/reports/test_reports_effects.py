@@ -229,8 +229,8 @@ def test_baseline_lowers_the_sample_variance_at_matched_settings():
             )
     runs = pd.DataFrame(rows)
     (s,) = findings.baseline_variance(runs, ["kl.coef", "advantage"])
-    iv = E.variance_ratio(runs, "advantage", "sequence/none", "sequence/rloo", ["kl.coef", "advantage"])
-    assert iv.point == pytest.approx(0.5) and iv.n == 4
+    iv, cells, over = E.variance_ratio(runs, "advantage", "sequence/none", "sequence/rloo", ["kl.coef", "advantage"])
+    assert iv.point == pytest.approx(0.5) and cells == 4 and over == E.CELLS
     assert s.startswith("Baseline: sequence/rloo against sequence/none") and s.endswith("lower.")
     (few,) = findings.baseline_variance(runs[runs["kl.coef"] < 0.05], ["kl.coef", "advantage"])
     assert "needs 2 more matched cells" in few
@@ -244,6 +244,53 @@ def test_gae_lambda_against_lambda_one():
                          E.SAMPLE_VAR: scale * (10 + kl * 100 + s)})  # fmt: skip
     s = findings.gae_lambda_variance(pd.DataFrame(rows), ["kl.coef", "advantage.lam"])
     assert s.startswith("GAE: lambda = 0.95 against lambda = 1") and "0.60" in s and s.endswith("lower.")
+
+
+
+def _one_factor(seeds: int, gap: float = 0.1, noise: float = 0.02, seed: int = 0) -> pd.DataFrame:
+    """A one-factor sweep (a zip group: one cell per level): gold differs by ``gap`` between the levels."""
+    rng = np.random.default_rng(seed)
+    rows = [{"advantage": adv, "seed": s, "run_id": f"{adv}{s}", "episodes": 320.0,
+             "eval/gold": 0.5 + gap * (adv == "token") + rng.normal(0, noise),
+             E.SAMPLE_VAR: (1.0 if adv == "token" else 2.0) * np.exp(rng.normal(0, 0.1))}
+            for adv in ("sequence/none", "token") for s in range(seeds)]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_one_cell_per_level_compares_over_seeds_with_welch():
+    runs = _one_factor(seeds=5)
+    t = E.main_effects(runs, None, ["advantage"], "eval/gold").iloc[0]
+    token, none = runs["advantage"] == "token", runs["advantage"] == "sequence/none"
+    iv = stats.welch_interval(runs.loc[none, "eval/gold"], runs.loc[token, "eval/gold"])
+    assert t["over"] == E.SEEDS and t["n_runs"] == 5 and t["n_matched"] == 1
+    assert t["estimate"] == pytest.approx(0.1, abs=0.03) and (t["low"], t["high"]) == pytest.approx((iv.low, iv.high))
+    assert t["low"] > 0
+    (s,) = findings.effect_sentences(E.effects_table(runs, None, ["advantage"], metrics=("eval/gold",)))
+    assert "over 5 runs per level (one cell)" in s and "excludes 0, so it is positive" in s
+    (few,) = findings.effect_sentences(E.effects_table(_one_factor(3), None, ["advantage"], metrics=("eval/gold",)))
+    assert "not called: needs 2 more seeds per level" in few
+    ratio, cells, over = E.variance_ratio(runs, "advantage", "sequence/none", "token", ["advantage"])
+    assert over == E.SEEDS and ratio.point == pytest.approx(0.5, rel=0.15) and ratio.high < 1
+
+
+def test_gae_lambda_inside_the_merged_advantage_factor():
+    rows = []
+    rng = np.random.default_rng(1)
+    for adv, scale in (("token/lam=0.95", 0.6), ("token/lam=1", 1.0), ("sequence/rloo", 2.0)):
+        for s in range(5):
+            rows.append({"advantage": adv, "seed": s, E.SAMPLE_VAR: scale * np.exp(rng.normal(0, 0.05))})
+    s = findings.gae_lambda_variance(pd.DataFrame(rows), ["advantage"])
+    assert s.startswith("GAE: lambda = 0.95 against lambda = 1") and "0.60" in s and s.endswith("lower.")
+
+
+def test_collect_labels_token_runs_by_lambda_only_when_lambda_varies():
+    from reports.collect import _advantage_label
+
+    runs = pd.DataFrame({"advantage.level": ["token", "token", "sequence"], "advantage.baseline": ["rloo"] * 3,
+                         "advantage.lam": [0.95, 1.0, 0.95]})  # fmt: skip
+    assert _advantage_label(runs).tolist() == ["token/lam=0.95", "token/lam=1", "sequence/rloo"]
+    runs["advantage.lam"] = 0.95
+    assert _advantage_label(runs).tolist() == ["token", "token", "sequence/rloo"]
 
 
 # ---- figure 4 ------------------------------------------------------------------------------------------
