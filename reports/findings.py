@@ -50,7 +50,7 @@ def findings(
     out = [coverage(runs, excluded or {})]
     out += [s for s in [small_samples(table, runs)] if s]
     out += [s for f in factors if (s := factor_level(runs, curves, factors, table, f))]
-    out += [s for s in [kl_driver(table, factors)] if s]
+    out += [s for s in [kl_driver(table, factors, runs)] if s]
     out += effect_sentences(effects)
     out += [s for s in [batch_variance_scaling(noisy)] if s]
     out += [s for s in [noise_scale(noisy)] if s]
@@ -149,8 +149,12 @@ def factor_level(
     )
 
 
-def kl_driver(table: pd.DataFrame, factors: Sequence[str]) -> str | None:
-    """The factor whose levels spread final KL the most (largest minus smallest IQM)."""
+def kl_driver(table: pd.DataFrame, factors: Sequence[str], runs: pd.DataFrame | None = None) -> str | None:
+    """The factor whose levels spread final KL the most (largest minus smallest IQM).
+
+    When that factor's levels saw different numbers of episodes (``runs`` given), the sentence says
+    so: final KL then also measures how long each level trained.
+    """
     t = table[(table["metric"] == "eval/kl") & table["factor"].isin(list(factors))].dropna(subset=["iqm"])
     best = None
     for f, g in t.groupby("factor", sort=False):
@@ -170,7 +174,10 @@ def kl_driver(table: pd.DataFrame, factors: Sequence[str]) -> str | None:
     if (more := needs_more(n_min, MIN_SEEDS, "seeds per level")) is not None:
         return s + f"; not called a difference: {more}."
     verdict = "overlap" if _iv(lo).overlaps(_iv(hi)) else "do not overlap"
-    return s + f"; the {IV}s {verdict}."
+    s += f"; the {IV}s {verdict}"
+    if runs is not None and E.budget_differs(runs, f, factors):
+        s += ", but the levels' sample budgets differ, so this also measures how long each level trained"
+    return s + "."
 
 
 def effect_sentences(effects: pd.DataFrame, metric: str = "eval/gold") -> list[str]:

@@ -313,3 +313,13 @@ def test_figure_4_draws_what_it_is_given(frames):
     assert any("unresolved" in t.get_text() for t in ax_b.texts)
     assert [t.get_text() for t in ax_b.get_yticklabels()] == ["sequence/rloo", "token"]
     assert not noise.scales.set_index("level").loc["token", "resolved"]
+
+
+def test_kl_driver_says_when_the_budgets_differ():
+    rows = [{"rollout.batch_size": bs, "seed": s, "episodes": 20.0 * bs, "eval/kl": 1.0 + bs / 16 + 0.01 * s}
+            for bs in (16, 128) for s in range(5)]  # fmt: skip
+    runs = pd.DataFrame(rows)
+    table = stats.summarise_factors(runs, ["rollout.batch_size"], ["eval/kl"])
+    assert "sample budgets differ" in findings.kl_driver(table, ["rollout.batch_size"], runs)
+    same = runs.assign(episodes=2560.0)
+    assert "budgets" not in findings.kl_driver(table, ["rollout.batch_size"], same)
