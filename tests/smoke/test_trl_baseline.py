@@ -48,7 +48,7 @@ def test_train_impl_trl_logs_the_schema_into_one_mlflow_run(tmp_path):
     metrics = set(run.data.metrics)
     assert set(MAPPED) <= metrics, set(MAPPED) - metrics
     assert not metrics & set(ABSENT), metrics & set(ABSENT)  # absent, not faked (probe.every=1 asked for them)
-    assert {k for k in metrics if k.startswith("grad/")} == {"grad/norm"}
+    assert {k for k in metrics if k.startswith("grad/")} == {"grad/norm", "grad/value_norm"}
     assert [s for s, _ in store.metric_history(run_id, "eval/gold")] == [0, 1, 2]
     assert [v for _, v in store.metric_history(run_id, "episodes")] == [0, 8, 16]
     kl = dict(store.metric_history(run_id, "eval/kl"))

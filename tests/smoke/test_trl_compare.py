@@ -47,7 +47,9 @@ def test_compare_trains_both_impls_per_seed_at_equal_settings_and_saves_the_tabl
     assert t.loc[("eval/kl", "trl"), "point"] == pytest.approx(18.1 / 3)
     assert t.loc[("perf/tokens_per_s", "trl"), "point"] == pytest.approx(200.0)  # mean over iterations
     lo, hi = t.loc[("eval/gold", "custom"), ["low", "high"]]
-    assert 0.5 <= lo < 0.6 < hi <= 0.7
+    # Student's t-interval by hand: mean 0.6, sd 0.1 over 3 seeds, t_{2, 0.975} = 4.3027
+    half = 4.302653 * 0.1 / 3**0.5
+    assert (lo, hi) == pytest.approx((0.6 - half, 0.6 + half), abs=1e-6)
     assert res.overlap("eval/gold")
 
     md = (tmp_path / "out" / "compare.md").read_text()
