@@ -87,7 +87,25 @@ class Sweep:
             at = min(out.index(a) for a in linked)
             out = [a for a in out if a not in linked]
             out.insert(at, "advantage")
-        return out
+        return [a for a in out if a not in self.moves_with]
+
+    @property
+    def moves_with(self) -> dict[str, str]:
+        """Axes that move one-to-one with an earlier axis (a zip group such as batch size with
+        iterations): {follower: leader}. The pair is one factor, named by the leader: as two
+        factors neither would have a matched cell (they never vary apart).
+        """
+        out = [a for a in self.axes if a in self.runs and self.runs[a].nunique(dropna=True) >= 2]
+        follows: dict[str, str] = {}
+        for i, b in enumerate(out):
+            for a in out[:i]:
+                if a in follows:
+                    continue
+                pair = self.runs[[a, b]].dropna().astype(str)
+                if len(pair) and (pair.groupby(a)[b].nunique() == 1).all() and (pair.groupby(b)[a].nunique() == 1).all():
+                    follows[b] = a
+                    break
+        return follows
 
 
 # ---- resolving the sweep ------------------------------------------------------------------------

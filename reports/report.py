@@ -125,6 +125,8 @@ def _source_lines(sweep: Sweep, style: str) -> list[str]:
         f"Swept axes: {', '.join(sweep.axes) or 'none'}; factors with two or more levels: "
         f"{', '.join(sweep.factors) or 'none'}"
     )
+    for follower, leader in sweep.moves_with.items():
+        lines.append(f"{follower} moves with {leader} (one zip group): reported as the one factor {leader}")
     lines.append(f"Finished runs: {len(sweep.runs)}; figure style: {style}")
     return lines
 

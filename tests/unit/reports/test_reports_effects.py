@@ -323,3 +323,15 @@ def test_kl_driver_says_when_the_budgets_differ():
     assert "sample budgets differ" in findings.kl_driver(table, ["rollout.batch_size"], runs)
     same = runs.assign(episodes=2560.0)
     assert "budgets" not in findings.kl_driver(table, ["rollout.batch_size"], same)
+
+
+def test_axes_that_move_together_are_one_factor():
+    from reports.collect import Sweep
+
+    rows = [{"rollout.batch_size": bs, "train.iterations": 1280 // bs, "kl.coef": kl, "advantage.level": "token",
+             "advantage": "token", "seed": s} for bs in (32, 64) for kl in (0.0, 0.2) for s in range(2)]  # fmt: skip
+    sweep = Sweep("x", None, ["kl.coef", "rollout.batch_size", "train.iterations"], pd.DataFrame(rows))
+    assert sweep.moves_with == {"train.iterations": "rollout.batch_size"}
+    assert sweep.factors == ["kl.coef", "rollout.batch_size"]
+    crossed = pd.DataFrame([{**r, "train.iterations": it} for r in rows for it in (20, 40)])
+    assert Sweep("x", None, ["kl.coef", "rollout.batch_size", "train.iterations"], crossed).moves_with == {}
