@@ -29,12 +29,47 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 @app.command()
-def tasks() -> None:
-    """List the built-in tasks with a one-line description each."""
+def tasks(
+    action: Annotated[
+        str, typer.Argument(help="list (the built-in tasks) | verify (the shipped artifacts) | build (rebuild them).")
+    ] = "list",
+    task: Annotated[list[str] | None, typer.Option("--task", "-t", help="build: only this task (repeatable).")] = None,
+) -> None:
+    """List the built-in tasks, verify the shipped task artifacts against their manifest, or rebuild them."""
+    from harness import artifacts
     from harness.tasks import list_tasks
 
-    for name, desc in list_tasks().items():
-        typer.echo(f"{name:<10} {desc}")
+    if action == "list":
+        m = artifacts.read_manifest() or {}
+        shipped = m.get("artifacts", {})
+        for name, desc in list_tasks().items():
+            mark = f"[artifacts v{m.get('version')}]" if f"{name}/sft" in shipped else "[built locally]"
+            typer.echo(f"{name:<10} {mark:<16} {desc}")
+        return
+    if action == "verify":
+        results = artifacts.verify_all()
+        for name, state in results:
+            typer.echo(f"{name:<16} {state}")
+        if any(state != "ok" for _, state in results):
+            raise typer.Exit(1)
+        return
+    if action == "build":
+        from harness.build_artifacts import build_shipped
+
+        unknown = [t for t in task or [] if t not in list_tasks()]
+        if unknown:
+            raise fail(f"--task '{unknown[0]}': unknown task (known: {', '.join(list_tasks())})")
+        import sys
+
+        def live(msg: str) -> None:  # one live line on stderr
+            sys.stderr.write("\r" + msg[:100].ljust(100))
+            sys.stderr.flush()
+
+        path = build_shipped(task or None, progress=live)
+        sys.stderr.write("\n")
+        typer.echo(f"wrote {path}")
+        return
+    raise fail(f"tasks ACTION '{action}': expected list, verify or build")
 
 
 @app.command()

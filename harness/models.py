@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness import artifacts
 from harness.config import RunConfig
 from harness.ppo import rollout as R
 from harness.tasks import Task, get_task
@@ -39,7 +40,7 @@ def _quiet_transformers() -> None:
 
 _quiet_transformers()
 
-CACHE_VERSION = 3  # bump when the build recipe changes
+CACHE_VERSION = 4  # bump when the build recipe changes (4: the RM key names its SFT by key, not by folder)
 
 # Built-in presets: GPT-2 architecture, dropout off (N implementation details: no dropout in RL).
 PRESETS: dict[str, dict[str, int]] = {
@@ -67,6 +68,7 @@ class Models:
     reward: nn.Module | None  # frozen proxy reward model (None when optimising gold)
     value: nn.Module | None  # trainable value model (sequence classifier, per-token head use)
     source: str  # where the weights came from (cache dir or HF name)
+    provenance: dict[str, str] = None  # MLflow tags: shipped or local build, version, checksums
 
 
 class SharedTrunkValue(nn.Module):
@@ -319,17 +321,32 @@ def _cached(out: Path, parts: dict, build) -> Path:
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         stats = build(tmp)
-        (tmp / "done.json").write_text(json.dumps({**parts, **stats, "build_s": time.time() - t0}))
+        (tmp / "done.json").write_text(json.dumps({"key": _key(parts), **parts, **stats, "build_s": time.time() - t0},
+                                                  default=str))
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
     return out
 
 
-def build_sft(cfg: RunConfig, task: Task, progress=None) -> Path:
-    """Tokenizer + SFT policy for (task, policy), cached; returns the directory."""
+def sft_parts(cfg: RunConfig, task: Task) -> dict[str, Any]:
+    """What makes the SFT policy of a run: its cache key (and the shipped artifact's) hashes this."""
     name = cfg.model.policy
-    parts = {"v": CACHE_VERSION, "task": task.name, "policy": name, "sft": SFT_RECIPE,
-             "preset": PRESETS.get(name), "corpus": _key({"sft": task.sft_corpus, "vocab": task.words()})}
+    return {"v": CACHE_VERSION, "task": task.name, "policy": name, "sft": SFT_RECIPE,
+            "preset": PRESETS.get(name), "corpus": _key({"sft": task.sft_corpus, "vocab": task.words()})}
+
+
+def rm_parts(cfg: RunConfig, task: Task) -> dict[str, Any]:
+    """What makes the proxy RM of a run: its SFT policy's key, the pairs, label noise, length and recipe."""
+    return {"v": CACHE_VERSION, "sft": _key(sft_parts(cfg, task)), "pairs": cfg.model.rm_pairs,
+            "noise": cfg.model.rm_label_noise, "len": _response_length(cfg, task), "rm": RM_RECIPE}
+
+
+def build_sft(cfg: RunConfig, task: Task, progress=None, use_shipped: bool = True) -> Path:
+    """Tokenizer + SFT policy for (task, policy): shipped (verified), or built and cached; returns the directory."""
+    name = cfg.model.policy
+    parts = sft_parts(cfg, task)
+    if use_shipped and (found := artifacts.shipped(task.name, "sft", _key(parts))) is not None:
+        return found
 
     def build(tmp: Path) -> dict:
         torch.manual_seed(0)
@@ -349,10 +366,11 @@ def build_sft(cfg: RunConfig, task: Task, progress=None) -> Path:
     return _cached(cache_root() / task.name / f"sft-{_safe(name)}-{_key(parts)}", parts, build)
 
 
-def build_reward_model(cfg: RunConfig, task: Task, sft_dir: Path, progress=None) -> Path:
-    """Proxy RM trained on gold-labelled SFT preference pairs, cached; returns the directory."""
-    parts = {"v": CACHE_VERSION, "sft": sft_dir.name, "pairs": cfg.model.rm_pairs, "noise": cfg.model.rm_label_noise,
-             "len": _response_length(cfg, task), "rm": RM_RECIPE}
+def build_reward_model(cfg: RunConfig, task: Task, sft_dir: Path, progress=None, use_shipped: bool = True) -> Path:
+    """Proxy RM trained on gold-labelled SFT preference pairs: shipped (verified), or built and cached."""
+    parts = rm_parts(cfg, task)
+    if use_shipped and (found := artifacts.shipped(task.name, "rm", _key(parts))) is not None:
+        return found
 
     def build(tmp: Path) -> dict:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -418,6 +436,14 @@ def validate_model_keys(cfg: RunConfig) -> None:
     r = cfg.model.reward
     if r not in ("learned", "gold") and _looks_local(r) and not Path(r).expanduser().exists():
         raise ModelError(f"model.reward '{r}': not 'learned', 'gold' or an existing model path")
+    # shipped artifacts this run would use are verified now, before anything is logged
+    task = get_task(cfg.task.name)
+    try:
+        artifacts.shipped(task.name, "sft", _key(sft_parts(cfg, task)))
+        if r == "learned":
+            artifacts.shipped(task.name, "rm", _key(rm_parts(cfg, task)))
+    except artifacts.ArtifactError as e:
+        raise ModelError(str(e)) from None
 
 
 def load_models(cfg: RunConfig, progress=None) -> Models:
@@ -435,7 +461,8 @@ def load_models(cfg: RunConfig, progress=None) -> Models:
     if cfg.model.reward == "gold":
         reward = None
     elif cfg.model.reward == "learned":
-        reward = _load_classifier(build_reward_model(cfg, task, sft_dir, progress) / "rm")
+        rm_dir = build_reward_model(cfg, task, sft_dir, progress)
+        reward = _load_classifier(rm_dir / "rm")
     else:
         try:
             reward = _load_classifier(Path(cfg.model.reward))
@@ -459,4 +486,8 @@ def load_models(cfg: RunConfig, progress=None) -> Models:
         value.requires_grad_(True)
         value.train()
     policy.train()
-    return Models(task=task, tokenizer=tokenizer, policy=policy, ref=ref, reward=reward, value=value, source=str(sft_dir))
+    tags = artifacts.provenance(task.name, "sft", sft_dir)
+    if cfg.model.reward == "learned":
+        tags.update(artifacts.provenance(task.name, "rm", rm_dir))
+    return Models(task=task, tokenizer=tokenizer, policy=policy, ref=ref, reward=reward, value=value,
+                  source=str(sft_dir), provenance=tags)

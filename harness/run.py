@@ -56,6 +56,8 @@ class Recorder:
         self.history: dict[str, list[tuple[int, float]]] = {}
         self.samples: list[dict] = []
         self.sample_at = sample_iterations(cfg.train.iterations, cfg.eval.every)
+        if models.provenance:
+            logger.set_tags(models.provenance)  # which task artifacts this run used: shipped or local, checksums
 
     def evaluate(self, it: int) -> dict[str, float]:
         from harness.evaluate import evaluate

@@ -33,6 +33,9 @@ def test_train_logs_one_complete_run(tmp_path):
     assert run.data.params["ppo.clip_eps"] == "0.2" and run.data.params["seed"] == "1"
     assert run.data.tags["task"] == "sentiment" and run.data.tags["impl"] == "custom"
     assert run.data.tags["advantage.level"] == "token" and "git_commit" in run.data.tags
+    # TINY changes the RM's recipe (model.rm_pairs=64), not the SFT policy's: shipped SFT, local RM
+    assert run.data.tags["artifacts.sft"] == "shipped" and run.data.tags["artifacts.version"]
+    assert run.data.tags["artifacts.rm"] == "local build" and len(run.data.tags["artifacts.rm_sha256"]) == 16
     assert [s for s, _ in store.metric_history(run_id, "eval/gold")] == [0, 1, 2]
     assert [v for _, v in store.metric_history(run_id, "episodes")] == [0, 8, 16]
     artifacts = {a.path for a in store.client.list_artifacts(run_id)}
