@@ -16,6 +16,20 @@ from harness.ppo import rollout as R
 EVAL_SEED = 20240607  # the same sampling noise at every evaluation of every run
 
 
+def overopt_onset(gold: list[float], proxy: list[float]) -> int | None:
+    """Index of the first evaluation at which gold has fallen for two consecutive evaluations while
+    the proxy rose over both, i.e. the first k >= 2 with gold[k-2] > gold[k-1] > gold[k] and
+    proxy[k-2] < proxy[k-1] < proxy[k]; None when that never happens.
+
+    The over-optimisation onset of Gao et al. 2022's picture: optimising the proxy past the point
+    where it stops tracking the gold reward.
+    """
+    for k in range(2, min(len(gold), len(proxy))):
+        if gold[k - 2] > gold[k - 1] > gold[k] and proxy[k - 2] < proxy[k - 1] < proxy[k]:
+            return k
+    return None
+
+
 def eval_prompts(task, n: int) -> list[str]:
     """The first n held-out prompts, cycling when the split is smaller."""
     return list(itertools.islice(itertools.cycle(task.eval_prompts), n))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from harness.config import RunConfig
+from harness.evaluate import overopt_onset
 from harness.ppo.trainer import NonFiniteError
 from harness.tracking import DEFAULT_EXPERIMENT, RunLogger, Store, git_commit, package_versions
 
@@ -56,6 +57,8 @@ class Recorder:
         self.history: dict[str, list[tuple[int, float]]] = {}
         self.samples: list[dict] = []
         self.sample_at = sample_iterations(cfg.train.iterations, cfg.eval.every)
+        self.evals: list[dict[str, float]] = []  # every evaluation's metrics, in order
+        self.onset: int | None = None  # iteration of the over-optimisation onset, once seen
         if models.provenance:
             logger.set_tags(models.provenance)  # which task artifacts this run used: shipped or local, checksums
 
@@ -70,6 +73,13 @@ class Recorder:
         )
         if it in self.sample_at:
             self.samples.extend({"iteration": it, **r} for r in rows[:SAMPLE_ROWS])
+        self.evals.append(em)
+        if self.onset is None:
+            k = overopt_onset([e["eval/gold"] for e in self.evals], [e["eval/proxy"] for e in self.evals])
+            if k is not None:  # logged once, at the evaluation that shows it
+                self.onset = it
+                em = {**em, "eval/overopt_onset_kl": em["eval/kl"]}
+                self.logger.set_tags({"overopt.onset_iteration": str(it), "overopt.onset_kl": f"{em['eval/kl']:.4g}"})
         return em
 
     def log(self, it: int, metrics: dict[str, float]) -> None:

@@ -52,6 +52,7 @@ METRICS: dict[str, Metric] = {
     "eval/gold": Metric("gold reward (eval)", "", "max", "mean gold reward on held-out prompts"),
     "eval/proxy": Metric("proxy score (eval)", "", "max", "mean optimised score on held-out prompts"),
     "eval/kl": Metric("KL to reference (eval)", "nats", "min", "mean sum_t (logp - ref) on held-out prompts (k1)"),
+    "eval/overopt_onset_kl": Metric("over-optimisation onset KL", "nats", "", "eval/kl at the first evaluation where gold fell twice in a row while proxy rose; logged once"),
     "eval/length": Metric("response length (eval)", "tokens", "", "mean held-out response tokens"),
     # ---- time and progress
     "perf/tokens_per_s": Metric("throughput", "tokens/s", "max", "generated tokens per second of the iteration"),
