@@ -56,6 +56,9 @@ CURVE_KEYS = (
     "grad/signal",
     "grad/sample_variance",
     "grad/batch_variance",
+    # logged once, at the evaluation where over-optimisation started: its step places the onset
+    # on the run's curves (reports.overopt.onset_table)
+    "eval/overopt_onset_kl",
 )
 ID_COLUMNS = ("run_id", "seed", "impl", "task", "advantage", "cell")
 

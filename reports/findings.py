@@ -5,7 +5,8 @@ with the interval that qualifies it: which level of each factor is best and whet
 intervals separate it from the next, the factorial main effects and interactions over matched
 cells, how the batch-gradient variance scales with batch size, the gradient noise scale per
 advantage estimator, whether a baseline (or GAE lambda < 1) lowers the gradient variance, where
-gold and proxy reward part ways, and how custom PPO compares with TRL.
+gold and proxy reward part ways (and the Gao et al. 2022 fit of gold gain against sqrt(KL) per
+proxy-RM size, its peak, and the onsets the runs logged), and how custom PPO compares with TRL.
 
 A finding never calls a difference from fewer than ``MIN_SEEDS`` runs per level, or an effect
 from fewer than ``MIN_CELLS`` matched cells: it says how many more are needed instead.
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from reports import effects as E
+from reports import overopt as O
 from reports import stats
 from reports.effects import MIN_CELLS, MIN_SEEDS
 from reports.stats import Interval, level_label
@@ -58,6 +60,7 @@ def findings(
     out += [s for s in [gae_lambda_variance(noisy, factors)] if s]
     out += poi_sentences(poi)
     out += [s for s in [over_optimisation(runs, curves, factors)] if s]
+    out += gao_sentences(runs, curves)
     out += [s for s in [custom_vs_trl(runs)] if s]
     return out
 
@@ -405,6 +408,123 @@ def over_optimisation(runs: pd.DataFrame, curves: pd.DataFrame, factors: Sequenc
         parts = [f"{n} of {int(total.get(lv, 0))} at {level_label(lv)}" for lv, n in per.sort_index().items()]
         s += f" By {hue}: {', '.join(parts)}."
     return s
+
+
+GAO_FORM = "R(d) = d (α − β ln d), d = √KL"
+
+
+def gao_sentences(runs: pd.DataFrame, curves: pd.DataFrame, analysis: O.Analysis | None = None) -> list[str]:
+    """Gao et al. (2022) over-optimisation findings: one per RM size, the peak shift, the onsets.
+
+    ``analysis`` from ``overopt.analyse`` (computed here when None). Empty when the sweep has no
+    eval/kl curves.
+    """
+    if analysis is None:
+        if not O.has_kl_curves(curves):
+            return []
+        analysis = O.analyse(runs, curves)
+    if analysis.empty:
+        return []
+    out = [gao_fit_sentence(r, analysis.grouped) for r in analysis.summary.itertuples(index=False)]
+    if analysis.shift is not None:
+        out.append(peak_shift_sentence(analysis.shift))
+    out.append(onset_sentence(analysis))
+    return out
+
+
+def _where(level: str, grouped: bool) -> str:
+    return f"at {O.RM} = {level}" if grouped else "over all runs"
+
+
+def gao_fit_sentence(r, grouped: bool = True) -> str:
+    """One level's fit (a row of ``overopt.level_summary``): alpha, beta [t-intervals], R², KL*, empirical
+    peak."""
+    where = _where(r.level, grouped)
+    head = (
+        f"Gao et al. (2022) fit of gold gain over the initial policy, {GAO_FORM}, {where} "
+        f"({r.n_seeds} seed{_s(r.n_seeds)}, {r.n_runs} run{_s(r.n_runs)}, {r.n_points} points with KL > 0)"
+    )
+    if not np.isfinite(r.alpha_pooled):
+        return f"{head}: too few points to fit."
+    a = Interval(float(r.alpha), float(r.alpha_low), float(r.alpha_high), int(r.n_seeds))
+    b = Interval(float(r.beta), float(r.beta_low), float(r.beta_high), int(r.n_seeds))
+    over = f"{T_IV}s over per-seed fits" if r.n_seeds >= 2 else "one seed, no interval"
+    s = f"{head}: α = {a.fmt()}, β = {b.fmt()} ({over}); pooled R² = {r.r2:.2f}"
+    if not r.has_peak:
+        s += "; β ≤ 0, so the fitted curve has no peak within the fit (gold gain does not turn down)"
+    else:
+        k = Interval(float(r.kl_star), float(r.kl_star_low), float(r.kl_star_high), int(r.n_peak))
+        how = (
+            f"exp of the {T_IV} of ln KL* over {r.n_peak} seeds"
+            if r.n_peak >= 2
+            else f"{r.n_peak} seed{_s(r.n_peak)} with a fitted peak, no interval"
+        )
+        s += f"; fitted peak KL* = d*² = {k.fmt()} nats ({how})"
+        if (missing := r.n_seeds - r.n_peak) > 0:
+            s += f"; {missing} of {r.n_seeds} seeds' fits have no peak (β ≤ 0) and are left out of KL*"
+        if np.isfinite(r.kl_star) and r.kl_star > r.kl_max:
+            s += f"; KL* lies beyond the largest KL reached ({stats.fmt_number(r.kl_max)} nats): extrapolated"
+    if r.n_empirical:
+        s += (
+            f"; empirical gold peak at KL {stats.fmt_number(r.empirical_kl)} nats (median over "
+            f"{r.n_empirical} run{_s(r.n_empirical)}"
+        )
+        if r.n_peak_at_end:
+            s += f"; {r.n_peak_at_end} of them highest at their last evaluation, a lower bound there"
+        s += ")"
+    return s + "."
+
+
+def peak_shift_sentence(shift: O.PeakShift) -> str:
+    """Whether more RM data moves the fitted peak KL* (largest against smallest ``model.rm_pairs``)."""
+    head = f"Peak shift with more RM data ({O.RM} = {shift.large} against {shift.small})"
+    if shift.no_peak:
+        where = " and ".join(f"{O.RM} = {lv}" for lv in shift.no_peak)
+        return f"{head}: not estimated: no fitted peak at {where} (β ≤ 0, no peak within the fit)."
+    n = min(shift.n_small, shift.n_large)
+    have = f"{shift.n_small} and {shift.n_large} seeds with a fitted peak"
+    est = f"KL* ratio {stats.fmt_number(shift.ratio.point)}"  # 'n/a' when NaN
+    dropped = ""
+    if shift.seeds_without_peak:
+        parts = [f"{k} at {O.RM} = {lv}" for lv, k in shift.seeds_without_peak.items()]
+        dropped = f"; seeds whose fit has no peak left out: {', '.join(parts)}"
+    if (more := needs_more(n, MIN_SEEDS, "seeds per level")) is not None:
+        return f"{head}: {est} from {have}, not called: {more}{dropped}."
+    iv = shift.ratio
+    if iv.low > 1:
+        verdict = "the interval excludes 1, so more RM data moves the peak to larger KL"
+    elif iv.high < 1:
+        verdict = "the interval excludes 1, so more RM data moves the peak to smaller KL"
+    else:
+        verdict = "the interval includes 1, so the sweep does not resolve a shift of the peak"
+    return (
+        f"{head}: KL*({shift.large}) / KL*({shift.small}) = {iv.fmt()} (Welch's 95% t-interval of the "
+        f"difference in ln KL* over {have}, exponentiated); {verdict}{dropped}."
+    )
+
+
+def onset_sentence(analysis: O.Analysis) -> str:
+    """How many runs per RM size and kl.coef logged an over-optimisation onset, at what median KL."""
+    rule = (
+        f"{O.ONSET}, logged at the first evaluation at which gold had fallen for two consecutive "
+        "evaluations while the proxy rose"
+    )
+    o = analysis.onsets
+    if o.empty or not o["onset"].any():
+        why = "" if analysis.onset_logged else "; no run logged the metric, or the runs predate it"
+        return f"No run shows an over-optimisation onset ({rule}{why}) among {len(o)} runs with eval curves."
+    t = O.onset_summary(o)
+    parts = []
+    for level, g in t.groupby("level", sort=False):
+        cells = []
+        for r in g.itertuples(index=False):
+            at = f"{O.COEF} = {r.coef}: " if r.coef != "" else ""
+            kl = f" (median onset KL {stats.fmt_number(r.median_kl)} nats)" if r.n_onset else ""
+            cells.append(f"{at}{r.n_onset} of {r.n_runs}{kl}")
+        lead = f"{O.RM} = {level}: " if analysis.grouped else ""
+        parts.append(lead + ", ".join(cells))
+    n = int(o["onset"].sum())
+    return f"{n} of {len(o)} runs show an over-optimisation onset ({rule}): " + "; ".join(parts) + "."
 
 
 def custom_vs_trl(runs: pd.DataFrame) -> str | None:

@@ -27,7 +27,7 @@ from cycler import cycler
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from reports import effects, stats
+from reports import effects, overopt, stats
 from reports.stats import level_label
 
 # ---- style ----------------------------------------------------------------------------------------
@@ -145,6 +145,7 @@ FACTOR_LABELS = {
     "impl": "implementation",
     "loss.agg": "loss aggregation",
     "kl.estimator": "KL estimator",
+    "model.rm_pairs": "RM training pairs",
 }
 HEALTH_METRICS = ("policy/clipfrac_avg", "policy/approxkl_avg", "response/length", "objective/entropy")
 
@@ -400,6 +401,8 @@ def reward_kl_frontier(
     fig = _figure(style, style.double if len(panels) > 1 else style.single, style.row + 0.45)
     axes = np.atleast_1d(fig.subplots(1, len(panels), sharex=True, squeeze=False)).ravel()
     kl = _metric_curves(curves, "eval/kl")
+    onsets = overopt.onset_table(r, curves)
+    onsets = onsets[onsets["onset"]] if not onsets.empty else onsets
     handles, labels = [], []
     for ax, metric in zip(axes, panels, strict=True):
         y = _metric_curves(curves, metric)
@@ -407,6 +410,11 @@ def reward_kl_frontier(
             color = PALETTE[j % len(PALETTE)]
             sel = r if hue is None else r[r[hue] == level]
             ax.scatter(sel["eval/kl"], sel[metric], s=7, color=color, alpha=0.45, linewidths=0, zorder=2)
+            on = onsets[onsets["run_id"].isin(set(sel["run_id"]))] if not onsets.empty else onsets
+            if len(on):
+                col = "onset_gold" if metric == "eval/gold" else "onset_proxy"
+                ax.scatter(on["onset_kl"], on[col], marker=ONSET_MARKER, s=22, color=color, zorder=5,
+                           edgecolors="black", linewidths=0.4)  # fmt: skip
             traj = _trajectory(kl, y, sel["run_id"])
             if traj is not None:
                 (line,) = ax.plot(traj[0], traj[1], color=color, marker="o", markersize=2.2, zorder=3)
@@ -428,9 +436,22 @@ def reward_kl_frontier(
         ax.set_ylabel(metric_label(metric))
         ax.set_xlabel(metric_label("eval/kl"))
         ax.xaxis.set_major_locator(MaxNLocator(5))
-    if hue:
-        fig.legend(handles, labels, title=factor_label(hue), loc="outside right center")
+    if len(onsets):
+        handles.append(_onset_handle())
+        labels.append("onset (run)")
+    if hue or len(onsets):
+        fig.legend(handles, labels, title=factor_label(hue) if hue else None, loc="outside right center")
     return fig
+
+
+ONSET_MARKER = "X"  # a run's logged over-optimisation onset (eval/overopt_onset_kl), figures 3 and 8
+
+
+def _onset_handle():
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], linestyle="none", marker=ONSET_MARKER, markersize=5, color="0.5",
+                  markeredgecolor="black", markeredgewidth=0.4)  # fmt: skip
 
 
 def _trajectory(kl: pd.DataFrame, y: pd.DataFrame, run_ids) -> tuple[np.ndarray, np.ndarray] | None:
@@ -736,6 +757,74 @@ def _short(label: str) -> str:
     return label.replace(" (", "\n(", 1) if len(label) > 14 else label
 
 
+# ---- figure 8: over-optimisation (Gao et al. 2022) ------------------------------------------------------
+
+
+@_skippable
+def overoptimisation(
+    runs: pd.DataFrame,
+    curves: pd.DataFrame,
+    factors: Sequence[str],
+    style: Style,
+    analysis: overopt.Analysis | None = None,
+) -> Figure | str:
+    """Gold (a) and proxy (b) gain over the initial policy against d = sqrt(KL), colour = RM size.
+
+    Thin lines: single runs' trajectories; thick line (gold): the level's pooled Gao et al. fit
+    d (alpha - beta ln d); X: a run's logged onset. ``analysis`` defaults to ``overopt.analyse``;
+    the figure computes nothing itself.
+    """
+    if analysis is None:
+        if not overopt.has_kl_curves(curves):
+            return "no eval/kl history"
+        analysis = overopt.analyse(runs, curves)
+    pts = analysis.points
+    if pts.empty:
+        return "no run with both eval/kl and eval/gold histories"
+    panels = ["gold_gain"] + (["proxy_gain"] if np.isfinite(pts["proxy_gain"].to_numpy(float)).any() else [])
+    levels = analysis.summary["level"].tolist()
+    color = {lv: PALETTE[i % len(PALETTE)] for i, lv in enumerate(levels)}
+    fig = _figure(style, style.double if len(panels) > 1 else style.single, style.row + 0.6)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharex=True, squeeze=False)).ravel()
+    onsets = analysis.onsets[analysis.onsets["onset"]] if not analysis.onsets.empty else analysis.onsets
+    fits = analysis.summary.set_index("level")
+    handles, labels = [], []
+    for k, (ax, col) in enumerate(zip(axes, panels, strict=True)):
+        for lv in levels:
+            sel = pts[pts["level"] == lv]
+            for _, g in sel.groupby("run_id", sort=False):
+                ax.plot(g["d"], g[col], color=color[lv], linewidth=0.6, alpha=0.35, zorder=2)
+            if col == "gold_gain":
+                c = analysis.curves[analysis.curves["level"] == lv]
+                if len(c):
+                    (line,) = ax.plot(c["d"], c["gain"], color=color[lv], linewidth=2.2, zorder=4)
+                    f = fits.loc[lv]
+                    handles.append(line)
+                    a, b = stats.fmt_number(f["alpha_pooled"], 2), stats.fmt_number(f["beta_pooled"], 2)
+                    labels.append(f"{lv}: α={a}, β={b}")
+            on = onsets[onsets["level"] == lv] if len(onsets) else onsets
+            if len(on):
+                ax.scatter(on["onset_d"], on[f"onset_{col}"], marker=ONSET_MARKER, s=24, color=color[lv],
+                           edgecolors="black", linewidths=0.4, zorder=5)  # fmt: skip
+        ax.axhline(0.0, color="0.6", linewidth=0.5, zorder=1)
+        what = "gold" if col == "gold_gain" else "proxy"
+        ax.set_ylabel(f"{what} gain over initial policy")
+        ax.set_xlabel("d = √KL (√nats)")
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+        if len(panels) > 1:
+            ax.set_title(f"({'ab'[k]}) {what}", loc="left")
+    from matplotlib.lines import Line2D
+
+    handles.append(Line2D([], [], color="0.4", linewidth=0.6, alpha=0.6))
+    labels.append("single runs")
+    if len(onsets):
+        handles.append(_onset_handle())
+        labels.append("onset (run)")
+    title = factor_label(overopt.RM) + " (fit)" if analysis.grouped else "Gao et al. fit"
+    fig.legend(handles, labels, title=title, loc="outside right center")
+    return fig
+
+
 # ---- all figures -----------------------------------------------------------------------------------------
 
 FIGURES: list[tuple[str, str, Callable[..., Figure | None]]] = [
@@ -746,6 +835,7 @@ FIGURES: list[tuple[str, str, Callable[..., Figure | None]]] = [
     ("fig5_sensitivity", "Sensitivity to clip ε and KL coefficient", sensitivity_heatmap),
     ("fig6_custom_vs_trl", "Custom PPO vs TRL", custom_vs_trl),
     ("fig7_training_health", "Training health", training_health),
+    ("fig8_overoptimisation", "Reward vs sqrt(KL) per RM size, Gao et al. 2022 fit", overoptimisation),
 ]
 
 
@@ -788,6 +878,11 @@ def _meta(stem: str, runs: pd.DataFrame, factors: Sequence[str]) -> dict[str, An
     if stem == "fig3_reward_kl_frontier":
         meta["hue"] = frontier_hue(runs, factors)
         meta["proxy"] = not _finite(runs, "eval/proxy").empty
+    if stem in ("fig3_reward_kl_frontier", "fig8_overoptimisation"):
+        onset = pd.to_numeric(runs[overopt.ONSET], errors="coerce") if overopt.ONSET in runs else pd.Series(dtype=float)
+        meta["onsets"] = int(onset.notna().sum())
+    if stem == "fig8_overoptimisation":
+        meta["grouped"] = overopt.RM in runs
     if stem == "fig6_custom_vs_trl":
         meta["n_matched"] = len(matched_impl_runs(runs))
     return meta

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from reports import stats
+from reports.effects import MIN_SEEDS
 from reports.stats import level_label
 
 TABLE_METRICS = ("eval/gold", "eval/kl", "perf/tokens_per_s")
@@ -299,7 +300,27 @@ def captions(
                 + " against KL to the reference policy"
                 + (f", coloured by {hue}." if hue else "."),
                 "Dots: final values of single runs; lines: IQM path over evaluations; a star marks a gold "
-                "peak before the end, past which the proxy still rises while gold falls (over-optimisation).",
+                "peak before the end, past which the proxy still rises while gold falls (over-optimisation)"
+                + (
+                    f"; X: the {meta['onsets']} runs' logged over-optimisation onsets (gold fell at two "
+                    "consecutive evaluations while the proxy rose)."
+                    if meta.get("onsets")
+                    else "."
+                ),
+            ),
+            "fig8_overoptimisation": (
+                "Reward vs sqrt(KL) per RM size, Gao et al. 2022 fit: gold (a) and proxy (b) reward gain "
+                "over the initial policy against d = √KL"
+                + (", coloured by the proxy RM's training pairs." if meta.get("grouped") else "."),
+                "Thin lines: single runs' evaluations; thick lines: least-squares fit of "
+                "R(d) = d (α − β ln d) to the gold gain of all runs of an RM size (α, β in the legend; "
+                "peak at d* = exp(α/β − 1) when β > 0)"
+                + (
+                    f"; X: the {meta['onsets']} runs' logged over-optimisation onsets "
+                    "(gain at the onset step)."
+                    if meta.get("onsets")
+                    else "."
+                ),
             ),
             "fig4_gradient_variance": (
                 "(a) Batch-gradient variance tr(Σ)/B against batch size B (log-log) per advantage estimator, "
@@ -359,6 +380,13 @@ METHOD = [
     "Probability of improvement P(X > Y) = U / (n m) from the Mann-Whitney U statistic, averaged over "
     "the sweep cells where both levels ran (rliable).",
     "Learning curves compare at equal samples: the x-axis is completions seen (episodes), not iterations.",
+    "Over-optimisation (Gao et al. 2022): per evaluation d = √max(KL, 0) and the gold gain R over the run's "
+    "step-0 evaluation; R(d) = d (α − β ln d) fitted by least squares on (d, −d ln d), no intercept, d > 0, "
+    "once per seed on the runs of an RM size pooled over the other factors; α and β: means over seeds "
+    "with Student's 95% t-interval; peak KL* = exp(2 (α/β − 1)) when β > 0 (else no peak within the fit), "
+    "interval on ln KL* over seeds; R² from the fit pooled over seeds; the peak shift between the largest "
+    "and smallest RM size is Welch's 95% t-interval of the difference in ln KL*, exponentiated, called "
+    f"from {MIN_SEEDS} seeds per size.",
 ]
 
 

@@ -129,7 +129,7 @@ def test_every_output_file_exists(built):
                 "tables/effects.tex"):  # fmt: skip
         assert (built / rel).is_file(), rel
     drawn = ["fig1_learning_curves", "fig2_final_reward", "fig3_reward_kl_frontier",
-             "fig4_gradient_variance", "fig7_training_health"]  # fmt: skip
+             "fig4_gradient_variance", "fig7_training_health", "fig8_overoptimisation"]  # fmt: skip
     for stem in drawn:
         assert (built / "figures" / f"{stem}.png").read_bytes()[:4] == b"\x89PNG"
         pdf = (built / "figures" / f"{stem}.pdf").read_bytes()
