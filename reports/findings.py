@@ -27,7 +27,7 @@ from reports.stats import Interval, level_label
 
 # Over-optimisation: gold peaked before the last evaluation and then lost at least this share
 # of its gain over the initial policy, while the proxy reward was still rising.
-OVEROPT_DROP = 0.1
+OVEROPT_DROP = 0.25  # a clear fall: at least a quarter of the gain over the initial policy
 IV = "95% Yuen interval"  # the per-level interval (stats.interval), coverage measured by a test
 T_IV = "95% t-interval"
 
