@@ -106,6 +106,7 @@ class Worker:
                 if trial is None and not exhausted:
                     misses += 1
                     if misses < 20:
+                        time.sleep(0.05)  # let a concurrent sampler label its trial
                         continue
                     print("search space exhausted: the sampler keeps proposing sampled configurations")
             if trial is None:
@@ -181,12 +182,23 @@ class Worker:
             return None, False
         trial.set_user_attr("sweep.cell", cid)
         trial.set_user_attr("seed", spec.seeds[0])
-        # a race with another worker sampling at the same time: the first n_configs cells win
-        order = list(sampled_cells(spec, self.storage.get_all_trials(self.study_id, deepcopy=False)))
-        if cid in order and order.index(cid) >= spec.n_configs:
+        # A race with another worker sampling at the same time: the configurations of the lowest trial
+        # numbers win. A lower-numbered trial still being sampled (RUNNING, not yet labelled with its
+        # cell) holds a slot too: without it, a later trial that checks first would see a free slot
+        # that the earlier one takes when it labels itself, and both would run (one over the budget).
+        now = self.storage.get_all_trials(self.study_id, deepcopy=False)
+        order = list(sampled_cells(spec, now))
+        pending = sum(
+            1
+            for t in now
+            if t.number < trial.number and t.state == TrialState.RUNNING
+            and "sweep.cell" not in t.user_attrs and "sweep.skipped" not in t.user_attrs
+        )
+        ahead = [c for c in order[: order.index(cid)]] if cid in order else order
+        if len(ahead) + pending >= spec.n_configs:
             trial.set_user_attr("sweep.skipped", f"over the budget of {spec.n_configs} configurations")
             self.study.tell(trial, state=TrialState.FAIL)
-            return None, True
+            return None, False  # look again: the pending trial may turn out a duplicate and free its slot
         for seed in spec.seeds[1:]:
             self.study.enqueue_trial(values, user_attrs={"sweep.cell": cid, "seed": seed})
         return trial, False
