@@ -233,6 +233,8 @@ def ratio_interval(x, y, confidence: float = CONFIDENCE) -> tuple[Interval, bool
     cc = mx * mx - t2 * vxx
     disc = max(b * b - 4 * a * cc, 0.0)
     lo, hi = (-b - np.sqrt(disc)) / (2 * a), (-b + np.sqrt(disc)) / (2 * a)
+    if np.all(xa > 0):  # a positive numerator over a positive denominator: the ratio is > 0, so the
+        lo = max(lo, 0.0)  # confidence set is intersected with (0, inf) (coverage cannot drop)
     return Interval(mx / my, float(lo), float(hi), n), True
 
 

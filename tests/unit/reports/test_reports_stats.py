@@ -287,3 +287,13 @@ def test_matched_keeps_settings_run_by_every_level():
     m = stats.matched(df, "impl", ["custom", "trl"])
     assert m.index.tolist() == [0, 1]
     assert stats.matched(df[df["impl"] == "custom"], "impl", ["custom", "trl"]).empty
+
+
+def test_fieller_interval_of_positive_quantities_stays_positive():
+    # a noisy positive numerator (tr(Sigma)) whose normal-theory set reaches below 0
+    x = np.array([10.0, 400.0, 30.0, 900.0, 20.0])
+    y = np.array([1.0, 1.2, 0.9, 1.1, 1.0])
+    iv, resolved = stats.ratio_interval(x, y)
+    assert resolved and iv.low == 0.0 and iv.high > iv.point > 0
+    iv2, _ = stats.ratio_interval(x - 500.0, y)  # a numerator that can be negative is not clipped
+    assert iv2.low < 0
