@@ -68,7 +68,7 @@ class Models:
     reward: nn.Module | None  # frozen proxy reward model (None when optimising gold)
     value: nn.Module | None  # trainable value model (sequence classifier, per-token head use)
     source: str  # where the weights came from (cache dir or HF name)
-    provenance: dict[str, str] = None  # MLflow tags: shipped or local build, version, checksums
+    provenance: dict[str, str] | None = None  # MLflow tags: shipped or local build, version, checksums
 
 
 class SharedTrunkValue(nn.Module):
