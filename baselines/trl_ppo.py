@@ -33,7 +33,7 @@ Accepted with metrics absent (not faked): probe.every > 0 (the gradient-variance
 inside TRL's loop: none of harness.ppo.variance.KEYS is logged), and
 val/explained_var, adv/mean, adv/std (TRL does not expose advantages or returns).
 
-Known differences inside TRL's loop (documented, not patched; see tests/unit/test_trl_parity.py):
+Known differences inside TRL's loop (documented, not patched; see tests/parity/test_trl_ppo_parity.py):
 - the score goes on the token AFTER EOS (``actual_end = sequence_lengths + 1`` when it fits) and
   the value of that post-EOS state is bootstrapped and regressed; the custom core puts the score
   on EOS and treats the state after it as terminal. With gamma=1 the EOS-token advantage differs
@@ -58,7 +58,7 @@ from collections.abc import Callable
 import torch
 
 from harness.config import RunConfig
-from harness.ppo.flat import clip_norm_
+from harness.fast.flat import clip_norm_
 from harness.ppo.variance import KEYS as VARIANCE_KEYS
 
 __all__ = [
@@ -194,7 +194,7 @@ def make_optimizer(cfg: RunConfig, policy, value) -> tuple[ClippedAdam, torch.op
     groups = [[p for p in policy.parameters() if p.requires_grad], [p for p in value.parameters() if p.requires_grad]]
     opt = ClippedAdam(groups, lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps, max_grad_norm=cfg.ppo.max_grad_norm)
     n = cfg.train.iterations
-    # lr_i = lr * (1 - i / n): harness.ppo.trainer.init_state (cleanRL anneal_lr); TRL steps it once per iteration
+    # lr_i = lr * (1 - i / n): harness.ppo.loop.init_state (cleanRL anneal_lr); TRL steps it once per iteration
     decay = (lambda i: max(0.0, 1.0 - i / n)) if cfg.ppo.lr_decay else (lambda i: 1.0)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, decay)
 
@@ -304,11 +304,11 @@ def train_trl(cfg: RunConfig, logger, on_eval=None, progress: bool = True):
     from trl.experimental.ppo import PPOTrainer
 
     from baselines.trl_reward import RewardAdapter
-    from harness.models import load_models
-    from harness.ppo.rollout import make_score_fn
-    from harness.ppo.trainer import response_length
+    from harness.config import response_length
+    from harness.lm.rollout import make_score_fn
     from harness.progress import RunProgress
     from harness.run import Recorder
+    from harness.warmstart.load import load_models
 
     n = cfg.train.iterations
     tags = {"trl.absent_metrics": ",".join(ABSENT)}
@@ -322,7 +322,7 @@ def train_trl(cfg: RunConfig, logger, on_eval=None, progress: bool = True):
         if tok.pad_token_id == tok.eos_token_id:
             raise NotExpressible("model.policy", cfg.model.policy, "its tokenizer pads with EOS; TRL would drop EOS "
                                  "from the response mask")
-        T = response_length(cfg, models)
+        T = response_length(cfg, models.task)
         P = max(len(tok.encode(p, add_special_tokens=False)) for p in task.train_prompts)
         score_fn = make_score_fn(models.reward, task.gold)
         rec = Recorder(cfg, logger, models, score_fn, T)

@@ -16,7 +16,7 @@ custom core would give that completion:
 - ``model.reward=gold``: the task's gold reward of the decoded completion, broadcast
   over positions (so TRL's "last real token" pick returns it);
 - ``train.missing_eos_penalty=c``: rows with no EOS get the score ``c`` (REPLACED, as
-  ``harness.ppo.rollout.collect``). TRL's own ``missing_eos_penalty=p`` would instead give
+  ``harness.lm.rollout.collect``). TRL's own ``missing_eos_penalty=p`` would instead give
   ``score - p``; no ``p`` makes that equal to a replacement for every score, so the
   baseline leaves TRL's option unset and applies the custom semantics here.
 
@@ -33,7 +33,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from harness.ppo import rollout as R
+from harness.lm.sampling import decode, response_mask
 
 
 @dataclass
@@ -131,12 +131,12 @@ class RewardAdapter(nn.Module):
         P = self.P
         resp, resp_attn = ids[:, P:], attn[:, P:].bool()  # TRL pads after the first EOS
         is_eos = (resp == self.eos_id) & resp_attn
-        mask, _ = R.response_mask(torch.where(resp_attn, resp, torch.full_like(resp, -1)), self.eos_id)
+        mask, _ = response_mask(torch.where(resp_attn, resp, torch.full_like(resp, -1)), self.eos_id)
         mask = mask * resp_attn.float()  # up to and including EOS, like rollout.response_mask
         has_eos = is_eos.any(1)
         prompts = []
         for row, m in zip(ids[:, :P].tolist(), attn[:, :P].tolist(), strict=True):
             key = tuple(t for t, keep in zip(row, m, strict=True) if keep)
             prompts.append(self._prompt_of.get(key) or self.tokenizer.decode(list(key), skip_special_tokens=True))
-        completions = R.decode(self.tokenizer, resp, mask, self.eos_id)
+        completions = decode(self.tokenizer, resp, mask, self.eos_id)
         return prompts, completions, mask, has_eos

@@ -87,7 +87,7 @@ VARIANTS: dict[str, dict[str, str]] = {
 
 
 def make_tokenizer():
-    from harness.models import build_tokenizer
+    from harness.models.tokenizer import build_tokenizer
 
     return build_tokenizer(list(CHARS))
 
@@ -116,7 +116,7 @@ def make_task(prompts: list[str]):
 
 
 def gpt2_config(size: str, tokenizer):
-    from harness.models import gpt2_config as preset_config
+    from harness.models.presets import gpt2_config as preset_config
 
     return preset_config(SIZES[size], tokenizer)
 
@@ -127,7 +127,7 @@ def make_models(size: str, tokenizer, seed: int = SEED):
     import torch
     from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 
-    from harness.models import no_dropout
+    from harness.models.presets import no_dropout
 
     config = gpt2_config(size, tokenizer)
     torch.manual_seed(seed)
@@ -219,9 +219,9 @@ def _peak_rss_mb() -> float:
 def _run_custom(size: str, iterations: int, warmup: int, threads: int, variant: str) -> dict[str, Any]:
     import torch
 
-    from harness.models import Models, SharedTrunkValue
-    from harness.ppo import rollout as R
-    from harness.ppo.trainer import init_state, ppo_iteration
+    from harness.lm.rollout import make_score_fn
+    from harness.models.types import Models, SharedTrunkValue
+    from harness.ppo.loop import init_state, ppo_iteration
 
     torch.set_num_threads(threads)
     tokenizer = make_tokenizer()
@@ -232,7 +232,7 @@ def _run_custom(size: str, iterations: int, warmup: int, threads: int, variant: 
         value = SharedTrunkValue(policy)
     models = Models(task=task, tokenizer=tokenizer, policy=policy, ref=ref, reward=reward, value=value, source="bench")
     st = init_state(cfg, models)
-    score_fn = R.make_score_fn(models.reward, task.gold)
+    score_fn = make_score_fn(models.reward, task.gold)
     rows = []
     for i in range(warmup + iterations):
         timings: dict[str, float] = {}
@@ -410,7 +410,7 @@ def matmul_peak_gflops(threads: int, n: int = 2048, repeats: int = 5) -> dict[st
     ``torch.matmul`` (PyTorch's BLAS) and oneDNN (``gemm.linear``, where the build has it)."""
     import torch
 
-    from harness.ppo import gemm
+    from harness.fast import gemm
 
     torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)

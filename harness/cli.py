@@ -36,8 +36,8 @@ def tasks(
     task: Annotated[list[str] | None, typer.Option("--task", "-t", help="build: only this task (repeatable).")] = None,
 ) -> None:
     """List the built-in tasks, verify the shipped task artifacts against their manifest, or rebuild them."""
-    from harness import artifacts
     from harness.tasks import list_tasks
+    from harness.warmstart import artifacts
 
     if action == "list":
         m = artifacts.read_manifest() or {}
@@ -54,7 +54,7 @@ def tasks(
             raise typer.Exit(1)
         return
     if action == "build":
-        from harness.build_artifacts import build_shipped
+        from harness.warmstart.build import build_shipped
 
         unknown = [t for t in task or [] if t not in list_tasks()]
         if unknown:
@@ -88,7 +88,8 @@ def train(
 ) -> None:
     """Train one configuration and log it as one MLflow run."""
     from harness.config import ConfigError, load_config
-    from harness.models import ModelError, validate_model_keys
+    from harness.models.types import ModelError
+    from harness.warmstart.load import validate_model_keys
 
     overrides = list(set_ or [])
     for key, value in (("task.name", task), ("seed", seed), ("impl", impl)):
@@ -234,7 +235,8 @@ def compare(
     from harness.compare import check_comparable, comparable_config
     from harness.compare import compare as run_compare
     from harness.config import ConfigError, parse_override
-    from harness.models import ModelError, validate_model_keys
+    from harness.models.types import ModelError
+    from harness.warmstart.load import validate_model_keys
 
     try:
         overrides = dict(parse_override(o) for o in set_ or [])

@@ -282,3 +282,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
         if not isinstance(data, dict):
             raise ConfigError(f"config file '{p}': top level must be a mapping")
     return build_config(data, overrides)
+
+
+def response_length(cfg: RunConfig, task) -> int:
+    """Response tokens of a run: ``task.response_length`` when set, else the task's own default."""
+    return cfg.task.response_length or task.response_length

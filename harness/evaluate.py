@@ -11,7 +11,7 @@ import itertools
 
 import torch
 
-from harness.ppo import rollout as R
+from harness.lm.rollout import ScoreFn, collect
 
 EVAL_SEED = 20240607  # the same sampling noise at every evaluation of every run
 
@@ -41,7 +41,7 @@ def evaluate(
     ref,
     tokenizer,
     task,
-    score_fn: R.ScoreFn,
+    score_fn: ScoreFn,
     *,
     n_prompts: int,
     response_length: int,
@@ -56,7 +56,7 @@ def evaluate(
     prompts = eval_prompts(task, n_prompts)
     gold, proxy, kl, length, samples = [], [], [], [], []
     for s in range(0, len(prompts), batch_size):
-        ro = R.collect(
+        ro = collect(
             policy, ref, tokenizer, prompts[s : s + batch_size],
             max_new_tokens=response_length, temperature=temperature, generator=g,
             score_fn=score_fn, gold_fn=task.gold, missing_eos_penalty=missing_eos_penalty,

@@ -16,7 +16,7 @@ import torch
 
 from harness.config import RunConfig
 from harness.evaluate import overopt_onset
-from harness.ppo.trainer import NonFiniteError
+from harness.ppo.loop import NonFiniteError
 from harness.tracking import DEFAULT_EXPERIMENT, RunLogger, Store, git_commit, package_versions
 
 __all__ = ["NonFiniteError", "RunResult", "execute"]
@@ -110,7 +110,7 @@ def execute(
     progress: bool = True,
 ) -> RunResult:
     """Train one configuration and log it as one MLflow run."""
-    from harness.models import validate_model_keys
+    from harness.warmstart.load import validate_model_keys
 
     validate_model_keys(cfg)  # a bad path fails before any run exists
     if cfg.train.threads:
@@ -143,17 +143,18 @@ def _train(cfg: RunConfig, logger: RunLogger, on_eval, progress: bool) -> RunRes
         from baselines.trl_ppo import train_trl
 
         return train_trl(cfg, logger, on_eval, progress)
-    from harness.models import load_models
-    from harness.ppo.rollout import make_score_fn
-    from harness.ppo.trainer import init_state, ppo_iteration, response_length
+    from harness.config import response_length
+    from harness.lm.rollout import make_score_fn
+    from harness.ppo.loop import init_state, ppo_iteration
     from harness.progress import RunProgress
+    from harness.warmstart.load import load_models
 
     n = cfg.train.iterations
     with RunProgress(n, enabled=progress, title=f"{cfg.task.name} {cfg.advantage.level} seed {cfg.seed}") as bar:
         models = load_models(cfg, progress=bar.status)
         score_fn = make_score_fn(models.reward, models.task.gold)
         st = init_state(cfg, models)
-        rec = Recorder(cfg, logger, models, score_fn, response_length(cfg, models))
+        rec = Recorder(cfg, logger, models, score_fn, response_length(cfg, models.task))
         em = rec.evaluate(0)
         rec.log(0, {**em, "episodes": 0.0})
         bar.update(0, em)

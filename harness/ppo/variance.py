@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import torch
 
+from harness.lm.forward import policy_forward
+from harness.lm.rollout import Rollout
 from harness.ppo import math as M
-from harness.ppo import rollout as R
 
 # Keys this probe logs (documented in harness/schema.py).
 KEYS = (
@@ -96,7 +97,7 @@ def probe_generator(seed: int) -> torch.Generator:
 
 def probe_gradient_variance(
     policy,
-    ro: R.Rollout,
+    ro: Rollout,
     advantages: torch.Tensor,
     clip_eps: float,
     agg: str,
@@ -117,7 +118,7 @@ def probe_gradient_variance(
     perm = torch.randperm(B, generator=generator)
     grads = []
     for idx in perm.view(microbatches, b):
-        logp = R.policy_forward(policy, ro.prompt_ids[idx], ro.prompt_mask[idx], ro.response_ids[idx], ro.mask[idx], temperature).logprobs
+        logp = policy_forward(policy, ro.prompt_ids[idx], ro.prompt_mask[idx], ro.response_ids[idx], ro.mask[idx], temperature).logprobs
         loss, _ = M.policy_loss(logp, ro.logprobs[idx], advantages[idx], ro.mask[idx], clip_eps, agg)
         g = torch.autograd.grad(loss, params, allow_unused=True)
         grads.append(torch.cat([(x if x is not None else torch.zeros_like(p)).reshape(-1) for x, p in zip(g, params, strict=True)]))

@@ -31,10 +31,10 @@ def test_layout():
 
 def test_every_key_the_custom_core_logs_is_in_the_schema():
     from harness.config import build_config
-    from harness.models import load_models
-    from harness.ppo.rollout import make_score_fn
-    from harness.ppo.trainer import init_state, ppo_iteration
+    from harness.lm.rollout import make_score_fn
+    from harness.ppo.loop import init_state, ppo_iteration
     from harness.schema import METRICS
+    from harness.warmstart.load import load_models
     from tests.conftest import TINY
 
     cfg = build_config(None, {**TINY, "probe.every": 1, "ppo.target_kl": 1.0})

@@ -1,11 +1,11 @@
 """Every config option of the PPO loop, observed through the REAL ``ppo_iteration``.
 
-Each test runs one (or a few) real iterations of ``harness.ppo.trainer.ppo_iteration`` on the
+Each test runs one (or a few) real iterations of ``harness.ppo.loop.ppo_iteration`` on the
 tiny cached models and checks what an option must do against a hand computation: the
 rewards matrix handed to GAE, the advantages that reach ``policy_loss``, the gradients and
 learning rates the optimiser steps with, the controller's coefficient, the policy's entropy
 or KL after a step. The functions the trainer calls through module attributes
-(``harness.ppo.math.*``, ``harness.ppo.rollout.collect``) are wrapped by spies that record
+(``harness.ppo.math.*``, ``harness.lm.rollout.collect``) are wrapped by spies that record
 their arguments and call the original: the loop is the real one, only observed.
 
 Every test's docstring says which wrong wiring makes it fail. A "discriminating" assertion
@@ -20,7 +20,7 @@ iterations, probe.every / microbatches.
 
 Skipped, covered elsewhere or pure plumbing: eval.* (evaluate.py and the smoke tests),
 task.name (tests/unit/test_tasks.py), model.* (model building and caching, models.py;
-model.value_trunk=shared in test_trainer.py), train.autocast (test_trainer.py's bf16 test),
+model.value_trunk=shared in test_loop.py), train.autocast (test_loop.py's bf16 test),
 train.threads (run.py sets torch's thread count; no effect on the math), impl (run.py's
 registry; the TRL baseline has its own tests).
 """
@@ -34,13 +34,13 @@ import random
 import pytest
 import torch
 
+import harness.ppo.loop as TR
 import harness.ppo.math as M
-import harness.ppo.rollout as R
-import harness.ppo.trainer as TR
 from harness.config import build_config
-from harness.models import load_models
-from harness.ppo.rollout import make_score_fn
-from harness.ppo.trainer import init_state, ppo_iteration
+from harness.lm import forward, rollout, sampling
+from harness.lm.rollout import make_score_fn
+from harness.ppo.loop import init_state, ppo_iteration
+from harness.warmstart.load import load_models
 from tests.conftest import TINY
 
 # With seed 0 and 12 response tokens the tiny SFT policy ends some rows early (EOS at 9, 11) and runs
@@ -134,7 +134,7 @@ class Tape:
         st.optimizer.register_step_pre_hook(pre)
 
     @property
-    def ro(self) -> R.Rollout:
+    def ro(self) -> rollout.Rollout:
         return self.calls["collect"][-1]["out"]
 
 
@@ -147,7 +147,7 @@ def _run(monkeypatch, over: dict | None = None, *, perturb: float = 0.0, score_f
     st = init_state(cfg, m)
     tape = Tape(monkeypatch)
     for name in spy:
-        tape.spy(R if name == "collect" else M, name)
+        tape.spy(TR if name == "collect" else M, name)
     tape.watch_optimizer(st, grads=grads)
     score = score_fn or make_score_fn(m.reward, m.task.gold)
     hist = [ppo_iteration(cfg, m, st, score) for _ in range(iterations)]
@@ -158,12 +158,12 @@ def _const(value: float):
     return lambda ro: torch.full((ro.size,), value)
 
 
-def _by_length(ro: R.Rollout) -> torch.Tensor:
+def _by_length(ro: rollout.Rollout) -> torch.Tensor:
     """A score that is a known function of the response: 0.5 per token, minus 3."""
     return 0.5 * ro.mask.sum(1) - 3.0
 
 
-def _assert_rows_reach_the_loss(calls: list[dict], ro: R.Rollout, expected: torch.Tensor, field="advantages",
+def _assert_rows_reach_the_loss(calls: list[dict], ro: rollout.Rollout, expected: torch.Tensor, field="advantages",
                                 atol=1e-5):
     """The rows handed to ``policy_loss`` over ``calls`` are exactly the rows of ``expected``, each once.
 
@@ -218,9 +218,9 @@ def _lengths(ro):
 def _exact_kl_and_entropy(policy, ref, ro, temperature):
     """Masked means over the rollout's states of KL(pi || ref) (summed over the vocabulary) and H(pi)."""
     with torch.no_grad():
-        lp = torch.log_softmax(R.forward_logits(policy, ro.prompt_ids, ro.prompt_mask, ro.response_ids).float()
+        lp = torch.log_softmax(forward.forward_logits(policy, ro.prompt_ids, ro.prompt_mask, ro.response_ids).float()
                                / temperature, -1)
-        lq = torch.log_softmax(R.forward_logits(ref, ro.prompt_ids, ro.prompt_mask, ro.response_ids).float()
+        lq = torch.log_softmax(forward.forward_logits(ref, ro.prompt_ids, ro.prompt_mask, ro.response_ids).float()
                                / temperature, -1)
         kl = (lp.exp() * (lp - lq)).sum(-1)
         ent = -(lp.exp() * lp).sum(-1)
@@ -243,8 +243,8 @@ def test_seed_batch_and_groups_draw_the_prompts_and_tokens_by_hand(monkeypatch, 
     assert ro.prompts == [p for p in prompts for _ in range(k)]
     assert ro.response_ids.shape == (B, 5) and hist[0]["episodes"] == B and st.episodes == B
     tok = m.tokenizer
-    pids, pmask = R.encode_prompts(tok, ro.prompts)
-    rids, *_ = R.sample(m.ref, pids, pmask, 5, 1.0, tok.eos_token_id, tok.pad_token_id,
+    pids, pmask = sampling.encode_prompts(tok, ro.prompts)
+    rids, *_ = sampling.sample(m.ref, pids, pmask, 5, 1.0, tok.eos_token_id, tok.pad_token_id,
                         torch.Generator().manual_seed(seed))  # ref == the policy the loop sampled from
     assert torch.equal(rids, ro.response_ids)
 
@@ -259,9 +259,9 @@ def test_temperature_reaches_the_sampler_the_ref_and_the_update(monkeypatch):
     temp = 0.5
     cfg, m, st, hist, tape = _run(monkeypatch, {"rollout.temperature": temp, "task.response_length": MIXED_LEN})
     ro = tape.ro
-    logits = R.forward_logits(m.ref, ro.prompt_ids, ro.prompt_mask, ro.response_ids).detach()  # ref == old policy
-    at_t = R.logprobs_from_logits(logits, ro.response_ids, temp) * ro.mask
-    at_1 = R.logprobs_from_logits(logits, ro.response_ids, 1.0) * ro.mask
+    logits = forward.forward_logits(m.ref, ro.prompt_ids, ro.prompt_mask, ro.response_ids).detach()  # ref == old policy
+    at_t = forward.logprobs_from_logits(logits, ro.response_ids, temp) * ro.mask
+    at_1 = forward.logprobs_from_logits(logits, ro.response_ids, 1.0) * ro.mask
     assert (at_t - at_1).abs().max() > 0.1  # discriminating
     torch.testing.assert_close(ro.logprobs, at_t, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(ro.ref_logprobs, at_t, atol=1e-4, rtol=1e-4)
@@ -771,7 +771,7 @@ def test_probe_runs_every_n_iterations_on_the_batch_the_update_sees(monkeypatch)
     m = _models(cfg)
     st = init_state(cfg, m)
     pl = tape.spy(M, "policy_loss")
-    ros = tape.spy(R, "collect")
+    ros = tape.spy(TR, "collect")
     hist = []
     seen = []
     for _ in range(3):

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from harness.config import ConfigError, build_config
-from harness.models import load_models
-from harness.ppo.rollout import make_score_fn
-from harness.ppo.trainer import init_state, ppo_iteration
+from harness.lm.rollout import make_score_fn
+from harness.ppo.loop import init_state, ppo_iteration
 from harness.ppo.variance import KEYS, gradient_stats
+from harness.warmstart.load import load_models
 from tests.conftest import TINY
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from harness.ppo import gemm
+from harness.fast import gemm
 
 needs_onednn = pytest.mark.skipif(not gemm.available(), reason="this PyTorch build has no oneDNN")
 
@@ -13,7 +13,7 @@ needs_onednn = pytest.mark.skipif(not gemm.available(), reason="this PyTorch bui
 def test_linear_matches_float64_forward_and_backward(transposed_weight):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(300, 256, generator=g, requires_grad=True)
-    if transposed_weight:  # a Conv1D weight (in, out) passed as the view w.t(), as gpt2_fast does
+    if transposed_weight:  # a Conv1D weight (in, out) passed as the view w.t(), as harness.fast.gpt2 does
         w_param = (0.05 * torch.randn(256, 384, generator=g)).requires_grad_()
         w = w_param.t()
     else:
@@ -83,7 +83,7 @@ def test_the_aten_switch_turns_onednn_off():
     import subprocess
     import sys
 
-    code = "from harness.ppo import gemm; import torch; x = torch.randn(300, 256); w = torch.randn(256, 256); " \
+    code = "from harness.fast import gemm; import torch; x = torch.randn(300, 256); w = torch.randn(256, 256); " \
            "print(gemm.available(), gemm.uses_onednn(x, w), gemm.padded_rows(300, gemm.MIN_FLOPS))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PPO_HARNESS_GEMM": "aten"}, check=True).stdout.split()

@@ -5,7 +5,7 @@ import copy
 import torch
 from torch import nn
 
-from harness.ppo.flat import FlatParams
+from harness.fast.flat import FlatParams
 
 
 def _pair():

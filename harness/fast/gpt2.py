@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.ppo.gemm import linear, linear_gelu, padded_rows
+from harness.fast.gemm import linear, linear_gelu, padded_rows
 
 # activation_function -> F.gelu approximate mode (the same function, one fused kernel)
 _GELU = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "none"}

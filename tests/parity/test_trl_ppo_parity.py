@@ -30,11 +30,12 @@ from trl.trainer.utils import selective_log_softmax  # noqa: E402
 from baselines.trl_ppo import ClippedAdam, check_expressible, group_collator, make_optimizer, trl_args  # noqa: E402
 from baselines.trl_reward import RewardAdapter  # noqa: E402
 from harness.config import build_config  # noqa: E402
-from harness.models import load_models  # noqa: E402
+from harness.lm import forward, rollout, sampling  # noqa: E402
+from harness.lm.rollout import make_score_fn  # noqa: E402
+from harness.ppo import loop  # noqa: E402
 from harness.ppo import math as M  # noqa: E402
-from harness.ppo import rollout as R  # noqa: E402
-from harness.ppo.rollout import make_score_fn  # noqa: E402
-from harness.ppo.trainer import init_state, ppo_iteration  # noqa: E402
+from harness.ppo.loop import init_state, ppo_iteration  # noqa: E402
+from harness.warmstart.load import load_models  # noqa: E402
 from tests.conftest import TINY  # noqa: E402
 
 EOS, PAD = 1, 0
@@ -112,7 +113,7 @@ def trl_losses(new_logprobs, mb_logprobs, mb_advantage, vpred, mb_values, mb_ret
     return pg_loss, vf_loss, {"pg_clipfrac": pg_clipfrac, "vf_clipfrac": vf_clipfrac, "approxkl": approxkl}
 
 
-# ---- the custom core's composition, observed in the real loop (harness/ppo/trainer.py ppo_iteration) ---
+# ---- the custom core's composition, observed in the real loop (harness/ppo/loop.py ppo_iteration) ---
 
 
 def custom_iteration(monkeypatch, *, response_length, kl_coef, estimator, gamma, lam, seed=0):
@@ -137,12 +138,12 @@ def custom_iteration(monkeypatch, *, response_length, kl_coef, estimator, gamma,
         for p in m.policy.parameters():
             p.add_(0.03 * torch.randn(p.shape, generator=g))
     rec: dict = {}
-    collect, gae, policy_loss = R.collect, M.gae, M.policy_loss
+    collect, gae, policy_loss = rollout.collect, M.gae, M.policy_loss
 
     def collect_spy(*a, **kw):
         ro = rec["ro"] = collect(*a, **kw)
         with torch.no_grad():
-            rec["values"] = R.token_values(kw["value_model"], ro.prompt_ids, ro.prompt_mask, ro.response_ids,
+            rec["values"] = forward.token_values(kw["value_model"], ro.prompt_ids, ro.prompt_mask, ro.response_ids,
                                            torch.ones_like(ro.mask))
         return ro
 
@@ -155,7 +156,7 @@ def custom_iteration(monkeypatch, *, response_length, kl_coef, estimator, gamma,
         rec.setdefault("loss_calls", []).append((old_logprobs.clone(), advantages.clone()))
         return policy_loss(logprobs, old_logprobs, advantages, *a, **kw)
 
-    monkeypatch.setattr(R, "collect", collect_spy)
+    monkeypatch.setattr(loop, "collect", collect_spy)
     monkeypatch.setattr(M, "gae", gae_spy)
     monkeypatch.setattr(M, "policy_loss", policy_loss_spy)
     threads = torch.get_num_threads()
@@ -195,7 +196,7 @@ def _responses(lengths: list[int | None], T_: int, g: torch.Generator) -> torch.
 def _batch(lengths, T_=7, seed=0):
     g = torch.Generator().manual_seed(seed)
     resp = _responses(lengths, T_, g)
-    mask, has_eos = R.response_mask(resp, EOS)
+    mask, has_eos = sampling.response_mask(resp, EOS)
     B = len(lengths)
     return dict(
         resp=resp, mask=mask, has_eos=has_eos,
@@ -237,7 +238,7 @@ def test_response_mask_equals_trls_truncation_and_padding_mask():
     g = torch.Generator().manual_seed(2)
     raw = torch.randint(1, 20, (16, 9), generator=g)  # EOS may appear several times; no PAD sampled
     truncated = T.truncate_response(EOS, PAD, raw)
-    mask, has_eos = R.response_mask(raw, EOS)
+    mask, has_eos = sampling.response_mask(raw, EOS)
     _, padding_mask, _ = trl_masks(truncated)
     torch.testing.assert_close(mask, (~padding_mask).float())
     # TRL's contain_eos_token (ppo_trainer.py ~line 757)
@@ -249,7 +250,7 @@ def test_logprobs_at_temperature_equal_trls():
     logits, tokens, temp = torch.randn(3, 5, 11, generator=g), torch.randint(0, 11, (3, 5), generator=g), 0.7
     # TRL: logits /= temperature + 1e-7; selective_log_softmax (ppo_trainer.py ~lines 716-718, 831-833)
     trl = selective_log_softmax(logits / (temp + 1e-7), tokens)
-    torch.testing.assert_close(R.logprobs_from_logits(logits, tokens, temp), trl, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(forward.logprobs_from_logits(logits, tokens, temp), trl, atol=1e-5, rtol=1e-5)
 
 
 # ---- rewards, GAE, whitening: TRL's code on the real loop's rollout -----------------------------------
@@ -415,8 +416,8 @@ def test_optimizer_and_schedule_equal_the_custom_cores():
     """The TRL baseline's Adam has the custom core's hyperparameters in each of its two groups (policy,
     value: clipped apart), over the same parameters in the same order as the custom core's flat
     buffer, and the same LR schedule."""
-    from harness.models import Models
-    from harness.ppo.trainer import init_state
+    from harness.models.types import Models
+    from harness.ppo.loop import init_state
 
     torch.manual_seed(0)
     policy, value = torch.nn.Linear(3, 4), torch.nn.Linear(4, 1)
@@ -444,8 +445,8 @@ def test_optimizer_and_schedule_equal_the_custom_cores():
 
 def test_clipped_adam_clips_each_group_like_the_custom_core():
     """ClippedAdam clips the policy group and the value group apart, with the custom core's clip_norm_ rule
-    (harness/ppo/trainer.py on st.params.group_grads): the same pre-clip norms, the same clipped gradients."""
-    from harness.ppo.flat import clip_norm_
+    (harness/ppo/loop.py on st.params.group_grads): the same pre-clip norms, the same clipped gradients."""
+    from harness.fast.flat import clip_norm_
 
     w, v = torch.nn.Parameter(torch.zeros(5)), torch.nn.Parameter(torch.zeros(3))
     opt = ClippedAdam([[w], [v]], lr=1e-3, eps=1e-5, max_grad_norm=0.5)
@@ -467,7 +468,7 @@ def test_clipped_adam_clips_each_group_like_the_custom_core():
 def tiny_rm():
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
-    from harness.models import build_tokenizer
+    from harness.models.tokenizer import build_tokenizer
     from harness.tasks import get_task
 
     task = get_task("sentiment")
@@ -484,7 +485,7 @@ def tiny_rm():
 
 def _query_responses(task, tok, n_resp=6):
     prompts = list(task.train_prompts[:4])
-    pids, pmask = R.encode_prompts(tok, prompts)
+    pids, pmask = sampling.encode_prompts(tok, prompts)
     words = [tok.convert_tokens_to_ids(w) for w in ("good", "bad", "the", "plot", "was")]
     rows = [[words[0], words[2], tok.eos_token_id], [words[1]] * n_resp, [tok.eos_token_id], words[:4] + [words[1], words[2]]]
     resp = torch.full((4, n_resp), tok.pad_token_id, dtype=torch.long)
@@ -497,16 +498,16 @@ def _query_responses(task, tok, n_resp=6):
 def test_reward_adapter_gives_trls_get_reward_the_custom_cores_scores(tiny_rm, penalty):
     task, tok, rm = tiny_rm
     prompts, pids, pmask, resp = _query_responses(task, tok)
-    mask, has_eos = R.response_mask(resp, tok.eos_token_id)
-    expected = R.sequence_scores(rm, pids, pmask, resp, mask)
-    if penalty is not None:  # harness.ppo.rollout.collect: REPLACE the score of a row with no EOS
+    mask, has_eos = sampling.response_mask(resp, tok.eos_token_id)
+    expected = forward.sequence_scores(rm, pids, pmask, resp, mask)
+    if penalty is not None:  # harness.lm.rollout.collect: REPLACE the score of a row with no EOS
         expected = torch.where(has_eos, expected, torch.full_like(expected, penalty))
     adapter = RewardAdapter(rm, tok, task.gold, pids.shape[1], penalty, task.train_prompts)
     with torch.no_grad():
         _, got, _ = get_reward(adapter, torch.cat([pids, resp], 1), tok.pad_token_id, pids.shape[1])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     rec = adapter.drain()
-    completions = R.decode(tok, resp, mask, tok.eos_token_id)
+    completions = sampling.decode(tok, resp, mask, tok.eos_token_id)
     assert rec.gold == pytest.approx(task.gold(prompts, completions, has_eos.tolist()))
     assert rec.lengths == mask.sum(1).tolist() and rec.has_eos == has_eos.tolist()
     assert [p for p, _ in rec.samples] == prompts and adapter.drain().empty
@@ -515,10 +516,10 @@ def test_reward_adapter_gives_trls_get_reward_the_custom_cores_scores(tiny_rm, p
 def test_reward_adapter_scores_gold_when_there_is_no_reward_model(tiny_rm):
     task, tok, _ = tiny_rm
     prompts, pids, pmask, resp = _query_responses(task, tok)
-    mask, has_eos = R.response_mask(resp, tok.eos_token_id)
+    mask, has_eos = sampling.response_mask(resp, tok.eos_token_id)
     adapter = RewardAdapter(None, tok, task.gold, pids.shape[1], -1.0, task.train_prompts)
     _, got, _ = get_reward(adapter, torch.cat([pids, resp], 1), tok.pad_token_id, pids.shape[1])
-    texts = R.decode(tok, resp, mask, tok.eos_token_id)
+    texts = sampling.decode(tok, resp, mask, tok.eos_token_id)
     gold = torch.tensor(task.gold(prompts, texts, has_eos.tolist()), dtype=torch.float32)
     torch.testing.assert_close(got, torch.where(has_eos, gold, torch.full_like(gold, -1.0)))
 

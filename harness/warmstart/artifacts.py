@@ -8,7 +8,7 @@ proxy RM of each built-in task therefore ship with the package under ``harness/s
     shipped/<task>/sft/{policy,tokenizer}/...
     shipped/<task>/rm/rm/...
 
-A build is identified by the cache key of what made it (``harness.models.sft_parts`` /
+A build is identified by the cache key of what made it (``harness.warmstart.cache.sft_parts`` /
 ``rm_parts``: preset, recipe, corpus, pairs, label noise, response length). When a run's key
 equals a shipped one, the shipped files are used, after their checksums are verified (a
 corrupted or edited file is refused with one line naming it); any other key (another
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 # PPO_HARNESS_SHIPPED points at another shipped tree (tests of a corrupted copy; a lab's own release)
-ROOT = Path(os.environ.get("PPO_HARNESS_SHIPPED") or Path(__file__).resolve().parent / "shipped")
+ROOT = Path(os.environ.get("PPO_HARNESS_SHIPPED") or Path(__file__).resolve().parents[1] / "shipped")
 MANIFEST = "manifest.json"
 VERSION = "1"  # bump when the shipped artifacts are rebuilt with a different recipe
 

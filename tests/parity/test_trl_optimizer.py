@@ -3,7 +3,7 @@
 import torch
 
 from baselines.trl_ppo import ClippedAdam
-from harness.ppo.flat import FlatParams, clip_norm_
+from harness.fast.flat import FlatParams, clip_norm_
 
 
 def _params(policy_grad: list[float], value_grad: list[float]):

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from harness.config import build_config
-from harness.models import load_models
-from harness.ppo.rollout import make_score_fn
-from harness.ppo.trainer import init_state, ppo_iteration
+from harness.lm import forward, sampling
+from harness.lm.rollout import make_score_fn
+from harness.ppo.loop import init_state, ppo_iteration
+from harness.warmstart.load import load_models
 from tests.conftest import TINY
 
 
@@ -93,8 +94,7 @@ def test_shared_value_trunk_trains_one_trunk_and_a_head():
     """model.value_trunk=shared: the optimiser holds every parameter once (policy + a zero-initialised
     head), the head learns, and the values the update reads off the policy's forward are those a
     separate forward of the same trunk gives."""
-    from harness.models import SharedTrunkValue
-    from harness.ppo import rollout as R
+    from harness.models.types import SharedTrunkValue
 
     m, _, hist, st = _run({"model.value_trunk": "shared"}, iterations=2)
     assert isinstance(m.value, SharedTrunkValue)
@@ -105,11 +105,11 @@ def test_shared_value_trunk_trains_one_trunk_and_a_head():
     assert hist[-1]["loss/value_avg"] > 0
 
     tok = m.tokenizer
-    pids, pmask = R.encode_prompts(tok, list(m.task.train_prompts[:6]))
-    rids, mask, *_ = R.sample(m.policy, pids, pmask, 6, 1.0, tok.eos_token_id, tok.pad_token_id, torch.Generator().manual_seed(0))
+    pids, pmask = sampling.encode_prompts(tok, list(m.task.train_prompts[:6]))
+    rids, mask, *_ = sampling.sample(m.policy, pids, pmask, 6, 1.0, tok.eos_token_id, tok.pad_token_id, torch.Generator().manual_seed(0))
     with torch.no_grad():
-        read = R.policy_forward(m.policy, pids, pmask, rids, mask, 1.0, value_head=m.value.score).values
-        separate = R.token_values(m.value, pids, pmask, rids, mask)
+        read = forward.policy_forward(m.policy, pids, pmask, rids, mask, 1.0, value_head=m.value.score).values
+        separate = forward.token_values(m.value, pids, pmask, rids, mask)
     torch.testing.assert_close(read, separate, atol=1e-6, rtol=1e-5)
 
 

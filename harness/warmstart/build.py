@@ -12,20 +12,14 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from harness import artifacts
 from harness.config import build_config
-from harness.models import (
-    CACHE_VERSION,
-    PRESETS,
-    RM_RECIPE,
-    SFT_RECIPE,
-    _key,
-    build_reward_model,
-    build_sft,
-    rm_parts,
-    sft_parts,
-)
+from harness.models.presets import PRESETS
 from harness.tasks import get_task, list_tasks
+from harness.warmstart import artifacts
+from harness.warmstart.cache import CACHE_VERSION, build_reward_model, build_sft, rm_parts, sft_parts
+from harness.warmstart.cache import cache_key as _key
+from harness.warmstart.reward_model import RM_RECIPE
+from harness.warmstart.sft import SFT_RECIPE
 
 
 def build_shipped(

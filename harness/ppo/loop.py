@@ -17,11 +17,12 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.config import RunConfig
-from harness.models import Models, SharedTrunkValue
+from harness.config import RunConfig, response_length
+from harness.fast.flat import FlatParams, clip_norm_
+from harness.lm.forward import policy_forward, token_values
+from harness.lm.rollout import ScoreFn, collect
+from harness.models.types import Models, SharedTrunkValue
 from harness.ppo import math as M
-from harness.ppo import rollout as R
-from harness.ppo.flat import FlatParams, clip_norm_
 from harness.ppo.variance import probe_generator, probe_gradient_variance
 
 
@@ -74,10 +75,6 @@ def init_state(cfg: RunConfig, models: Models) -> PPOState:
     )
 
 
-def response_length(cfg: RunConfig, models: Models) -> int:
-    return cfg.task.response_length or models.task.response_length
-
-
 _SIDE: ThreadPoolExecutor | None = None  # one per process, reused by every iteration
 
 
@@ -121,7 +118,7 @@ def _check(name: str, value: torch.Tensor, it: int) -> None:
 
 
 def ppo_iteration(
-    cfg: RunConfig, models: Models, st: PPOState, score_fn: R.ScoreFn, timings: dict[str, float] | None = None
+    cfg: RunConfig, models: Models, st: PPOState, score_fn: ScoreFn, timings: dict[str, float] | None = None
 ) -> dict[str, float]:
     """One PPO iteration: rollout, score, KL, advantages, update. Returns metrics.
 
@@ -140,12 +137,12 @@ def ppo_iteration(
     models.policy.eval()
     # 2. score (proxy RM or gold, missing-EOS penalty) and 3. ref logprobs + values
     with _autocast(cfg, models.policy):
-        ro = R.collect(
+        ro = collect(
             models.policy,
             models.ref,
             models.tokenizer,
             batch,
-            max_new_tokens=response_length(cfg, models),
+            max_new_tokens=response_length(cfg, models.task),
             temperature=temp,
             generator=st.generator,
             score_fn=score_fn,
@@ -211,7 +208,7 @@ def ppo_iteration(
         """The value loss of one minibatch (and, on the worker thread, its backward)."""
         if v_new is None:
             with _autocast(cfg, models.value):  # autocast state is per thread
-                v_new = R.token_values(models.value, ro.prompt_ids[idx], ro.prompt_mask[idx], ro.response_ids[idx], vmask[idx])
+                v_new = token_values(models.value, ro.prompt_ids[idx], ro.prompt_mask[idx], ro.response_ids[idx], vmask[idx])
         v_loss, vst = M.value_loss(v_new, ro.values[idx], returns[idx], vmask[idx], cfg.ppo.value_clip, cfg.loss.agg)
         if backward:
             (cfg.ppo.vf_coef * v_loss).backward()
@@ -229,7 +226,7 @@ def ppo_iteration(
                 # worker thread: disjoint parameters, so the gradients are exactly those of the summed loss.
                 pending = worker.submit(value_step, idx, True) if worker is not None else None
                 with _autocast(cfg, models.policy):
-                    new_logp, entropy, v_shared = R.policy_forward(  # (b, T) each, 0 after EOS
+                    new_logp, entropy, v_shared = policy_forward(  # (b, T) each, 0 after EOS
                         models.policy, ro.prompt_ids[idx], ro.prompt_mask[idx], ro.response_ids[idx], m_mask, temp,
                         with_entropy=cfg.ppo.entropy_coef > 0, value_head=models.value.score if shared else None,
                     )

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from harness.config import build_config
-from harness.models import load_models
-from harness.ppo import rollout as R
+from harness.lm import forward, rollout, sampling
+from harness.warmstart.load import load_models
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ def models():
 
 def test_response_mask_by_hand():
     ids = torch.tensor([[5, 1, 0, 0], [5, 6, 7, 8], [1, 0, 0, 0]])  # eos id 1
-    mask, has_eos = R.response_mask(ids, eos_id=1)
+    mask, has_eos = sampling.response_mask(ids, eos_id=1)
     assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
     assert has_eos.tolist() == [True, False, True]
 
@@ -26,15 +26,15 @@ def test_response_mask_by_hand():
 def test_sampling_logprobs_equal_full_forward(models, temperature):
     tok = models.tokenizer
     prompts = list(models.task.train_prompts[:12])  # different lengths -> left padding
-    pids, pmask = R.encode_prompts(tok, prompts)
+    pids, pmask = sampling.encode_prompts(tok, prompts)
     assert (pmask == 0).any(), "the test needs padded prompts"
     g = torch.Generator().manual_seed(0)
-    rids, mask, has_eos, logp, ent = R.sample(
+    rids, mask, has_eos, logp, ent = sampling.sample(
         models.policy, pids, pmask, 16, temperature, tok.eos_token_id, tok.pad_token_id, g
     )
     with torch.no_grad():
-        logits = R.forward_logits(models.policy, pids, pmask, rids)
-        full = R.logprobs_from_logits(logits, rids, temperature) * mask
+        logits = forward.forward_logits(models.policy, pids, pmask, rids)
+        full = forward.logprobs_from_logits(logits, rids, temperature) * mask
         # an independent route: one unpadded sequence at a time, no cache, no position ids
         for i in range(len(prompts)):
             p = pids[i][pmask[i].bool()]
@@ -51,11 +51,11 @@ def test_sampling_logprobs_equal_full_forward(models, temperature):
 def test_reward_score_is_read_at_the_last_real_token(models):
     tok = models.tokenizer
     prompts = list(models.task.train_prompts[:4])
-    pids, pmask = R.encode_prompts(tok, prompts)
+    pids, pmask = sampling.encode_prompts(tok, prompts)
     g = torch.Generator().manual_seed(1)
-    rids, mask, *_ = R.sample(models.policy, pids, pmask, 8, 1.0, tok.eos_token_id, tok.pad_token_id, g)
+    rids, mask, *_ = sampling.sample(models.policy, pids, pmask, 8, 1.0, tok.eos_token_id, tok.pad_token_id, g)
     with torch.no_grad():
-        batched = R.sequence_scores(models.reward, pids, pmask, rids, mask)
+        batched = forward.sequence_scores(models.reward, pids, pmask, rids, mask)
         for i in range(len(prompts)):
             p = pids[i][pmask[i].bool()]
             n = int(mask[i].sum())
@@ -65,39 +65,39 @@ def test_reward_score_is_read_at_the_last_real_token(models):
 
 
 def test_fast_gpt2_path_equals_the_hf_forward_and_decoder(models, monkeypatch):
-    """The lean GPT-2 forward and preallocated-KV-cache decoder (gpt2_fast) against plain HF:
+    """The lean GPT-2 forward and preallocated-KV-cache decoder (harness.fast.gpt2) against plain HF:
     the same sampled tokens and logprobs, the same logits / values / scores, the same gradients."""
-    from harness.ppo import gpt2_fast
+    from harness.fast import gpt2
 
     tok, policy = models.tokenizer, models.policy
     was_training = policy.training
-    assert gpt2_fast.supports(policy) and gpt2_fast.supports(models.value) and gpt2_fast.supports(models.reward)
+    assert gpt2.supports(policy) and gpt2.supports(models.value) and gpt2.supports(models.reward)
     prompts = list(models.task.train_prompts[:10])
-    pids, pmask = R.encode_prompts(tok, prompts)
+    pids, pmask = sampling.encode_prompts(tok, prompts)
     assert (pmask == 0).any(), "the test needs padded prompts"
     args = (pids, pmask, 12, 0.8, tok.eos_token_id, tok.pad_token_id)
-    fast = R.sample(policy, *args, torch.Generator().manual_seed(5))
+    fast = sampling.sample(policy, *args, torch.Generator().manual_seed(5))
     with monkeypatch.context() as m:  # the HF route: generic forward with its own KV cache
-        m.setattr(gpt2_fast, "supports", lambda model: False)
-        slow = R.sample(policy, *args, torch.Generator().manual_seed(5))
+        m.setattr(gpt2, "supports", lambda model: False)
+        slow = sampling.sample(policy, *args, torch.Generator().manual_seed(5))
         rids = fast[0]
         with torch.no_grad():
-            hf_logits = R.forward_logits(policy, pids, pmask, rids)
-            hf_values = R.token_values(models.value, pids, pmask, rids, fast[1])
-            hf_scores = R.sequence_scores(models.reward, pids, pmask, rids, fast[1])
+            hf_logits = forward.forward_logits(policy, pids, pmask, rids)
+            hf_values = forward.token_values(models.value, pids, pmask, rids, fast[1])
+            hf_scores = forward.sequence_scores(models.reward, pids, pmask, rids, fast[1])
         policy.train()
-        hf_grads = torch.autograd.grad(R.forward_logits(policy, pids, pmask, rids).logsumexp(-1).mean(),
+        hf_grads = torch.autograd.grad(forward.forward_logits(policy, pids, pmask, rids).logsumexp(-1).mean(),
                                        list(policy.parameters()))
     for a, b in zip(fast, slow, strict=True):  # ids, mask, has_eos, logprobs, entropy
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     with torch.no_grad():
         policy.eval()
-        torch.testing.assert_close(R.forward_logits(policy, pids, pmask, rids), hf_logits, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(R.token_values(models.value, pids, pmask, rids, fast[1]), hf_values, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(R.sequence_scores(models.reward, pids, pmask, rids, fast[1]), hf_scores,
+        torch.testing.assert_close(forward.forward_logits(policy, pids, pmask, rids), hf_logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(forward.token_values(models.value, pids, pmask, rids, fast[1]), hf_values, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(forward.sequence_scores(models.reward, pids, pmask, rids, fast[1]), hf_scores,
                                    atol=1e-5, rtol=1e-5)
     policy.train()
-    grads = torch.autograd.grad(R.forward_logits(policy, pids, pmask, rids).logsumexp(-1).mean(),
+    grads = torch.autograd.grad(forward.forward_logits(policy, pids, pmask, rids).logsumexp(-1).mean(),
                                 list(policy.parameters()))
     policy.train(was_training)
     for g, h in zip(grads, hf_grads, strict=True):
@@ -108,39 +108,39 @@ def test_packed_forwards_equal_the_padded_hf_forward(models, monkeypatch):
     """The loop's packed forwards (no padding, nothing after the last read token, filler rows for
     oneDNN's shapes) against the padded HF forward: the same logprobs, entropies, values and
     scores on the real tokens, zeros elsewhere, and the same gradients."""
-    from harness.ppo import gemm, gpt2_fast
+    from harness.fast import gemm, gpt2
     from harness.ppo import math as M
 
     tok, policy = models.tokenizer, models.policy
     was_training = policy.training
     prompts = list(models.task.train_prompts[:16])
-    pids, pmask = R.encode_prompts(tok, prompts)
-    rids, mask, *_ = R.sample(policy, pids, pmask, 14, 1.0, tok.eos_token_id, tok.pad_token_id, torch.Generator().manual_seed(7))
+    pids, pmask = sampling.encode_prompts(tok, prompts)
+    rids, mask, *_ = sampling.sample(policy, pids, pmask, 14, 1.0, tok.eos_token_id, tok.pad_token_id, torch.Generator().manual_seed(7))
     pids, pmask, rids, mask = (t.clone() for t in (pids, pmask, rids, mask))  # out of inference mode
     assert (pmask == 0).any() and (mask == 0).any(), "the test needs padded prompts and early EOS"
     seq0 = torch.zeros_like(mask)
     seq0[:, 0] = 1  # the sequence-level value baseline reads V(prompt) only
-    pk = R._pack_next_token(pids, pmask, rids, mask, policy.config.n_embd)
+    pk = forward._pack_next_token(pids, pmask, rids, mask, policy.config.n_embd)
     assert pk.n == int(pmask.sum() + mask.sum() - len(prompts))  # exactly the tokens that are read
     if gemm.available():
         assert len(pk.ids) > pk.n, "the test needs filler rows"
 
     def everything():
         policy.train()
-        logp, ent, _ = R.policy_forward(policy, pids, pmask, rids, mask, 0.7, with_entropy=True)
+        logp, ent, _ = forward.policy_forward(policy, pids, pmask, rids, mask, 0.7, with_entropy=True)
         grads = torch.autograd.grad((logp.sum() + ent.sum()), list(policy.parameters()))
         with torch.no_grad():
-            values = R.token_values(models.value, pids, pmask, rids, mask)
-            v0 = R.token_values(models.value, pids, pmask, rids, seq0)
-            scores = R.sequence_scores(models.reward, pids, pmask, rids, mask)
+            values = forward.token_values(models.value, pids, pmask, rids, mask)
+            v0 = forward.token_values(models.value, pids, pmask, rids, seq0)
+            scores = forward.sequence_scores(models.reward, pids, pmask, rids, mask)
         return logp.detach(), ent.detach(), values, v0, scores, grads
 
     fast = everything()
     with monkeypatch.context() as m:  # the padded HF route for every model
-        m.setattr(gpt2_fast, "supports", lambda model: False)
+        m.setattr(gpt2, "supports", lambda model: False)
         slow = everything()
         with torch.no_grad():  # entropy straight from HF logits, an independent formula route
-            logits = policy(*R.sequence_inputs(pids, pmask, rids)[:1]).logits  # no padding mask: compare real rows only
+            logits = policy(*sampling.sequence_inputs(pids, pmask, rids)[:1]).logits  # no padding mask: compare real rows only
     policy.train(was_training)
     for a, b in zip(fast[:5], slow[:5], strict=True):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
@@ -161,9 +161,9 @@ def test_collect_tells_the_gold_reward_which_responses_ended(models):
     # (-1), the ones that ended their VADER score, exactly as the task's gold rule says
     task, tok = models.task, models.tokenizer
     prompts = list(task.train_prompts[:32])
-    ro = R.collect(
+    ro = rollout.collect(
         models.policy, models.ref, tok, prompts, max_new_tokens=10, temperature=1.0,
-        generator=torch.Generator().manual_seed(0), score_fn=R.make_score_fn(None, task.gold), gold_fn=task.gold,
+        generator=torch.Generator().manual_seed(0), score_fn=rollout.make_score_fn(None, task.gold), gold_fn=task.gold,
     )
     ended = ro.has_eos
     assert (~ended).any() and ended.any(), "the test needs both kinds of response"

@@ -10,10 +10,13 @@ import sys
 
 import pytest
 
-from harness import artifacts
 from harness.config import build_config
-from harness.models import ModelError, _key, load_models, rm_parts, sft_parts, validate_model_keys
+from harness.models.types import ModelError
 from harness.tasks import get_task, list_tasks
+from harness.warmstart import artifacts
+from harness.warmstart.cache import cache_key as _key
+from harness.warmstart.cache import rm_parts, sft_parts
+from harness.warmstart.load import load_models, validate_model_keys
 from tests.conftest import ROOT
 
 
@@ -97,7 +100,7 @@ def test_the_package_data_ships_the_artifacts():
 
 
 def test_tasks_build_writes_a_verified_tree_and_replaces_what_was_there(tmp_path):
-    from harness.build_artifacts import build_shipped
+    from harness.warmstart.build import build_shipped
 
     root = tmp_path / "shipped"
     stale = root / "length" / "sft" / "policy" / "stale.bin"

@@ -1,0 +1,142 @@
+"""The on-disk cache of built warm starts: keys hashing what made them, a lock, an atomic rename.
+
+``build_sft`` and ``build_reward_model`` return a shipped artifact when one matches the key
+(verified), else build into the cache once across processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.config import RunConfig, response_length
+from harness.models.loading import load_lm, load_pretrained_lm, save_classifier
+from harness.models.presets import PRESETS, gpt2_config, is_preset, no_dropout
+from harness.models.tokenizer import build_tokenizer
+from harness.tasks import Task
+from harness.warmstart import artifacts
+from harness.warmstart.preferences import preference_pairs
+from harness.warmstart.reward_model import RM_RECIPE, train_reward_model
+from harness.warmstart.sft import SFT_RECIPE, sft
+
+CACHE_VERSION = 4  # bump when the build recipe changes (4: the RM key names its SFT by key, not by folder)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("PPO_HARNESS_CACHE", Path.home() / ".cache" / "ppo-harness"))
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An inter-process lock so concurrent sweep workers build a model once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _cached(out: Path, parts: dict, build) -> Path:
+    """Build into ``out`` once: a lock across processes, a temp dir, an atomic rename.
+
+    ``build(tmp)`` writes the artifacts into ``tmp`` and returns stats for done.json.
+    """
+    if (out / "done.json").exists():
+        return out
+    with _locked(out.with_suffix(".lock")):
+        if (out / "done.json").exists():
+            return out
+        t0 = time.time()
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        stats = build(tmp)
+        (tmp / "done.json").write_text(json.dumps({"key": cache_key(parts), **parts, **stats, "build_s": time.time() - t0},
+                                                  default=str))
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    return out
+
+
+def sft_parts(cfg: RunConfig, task: Task) -> dict[str, Any]:
+    """What makes the SFT policy of a run: its cache key (and the shipped artifact's) hashes this."""
+    name = cfg.model.policy
+    return {"v": CACHE_VERSION, "task": task.name, "policy": name, "sft": SFT_RECIPE,
+            "preset": PRESETS.get(name), "corpus": cache_key({"sft": task.sft_corpus, "vocab": task.words()})}
+
+
+def rm_parts(cfg: RunConfig, task: Task) -> dict[str, Any]:
+    """What makes the proxy RM of a run: its SFT policy's key, the pairs, label noise, length and recipe."""
+    return {"v": CACHE_VERSION, "sft": cache_key(sft_parts(cfg, task)), "pairs": cfg.model.rm_pairs,
+            "noise": cfg.model.rm_label_noise, "len": response_length(cfg, task), "rm": RM_RECIPE}
+
+
+def build_sft(cfg: RunConfig, task: Task, progress=None, use_shipped: bool = True) -> Path:
+    """Tokenizer + SFT policy for (task, policy): shipped (verified), or built and cached; returns the directory."""
+    name = cfg.model.policy
+    parts = sft_parts(cfg, task)
+    if use_shipped and (found := artifacts.shipped(task.name, "sft", cache_key(parts))) is not None:
+        return found
+
+    def build(tmp: Path) -> dict:
+        torch.manual_seed(0)
+        if is_preset(name):
+            tokenizer = build_tokenizer(task.words())
+            from transformers import GPT2LMHeadModel
+
+            n_pos = 32 + _max_prompt_tokens(tokenizer, task) + max(64, task.response_length)
+            model = GPT2LMHeadModel(gpt2_config({**PRESETS[name], "n_positions": n_pos}, tokenizer))
+        else:
+            tokenizer, model = load_pretrained_lm(name)
+        stats = sft(no_dropout(model), tokenizer, task.sft_corpus, seed=0, progress=progress)
+        model.save_pretrained(tmp / "policy")
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        return stats
+
+    return _cached(cache_root() / task.name / f"sft-{_safe(name)}-{cache_key(parts)}", parts, build)
+
+
+def build_reward_model(cfg: RunConfig, task: Task, sft_dir: Path, progress=None, use_shipped: bool = True) -> Path:
+    """Proxy RM trained on gold-labelled SFT preference pairs: shipped (verified), or built and cached."""
+    parts = rm_parts(cfg, task)
+    if use_shipped and (found := artifacts.shipped(task.name, "rm", cache_key(parts))) is not None:
+        return found
+
+    def build(tmp: Path) -> dict:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(sft_dir / "tokenizer")
+        policy = load_lm(sft_dir / "policy")
+        chosen, rejected = preference_pairs(
+            policy, tokenizer, task, cfg.model.rm_pairs, response_length(cfg, task), cfg.model.rm_label_noise, seed=0
+        )
+        torch.manual_seed(0)
+        rm = AutoModelForSequenceClassification.from_pretrained(sft_dir / "policy", num_labels=1)
+        rm.config.pad_token_id = tokenizer.pad_token_id
+        stats = train_reward_model(no_dropout(rm), tokenizer, chosen, rejected, seed=0, progress=progress)
+        save_classifier(rm, tmp / "rm")
+        return stats
+
+    return _cached(cache_root() / task.name / f"rm-{cache_key(parts)}", parts, build)
+
+
+def _max_prompt_tokens(tokenizer, task: Task) -> int:
+    return max(len(tokenizer.encode(p, add_special_tokens=False)) for p in task.train_prompts + task.eval_prompts)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[-40:]
