@@ -1,4 +1,5 @@
-"""The metric schema: every key a run logs, with its label, unit, the better direction and meaning.
+"""The schema: every metric key a run logs (label, unit, better direction, meaning) and every MLflow
+tag and Optuna user-attribute name the harness writes or reads.
 
 Logged at step = PPO iteration by every implementation (the TRL baseline leaves out what its
 loop cannot measure, never fakes it). Sweep objectives must name one of these keys; reports
@@ -66,3 +67,68 @@ def label(key: str) -> str:
     """'gold reward (eval)' for 'eval/gold'; the key itself when it is not in the schema."""
     m = METRICS.get(key)
     return m.label if m else key
+
+
+# ---- MLflow tags and Optuna user attributes: every writer and reader spells them through these names
+
+
+class Tag:
+    """MLflow run tags (``Tag.X``) the harness writes; readers import the same names."""
+
+    # every run (harness.run.run_tags)
+    TASK = "task"
+    IMPL = "impl"
+    LEVEL = "advantage.level"
+    SEED = "seed"
+    GIT_COMMIT = "git_commit"
+    FAILURE = "failure.reason"  # FAILED / KILLED runs: one line saying why
+    # over-optimisation onset (harness.recording)
+    ONSET_ITERATION = "overopt.onset_iteration"
+    ONSET_KL = "overopt.onset_kl"
+    # which warm-start artifacts a run used (harness.warmstart.artifacts.provenance)
+    ARTIFACTS_VERSION = "artifacts.version"
+    # implementations compared side by side (harness.compare)
+    COMPARE = "compare"
+    # sweeps: parent and child runs (harness.sweep)
+    SWEEP_ROLE = "sweep.role"  # "parent" | "child"
+    SWEEP_NAME = "sweep.name"
+    SWEEP_HASH = "sweep.hash"
+    SWEEP_STUDY = "sweep.study"
+    SWEEP_CELL = "sweep.cell"
+    SWEEP_WORKER = "sweep.worker"
+    SWEEP_PRUNED = "sweep.pruned"
+    SWEEP_DONE = "sweep.done"
+    SWEEP_FAILED = "sweep.failed"
+    SWEEP_AXES = "sweep.axes"
+    SWEEP_SAMPLER = "sweep.sampler"
+    SWEEP_SEEDS = "sweep.seeds"
+    SWEEP_RUNS = "sweep.runs"
+    SWEEP_OBJECTIVE = "sweep.objective"
+    SWEEP_DIRECTION = "sweep.direction"
+    SWEEP_STORAGE = "sweep.storage"
+    OPTUNA_STUDY = "optuna.study"
+    OPTUNA_TRIAL = "optuna.trial"
+
+
+def artifact_tags(kind: str) -> tuple[str, str]:
+    """The (source, checksum) tag names of one warm-start artifact kind ("sft" or "rm")."""
+    return f"artifacts.{kind}", f"artifacts.{kind}_sha256"
+
+
+class Attr:
+    """Optuna study and trial user attributes of a sweep (harness.sweep)."""
+
+    CELL = "sweep.cell"
+    SEED = "seed"
+    SKIPPED = "sweep.skipped"  # a trial that found its (cell, seed) already claimed
+    FAIL_KIND = "sweep.fail_kind"  # nonfinite | error | interrupted | stale
+    FAIL_REASON = "sweep.fail_reason"
+    TRACEBACK = "sweep.traceback"
+    SECONDS = "sweep.seconds"
+    RUN_ID = "mlflow.run_id"
+    WORKER = "sweep.worker"
+    NAME = "sweep.name"
+    HASH = "sweep.hash"
+    SPEC_PATH = "sweep.spec_path"
+    AXES = "sweep.axes"
+    CREATED = "sweep.created"
