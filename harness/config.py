@@ -6,10 +6,11 @@ ablation files, the CLI and the TRL baseline all speak it.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -24,9 +25,10 @@ class _Section(BaseModel):
 
 
 class TaskConfig(_Section):
-    name: str = "sentiment"
-    # None = the task's own default (each task knows how long its answers are).
-    response_length: int | None = Field(default=None, ge=1, le=512)
+    name: str = Field(default="sentiment", description="Task name: a built-in task (see `ppo-harness tasks`).")
+    response_length: int | None = Field(
+        default=None, ge=1, le=512, description="Max response tokens; null = the task's own default."
+    )
 
     @field_validator("name")
     @classmethod
@@ -39,100 +41,125 @@ class TaskConfig(_Section):
 
 
 class ModelConfig(_Section):
-    # A built-in preset ("tiny", "small") or a Hugging Face model name / local path.
-    policy: str = "tiny"
-    # "learned" = proxy RM trained by the harness on gold-labelled SFT pairs (Gao et al. 2022);
-    # "gold" = optimise the task's gold reward directly; else a path to a sequence-classification model.
-    reward: str = "learned"
-    # Value model initialisation: from the reward model (N implementation details) or the SFT policy.
-    value_init: Literal["reward", "policy"] = "reward"
-    # "separate": a value model of its own (TRL, N implementation details); "shared": a scalar head
-    # (zero-initialised) on the policy's own trunk, one forward and backward for both losses. Shared
-    # changes the math (the value loss also moves the policy's features); value_init is then unused.
-    value_trunk: Literal["separate", "shared"] = "separate"
-    # Share of preference labels flipped when training the proxy RM.
-    rm_label_noise: float = Field(default=0.1, ge=0.0, lt=0.5)
-    # Preference pairs sampled from the SFT policy for the proxy RM.
-    rm_pairs: int = Field(default=4096, ge=16)
+    policy: str = Field(default="tiny", description="A built-in preset (tiny, small) or a Hugging Face model name / local path.")
+    reward: str = Field(
+        default="learned",
+        description="learned = proxy RM trained on gold-labelled SFT pairs (Gao et al. 2022); gold = optimise the "
+        "task's gold reward; else a path to a sequence-classification model.",
+    )
+    value_init: Literal["reward", "policy"] = Field(
+        default="reward", description="Value model initialised from the reward model (N implementation details) or the SFT policy."
+    )
+    value_trunk: Literal["separate", "shared"] = Field(
+        default="separate",
+        description="separate = a value model of its own (TRL); shared = a zero-initialised scalar head on the policy's "
+        "trunk (one forward and backward for both losses; the value loss then also moves the policy's features).",
+    )
+    rm_label_noise: float = Field(default=0.1, ge=0.0, lt=0.5, description="Share of preference labels flipped when training the proxy RM.")
+    rm_pairs: int = Field(default=4096, ge=16, description="Preference pairs sampled from the SFT policy for the proxy RM.")
 
 
 class RolloutConfig(_Section):
-    batch_size: int = Field(default=64, ge=1)  # completions per PPO iteration
-    group_size: int = Field(default=4, ge=1)  # completions per prompt (contiguous in the batch)
-    temperature: float = Field(default=1.0, gt=0.0)
+    batch_size: int = Field(default=64, ge=1, description="Completions per PPO iteration (B).")
+    group_size: int = Field(default=4, ge=1, description="Completions per prompt (k), contiguous in the batch; B/k prompts.")
+    temperature: float = Field(default=1.0, gt=0.0, description="Sampling temperature; logprobs are taken at the same temperature.")
 
 
 class PPOConfig(_Section):
-    clip_eps: float = Field(default=0.2, gt=0.0, lt=1.0)
-    epochs: int = Field(default=4, ge=1)
-    minibatches: int = Field(default=4, ge=1)
-    lr: float = Field(default=1e-4, gt=0.0)  # tiny models want more than TRL 3e-6 at 1B; 3e-4 moved 7 nats per iteration
-    lr_decay: bool = True  # linear decay to 0 over train.iterations (cleanRL anneal_lr)
-    adam_eps: float = Field(default=1e-5, gt=0.0)  # cleanRL / N details: 1e-5, not torch's 1e-8
-    # Max L2 norm of the policy's gradient and, separately, of the value model's (null = no clipping).
-    # With model.value_trunk=shared the trunk's gradient holds both losses and is clipped with the policy's.
-    max_grad_norm: float | None = Field(default=1.0, gt=0.0)
-    vf_coef: float = Field(default=0.1, ge=0.0)  # TRL default
-    value_clip: float | None = Field(default=0.2, gt=0.0)  # TRL cliprange_value; null = unclipped
-    entropy_coef: float = Field(default=0.0, ge=0.0)
-    target_kl: float | None = Field(default=None, gt=0.0)  # early-stop epochs on approx KL
+    clip_eps: float = Field(default=0.2, gt=0.0, lt=1.0, description="Clip range eps of the surrogate min(r A, clip(r, 1-eps, 1+eps) A).")
+    epochs: int = Field(default=4, ge=1, description="Passes over each rollout batch.")
+    minibatches: int = Field(default=4, ge=1, description="Minibatches per epoch (must divide rollout.batch_size).")
+    lr: float = Field(
+        default=1e-4, gt=0.0,
+        description="Adam learning rate (tiny models want more than TRL's 3e-6 at 1B; 3e-4 moved 7 nats per iteration).",
+    )
+    lr_decay: bool = Field(default=True, description="Linear decay of the learning rate to 0 over train.iterations (cleanRL anneal_lr).")
+    adam_eps: float = Field(default=1e-5, gt=0.0, description="Adam epsilon (cleanRL / N details: 1e-5, not torch's 1e-8).")
+    max_grad_norm: float | None = Field(
+        default=1.0, gt=0.0,
+        description="Max L2 norm of the policy's gradient and, separately, of the value model's; null = no clipping. "
+        "With model.value_trunk=shared the trunk's gradient holds both losses and is clipped with the policy's.",
+    )
+    vf_coef: float = Field(default=0.1, ge=0.0, description="Weight of the value loss (TRL default 0.1).")
+    value_clip: float | None = Field(default=0.2, gt=0.0, description="Value clip range (TRL cliprange_value); null = unclipped.")
+    entropy_coef: float = Field(default=0.0, ge=0.0, description="Weight of the entropy bonus.")
+    target_kl: float | None = Field(
+        default=None, gt=0.0, description="Stop an iteration's epochs once the epoch's mean approx KL exceeds this (cleanRL); null = off."
+    )
 
 
 class KLConfig(_Section):
-    coef: float = Field(default=0.05, ge=0.0)
-    # Schulman's estimators of KL(pi || ref) per sampled token: k1 = log(pi/ref), k2 = 0.5 log(pi/ref)^2,
-    # k3 = ref/pi - 1 - log(ref/pi).
-    estimator: Literal["k1", "k2", "k3"] = "k1"
-    # "reward": -coef * kl_t enters the reward (token level) or R (sequence level); every estimator's
-    # value then penalises KL(pi || ref). "loss": coef * agg(kl_t) is added to the loss and only its
-    # GRADIENT matters: k2 gives the gradient of KL(pi || ref), k3 that of the reverse KL(ref || pi)
-    # (Tang and Munos 2025), and k1's expected gradient on on-policy samples is exactly 0, so
-    # placement=loss with k1 is refused.
-    placement: Literal["reward", "loss"] = "reward"
-    # None = fixed coefficient; else the target KL of the adaptive controller (Ziegler et al. 2019).
-    target: float | None = Field(default=None, gt=0.0)
-    horizon: int = Field(default=10000, ge=1)  # controller horizon, in episodes
+    coef: float = Field(default=0.05, ge=0.0, description="KL coefficient beta (the start value under the adaptive controller).")
+    estimator: Literal["k1", "k2", "k3"] = Field(
+        default="k1",
+        description="Schulman's estimator of KL(pi || ref) per sampled token: k1 = log(pi/ref), k2 = 0.5 log(pi/ref)^2, "
+        "k3 = ref/pi - 1 - log(ref/pi).",
+    )
+    placement: Literal["reward", "loss"] = Field(
+        default="reward",
+        description="reward: -coef * kl_t enters the reward (token level) or R (sequence level); every estimator then "
+        "penalises KL(pi || ref). loss: coef * agg(kl_t) is added to the loss and only its gradient matters: k2 gives "
+        "the gradient of KL(pi || ref), k3 that of KL(ref || pi) (Tang and Munos 2025); k1 is refused (zero expected gradient).",
+    )
+    target: float | None = Field(
+        default=None, gt=0.0, description="Target KL of the adaptive controller (Ziegler et al. 2019); null = a fixed coefficient."
+    )
+    horizon: int = Field(default=10000, ge=1, description="Adaptive controller horizon, in episodes.")
 
 
 class AdvantageConfig(_Section):
-    level: Literal["token", "sequence"] = "token"
-    # Sequence level only: what is subtracted from the scalar return.
-    baseline: Literal["none", "batch_mean", "rloo", "group_norm", "group_mean", "value"] = "rloo"
-    gamma: float = Field(default=1.0, ge=0.0, le=1.0)
-    lam: float = Field(default=0.95, ge=0.0, le=1.0)
-    whiten: bool = True
+    level: Literal["token", "sequence"] = Field(
+        default="token",
+        description="token: per-token rewards, a value function and GAE (MDP); sequence: one return per completion "
+        "minus a baseline, broadcast to its tokens (bandit).",
+    )
+    baseline: Literal["none", "batch_mean", "rloo", "group_norm", "group_mean", "value"] = Field(
+        default="rloo",
+        description="Sequence level only: what is subtracted from the return (rloo = leave-one-out over the group; "
+        "group_norm = GRPO's (R - mean) / std; group_mean = Dr. GRPO's R - mean; value = V(prompt)).",
+    )
+    gamma: float = Field(default=1.0, ge=0.0, le=1.0, description="Discount of the token-level MDP.")
+    lam: float = Field(default=0.95, ge=0.0, le=1.0, description="GAE lambda (1 = Monte Carlo returns minus V).")
+    whiten: bool = Field(
+        default=True, description="Token level: whiten advantages over the batch; sequence level: divide by their std (no centring)."
+    )
 
 
 class LossConfig(_Section):
-    agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = "token-mean"
+    agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = Field(
+        default="token-mean",
+        description="How per-token losses become one number: the mean over all tokens, the mean over sequences of "
+        "their token mean, or the mean over sequences of their token sum.",
+    )
 
 
 class TrainConfig(_Section):
-    iterations: int = Field(default=40, ge=1)
-    missing_eos_penalty: float | None = -1.0  # score given to responses with no EOS; null = off
-    threads: int | None = Field(default=None, ge=1)  # torch threads; None = all cores
-    # "bf16": rollout and update forwards under torch.autocast(bfloat16); weights, optimiser and
-    # evaluation stay fp32. Changes the math: the sampler's and the learner's logprobs then differ
-    # by bf16 rounding, so the ratio starts near, not at, 1.
-    autocast: Literal["none", "bf16"] = "none"
+    iterations: int = Field(default=40, ge=1, description="PPO iterations (each samples rollout.batch_size completions).")
+    missing_eos_penalty: float | None = Field(default=-1.0, description="Score given to responses with no EOS; null = off.")
+    threads: int | None = Field(default=None, ge=1, description="torch intra-op threads; null = torch's default (all cores).")
+    autocast: Literal["none", "bf16"] = Field(
+        default="none",
+        description="bf16: rollout and update forwards under torch.autocast(bfloat16); weights, optimiser and evaluation "
+        "stay fp32. Changes the math: sampler and learner logprobs then differ by bf16 rounding.",
+    )
 
 
 class EvalConfig(_Section):
-    every: int = Field(default=5, ge=1)
-    prompts: int = Field(default=64, ge=1)
+    every: int = Field(default=5, ge=1, description="Held-out evaluation every N iterations (and at 0 and the last).")
+    prompts: int = Field(default=64, ge=1, description="Held-out prompts per evaluation (the task's eval split, cycled).")
 
 
 class ProbeConfig(_Section):
-    # Gradient-noise probe (harness/ppo/variance.py) every N iterations, from iteration 1; 0 = off.
-    every: int = Field(default=0, ge=0)
-    # K equal microbatches of the batch (K must divide rollout.batch_size; K = batch size gives
-    # per-completion gradients). More K = a less noisy signal estimate, at K backward passes per probe.
-    microbatches: int = Field(default=8, ge=2)
+    every: int = Field(default=0, ge=0, description="Gradient-noise probe (harness/ppo/variance.py) every N iterations from iteration 1; 0 = off.")
+    microbatches: int = Field(
+        default=8, ge=2,
+        description="K equal microbatches of the batch (K must divide rollout.batch_size; K = B gives per-completion gradients).",
+    )
 
 
 class RunConfig(_Section):
-    seed: int = 0
-    impl: Literal["custom", "trl"] = "custom"
+    seed: int = Field(default=0, description="Seed of prompt sampling, token sampling, shuffles and initialisation.")
+    impl: Literal["custom", "trl"] = Field(default="custom", description="custom = the harness's PPO core; trl = TRL's PPOTrainer.")
     task: TaskConfig = TaskConfig()
     model: ModelConfig = ModelConfig()
     rollout: RolloutConfig = RolloutConfig()
@@ -206,10 +233,51 @@ def known_keys() -> set[str]:
     return set(flatten(RunConfig().model_dump()))
 
 
+class KeyDoc(NamedTuple):
+    key: str  # dotted
+    type: str
+    default: Any
+    description: str
+
+
+def describe() -> list[KeyDoc]:
+    """Every dotted key with its type, default and meaning, in declaration order (``ppo-harness config``)."""
+    out: list[KeyDoc] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, f in model.model_fields.items():
+            sub = f.annotation
+            if isinstance(sub, type) and issubclass(sub, BaseModel):
+                walk(sub, f"{prefix}{name}.")
+                continue
+            out.append(KeyDoc(f"{prefix}{name}", _type_name(sub), f.default, f.description or ""))
+
+    walk(RunConfig, "")
+    return out
+
+
+def _type_name(annotation: Any) -> str:
+    args = get_args(annotation)
+    if get_origin(annotation) is Literal:
+        return " | ".join(str(a) for a in args)
+    if args:  # X | None
+        return " | ".join("null" if a is type(None) else _type_name(a) for a in args)
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def did_you_mean(word: str, options) -> str:
+    """' (did you mean 'ppo.clip_eps'?)' for the nearest option, or ''."""
+    close = difflib.get_close_matches(word, sorted(options), n=1, cutoff=0.6)
+    if not close and "." in word:  # a right leaf in the wrong section: 'kl.clip_eps' -> 'ppo.clip_eps'
+        leaf = word.rsplit(".", 1)[1]
+        close = [k for k in sorted(options) if k.rsplit(".", 1)[-1] == leaf][:1]
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    """tree[a][b][c] = value for key 'a.b.c'; unknown keys are refused by name."""
-    if key not in known_keys():
-        raise ConfigError(f"config key '{key}': unknown key")
+    """tree[a][b][c] = value for key 'a.b.c'; unknown keys are refused by name, with the nearest known one."""
+    if key not in (known := known_keys()):
+        raise ConfigError(f"config key {key!r}: unknown key{did_you_mean(key, known)}")
     node = tree
     parts = key.split(".")
     for p in parts[:-1]:
@@ -246,7 +314,7 @@ def _error_line(err: ValidationError) -> str:
     if isinstance(inner, _KeyProblem):
         return f"config key '{inner.key}': {inner.problem}"
     if e["type"] == "extra_forbidden":
-        return f"config key '{loc}': unknown key"
+        return f"config key '{loc}': unknown key{did_you_mean(loc, known_keys())}"
     got = e.get("input")
     msg = e["msg"]
     if msg.startswith("Value error, "):

@@ -94,3 +94,38 @@ def test_kl_in_the_loss_with_k1_is_refused_by_name():
     for est in ("k2", "k3"):
         assert build_config(None, {"kl.placement": "loss", "kl.estimator": est}).kl.estimator == est
     assert build_config(None, {"kl.placement": "reward", "kl.estimator": "k1"}).kl.estimator == "k1"
+
+
+def test_every_key_is_documented_with_its_type_and_default():
+    from harness.config import describe
+
+    docs = {d.key: d for d in describe()}
+    assert set(docs) == known_keys()  # every dotted key, nothing else
+    undocumented = [k for k, d in docs.items() if len(d.description) < 15]
+    assert not undocumented, undocumented
+    flat = RunConfig().flat()
+    assert all(docs[k].default == flat[k] for k in flat)  # the listed default is the real one
+    assert docs["kl.estimator"].type == "k1 | k2 | k3"
+    assert docs["ppo.max_grad_norm"].type == "float | null"
+
+
+@pytest.mark.parametrize("typo, nearest", [("ppo.clip_esp", "ppo.clip_eps"), ("kl.clip_eps", "ppo.clip_eps"),
+                                           ("advantage.lambda", "advantage.lam")])
+def test_an_unknown_key_names_the_nearest_known_one(typo, nearest):
+    with pytest.raises(ConfigError, match=f"'{typo}': unknown key \\(did you mean '{nearest}'\\?\\)"):
+        build_config(None, [f"{typo}=1"])
+    with pytest.raises(ConfigError, match=f"did you mean '{nearest}'"):  # the nested (YAML) spelling too
+        section, leaf = typo.split(".")
+        build_config({section: {leaf: 1}})
+
+
+def test_config_command_lists_every_key():
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    out = CliRunner().invoke(app, ["config"]).output
+    for key in known_keys():
+        assert f"\n{key} " in "\n" + out
+    only = CliRunner().invoke(app, ["config", "kl."]).output
+    assert "kl.estimator" in only and "ppo.clip_eps" not in only
