@@ -23,6 +23,8 @@ import mlflow  # noqa: E402
 from mlflow.entities import RunStatus  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from harness.locks import locked  # noqa: E402
+
 for _name in ("mlflow", "alembic", "sqlalchemy"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
@@ -49,15 +51,9 @@ class Store:
         two processes migrating the same fresh database at once fail."""
         if self.artifact_root is None:
             return MlflowClient(tracking_uri=self.uri)
-        import fcntl
-
-        with open(self.runs_dir / ".mlflow.lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                client = MlflowClient(tracking_uri=self.uri)
-                client.search_experiments(max_results=1)  # forces schema creation / migration
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with locked(self.runs_dir / ".mlflow.lock"):
+            client = MlflowClient(tracking_uri=self.uri)
+            client.search_experiments(max_results=1)  # forces schema creation / migration
         return client
 
     def __repr__(self) -> str:
@@ -148,7 +144,7 @@ class Store:
         runs = self.client.search_runs([exp_id], filter_string=f"attributes.status = '{status}'", max_results=50000)
         return [r.info.run_id for r in runs]
 
-    # ---- sweep support (harness/sweep.py): reopen a resumed parent, drop a duplicate parent ----------
+    # ---- sweep support (harness/sweep/): reopen a resumed parent, drop a duplicate parent ------------
     def set_run_status(self, run_id: str, status: str) -> None:
         """Set a run's status without ending it (a resumed sweep's parent goes back to RUNNING)."""
         self.client.update_run(run_id, status=status)

@@ -32,7 +32,7 @@ def load_classifier(path: Path) -> nn.Module:
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
     head_file = path / "score_head.pt"
     if head_file.exists():
-        state = torch.load(head_file, map_location="cpu")
+        state = torch.load(head_file, map_location="cpu", weights_only=True)  # tensors only, never code
         head = nn.Linear(state["weight"].shape[1], 1, bias="bias" in state)
         head.load_state_dict(state)
         model.score = head

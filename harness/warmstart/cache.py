@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -19,6 +17,7 @@ from typing import Any
 import torch
 
 from harness.config import RunConfig, response_length
+from harness.locks import locked
 from harness.models.loading import load_lm, load_pretrained_lm, save_classifier
 from harness.models.presets import PRESETS, gpt2_config, is_preset, no_dropout
 from harness.models.tokenizer import build_tokenizer
@@ -35,18 +34,6 @@ def cache_root() -> Path:
     return Path(os.environ.get("PPO_HARNESS_CACHE", Path.home() / ".cache" / "ppo-harness"))
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An inter-process lock so concurrent sweep workers build a model once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def cache_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -58,7 +45,7 @@ def _cached(out: Path, parts: dict, build) -> Path:
     """
     if (out / "done.json").exists():
         return out
-    with _locked(out.with_suffix(".lock")):
+    with locked(out.with_suffix(".lock")):
         if (out / "done.json").exists():
             return out
         t0 = time.time()
