@@ -1,8 +1,9 @@
 """TRL's own PPOTrainer (``trl.experimental.ppo``) on a RunConfig: same task, models, seed, metric names.
 
 ``check_expressible(cfg)`` refuses, before anything starts, every key TRL cannot express
-(one-line ValueError naming it); ``trl_args(cfg, ...)`` maps every key it can; ``train_trl``
-runs TRL's unmodified training loop and logs through the harness logger.
+(one-line ValueError naming it); ``trl_args(cfg, ...)`` maps every key it can; ``train`` (the
+``impl=trl`` entry of ``harness.run.IMPLEMENTATIONS``) runs TRL's unmodified training loop and logs
+through the harness logger, evaluation and logging driven by ``harness.recording.Recorder``.
 
 Key mapping (RunConfig -> PPOConfig / PPOTrainer argument):
 
@@ -57,13 +58,16 @@ from collections.abc import Callable
 
 import torch
 
-from harness.config import RunConfig
+from harness.config import RunConfig, response_length
 from harness.fast.flat import clip_norm_
-from harness.ppo.variance import KEYS as VARIANCE_KEYS
+from harness.lm.rollout import make_score_fn
+from harness.ppo.update import linear_decay
+from harness.ppo.variance import KEYS as VARIANCE_KEYS  # the probe owns its key list
+from harness.recording import Recorder, RunResult
 
 __all__ = [
     "ABSENT", "REFUSED", "ClippedAdam", "NotExpressible", "check_expressible", "group_collator", "make_optimizer",
-    "prompt_dataset", "train_trl", "trl_args",
+    "prompt_dataset", "train", "trl_args",
 ]
 
 # key -> (is it refused?, why), checked in this order
@@ -193,10 +197,8 @@ def make_optimizer(cfg: RunConfig, policy, value) -> tuple[ClippedAdam, torch.op
     """Adam over policy + value parameters and the per-iteration LR schedule of the custom core."""
     groups = [[p for p in policy.parameters() if p.requires_grad], [p for p in value.parameters() if p.requires_grad]]
     opt = ClippedAdam(groups, lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps, max_grad_norm=cfg.ppo.max_grad_norm)
-    n = cfg.train.iterations
-    # lr_i = lr * (1 - i / n): harness.ppo.loop.init_state (cleanRL anneal_lr); TRL steps it once per iteration
-    decay = (lambda i: max(0.0, 1.0 - i / n)) if cfg.ppo.lr_decay else (lambda i: 1.0)
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, decay)
+    # lr_i = lr * (1 - i / n), the custom core's schedule (cleanRL anneal_lr); TRL steps it once per iteration
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, linear_decay(cfg.train.iterations, cfg.ppo.lr_decay))
 
 
 def prompt_dataset(tokenizer, prompts, min_rows: int):
@@ -226,30 +228,54 @@ def group_collator(tokenizer, prompt_width: int, group_size: int):
     return collate
 
 
+def _iteration_metrics(cfg: RunConfig, logs: dict, rec, opt: ClippedAdam, episode: int,
+                       t_start: float, t_end: float) -> dict[str, float]:
+    """One TRL iteration's statistics under the schema's keys (harness/schema.py).
+
+    logs: TRL's logged statistics; rec: what the reward model saw (``ScoredBatch``); opt: the
+    optimizer's recorded pre-clip gradient norms (cleared here); t_start / t_end: the iteration.
+    """
+    m = {ours: float(logs[theirs]) for theirs, ours in _TRL_KEYS.items() if theirs in logs}
+    m["objective/kl_coef"] = float(cfg.kl.coef)
+    m["episodes"] = float(episode)
+    if opt.norms:
+        m["grad/norm"] = sum(opt.norms) / len(opt.norms)
+        opt.norms.clear()
+    if opt.value_norms:
+        m["grad/value_norm"] = sum(opt.value_norms) / len(opt.value_norms)
+        opt.value_norms.clear()
+    if not rec.empty:
+        tokens = sum(rec.lengths)
+        mean_len = tokens / len(rec.lengths)
+        m["objective/gold"] = sum(rec.gold) / len(rec.gold)
+        m["response/length"] = mean_len
+        m["response/eos_frac"] = sum(rec.has_eos) / len(rec.has_eos)
+        if "objective/entropy" in logs and mean_len > 0:
+            # TRL: mean over sequences of sum_t -logp_t; per token: divide by the mean length
+            m["objective/entropy"] = float(logs["objective/entropy"]) / mean_len
+        m["perf/tokens_per_s"] = tokens / (t_end - t_start)
+        if rec.scored_at is not None:
+            m["perf/rollout_s"] = rec.scored_at - t_start
+            m["perf/update_s"] = t_end - rec.scored_at
+    return m
+
+
 def _trl_callback(**kw):
     """The harness TrainerCallback (a factory so transformers is imported lazily)."""
     from transformers import TrainerCallback
 
     class HarnessCallback(TrainerCallback):
-        """Eval at 0 / every eval.every / last, TRL stats -> schema keys, perf timing, MLflow logging."""
+        """TRL's iterations into the harness Recorder: TRL stats -> schema keys, perf timing, evaluation
+        at 0 / every eval.every / the last, logging, progress, on_eval."""
 
-        def __init__(self, cfg, reward, optimizer, do_eval, log, bar, on_eval):
-            self.cfg, self.reward, self.opt = cfg, reward, optimizer
-            self.do_eval, self.log, self.bar, self.on_eval = do_eval, log, bar, on_eval
+        def __init__(self, cfg: RunConfig, reward, optimizer: ClippedAdam, recorder: Recorder):
+            self.cfg, self.reward, self.opt, self.rec = cfg, reward, optimizer, recorder
             self.trl_logs: dict[str, float] = {}
             self.t_start = time.perf_counter()
 
-        def _eval(self, it: int) -> dict[str, float]:
-            em = self.do_eval(it)
-            if self.on_eval:
-                self.on_eval(it, em)
-            return em
-
         def on_train_begin(self, args, state, control, **kwargs):
-            em = self._eval(0)
-            self.log(0, {**em, "episodes": 0.0})
-            self.bar.update(0, em)
-            self.reward.drain()
+            self.rec.begin()
+            self.reward.drain()  # iteration 1 starts with an empty record
             self.opt.norms.clear()
             self.opt.value_norms.clear()
             self.t_start = time.perf_counter()
@@ -259,64 +285,63 @@ def _trl_callback(**kw):
 
         def on_step_end(self, args, state, control, **kwargs):
             t_end = time.perf_counter()
-            it, n = state.global_step, self.cfg.train.iterations
-            rec = self.reward.drain()
             logs, self.trl_logs = self.trl_logs, {}
-            m = {ours: float(logs[theirs]) for theirs, ours in _TRL_KEYS.items() if theirs in logs}
-            m["objective/kl_coef"] = float(self.cfg.kl.coef)
-            m["episodes"] = float(state.episode)
-            if self.opt.norms:
-                m["grad/norm"] = sum(self.opt.norms) / len(self.opt.norms)
-                self.opt.norms.clear()
-            if self.opt.value_norms:
-                m["grad/value_norm"] = sum(self.opt.value_norms) / len(self.opt.value_norms)
-                self.opt.value_norms.clear()
-            if not rec.empty:
-                tokens = sum(rec.lengths)
-                mean_len = tokens / len(rec.lengths)
-                m["objective/gold"] = sum(rec.gold) / len(rec.gold)
-                m["response/length"] = mean_len
-                m["response/eos_frac"] = sum(rec.has_eos) / len(rec.has_eos)
-                if "objective/entropy" in logs and mean_len > 0:
-                    # TRL: mean over sequences of sum_t -logp_t; per token: divide by the mean length
-                    m["objective/entropy"] = float(logs["objective/entropy"]) / mean_len
-                m["perf/tokens_per_s"] = tokens / (t_end - self.t_start)
-                if rec.scored_at is not None:
-                    m["perf/rollout_s"] = rec.scored_at - self.t_start
-                    m["perf/update_s"] = t_end - rec.scored_at
-            seconds = t_end - self.t_start
-            if it % self.cfg.eval.every == 0 or it == n:
-                m.update(self._eval(it))
-            self.log(it, m)
-            self.bar.update(it, m, seconds=seconds)
+            m = _iteration_metrics(self.cfg, logs, self.reward.drain(), self.opt, state.episode, self.t_start, t_end)
+            self.rec.step(state.global_step, m, seconds=t_end - self.t_start)
             self.t_start = time.perf_counter()  # evaluation and logging stay out of the next timing
 
     return HarnessCallback(**kw)
 
 
-def train_trl(cfg: RunConfig, logger, on_eval=None, progress: bool = True):
-    """Train ``cfg`` with TRL's PPOTrainer and log it into ``logger``'s run; returns a RunResult."""
+def _set_up(cfg: RunConfig, logger) -> None:
+    """Refuse what TRL cannot express, quiet the hub, tag what this run cannot log."""
     check_expressible(cfg)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # we pin the TRL release that ships it
-    from transformers import PrinterCallback, ProgressCallback, set_seed
-    from trl.experimental.ppo import PPOTrainer
-
-    from baselines.trl_reward import RewardAdapter
-    from harness.config import response_length
-    from harness.lm.rollout import make_score_fn
-    from harness.progress import RunProgress
-    from harness.run import Recorder
-    from harness.warmstart.load import load_models
-
-    n = cfg.train.iterations
     tags = {"trl.absent_metrics": ",".join(ABSENT)}
     if cfg.probe.every:
         tags["trl.probe"] = "probe.every is set but the gradient-variance probe cannot run inside TRL: not logged"
     logger.set_tags(tags)
 
-    with RunProgress(n, enabled=progress, title=f"{cfg.task.name} trl seed {cfg.seed}") as bar:
+
+def _run_trainer(cfg: RunConfig, models, reward, optimizers, callback, T: int, P: int) -> None:
+    """TRL's PPOTrainer on the harness models, run to the end with its own loop (its printing muted)."""
+    from transformers import PrinterCallback, ProgressCallback
+    from trl.experimental.ppo import PPOTrainer
+
+    tok, task = models.tokenizer, models.task
+    with tempfile.TemporaryDirectory(prefix="ppo-harness-trl-") as out_dir, warnings.catch_warnings():
+        # PolicyAndValueWrapper reads the deprecated is_gradient_checkpointing (transformers 5)
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        trainer = PPOTrainer(
+            args=trl_args(cfg, T, out_dir),
+            processing_class=tok,
+            model=models.policy,
+            ref_model=models.ref,
+            reward_model=reward,
+            train_dataset=prompt_dataset(tok, task.train_prompts, cfg.rollout.batch_size),
+            value_model=models.value,
+            data_collator=group_collator(tok, P, cfg.rollout.group_size),
+            optimizers=optimizers,
+            callbacks=[callback],
+        )
+        for cb in (ProgressCallback, PrinterCallback):  # the harness has its own progress display
+            trainer.remove_callback(cb)
+        with contextlib.redirect_stdout(io.StringIO()):  # TRL prints "===training policy==="
+            trainer.train()
+
+
+def train(cfg: RunConfig, logger, on_eval=None, progress: bool = True) -> RunResult:
+    """``impl=trl``: train ``cfg`` with TRL's PPOTrainer and log it into ``logger``'s run."""
+    _set_up(cfg, logger)
+    from transformers import set_seed
+
+    from baselines.trl_reward import RewardAdapter
+    from harness.progress import RunProgress
+    from harness.warmstart.load import load_models
+
+    with RunProgress(cfg.train.iterations, enabled=progress, title=f"{cfg.task.name} trl seed {cfg.seed}") as bar:
         models = load_models(cfg, progress=bar.status)
         tok, task = models.tokenizer, models.task
         if tok.pad_token_id == tok.eos_token_id:
@@ -325,31 +350,12 @@ def train_trl(cfg: RunConfig, logger, on_eval=None, progress: bool = True):
         T = response_length(cfg, models.task)
         P = max(len(tok.encode(p, add_special_tokens=False)) for p in task.train_prompts)
         score_fn = make_score_fn(models.reward, task.gold)
-        rec = Recorder(cfg, logger, models, score_fn, T)
+        rec = Recorder(cfg, logger, models, score_fn, T, bar=bar, on_eval=on_eval)
 
         set_seed(cfg.seed)  # python, numpy (TRL's minibatch permutations) and torch
         reward = RewardAdapter(models.reward, tok, task.gold, P, cfg.train.missing_eos_penalty, task.train_prompts)
         models.policy.generation_config.pad_token_id = tok.pad_token_id
         optimizer, scheduler = make_optimizer(cfg, models.policy, models.value)
-        callback = _trl_callback(cfg=cfg, reward=reward, optimizer=optimizer, do_eval=rec.evaluate, log=rec.log, bar=bar,
-                                 on_eval=on_eval)
-        with tempfile.TemporaryDirectory(prefix="ppo-harness-trl-") as out_dir, warnings.catch_warnings():
-            # PolicyAndValueWrapper reads the deprecated is_gradient_checkpointing (transformers 5)
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            trainer = PPOTrainer(
-                args=trl_args(cfg, T, out_dir),
-                processing_class=tok,
-                model=models.policy,
-                ref_model=models.ref,
-                reward_model=reward,
-                train_dataset=prompt_dataset(tok, task.train_prompts, cfg.rollout.batch_size),
-                value_model=models.value,
-                data_collator=group_collator(tok, P, cfg.rollout.group_size),
-                optimizers=(optimizer, scheduler),
-                callbacks=[callback],
-            )
-            for cb in (ProgressCallback, PrinterCallback):  # the harness has its own progress display
-                trainer.remove_callback(cb)
-            with contextlib.redirect_stdout(io.StringIO()):  # TRL prints "===training policy==="
-                trainer.train()
+        callback = _trl_callback(cfg=cfg, reward=reward, optimizer=optimizer, recorder=rec)
+        _run_trainer(cfg, models, reward, (optimizer, scheduler), callback, T, P)
         return rec.result()

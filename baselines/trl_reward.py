@@ -15,10 +15,11 @@ custom core would give that completion:
 - ``model.reward=learned`` (or a path): the proxy RM's own trunk and head, unchanged;
 - ``model.reward=gold``: the task's gold reward of the decoded completion, broadcast
   over positions (so TRL's "last real token" pick returns it);
-- ``train.missing_eos_penalty=c``: rows with no EOS get the score ``c`` (REPLACED, as
-  ``harness.lm.rollout.collect``). TRL's own ``missing_eos_penalty=p`` would instead give
-  ``score - p``; no ``p`` makes that equal to a replacement for every score, so the
-  baseline leaves TRL's option unset and applies the custom semantics here.
+- ``train.missing_eos_penalty=c``: rows with no EOS get the score ``c`` (REPLACED:
+  ``harness.ppo.math.missing_eos_score``, as in ``harness.lm.rollout.collect``). TRL's own
+  ``missing_eos_penalty=p`` would instead give ``score - p``; no ``p`` makes that equal to a
+  replacement for every score, so the baseline leaves TRL's option unset and applies the
+  custom semantics here.
 
 As a side effect each call records batch statistics TRL does not log (gold reward,
 response length, EOS fraction, the time the rollout finished) for the harness callback.
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 
 from harness.lm.sampling import decode, response_mask
+from harness.ppo import math as M
 
 
 @dataclass
@@ -83,9 +85,8 @@ class _Head(nn.Module):
             scores = gold[:, None, None].expand(ids.shape[0], ids.shape[1], 1).clone()  # (B, L, 1)
         else:
             scores = self.inner(hidden).float()  # (B, L, 1), TRL picks the last real token
-        if a.missing_eos_penalty is not None:
-            # the custom core's semantics: no EOS -> the score IS the penalty (not score - penalty)
-            scores = torch.where(has_eos[:, None, None], scores, torch.full_like(scores, a.missing_eos_penalty))
+        # the custom core's semantics: no EOS -> the score IS the penalty (not score - penalty)
+        scores = M.missing_eos_score(scores, has_eos[:, None, None], a.missing_eos_penalty)
         rec = a.record
         rec.gold += gold.tolist()
         rec.lengths += mask.sum(1).tolist()

@@ -72,12 +72,29 @@ def tasks(
     raise fail(f"tasks ACTION '{action}': expected list, verify or build")
 
 
+@app.command("config")
+def config_keys(
+    grep: Annotated[str | None, typer.Argument(help="Show only keys containing this text (e.g. kl. or clip).")] = None,
+) -> None:
+    """Every dotted config key with its type, default and meaning (what --set and ablation specs take)."""
+    from harness.config import describe
+
+    for d in describe():
+        if grep and grep not in d.key:
+            continue
+        default = "null" if d.default is None else d.default
+        typer.echo(f"{d.key:<26} {d.type:<40} default {default}")
+        typer.echo(f"    {d.description}")
+
+
 @app.command()
 def train(
     task: Annotated[str | None, typer.Option(help="Task name (see `ppo-harness tasks`); same as --set task.name=...")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="A RunConfig YAML file.")] = None,
     set_: Annotated[
-        list[str] | None, typer.Option("--set", "-s", help="Override a config key: dotted.key=value (YAML scalar). Repeatable.")
+        list[str] | None,
+        typer.Option("--set", "-s", help="Override a config key: dotted.key=value (YAML scalar). Repeatable. "
+                                         "`ppo-harness config` lists every key with its type, default and meaning."),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (same as --set seed=N).")] = None,
     impl: Annotated[str | None, typer.Option(help="custom | trl (same as --set impl=...).")] = None,
@@ -139,9 +156,9 @@ def sweep(
     new: Annotated[bool, typer.Option("--new", help="Start a fresh study when the spec changed under the same name.")] = False,
 ) -> None:
     """Run an ablation grid (cells x seeds) with Optuna; rerun the same command to resume."""
-    from harness.sweep import run_sweep
+    from harness.sweep.coordinator import run_sweep
 
-    code = run_sweep(spec, workers=workers, storage=storage, tracking_uri=tracking_uri, runs_dir=str(runs_dir),
+    code = run_sweep(spec, workers=workers, storage=storage, tracking_uri=tracking_uri, runs_dir=runs_dir,
                      dry_run=dry_run, new=new)
     raise typer.Exit(code)
 
@@ -157,19 +174,11 @@ def report(
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Figures, tables and report.md/.html from a sweep's MLflow runs."""
-    from reports.report import main as report_main
+    from reports.report import make_report
 
-    argv = [str(spec)] if spec else []
-    if experiment:
-        argv += ["--experiment", experiment]
-    if parent_run:
-        argv += ["--parent-run", parent_run]
-    if out:
-        argv += ["--out", str(out)]
-    argv += ["--style", style, "--runs-dir", str(runs_dir)]
-    if tracking_uri:
-        argv += ["--tracking-uri", tracking_uri]
-    raise typer.Exit(report_main(argv))
+    code = make_report(spec, experiment=experiment, parent_run=parent_run, out=out, style=style,
+                       runs_dir=runs_dir, tracking_uri=tracking_uri)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -181,21 +190,15 @@ def bench(
     repeats: Annotated[int, typer.Option(help="Fresh runs per implementation, interleaved; the median is reported.")] = 1,
     variant: Annotated[str, typer.Option(help="equal (equal math, the default) or a math-changing switch, "
                                          "reported apart: shared-trunk, bf16, shared-trunk+bf16.")] = "equal",
-    threads: Annotated[int | None, typer.Option(help="torch threads (default: all cores).")] = None,
+    threads: Annotated[int, typer.Option(help="torch threads per implementation (default 2, not all cores; "
+                                         "match the cores per worker).")] = 2,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every number to this JSON file.")] = None,
 ) -> None:
     """Benchmark the custom core (and TRL with --vs trl): iterations/s, tokens/s, time split, RSS, GFLOP/s."""
-    from harness.bench import main as bench_main
+    from harness.bench.run import run_bench
 
-    argv = ["--size", size, "--iterations", str(iterations), "--warmup", str(warmup), "--repeats", str(repeats),
-            "--variant", variant]
-    if vs:
-        argv += ["--vs", vs]
-    if threads:
-        argv += ["--threads", str(threads)]
-    if json_out:
-        argv += ["--json", str(json_out)]
-    raise typer.Exit(bench_main(argv))
+    raise typer.Exit(run_bench(size=size, vs=vs, iterations=iterations, warmup=warmup, repeats=repeats,
+                               threads=threads, variant=variant, json=json_out))
 
 
 @app.command()
@@ -260,9 +263,27 @@ def compare(
     typer.echo(f"saved    {folder / 'compare.md'}, {folder / 'compare.csv'}, {folder / 'runs.csv'}")
 
 
-def main() -> None:  # pragma: no cover
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """The ``ppo-harness`` entry point: a usage error is one line naming the option, exit 2."""
+    try:  # typer >= 0.20 parses with its own copy of click
+        from typer._click import exceptions as click_errors
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click_errors
+
+    try:
+        code = app(args=argv, prog_name="ppo-harness", standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as e:  # a bare command group: its help, as typer shows it
+        typer.echo(e.ctx.get_help() if e.ctx else "", err=True)
+        code = 2
+    except click_errors.UsageError as e:  # unknown option, bad value, missing argument
+        where = f"{e.ctx.command_path}: " if e.ctx else ""
+        message = " ".join(e.format_message().split())
+        typer.echo(f"error: {where}{message} (see --help)", err=True)
+        code = 2
+    except typer.Abort:  # Ctrl-C at a prompt
+        code = 130
+    sys.exit(code or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    main()

@@ -50,11 +50,11 @@ METRICS: dict[str, Metric] = {
     "grad/cosine": Metric("microbatch gradient cosine", "", "", "mean pairwise cosine of the K microbatch gradients"),
     "grad/mean_norm": Metric("mean gradient norm", "", "", "||g_bar||"),
     # ---- held-out evaluation (every eval.every iterations)
-    "eval/gold": Metric("gold reward (eval)", "", "max", "mean gold reward on held-out prompts"),
-    "eval/proxy": Metric("proxy score (eval)", "", "max", "mean optimised score on held-out prompts"),
-    "eval/kl": Metric("KL to reference (eval)", "nats", "min", "mean sum_t (logp - ref) on held-out prompts (k1)"),
+    "eval/gold": Metric("held-out gold reward", "", "max", "mean gold reward on held-out prompts"),
+    "eval/proxy": Metric("held-out proxy score", "", "max", "mean optimised score on held-out prompts"),
+    "eval/kl": Metric("held-out KL to reference", "nats", "min", "mean sum_t (logp - ref) on held-out prompts (k1)"),
     "eval/overopt_onset_kl": Metric("over-optimisation onset KL", "nats", "", "eval/kl at the first evaluation where gold fell twice in a row while proxy rose; logged once"),
-    "eval/length": Metric("response length (eval)", "tokens", "", "mean held-out response tokens"),
+    "eval/length": Metric("held-out response length", "tokens", "", "mean held-out response tokens"),
     # ---- time and progress
     "perf/tokens_per_s": Metric("throughput", "tokens/s", "max", "generated tokens per second of the iteration"),
     "perf/rollout_s": Metric("rollout time", "s", "min", "seconds spent in steps 1-3"),
@@ -64,7 +64,7 @@ METRICS: dict[str, Metric] = {
 
 
 def label(key: str) -> str:
-    """'gold reward (eval)' for 'eval/gold'; the key itself when it is not in the schema."""
+    """'held-out gold reward' for 'eval/gold'; the key itself when it is not in the schema."""
     m = METRICS.get(key)
     return m.label if m else key
 
@@ -108,6 +108,8 @@ class Tag:
     SWEEP_STORAGE = "sweep.storage"
     OPTUNA_STUDY = "optuna.study"
     OPTUNA_TRIAL = "optuna.trial"
+    AXIS_PREFIX = "axis."  # child runs: axis.<dotted key> = the cell's value of that swept key
+    NOTE = "mlflow.note.content"  # MLflow's run description (a sweep parent: the spec's description)
 
 
 def artifact_tags(kind: str) -> tuple[str, str]:
@@ -123,6 +125,7 @@ class Attr:
     SKIPPED = "sweep.skipped"  # a trial that found its (cell, seed) already claimed
     FAIL_KIND = "sweep.fail_kind"  # nonfinite | error | interrupted | stale
     FAIL_REASON = "sweep.fail_reason"
+    PRUNED = "sweep.pruned"  # why the MedianPruner stopped the trial
     TRACEBACK = "sweep.traceback"
     SECONDS = "sweep.seconds"
     RUN_ID = "mlflow.run_id"

@@ -14,7 +14,8 @@ differ between the finished runs.
 Frames:
 
 - ``runs``: one row per FINISHED child run: ``run_id``, ``seed``, ``impl``, ``task``, every axis (typed
-  values), the context keys below, ``advantage`` (``token`` or ``sequence/<baseline>``), ``cell``
+  values), the context keys below, ``advantage`` (``token`` or ``sequence/<baseline>``:
+  ``reports.labels.advantage_label``), ``cell``
   (the axes except seed, as text: the bootstrap stratum), and the final value of every metric
   (MLflow's latest value = the value at the last logged step; eval metrics are logged at the
   last iteration, so this is the last evaluation).
@@ -33,7 +34,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from harness.schema import Tag
 from harness.tracking import DEFAULT_EXPERIMENT, Store
+from reports.labels import ADVANTAGE, ADVANTAGE_PARTS, advantage_label
 
 
 class ReportError(ValueError):
@@ -41,7 +44,7 @@ class ReportError(ValueError):
 
 
 # Params always carried into ``runs`` (even when not swept): figures group by them.
-CONTEXT_KEYS = ("advantage.level", "advantage.baseline", "advantage.lam", "rollout.batch_size", "ppo.clip_eps", "kl.coef")
+CONTEXT_KEYS = (*ADVANTAGE_PARTS, "rollout.batch_size", "ppo.clip_eps", "kl.coef")
 # Metrics fetched as full histories for curves (only those a run actually logged).
 CURVE_KEYS = (
     "eval/gold",
@@ -60,7 +63,9 @@ CURVE_KEYS = (
     # on the run's curves (reports.overopt.onset_table)
     "eval/overopt_onset_kl",
 )
-ID_COLUMNS = ("run_id", "seed", "impl", "task", "advantage", "cell")
+ID_COLUMNS = ("run_id", "seed", "impl", "task", ADVANTAGE, "cell")
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag naming a nested run's parent
+AXIS_TAG = "axis."  # child runs: tag axis.<key> = the value of swept key <key>
 
 
 @dataclass
@@ -85,11 +90,11 @@ class Sweep:
         the baseline's "rloo" level would pool token-level runs with sequence-level RLOO ones.
         """
         out = [a for a in self.axes if a in self.runs and self.runs[a].nunique(dropna=True) >= 2]
-        linked = [a for a in ("advantage.level", "advantage.baseline", "advantage.lam") if a in out]
-        if "advantage.level" in linked and len(linked) >= 2 and "advantage" in self.runs:
+        linked = [a for a in ADVANTAGE_PARTS if a in out]
+        if "advantage.level" in linked and len(linked) >= 2 and ADVANTAGE in self.runs:
             at = min(out.index(a) for a in linked)
             out = [a for a in out if a not in linked]
-            out.insert(at, "advantage")
+            out.insert(at, ADVANTAGE)
         return [a for a in out if a not in self.moves_with]
 
     @property
@@ -186,28 +191,28 @@ def _tag(frame: pd.DataFrame, key: str) -> pd.Series:
 
 def _split(frame: pd.DataFrame, parent_run: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(parent rows, newest first; child rows) of one experiment."""
-    role = _tag(frame, "sweep.role")
-    parent_of = _tag(frame, "mlflow.parentRunId")
+    role = _tag(frame, Tag.SWEEP_ROLE)
+    parent_of = _tag(frame, PARENT_RUN_TAG)
     if parent_run:
         return frame[frame["run_id"] == parent_run], frame[parent_of == parent_run]
     parents = frame[role == "parent"].sort_values("start_time", ascending=False)
     if parents.empty:  # plain `ppo-harness train` runs: every run is a data point
         return parents, frame[parent_of.isna()]
     # One parent per sweep; if a resume left several, keep those with the newest one's hash.
-    newest_hash = _tag(parents, "sweep.hash").iloc[0]
+    newest_hash = _tag(parents, Tag.SWEEP_HASH).iloc[0]
     same = (
-        parents[_tag(parents, "sweep.hash") == newest_hash] if newest_hash is not None else parents.iloc[:1]
+        parents[_tag(parents, Tag.SWEEP_HASH) == newest_hash] if newest_hash is not None else parents.iloc[:1]
     )
     return same, frame[parent_of.isin(set(same["run_id"])) & (role != "parent")]
 
 
 def _axes(parents: pd.DataFrame, children: pd.DataFrame) -> list[str]:
-    raw = _tag(parents, "sweep.axes").dropna()
+    raw = _tag(parents, Tag.SWEEP_AXES).dropna()
     if not raw.empty:
         try:
             axes = json.loads(raw.iloc[0])
         except (TypeError, ValueError):
-            raise ReportError(f"parent run tag sweep.axes is not a JSON list: {raw.iloc[0]!r}") from None
+            raise ReportError(f"parent run tag {Tag.SWEEP_AXES} is not a JSON list: {raw.iloc[0]!r}") from None
         return [str(a) for a in axes if str(a) != "seed"]
     # No parent (plain runs): the params that differ between runs.
     params = [c for c in children.columns if c.startswith("params.")]
@@ -246,18 +251,18 @@ def _runs_frame(done: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
         return out
 
     runs = pd.DataFrame({"run_id": done["run_id"].to_numpy()}, index=done.index)
-    runs["seed"] = pd.to_numeric(first("tags.seed", "params.seed"), errors="coerce").astype("Int64")
-    runs["impl"] = first("tags.impl", "params.impl").fillna("custom").astype(str)
-    runs["task"] = first("tags.task", "params.task.name").fillna("").astype(str)
+    runs["seed"] = pd.to_numeric(first(f"tags.{Tag.SEED}", "params.seed"), errors="coerce").astype("Int64")
+    runs["impl"] = first(f"tags.{Tag.IMPL}", "params.impl").fillna("custom").astype(str)
+    runs["task"] = first(f"tags.{Tag.TASK}", "params.task.name").fillna("").astype(str)
     for key in dict.fromkeys([*axes, *CONTEXT_KEYS]):
         if key in ("impl", "seed"):
             continue
-        vals = first(f"tags.axis.{key}", f"params.{key}")
+        vals = first(f"tags.{AXIS_TAG}{key}", f"params.{key}")
         if vals.notna().any():
             runs[key] = _column(vals)
     if "impl" in axes:
-        runs["impl"] = first("tags.axis.impl", "params.impl").fillna("custom").astype(str)
-    runs["advantage"] = _advantage_label(runs)
+        runs["impl"] = first(f"tags.{AXIS_TAG}impl", "params.impl").fillna("custom").astype(str)
+    runs[ADVANTAGE] = advantage_label(runs)
     cell_keys = [a for a in axes if a in runs]
     runs["cell"] = [", ".join(f"{k}={r[k]}" for k in cell_keys) for _, r in runs[cell_keys].iterrows()]
     for c in done.columns:
@@ -265,31 +270,6 @@ def _runs_frame(done: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
             runs[c[len("metrics.") :]] = pd.to_numeric(done[c], errors="coerce")
     runs["start_time"] = done["start_time"].to_numpy() if "start_time" in done else pd.NaT
     return runs.sort_values(["cell", "seed"]).reset_index(drop=True)
-
-
-def _advantage_label(runs: pd.DataFrame) -> pd.Series:
-    """'token' or 'sequence/<baseline>'; 'token/lam=<lambda>' when token-level runs differ in GAE lambda."""
-    if "advantage.level" not in runs:
-        return pd.Series([None] * len(runs), index=runs.index, dtype=object)
-    base = runs["advantage.baseline"] if "advantage.baseline" in runs else pd.Series("", index=runs.index)
-    lam = runs["advantage.lam"] if "advantage.lam" in runs else pd.Series(None, index=runs.index, dtype=object)
-    token_lams = lam[(runs["advantage.level"] == "token") & lam.notna()]
-    by_lam = token_lams.nunique() >= 2
-
-    def label(lvl, b, lm) -> str | None:
-        if lvl is None:
-            return None
-        if lvl == "sequence" and b:
-            return f"sequence/{b}"
-        if lvl == "token" and by_lam and lm is not None and lm == lm:
-            return f"token/lam={float(lm):g}"
-        return str(lvl)
-
-    return pd.Series(
-        [label(lvl, b, lm) for lvl, b, lm in zip(runs["advantage.level"], base, lam, strict=True)],
-        index=runs.index,
-        dtype=object,
-    )
 
 
 def curves_frame(

@@ -1,6 +1,6 @@
 """Factorial effects over matched cells, matched sample budgets, and gradient noise per run and level.
 
-Pure: numpy, pandas and ``reports.stats``; no I/O, no plotting. Frames are those of
+Pure: numpy, pandas, ``reports.stats`` and ``reports.labels``; no I/O, no plotting. Frames are those of
 ``reports.collect`` (``runs``: one row per run; ``curves``: long histories).
 
 - Main effect of a factor, level a -> b: the mean over MATCHED cells (cells equal in every
@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 
 from reports import stats
-from reports.stats import Interval, level_label, sorted_levels
+from reports.labels import ALL_RUNS, level_label
+from reports.stats import Interval, finite_rows, sorted_levels
 
 MIN_SEEDS = 5  # a finding calls a per-level difference only with at least this many runs per level
 MIN_CELLS = 4  # ... and a main effect or interaction only over at least this many matched cells
@@ -53,12 +54,6 @@ BATCH = "rollout.batch_size"
 
 
 # ---- matched cells -------------------------------------------------------------------------------
-
-
-def _finite(frame: pd.DataFrame, col: str) -> pd.DataFrame:
-    if col not in frame:
-        return frame.iloc[0:0]
-    return frame[np.isfinite(pd.to_numeric(frame[col], errors="coerce"))]
 
 
 def _key(frame: pd.DataFrame, cols: Sequence[str]) -> pd.Series:
@@ -84,7 +79,7 @@ def matched_differences(
     A matched cell is a combination of the other ``factors``' levels at which both levels ran;
     the mean is over the seeds of each cell. Index: the cell's text key.
     """
-    df = _finite(runs, value)
+    df = finite_rows(runs, value)
     if factor not in df or df.empty:
         return pd.Series(dtype=float)
     others = _others(df, factors, factor)
@@ -107,7 +102,7 @@ def difference_interval(
     d = matched_differences(runs, factor, a, b, value, factors)
     if len(d) != 1:
         return stats.mean_interval(d.to_numpy(float)), len(d), CELLS
-    df = _finite(runs, value)
+    df = finite_rows(runs, value)
     others = _others(df, factors, factor)
     cell = df[_key(df, others) == d.index[0]]
     lab = cell[factor].map(level_label)
@@ -123,7 +118,7 @@ def interaction_differences(
     a = (a0, a1) levels of ``fa``, b = (b0, b1) levels of ``fb``; a quadruple is the four cells
     at one combination of the other factors' levels. Index: that combination's text key.
     """
-    df = _finite(runs, value)
+    df = finite_rows(runs, value)
     if fa not in df or fb not in df or df.empty:
         return pd.Series(dtype=float)
     others = _others(df, factors, fa, fb)
@@ -144,7 +139,7 @@ def budget_differs(runs: pd.DataFrame, factor: str, factors: Sequence[str]) -> b
 
     Read from the runs' final ``episodes``; with no matched cell, from the levels' medians.
     """
-    df = _finite(runs, "episodes")
+    df = finite_rows(runs, "episodes")
     if factor not in df or df[factor].nunique() < 2:
         return False
     levels = sorted_levels(df[factor])
@@ -236,7 +231,7 @@ def main_effects(
     curves = curves if curves is not None else pd.DataFrame()
     for f in factors:
         frame, at = comparison_frame(runs, curves, metric, f, factors)
-        frame = _finite(frame, metric)
+        frame = finite_rows(frame, metric)
         if f not in frame or frame[f].nunique() < 2:
             continue
         levels = sorted_levels(frame[f])
@@ -297,7 +292,7 @@ def effects_table(
     """Main effects and top two-way interactions of every metric in ``metrics`` present in ``runs``."""
     parts = []
     for metric in metrics:
-        if _finite(runs, metric).empty:
+        if finite_rows(runs, metric).empty:
             continue
         main = main_effects(runs, curves, factors, metric)
         parts += [main, interactions(runs, curves, factors, metric, main, top)]
@@ -340,7 +335,7 @@ def with_noise(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
 
 def _groups(frame: pd.DataFrame, group: str | None) -> list[tuple[str, pd.DataFrame]]:
     if group is None or group not in frame:
-        return [("all runs", frame)]
+        return [(ALL_RUNS, frame)]
     return [(level_label(v), frame[frame[group] == v]) for v in sorted_levels(frame[group])]
 
 
@@ -353,7 +348,7 @@ def noise_scale_by(runs: pd.DataFrame, group: str | None) -> pd.DataFrame:
     Columns: level, n, point, low, high, resolved, signal, signal_low, signal_high.
     """
     cols = ["level", "n", "point", "low", "high", "resolved", "signal", "signal_low", "signal_high"]
-    r = _finite(_finite(runs, SIGNAL), SAMPLE_VAR)
+    r = finite_rows(finite_rows(runs, SIGNAL), SAMPLE_VAR)
     rows = []
     for level, g in _groups(r, group):
         if g.empty:
@@ -372,7 +367,7 @@ def batch_variance_points(runs: pd.DataFrame, group: str | None) -> pd.DataFrame
     never crosses 0. Columns: level, batch_size, n, iqm, ci_low, ci_high.
     """
     cols = ["level", "batch_size", "n", "iqm", "ci_low", "ci_high"]
-    r = _finite(_finite(runs, BATCH_VAR), BATCH)
+    r = finite_rows(finite_rows(runs, BATCH_VAR), BATCH)
     r = r[r[BATCH_VAR] > 0]
     rows = []
     for level, g in _groups(r, group):
@@ -389,7 +384,7 @@ def batch_variance_slopes(runs: pd.DataFrame, group: str | None) -> pd.DataFrame
     low, high (t-interval, n - 2 df), n (runs), n_sizes (distinct batch sizes), note.
     """
     cols = ["level", "slope", "low", "high", "n", "n_sizes", "note"]
-    r = _finite(_finite(runs, BATCH_VAR), BATCH)
+    r = finite_rows(finite_rows(runs, BATCH_VAR), BATCH)
     r = r[(r[BATCH_VAR] > 0) & (r[BATCH] > 0)]
     rows = []
     for level, g in _groups(r, group):
@@ -406,7 +401,7 @@ def variance_ratio(
     exp of ``difference_interval`` of log ``value``: over matched cells (cell means of logs over
     seeds), or over the seeds of the one matched cell. Non-positive values are dropped.
     """
-    r = _finite(runs, value)
+    r = finite_rows(runs, value)
     r = r[r[value] > 0].assign(**{value: lambda f: np.log(f[value])})
     iv, cells, over = difference_interval(r, factor, a, b, value, factors)
     ratio = Interval(float(np.exp(iv.point)), float(np.exp(iv.low)), float(np.exp(iv.high)), iv.n, iv.note)

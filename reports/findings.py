@@ -22,8 +22,10 @@ import pandas as pd
 from reports import effects as E
 from reports import overopt as O
 from reports import stats
+from reports.aggregate import frontier_hue, matched_impl_runs
 from reports.effects import MIN_CELLS, MIN_SEEDS
-from reports.stats import Interval, level_label
+from reports.labels import ADVANTAGE, advantage_column, level_label, with_advantage
+from reports.stats import Interval
 
 # Over-optimisation: gold peaked before the last evaluation and then lost at least this share
 # of its gain over the initial policy, while the proxy reward was still rising.
@@ -216,7 +218,7 @@ def effect_sentences(effects: pd.DataFrame, metric: str = "eval/gold") -> list[s
 
 def batch_variance_scaling(runs: pd.DataFrame) -> str | None:
     """Log-log slope of the batch-gradient variance tr(Sigma)/B on batch size, per advantage level (theory -1)."""
-    fits = E.batch_variance_slopes(runs, stats.advantage_column(runs, 1))
+    fits = E.batch_variance_slopes(runs, advantage_column(runs, 1))
     fits = fits[fits["n_sizes"] >= 2]
     if fits.empty:
         return None
@@ -241,7 +243,7 @@ def noise_scale(runs: pd.DataFrame) -> str | None:
     Rule: resolved when the t-interval of the level's mean signal over runs excludes 0 (Fieller's
     interval is then bounded); an unresolved level quotes no ratio.
     """
-    t = E.noise_scale_by(runs, stats.advantage_column(runs, 1))
+    t = E.noise_scale_by(runs, advantage_column(runs, 1))
     if t.empty:
         return None
     parts = []
@@ -284,16 +286,15 @@ def _ratio_sentence(what: str, lb: str, la: str, result: tuple[Interval, int, st
 
 def baseline_variance(runs: pd.DataFrame, factors: Sequence[str]) -> list[str]:
     """Whether each sequence baseline lowers tr(Sigma) against baseline ``none`` at matched settings."""
-    col = stats.advantage_column(runs)
-    if col != "advantage" or E.SAMPLE_VAR not in runs or "sequence/none" not in set(runs[col]):
+    col = advantage_column(runs)
+    if col != ADVANTAGE or E.SAMPLE_VAR not in runs or "sequence/none" not in set(runs[col]):
         return []
     others = [
         lv
         for lv in stats.sorted_levels(runs[col])
         if str(lv).startswith("sequence/") and lv != "sequence/none"
     ]
-    fs = [f if f not in ("advantage.level", "advantage.baseline", "advantage.lam") else col for f in factors]
-    fs = list(dict.fromkeys([*fs, col]))
+    fs = with_advantage(factors, col)
     return [
         _ratio_sentence("Baseline", lv, "sequence/none", E.variance_ratio(runs, col, "sequence/none", lv, fs))
         for lv in others
@@ -309,14 +310,13 @@ def gae_lambda_variance(runs: pd.DataFrame, factors: Sequence[str]) -> str | Non
     f = "advantage.lam"
     if E.SAMPLE_VAR not in runs:
         return None
-    col = stats.advantage_column(runs)
-    if col == "advantage" and f not in factors:
+    col = advantage_column(runs)
+    if col == ADVANTAGE and f not in factors:
         levels = [lv for lv in stats.sorted_levels(runs[col]) if str(lv).startswith("token/lam=")]
         ones = [lv for lv in levels if float(str(lv).split("=", 1)[1]) == 1.0]
         if not ones:
             return None
-        fs = [g if g not in ("advantage.level", "advantage.baseline", "advantage.lam") else col for g in factors]
-        fs = list(dict.fromkeys([*fs, col]))
+        fs = with_advantage(factors, col)
         parts = [
             _ratio_sentence(
                 "GAE", f"lambda = {str(lv).split('=', 1)[1]}", "lambda = 1", E.variance_ratio(runs, col, ones[0], lv, fs)
@@ -401,7 +401,7 @@ def over_optimisation(runs: pd.DataFrame, curves: pd.DataFrame, factors: Sequenc
     if bad.empty:
         return f"No run over-optimised the proxy reward (criterion: {rule})."
     s = f"{len(bad)} of {len(o)} runs over-optimised the proxy reward: their {rule}."
-    hue = next((f for f in ("kl.coef", *factors) if f in runs and runs[f].nunique() >= 2), None)
+    hue = frontier_hue(runs, factors)
     if hue:
         per = runs.set_index("run_id").loc[bad["run_id"], hue].value_counts()
         total = runs[hue].value_counts()
@@ -529,7 +529,7 @@ def onset_sentence(analysis: O.Analysis) -> str:
 
 def custom_vs_trl(runs: pd.DataFrame) -> str | None:
     """Custom PPO against TRL at the settings both ran: gold reward (and throughput) per implementation."""
-    m = stats.matched(runs, "impl", ["custom", "trl"])
+    m = matched_impl_runs(runs)
     if m.empty or "eval/gold" not in m:
         return None
     key = m["cell"].map(lambda c: ", ".join(p for p in str(c).split(", ") if not p.startswith("impl=")))

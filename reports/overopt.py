@@ -2,7 +2,7 @@
 Over-optimization": gold and proxy reward gain against d = sqrt(KL), the RL functional form fitted
 per proxy-RM size, its peak, and the onsets the runs logged.
 
-Pure: numpy, pandas and ``reports.stats``; no I/O, no plotting. Frames are those of
+Pure: numpy, pandas, ``reports.stats`` and ``reports.labels``; no I/O, no plotting. Frames are those of
 ``reports.collect`` (``runs``: one row per run; ``curves``: long histories).
 
 - Points, one per (run, evaluation step): d = sqrt(max(KL, 0)) with KL = ``eval/kl`` (nats; a
@@ -42,12 +42,13 @@ import numpy as np
 import pandas as pd
 
 from reports import stats
-from reports.stats import Interval, level_label, sorted_levels
+from reports.labels import ALL_RUNS, level_label
+from reports.stats import Interval, sorted_levels
 
 GOLD, PROXY, KL, ONSET = "eval/gold", "eval/proxy", "eval/kl", "eval/overopt_onset_kl"
 RM = "model.rm_pairs"
 COEF = "kl.coef"
-ALL = "all runs"  # the one group's label when ``model.rm_pairs`` is not in the runs
+ALL = ALL_RUNS  # the one group's label when ``model.rm_pairs`` is not in the runs
 
 POINT_COLUMNS = ["run_id", "step", "kl", "d", "gold", "proxy", "gold_gain", "proxy_gain"]
 SEED_FIT_COLUMNS = ["level", "seed", "alpha", "beta", "r2", "n", "has_peak", "log_kl_star", "kl_star"]

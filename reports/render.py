@@ -1,8 +1,9 @@
 """Text outputs of a report: Markdown / LaTeX (booktabs) / CSV tables, captions, report.md and report.html.
 
 Nothing here computes a statistic: it formats the frames of ``reports.stats`` and the sentences
-of ``reports.findings``. The HTML page is self-contained (inline CSS, no scripts, no remote
-resources); figures are referenced relatively (``figures/<stem>.png``), like in report.md.
+of ``reports.findings``, with the labels of ``reports.labels``. The HTML page is self-contained
+(inline CSS, no scripts, no remote resources); figures are referenced relatively
+(``figures/<stem>.png``), like in report.md.
 """
 
 from __future__ import annotations
@@ -18,19 +19,9 @@ import pandas as pd
 
 from reports import stats
 from reports.effects import MIN_SEEDS
-from reports.stats import level_label
+from reports.labels import COLUMN_TITLES, LATEX_COLUMNS, LATEX_FACTORS, level_label
 
 TABLE_METRICS = ("eval/gold", "eval/kl", "perf/tokens_per_s")
-COLUMN_TITLES = {
-    "eval/gold": "final gold reward",
-    "eval/kl": "final KL (nats)",
-    "perf/tokens_per_s": "tokens/s",
-}
-LATEX_COLUMNS = {
-    "eval/gold": "Gold reward",
-    "eval/kl": "KL (nats)",
-    "perf/tokens_per_s": "Tokens/s",
-}
 LEVEL_TABLE_NOTE = f"IQM [{stats.INTERVAL_DESCRIPTION}] over the runs of each level"
 EFFECT_TABLE_NOTE = (
     "Main effect: mean over matched cells (equal in every other factor) of the difference of cell means "
@@ -41,15 +32,6 @@ EFFECT_TABLE_NOTE = (
     "values, or at the last episode count all runs reached when the factor changes the sample budget."
 )
 EFFECT_COLUMNS = ["metric", "effect", "estimate", "low", "high", "interval over", "at"]
-LATEX_FACTORS = {
-    "ppo.clip_eps": r"Clip $\epsilon$",
-    "kl.coef": r"KL coef.\ $\beta$",
-    "rollout.batch_size": "Batch size",
-    "advantage.level": "Advantage level",
-    "advantage.baseline": "Baseline",
-    "advantage": "Advantage",
-    "impl": "Implementation",
-}
 
 
 # ---- tables --------------------------------------------------------------------------------------

@@ -1,12 +1,12 @@
-"""Build one report: collect (MLflow) -> stats -> plots -> findings -> render, then log it to the sweep.
+"""Build one report: collect (MLflow) -> stats -> aggregate -> plots -> findings -> render, then log it
+to the sweep.
 
-``build_report`` is what ``ppo-harness report`` calls; ``python -m reports.report`` runs the same
-thing with its own small argparse front end.
+``make_report`` is what ``ppo-harness report`` calls (keyword arguments, an exit code, one line on
+stderr for an error); ``build_report`` is the same work for a caller holding a ``Store``.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 from dataclasses import dataclass
@@ -17,6 +17,7 @@ from reports import effects as E
 from reports import stats
 from reports.collect import ReportError, Sweep, collect
 from reports.findings import findings
+from reports.labels import advantage_column, in_advantage
 from reports.render import (
     TABLE_METRICS,
     ReportContent,
@@ -29,9 +30,8 @@ from reports.render import (
 )
 
 ARTIFACT_DIR = "report"  # where the report lands among the parent run's artifacts
-ADVANTAGE_KEYS = ("advantage", "advantage.level", "advantage.baseline")  # never a PoI stratum
 
-__all__ = ["ReportError", "Source", "build_report", "main"]
+__all__ = ["ReportError", "Source", "build_report", "make_report"]
 
 
 @dataclass(frozen=True)
@@ -86,12 +86,10 @@ def build_report(
     factors = sweep.factors
     table = stats.summarise_factors(sweep.runs, factors, TABLE_METRICS)
     effects = E.effects_table(sweep.runs, sweep.curves, factors)
-    adv = stats.advantage_column(sweep.runs)
-    poi = (
-        stats.poi_table(sweep.runs, adv, "eval/gold", strata=[a for a in factors if a not in ADVANTAGE_KEYS])
-        if adv
-        else None
-    )
+    adv = advantage_column(sweep.runs)
+    # the advantage factor's parts are never a stratum of its own comparison
+    strata = [a for a in factors if not in_advantage(a)]
+    poi = stats.poi_table(sweep.runs, adv, "eval/gold", strata=strata) if adv else None
     figures = plots.make_figures(sweep.runs, sweep.curves, factors, style_obj, out / "figures")
     tables = write_tables(table, poi, sweep.runs, out / "tables", effects)
     content = ReportContent(
@@ -145,38 +143,37 @@ def _log(store: Store, run_id: str, md: Path, page: Path, figures: list[Path], t
         warnings.warn(f"report written but not logged to run {run_id}: {e}", stacklevel=2)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m reports.report",
-        description="Figures, tables and findings of one sweep, read from MLflow.",
-    )
-    p.add_argument("spec", nargs="?", help="ablation spec (its 'name' is the MLflow experiment)")
-    p.add_argument("--experiment", help="MLflow experiment name instead of a spec")
-    p.add_argument("--parent-run", help="sweep parent run id instead of a spec")
-    p.add_argument("--out", help="output folder (default reports/out/<name>)")
-    p.add_argument("--style", default="default", help="figure style: default, icml, neurips, iclr")
-    p.add_argument("--runs-dir", default=str(DEFAULT_RUNS_DIR), help="local store folder (default runs)")
-    p.add_argument("--tracking-uri", help="MLflow tracking server instead of the local store")
-    p.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
-    a = p.parse_args(argv)
-    given = [x for x in (a.spec, a.experiment, a.parent_run) if x]
+def make_report(
+    spec: str | Path | None = None,
+    *,
+    experiment: str | None = None,
+    parent_run: str | None = None,
+    out: str | Path | None = None,
+    style: str = "default",
+    runs_dir: str | Path = DEFAULT_RUNS_DIR,
+    tracking_uri: str | None = None,
+    log_to_mlflow: bool = True,
+) -> int:
+    """Write the report of one sweep (``build_report``) and say where it is; returns the exit code.
+
+    Exactly one of ``spec`` (an ablation spec: its ``name`` is the MLflow experiment),
+    ``experiment`` or ``parent_run`` names the sweep. The store is ``tracking_uri`` when given, else
+    the local store under ``runs_dir``. Prints the paths of report.md and report.html and returns 0;
+    a ``ReportError`` is one line on stderr and 1; no or several sources, one line on stderr and 2.
+    """
+    given = [x for x in (spec, experiment, parent_run) if x]
     if len(given) != 1:
-        p.print_usage(sys.stderr)
         print("error: give exactly one of: SPEC, --experiment NAME, --parent-run ID", file=sys.stderr)
         return 2
-    source = Source(spec=a.spec, experiment=a.experiment, parent_run=a.parent_run)
+    source = Source(spec=spec or None, experiment=experiment or None, parent_run=parent_run or None)
     try:
-        if not a.tracking_uri and not (Path(a.runs_dir) / "mlflow.db").exists():
-            raise ReportError(f"no MLflow store at {Path(a.runs_dir) / 'mlflow.db'}; run a sweep first")
-        store = Store(a.runs_dir, tracking_uri=a.tracking_uri)
-        md = build_report(source, a.out, a.style, store, log_to_mlflow=not a.no_log)
+        if not tracking_uri and not (Path(runs_dir) / "mlflow.db").exists():
+            raise ReportError(f"no MLflow store at {Path(runs_dir) / 'mlflow.db'}; run a sweep first")
+        store = Store(runs_dir, tracking_uri=tracking_uri or None)
+        md = build_report(source, out, style, store, log_to_mlflow=log_to_mlflow)
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"report: {md}")
     print(f"html:   {md.with_suffix('.html')}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -359,6 +359,13 @@ def stratified_poi(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[floa
 # ---- frames -------------------------------------------------------------------------------------
 
 
+def finite_rows(frame: pd.DataFrame, col: str) -> pd.DataFrame:
+    """The rows of ``frame`` whose ``col`` is a finite number (none when ``col`` is absent)."""
+    if col not in frame:
+        return frame.iloc[0:0]
+    return frame[np.isfinite(pd.to_numeric(frame[col], errors="coerce"))]
+
+
 def summarise_by(
     frame: pd.DataFrame,
     factor: str,
@@ -463,31 +470,9 @@ def poi_matrix(table: pd.DataFrame) -> pd.DataFrame:
     return m
 
 
-def level_label(v) -> str:
-    """How a factor level is written everywhere (tables, figures, findings): 0.1 -> '0.1', 16.0 -> '16'."""
-    if isinstance(v, float | np.floating):
-        return f"{float(v):g}"
-    return str(v)
-
-
 def sorted_levels(values) -> list:
     """The distinct non-missing levels of ``values``: numbers ascending, then text in order."""
     return sorted(pd.Series(values).dropna().unique().tolist(), key=_sort_key)
-
-
-ADVANTAGE_COLUMNS = ("advantage", "advantage.level")
-
-
-def advantage_column(frame: pd.DataFrame, min_levels: int = 2) -> str | None:
-    """The column that names a run's advantage estimator, with at least ``min_levels`` levels.
-
-    ``advantage`` ("token" or "sequence/<baseline>", built by ``reports.collect``: level and
-    baseline as one factor) when present, else ``advantage.level``; None when neither varies.
-    """
-    for col in ADVANTAGE_COLUMNS:
-        if col in frame and frame[col].nunique(dropna=True) >= min_levels:
-            return col
-    return None
 
 
 def _sort_key(v):

@@ -14,6 +14,7 @@ import torch
 
 from harness.lm.forward import policy_forward, sequence_scores, token_values
 from harness.lm.sampling import decode, encode_prompts, sample, sequence_inputs
+from harness.ppo import math as M
 
 
 @dataclass
@@ -96,11 +97,8 @@ def collect(
     if value_model is not None:
         ro.values = token_values(value_model, pids, pmask, rids, mask)
     ro.gold = torch.tensor(gold_fn(ro.prompts, ro.completions, has_eos.tolist()), dtype=torch.float32)
-    scores = score_fn(ro)
-    if missing_eos_penalty is not None:
-        # N implementation details #23 / TRL missing_eos_penalty: no EOS -> fixed low score
-        scores = torch.where(has_eos, scores, torch.full_like(scores, missing_eos_penalty))
-    ro.scores = scores
+    # no EOS -> the fixed penalty score (N implementation details #23)
+    ro.scores = M.missing_eos_score(score_fn(ro), has_eos, missing_eos_penalty)
     if timings is not None:
         timings["generate_s"] = t1 - t0
         timings["score_s"] = time.perf_counter() - t1

@@ -1,33 +1,43 @@
-"""The PPO loop, readable top to bottom. No MLflow, no CLI, no files.
+"""The PPO loop, readable top to bottom. No MLflow calls, no CLI, no files of its own.
 
-``PPOState`` holds what persists across iterations; ``ppo_iteration`` runs steps 1-7
-once and returns a flat metrics dict. Both advantage levels, all sequence baselines,
-the three loss aggregations, KL in reward or in loss, fixed or adaptive KL, value
-clipping, entropy bonus, gradient clipping, linear LR decay, minibatches x epochs,
-early stop at target KL and the missing-EOS penalty live here.
+``PPOState`` holds what persists across iterations; ``ppo_iteration`` runs the seven steps of
+README.md once and returns a flat metrics dict; ``train`` is ``impl=custom``: models, state,
+then ``train.iterations`` iterations with held-out evaluation and logging (``harness.recording``).
+
+Where each piece lives: the math (rewards, returns, GAE, baselines, losses) in
+``harness.ppo.math``, the KL coefficient's controller in ``harness.ppo.kl_control``, the epochs x
+minibatches update in ``harness.ppo.update``, the gradient-noise probe in ``harness.ppo.variance``,
+sampling and scoring (steps 1-3) in ``harness.lm.rollout``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from harness.config import RunConfig, response_length
-from harness.fast.flat import FlatParams, clip_norm_
-from harness.lm.forward import policy_forward, token_values
-from harness.lm.rollout import ScoreFn, collect
+from harness.fast.flat import FlatParams
+from harness.lm.rollout import Rollout, ScoreFn, collect, make_score_fn
 from harness.models.types import Models, SharedTrunkValue
+from harness.ppo import kl_control
 from harness.ppo import math as M
+from harness.ppo.update import (
+    Batch,
+    NonFiniteError,
+    SideThread,
+    UpdateStats,
+    autocast,
+    check,
+    linear_decay,
+    update,
+)
 from harness.ppo.variance import probe_generator, probe_gradient_variance
+from harness.recording import Recorder, RunResult
 
-
-class NonFiniteError(RuntimeError):
-    """A loss or statistic became NaN or inf; the message names it and the iteration."""
+__all__ = ["NonFiniteError", "PPOState", "init_state", "ppo_iteration", "train"]
 
 
 @dataclass
@@ -41,6 +51,11 @@ class PPOState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     params: FlatParams  # policy + value parameters, stepped as flat buffers
+    side: SideThread = field(default_factory=SideThread)  # the value model's thread in the update
+
+    def close(self) -> None:
+        """Release what the state holds beyond tensors (the update's side thread)."""
+        self.side.close()
 
 
 def init_state(cfg: RunConfig, models: Models) -> PPOState:
@@ -58,10 +73,8 @@ def init_state(cfg: RunConfig, models: Models) -> PPOState:
     # The fused kernel is the same update in one pass (4x faster on CPU than the per-tensor loop).
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in flat.flat)
     opt = torch.optim.Adam(flat.flat, lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps, fused=fused or None)
-    n = cfg.train.iterations
     # linear decay to 0 over the run (cleanRL anneal_lr): lr_i = lr * (1 - i / n)
-    decay = (lambda i: max(0.0, 1.0 - i / n)) if cfg.ppo.lr_decay else (lambda i: 1.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_decay(cfg.train.iterations, cfg.ppo.lr_decay))
     return PPOState(
         iteration=0,
         kl_coef=cfg.kl.coef,
@@ -75,75 +88,63 @@ def init_state(cfg: RunConfig, models: Models) -> PPOState:
     )
 
 
-_SIDE: ThreadPoolExecutor | None = None  # one per process, reused by every iteration
-
-
-def _on_cpu(model: torch.nn.Module) -> bool:
-    return next(model.parameters()).device.type == "cpu"
-
-
-@contextlib.contextmanager
-def _side_thread(enabled: bool):
-    """A one-thread executor beside this thread for a second, independent model's work, or None.
-
-    With n >= 2 intra-op threads this thread keeps n - n // 2 and the side thread gets n // 2:
-    two streams of (mostly small) ops use the cores better than one stream split across both
-    (+25% on the S bench's update; the rollout's three forwards gain nothing from it).
-    None when disabled or with one thread: the caller then runs everything itself.
-    """
-    global _SIDE
-    n = torch.get_num_threads()
-    if not enabled or n < 2:
-        yield None
-        return
-    if _SIDE is None:
-        _SIDE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ppo-side")
-    _SIDE.submit(torch.set_num_threads, n // 2).result()  # that thread's own setting
-    torch.set_num_threads(n - n // 2)
-    try:
-        yield _SIDE
-    finally:
-        torch.set_num_threads(n)
-
-
-def _autocast(cfg: RunConfig, model: torch.nn.Module):
-    """bf16 autocast on the model's device when ``train.autocast=bf16``; a no-op otherwise."""
-    device = next(model.parameters()).device.type
-    return torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.train.autocast == "bf16")
-
-
-def _check(name: str, value: torch.Tensor, it: int) -> None:
-    if not torch.isfinite(value).all():
-        raise NonFiniteError(f"{name} became {float(value)} at iteration {it}")
-
-
 def ppo_iteration(
     cfg: RunConfig, models: Models, st: PPOState, score_fn: ScoreFn, timings: dict[str, float] | None = None
 ) -> dict[str, float]:
-    """One PPO iteration: rollout, score, KL, advantages, update. Returns metrics.
+    """One PPO iteration, the seven steps of README.md. Returns the iteration's metrics (schema keys).
 
     ``timings``, when given, receives the rollout's ``generate_s`` and ``score_s`` (the benchmark's split).
     """
     st.iteration += 1
-    it = st.iteration
-    B, k, temp = cfg.rollout.batch_size, cfg.rollout.group_size, cfg.rollout.temperature
-    token_level = cfg.advantage.level == "token"
-    use_value = models.value is not None
     t_start = time.perf_counter()
+    # 1. sample B / k prompts, k completions each (contiguous groups), with the KV cache; mask after EOS
+    # 2. score them (proxy RM or gold; no EOS -> train.missing_eos_penalty)
+    # 3. old and reference logprobs at the sampling temperature; values
+    ro = _rollout(cfg, models, st, score_fn, timings)
+    t_rollout = time.perf_counter() - t_start
 
-    # 1. rollout: B / k prompts, each sampled k times (contiguous groups)
-    prompts = [st.rng.choice(models.task.train_prompts) for _ in range(B // k)]
-    batch = [p for p in prompts for _ in range(k)]
+    # 4. rewards: -beta * kl_t per token + score on the last real token, or R = score - beta * sum_t kl_t
+    kl = M.kl_penalty(ro.logprobs, ro.ref_logprobs, cfg.kl.estimator) * ro.mask  # (B, T)
+    beta = st.kl_coef if cfg.kl.placement == "reward" else 0.0  # kl.placement=loss: the update adds it
+    token_level = cfg.advantage.level == "token"
+    rewards = M.token_rewards(kl, ro.scores, ro.mask, beta) if token_level else M.sequence_return(ro.scores, kl, beta)
+
+    # 5. advantages: GAE(gamma, lambda) or a sequence baseline (broadcast to the tokens); value targets
+    batch, adv_raw = (_token_advantages if token_level else _sequence_advantages)(cfg, ro, rewards)
+    check("adv/mean", adv_raw.sum(), st.iteration)
+
+    # 6. the noise probe when due, then ppo.epochs x ppo.minibatches of the clipped surrogate
+    t_update = time.perf_counter()
+    probe = _probe(cfg, models, st, ro, batch.adv)
+    stats = update(cfg, models, st, batch)
+    t_end = time.perf_counter()
+    # the next iteration's beta: fixed, or the adaptive controller on this batch's KL
+    coef_used = st.kl_coef
+    st.kl_coef = kl_control.next_coef(coef_used, float(kl.sum(1).mean()), cfg.kl.target, ro.size, cfg.kl.horizon)
+    st.episodes += ro.size
+
+    # 7. metrics (the keys of harness/schema.py) -> the caller, which logs them and evaluates
+    perf = {"perf/rollout_s": t_rollout, "perf/update_s": t_end - t_update,
+            "perf/tokens_per_s": float(ro.mask.sum()) / (t_end - t_start)}
+    metrics = _metrics(cfg, models, st, ro, kl, coef_used, batch, adv_raw, stats, perf, probe)
+    for key in ("loss/policy_avg", "objective/scores", "objective/kl"):
+        check(key, torch.tensor(metrics[key]), st.iteration)
+    return metrics
+
+
+def _rollout(cfg: RunConfig, models: Models, st: PPOState, score_fn: ScoreFn, timings) -> Rollout:
+    """Steps 1-3: B / k prompts from ``st.rng``, each sampled k times, scored, with ref logprobs and values."""
+    k = cfg.rollout.group_size
+    prompts = [st.rng.choice(models.task.train_prompts) for _ in range(cfg.rollout.batch_size // k)]
     models.policy.eval()
-    # 2. score (proxy RM or gold, missing-EOS penalty) and 3. ref logprobs + values
-    with _autocast(cfg, models.policy):
-        ro = collect(
+    with autocast(cfg, models.policy):
+        return collect(
             models.policy,
             models.ref,
             models.tokenizer,
-            batch,
+            [p for p in prompts for _ in range(k)],
             max_new_tokens=response_length(cfg, models.task),
-            temperature=temp,
+            temperature=cfg.rollout.temperature,
             generator=st.generator,
             score_fn=score_fn,
             gold_fn=models.task.gold,
@@ -151,173 +152,84 @@ def ppo_iteration(
             missing_eos_penalty=cfg.train.missing_eos_penalty,
             timings=timings,
         )
-    t_rollout = time.perf_counter() - t_start
-    mask = ro.mask  # (B, T)
-    n_tokens = mask.sum(1)  # (B,)
-    last = n_tokens.long().clamp(min=1) - 1  # (B,) index of EOS / last real token
-    rows = torch.arange(B)
 
-    # 4. rewards + KL: per token (MDP) or one scalar per sequence (bandit)
-    kl = M.kl_penalty(ro.logprobs, ro.ref_logprobs, cfg.kl.estimator) * mask  # (B, T)
-    seq_kl = kl.sum(1)  # (B,)
-    beta = st.kl_coef if cfg.kl.placement == "reward" else 0.0
-    vmask = mask
-    if token_level:
-        # r_t = -beta * kl_t on every response token, + score on the last real one (TRL, N details)
-        rewards = -beta * kl  # (B, T)
-        rewards[rows, last] += ro.scores
-        # 5. GAE(gamma, lambda); returns = advantages + values
-        adv, returns = M.gae(rewards, ro.values, mask, cfg.advantage.gamma, cfg.advantage.lam)
-        adv_raw = adv
-        if cfg.advantage.whiten:
-            adv = M.masked_whiten(adv, mask) * mask  # N details: whiten advantages over the batch
-        seq_return = rewards.sum(1)
-    else:
-        # R = score - beta * sum_t kl_t, one action per completion (Ahmadian et al. 2024)
-        seq_return = ro.scores - beta * seq_kl  # (B,)
-        v0 = ro.values[:, 0] if cfg.advantage.baseline == "value" else None  # V(prompt)
-        a_seq = M.sequence_advantages(seq_return, cfg.advantage.baseline, k, values=v0)  # (B,)
-        adv_raw = a_seq[:, None] * mask
-        if cfg.advantage.whiten:
-            # scale only: centring here would turn baseline "none" into "batch_mean"
-            a_seq = a_seq / (a_seq.std() + 1e-8)
-        adv = a_seq[:, None] * mask  # broadcast to every token
-        # the sequence value baseline regresses R from the prompt state only
-        returns = seq_return[:, None] * mask
-        vmask = torch.zeros_like(mask)
-        vmask[:, 0] = 1.0
-    _check("adv/mean", adv_raw.sum(), it)
 
-    # 6. epochs x minibatches of the clipped surrogate (+ value loss, entropy, KL-in-loss)
-    t_update = time.perf_counter()
-    probe_stats = {}
-    if cfg.probe.every and (it - 1) % cfg.probe.every == 0:
-        models.policy.train()
-        probe_stats = probe_gradient_variance(
-            models.policy, ro, adv, cfg.ppo.clip_eps, cfg.loss.agg, temp, cfg.probe.microbatches, st.probe_generator
-        )
+def _token_advantages(cfg: RunConfig, ro: Rollout, rewards: torch.Tensor) -> tuple[Batch, torch.Tensor]:
+    """(the update's batch, advantages before whitening): GAE over (B, T) rewards, whitened over the
+    batch's response tokens when ``advantage.whiten`` (N implementation details), 0 after EOS."""
+    adv, returns = M.gae(rewards, ro.values, ro.mask, cfg.advantage.gamma, cfg.advantage.lam)
+    whitened = M.masked_whiten(adv, ro.mask) * ro.mask if cfg.advantage.whiten else adv
+    return Batch(ro, whitened, returns, ro.mask), adv
+
+
+def _sequence_advantages(cfg: RunConfig, ro: Rollout, seq_return: torch.Tensor) -> tuple[Batch, torch.Tensor]:
+    """(the update's batch, advantages before whitening): one baseline-subtracted scalar per completion
+    (B,), scaled (not centred) when ``advantage.whiten``, broadcast to its response tokens."""
+    v0 = ro.values[:, 0] if cfg.advantage.baseline == "value" else None  # V(prompt)
+    a_seq = M.sequence_advantages(seq_return, cfg.advantage.baseline, cfg.rollout.group_size, values=v0)  # (B,)
+    adv_raw = a_seq[:, None] * ro.mask
+    if cfg.advantage.whiten:
+        a_seq = M.scale_whiten(a_seq)
+    returns, vmask = M.sequence_value_targets(seq_return, ro.mask)
+    return Batch(ro, a_seq[:, None] * ro.mask, returns, vmask), adv_raw
+
+
+def _probe(cfg: RunConfig, models: Models, st: PPOState, ro: Rollout, adv: torch.Tensor) -> dict[str, float]:
+    """The gradient-noise probe's metrics on iterations 1, 1 + every, ... (``probe.every``); {} otherwise."""
+    if not cfg.probe.every or (st.iteration - 1) % cfg.probe.every:
+        return {}
     models.policy.train()
-    mb = B // cfg.ppo.minibatches
-    sums: dict[str, float] = {}
-    count = 0
-    stopped_early = 0.0
+    return probe_gradient_variance(models.policy, ro, adv, cfg.ppo.clip_eps, cfg.loss.agg, cfg.rollout.temperature,
+                                   cfg.probe.microbatches, st.probe_generator)
 
-    shared = isinstance(models.value, SharedTrunkValue)
 
-    def value_step(idx: torch.Tensor, backward: bool, v_new: torch.Tensor | None = None):
-        """The value loss of one minibatch (and, on the worker thread, its backward)."""
-        if v_new is None:
-            with _autocast(cfg, models.value):  # autocast state is per thread
-                v_new = token_values(models.value, ro.prompt_ids[idx], ro.prompt_mask[idx], ro.response_ids[idx], vmask[idx])
-        v_loss, vst = M.value_loss(v_new, ro.values[idx], returns[idx], vmask[idx], cfg.ppo.value_clip, cfg.loss.agg)
-        if backward:
-            (cfg.ppo.vf_coef * v_loss).backward()
-        return v_loss, vst
-
-    with _side_thread(use_value and not shared and _on_cpu(models.policy)) as worker:
-        for _epoch in range(cfg.ppo.epochs):
-            perm = torch.randperm(B, generator=st.generator)
-            epoch_kl, epoch_n = 0.0, 0
-            for s in range(0, B, mb):
-                idx = perm[s : s + mb]
-                m_mask = mask[idx]
-                st.params.zero_grad()
-                # With >= 2 threads the value model's forward + backward run beside the policy's, on a
-                # worker thread: disjoint parameters, so the gradients are exactly those of the summed loss.
-                pending = worker.submit(value_step, idx, True) if worker is not None else None
-                with _autocast(cfg, models.policy):
-                    new_logp, entropy, v_shared = policy_forward(  # (b, T) each, 0 after EOS
-                        models.policy, ro.prompt_ids[idx], ro.prompt_mask[idx], ro.response_ids[idx], m_mask, temp,
-                        with_entropy=cfg.ppo.entropy_coef > 0, value_head=models.value.score if shared else None,
-                    )
-                pg_loss, pst = M.policy_loss(new_logp, ro.logprobs[idx], adv[idx], m_mask, cfg.ppo.clip_eps, cfg.loss.agg)
-                loss = pg_loss
-                if entropy is not None:
-                    loss = loss - cfg.ppo.entropy_coef * M.aggregate(entropy, m_mask, cfg.loss.agg)
-                if cfg.kl.placement == "loss" and st.kl_coef > 0:
-                    # KL as a loss term (GRPO-style): beta * agg(kl(pi_theta, pi_ref))
-                    kl_tok = M.kl_penalty(new_logp, ro.ref_logprobs[idx], cfg.kl.estimator)
-                    loss = loss + st.kl_coef * M.aggregate(kl_tok, m_mask, cfg.loss.agg)
-                v_loss = torch.zeros(())
-                vst = {"clipfrac": torch.zeros(())}
-                if pending is not None:
-                    try:
-                        _check("loss/policy", pg_loss.detach(), it)
-                        loss.backward()
-                    finally:
-                        v_loss, vst = pending.result()
-                    _check("loss/value", v_loss.detach(), it)
-                else:
-                    if use_value:  # one backward through both losses (shared trunk: one forward too)
-                        v_loss, vst = value_step(idx, False, v_shared)
-                        loss = loss + cfg.ppo.vf_coef * v_loss
-                    _check("loss/policy", pg_loss.detach(), it)
-                    _check("loss/value", v_loss.detach(), it)
-                    loss.backward()
-                # Policy and value gradients are clipped apart (same max norm): with one global norm the
-                # value gradient would eat the policy's clipping budget, and the policy's step would
-                # depend on whether a value model is present (token level) or not (sequence level).
-                gnorm = clip_norm_(st.params.group_grads("policy"), cfg.ppo.max_grad_norm)
-                _check("grad/norm", gnorm, it)
-                if use_value:
-                    vnorm = clip_norm_(st.params.group_grads("value"), cfg.ppo.max_grad_norm)
-                    _check("grad/value_norm", vnorm, it)
-                st.optimizer.step()
-                logged = [
-                    ("policy/approxkl_avg", pst["approxkl"]),
-                    ("policy/clipfrac_avg", pst["clipfrac"]),
-                    ("loss/policy_avg", pg_loss),
-                    ("grad/norm", gnorm),
-                ]
-                if use_value:
-                    logged += [("loss/value_avg", v_loss), ("val/clipfrac_avg", vst["clipfrac"]), ("grad/value_norm", vnorm)]
-                for key, val in logged:
-                    sums[key] = sums.get(key, 0.0) + float(val.detach())
-                count += 1
-                epoch_kl += float(pst["approxkl"])
-                epoch_n += 1
-            # early stop on the epoch's mean approx KL (cleanRL target_kl)
-            if cfg.ppo.target_kl is not None and epoch_kl / epoch_n > cfg.ppo.target_kl:
-                stopped_early = 1.0
-                break
-    st.scheduler.step()
-    models.policy.eval()
-    t_end = time.perf_counter()
-
-    # adaptive KL controller (Ziegler et al. 2019): beta *= 1 + clip(KL/target - 1, ±0.2) * n / horizon
-    mean_kl = float(seq_kl.mean())
-    coef_used = st.kl_coef
-    if cfg.kl.target is not None:
-        err = min(max(mean_kl / cfg.kl.target - 1.0, -0.2), 0.2)
-        st.kl_coef *= 1.0 + err * B / cfg.kl.horizon
-    st.episodes += B
-
-    # 7. metrics -> caller
-    metrics = {key: val / count for key, val in sums.items()}
-    gen_tokens = float(n_tokens.sum())
-    metrics.update(
-        {
-            "objective/scores": float(ro.scores.mean()),
-            "objective/gold": float(ro.gold.mean()),
-            "objective/kl": mean_kl,
-            "objective/rlhf_reward": float((ro.scores - coef_used * seq_kl).mean()),
-            "objective/kl_coef": coef_used,
-            "objective/entropy": float(M.masked_mean(ro.entropy, mask)),
-            "adv/mean": float(M.masked_mean(adv_raw, mask)),
-            "adv/std": float(M.masked_var(adv_raw, mask).sqrt()),
-            "response/length": float(n_tokens.mean()),
-            "response/eos_frac": float(ro.has_eos.float().mean()),
-            "perf/rollout_s": t_rollout,
-            "perf/update_s": t_end - t_update,
-            "perf/tokens_per_s": gen_tokens / (t_end - t_start),
-            "episodes": float(st.episodes),
-        }
-    )
+def _metrics(cfg: RunConfig, models: Models, st: PPOState, ro: Rollout, kl: torch.Tensor, coef_used: float,
+             batch: Batch, adv_raw: torch.Tensor, stats: UpdateStats, perf: dict[str, float],
+             probe: dict[str, float]) -> dict[str, float]:
+    """The iteration's metrics: the update's means, then the batch's objective/*, adv/*, response/*,
+    the timings, episodes, early stop, explained variance and the probe's grad/* (when they apply)."""
+    seq_kl, mask = kl.sum(1), ro.mask  # (B,), (B, T)
+    metrics = {
+        **stats.metrics(),
+        "objective/scores": float(ro.scores.mean()),
+        "objective/gold": float(ro.gold.mean()),
+        "objective/kl": float(seq_kl.mean()),
+        "objective/rlhf_reward": float((ro.scores - coef_used * seq_kl).mean()),
+        "objective/kl_coef": coef_used,
+        "objective/entropy": float(M.masked_mean(ro.entropy, mask)),
+        "adv/mean": float(M.masked_mean(adv_raw, mask)),
+        "adv/std": float(M.masked_var(adv_raw, mask).sqrt()),
+        "response/length": float(mask.sum(1).mean()),
+        "response/eos_frac": float(ro.has_eos.float().mean()),
+        **perf,
+        "episodes": float(st.episodes),
+    }
     if cfg.ppo.target_kl is not None:
-        metrics["policy/early_stop"] = stopped_early
-    if use_value:
-        metrics["val/explained_var"] = float(M.explained_variance(ro.values, returns, vmask))
-    metrics.update(probe_stats)
-    for key in ("loss/policy_avg", "objective/scores", "objective/kl"):
-        _check(key, torch.tensor(metrics[key]), it)
-    return metrics
+        metrics["policy/early_stop"] = float(stats.early_stop)
+    if models.value is not None:
+        metrics["val/explained_var"] = float(M.explained_variance(ro.values, batch.returns, batch.vmask))
+    return {**metrics, **probe}
+
+
+def train(cfg: RunConfig, logger, on_eval=None, progress: bool = True) -> RunResult:
+    """``impl=custom``: load the models, evaluate at 0, then ``train.iterations`` PPO iterations, each
+    logged into ``logger``'s run and evaluated every ``eval.every`` and at the last (``Recorder``)."""
+    # imported when a run starts, not with the loop (load_models brings transformers)
+    from harness.progress import RunProgress
+    from harness.warmstart.load import load_models
+
+    n = cfg.train.iterations
+    with RunProgress(n, enabled=progress, title=f"{cfg.task.name} {cfg.advantage.level} seed {cfg.seed}") as bar:
+        models = load_models(cfg, progress=bar.status)
+        score_fn = make_score_fn(models.reward, models.task.gold)
+        st = init_state(cfg, models)
+        rec = Recorder(cfg, logger, models, score_fn, response_length(cfg, models.task), bar=bar, on_eval=on_eval)
+        try:
+            rec.begin()
+            for it in range(1, n + 1):
+                t0 = time.perf_counter()
+                metrics = ppo_iteration(cfg, models, st, score_fn)
+                rec.step(it, metrics, seconds=time.perf_counter() - t0)
+        finally:
+            st.close()
+        return rec.result()

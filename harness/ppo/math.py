@@ -1,5 +1,5 @@
 """Pure tensor functions for PPO in RLHF: masked statistics, KL estimators,
-GAE, sequence-level baselines, loss aggregation, clipped policy / value losses.
+rewards and returns, GAE, sequence-level baselines, loss aggregation, clipped policy / value losses.
 
 Everything here is a pure function of tensors (torch only): no modules, no
 optimisers, no config objects, no I/O. Shapes use B = batch (completions),
@@ -34,8 +34,13 @@ __all__ = [
     "masked_mean",
     "masked_var",
     "masked_whiten",
+    "missing_eos_score",
     "policy_loss",
+    "scale_whiten",
     "sequence_advantages",
+    "sequence_return",
+    "sequence_value_targets",
+    "token_rewards",
     "value_loss",
 ]
 
@@ -138,6 +143,66 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str) -> Tensor
     raise ValueError(f"unknown KL estimator {estimator!r}; expected one of {KL_ESTIMATORS}")
 
 
+# --------------------------------------------------------------------------- scores, rewards, returns
+
+
+def missing_eos_score(scores: Tensor, has_eos: Tensor, penalty: float | None) -> Tensor:
+    """The score of a completion that never emitted EOS is REPLACED by a fixed penalty.
+
+    scores: (B,) (or any shape); has_eos: bool, broadcastable to scores; penalty: the fixed
+    score, or None to keep every score.
+        s_i' = s_i        if completion i emitted EOS
+        s_i' = penalty    otherwise           ("The N implementation details" #23)
+    Returns scores' shape (``scores`` itself when penalty is None). Unlike TRL's
+    ``missing_eos_penalty`` (s_i - p) the penalty does not depend on what the RM said.
+    """
+    if penalty is None:
+        return scores
+    return torch.where(has_eos, scores, torch.full_like(scores, penalty))
+
+
+def token_rewards(kl: Tensor, scores: Tensor, mask: Tensor, beta: float) -> Tensor:
+    """Per-token rewards of the token-level MDP: the KL penalty on every token, the score at the end.
+
+    kl: (B, T) per-token KL estimate, already 0 after EOS (``kl_penalty(...) * mask``);
+    scores: (B,); mask: (B, T), 1 on a prefix of each row (up to and including EOS); beta: coefficient.
+        r_t      = -beta * kl_t             every response token t
+        r_{n-1} += score                    n = sum_t mask_t: on EOS, or on the last token without EOS
+    (TRL PPOTrainer / N implementation details; TRL itself adds the score one token AFTER EOS.)
+    A row with an empty mask gets its score at t = 0. Returns (B, T), a new tensor.
+    """
+    rewards = -beta * kl  # (B, T)
+    last = mask.sum(1).long().clamp(min=1) - 1  # (B,) index of EOS / the last real token
+    rewards[torch.arange(rewards.shape[0]), last] += scores
+    return rewards
+
+
+def sequence_return(scores: Tensor, kl: Tensor, beta: float) -> Tensor:
+    """The return of one completion as ONE action (the bandit view, Ahmadian et al. 2024).
+
+    scores: (B,); kl: (B, T) per-token KL estimate, 0 after EOS; beta: coefficient.
+        R_i = score_i - beta * sum_t kl_it
+    Returns (B,).
+    """
+    return scores - beta * kl.sum(1)
+
+
+def sequence_value_targets(returns: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Value targets of the sequence level: V regresses R from the prompt state only.
+
+    returns: (B,) sequence returns R; mask: (B, T) response mask.
+    One action per completion means one state with a value, the prompt (before the first
+    response token): the baseline A_i = R_i - V(x_i) reads V there, so only there is V trained.
+        targets_it = R_i * mask_it          (B, T), R broadcast over the response
+        vmask_it   = 1 if t = 0 else 0      (B, T), the value loss's mask
+    Returns (targets, vmask).
+    """
+    targets = returns[:, None] * mask
+    vmask = torch.zeros_like(mask)
+    vmask[:, 0] = 1.0
+    return targets, vmask
+
+
 # --------------------------------------------------------------------------- advantages
 
 
@@ -220,6 +285,17 @@ def sequence_advantages(
     # group_norm: GRPO (DeepSeekMath); torch.std is unbiased (n - 1), as TRL GRPOTrainer
     std = grouped.std(dim=1, keepdim=True)  # (G, 1)
     return ((grouped - mean) / (std + _EPS)).reshape(B)
+
+
+def scale_whiten(x: Tensor) -> Tensor:
+    """Divide sequence advantages by their std: whitening of the SCALE only, no centring.
+
+    x: (B,) sequence advantages. Returns x / (std(x) + 1e-8), std the unbiased (n - 1) std.
+    The mean is kept on purpose: the baseline (``sequence_advantages``) already decided what
+    is subtracted, and centring here would quietly turn baseline "none" into "batch_mean"
+    (and shift RLOO / group baselines by the batch mean). Only the step size is normalised.
+    """
+    return x / (x.std() + _EPS)
 
 
 # --------------------------------------------------------------------------- losses

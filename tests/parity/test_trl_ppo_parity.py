@@ -10,7 +10,7 @@ difference is pinned by an exact formula rather than hidden.
 
 The custom side of the reward / GAE / whitening comparisons is the REAL loop: one
 ``ppo_iteration`` on the tiny cached models, with spies on the functions it calls
-(``rollout.collect``, ``math.gae``, ``math.policy_loss``) recording the tensors it builds;
+(``loop.collect``, ``math.gae``, ``math.policy_loss``) recording the tensors it builds;
 TRL's transcribed code then runs on that iteration's rollout.
 """
 
@@ -445,7 +445,7 @@ def test_optimizer_and_schedule_equal_the_custom_cores():
 
 def test_clipped_adam_clips_each_group_like_the_custom_core():
     """ClippedAdam clips the policy group and the value group apart, with the custom core's clip_norm_ rule
-    (harness/ppo/loop.py on st.params.group_grads): the same pre-clip norms, the same clipped gradients."""
+    (harness/ppo/update.py on st.params.group_grads): the same pre-clip norms, the same clipped gradients."""
     from harness.fast.flat import clip_norm_
 
     w, v = torch.nn.Parameter(torch.zeros(5)), torch.nn.Parameter(torch.zeros(3))

@@ -1,4 +1,4 @@
-"""`python -m harness.bench` end to end: both implementations, every JSON field, sane values.
+"""`ppo-harness bench` end to end: both implementations, every JSON field, sane values, option errors.
 
 A benchmark, not a timed test: nothing here asserts a speed.
 """
@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from harness.bench import run as bench_run
+from harness.bench.workload import flops_per_iteration
+from tests.conftest import ROOT, run_cli
 
 IMPL_FIELDS = (
     "iterations", "iterations_per_s", "seconds_per_iteration", "cpu_seconds_per_iteration",
@@ -27,11 +27,10 @@ def _positive(x) -> bool:
 
 
 def _bench(tmp_path, *args: str) -> tuple[str, dict]:
-    """``python -m harness.bench --size S --threads 1 ARGS --json``: (stdout, the JSON document).
+    """``ppo-harness bench --size S --threads 1 ARGS --json``: (stdout, the JSON document).
     One thread keeps the run short and steady on a busy 2-core machine; the bench's default is 2."""
     out = tmp_path / "out.json"
-    cmd = [sys.executable, "-m", "harness.bench", "--size", "S", "--threads", "1", *args, "--json", str(out)]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    r = run_cli("bench", "--size", "S", "--threads", "1", *args, "--json", str(out), cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout, json.loads(out.read_text())
 
@@ -91,9 +90,37 @@ def test_bench_variant_is_reported_apart_from_equal_math(tmp_path):
     assert set(doc["results"]) == {"custom"} and "ratio_custom_over_trl" not in doc
     res = doc["results"]["custom"]
     # one trunk trained, not two: the update's useful FLOPs are the policy's alone
-    from harness.bench import flops_per_iteration
-
     vocab, length = doc["workload"]["vocab"], res["mean_response_tokens"]
     assert res["flops_per_iteration"] == pytest.approx(flops_per_iteration("S", vocab, length, shared_trunk=True))
     assert res["flops_per_iteration"]["update"] < flops_per_iteration("S", vocab, length)["update"]
     assert 0 < res["peak_share"] <= 1 and res["iterations_per_s"] > 0
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"threads": 0}, "--threads must be >= 1"),
+    ({"iterations": 0}, "--iterations must be >= 1"),
+    ({"repeats": 0}, "--repeats must be >= 1"),
+    ({"warmup": -1}, "--warmup must be >= 0"),
+    ({"size": "XL"}, "--size 'XL': expected one of M, S"),
+    ({"vs": "openrlhf"}, "--vs 'openrlhf': expected one of trl"),
+    ({"variant": "fp8"}, "--variant 'fp8': expected one of equal, shared-trunk, bf16, shared-trunk+bf16"),
+])
+def test_bench_refuses_a_bad_option_before_any_work(tmp_path, monkeypatch, capsys, options, message):
+    """One line on stderr, exit 2, no child spawned, no peak measured, no JSON written."""
+    def no_work(*a, **k):
+        raise AssertionError("benchmark work started")
+
+    monkeypatch.setattr(bench_run, "measure", no_work)
+    monkeypatch.setattr(bench_run, "matmul_peak_gflops", no_work)
+    out = tmp_path / "out.json"
+    assert bench_run.run_bench(**options, json=out) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"error: {message}\n" and captured.out == ""
+    assert not out.exists()
+
+
+def test_bench_cli_threads_zero_is_an_error():
+    """``--threads 0`` was once dropped (the default ran); now one line and exit 2."""
+    r = run_cli("bench", "--threads", "0", cwd=ROOT, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.strip() == "error: --threads must be >= 1" and r.stdout == ""

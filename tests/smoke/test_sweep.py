@@ -35,7 +35,7 @@ def write_spec(tmp_path: Path, name: str, **kw) -> Path:
 
 
 def sweep(tmp_path: Path, spec: Path, *args: str, timeout: int = 240, background: bool = False):
-    cmd = [sys.executable, "-m", "harness.sweep", str(spec), "--runs-dir", str(tmp_path / "runs"), *args]
+    cmd = [sys.executable, "-m", "harness.cli", "sweep", str(spec), "--runs-dir", str(tmp_path / "runs"), *args]
     if background:
         return subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
@@ -47,7 +47,7 @@ def study_trials(url: str, name: str | None = None):
     """All trials of the only study in a storage (journal path or RDB URL), or of sweep ``name``."""
     import optuna
 
-    from harness.sweep import open_storage
+    from harness.sweep.study import open_storage
 
     st = open_storage(url)
     (s,) = [s for s in st.get_all_studies() if name is None or s.user_attrs.get("sweep.name") == name]
@@ -65,9 +65,9 @@ def mlflow_runs(tmp_path: Path, experiment: str):
 
 
 def by_slot(trials, state: str) -> collections.Counter:
-    return collections.Counter(
-        (t.user_attrs["sweep.cell"], t.user_attrs["seed"]) for t in trials if t.state.name == state
-    )
+    from harness.sweep.study import slot_key
+
+    return collections.Counter(slot_key(t) for t in trials if t.state.name == state)
 
 
 def test_grid_with_two_workers_runs_every_cell_and_seed_once(tmp_path):
@@ -132,7 +132,7 @@ def test_nan_trial_is_failed_with_its_reason_and_the_sweep_goes_on(tmp_path):
 def test_killed_worker_then_resume_completes_every_slot_once(tmp_path):
     import optuna
 
-    from harness.sweep import open_storage
+    from harness.sweep.study import open_storage
 
     base = dict(TINY, **{"train.iterations": 40})  # a few seconds per trial: time to kill one mid-run
     spec = write_spec(tmp_path, "kill", base=base, grid={"kl.coef": [0.0, 0.2]})

@@ -47,13 +47,13 @@ MALFORMED = {
 
 @pytest.mark.parametrize("case", sorted(MALFORMED))
 def test_malformed_spec_exits_2_naming_the_key_and_creates_nothing(case, tmp_path, monkeypatch, capsys):
-    from harness.sweep import main
+    from harness.sweep.coordinator import run_sweep
 
     body, key = MALFORMED[case]
     spec = tmp_path / f"{case}.yaml"
     spec.write_text(body)
     monkeypatch.chdir(tmp_path)  # the default runs dir ("runs") would appear here
-    assert main([str(spec), "--workers", "2"]) == 2
+    assert run_sweep(spec, workers=2) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert err.startswith(f"error: {spec}: {key}"), err
@@ -64,7 +64,7 @@ def test_malformed_spec_exit_code_from_a_real_process(tmp_path):
     spec = tmp_path / "bad.yaml"
     spec.write_text(MALFORMED["unknown_dotted_key"][0])
     out = subprocess.run(
-        [sys.executable, "-m", "harness.sweep", str(spec), "--runs-dir", str(tmp_path / "runs"),
+        [sys.executable, "-m", "harness.cli", "sweep", str(spec), "--runs-dir", str(tmp_path / "runs"),
          "--storage", str(tmp_path / "j.journal")],
         capture_output=True, text=True, timeout=120,
     )
@@ -77,10 +77,10 @@ def test_malformed_spec_exit_code_from_a_real_process(tmp_path):
 
 
 def test_bad_worker_count_is_a_usage_error(tmp_path, capsys):
-    from harness.sweep import main
+    from harness.sweep.coordinator import run_sweep
 
     spec = tmp_path / "ok.yaml"
     spec.write_text(HEAD + "grid: {kl.coef: [0.1]}\nseeds: [0]\n")
-    assert main([str(spec), "--workers", "0", "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert run_sweep(spec, workers=0, runs_dir=tmp_path / "runs") == 2
     assert "--workers" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()

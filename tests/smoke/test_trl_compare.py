@@ -11,7 +11,7 @@ import pytest
 
 import harness.run
 from harness.compare import check_comparable, compare, run_value
-from harness.run import RunResult
+from harness.recording import RunResult
 
 GOLD = {("custom", 0): 0.5, ("custom", 1): 0.6, ("custom", 2): 0.7, ("trl", 0): 0.52, ("trl", 1): 0.58, ("trl", 2): 0.71}
 

@@ -7,7 +7,7 @@ import pytest
 import harness.evaluate
 from harness.config import build_config
 from harness.evaluate import overopt_onset
-from harness.run import Recorder
+from harness.recording import Recorder
 from harness.tracking import Store
 
 

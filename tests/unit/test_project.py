@@ -42,3 +42,25 @@ def test_every_key_the_custom_core_logs_is_in_the_schema():
     logged = set(ppo_iteration(cfg, m, init_state(cfg, m), make_score_fn(m.reward, m.task.gold)))
     assert logged <= set(METRICS), logged - set(METRICS)
     assert "grad/snr" not in METRICS
+
+
+def _layout_block() -> list[tuple[int, str]]:
+    text = (ROOT / "README.md").read_text()
+    block = text.split("### Layout", 1)[1].split("```\n", 1)[1].split("```", 1)[0]
+    return [(len(line) - len(line.lstrip()), line.split()[0]) for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_layout_lists_every_module_once():
+    listed, stack = [], []
+    for indent, name in _layout_block():
+        depth = indent // 2
+        stack[depth:] = [name]
+        listed.append("".join(stack))
+    modules = {str(p.relative_to(ROOT)) for pkg in ("harness", "baselines", "reports") for p in (ROOT / pkg).rglob("*.py")
+               if "shipped" not in p.parts and p.name != "__init__.py"}
+    packages = {str(p.parent.relative_to(ROOT)) + "/" for pkg in ("harness", "reports") for p in (ROOT / pkg).rglob("__init__.py")
+                if p.parent.name not in ("harness", "reports")}
+    py = {x for x in listed if x.endswith(".py") and x.split("/")[0] in ("harness", "baselines", "reports")}
+    assert len(py) == len([x for x in listed if x in py]), "a module is listed twice"
+    assert py == modules, f"missing: {sorted(modules - py)}, stale: {sorted(py - modules)}"
+    assert packages <= set(listed), sorted(packages - set(listed))

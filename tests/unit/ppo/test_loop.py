@@ -146,3 +146,48 @@ def test_the_policy_step_does_not_depend_on_a_value_model_being_there():
     assert h_v["grad/norm"] == pytest.approx(h_n["grad/norm"], rel=1e-4)
     for a, b in zip(p_v, p_n, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+class _Logger:
+    """A stand-in for the MLflow run logger: what the Recorder writes."""
+
+    run_id = "loop-test"
+
+    def __init__(self):
+        self.steps: list[int] = []
+
+    def log_metrics(self, metrics, step):
+        self.steps.append(step)
+
+    def set_tags(self, tags):
+        pass
+
+    def log_table(self, frame, name):
+        pass
+
+    def log_text(self, text, name):
+        pass
+
+
+def test_train_runs_the_iterations_evaluates_and_closes_its_state(monkeypatch):
+    """``train`` (impl=custom): evaluation at 0 and every eval.every, one log per iteration, on_eval after
+    each evaluation, and the state's side thread released at the end (also when a hook raises)."""
+    from harness.ppo import loop
+
+    closed = []
+    monkeypatch.setattr(loop.PPOState, "close", lambda self: closed.append(self.iteration))
+    cfg = build_config(None, {**TINY, "train.iterations": 3, "eval.every": 2})
+    logger, seen = _Logger(), []
+    result = loop.train(cfg, logger, on_eval=lambda it, em: seen.append((it, sorted(em))), progress=False)
+    assert logger.steps == [0, 1, 2, 3] and closed == [3]
+    assert [it for it, _ in seen] == [0, 2, 3] and all(k.startswith("eval/") for _, keys in seen for k in keys)
+    assert [s for s, _ in result.history["eval/gold"]] == [0, 2, 3]
+    assert result.final["episodes"] == 24.0 and result.run_id == "loop-test"
+
+    def stop(it, em):
+        if it == 2:
+            raise RuntimeError("pruned")
+
+    with pytest.raises(RuntimeError, match="pruned"):
+        loop.train(cfg, _Logger(), on_eval=stop, progress=False)
+    assert closed == [3, 2]

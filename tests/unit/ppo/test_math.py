@@ -22,8 +22,13 @@ from harness.ppo.math import (
     masked_mean,
     masked_var,
     masked_whiten,
+    missing_eos_score,
     policy_loss,
+    scale_whiten,
     sequence_advantages,
+    sequence_return,
+    sequence_value_targets,
+    token_rewards,
     value_loss,
 )
 
@@ -183,6 +188,57 @@ def test_k1_and_k3_are_unbiased_for_the_true_kl():
 def test_kl_unknown_estimator():
     with pytest.raises(ValueError, match="'k4'"):
         kl_penalty(torch.zeros(1, 2), torch.zeros(1, 2), "k4")
+
+
+# --------------------------------------------------------------------------- scores, rewards, returns
+
+
+def test_missing_eos_score_replaces_not_subtracts():
+    scores, has_eos = t([0.5, -2.0, 3.0]), torch.tensor([True, False, False])
+    assert_close(missing_eos_score(scores, has_eos, -1.0), t([0.5, -1.0, -1.0]))  # TRL's s - p: -3.0, 2.0
+    assert missing_eos_score(scores, has_eos, None) is scores
+    # broadcast: one flag per row over (B, L, 1) scores (the TRL baseline's reward head)
+    per_pos = t([[[1.0], [2.0]], [[3.0], [4.0]]])
+    out = missing_eos_score(per_pos, torch.tensor([False, True])[:, None, None], 0.0)
+    assert_close(out, t([[[0.0], [0.0]], [[3.0], [4.0]]]))
+
+
+def test_token_rewards_by_hand():
+    # row 0: 3 tokens (EOS at t=2); row 1: no EOS, all 4; row 2: empty mask -> score at t=0
+    mask = prefix_mask([3, 4, 0], 4)
+    kl = t([[0.1, 0.2, 0.3, 9.0], [0.4, -0.1, 0.0, 0.2], [7.0, 7.0, 7.0, 7.0]]) * mask
+    r = token_rewards(kl, t([1.0, 2.0, 3.0]), mask, beta=0.5)
+    assert_close(r, t([[-0.05, -0.1, -0.15 + 1.0, 0.0], [-0.2, 0.05, 0.0, -0.1 + 2.0], [3.0, 0.0, 0.0, 0.0]]))
+    assert kl[0, 3] == 0 and r.data_ptr() != kl.data_ptr()  # kl is not written to
+    # beta 0 (KL in the loss, or no penalty): only the score, on the last real token
+    assert_close(token_rewards(kl, t([1.0, 2.0, 3.0]), mask, 0.0).sum(1), t([1.0, 2.0, 3.0]))
+
+
+def test_sequence_return_by_hand():
+    mask = prefix_mask([2, 3], 3)
+    kl = t([[0.5, 1.5, 4.0], [0.2, 0.2, 0.6]]) * mask  # sums 2.0 and 1.0
+    assert_close(sequence_return(t([1.0, 3.0]), kl, 0.1), t([1.0 - 0.2, 3.0 - 0.1]))
+    assert_close(sequence_return(t([1.0, 3.0]), kl, 0.0), t([1.0, 3.0]))
+
+
+def test_sequence_value_targets_are_r_at_the_prompt_state_only():
+    mask = prefix_mask([2, 3], 4)
+    targets, vmask = sequence_value_targets(t([1.5, -2.0]), mask)
+    assert_close(targets, t([[1.5, 1.5, 0.0, 0.0], [-2.0, -2.0, -2.0, 0.0]]))
+    assert_close(vmask, t([[1.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]))
+    # the value loss on that mask: V at t = 0 against R, nothing else
+    v = t([[1.0, 9.0, 9.0, 9.0], [0.0, 9.0, 9.0, 9.0]])
+    loss, _ = value_loss(v, v, targets, vmask, None, "token-mean")
+    assert_close(loss, t(0.5 * ((1.0 - 1.5) ** 2 + (0.0 + 2.0) ** 2) / 2))
+
+
+def test_scale_whiten_scales_without_centring():
+    a = t([1.0, 2.0, 3.0, 6.0])  # mean 3, unbiased var (4 + 1 + 0 + 9) / 3 = 14/3
+    s = math.sqrt(14.0 / 3.0) + 1e-8
+    out = scale_whiten(a)
+    assert_close(out, a / s)
+    assert float(out.mean()) == pytest.approx(3.0 / s)  # the mean is kept (not 0)
+    assert torch.isfinite(scale_whiten(t([2.0, 2.0]))).all()  # constant: / 1e-8, finite
 
 
 # --------------------------------------------------------------------------- GAE

@@ -4,9 +4,10 @@ Each test runs one (or a few) real iterations of ``harness.ppo.loop.ppo_iteratio
 tiny cached models and checks what an option must do against a hand computation: the
 rewards matrix handed to GAE, the advantages that reach ``policy_loss``, the gradients and
 learning rates the optimiser steps with, the controller's coefficient, the policy's entropy
-or KL after a step. The functions the trainer calls through module attributes
-(``harness.ppo.math.*``, ``harness.lm.rollout.collect``) are wrapped by spies that record
-their arguments and call the original: the loop is the real one, only observed.
+or KL after a step. The functions the loop calls through module attributes
+(``harness.ppo.math.*``, called as ``M.fn`` by ``harness.ppo.loop`` and ``harness.ppo.update``;
+``collect`` and ``probe_gradient_variance``, globals of ``harness.ppo.loop``) are wrapped by spies
+that record their arguments and call the original: the loop is the real one, only observed.
 
 Every test's docstring says which wrong wiring makes it fail. A "discriminating" assertion
 next to a hand computation checks that the option's value actually changes the expected

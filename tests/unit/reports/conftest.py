@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from reports import overopt
+
 AXES = ["ppo.clip_eps", "kl.coef", "rollout.batch_size", "advantage.level"]
 EVAL_KEYS = ("eval/gold", "eval/proxy", "eval/kl", "response/length")
 GRAD_KEYS = ("grad/variance", "grad/signal", "grad/rel_variance", "grad/noise_scale", "grad/sample_variance",
@@ -201,3 +203,60 @@ def sweep_runs() -> list[FakeRun]:
 @pytest.fixture(scope="session")
 def frames(sweep_runs) -> tuple[pd.DataFrame, pd.DataFrame]:
     return tidy_frames(sweep_runs)
+
+
+# ---- an over-optimisation sweep (reports.overopt, figures 3 and 8) ---------------------------------
+
+# alpha = 1, beta = 0.5: d* = exp(1 / 0.5 - 1) = e, KL* = e^2; beta = 0.35: KL* = exp(2 (1 / 0.35 - 1))
+TRUE = {512: (1.0, 0.5), 4096: (1.0, 0.35)}
+KL_MAX = {0.0: 90.0, 0.05: 30.0, 0.2: 4.0}  # the KL each kl.coef level reaches at the last evaluation
+EVERY = 5
+
+
+def gao_sweep(true=None, coefs=(0.0, 0.05, 0.2), seeds=3, evals=15, noise=0.002, spread=0.01, seed=0):
+    """(runs, curves) of an rm_pairs x kl.coef x seed sweep whose gold gain is d (alpha - beta ln d).
+
+    Each seed perturbs alpha and beta slightly (seed-to-seed spread); KL grows linearly to the
+    coefficient's ``KL_MAX`` and is slightly negative at step 0 (an estimate's noise, clipped at 0).
+    A run's onset is the first evaluation at which gold has fallen for two consecutive evaluations
+    while the proxy rose (the harness's rule); it is logged as eval/overopt_onset_kl there.
+    """
+    true = TRUE if true is None else true
+    rng = np.random.default_rng(seed)
+    rows, curves = [], []
+    for (rm, (alpha, beta)), s in itertools.product(true.items(), range(seeds)):
+        a_s, b_s = alpha + rng.normal(0, spread), beta + rng.normal(0, spread / 2)
+        for coef in coefs:
+            rid = f"rm{rm}-c{coef:g}-s{s}"
+            kl = KL_MAX[coef] * np.arange(evals + 1) / evals
+            kl[0] = -0.002
+            d = np.sqrt(np.maximum(kl, 0))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                gain = np.where(d > 0, d * (a_s - b_s * np.log(d)), 0.0)
+            gold = 0.3 + gain + rng.normal(0, noise, d.size)
+            proxy = 0.1 + 0.8 * d + rng.normal(0, noise, d.size)
+            falls = [
+                i for i in range(2, d.size) if gold[i] < gold[i - 1] < gold[i - 2] and proxy[i] > proxy[i - 2]
+            ]
+            onset = falls[0] if falls else None
+            row = {"run_id": rid, "seed": s, "model.rm_pairs": rm, "kl.coef": coef, "rollout.batch_size": 16,
+                   "impl": "custom", "cell": f"model.rm_pairs={rm}, kl.coef={coef:g}",
+                   "episodes": evals * EVERY * 16.0, "eval/gold": gold[-1], "eval/proxy": proxy[-1],
+                   "eval/kl": kl[-1]}  # fmt: skip
+            for i in range(d.size):
+                for metric, v in (("eval/gold", gold[i]), ("eval/proxy", proxy[i]), ("eval/kl", kl[i])):
+                    curves.append((rid, i * EVERY, i * EVERY * 16.0, metric, v, rm, coef, s))
+            if onset is not None:
+                row[overopt.ONSET] = kl[onset]
+                curves.append(
+                    (rid, onset * EVERY, onset * EVERY * 16.0, overopt.ONSET, kl[onset], rm, coef, s)
+                )
+            rows.append(row)
+    cols = ["run_id", "step", "episodes", "metric", "value", "model.rm_pairs", "kl.coef", "seed"]
+    return pd.DataFrame(rows), pd.DataFrame(curves, columns=cols)
+
+
+@pytest.fixture(scope="module")
+def sweep3():
+    """The Gao et al. sweep of reports.overopt's tests: 2 RM sizes x 3 kl.coef x 3 seeds."""
+    return gao_sweep(seeds=3)

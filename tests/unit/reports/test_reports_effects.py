@@ -1,4 +1,4 @@
-"""reports.effects and the findings built on it: known effects built into synthetic frames."""
+"""reports.effects and the findings built on it: known effects built into synthetic frames (figure 4: test_plots_noise.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from reports import effects as E
-from reports import findings, plots, stats
+from reports import findings, stats
 
 
 def factorial(effect_a=0.3, effect_b=-0.1, inter=0.0, seeds=3, noise=0.02, seed=0, c_levels=(1, 2)):
@@ -281,38 +281,6 @@ def test_gae_lambda_inside_the_merged_advantage_factor():
             rows.append({"advantage": adv, "seed": s, E.SAMPLE_VAR: scale * np.exp(rng.normal(0, 0.05))})
     s = findings.gae_lambda_variance(pd.DataFrame(rows), ["advantage"])
     assert s.startswith("GAE: lambda = 0.95 against lambda = 1") and "0.60" in s and s.endswith("lower.")
-
-
-def test_collect_labels_token_runs_by_lambda_only_when_lambda_varies():
-    from reports.collect import _advantage_label
-
-    runs = pd.DataFrame({"advantage.level": ["token", "token", "sequence"], "advantage.baseline": ["rloo"] * 3,
-                         "advantage.lam": [0.95, 1.0, 0.95]})  # fmt: skip
-    assert _advantage_label(runs).tolist() == ["token/lam=0.95", "token/lam=1", "sequence/rloo"]
-    runs["advantage.lam"] = 0.95
-    assert _advantage_label(runs).tolist() == ["token", "token", "sequence/rloo"]
-
-
-# ---- figure 4 ------------------------------------------------------------------------------------------
-
-
-def test_figure_4_draws_what_it_is_given(frames):
-    runs, curves = frames
-    style = plots.get_style("default")
-    noise = plots.NoiseStats.of(runs, curves)
-    fig = plots.gradient_variance(runs, curves, [], style, noise=noise)
-    ax_a, ax_b = [a for a in fig.axes if a.get_visible()]
-    assert ax_a.get_xscale() == "log" and ax_a.get_yscale() == "log"
-    labels = [t.get_text() for t in ax_a.get_legend().get_texts()]
-    assert any(lab.startswith("sequence/rloo: slope -") for lab in labels) and "1/B (slope -1)" in labels
-    # the plotted points are the IQMs of effects.batch_variance_points, nothing recomputed
-    seq = noise.points[noise.points["level"] == "sequence/rloo"].sort_values("batch_size")
-    drawn = [ln for ln in ax_a.get_lines() if len(ln.get_xdata()) == len(seq)]
-    assert any(np.allclose(ln.get_ydata(), seq["iqm"]) for ln in drawn)
-    # token's signal is noise around 0 in the fake sweep: marked unresolved, not drawn as a number
-    assert any("unresolved" in t.get_text() for t in ax_b.texts)
-    assert [t.get_text() for t in ax_b.get_yticklabels()] == ["sequence/rloo", "token"]
-    assert not noise.scales.set_index("level").loc["token", "resolved"]
 
 
 def test_kl_driver_says_when_the_budgets_differ():

@@ -1,4 +1,4 @@
-"""collect + build_report against a real SQLite MLflow store holding a schema-correct fake sweep.
+"""collect + make_report / build_report against a real SQLite MLflow store holding a schema-correct fake sweep.
 
 The numbers in the written tables are checked against IQMs recomputed independently from
 ``Store.search_runs`` (scipy's trim_mean over the child runs' final metrics).
@@ -46,8 +46,7 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def built(store, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    argv = ["--experiment", NAME, "--runs-dir", str(store.runs_dir), "--out", str(out), "--style", "icml"]
-    assert report.main(argv) == 0
+    assert report.make_report(experiment=NAME, runs_dir=store.runs_dir, out=out, style="icml") == 0
     return out
 
 
@@ -174,11 +173,16 @@ def test_build_report_by_parent_run_rejects_unknown_style(store, tmp_path):
         report.build_report(report.Source(parent_run=store.parent_id), tmp_path, "acl", store)
 
 
-def test_main_errors(store, capsys):
-    assert report.main(["--experiment", "nope", "--runs-dir", str(store.runs_dir)]) == 1
+def test_make_report_errors(store, capsys, tmp_path):
+    assert report.make_report(experiment="nope", runs_dir=store.runs_dir) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no MLflow experiment 'nope'") and "\n" not in err
-    assert report.main(["--runs-dir", str(store.runs_dir)]) == 2
+    assert report.make_report(runs_dir=store.runs_dir) == 2
+    assert capsys.readouterr().err.strip() == "error: give exactly one of: SPEC, --experiment NAME, --parent-run ID"
+    assert report.make_report(experiment=NAME, parent_run="abc", runs_dir=store.runs_dir) == 2
+    assert capsys.readouterr().err.startswith("error: give exactly one of")
+    assert report.make_report(experiment=NAME, runs_dir=tmp_path / "empty") == 1
+    assert capsys.readouterr().err.strip().startswith("error: no MLflow store at")
 
 
 def test_source_parse(tmp_path):
@@ -194,7 +198,8 @@ def test_zipped_advantage_level_and_baseline_are_one_factor():
     that does not vary leaves advantage.level a factor of its own."""
     import pandas as pd
 
-    from reports.collect import Sweep, _advantage_label
+    from reports.collect import Sweep
+    from reports.labels import advantage_label
 
     zipped = [("token", "rloo"), ("sequence", "none"), ("sequence", "rloo"), ("sequence", "group_norm")]
     runs = pd.DataFrame(
@@ -205,7 +210,7 @@ def test_zipped_advantage_level_and_baseline_are_one_factor():
             for s in (0, 1)
         ]
     )
-    runs["advantage"] = _advantage_label(runs)
+    runs["advantage"] = advantage_label(runs)
     sweep = Sweep("baselines", None, ["kl.coef", "advantage.level", "advantage.baseline"], runs)
     assert sweep.factors == ["kl.coef", "advantage"]
     assert sorted(runs["advantage"].unique()) == [
@@ -240,7 +245,7 @@ def test_report_of_a_zipped_level_baseline_sweep_has_one_advantage_factor(tmp_pa
     sweep = collect(s, experiment="baselines")
     assert sweep.factors == ["advantage"]
     out = tmp_path / "report"
-    assert report.main(["--experiment", "baselines", "--runs-dir", str(s.runs_dir), "--out", str(out)]) == 0
+    assert report.make_report(experiment="baselines", runs_dir=s.runs_dir, out=out) == 0
     table = pd.read_csv(out / "tables" / "final_by_factor.csv")
     assert set(table["factor"]) == {"advantage"}
     assert set(table["level"]) == {"token", "sequence/rloo", "sequence/none"}

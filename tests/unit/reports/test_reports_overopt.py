@@ -1,71 +1,17 @@
-"""reports.overopt (Gao et al. 2022 fit), its findings and figure: curves built from known alpha, beta."""
+"""reports.overopt (Gao et al. 2022 fit) and its findings: curves built from known alpha, beta (figure 8: test_plots_overopt.py)."""
 
 from __future__ import annotations
-
-import itertools
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TRUE, gao_sweep
 
-from reports import findings, overopt, plots, render, stats
-
-# alpha = 1, beta = 0.5: d* = exp(1 / 0.5 - 1) = e, KL* = e^2; beta = 0.35: KL* = exp(2 (1 / 0.35 - 1))
-TRUE = {512: (1.0, 0.5), 4096: (1.0, 0.35)}
-KL_MAX = {0.0: 90.0, 0.05: 30.0, 0.2: 4.0}  # the KL each kl.coef level reaches at the last evaluation
-EVERY = 5
+from reports import findings, overopt, stats
 
 
 def kl_star(alpha: float, beta: float) -> float:
     return float(np.exp(2 * (alpha / beta - 1)))
-
-
-def gao_sweep(true=None, coefs=(0.0, 0.05, 0.2), seeds=3, evals=15, noise=0.002, spread=0.01, seed=0):
-    """(runs, curves) of an rm_pairs x kl.coef x seed sweep whose gold gain is d (alpha - beta ln d).
-
-    Each seed perturbs alpha and beta slightly (seed-to-seed spread); KL grows linearly to the
-    coefficient's ``KL_MAX`` and is slightly negative at step 0 (an estimate's noise, clipped at 0).
-    A run's onset is the first evaluation at which gold has fallen for two consecutive evaluations
-    while the proxy rose (the harness's rule); it is logged as eval/overopt_onset_kl there.
-    """
-    true = TRUE if true is None else true
-    rng = np.random.default_rng(seed)
-    rows, curves = [], []
-    for (rm, (alpha, beta)), s in itertools.product(true.items(), range(seeds)):
-        a_s, b_s = alpha + rng.normal(0, spread), beta + rng.normal(0, spread / 2)
-        for coef in coefs:
-            rid = f"rm{rm}-c{coef:g}-s{s}"
-            kl = KL_MAX[coef] * np.arange(evals + 1) / evals
-            kl[0] = -0.002
-            d = np.sqrt(np.maximum(kl, 0))
-            with np.errstate(divide="ignore", invalid="ignore"):
-                gain = np.where(d > 0, d * (a_s - b_s * np.log(d)), 0.0)
-            gold = 0.3 + gain + rng.normal(0, noise, d.size)
-            proxy = 0.1 + 0.8 * d + rng.normal(0, noise, d.size)
-            falls = [
-                i for i in range(2, d.size) if gold[i] < gold[i - 1] < gold[i - 2] and proxy[i] > proxy[i - 2]
-            ]
-            onset = falls[0] if falls else None
-            row = {"run_id": rid, "seed": s, "model.rm_pairs": rm, "kl.coef": coef, "rollout.batch_size": 16,
-                   "impl": "custom", "cell": f"model.rm_pairs={rm}, kl.coef={coef:g}",
-                   "episodes": evals * EVERY * 16.0, "eval/gold": gold[-1], "eval/proxy": proxy[-1],
-                   "eval/kl": kl[-1]}  # fmt: skip
-            for i in range(d.size):
-                for metric, v in (("eval/gold", gold[i]), ("eval/proxy", proxy[i]), ("eval/kl", kl[i])):
-                    curves.append((rid, i * EVERY, i * EVERY * 16.0, metric, v, rm, coef, s))
-            if onset is not None:
-                row[overopt.ONSET] = kl[onset]
-                curves.append(
-                    (rid, onset * EVERY, onset * EVERY * 16.0, overopt.ONSET, kl[onset], rm, coef, s)
-                )
-            rows.append(row)
-    cols = ["run_id", "step", "episodes", "metric", "value", "model.rm_pairs", "kl.coef", "seed"]
-    return pd.DataFrame(rows), pd.DataFrame(curves, columns=cols)
-
-
-@pytest.fixture(scope="module")
-def sweep3():
-    return gao_sweep(seeds=3)
 
 
 # ---- the fit -------------------------------------------------------------------------------------------
@@ -241,47 +187,3 @@ def test_no_onset_and_no_kl_curves(sweep3):
     assert sum("Gao et al. (2022) fit" in x for x in full) == 2 and any(
         x.startswith("Peak shift") for x in full
     )
-
-
-# ---- figure ----------------------------------------------------------------------------------------------
-
-
-def test_figure_renders_and_is_captioned(sweep3, tmp_path):
-    runs, curves = sweep3
-    style = plots.get_style("default")
-    fig = plots.overoptimisation(runs, curves, ["model.rm_pairs", "kl.coef"], style)
-    assert fig is not None
-    gold, proxy = fig.axes[:2]
-    fits = [ln for ln in gold.lines if ln.get_linewidth() > 2]
-    assert len(fits) == 2 and not [ln for ln in proxy.lines if ln.get_linewidth() > 2]  # fit: gold only
-    assert len(gold.lines) == 2 + len(runs) + 1  # fits, run trajectories, the zero line
-    n_onsets = int(runs[overopt.ONSET].notna().sum())
-    marked = sum(len(c.get_offsets()) for c in gold.collections)
-    assert marked == n_onsets
-    legend = fig.legends[0].get_texts()
-    assert any(t.get_text().startswith("512: α=") for t in legend)
-    results = {
-        r.stem: r for r in plots.make_figures(runs, curves, ["model.rm_pairs", "kl.coef"], style, tmp_path)
-    }
-    r = results["fig8_overoptimisation"]
-    assert r.skipped is None and (tmp_path / "fig8_overoptimisation.png").read_bytes()[:4] == b"\x89PNG"
-    assert r.meta["onsets"] == n_onsets
-    one, two = render.captions([r, results["fig3_reward_kl_frontier"]], runs, ["model.rm_pairs"])[r.stem]
-    assert one.startswith("Reward vs sqrt(KL) per RM size, Gao et al. 2022 fit") and "d (α − β ln d)" in two
-    # figure 3 marks the same onsets (on both panels)
-    f3 = plots.reward_kl_frontier(runs, curves, ["kl.coef"], style)
-
-    def black_edged(c) -> bool:
-        edge = c.get_edgecolor()
-        return bool(len(c.get_offsets()) and edge.size and (edge[:, :3] == 0).all())
-
-    x_marks = [c for ax in f3.axes for c in ax.collections if black_edged(c)]
-    assert sum(len(c.get_offsets()) for c in x_marks) == 2 * n_onsets
-
-
-def test_figure_is_skipped_without_kl_curves(sweep3):
-    runs, curves = sweep3
-    style = plots.get_style("default")
-    no_kl = curves[curves["metric"] != "eval/kl"]
-    assert plots.overoptimisation(runs, no_kl, ["kl.coef"], style) is None
-    assert plots.overoptimisation.explain(runs, no_kl, ["kl.coef"], style) == "no eval/kl history"

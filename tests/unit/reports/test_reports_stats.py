@@ -180,13 +180,15 @@ def test_ratio_interval_resolved_and_not():
     assert not ok and math.isnan(iv.point) and math.isnan(iv.low)
 
 
-def test_level_label_and_sorted_levels():
-    assert (
-        stats.level_label(0.1) == "0.1"
-        and stats.level_label(16.0) == "16"
-        and stats.level_label("tok") == "tok"
-    )
+def test_sorted_levels():
     assert stats.sorted_levels(pd.Series([0.2, 0.1, None, 0.2])) == [0.1, 0.2]
+    assert stats.sorted_levels(["b", 2, "a", 1.5]) == [1.5, 2, "a", "b"]
+
+
+def test_finite_rows():
+    df = pd.DataFrame({"x": [1.0, np.nan, np.inf, 2.0], "y": ["a", "b", "c", "d"]})
+    assert stats.finite_rows(df, "x")["y"].tolist() == ["a", "d"]
+    assert stats.finite_rows(df, "missing").empty
 
 
 def test_interval_format_and_overlap():

@@ -19,6 +19,9 @@ exists: each problem is one ``SpecError`` naming the spec key (``grid.kl.coef``,
     objective: {metric: eval/gold, direction: maximize}   # the final value of the metric
     prune: {n_startup_trials: 4, n_warmup_steps: 0}       # tpe / random: MedianPruner on eval steps
 
+Also the one rendering of a cell for people (``cell_label``, ``slot_label``, ``fmt_value``),
+used by every message, log line, table and display of the sweep.
+
 Nothing here imports torch, Optuna or MLflow.
 """
 
@@ -105,9 +108,6 @@ class Cell:
     id: str
     values: dict[str, Any] = field(hash=False)
 
-    def label(self) -> str:
-        return " ".join(f"{k}={v}" for k, v in self.values.items())
-
 
 def cell_id(values: dict[str, Any]) -> str:
     """A stable id for a set of axis values (order-independent, same across sweeps)."""
@@ -162,6 +162,24 @@ class AblationSpec:
             if c.values[key] not in out:
                 out.append(c.values[key])
         return out
+
+
+# ---- labels: how people see a cell ----------------------------------------------------------------
+
+
+def fmt_value(v: Any) -> str:
+    """An axis value for people: ``null``, a float to 4 significant digits, anything else as ``str``."""
+    return "null" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
+
+def cell_label(values: dict[str, Any]) -> str:
+    """The one rendering of a cell: ``kl.coef=0.2 advantage.level=token`` (the axes in spec order)."""
+    return " ".join(f"{k}={fmt_value(v)}" for k, v in values.items())
+
+
+def slot_label(values: dict[str, Any], seed: int) -> str:
+    """A (cell, seed): the cell label and ``seed=N`` (worker logs, MLflow run names, the live display)."""
+    return f"{cell_label(values)} seed={seed}"
 
 
 # ---- loading ----------------------------------------------------------------------------------
@@ -386,7 +404,7 @@ def _parse_grid(raw: Any, base: dict[str, Any], seed: int) -> tuple[tuple[str, .
         if digest in seen:
             other = cells[seen[digest]]
             raise SpecError(
-                "grid", f"duplicate cells: {_label(other.values)} and {_label(values)} are the same config"
+                "grid", f"duplicate cells: {cell_label(other.values)} and {cell_label(values)} are the same config"
             )
         seen[digest] = n
         cells.append(Cell(cell_id(values), values))
@@ -503,7 +521,7 @@ def _check_config(base: dict, values: dict, seed: int, where_of, cell: dict | No
         if where is None:
             where = key or "base"
         if cell:
-            problem += f" (in cell {_label(cell)})"
+            problem += f" (in cell {cell_label(cell)})"
         raise SpecError(where, problem) from None
 
 
@@ -565,10 +583,6 @@ def _first_duplicate(items: list) -> Any:
 
 def _type(v: Any) -> str:
     return {list: "list", dict: "mapping", str: "string", bool: "boolean"}.get(type(v), type(v).__name__)
-
-
-def _label(values: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in values.items()) or "(base)"
 
 
 def _did_you_mean(word: str, options) -> str:

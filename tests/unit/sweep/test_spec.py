@@ -1,6 +1,6 @@
-"""The ablation spec: validation messages, cells, hashing; study naming and the trial protocol.
+"""harness.sweep.spec: validation messages, cells, hashing, the cell label.
 
-Fast: no torch, no training. Real Optuna journal storages and a real MLflow SQLite store in tmp_path.
+Fast: no torch, no Optuna, no training.
 """
 
 from __future__ import annotations
@@ -9,20 +9,16 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
-from harness.sweep_spec import SpecError, cell_id, load_spec, parse_spec
+from harness.sweep.spec import SpecError, cell_id, cell_label, load_spec, parse_spec, slot_label
 from tests.conftest import TINY  # noqa: E402
+from tests.unit.sweep.specs import spec
 
 
 def without(*keys):
     return {k: v for k, v in TINY.items() if k not in keys}
 
 
-def spec(**kw):
-    d = {"name": "t", "base": dict(TINY), "grid": {"kl.coef": [0.0, 0.2]}, "seeds": [0, 1]}
-    d.update(kw)
-    return {k: v for k, v in d.items() if v is not None or k == "name"}  # grid=None drops the grid
 
 
 # ---- the good path ----------------------------------------------------------------------------
@@ -91,7 +87,7 @@ def test_search_spec():
 def test_shipped_specs_validate():
     from pathlib import Path
 
-    files = sorted(Path(__file__).resolve().parents[2].glob("ablations/*.yaml"))
+    files = sorted(Path(__file__).resolve().parents[3].glob("ablations/*.yaml"))
     assert {f.name for f in files} >= {"quick.yaml", "core.yaml", "baselines.yaml", "variance.yaml",
                                         "custom_vs_trl.yaml"}
     for f in files:
@@ -103,7 +99,7 @@ def test_shipped_specs_validate():
 def test_quick_spec_sweeps_the_four_mission_axes():
     from pathlib import Path
 
-    s = load_spec(Path(__file__).resolve().parents[2] / "ablations" / "quick.yaml")
+    s = load_spec(Path(__file__).resolve().parents[3] / "ablations" / "quick.yaml")
     assert {"ppo.clip_eps", "kl.coef", "rollout.batch_size", "advantage.level"} <= set(s.axes)
     assert s.n_runs <= 32  # a 2^4 factorial x 2 seeds; "quick" by design
     seq = [c for c in s.cells if c.values.get("advantage.level") == "sequence"]
@@ -199,175 +195,15 @@ def test_cross_key_refusal_names_the_cell():
     assert "advantage.level=sequence" in e.value.problem
 
 
-# ---- study naming and the changed-spec refusal (real journal storage) -------------------------------
-
-
-def _write(path, d):
-    path.write_text(yaml.safe_dump(d))
-    return path
-
-
-def test_study_resolution_refuses_a_changed_spec(tmp_path):
-    from harness.sweep import SweepRefused, open_storage, resolve_study, storage_url
-
-    s1 = load_spec(_write(tmp_path / "s.yaml", spec()))
-    url = storage_url(s1, None, tmp_path / "runs")
-    assert url.endswith("runs/sweeps/t.journal")
-    st = open_storage(url)
-    study = resolve_study(s1, st, url)
-    assert study.study_name == s1.study_name
-    assert study.user_attrs["sweep.hash"] == s1.hash
-    assert resolve_study(s1, st, url).study_name == s1.study_name  # resume: the same study
-
-    s2 = load_spec(_write(tmp_path / "s.yaml", spec(seeds=[0, 1, 2])))
-    with pytest.raises(SweepRefused) as e:
-        resolve_study(s2, st, url)
-    assert e.value.key == "name" and "--new" in e.value.problem and s1.study_name in e.value.problem
-    fresh = resolve_study(s2, st, url, new=True)
-    assert fresh.study_name == s2.study_name
-    assert resolve_study(s2, st, url).study_name == s2.study_name  # the newest study is the one resumed
-    again = resolve_study(s2, st, url, new=True)
-    assert again.study_name == f"{s2.study_name}-r2"
-
-
-# ---- the trial protocol: enqueue, claim, duplicates, stale owners -----------------------------------
-
-
-def test_enqueue_claim_and_duplicates(tmp_path):
-    import optuna
-    from optuna.trial import TrialState
-
-    from harness.sweep import Worker, enqueue_missing, open_storage, resolve_study, slot_state, slots
-
-    s = load_spec(_write(tmp_path / "s.yaml", spec()))
-    url = str(tmp_path / "j.journal")
-    st = open_storage(url)
-    study = resolve_study(s, st, url)
-    assert enqueue_missing(study, s) == 4
-    assert enqueue_missing(study, s) == 0  # idempotent: queued slots are not queued again
-    # a second coordinator racing the first enqueues the same slot again
-    c0 = s.cells[0]
-    study.enqueue_trial(c0.values, user_attrs={"sweep.cell": c0.id, "seed": 0})
-
-    w = Worker(s, st, optuna.load_study(study_name=study.study_name, storage=st), store=None, parent="p", threads=1)
-    claimed = []
-    while (t := w.claim()) is not None:
-        claimed.append((t.user_attrs["sweep.cell"], t.user_attrs["seed"]))
-        assert t.user_attrs["sweep.worker"]["pid"] > 0
-        study.tell(t, 1.0)
-    assert sorted(claimed) == sorted((c.id, seed) for c in s.cells for seed in s.seeds)  # each slot once
-    trials = study.get_trials()
-    skipped = [t for t in trials if "sweep.skipped" in t.user_attrs]
-    assert len(skipped) == 1 and skipped[0].state == TrialState.FAIL
-    assert all(slot_state(ts) == "done" for ts in slots(trials).values())
-    assert enqueue_missing(study, s) == 0
-
-
-def test_failed_slots_are_requeued(tmp_path):
-    from optuna.trial import TrialState
-
-    from harness.sweep import enqueue_missing, open_storage, resolve_study, slot_state, slots
-
-    s = load_spec(_write(tmp_path / "s.yaml", spec()))
-    url = str(tmp_path / "j.journal")
-    study = resolve_study(s, open_storage(url), url)
-    enqueue_missing(study, s)
-    for i in range(4):
-        t = study.ask()
-        study.tell(t, state=TrialState.FAIL if i == 2 else TrialState.COMPLETE, values=None if i == 2 else 1.0)
-    table = slots(study.get_trials())
-    assert sorted(slot_state(ts) for ts in table.values()) == ["done", "done", "done", "failed"]
-    assert enqueue_missing(study, s) == 1
-    table = slots(study.get_trials())
-    assert sorted(slot_state(ts) for ts in table.values()) == ["done", "done", "done", "queued"]
-
-
-def test_owner_alive_uses_pid_and_start_time():
-    import psutil
-
-    from harness.sweep import HOST, owner_alive
-
-    me = psutil.Process()
-    assert owner_alive({"host": HOST, "pid": me.pid, "start": me.create_time()}) is True
-    assert owner_alive({"host": HOST, "pid": me.pid, "start": me.create_time() - 50}) is False  # pid reused
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    start = psutil.Process(p.pid).create_time()
-    p.wait()
-    assert owner_alive({"host": HOST, "pid": p.pid, "start": start}) is False
-    assert owner_alive({"host": "elsewhere", "pid": 1, "start": 0}) is None
-
-
-def test_reconcile_fails_trials_and_kills_runs_of_dead_workers(tmp_path):
-    import psutil
-    from optuna.trial import TrialState
-
-    from harness.sweep import (
-        HOST,
-        _owner_tag,
-        enqueue_missing,
-        ensure_parent,
-        open_storage,
-        reconcile,
-        resolve_study,
+def test_one_cell_label():
+    assert cell_label({"kl.coef": 0.0, "ppo.lr": 3e-4, "advantage.level": "token", "kl.target": None}) == (
+        "kl.coef=0 ppo.lr=0.0003 advantage.level=token kl.target=null"
     )
-    from harness.tracking import Store
-
-    s = load_spec(_write(tmp_path / "s.yaml", spec()))
-    url = str(tmp_path / "j.journal")
-    st = open_storage(url)
-    study = resolve_study(s, st, url)
-    enqueue_missing(study, s)
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead = {"host": HOST, "pid": p.pid, "start": psutil.Process(p.pid).create_time()}
-    p.wait()
-    me = psutil.Process()
-    live = {"host": HOST, "pid": me.pid, "start": me.create_time()}
-    t_dead, t_live = study.ask(), study.ask()
-    t_dead.set_user_attr("sweep.worker", dead)
-    t_live.set_user_attr("sweep.worker", live)
-
-    store = Store(tmp_path / "runs")
-    parent = ensure_parent(store, s, study.study_name, url)
-    assert ensure_parent(store, s, study.study_name, url) == parent  # found again, not created twice
-    runs = {}
-    for t, owner in ((t_dead, dead), (t_live, live)):
-        runs[t.number] = store.start_run(
-            s.name, tags={"sweep.role": "child", "sweep.study": study.study_name, "optuna.trial": t.number,
-                          "sweep.worker": _owner_tag(owner)}, parent_run_id=parent).run_id
-
-    assert reconcile(study, st, store, s) == 1
-    by_number = {t.number: t for t in study.get_trials()}
-    assert by_number[t_dead.number].state == TrialState.FAIL
-    assert "died" in by_number[t_dead.number].user_attrs["sweep.fail_reason"]
-    assert by_number[t_live.number].state == TrialState.RUNNING
-    assert store.get_run(runs[t_dead.number]).info.status == "KILLED"
-    assert "died" in store.get_run(runs[t_dead.number]).data.tags["failure.reason"]
-    assert store.get_run(runs[t_live.number]).info.status == "RUNNING"
-    assert enqueue_missing(study, s) == 1  # the dead worker's slot runs again
+    assert slot_label({"kl.coef": 0.2}, 1) == "kl.coef=0.2 seed=1"
 
 
-def test_import_does_not_pull_torch():
-    code = "import sys, harness.sweep; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
+def test_import_pulls_no_optuna_mlflow_or_torch():
+    code = ("import sys, harness.sweep.spec; bad = {'optuna', 'mlflow', 'torch'} & set(sys.modules); "
+            "assert not bad, bad; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
-
-
-def test_dry_run_prints_the_plan_and_creates_nothing(tmp_path, capsys):
-    from harness.sweep import main
-
-    p = _write(tmp_path / "s.yaml", spec(grid={"kl.coef": [0.0, 0.1, 0.2], "ppo.clip_eps": [0.1, 0.2, 0.3]}))
-    runs = tmp_path / "runs"
-    assert main([str(p), "--dry-run", "--runs-dir", str(runs), "--workers", "2"]) == 0
-    out = capsys.readouterr().out
-    assert "9 cells x 2 seeds = 18 runs" in out
-    assert "journal" in out and "t.journal" in out
-    assert "kl.coef=0 ppo.clip_eps=0.1" in out
-    assert not runs.exists()
-    assert sorted(x.name for x in tmp_path.iterdir()) == ["s.yaml"]
-
-
-def test_storage_urls_are_redacted():
-    from harness.sweep import redact
-
-    assert redact("postgresql://me:secret@db:5432/x") == "postgresql://me:***@db:5432/x"
-    assert redact("postgresql://me@db/x") == "postgresql://me@db/x"

@@ -1,23 +1,26 @@
 """The Optuna study as the sweep's queue: storage, study, (cell, seed) slots and trial owners.
 
-What the coordinator (``harness.sweep``) and the workers (``harness.sweep_worker``) share.
-A (cell, seed) is one trial, enqueued with ``study.enqueue_trial`` and claimed atomically
+What the coordinator (``harness.sweep.coordinator``) and the workers (``harness.sweep.worker``)
+share. A (cell, seed) is one trial, enqueued with ``study.enqueue_trial`` and claimed atomically
 (WAITING -> RUNNING, the storage refuses a second claimer).
 
-Trial user attrs (the protocol, also read by ``harness.sweep`` on resume):
-  sweep.cell, seed          which (cell, seed) the trial is
-  sweep.worker              {host, pid, start} of the process running it (stale detection)
-  sweep.fail_reason         one line: the exception, NaN/inf, or "worker ... died"
-  sweep.fail_kind           nonfinite | error | interrupted | stale
-  sweep.traceback           the last lines of the traceback
-  sweep.skipped             set on a trial that found its (cell, seed) already claimed
-  mlflow.run_id, sweep.seconds
-Study user attrs: sweep.name, sweep.hash, sweep.created, sweep.spec_path, sweep.axes.
+Trial user attrs (``harness.schema.Attr``; the protocol, also read by the coordinator on resume):
+  Attr.CELL, Attr.SEED      which (cell, seed) the trial is (``slot_attrs``)
+  Attr.WORKER               {host, pid, start} of the process running it (stale detection)
+  Attr.FAIL_REASON          one line: the exception, NaN/inf, or "worker ... died"
+  Attr.FAIL_KIND            nonfinite | error | interrupted | stale
+  Attr.TRACEBACK            the last lines of the traceback
+  Attr.SKIPPED              set on a trial that found its (cell, seed) already claimed
+  Attr.PRUNED               why the pruner stopped it
+  Attr.RUN_ID, Attr.SECONDS the child MLflow run and the trial's wall time
+Study user attrs: Attr.NAME, Attr.HASH, Attr.CREATED, Attr.SPEC_PATH, Attr.AXES.
+
+The MLflow side of the protocol: runs are found by tags (``run_filter``); ``Tag.SWEEP_ROLE`` is
+``ROLE_PARENT`` or ``ROLE_CHILD``, ``Tag.SWEEP_WORKER`` is ``owner_tag`` of the trial's owner.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import time
@@ -25,13 +28,16 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from harness.sweep_spec import AblationSpec
+from harness.schema import Attr
+from harness.sweep.spec import AblationSpec
 
 HEARTBEAT_S = 10  # RDB storages: a worker records a heartbeat this often ...
 GRACE_S = 60  # ... and a RUNNING trial without one for this long is stale
 HOST = socket.gethostname()
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+ROLE_PARENT, ROLE_CHILD = "parent", "child"  # values of Tag.SWEEP_ROLE
 
 
 class SweepRefused(Exception):
@@ -48,15 +54,17 @@ class SweepRefused(Exception):
 def storage_url(spec: AblationSpec, storage: str | None, runs_dir: str | Path) -> str:
     """An RDB URL as given, else a journal file (default ``<runs_dir>/sweeps/<name>.journal``)."""
     if storage:
-        return storage if _is_rdb(storage) else str(Path(storage).resolve())
+        return storage if is_rdb(storage) else str(Path(storage).resolve())
     return str((Path(runs_dir) / "sweeps" / f"{spec.name}.journal").resolve())
 
 
-def _is_rdb(url: str) -> bool:
+def is_rdb(url: str) -> bool:
+    """An RDB URL (``postgresql://...``), not a journal file path."""
     return "://" in url
 
 
 def redact(url: str) -> str:
+    """The URL without its password (for logs, tags and the plan)."""
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
@@ -76,7 +84,7 @@ def open_storage(url: str):
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    if _is_rdb(url):
+    if is_rdb(url):
         for attempt in range(5):
             try:
                 with warnings.catch_warnings():
@@ -102,46 +110,46 @@ def resolve_study(spec: AblationSpec, storage, url: str, new: bool = False):
     """Load this spec's study or create it; refuse a changed spec under the same name unless ``new``."""
     import optuna
 
-    mine = [s for s in storage.get_all_studies() if s.user_attrs.get("sweep.name") == spec.name]
+    mine = [s for s in storage.get_all_studies() if s.user_attrs.get(Attr.NAME) == spec.name]
     names = {s.study_name for s in storage.get_all_studies()}
-    latest = max(mine, key=lambda s: s.user_attrs.get("sweep.created", 0.0), default=None)
+    latest = max(mine, key=lambda s: s.user_attrs.get(Attr.CREATED, 0.0), default=None)
     if new:
         name, k = spec.study_name, 2
         while name in names:
             name, k = f"{spec.study_name}-r{k}", k + 1
     elif latest is None:
         name = spec.study_name
-    elif latest.user_attrs.get("sweep.hash") == spec.hash:
+    elif latest.user_attrs.get(Attr.HASH) == spec.hash:
         name = latest.study_name
     else:
-        old = latest.user_attrs.get("sweep.hash", "?")[:8]
+        old = latest.user_attrs.get(Attr.HASH, "?")[:8]
         raise SweepRefused(
             "name",
             f"spec '{spec.name}' changed since study {latest.study_name} was created in {redact(url)} "
             f"(hash {old} -> {spec.hash[:8]}): restore the spec, rename it, or pass --new to start a fresh study",
         )
-    sampler = _sampler(spec)
     study = optuna.create_study(
         study_name=name,
         storage=storage,
         direction=spec.objective.direction,
-        sampler=sampler,
+        sampler=_sampler(spec),
         pruner=_pruner(spec),
         load_if_exists=True,
     )
-    if "sweep.hash" not in study.user_attrs:
+    if Attr.HASH not in study.user_attrs:
         for k, v in {
-            "sweep.name": spec.name,
-            "sweep.hash": spec.hash,
-            "sweep.spec_path": str(spec.path),
-            "sweep.axes": list(spec.axes),
-            "sweep.created": time.time(),
+            Attr.NAME: spec.name,
+            Attr.HASH: spec.hash,
+            Attr.SPEC_PATH: str(spec.path),
+            Attr.AXES: list(spec.axes),
+            Attr.CREATED: time.time(),
         }.items():
             study.set_user_attr(k, v)
     return study
 
 
 def load_study(spec: AblationSpec, storage, study_name: str):
+    """An existing study with the spec's sampler and pruner (a worker's view of it)."""
     import optuna
 
     return optuna.load_study(study_name=study_name, storage=storage, sampler=_sampler(spec), pruner=_pruner(spec))
@@ -165,7 +173,8 @@ def _pruner(spec: AblationSpec):
     )
 
 
-def _quiet_optuna() -> None:
+def quiet_optuna() -> None:
+    """Optuna's INFO lines and experimental warnings off (the sweep prints its own progress)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -176,10 +185,16 @@ def _quiet_optuna() -> None:
 # ---- slots: the (cell, seed) view of a study --------------------------------------------------------
 
 
-def _slot_key(t) -> tuple[str, int] | None:
-    if "sweep.skipped" in t.user_attrs:
+def slot_attrs(cell: str, seed: int) -> dict[str, Any]:
+    """The user attrs that make a trial the one of (cell, seed) (``enqueue_trial(..., user_attrs=...)``)."""
+    return {Attr.CELL: cell, Attr.SEED: seed}
+
+
+def slot_key(t) -> tuple[str, int] | None:
+    """(cell, seed) of a trial; None for a skipped duplicate or a trial not labelled yet."""
+    if Attr.SKIPPED in t.user_attrs:
         return None
-    c, s = t.user_attrs.get("sweep.cell"), t.user_attrs.get("seed")
+    c, s = t.user_attrs.get(Attr.CELL), t.user_attrs.get(Attr.SEED)
     return None if c is None or s is None else (c, int(s))
 
 
@@ -187,14 +202,14 @@ def slots(trials) -> dict[tuple[str, int], list]:
     """(cell, seed) -> its trials (skipped duplicates left out)."""
     out: dict[tuple[str, int], list] = {}
     for t in trials:
-        k = _slot_key(t)
+        k = slot_key(t)
         if k is not None:
             out.setdefault(k, []).append(t)
     return out
 
 
 def slot_state(trials) -> str:
-    """done | pruned | running | queued | failed for a (cell, seed)'s trials."""
+    """done | pruned | running | queued | failed | missing for a (cell, seed)'s trials."""
     from optuna.trial import TrialState
 
     states = {t.state for t in trials}
@@ -215,21 +230,21 @@ def sampled_cells(spec: AblationSpec, trials) -> dict[str, dict[str, Any]]:
         return {c.id: c.values for c in spec.cells}
     out: dict[str, dict[str, Any]] = {}
     for t in sorted(trials, key=lambda t: t.number):
-        c = t.user_attrs.get("sweep.cell")
-        if c and "sweep.skipped" not in t.user_attrs and c not in out and t.params:
+        c = t.user_attrs.get(Attr.CELL)
+        if c and Attr.SKIPPED not in t.user_attrs and c not in out and t.params:
             out[c] = {k: t.params[k] for k in spec.axes if k in t.params}
     return out
 
 
-def _label(values: dict[str, Any]) -> str:
-    return " ".join(f"{k}={_fmt_value(v)}" for k, v in values.items())
-
-
-def _fmt_value(v: Any) -> str:
-    return "null" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
-
-
 # ---- trial owners: the worker process running a trial -------------------------------------------
+
+
+def process_owner(pid: int | None = None) -> dict[str, Any]:
+    """{host, pid, start} of a process on this host (default: this one), as ``Attr.WORKER`` records it."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    return {"host": HOST, "pid": proc.pid, "start": proc.create_time()}
 
 
 def owner_alive(owner: dict[str, Any] | None) -> bool | None:
@@ -247,13 +262,7 @@ def owner_alive(owner: dict[str, Any] | None) -> bool | None:
         return False
 
 
-def _me() -> dict[str, Any]:
-    import psutil
-
-    return {"host": HOST, "pid": os.getpid(), "start": psutil.Process().create_time()}
-
-
-def _fail_stale(study) -> None:
+def fail_stale_heartbeats(study) -> None:
     """RDB storages: fail RUNNING trials whose heartbeat stopped (a no-op for journal storage)."""
     import optuna
 
@@ -262,12 +271,25 @@ def _fail_stale(study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def _owner_tag(owner: dict[str, Any]) -> str:
+def owner_tag(owner: dict[str, Any]) -> str:
+    """An owner as the ``Tag.SWEEP_WORKER`` tag of a child run: ``host:pid:start``."""
     return f"{owner['host']}:{owner['pid']}:{owner['start']}"
 
 
-def _parse_owner(tag: str | None) -> dict[str, Any] | None:
+def parse_owner(tag: str | None) -> dict[str, Any] | None:
+    """The inverse of ``owner_tag`` (None for a run without the tag)."""
     if not tag:
         return None
     host, pid, start = tag.rsplit(":", 2)
     return {"host": host, "pid": int(pid), "start": float(start)}
+
+
+# ---- MLflow: finding the sweep's runs ------------------------------------------------------------
+
+
+def run_filter(tags: dict[str, Any], status: str | None = None) -> str:
+    """An MLflow search filter: every tag equal to its value (and the run in ``status``, if given)."""
+    parts = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+    if status is not None:
+        parts.append(f"attributes.status = '{status}'")
+    return " and ".join(parts)

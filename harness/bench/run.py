@@ -1,0 +1,68 @@
+"""``run_bench``: validate the options, run the implementations interleaved, print and write the figures."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from harness.bench.child import spawn
+from harness.bench.peak import matmul_peak_gflops
+from harness.bench.results import document, print_table, write_json
+from harness.bench.workload import SIZES, VARIANTS, make_tokenizer
+
+REFERENCES = ("trl",)  # --vs
+
+
+def check_options(*, size: str, vs: str | None, iterations: int, warmup: int, repeats: int, threads: int,
+                  variant: str) -> None:
+    """ValueError (one line, naming the option) for the first invalid option."""
+    for option, value, known in (("--size", size, sorted(SIZES)), ("--variant", variant, list(VARIANTS)),
+                                 ("--vs", vs, REFERENCES)):
+        if value is not None and value not in known:
+            raise ValueError(f"{option} '{value}': expected one of {', '.join(known)}")
+    for option, value, least in (("--iterations", iterations, 1), ("--warmup", warmup, 0),
+                                 ("--repeats", repeats, 1), ("--threads", threads, 1)):
+        if value < least:
+            raise ValueError(f"{option} must be >= {least}")
+
+
+def measure(size: str, iterations: int, warmup: int, threads: int, impls: list[str], repeats: int,
+            variant: str) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, float]]]:
+    """Each implementation ``repeats`` times in a fresh child, interleaved (custom, trl, custom, ...);
+    the matmul peak before the first child and after every one. (children by impl, peaks)"""
+    runs: dict[str, list[dict[str, Any]]] = {i: [] for i in impls}
+    peaks = [matmul_peak_gflops(threads)]
+    for _ in range(repeats):
+        for impl in impls:
+            runs[impl].append(spawn(impl, size, iterations, warmup, threads, variant))
+            peaks.append(matmul_peak_gflops(threads))
+    return runs, peaks
+
+
+def run_bench(
+    *, size: str = "S", vs: str | None = None, iterations: int = 5, warmup: int = 1, repeats: int = 1,
+    threads: int = 2, variant: str = "equal", json: Path | None = None,
+) -> int:
+    """Benchmark the custom core (and TRL's PPOTrainer with ``vs="trl"``); print the table, write
+    ``json`` if given. Exit code: 0, 2 for an invalid option (before any work), 1 if a child failed."""
+    try:
+        check_options(size=size, vs=vs, iterations=iterations, warmup=warmup, repeats=repeats, threads=threads,
+                      variant=variant)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    impls = ["custom", "trl"] if vs == "trl" else ["custom"]
+    load_before = os.getloadavg()[0]
+    try:
+        runs, peaks = measure(size, iterations, warmup, threads, impls, repeats, variant)
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    doc = document(size=size, variant=variant, iterations=iterations, warmup=warmup, repeats=repeats,
+                   threads=threads, vocab=len(make_tokenizer()), runs=runs, peaks=peaks, load_before=load_before)
+    print_table(doc)
+    if json is not None:
+        write_json(doc, Path(json))
+    return 0

@@ -1,0 +1,1 @@
+"""Language-model primitives shared by every implementation: sampling, forwards, the rollout."""

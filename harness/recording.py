@@ -1,0 +1,133 @@
+"""What every implementation does around its training loop, written once.
+
+Held-out evaluation (with a samples table at three iterations), metric logging into the run
+with a local history, the over-optimisation onset tag, the progress line and the ``on_eval``
+hook (sweeps report and prune there), and the final ``RunResult``. The custom loop
+(``harness.ppo.loop.train``) and the TRL baseline's callback (``baselines.trl_ppo``) both drive
+a ``Recorder``: ``begin()`` before the first iteration, ``step(it, metrics)`` after each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from harness import evaluate as E
+from harness.config import RunConfig
+from harness.schema import Tag
+
+if TYPE_CHECKING:  # annotations only: importing the loop needs neither MLflow nor rich
+    from harness.progress import RunProgress
+    from harness.tracking import RunLogger
+
+__all__ = ["SAMPLE_ROWS", "Recorder", "RunResult", "eval_due", "sample_iterations", "samples_markdown"]
+
+SAMPLE_ROWS = 16  # completions kept per sampled evaluation for the samples table
+
+OnEval = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    final: dict[str, float]  # the last logged value of every metric
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # key -> [(iteration, value)]
+
+
+def sample_iterations(n: int, every: int) -> set[int]:
+    """The evaluations whose samples are kept: the first (0), the middle one and the last."""
+    evals = sorted({0, n, *range(every, n + 1, every)})
+    return {evals[0], evals[len(evals) // 2], evals[-1]}
+
+
+def eval_due(cfg: RunConfig, it: int) -> bool:
+    """Evaluate after iteration ``it``: every ``eval.every`` iterations and after the last."""
+    return it % cfg.eval.every == 0 or it == cfg.train.iterations
+
+
+def samples_markdown(samples: list[dict]) -> str:
+    lines = ["| iteration | prompt | completion | proxy | gold |", "|---|---|---|---|---|"]
+    for r in samples:
+        lines.append(f"| {r['iteration']} | {r['prompt']} | {r['completion']} | {r['proxy']:.3f} | {r['gold']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+class Recorder:
+    """Evaluation, logging, progress and ``on_eval`` around one run's loop; the final RunResult.
+
+    ``begin()`` evaluates the initial policy (iteration 0); ``step(it, metrics)`` evaluates when due,
+    logs, updates the progress line and, after an evaluation, calls ``on_eval(it, eval metrics)``
+    (which may raise to stop the run, e.g. a pruned sweep trial: the metrics are logged first).
+    """
+
+    def __init__(self, cfg: RunConfig, logger: RunLogger, models, score_fn, response_length: int, *,
+                 bar: RunProgress | None = None, on_eval: OnEval | None = None):
+        self.cfg, self.logger, self.models, self.score_fn = cfg, logger, models, score_fn
+        self.response_length = response_length
+        self.bar, self.on_eval = bar, on_eval
+        self.history: dict[str, list[tuple[int, float]]] = {}
+        self.samples: list[dict] = []
+        self.sample_at = sample_iterations(cfg.train.iterations, cfg.eval.every)
+        self.evals: list[dict[str, float]] = []  # every evaluation's metrics, in order
+        self.onset: int | None = None  # iteration of the over-optimisation onset, once seen
+        if models.provenance:
+            logger.set_tags(models.provenance)  # which task artifacts this run used: shipped or local, checksums
+
+    def evaluate(self, it: int) -> dict[str, float]:
+        """Held-out evaluation of the current policy (eval/*); tags the over-optimisation onset once."""
+        m = self.models
+        em, rows = E.evaluate(
+            m.policy, m.ref, m.tokenizer, m.task, self.score_fn,
+            n_prompts=self.cfg.eval.prompts, response_length=self.response_length,
+            temperature=self.cfg.rollout.temperature, missing_eos_penalty=self.cfg.train.missing_eos_penalty,
+        )
+        if it in self.sample_at:
+            self.samples.extend({"iteration": it, **r} for r in rows[:SAMPLE_ROWS])
+        self.evals.append(em)
+        if self.onset is None:
+            k = E.overopt_onset([e["eval/gold"] for e in self.evals], [e["eval/proxy"] for e in self.evals])
+            if k is not None:  # logged once, at the evaluation that shows it
+                self.onset = it
+                em = {**em, "eval/overopt_onset_kl": em["eval/kl"]}
+                self.logger.set_tags({Tag.ONSET_ITERATION: str(it), Tag.ONSET_KL: f"{em['eval/kl']:.4g}"})
+        return em
+
+    def log(self, it: int, metrics: dict[str, float]) -> None:
+        """Log ``metrics`` at step ``it`` and keep them in the local history."""
+        self.logger.log_metrics(metrics, step=it)
+        for k, v in metrics.items():
+            self.history.setdefault(k, []).append((it, v))
+
+    def begin(self) -> dict[str, float]:
+        """Iteration 0: evaluate the initial policy, log it (episodes 0), show it, report it."""
+        em = self.evaluate(0)
+        self.log(0, {**em, "episodes": 0.0})
+        self._report(0, em, em)
+        return em
+
+    def step(self, it: int, metrics: dict[str, float], seconds: float | None = None) -> dict[str, float]:
+        """After iteration ``it``: evaluate if due, log the iteration's metrics (+ eval/*), show, report."""
+        em = self.evaluate(it) if eval_due(self.cfg, it) else None
+        if em is not None:
+            metrics = {**metrics, **em}
+        self.log(it, metrics)
+        self._report(it, metrics, em, seconds)
+        return metrics
+
+    def _report(self, it: int, metrics: dict[str, float], em: dict[str, float] | None,
+                seconds: float | None = None) -> None:
+        if self.bar is not None:
+            self.bar.update(it, metrics, seconds=seconds)
+        if self.on_eval is not None and em is not None:
+            self.on_eval(it, em)
+
+    def result(self) -> RunResult:
+        """Write the samples table and return the run's result."""
+        if self.samples:
+            import pandas as pd
+
+            self.logger.log_table(pd.DataFrame(self.samples), "samples.parquet")
+            self.logger.log_text(samples_markdown(self.samples), "samples.md")
+        final = {k: v[-1][1] for k, v in self.history.items()}
+        return RunResult(run_id=self.logger.run_id, final=final, history=self.history)

@@ -1,0 +1,80 @@
+"""harness/run.py: the implementation registry and the MLflow run's life (FINISHED / FAILED / KILLED)."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+import harness.run as R
+from harness.config import build_config
+from harness.recording import RunResult
+from harness.schema import Tag
+from harness.tracking import Store
+
+
+def test_every_impl_resolves_lazily_to_a_train_with_the_registry_signature():
+    assert set(R.IMPLEMENTATIONS) == {"custom", "trl"}  # the values config's impl allows
+    for impl in R.IMPLEMENTATIONS:
+        fn = R.resolve(impl)
+        assert fn.__name__ == "train"
+        assert list(inspect.signature(fn).parameters) == ["cfg", "logger", "on_eval", "progress"]
+    from baselines import trl_ppo
+    from harness.ppo import loop
+
+    assert R.resolve("custom") is loop.train and R.resolve("trl") is trl_ppo.train
+    with pytest.raises(ValueError, match="unknown impl 'jax'"):
+        R.resolve("jax")
+
+
+def test_run_py_imports_no_implementation():
+    tree = ast.parse(Path(R.__file__).read_text())
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not [n for n in names if n.startswith(("baselines", "harness.ppo.loop"))], names
+
+
+@pytest.fixture
+def fake_impl(monkeypatch):
+    """impl=custom pointed at a module of this test: it logs one metric, or raises what it is told."""
+    mod = types.ModuleType("fake_impl")
+    mod.raise_ = None
+
+    def train(cfg, logger, on_eval, progress):
+        logger.log_metrics({"eval/gold": 0.5}, step=0)
+        if mod.raise_ is not None:
+            raise mod.raise_
+        return RunResult(run_id=logger.run_id, final={"eval/gold": 0.5})
+
+    mod.train = train
+    monkeypatch.setitem(sys.modules, "fake_impl", mod)
+    monkeypatch.setitem(R.IMPLEMENTATIONS, "custom", "fake_impl:train")
+    return mod
+
+
+@pytest.mark.parametrize("raise_, status, reason", [
+    (None, "FINISHED", None),
+    (RuntimeError("loss/policy became nan at iteration 3\nmore"), "FAILED", "RuntimeError: loss/policy became nan at iteration 3"),
+    (KeyboardInterrupt(), "KILLED", "interrupted"),
+])
+def test_execute_owns_the_runs_status(tmp_path, fake_impl, raise_, status, reason):
+    fake_impl.raise_ = raise_
+    store = Store(tmp_path / "runs")
+    cfg = build_config(None, {"seed": 4})
+    if raise_ is None:
+        result = R.execute(cfg, store, experiment="t", progress=False)
+        run_id = result.run_id
+    else:
+        with pytest.raises(type(raise_)):
+            R.execute(cfg, store, experiment="t", progress=False)
+        (run_id,) = [r.info.run_id for r in store.find_runs("t")]
+    run = store.get_run(run_id)
+    assert run.info.status == status and run.data.metrics["eval/gold"] == 0.5
+    assert run.data.tags[Tag.IMPL] == "custom" and run.data.tags[Tag.SEED] == "4"
+    assert run.data.tags.get(Tag.FAILURE) == reason
+    artifacts = {a.path for a in store.client.list_artifacts(run_id)}
+    assert "config.yaml" in artifacts and (("error.txt" in artifacts) == (status == "FAILED"))
