@@ -23,9 +23,106 @@ TrackingUri = Annotated[
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    """One line on stderr and a non-zero exit."""
-    typer.echo(f"error: {message}", err=True)
+    """One line on stderr (``error: ...``) and the exit to raise: 2 bad input, 1 the work failed, 130 interrupted."""
+    typer.echo(f"error: {one_line(message)}", err=True)
     return typer.Exit(code)
+
+
+def one_line(message: object) -> str:
+    """A message as one line: its lines joined, runs of whitespace made one space, URLs redacted."""
+    from harness.urls import redact_text
+
+    return " ".join(redact_text(message).split())
+
+
+def shown(value: object) -> str:
+    """A path, key or value for a message: quoted, or its repr() when it holds an invisible character."""
+    text = str(value)
+    return f"'{text}'" if text.isprintable() and text == text.strip() else repr(text)
+
+
+# ---- checks of paths and URLs, made before any work -------------------------------------------------
+
+
+def check_input_file(path: Path, option: str) -> None:
+    """A file to read: it exists, is not a folder, is readable."""
+    try:
+        if not path.exists():
+            raise fail(f"{option} {shown(path)}: no such file")
+        if path.is_dir():
+            raise fail(f"{option} {shown(path)}: is a folder, expected a file")
+        if not os.access(path, os.R_OK):
+            raise fail(f"{option} {shown(path)}: not readable")
+    except OSError as e:  # a name too long, a loop of links
+        raise fail(f"{option} {shown(path)}: {e.strerror or e}") from None
+
+
+def check_output(path: Path, option: str, folder: bool) -> None:
+    """A folder (``folder``) or a file to write: not the other kind; when missing, creatable (the nearest
+    existing ancestor is a writable folder). Nothing is created."""
+    try:
+        if path.is_symlink() and not path.exists():
+            raise fail(f"{option} {shown(path)}: a broken symbolic link")
+        if path.exists():
+            if folder and not path.is_dir():
+                raise fail(f"{option} {shown(path)}: is a file, expected a folder")
+            if not folder and path.is_dir():
+                raise fail(f"{option} {shown(path)}: is a folder, expected a file")
+            if not os.access(path, os.W_OK):
+                raise fail(f"{option} {shown(path)}: not writable")
+            return
+        ancestor = path.absolute().parent
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise fail(f"{option} {shown(path)}: cannot be created, {shown(ancestor)} is a file")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise fail(f"{option} {shown(path)}: cannot be created, {shown(ancestor)} is not writable")
+    except OSError as e:
+        raise fail(f"{option} {shown(path)}: {e.strerror or e}") from None
+
+
+def check_tracking_uri(uri: str) -> None:
+    """--tracking-uri: a scheme MLflow has a store for, its driver installed (harness.tracking)."""
+    from harness.tracking import check_tracking_uri as check
+
+    try:
+        check(uri)
+    except ValueError as e:
+        raise fail(f"--tracking-uri {shown(uri)}: {e}") from None
+
+
+def check_experiment(name: str) -> None:
+    """--experiment: one safe folder name (it names the experiment's artifact and report folders)."""
+    from harness.urls import UnsafeName, safe_name
+
+    try:
+        safe_name(name, "--experiment")
+    except UnsafeName as e:
+        raise fail(str(e)) from None
+
+
+def check_storage(storage: str) -> None:
+    """--storage: an RDB URL whose SQLAlchemy driver is installed, or a journal file that can be written."""
+    from harness.sweep.study import _with_driver, is_rdb
+    from harness.tracking import check_database_url
+
+    if is_rdb(storage):
+        try:
+            check_database_url(_with_driver(storage))  # the URL Optuna is handed
+        except ValueError as e:
+            raise fail(f"--storage {shown(storage)}: {e}") from None
+        return
+    path = Path(storage)
+    check_output(path, "--storage", folder=False)
+    if path.is_file() and path.stat().st_size:  # an existing journal: JSON lines
+        import json
+
+        try:
+            with path.open("rb") as f:
+                json.loads(f.readline(1 << 20))
+        except (OSError, ValueError):
+            raise fail(f"--storage {shown(path)}: not an Optuna journal file (its first line is not JSON)") from None
 
 
 @app.command()
@@ -112,6 +209,13 @@ def train(
     for key, value in (("task.name", task), ("seed", seed), ("impl", impl)):
         if value is not None:
             overrides.append(f"{key}={value}")
+    if config is not None:
+        check_input_file(config, "--config")
+    if tracking_uri:
+        check_tracking_uri(tracking_uri)
+    else:
+        check_output(runs_dir, "--runs-dir", folder=True)
+    check_experiment(experiment)
     try:
         cfg = load_config(config, overrides)
         validate_model_keys(cfg)
@@ -158,6 +262,12 @@ def sweep(
     """Run an ablation grid (cells x seeds) with Optuna; rerun the same command to resume."""
     from harness.sweep.coordinator import run_sweep
 
+    check_input_file(spec, "SPEC")
+    check_output(runs_dir, "--runs-dir", folder=True)
+    if storage:
+        check_storage(storage)
+    if tracking_uri:
+        check_tracking_uri(tracking_uri)
     code = run_sweep(spec, workers=workers, storage=storage, tracking_uri=tracking_uri, runs_dir=runs_dir,
                      dry_run=dry_run, new=new)
     raise typer.Exit(code)
@@ -176,6 +286,14 @@ def report(
     """Figures, tables and report.md/.html from a sweep's MLflow runs."""
     from reports.report import make_report
 
+    if spec is not None:
+        check_input_file(spec, "SPEC")
+    if experiment is not None:
+        check_experiment(experiment)
+    if out is not None:
+        check_output(out, "--out", folder=True)
+    if tracking_uri:
+        check_tracking_uri(tracking_uri)
     code = make_report(spec, experiment=experiment, parent_run=parent_run, out=out, style=style,
                        runs_dir=runs_dir, tracking_uri=tracking_uri)
     raise typer.Exit(code)
@@ -197,6 +315,8 @@ def bench(
     """Benchmark the custom core (and TRL with --vs trl): iterations/s, tokens/s, time split, RSS, GFLOP/s."""
     from harness.bench.run import run_bench
 
+    if json_out is not None:
+        check_output(json_out, "--json", folder=False)
     raise typer.Exit(run_bench(size=size, vs=vs, iterations=iterations, warmup=warmup, repeats=repeats,
                                threads=threads, variant=variant, json=json_out))
 
@@ -204,11 +324,12 @@ def bench(
 @app.command()
 def ui(
     runs_dir: RunsDir = Path("runs"),
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0.1.")] = 5000,
 ) -> None:
     """Start the MLflow UI on the project's store (loopback only) and print the URL."""
     from harness.tracking import Store
 
+    check_output(runs_dir, "--runs-dir", folder=True)
     store = Store(runs_dir)
     typer.echo(f"MLflow UI for {store.where}: http://127.0.0.1:{port}  (Ctrl-C to stop)")
     os.execvp(
@@ -241,12 +362,21 @@ def compare(
     from harness.models.types import ModelError
     from harness.warmstart.load import validate_model_keys
 
+    if tracking_uri:
+        check_tracking_uri(tracking_uri)
+    if not tracking_uri or out is None:  # the store, or the default output folder, lives there
+        check_output(runs_dir, "--runs-dir", folder=True)
+    if out is not None:
+        check_output(out, "--out", folder=True)
+    check_experiment(experiment)
     try:
         overrides = dict(parse_override(o) for o in set_ or [])
         seed_list = check_comparable(task, seeds, overrides)
         validate_model_keys(comparable_config(task, overrides, seed_list[0], "custom"))
     except (ConfigError, ModelError, ValueError) as e:
         raise fail(str(e)) from None
+    except ImportError:
+        raise fail("compare: the TRL baseline is not available in this installation") from None
     from harness.tracking import Store
 
     store = Store(runs_dir, tracking_uri)
@@ -277,12 +407,37 @@ def main(argv: list[str] | None = None) -> None:
         code = 2
     except click_errors.UsageError as e:  # unknown option, bad value, missing argument
         where = f"{e.ctx.command_path}: " if e.ctx else ""
-        message = " ".join(e.format_message().split())
-        typer.echo(f"error: {where}{message} (see --help)", err=True)
+        typer.echo(f"error: {where}{one_line(e.format_message())} (see --help)", err=True)
         code = 2
-    except typer.Abort:  # Ctrl-C at a prompt
+    except (typer.Abort, KeyboardInterrupt):  # Ctrl-C at a prompt, or outside a command
+        typer.echo("error: interrupted", err=True)
         code = 130
+    except Exception as e:
+        if not isinstance(e, input_errors()):
+            raise  # a bug: the traceback, exit 1
+        typer.echo(f"error: {one_line(e)}", err=True)  # bad input a command did not catch itself
+        code = 2
     sys.exit(code or 0)
+
+
+# the exceptions that mean bad input (each a ValueError with a one-line message naming the key or path)
+INPUT_ERRORS = (
+    ("harness.config", "ConfigError"), ("harness.config", "SpeltTwice"), ("harness.sweep.spec", "SpecError"),
+    ("harness.sweep.study", "SweepRefused"), ("harness.models.types", "ModelError"),
+    ("harness.warmstart.artifacts", "ArtifactError"), ("reports.collect", "ReportError"),
+    ("baselines.trl_ppo", "NotExpressible"), ("harness.urls", "UnsafeName"),
+)
+
+
+def input_errors() -> tuple[type[BaseException], ...]:
+    """The bad-input exception classes of the modules already imported (one never imported cannot have
+    raised), and every exception class ``harness.yamlio`` (the strict YAML reader) defines."""
+    found = [getattr(sys.modules[m], name, None) for m, name in INPUT_ERRORS if m in sys.modules]
+    yamlio = sys.modules.get("harness.yamlio")
+    if yamlio is not None:
+        found += [v for k, v in vars(yamlio).items() if isinstance(v, type) and issubclass(v, Exception)
+                  and v.__module__ == yamlio.__name__ and not k.startswith("_")]
+    return tuple(c for c in found if isinstance(c, type))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -100,17 +100,29 @@ def comparable_config(task: str, overrides: dict[str, Any] | None, seed: int, im
     return build_config(overrides={**(overrides or {}), "task.name": task, "seed": seed, "impl": impl})
 
 
+# keys compare sets itself for every run: an override of one would be silently replaced
+OWN_KEYS = {"impl": "compare runs both implementations, custom and trl", "seed": "compare sets it from --seeds",
+            "task.name": "compare sets it from --task"}
+MAX_SEEDS = 1000  # two runs per seed; a typo like --seeds 50000 is refused, not queued
+
+
 def check_comparable(task: str, seeds: int | Sequence[int], overrides: dict[str, Any] | None) -> list[int]:
     """The seed list, after checking that every run's config is valid and expressible by TRL.
 
-    Raises ConfigError / ValueError with one line naming the offending key.
+    Raises ConfigError / ValueError with one line naming the offending key or option.
     """
     from baselines.trl_ppo import check_expressible
 
+    for key in overrides or {}:
+        if key in OWN_KEYS:
+            raise ValueError(f"--set {key}: not allowed in compare ({OWN_KEYS[key]})")
+    if isinstance(seeds, int) and seeds > MAX_SEEDS:
+        raise ValueError(f"compare: --seeds must be at most {MAX_SEEDS}, got {seeds}")
     seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seed_list:
         raise ValueError("compare: --seeds must be at least 1")
-    for seed in seed_list:
+    # the runs of 0..N-1 differ only in their seed: the first and the last stand for the range
+    for seed in dict.fromkeys((seed_list[0], seed_list[-1]) if isinstance(seeds, int) else seed_list):
         comparable_config(task, overrides, seed, "custom")
         check_expressible(comparable_config(task, overrides, seed, "trl"))
     return seed_list

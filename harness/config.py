@@ -7,21 +7,36 @@ ablation files, the CLI and the TRL baseline all speak it.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
+import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, get_args, get_origin
+from typing import Any, Literal, NamedTuple, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness.yamlio import YAMLInputError, loads, read_yaml, show_key
+
+# numpy.random.seed takes 0 <= seed < 2**32 and TRL's runs seed numpy (transformers.set_seed);
+# torch.manual_seed takes < 2**64, random.Random any int. One bound, so a seed means one run on
+# either implementation.
+SEED_LIMIT = 2**32
+
 
 class ConfigError(ValueError):
-    """A bad config: the message is one line naming the key and the problem."""
+    """A bad config: the message is one line naming the key and the problem (also as .key / .problem)."""
+
+    def __init__(self, message: str, key: str | None = None, problem: str | None = None):
+        super().__init__(message)
+        self.key, self.problem = key, problem
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no bool for a number, no "2" for an int (an int is still a float); no inf or nan
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class TaskConfig(_Section):
@@ -158,7 +173,9 @@ class ProbeConfig(_Section):
 
 
 class RunConfig(_Section):
-    seed: int = Field(default=0, description="Seed of prompt sampling, token sampling, shuffles and initialisation.")
+    seed: int = Field(
+        default=0, description="Seed of prompt sampling, token sampling, shuffles and initialisation (0 <= seed < 2**32)."
+    )
     impl: Literal["custom", "trl"] = Field(default="custom", description="custom = the harness's PPO core; trl = TRL's PPOTrainer.")
     task: TaskConfig = TaskConfig()
     model: ModelConfig = ModelConfig()
@@ -170,6 +187,15 @@ class RunConfig(_Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     probe: ProbeConfig = ProbeConfig()
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, v: int) -> int:
+        if not 0 <= v < SEED_LIMIT:
+            raise ValueError(
+                f"expected an integer in [0, 2**32) (numpy's seed range; TRL's runs seed numpy), got {_short(repr(v))}"
+            )
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
@@ -229,8 +255,31 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def known_keys() -> set[str]:
-    return set(flatten(RunConfig().model_dump()))
+@functools.cache
+def known_keys() -> frozenset[str]:
+    """Every dotted key of RunConfig (computed once: every override and spec value asks)."""
+    return frozenset(flatten(RunConfig().model_dump()))
+
+
+@functools.cache
+def sections() -> frozenset[str]:
+    """The section names (``ppo``, ``kl`` ...): a mapping of dotted keys, never a value."""
+    return frozenset(k.split(".", 1)[0] for k in known_keys() if "." in k)
+
+
+def field_kind(key: str) -> str:
+    """'int' | 'float' | 'bool' | 'str' | 'choice' | 'value' for a known dotted key (X | None as X)."""
+    model: Any = RunConfig
+    parts = key.split(".")
+    for p in parts[:-1]:
+        model = model.model_fields[p].annotation
+    ann = model.model_fields[parts[-1]].annotation
+    args = [a for a in get_args(ann) if a is not type(None)]
+    if isinstance(ann, types.UnionType) or get_origin(ann) is Union:
+        ann = args[0] if len(args) == 1 else ann
+    if get_origin(ann) is Literal:
+        return "choice"
+    return {int: "int", float: "float", bool: "bool", str: "str"}.get(ann, "value")
 
 
 class KeyDoc(NamedTuple):
@@ -265,88 +314,195 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-def did_you_mean(word: str, options) -> str:
-    """' (did you mean 'ppo.clip_eps'?)' for the nearest option, or ''."""
+def did_you_mean(word: str, options, quote: str = "'") -> str:
+    """' (did you mean 'ppo.clip_eps'?)' for the nearest option, or ''; ``quote=""`` prints it bare."""
     close = difflib.get_close_matches(word, sorted(options), n=1, cutoff=0.6)
     if not close and "." in word:  # a right leaf in the wrong section: 'kl.clip_eps' -> 'ppo.clip_eps'
         leaf = word.rsplit(".", 1)[1]
         close = [k for k in sorted(options) if k.rsplit(".", 1)[-1] == leaf][:1]
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    return f" (did you mean {quote}{close[0]}{quote}?)" if close else ""
+
+
+class SpeltTwice(ValueError):
+    """One dotted key written two ways in one mapping (``kl.coef: ...`` beside ``kl: {coef: ...}``)."""
+
+    def __init__(self, key: str, first: str, second: str):
+        self.key = key
+        self.problem = f"given twice, as {first} and as {second} (one spelling per key)"
+        super().__init__(f"{key}: {self.problem}")
+
+
+def flat_items(d: dict, leaf: Callable[[Any], bool] | None = None) -> list[tuple[str, Any]]:
+    """Nested sections and dotted keys alike -> [(dotted key, value)], in the order written.
+
+    A mapping is walked into as a section unless its path is a known key, it is empty and not a
+    known section (``optim: {}`` is then an unknown key, not nothing), or ``leaf(mapping)`` says it
+    is a value. A dotted key reached by two spellings raises ``SpeltTwice``.
+    """
+    keys, secs = known_keys(), sections()
+    out: dict[str, tuple[Any, tuple[str, ...]]] = {}
+
+    def walk(node: dict, parts: tuple[str, ...]) -> None:
+        for k, v in node.items():
+            path = (*parts, str(k))
+            key = ".".join(path)
+            if isinstance(v, dict) and key not in keys and (v or key in secs) and not (leaf and leaf(v)):
+                walk(v, path)
+                continue
+            if key in out:
+                raise SpeltTwice(key, _spelling(out[key][1]), _spelling(path))
+            out[key] = (v, path)
+
+    walk(d, ())
+    return [(k, v) for k, (v, _) in out.items()]
+
+
+def _spelling(path: tuple[str, ...]) -> str:
+    """('kl', 'coef') -> "'kl: {coef}'"; ('kl.coef',) -> "'kl.coef'"."""
+    text = path[-1]
+    for p in reversed(path[:-1]):
+        text = f"{p}: {{{text}}}"
+    return f"'{text}'"
 
 
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     """tree[a][b][c] = value for key 'a.b.c'; unknown keys are refused by name, with the nearest known one."""
+    if key in sections():
+        raise _refuse(key, f"a section: expected a mapping of {key}.* keys, got {_got(value)}")
     if key not in (known := known_keys()):
-        raise ConfigError(f"config key {key!r}: unknown key{did_you_mean(key, known)}")
+        raise _refuse(key, f"unknown key{did_you_mean(key, known)}")
     node = tree
     parts = key.split(".")
     for p in parts[:-1]:
         child = node.setdefault(p, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"config key '{key}': '{p}' is not a section")
+            raise _refuse(key, f"'{p}' is not a section")
         node = child
     node[parts[-1]] = value
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """'ppo.clip_eps=0.3' -> ('ppo.clip_eps', 0.3); the value is parsed as a YAML scalar."""
+    """'ppo.clip_eps=0.3' -> ('ppo.clip_eps', 0.3); the value is parsed as a YAML scalar (harness.yamlio).
+
+    For a float key, text that Python's float() reads is that number (the CLI's own parsing):
+    'inf', 'nan' and '1e309' then reach the finite-number check and are refused by name.
+    """
     if "=" not in text:
         raise ConfigError(f"--set '{text}': expected dotted.key=value")
     key, raw = text.split("=", 1)
     key = key.strip()
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        raise ConfigError(f"config key '{key}': cannot parse value {raw!r}") from None
-    if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string; users mean a number
+        value = loads(raw, f"--set {key}") if raw.strip() else None
+    except YAMLInputError:
+        raise _refuse(key, f"cannot parse value {raw!r}") from None
+    if isinstance(value, str) and key in known_keys() and field_kind(key) == "float":
         try:
-            value = float(value) if value.lower() not in ("nan", "inf", "-inf", "infinity") else value
+            value = float(value)
         except ValueError:
             pass
     return key, value
 
 
-def _error_line(err: ValidationError) -> str:
+def check_value(key: str, value: Any) -> None:
+    """One dotted key's value on its own: type, range, choices (not the rules across keys).
+
+    Raises a one-line ConfigError naming the key, as ``build_config`` would.
+    """
+    if key not in (known := known_keys()):
+        raise _refuse(key, f"unknown key{did_you_mean(key, known)}")
+    section, _, leaf = key.rpartition(".")
+    model = RunConfig.model_fields[section].annotation if section else RunConfig
+    try:
+        model.model_validate({leaf: value})
+    except ValidationError as err:
+        raise _error_line(err, f"{section}." if section else "") from None
+
+
+# pydantic's strict type errors, said as what the key expects
+_EXPECTED = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false", "string_type": "a string"}
+_MAPPING = ("model_type", "model_attributes_type", "dict_type")
+
+
+def _error_line(err: ValidationError, prefix: str = "") -> ConfigError:
     e = err.errors()[0]
-    loc = ".".join(str(x) for x in e["loc"] if not isinstance(x, int))
+    loc = prefix + ".".join(str(x) for x in e["loc"] if not isinstance(x, int))
     ctx = e.get("ctx") or {}
     inner = ctx.get("error")
     if isinstance(inner, _KeyProblem):
-        return f"config key '{inner.key}': {inner.problem}"
+        return _refuse(inner.key, inner.problem)
     if e["type"] == "extra_forbidden":
-        return f"config key '{loc}': unknown key{did_you_mean(loc, known_keys())}"
+        return _refuse(loc, f"unknown key{did_you_mean(loc, known_keys())}")
     got = e.get("input")
     msg = e["msg"]
+    if e["type"] == "finite_number":
+        return _refuse(loc, f"must be a finite number (got {got!r})")
+    if e["type"] in _EXPECTED:
+        return _refuse(loc, f"expected {_EXPECTED[e['type']]}, got {_got(got)}")
+    if e["type"] in _MAPPING:
+        return _refuse(loc, f"expected a mapping of {loc}.* keys, got {_got(got)}")
     if msg.startswith("Value error, "):
-        return f"config key '{loc}': {msg[len('Value error, '):]}"
-    got_s = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"config key '{loc}': {msg[0].lower() + msg[1:]}{got_s}"
+        return _refuse(loc, msg[len("Value error, "):])
+    got_s = "" if isinstance(got, dict) else f" (got {_short(repr(got))})"
+    return _refuse(loc, f"{msg[0].lower() + msg[1:]}{got_s}")
+
+
+def _refuse(key: str, problem: str) -> ConfigError:
+    return ConfigError(f"config key {show_key(key)}: {problem}", key, problem)
+
+
+def _got(v: Any) -> str:
+    """A refused value for people: the type where it is the problem, else the value itself."""
+    if isinstance(v, bool):
+        return f"a boolean ({'true' if v else 'false'})"
+    if v is None:
+        return "null"
+    if isinstance(v, str):
+        return f"the string {_short(repr(v))}"
+    if isinstance(v, dict):
+        return "a mapping"
+    if isinstance(v, list | tuple):
+        return "a list"
+    return _short(repr(v))
+
+
+def _short(text: str, n: int = 60) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def build_config(data: dict[str, Any] | None = None, overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:
-    """Nested dict (from YAML) + overrides -> validated RunConfig, or a one-line ConfigError."""
-    tree: dict[str, Any] = json.loads(json.dumps(data or {}))  # deep copy, plain types
-    if not isinstance(tree, dict):
+    """Nested dict (from YAML; dotted keys too) + overrides -> validated RunConfig, or a one-line ConfigError."""
+    if data is not None and not isinstance(data, dict):
         raise ConfigError("config: top level must be a mapping of sections")
-    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides or [])
+    try:
+        items = flat_items(data or {})
+    except SpeltTwice as e:
+        raise _refuse(e.key, e.problem) from None
+    tree: dict[str, Any] = {}
     for key, value in items:
+        set_dotted(tree, key, value)
+    for key, value in overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or []):
         set_dotted(tree, key, value)
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as err:
-        raise ConfigError(_error_line(err)) from None
+        raise _error_line(err) from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:
-    data: dict[str, Any] = {}
+    """A YAML config file (read by harness.yamlio: UTF-8, no duplicate keys or aliases) + overrides."""
+    data: Any = None
     if path is not None:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file '{p}': no such file")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file '{p}': not valid YAML ({str(e).splitlines()[0]})") from None
+            data = read_yaml(p)
+        except YAMLInputError as e:
+            if e.yaml_error is not None:
+                raise ConfigError(f"config file '{p}': not valid YAML ({str(e.yaml_error).splitlines()[0]})") from None
+            raise ConfigError(f"config file '{p}': {e.detail}") from None
+        if data is None:
+            data = {}
         if not isinstance(data, dict):
             raise ConfigError(f"config file '{p}': top level must be a mapping")
     return build_config(data, overrides)

@@ -10,9 +10,12 @@ the loops), each ``train(cfg, logger, on_eval, progress) -> RunResult``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import signal
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import torch
@@ -85,16 +88,40 @@ def execute(
     try:
         result = resolve(cfg.impl)(cfg, logger, on_eval, progress)
     except KeyboardInterrupt:
-        logger.set_tags({Tag.FAILURE: "interrupted"})
-        logger.end("KILLED")
+        with _signals_deferred():  # a second Ctrl-C / SIGTERM must not leave the run RUNNING
+            try:
+                logger.set_tags({Tag.FAILURE: "interrupted"})
+            finally:
+                logger.end("KILLED")
         raise
     except BaseException as e:
         reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-        try:
-            logger.set_tags({Tag.FAILURE: reason[:500]})
-            logger.log_text(traceback.format_exc(), "error.txt")
-        finally:
-            logger.end("FAILED")
+        with _signals_deferred(redeliver=True):
+            try:
+                logger.set_tags({Tag.FAILURE: reason[:500]})
+                logger.log_text(traceback.format_exc(), "error.txt")
+            finally:
+                logger.end("FAILED")
         raise
     logger.end("FINISHED")
     return result
+
+
+@contextlib.contextmanager
+def _signals_deferred(redeliver: bool = False) -> Iterator[None]:
+    """SIGINT / SIGTERM held back while a run records how it ended (a second Ctrl-C must not leave it
+    RUNNING); ``redeliver``: raised afterwards, so a stop request is never lost (the KeyboardInterrupt
+    path needs none: it is stopping already)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            if h is not None:  # None: a handler not installed from Python, nothing to put back
+                signal.signal(s, h)
+        if redeliver and got:
+            signal.raise_signal(got[0])

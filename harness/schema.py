@@ -123,12 +123,13 @@ class Attr:
     CELL = "sweep.cell"
     SEED = "seed"
     SKIPPED = "sweep.skipped"  # a trial that found its (cell, seed) already claimed
-    FAIL_KIND = "sweep.fail_kind"  # nonfinite | error | interrupted | stale
+    FAIL_KIND = "sweep.fail_kind"  # nonfinite | error | interrupted | stale | outage
     FAIL_REASON = "sweep.fail_reason"
     PRUNED = "sweep.pruned"  # why the MedianPruner stopped the trial
     TRACEBACK = "sweep.traceback"
     SECONDS = "sweep.seconds"
     RUN_ID = "mlflow.run_id"
+    ADOPTED = "sweep.adopted"  # recorded from this FINISHED MLflow run, not run again
     WORKER = "sweep.worker"
     NAME = "sweep.name"
     HASH = "sweep.hash"

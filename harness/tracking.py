@@ -2,10 +2,17 @@
 
 Default store: SQLite at ``runs/mlflow.db`` with artifacts under ``runs/artifacts``;
 any MLflow tracking server via ``tracking_uri``.
+
+Credentials never leave this module in the clear: ``Store.where`` / ``repr`` show the tracking URI
+redacted (``harness.urls.redact``), and every exception raised by an MLflow call made through
+``Store.client`` has the URLs in its message redacted (MLflow's own messages quote the request URL,
+credentials included). ``redact``, ``redact_text``, ``safe_name`` and ``inside`` are re-exported for
+``reports/``, which imports nothing else from the harness but this module and the schema.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -19,11 +26,17 @@ from typing import Any
 
 os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+# MLflow prints "View run ... at <tracking URI>/#/..." for server stores, the URI's credentials included
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 import mlflow  # noqa: E402
 from mlflow.entities import RunStatus  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from harness.locks import locked  # noqa: E402
+from harness.urls import UnsafeName, inside, redact, redact_text, safe_name  # noqa: E402
+
+__all__ = ["DEFAULT_EXPERIMENT", "DEFAULT_RUNS_DIR", "RunLogger", "Store", "UnsafeName", "git_commit", "inside",
+           "package_versions", "redact", "redact_text", "safe_name", "scrubbed"]
 
 for _name in ("mlflow", "alembic", "sqlalchemy"):
     logging.getLogger(_name).setLevel(logging.WARNING)
@@ -46,23 +59,23 @@ class Store:
             self.artifact_root = (self.runs_dir / "artifacts").as_uri()
         self.client = self._connect()
 
-    def _connect(self) -> MlflowClient:
+    def _connect(self) -> _Client:
         """A client; a new SQLite file is created and migrated under a file lock, because
         two processes migrating the same fresh database at once fail."""
         if self.artifact_root is None:
-            return MlflowClient(tracking_uri=self.uri)
+            return _Client(MlflowClient(tracking_uri=self.uri))
         with locked(self.runs_dir / ".mlflow.lock"):
-            client = MlflowClient(tracking_uri=self.uri)
+            client = _Client(MlflowClient(tracking_uri=self.uri))
             client.search_experiments(max_results=1)  # forces schema creation / migration
         return client
 
     def __repr__(self) -> str:
-        return f"Store({self.uri})"
+        return f"Store({self.where})"
 
     @property
     def where(self) -> str:
-        """Human-readable location for CLI messages."""
-        return str(self.runs_dir / "mlflow.db") if self.artifact_root else self.uri
+        """Human-readable location for messages, files and tags: the tracking URI with its credentials masked."""
+        return str(self.runs_dir / "mlflow.db") if self.artifact_root else redact(self.uri)
 
     # ---- experiments ------------------------------------------------------------------------
     def experiment_id(self, name: str = DEFAULT_EXPERIMENT, create: bool = True) -> str | None:
@@ -72,11 +85,12 @@ class Store:
             return exp.experiment_id
         if not create:
             return None
+        location = self._artifact_location(name)  # UnsafeName before anything is created
         try:
             # "custom_model_development" opens the experiment in the UI's training-runs view
             return self.client.create_experiment(
                 name,
-                artifact_location=self._artifact_location(name),
+                artifact_location=location,
                 tags={"mlflow.experimentKind": "custom_model_development"},
             )
         except Exception:  # another process created it first
@@ -88,10 +102,11 @@ class Store:
             raise
 
     def _artifact_location(self, name: str) -> str | None:
+        """``<artifact root>/<name>`` for a local store; the name must be one safe path component."""
         if self.artifact_root is None:
             return None
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-        return f"{self.artifact_root}/{safe}"
+        inside(self.runs_dir / "artifacts", safe_name(name, "experiment"))  # UnsafeName for '..', 'a/b', ...
+        return f"{self.artifact_root}/{name}"
 
     # ---- runs --------------------------------------------------------------------------------
     def start_run(
@@ -126,10 +141,11 @@ class Store:
             import pandas as pd
 
             return pd.DataFrame()
-        mlflow.set_tracking_uri(self.uri)
-        return mlflow.search_runs(
-            experiment_ids=ids, filter_string=filter_string, max_results=max_results, output_format="pandas"
-        )
+        with scrubbed():
+            mlflow.set_tracking_uri(self.uri)
+            return mlflow.search_runs(
+                experiment_ids=ids, filter_string=filter_string, max_results=max_results, output_format="pandas"
+            )
 
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
@@ -174,6 +190,51 @@ class Store:
             "status": run.info.status,
             "tags": dict(run.data.tags),
         }
+
+
+@contextmanager
+def scrubbed() -> Iterator[None]:
+    """Re-raise any exception of the block with the URLs in its message (and its causes') redacted."""
+    try:
+        yield
+    except Exception as e:
+        _scrub(e)
+        raise
+
+
+def _scrub(e: BaseException) -> None:
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen and len(seen) < 20:
+        seen.add(id(cur))
+        try:
+            args = tuple(redact_text(a) if isinstance(a, str) else a for a in cur.args)
+            if args != cur.args:
+                cur.args = args
+            if isinstance(getattr(cur, "message", None), str):
+                cur.message = redact_text(cur.message)  # MlflowException keeps its text here too
+        except Exception:  # an exception type with read-only attributes: leave it
+            pass
+        cur = cur.__cause__ or cur.__context__
+
+
+class _Client:
+    """An ``MlflowClient`` whose calls raise their exceptions with every URL in the message redacted."""
+
+    def __init__(self, client: MlflowClient):
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args, **kwargs):
+            with scrubbed():
+                return attr(*args, **kwargs)
+
+        return call
 
 
 class RunLogger:
@@ -271,3 +332,63 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Refuse, before anything is contacted or created, a tracking URI MLflow has no store for.
+
+    Accepted are the schemes of MLflow's own store registries (tracking and model registry: file,
+    a local path, sqlite, postgresql, mysql, mssql, http, https, databricks ...), a database URL
+    only when its SQLAlchemy driver is installed, a sqlite file only in an existing folder.
+    Raises ValueError (one line, the problem only: the caller names its option).
+    """
+    from urllib.parse import urlparse
+
+    from mlflow.tracking._model_registry.utils import _get_store_registry
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+    from mlflow.utils.uri import get_uri_scheme
+
+    try:
+        scheme = uri if uri in ("databricks", "databricks-uc", "uc") else get_uri_scheme(uri)
+    except Exception as e:  # MlflowException: an unsupported database type
+        raise ValueError(f"not a tracking URI MLflow accepts ({str(e).splitlines()[0][:160]})") from None
+    known = set(_tracking_store_registry._registry) & set(_get_store_registry()._registry)
+    if scheme not in known:
+        shown = ", ".join(sorted(s for s in known if s))
+        raise ValueError(f"unsupported scheme '{scheme}' (MLflow accepts {shown}, or a local path)")
+    if scheme in ("http", "https") and not urlparse(uri).netloc:
+        raise ValueError("no host in the URL (e.g. http://host:5000)")
+    if scheme in ("sqlite", "postgresql", "mysql", "mssql"):
+        check_database_url(uri)
+    if scheme in ("", "file"):  # a file store: a folder
+        from mlflow.utils.file_utils import local_file_uri_to_path
+
+        folder = Path(local_file_uri_to_path(uri) if scheme == "file" else uri).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"'{folder}' is a file, not the folder of a file store")
+
+
+def check_database_url(uri: str) -> None:
+    """A database URL whose SQLAlchemy dialect and driver import; a sqlite file in an existing folder.
+
+    ValueError (one line) otherwise; nothing is contacted. Also the check of an RDB ``--storage``."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(uri)
+        dialect = url.get_dialect()
+    except Exception as e:  # ArgumentError (malformed), NoSuchModuleError (unknown dialect), ValueError (port)
+        raise ValueError(f"not a valid database URL ({str(e).splitlines()[0][:160]})") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as e:
+        raise ValueError(
+            f"the database driver for '{url.drivername}' is not installed ({e}); install it, "
+            "or name an installed driver in the URL (e.g. postgresql+psycopg2://...)"
+        ) from None
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        db = Path(url.database).expanduser()
+        if db.is_dir():
+            raise ValueError(f"the sqlite database '{db}' is a folder")
+        if not db.parent.is_dir():
+            raise ValueError(f"the folder of the sqlite database '{db.parent}' does not exist")

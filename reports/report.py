@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.tracking import DEFAULT_RUNS_DIR, Store
+from harness.tracking import DEFAULT_RUNS_DIR, Store, UnsafeName, inside, safe_name
 from reports import effects as E
 from reports import stats
 from reports.collect import ReportError, Sweep, collect
@@ -80,8 +80,7 @@ def build_report(
     except ValueError as e:
         raise ReportError(str(e)) from None
     sweep = collect(store, spec=src.spec, experiment=src.experiment, parent_run=src.parent_run)
-    out = Path(out_dir) if out_dir else Path("reports") / "out" / _safe(sweep.name)
-    out = out.resolve()
+    out = Path(out_dir).resolve() if out_dir else _default_out(sweep.name)
 
     factors = sweep.factors
     table = stats.summarise_factors(sweep.runs, factors, TABLE_METRICS)
@@ -112,6 +111,14 @@ def build_report(
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _default_out(name: str) -> Path:
+    """``reports/out/<name>``; an experiment name (MLflow allows any) must make one folder inside it."""
+    try:
+        return inside(Path("reports") / "out", safe_name(_safe(name), "experiment"))
+    except UnsafeName as e:
+        raise ReportError(f"{e}; pass --out DIR") from None
 
 
 def _source_lines(sweep: Sweep, style: str) -> list[str]:
@@ -158,22 +165,60 @@ def make_report(
 
     Exactly one of ``spec`` (an ablation spec: its ``name`` is the MLflow experiment),
     ``experiment`` or ``parent_run`` names the sweep. The store is ``tracking_uri`` when given, else
-    the local store under ``runs_dir``. Prints the paths of report.md and report.html and returns 0;
-    a ``ReportError`` is one line on stderr and 1; no or several sources, one line on stderr and 2.
+    the local store under ``runs_dir``. Prints the paths of report.md and report.html and returns 0.
+    Bad input (no or several sources, an unknown style, an unusable spec, out or tracking URI, no
+    store, an unknown experiment or run, a sweep with nothing to report: every ``ReportError``) is
+    one line on stderr and 2, before anything is written; a failure to write the report, one line and 1.
     """
-    given = [x for x in (spec, experiment, parent_run) if x]
-    if len(given) != 1:
-        print("error: give exactly one of: SPEC, --experiment NAME, --parent-run ID", file=sys.stderr)
-        return 2
-    source = Source(spec=spec or None, experiment=experiment or None, parent_run=parent_run or None)
     try:
-        if not tracking_uri and not (Path(runs_dir) / "mlflow.db").exists():
-            raise ReportError(f"no MLflow store at {Path(runs_dir) / 'mlflow.db'}; run a sweep first")
+        source = _check_arguments(spec, experiment, parent_run, out, style, runs_dir, tracking_uri)
         store = Store(runs_dir, tracking_uri=tracking_uri or None)
         md = build_report(source, out, style, store, log_to_mlflow=log_to_mlflow)
     except ReportError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the work itself: a full disk, a folder that vanished
+        print(f"error: report failed: {_one_line(e)}", file=sys.stderr)
         return 1
     print(f"report: {md}")
     print(f"html:   {md.with_suffix('.html')}")
     return 0
+
+
+def _check_arguments(spec, experiment, parent_run, out, style, runs_dir, tracking_uri) -> Source:
+    """The source, after every argument is checked (ReportError, one line naming it); nothing is created."""
+    from reports.plots import get_style
+
+    given = [x for x in (spec, experiment, parent_run) if x]
+    if len(given) != 1:
+        raise ReportError("give exactly one of: SPEC, --experiment NAME, --parent-run ID")
+    try:
+        get_style(style)
+    except ValueError as e:
+        raise ReportError(f"--style: {e}") from None
+    if spec:
+        p = Path(spec)
+        if not p.is_file():
+            raise ReportError(f"ablation spec '{spec}' not found" + (" (a folder)" if p.is_dir() else ""))
+        try:
+            p.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ReportError(f"ablation spec '{spec}': not UTF-8 text (byte {e.start})") from None
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ReportError(f"--out '{out}': is a file, expected a folder")
+    if tracking_uri:
+        from harness.tracking import check_tracking_uri, redact
+
+        try:
+            check_tracking_uri(tracking_uri)
+        except ValueError as e:
+            raise ReportError(f"--tracking-uri '{redact(tracking_uri)}': {e}") from None
+    elif Path(runs_dir).exists() and not Path(runs_dir).is_dir():
+        raise ReportError(f"--runs-dir '{runs_dir}': is a file, expected the folder of an MLflow store")
+    elif not (Path(runs_dir) / "mlflow.db").is_file():
+        raise ReportError(f"no MLflow store at {Path(runs_dir) / 'mlflow.db'} (--runs-dir); run a sweep first")
+    return Source(spec=spec or None, experiment=experiment or None, parent_run=parent_run or None)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())

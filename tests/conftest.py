@@ -52,3 +52,19 @@ def run_cli(*args: str, cwd: Path, timeout: int = 600, env: dict | None = None) 
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL server on 127.0.0.1 (``tests/servers.py``), started; one per test module.
+    Skips, saying why, without Debian's PostgreSQL binaries (``.ci/run`` installs them as root)."""
+    from tests.servers import Postgres
+
+    server, why = Postgres.find()
+    if server is None:
+        pytest.skip(f"PostgreSQL test skipped: {why}")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.destroy()

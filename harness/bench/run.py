@@ -28,6 +28,20 @@ def check_options(*, size: str, vs: str | None, iterations: int, warmup: int, re
             raise ValueError(f"{option} must be >= {least}")
 
 
+def check_json_path(json: Path | None) -> None:
+    """ValueError (one line naming --json) when the JSON file could not be written: checked before any work."""
+    if json is None:
+        return
+    path = Path(json)
+    if path.is_dir():
+        raise ValueError(f"--json '{path}': is a folder, expected a file")
+    ancestor = path.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"--json '{path}': cannot be created, '{ancestor}' is a file")
+
+
 def measure(size: str, iterations: int, warmup: int, threads: int, impls: list[str], repeats: int,
             variant: str) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, float]]]:
     """Each implementation ``repeats`` times in a fresh child, interleaved (custom, trl, custom, ...);
@@ -46,10 +60,12 @@ def run_bench(
     threads: int = 2, variant: str = "equal", json: Path | None = None,
 ) -> int:
     """Benchmark the custom core (and TRL's PPOTrainer with ``vs="trl"``); print the table, write
-    ``json`` if given. Exit code: 0, 2 for an invalid option (before any work), 1 if a child failed."""
+    ``json`` if given. Exit code: 0, 2 for an invalid option (before any work), 1 if a child failed or the
+    JSON could not be written, 130 when interrupted."""
     try:
         check_options(size=size, vs=vs, iterations=iterations, warmup=warmup, repeats=repeats, threads=threads,
                       variant=variant)
+        check_json_path(json)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -60,9 +76,16 @@ def run_bench(
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
     doc = document(size=size, variant=variant, iterations=iterations, warmup=warmup, repeats=repeats,
                    threads=threads, vocab=len(make_tokenizer()), runs=runs, peaks=peaks, load_before=load_before)
     print_table(doc)
     if json is not None:
-        write_json(doc, Path(json))
+        try:
+            write_json(doc, Path(json))
+        except OSError as e:
+            print(f"error: --json '{json}': not written ({e.strerror or e})", file=sys.stderr)
+            return 1
     return 0

@@ -1,26 +1,58 @@
-"""``python -m harness.sweep --worker <json>``: one worker process, started by the coordinator.
+"""``python -m harness.sweep --worker -``: one worker process, started by the coordinator.
 
 Hidden: people start sweeps with ``ppo-harness sweep SPEC``. The payload is the JSON that
-``harness.sweep.worker.worker_command`` writes; this parser is the only one the sweep keeps.
+``harness.sweep.worker.payload_bytes`` writes, read from stdin (``-``): never from the command line,
+which ``ps`` shows to every local user (the payload holds the storage URL and the tracking URI). A
+JSON string in place of ``-`` is still read, for running a worker by hand. This parser is the only
+one the sweep keeps.
+
+The worker's signal handling is installed before anything else is imported, so a Ctrl-C or the
+coordinator's SIGTERM in the worker's first second is never lost.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
+if __name__ == "__main__":  # first thing: a stop request from here on becomes a KeyboardInterrupt
+    from harness.sweep.faults import STOP
 
-from harness.sweep.worker import worker_main
+    STOP.install()
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1 <worker>: its stacks, in its log
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harness.sweep.faults import STOP, TolerantStream
+    from harness.sweep.study import EXIT_INTERRUPTED, EXIT_USAGE
+
+    sys.stdout, sys.stderr = TolerantStream(sys.stdout), TolerantStream(sys.stderr)  # a full disk stops no worker
+
     p = argparse.ArgumentParser(
         prog="python -m harness.sweep",
         description="Internal: one sweep worker process (start sweeps with `ppo-harness sweep SPEC`).",
     )
-    p.add_argument("--worker", required=True, metavar="JSON", help="the worker payload, written by the coordinator")
+    p.add_argument("--worker", required=True, metavar="-",
+                   help="'-': read the worker payload (JSON, written by the coordinator) from stdin")
     args = p.parse_args(argv)
-    return worker_main(json.loads(args.worker))
+    try:
+        raw = sys.stdin.read() if args.worker == "-" else args.worker
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            print("worker: no valid payload on stdin (the coordinator writes it)", file=sys.stderr)
+            return EXIT_USAGE
+        from harness.sweep.worker import worker_main
+
+        return worker_main(payload)
+    except KeyboardInterrupt:  # before worker_main took over (reading the payload, importing)
+        STOP.acknowledge()
+        print("worker: interrupted while starting", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

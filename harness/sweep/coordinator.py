@@ -15,20 +15,33 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.schema import Attr, Tag
 from harness.sweep.display import Display, Snapshot, fmt_s
+from harness.sweep.faults import (
+    OUTAGE_S,
+    STOPPING_S,
+    Outage,
+    StopRequest,
+    is_transient,
+    one_line,
+    retry,
+    tracking_problem,
+)
 from harness.sweep.plan import plan_shape, print_plan
-from harness.sweep.spec import AblationSpec, SpecError, load_spec, slot_label
+from harness.sweep.spec import AblationSpec, SpecError, cell_label, load_spec, slot_label
 from harness.sweep.study import (
     EXIT_INCOMPLETE,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_OUTAGE,
     EXIT_USAGE,
+    OUTAGE_MARK,
     ROLE_CHILD,
     ROLE_PARENT,
     SweepRefused,
@@ -37,7 +50,7 @@ from harness.sweep.study import (
     owner_alive,
     parse_owner,
     quiet_optuna,
-    redact,
+    requeue_retryable,
     resolve_study,
     run_filter,
     sampled_cells,
@@ -48,7 +61,8 @@ from harness.sweep.study import (
     storage_url,
 )
 from harness.sweep.summary import best_cell, summary_csv, summary_markdown, summary_rows, summary_text
-from harness.sweep.worker import THREAD_VARS, worker_command
+from harness.sweep.worker import THREAD_VARS, payload_bytes, storage_what, tracking_what, worker_command
+from harness.urls import redact, redact_text
 
 ORPHAN_S = 120  # a RUNNING trial that never recorded its worker is stale after this long
 POLL_S = 1.0  # progress refresh
@@ -67,6 +81,7 @@ def run_sweep(
     """Validate, then run (or resume) the sweep; returns the process exit code."""
     try:
         spec = load_spec(spec_path)
+        check_models(spec)
     except SpecError as e:
         return _usage_error(spec_path, e.key, e.problem)
     if workers < 1:
@@ -77,17 +92,53 @@ def run_sweep(
         print_plan(spec, url, tracking_uri, runs_dir, workers, threads)
         return EXIT_OK
     quiet_optuna()
-    st = open_storage(url)
+    where = storage_what(url)
     try:
-        study = resolve_study(spec, st, url, new=new)
+        st = retry(where, open_storage, url)
+        study = retry(where, resolve_study, spec, st, url, new=new)
+        coordinator = Coordinator(spec, st, url, study, tracking_uri, Path(runs_dir), workers, threads)
     except SweepRefused as e:
         return _usage_error(spec_path, e.key, e.problem)
-    return Coordinator(spec, st, url, study, tracking_uri, Path(runs_dir), workers, threads).run()
+    except Outage as e:
+        print(f"sweep stopped: {e}. Rerun the same command to resume.", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume")
+        return EXIT_INTERRUPTED
+    return coordinator.run()
 
 
 def _usage_error(path: str | Path, key: str, problem: str) -> int:
-    print(f"error: {path}: {key}: {problem}", file=sys.stderr)
+    print(redact_text(f"error: {path}: {key}: {problem}"), file=sys.stderr)
     return EXIT_USAGE
+
+
+def check_models(spec: AblationSpec) -> None:
+    """Every run's model.policy / model.reward passes ``validate_model_keys`` before a study or run exists
+    (SpecError naming the spec key that set it)."""
+    from harness.models.types import ModelError
+    from harness.warmstart.load import validate_model_keys
+
+    if spec.sampler == "grid":
+        variants = [c.values for c in spec.cells]
+    else:  # the choices of a searched model key; ranges never name a model
+        variants = [{p.key: c} for p in spec.search if p.kind == "categorical" for c in p.choices] or [{}]
+    seen: set[str] = set()
+    for values in variants:
+        cfg = spec.config(values, spec.seeds[0])
+        models = json.dumps([cfg.task.model_dump(), cfg.model.model_dump()], sort_keys=True)
+        if models in seen:
+            continue
+        seen.add(models)
+        try:
+            validate_model_keys(cfg)
+        except ModelError as e:
+            key = next((k for k in ("model.policy", "model.reward") if str(e).startswith(k + " ")), "")
+            section = "base" if key in spec.base else ("grid" if spec.sampler == "grid" else "search")
+            where = f"{section}.{key}" if key else "base"
+            problem = str(e)[len(key) + 1:] if key else str(e)
+            swept = key in values
+            raise SpecError(where, f"{problem} (in cell {cell_label(values)})" if swept else problem) from None
 
 
 def threads_per_worker(workers: int) -> int:
@@ -101,52 +152,117 @@ def threads_per_worker(workers: int) -> int:
 
 # ---- the coordinator ---------------------------------------------------------------------------------
 
+RESTARTS_PER_WORKER = 2  # dead workers replaced per invocation: at most this x --workers; one more stops it
+RETRIES_PER_SLOT = 2  # a (cell, seed) re-queued at most this often per invocation (dead worker, outage)
+RECONCILE_S = 15.0  # the watch loop looks for stale trials and stray RUNNING runs this often
+STOP_DEADLINE_S = 30.0  # stopping workers: SIGTERM, then SIGKILL after this long
+
+
+class SweepStopped(Exception):
+    """The sweep cannot go on (a store stayed unreachable, too many dead workers): one line, rerun resumes."""
+
+
+@dataclass
+class _Proc:
+    """One worker process this coordinator started."""
+
+    index: int
+    proc: subprocess.Popen
+    log: Any
+    path: Path
+
 
 class Coordinator:
-    """One invocation of a sweep: reconcile, enqueue, run the workers, summarise."""
+    """One invocation of a sweep: reconcile, enqueue, run (and replace) the workers, summarise.
+
+    It polls the study once a second: a worker that exited abnormally has its trial failed as stale,
+    its run KILLED and its (cell, seed) re-queued, and is replaced (at most ``RESTARTS_PER_WORKER`` x
+    workers times); transient storage errors are ridden out for ``OUTAGE_S``; when its workers run out
+    of work while other coordinators still run trials of the study, it waits for them, so its summary
+    and exit code are the whole sweep's. Whatever ends it, the cleanup (SIGINT / SIGTERM deferred
+    meanwhile) leaves no run RUNNING that it can reach.
+    """
 
     def __init__(self, spec, storage, url, study, tracking_uri, runs_dir: Path, workers: int, threads: int):
         self.spec, self.storage, self.url, self.study = spec, storage, url, study
         self.tracking_uri, self.runs_dir = tracking_uri, runs_dir
         self.workers, self.threads = workers, threads
-        self.study_id = storage.get_study_id_from_name(study.study_name)
+        self.storage_what = storage_what(url)
+        self.tracking_what = tracking_what(tracking_uri, Path(runs_dir).resolve())
+        self.study_id = retry(self.storage_what, storage.get_study_id_from_name, study.study_name)
         self.log_dir = runs_dir / "sweeps" / study.study_name
         self.t0 = time.time()
+        self.stop = StopRequest(latch=True)
+        self.store = self.parent = self.display = None
+        self.procs: list[_Proc] = []
+        self.alive: list[_Proc] = []
+        self.started = self.target = self.deaths = self.owed = 0
+        self.requeued: dict[tuple[str, int], int] = {}
+        self.outage_since: float | None = None
+        self.last_reconcile = time.monotonic()
+        self.said_waiting = False
 
     # -- the whole invocation --
     def run(self) -> int:
+        old = self.stop.install()
+        failure = None
+        try:
+            self._begin()
+        except KeyboardInterrupt:
+            pass
+        except (Outage, SweepStopped) as e:
+            failure = str(e)
+        except Exception as e:  # a bug: show it, and still leave nothing RUNNING
+            traceback.print_exc()
+            failure = f"unexpected {one_line(e)}"
+        self.stop.acknowledge()  # from here on a Ctrl-C waits for the cleanup
+        try:
+            return self._end(failure)
+        finally:
+            StopRequest.restore(old)
+
+    def _begin(self) -> None:
         from harness.tracking import Store
 
-        spec = self.spec
-        self.store = Store(self.runs_dir, self.tracking_uri)
-        self.store.experiment_id(spec.name)  # once, before any worker races to create it
-        self.parent = ensure_parent(self.store, spec, self.study.study_name, self.url)
-        self.store.set_run_status(self.parent, "RUNNING")
-        interrupted = False
-        old_term = _install_sigterm()
+        spec, t = self.spec, self.tracking_what
+        self.store = retry(t, Store, self.runs_dir, self.tracking_uri)
+        retry(t, self.store.experiment_id, spec.name)  # once, before any worker races to create it
+        self.parent = retry(t, ensure_parent, self.store, spec, self.study.study_name, self.url)
+        retry(t, self.store.set_run_status, self.parent, "RUNNING")
+        failed = retry(self.storage_what, fail_stale, self.study, self.storage)
+        retry(t, end_stray_runs, self.study, self.storage, self.store, spec, failed)
+        if failed:
+            print(f"marked {len(failed)} stale trial(s) of dead workers as failed; they run again now")
+        queued = retry(self.storage_what, enqueue_missing, self.study, spec)
+        print(
+            f"sweep {self.study.study_name}: {spec.n_runs} runs ({plan_shape(spec)}); "
+            f"{queued} queued now; storage {redact(self.url)}; MLflow {self.store.where} "
+            f"(experiment '{spec.name}', parent run {self.parent})"
+        )
+        if adopted := self._adopt():
+            print(f"{adopted} (cell, seed)(s) already had a FINISHED run in MLflow: recorded from it, not run again")
+        work = retry(self.storage_what, self._pending)
+        n = min(self.workers, work) if spec.sampler == "grid" else self.workers
+        running = retry(self.storage_what, self._count, "RUNNING")
+        if n == 0:
+            print("nothing to run: every (cell, seed) is done or running elsewhere")
+        if n > 0 or running:
+            self._watch(n)
+
+    def _adopt(self) -> int:
+        """Queued (cell, seed)s that MLflow holds as FINISHED are recorded from those runs (a torn or lost journal)."""
+        from harness.sweep.worker import Worker
+
+        w = Worker(self.spec, self.storage, self.study, self.store, self.parent, self.threads, self.storage_what)
         try:
-            stale = reconcile(self.study, self.storage, self.store, spec)
-            if stale:
-                print(f"marked {stale} stale trial(s) of dead workers as failed; they run again now")
-            queued = enqueue_missing(self.study, spec)
-            work = self._pending()
-            print(
-                f"sweep {self.study.study_name}: {spec.n_runs} runs ({plan_shape(spec)}); "
-                f"{queued} queued now; storage {redact(self.url)}; MLflow {self.store.where} "
-                f"(experiment '{spec.name}', parent run {self.parent})"
-            )
-            n = min(self.workers, work) if spec.sampler == "grid" else self.workers
-            if n > 0:
-                self._run_workers(n)
-            else:
-                print("nothing to run: every (cell, seed) is done or running elsewhere")
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            _restore_sigterm(old_term)
-            self._stop_workers()
-            reconcile(self.study, self.storage, self.store, spec)
-        return self._finish(interrupted)
+            return w.adopt_finished()
+        except Outage:
+            raise
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            print(f"{self.tracking_what}: {one_line(e)}; the workers compare each trial with MLflow instead")
+            return 0
 
     def _pending(self) -> int:
         from optuna.trial import TrialState
@@ -157,14 +273,65 @@ class Coordinator:
         trials = self.storage.get_all_trials(self.study_id, deepcopy=False)
         return waiting + max(0, self.spec.n_configs - len(sampled_cells(self.spec, trials)))
 
-    # -- workers --
-    def _run_workers(self, n: int) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.procs: list[tuple[int, subprocess.Popen, Any]] = [self._start_worker(i) for i in range(n)]
-        print(f"{n} worker(s) x {self.threads} torch thread(s); logs in {self.log_dir}")
-        self._watch_workers()
+    def _count(self, state: str) -> int:
+        from optuna.trial import TrialState
 
-    def _start_worker(self, i: int) -> tuple[int, subprocess.Popen, Any]:
+        return len(self.storage.get_all_trials(self.study_id, deepcopy=False, states=(TrialState[state],)))
+
+    # -- workers --
+    def _watch(self, n: int) -> None:
+        """Poll the study and the workers until nothing of the study runs or waits (ours or elsewhere)."""
+        self.target = n
+        for _ in range(n):
+            self._start_worker()
+        if n:
+            print(f"{n} worker(s) x {self.threads} torch thread(s); logs in {self.log_dir}")
+        with Display(self.spec, self.study.study_name) as display:
+            self.display = display
+            while True:
+                self.stop.check()  # a Ctrl-C swallowed where it landed still stops the sweep
+                dead = self._reap()
+                trials = self._poll()
+                if trials is not None and not self._tend(trials, dead):
+                    break
+                time.sleep(POLL_S)
+
+    def _tend(self, trials, dead: int) -> bool:
+        """One poll's work: progress, stale trials, re-queues, replacement workers. False when all is over."""
+        from optuna.trial import TrialState
+
+        self.display.update(self.snapshot(trials))
+        if dead or time.monotonic() - self.last_reconcile > RECONCILE_S:
+            self.last_reconcile = time.monotonic()
+            if self._reconcile():
+                return True  # trials changed: look again
+        if self._storage_step(requeue_retryable, self.study, self.spec, trials, self.requeued, RETRIES_PER_SLOT):
+            return True
+        waiting = sum(t.state == TrialState.WAITING for t in trials)
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        unsampled = 0 if self.spec.sampler == "grid" else max(0, self.spec.n_configs - len(sampled_cells(self.spec, trials)))
+        self._top_up(waiting, unsampled)
+        if self.alive or waiting:
+            return True
+        if running:
+            if not self.said_waiting:
+                self.display.note(f"waiting for {running} run(s) of other processes sharing this study "
+                                  "(another coordinator); the summary follows when they end")
+                self.said_waiting = True
+            return True
+        return False
+
+    def _top_up(self, waiting: int, unsampled: int) -> None:
+        """Start workers for queued work while fewer than the first ones run (replacing dead or finished ones)."""
+        need = waiting + (unsampled if self.owed else 0)
+        k = max(0, min(max(self.target, 1 if need else 0) - len(self.alive), need))
+        for _ in range(k):
+            self._start_worker()
+        self.owed = max(0, self.owed - k)
+
+    def _start_worker(self) -> None:
+        k = self.started
+        self.started += 1
         payload = {
             "spec": str(Path(self.spec.path).resolve()),
             "hash": self.spec.hash,
@@ -174,57 +341,118 @@ class Coordinator:
             "runs_dir": str(self.runs_dir.resolve()),
             "parent": self.parent,
             "threads": self.threads,
-            "index": i,
+            "index": k,
         }
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         for var in THREAD_VARS:
             env[var] = str(self.threads)
-        log = open(self.log_dir / f"worker-{i}.log", "a")  # noqa: SIM115 - closed in _stop_workers
-        cmd = worker_command(payload)
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
-        return i, proc, log
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        path = self.log_dir / f"worker-{os.getpid()}-{k}.log"  # one file per process: coordinators never share one
+        log = open(path, "a")  # noqa: SIM115 - closed when the worker is reaped or stopped
+        proc = subprocess.Popen(worker_command(), stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env)
+        w = _Proc(k, proc, log, path)
+        self.procs.append(w)
+        self.alive.append(w)
+        try:  # the payload (URLs and all) goes through the pipe, never the command line
+            proc.stdin.write(payload_bytes(payload))
+            proc.stdin.close()
+        except OSError:  # it died at once: reaped as a dead worker
+            pass
 
-    def _watch_workers(self) -> None:
-        """Show progress until every worker has exited; a worker that failed is reported once."""
-        display = Display(self.spec, self.study.study_name)
-        reported: set[int] = set()
-        with display:
-            while True:
-                alive = [p for _, p, _ in self.procs if p.poll() is None]
-                for i, p, _ in self.procs:
-                    if p.returncode not in (None, 0) and i not in reported:
-                        reported.add(i)
-                        display.note(
-                            f"worker {i} (pid {p.pid}) exited with code {p.returncode}; "
-                            f"see {self.log_dir / f'worker-{i}.log'}"
-                        )
-                        reconcile(self.study, self.storage, self.store, self.spec)
-                display.update(self.snapshot())
-                if not alive:
-                    break
-                time.sleep(POLL_S)
+    def _reap(self) -> int:
+        """Workers that exited: an outage or a refusal stops the sweep; a dead one is replaced. Returns #dead."""
+        dead = 0
+        for w in list(self.alive):
+            rc = w.proc.poll()
+            if rc is None:
+                continue
+            self.alive.remove(w)
+            w.log.close()
+            if rc == EXIT_OK:
+                continue
+            if rc == EXIT_OUTAGE:
+                raise SweepStopped(_outage_line(w.path))
+            if rc == EXIT_USAGE:
+                raise SweepStopped(f"worker {w.index} refused to run (see {w.path})")
+            dead += 1
+            self.deaths += 1
+            budget = RESTARTS_PER_WORKER * self.workers
+            self.display.note(f"worker {w.index} (pid {w.proc.pid}) exited with code {rc}; see {w.path}")
+            if self.deaths > budget:
+                raise SweepStopped(f"{self.deaths} worker processes died (at most {budget} = "
+                                   f"{RESTARTS_PER_WORKER} x --workers are replaced); the last one: see {w.path}")
+            self.owed += 1
+            self.display.note(f"the trial it ran (if any) is failed as stale and runs again; starting a replacement "
+                              f"({self.deaths} of {budget} allowed)")
+        return dead
 
     def _stop_workers(self) -> None:
-        procs = getattr(self, "procs", [])
-        for _, p, _ in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)  # a worker turns it into KeyboardInterrupt: run KILLED
-        deadline = time.time() + 30
-        for _, p, _ in procs:
+        for w in self.alive:
+            if w.proc.poll() is None:
+                w.proc.send_signal(signal.SIGTERM)  # a worker turns it into KeyboardInterrupt: run KILLED
+        deadline = time.time() + STOP_DEADLINE_S
+        for w in self.alive:
             try:
-                p.wait(timeout=max(0.1, deadline - time.time()))
+                w.proc.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        for _, _, log in procs:
-            log.close()
+                w.proc.kill()
+                w.proc.wait()
+        self.alive = []
+        for w in self.procs:
+            w.log.close()
 
-    # -- progress --
-    def snapshot(self) -> Snapshot:
+    # -- the study while it runs --
+    def _poll(self):
+        """All trials; None while the storage is unreachable (``Outage`` once that lasts ``OUTAGE_S``)."""
+        try:
+            trials = self.storage.get_all_trials(self.study_id, deepcopy=False)
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            self._outage(e)
+            return None
+        if self.outage_since is not None:
+            self.display.note(f"{self.storage_what}: reachable again after {time.monotonic() - self.outage_since:.0f}s")
+            self.outage_since = None
+        return trials
+
+    def _outage(self, e: Exception) -> None:
+        now = time.monotonic()
+        if self.outage_since is None:
+            self.outage_since = now
+            self.display.note(f"{self.storage_what}: {one_line(e)}; retrying for up to {OUTAGE_S:.0f}s")
+        elif now - self.outage_since >= OUTAGE_S:
+            raise Outage(self.storage_what, one_line(e), now - self.outage_since)
+
+    def _storage_step(self, fn, *args):
+        """A storage write of the watch loop; a transient error only postpones it to the next poll."""
+        try:
+            return fn(*args)
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            self._outage(e)
+            return None
+
+    def _reconcile(self) -> int:
+        """Fail trials of dead workers (storage), then end their runs (MLflow, best effort). Returns #failed."""
+        failed = self._storage_step(fail_stale, self.study, self.storage)
+        if failed is None:
+            return 0
+        try:
+            end_stray_runs(self.study, self.storage, self.store, self.spec, failed)
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            self.display.note(f"{self.tracking_what}: {one_line(e)}; its runs are ended later")
+        return len(failed)
+
+    def snapshot(self, trials=None) -> Snapshot:
         from optuna.trial import TrialState
 
         spec = self.spec
-        trials = self.storage.get_all_trials(self.study_id, deepcopy=False)
+        if trials is None:
+            trials = self.storage.get_all_trials(self.study_id, deepcopy=False)
         table = slots(trials)
         counts = dict.fromkeys(("done", "pruned", "running", "queued", "failed", "missing"), 0)
         for ts in table.values():
@@ -246,23 +474,59 @@ class Coordinator:
         return snap
 
     # -- the end --
-    def _finish(self, interrupted: bool) -> int:
-        spec, store = self.spec, self.store
-        trials = self.storage.get_all_trials(self.study_id, deepcopy=False)
+    def _end(self, failure: str | None) -> int:
+        """Stop the workers, leave nothing RUNNING, then the summary (or the one line saying what stopped it)."""
+        interrupted = self.stop.signals > 0
+        self._stop_workers()
+        if self.parent is None:  # stopped before the parent run existed
+            return self._stopped(failure, interrupted, tracking_ok=False)
+        problem = tracking_problem(self.tracking_uri, self.runs_dir)
+        failed = _quietly(self.storage_what, fail_stale, self.study, self.storage)
+        if problem is None:
+            _quietly(self.tracking_what, end_stray_runs, self.study, self.storage, self.store, self.spec, failed or {})
+        if failure is not None:
+            return self._stopped(failure, interrupted, tracking_ok=problem is None)
+        try:
+            trials = retry(self.storage_what, self.storage.get_all_trials, self.study_id, deepcopy=False,
+                           budget=STOPPING_S if interrupted else None)
+        except Outage as e:
+            return self._stopped(str(e), interrupted, tracking_ok=problem is None)
+        return self._finish(trials, interrupted, problem)
+
+    def _stopped(self, failure: str | None, interrupted: bool, tracking_ok: bool) -> int:
+        """The one line of a sweep that could not go on (no traceback), the parent run ended if reachable."""
+        if tracking_ok and self.parent is not None:
+            status = "KILLED" if interrupted else "FAILED"
+            _quietly(self.tracking_what, self._end_parent, {Tag.FAILURE: (failure or "interrupted")[:500]}, status)
+        if failure is None:
+            print("interrupted: rerun the same command to resume")
+            return EXIT_INTERRUPTED
+        print(f"sweep stopped: {failure}. Rerun the same command to resume.", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED if interrupted else EXIT_INCOMPLETE
+
+    def _end_parent(self, tags: dict[str, Any], status: str | None, files: dict[str, str] | None = None) -> None:
+        logger = self.store.run_logger(self.parent)
+        for name, text in (files or {}).items():
+            logger.log_text(text, name)
+        logger.set_tags(tags)
+        if status is not None:
+            logger.end(status)
+
+    def _finish(self, trials, interrupted: bool, problem: str | None) -> int:
+        spec = self.spec
         table = slots(trials)
-        snap = self.snapshot()
+        snap = self.snapshot(trials)
         rows = summary_rows(spec, trials)
-        md, text = summary_markdown(spec, rows), summary_csv(spec, rows)
-        logger = store.run_logger(self.parent)
-        logger.log_text(md, "summary.md")
-        logger.log_text(text, "summary.csv")
         done = sum(slot_state(ts) in ("done", "pruned") for ts in table.values())
         c = snap.counts
         complete = done == spec.n_runs
-        elsewhere = c["running"] > 0 and not interrupted  # other coordinators (machines) still at work
-        logger.set_tags({Tag.SWEEP_DONE: done, Tag.SWEEP_FAILED: c["failed"]})
-        if not elsewhere:  # the last coordinator to finish ends the parent run
-            logger.end("KILLED" if interrupted else ("FINISHED" if complete else "FAILED"))
+        elsewhere = c["running"] > 0  # other coordinators (machines) still at work: the last one ends the parent
+        status = None if elsewhere else ("KILLED" if interrupted else ("FINISHED" if complete else "FAILED"))
+        files = {"summary.md": summary_markdown(spec, rows), "summary.csv": summary_csv(spec, rows)}
+        tags = {Tag.SWEEP_DONE: done, Tag.SWEEP_FAILED: c["failed"]}
+        if problem is not None or not _quietly(self.tracking_what, self._end_parent, tags, status, files,
+                                               budget=STOPPING_S if interrupted else None):
+            print(f"the summary is not in MLflow ({problem or 'unreachable'}); the next run writes it", file=sys.stderr)
         print(summary_text(spec, rows, limit=10))
         best = f"; best {spec.objective.metric} {snap.best[0]:.4g} at {snap.best[1]}" if snap.best else ""
         print(
@@ -285,27 +549,36 @@ class Coordinator:
             ]
             print(f"{failed} run(s) failed (e.g. {reasons[0]}); rerun the same command to retry them")
             return EXIT_INCOMPLETE
-        if done != self.spec.n_runs and not elsewhere:
+        if elsewhere:
+            print("the rest is still running in other processes sharing this study; rerun to wait for them")
+            return EXIT_INCOMPLETE
+        if done != self.spec.n_runs:
             print(f"{self.spec.n_runs - done} run(s) not started; rerun the same command to run them")
             return EXIT_INCOMPLETE
-        if elsewhere:
-            print("the rest is running in other processes sharing this study")
         return EXIT_OK
 
 
-def _install_sigterm():
-    if threading.current_thread() is not threading.main_thread():
+def _quietly(what: str, fn, *args, budget: float | None = STOPPING_S, **kwargs):
+    """A cleanup step: retried briefly; a store that stays away is said in one line, never a traceback.
+    Returns the step's result, or None (False-y) when it could not be done."""
+    try:
+        out = retry(what, fn, *args, budget=budget, **kwargs)
+        return True if out is None else out
+    except Exception as e:
+        print(f"cleanup: {one_line(e)}", file=sys.stderr, flush=True)
         return None
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
 
-    return signal.signal(signal.SIGTERM, on_term)
-
-
-def _restore_sigterm(old) -> None:
-    if old is not None and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, old)
+def _outage_line(path: Path) -> str:
+    """The worker's last ``outage:`` line (what stayed unreachable), from its log."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    for line in reversed(lines):
+        if line.startswith(OUTAGE_MARK):
+            return line[len(OUTAGE_MARK):]
+    return f"a store stayed unreachable for a worker (see {path})"
 
 
 def enqueue_missing(study, spec: AblationSpec) -> int:
@@ -325,7 +598,14 @@ def enqueue_missing(study, spec: AblationSpec) -> int:
 
 
 def reconcile(study, storage, store, spec: AblationSpec) -> int:
-    """Fail RUNNING trials whose worker is gone; end their MLflow runs (KILLED / FAILED). Returns #failed."""
+    """Fail RUNNING trials whose worker is gone; end their MLflow runs (KILLED). Returns #failed."""
+    failed = fail_stale(study, storage)
+    end_stray_runs(study, storage, store, spec, failed)
+    return len(failed)
+
+
+def fail_stale(study, storage) -> dict[int, str]:
+    """Fail RUNNING trials whose worker is gone (or that no worker ever claimed): trial number -> why."""
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
@@ -345,8 +625,7 @@ def reconcile(study, storage, store, spec: AblationSpec) -> int:
             failed[t.number] = reason
         except UpdateFinishedTrialError:  # it finished (or another coordinator got there) meanwhile
             pass
-    _reconcile_runs(study, storage, study_id, store, spec, failed)
-    return len(failed)
+    return failed
 
 
 def _stale_reason(t, now: float) -> str | None:
@@ -362,27 +641,37 @@ def _stale_reason(t, now: float) -> str | None:
     return "no worker recorded for this trial"
 
 
-def _reconcile_runs(study, storage, study_id, store, spec, failed: dict[int, str]) -> None:
-    """No child run stays RUNNING once its trial is not; a finished run of a failed trial is FAILED."""
+def end_stray_runs(study, storage, store, spec, failed: dict[int, str]) -> int:
+    """No child run stays RUNNING once its trial is not RUNNING or its worker is gone: KILLED, saying why.
+
+    With the storage unreachable, the worker's liveness alone decides. A FINISHED run is left as it
+    is: it is the record of a (cell, seed) done, which a worker records instead of running it again.
+    Returns #runs ended."""
     from optuna.trial import TrialState
 
-    states = {t.number: t.state for t in storage.get_all_trials(study_id, deepcopy=False)}
+    try:
+        trials = {t.number: t for t in storage.get_all_trials(storage.get_study_id_from_name(study.study_name),
+                                                               deepcopy=False)}
+    except Exception as e:
+        if not is_transient(e):
+            raise
+        trials = None
     children = {Tag.SWEEP_STUDY: study.study_name, Tag.SWEEP_ROLE: ROLE_CHILD}
+    n = 0
     for run in store.find_runs(spec.name, run_filter(children, status="RUNNING")):
         tags = run.data.tags
         number = int(tags.get(Tag.OPTUNA_TRIAL, -1))
         alive = owner_alive(parse_owner(tags.get(Tag.SWEEP_WORKER)))
-        if states.get(number) == TrialState.RUNNING and alive is not False:
+        t = trials.get(number) if trials is not None else None
+        if alive is not False and (trials is None or (t is not None and t.state == TrialState.RUNNING)):
             continue
+        reason = failed.get(number) or (t.user_attrs.get(Attr.FAIL_REASON) if t is not None else None)
         logger = store.run_logger(run.info.run_id)
         if Tag.FAILURE not in tags:
-            logger.set_tags({Tag.FAILURE: failed.get(number, "the sweep worker running it died")})
+            logger.set_tags({Tag.FAILURE: reason or "the sweep worker running it died"})
         logger.end("KILLED")
-    for number, reason in failed.items():
-        for run in store.find_runs(spec.name, run_filter({**children, Tag.OPTUNA_TRIAL: number})):
-            if run.info.status == "FINISHED":  # died after the run ended, before Optuna heard of it
-                store.run_logger(run.info.run_id).set_tags({Tag.FAILURE: reason})
-                store.set_terminated(run.info.run_id, "FAILED")
+        n += 1
+    return n
 
 
 # ---- the MLflow parent run ---------------------------------------------------------------------------

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from harness.schema import Attr
 from harness.sweep.spec import AblationSpec, cell_label, fmt_value
-from harness.sweep.study import is_rdb, open_storage, quiet_optuna, redact, slot_state, slots
+from harness.sweep.study import is_rdb, open_storage, quiet_optuna, slot_state, slots
+from harness.urls import redact
 
 
 def plan_shape(spec: AblationSpec) -> str:

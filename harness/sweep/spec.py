@@ -22,32 +22,45 @@ exists: each problem is one ``SpecError`` naming the spec key (``grid.kl.coef``,
 Also the one rendering of a cell for people (``cell_label``, ``slot_label``, ``fmt_value``),
 used by every message, log line, table and display of the sweep.
 
-Nothing here imports torch, Optuna or MLflow.
+The file is read by ``harness.yamlio`` (UTF-8, no duplicate keys, no aliases, bounded size);
+values are typed strictly (no ``true`` or ``"2"`` for an int, no inf or nan); the grid's size is
+checked before a cell is enumerated; a cell with ``impl: trl`` is checked against what TRL's
+PPOTrainer can express (``baselines.trl_ppo.check_expressible``, imported only then).
+
+Nothing here imports torch, Optuna or MLflow at import time (only a spec with impl=trl pulls
+torch, through the TRL baseline's check).
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import itertools
 import json
+import math
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from harness.config import ConfigError, RunConfig, build_config, flatten, known_keys
+from harness.config import (
+    ConfigError,
+    RunConfig,
+    SpeltTwice,
+    build_config,
+    check_value,
+    did_you_mean,
+    field_kind,
+    flat_items,
+    known_keys,
+)
 from harness.schema import METRICS
+from harness.urls import NAME as _NAME  # the one rule for names that become folders
+from harness.yamlio import YAMLInputError, read_yaml, show_key
 
 # The fixed metric schema (harness/schema.py): an objective must name one of these.
 METRIC_KEYS = frozenset(METRICS)
 SAMPLERS = ("grid", "tpe", "random")
 TOP_KEYS = ("name", "description", "base", "grid", "seeds", "sampler", "n_trials", "search", "objective", "prune")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MAX_RUNS = 100_000  # a typo like 10 axes x 10 values should be refused, not enqueued
 
 
@@ -191,12 +204,9 @@ def load_spec(path: str | Path) -> AblationSpec:
     if not p.is_file():
         raise SpecError("(file)", "no such file")
     try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "(yaml)"
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SpecError(where, f"not valid YAML: {problem}") from None
+        data = read_yaml(p)
+    except YAMLInputError as e:  # not YAML, a duplicate key, an alias ...: at its line, else the file's
+        raise SpecError(f"line {e.line}" if e.line else ("(yaml)" if e.yaml_error else "(file)"), e.problem) from None
     return parse_spec(data, p)
 
 
@@ -205,20 +215,20 @@ def parse_spec(data: Any, path: str | Path = "<spec>") -> AblationSpec:
         raise SpecError("(top level)", "expected a mapping with name, base, grid, seeds ...")
     for k in data:
         if k not in TOP_KEYS:
-            raise SpecError(str(k), f"unknown key{_did_you_mean(str(k), TOP_KEYS)} (expected {', '.join(TOP_KEYS)})")
+            raise SpecError(_show(k), f"unknown key{_did_you_mean(str(k), TOP_KEYS)} (expected {', '.join(TOP_KEYS)})")
 
     name = data.get("name")
     if name is None:
         raise SpecError("name", "missing (a sweep needs a name: it names the study and the MLflow experiment)")
     if not isinstance(name, str) or not _NAME.match(name):
-        raise SpecError("name", f"expected letters, digits, '-', '_' or '.' (at most 64), got {name!r}")
+        raise SpecError("name", f"expected letters, digits, '-', '_' or '.' (at most 64), got {_repr(name)}")
     description = data.get("description", "")
     if not isinstance(description, str):
         raise SpecError("description", f"expected a string, got {_type(description)}")
 
     sampler = data.get("sampler", "grid")
-    if sampler not in SAMPLERS:
-        raise SpecError("sampler", f"expected one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if not isinstance(sampler, str) or sampler not in SAMPLERS:
+        raise SpecError("sampler", f"expected one of {', '.join(SAMPLERS)}, got {_repr(sampler)}")
 
     base = _parse_base(data.get("base"))
     seeds = _parse_seeds(data.get("seeds"))
@@ -235,7 +245,7 @@ def parse_spec(data: Any, path: str | Path = "<spec>") -> AblationSpec:
                 raise SpecError(k, "only for sampler tpe or random (a grid runs every cell)")
         if "grid" not in data:
             raise SpecError("grid", "missing (sampler grid needs grid axes)")
-        axes, cells = _parse_grid(data["grid"], base, seeds[0])
+        axes, cells = _parse_grid(data["grid"], base, seeds)
     else:
         if "grid" in data:
             raise SpecError("grid", f"not used by sampler {sampler}: put the ranges under search")
@@ -243,13 +253,11 @@ def parse_spec(data: Any, path: str | Path = "<spec>") -> AblationSpec:
         if n_trials is None:
             raise SpecError("n_trials", f"missing (sampler {sampler} needs the number of configurations)")
         if not _is_int(n_trials) or n_trials < 1:
-            raise SpecError("n_trials", f"expected a positive integer, got {n_trials!r}")
+            raise SpecError("n_trials", f"expected a positive integer, got {_repr(n_trials)}")
+        if n_trials * len(seeds) > _MAX_RUNS:
+            raise SpecError("n_trials", f"{n_trials * len(seeds)} runs is more than {_MAX_RUNS}")
         search = _parse_search(data.get("search"), base, seeds[0])
         axes = tuple(s.key for s in search)
-
-    n_runs = (len(cells) if sampler == "grid" else n_trials) * len(seeds)
-    if n_runs > _MAX_RUNS:
-        raise SpecError("grid" if sampler == "grid" else "n_trials", f"{n_runs} runs is more than {_MAX_RUNS}")
 
     normal = {
         "name": name,
@@ -289,11 +297,12 @@ def _parse_base(raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise SpecError("base", f"expected a mapping of config keys to values, got {_type(raw)}")
     out: dict[str, Any] = {}
-    for key, value in _flat_items(raw):
-        where = f"base.{key}"
+    for key, value in _flat_items(raw, "base"):
+        where = f"base.{_show(key)}"
         _check_key(key, where)
         if isinstance(value, list | dict):
             raise SpecError(where, f"expected a single value, got a {_type(value)} (sweep values go under grid)")
+        _check_value(key, value, where)
         out[key] = value
     return out
 
@@ -302,10 +311,11 @@ def _parse_seeds(raw: Any) -> tuple[int, ...]:
     if raw is None:
         raise SpecError("seeds", "missing (a list of integers, e.g. [0, 1, 2])")
     if not isinstance(raw, list) or not raw:
-        raise SpecError("seeds", f"expected a non-empty list of integers, got {raw!r}")
+        raise SpecError("seeds", f"expected a non-empty list of integers, got {_repr(raw)}")
     for i, s in enumerate(raw):
         if not _is_int(s):
-            raise SpecError(f"seeds[{i}]", f"expected an integer, got {s!r}")
+            raise SpecError(f"seeds[{i}]", f"expected an integer, got {_repr(s)}")
+        _check_value("seed", s, f"seeds[{i}]")  # 0 <= seed < 2**32, as the config's seed
     dup = _first_duplicate(raw)
     if dup is not None:
         raise SpecError("seeds", f"seed {dup} is listed twice")
@@ -319,15 +329,15 @@ def _parse_objective(raw: Any) -> Objective:
         raise SpecError("objective", f"expected a mapping {{metric, direction}}, got {_type(raw)}")
     for k in raw:
         if k not in ("metric", "direction"):
-            raise SpecError(f"objective.{k}", "unknown key (expected metric, direction)")
+            raise SpecError(f"objective.{_show(k)}", "unknown key (expected metric, direction)")
     metric = raw.get("metric", Objective.metric)
+    if not isinstance(metric, str):
+        raise SpecError("objective.metric", f"expected a metric name (a string), got a {_type(metric)}")
     if metric not in METRIC_KEYS:
-        raise SpecError(
-            "objective.metric", f"unknown metric {metric!r}{_did_you_mean(str(metric), METRIC_KEYS)}"
-        )
+        raise SpecError("objective.metric", f"unknown metric {_repr(metric)}{_did_you_mean(metric, METRIC_KEYS)}")
     direction = raw.get("direction", Objective.direction)
-    if direction not in ("maximize", "minimize"):
-        raise SpecError("objective.direction", f"expected maximize or minimize, got {direction!r}")
+    if not isinstance(direction, str) or direction not in ("maximize", "minimize"):
+        raise SpecError("objective.direction", f"expected maximize or minimize, got {_repr(direction)}")
     return Objective(metric, direction)
 
 
@@ -341,61 +351,76 @@ def _parse_prune(raw: Any, sampler: str, objective: Objective) -> Prune | None:
     if raw is True:
         return Prune()
     if not isinstance(raw, dict):
-        raise SpecError("prune", f"expected true or a mapping {{n_startup_trials, n_warmup_steps}}, got {raw!r}")
+        raise SpecError("prune", f"expected true or a mapping {{n_startup_trials, n_warmup_steps}}, got {_repr(raw)}")
     out = {}
     for k, v in raw.items():
         if k not in ("n_startup_trials", "n_warmup_steps"):
-            raise SpecError(f"prune.{k}", "unknown key (expected n_startup_trials, n_warmup_steps)")
+            raise SpecError(f"prune.{_show(k)}", "unknown key (expected n_startup_trials, n_warmup_steps)")
         if not _is_int(v) or v < 0:
-            raise SpecError(f"prune.{k}", f"expected a non-negative integer, got {v!r}")
+            raise SpecError(f"prune.{k}", f"expected a non-negative integer, got {_repr(v)}")
         out[k] = v
     return Prune(**out)
 
 
-def _parse_grid(raw: Any, base: dict[str, Any], seed: int) -> tuple[tuple[str, ...], tuple[Cell, ...]]:
+Group = list[tuple[str, list[Any]]]  # keys moving together: [(key, values)], equal lengths
+
+
+def _parse_grid(raw: Any, base: dict[str, Any], seeds: tuple[int, ...]) -> tuple[tuple[str, ...], tuple[Cell, ...]]:
     if not isinstance(raw, dict):
         raise SpecError("grid", f"expected a mapping of config keys to lists of values, got {_type(raw)}")
-    zips = raw.get("zip")
-    plain = {k: v for k, v in raw.items() if k != "zip"}
     where_of: dict[str, str] = {}
-    groups: list[list[tuple[str, list[Any]]]] = []  # each group: [(key, values)] moving together
-
-    for key, values in _flat_items(plain):
-        where = f"grid.{key}"
+    groups: list[Group] = []
+    for key, values in _flat_items({k: v for k, v in raw.items() if k != "zip"}, "grid"):
+        where = f"grid.{_show(key)}"
         _check_axis(key, values, where, base, where_of)
         where_of[key] = where
         groups.append([(key, values)])
-
-    if zips is not None:
-        zip_list = [zips] if isinstance(zips, dict) else zips
-        if not isinstance(zip_list, list) or not zip_list:
-            raise SpecError("grid.zip", "expected a list of groups (each a mapping of keys to equal-length lists)")
-        for gi, group in enumerate(zip_list):
-            gwhere = f"grid.zip[{gi}]"
-            if not isinstance(group, dict) or not group:
-                raise SpecError(gwhere, "expected a mapping of config keys to equal-length lists")
-            items = list(_flat_items(group))
-            for key, values in items:
-                where = f"{gwhere}.{key}"
-                _check_axis(key, values, where, base, where_of, unique=False)
-                where_of[key] = where
-            lengths = {k: len(v) for k, v in items}
-            if len(set(lengths.values())) > 1:
-                shown = ", ".join(f"{k}: {n}" for k, n in lengths.items())
-                raise SpecError(gwhere, f"lists of unequal length ({shown}): a zip group moves together")
-            rows = list(zip(*(v for _, v in items), strict=True))
-            dup = _first_duplicate([json.dumps(r) for r in rows])
-            if dup is not None:
-                raise SpecError(gwhere, f"row {json.loads(dup)} is listed twice")
-            groups.append(items)
-
+    if raw.get("zip") is not None:
+        groups += _parse_zips(raw["zip"], base, where_of)
     if not groups:
         raise SpecError("grid", "no axes (add at least one config key with a list of values)")
 
+    # the size first: a typo like 10 axes x 10 values is refused before one cell is built
+    n_cells = math.prod(len(g[0][1]) for g in groups)
+    if n_cells * len(seeds) > _MAX_RUNS:
+        raise SpecError(
+            "grid", f"{n_cells} cells x {len(seeds)} seeds = {n_cells * len(seeds)} runs is more than {_MAX_RUNS}"
+        )
     axes = tuple(k for g in groups for k, _ in g)
+    return axes, _enumerate_cells(groups, base, seeds[0], where_of)
+
+
+def _parse_zips(zips: Any, base: dict[str, Any], where_of: dict[str, str]) -> list[Group]:
+    zip_list = [zips] if isinstance(zips, dict) else zips
+    if not isinstance(zip_list, list) or not zip_list:
+        raise SpecError("grid.zip", "expected a list of groups (each a mapping of keys to equal-length lists)")
+    groups: list[Group] = []
+    for gi, group in enumerate(zip_list):
+        gwhere = f"grid.zip[{gi}]"
+        if not isinstance(group, dict) or not group:
+            raise SpecError(gwhere, "expected a mapping of config keys to equal-length lists")
+        items = _flat_items(group, gwhere)
+        for key, values in items:
+            where = f"{gwhere}.{_show(key)}"
+            _check_axis(key, values, where, base, where_of, unique=False)
+            where_of[key] = where
+        lengths = {k: len(v) for k, v in items}
+        if len(set(lengths.values())) > 1:
+            shown = ", ".join(f"{k}: {n}" for k, n in lengths.items())
+            raise SpecError(gwhere, f"lists of unequal length ({shown}): a zip group moves together")
+        rows = list(zip(*(v for _, v in items), strict=True))
+        dup = _first_duplicate([json.dumps(r) for r in rows])
+        if dup is not None:
+            raise SpecError(gwhere, f"row {json.loads(dup)} is listed twice")
+        groups.append(items)
+    return groups
+
+
+def _enumerate_cells(groups: list[Group], base: dict[str, Any], seed: int, where_of: dict[str, str]) -> tuple[Cell, ...]:
+    """Every cell (the cartesian product over groups; within a group the i-th values go together),
+    each built and checked as a run's config (impl=trl cells against TRL's refusals too)."""
     cells: list[Cell] = []
     seen: dict[str, int] = {}
-    # cartesian product over groups; within a group the i-th values go together
     for choice in itertools.product(*(range(len(g[0][1])) for g in groups)):
         values = {k: v[i] for g, i in zip(groups, choice, strict=True) for k, v in g}
         n = len(cells)
@@ -408,7 +433,7 @@ def _parse_grid(raw: Any, base: dict[str, Any], seed: int) -> tuple[tuple[str, .
             )
         seen[digest] = n
         cells.append(Cell(cell_id(values), values))
-    return axes, tuple(cells)
+    return tuple(cells)
 
 
 def _parse_search(raw: Any, base: dict[str, Any], seed: int) -> tuple[SearchParam, ...]:
@@ -417,22 +442,22 @@ def _parse_search(raw: Any, base: dict[str, Any], seed: int) -> tuple[SearchPara
     if not isinstance(raw, dict) or not raw:
         raise SpecError("search", "expected a mapping of config keys to {low, high} or {choices}")
     out = []
-    for key, rng in _flat_search_items(raw):
-        where = f"search.{key}"
+    for key, rng in _flat_items(raw, "search", leaf=lambda v: bool(set(v) & _RANGE_KEYS)):
+        where = f"search.{_show(key)}"
         _check_key(key, where)
         if key in base:
             raise SpecError(where, "also set in base: a key is either fixed or searched")
         if not isinstance(rng, dict):
-            raise SpecError(where, f"expected {{low, high}} or {{choices: [...]}}, got {rng!r}")
+            raise SpecError(where, f"expected {{low, high}} or {{choices: [...]}}, got {_repr(rng)}")
         for k in rng:
-            if k not in ("low", "high", "log", "step", "choices"):
-                raise SpecError(f"{where}.{k}", "unknown key (expected low, high, log, step or choices)")
+            if k not in _RANGE_KEYS:
+                raise SpecError(f"{where}.{_show(k)}", "unknown key (expected low, high, log, step or choices)")
         if "choices" in rng:
             extra = [k for k in rng if k != "choices"]
             if extra:
                 raise SpecError(f"{where}.{extra[0]}", "not allowed with choices")
             choices = rng["choices"]
-            _check_values(choices, f"{where}.choices")
+            _check_values(choices, f"{where}.choices", key)
             param = SearchParam(key, "categorical", choices=tuple(choices))
             probes = list(choices)
         else:
@@ -444,34 +469,37 @@ def _parse_search(raw: Any, base: dict[str, Any], seed: int) -> tuple[SearchPara
     return tuple(out)
 
 
+_RANGE_KEYS = frozenset(("low", "high", "log", "step", "choices"))
+
+
 def _parse_range(key: str, rng: dict[str, Any], where: str) -> SearchParam:
-    kind = _field_kind(key)
+    kind = field_kind(key)
     if kind not in ("int", "float"):
         raise SpecError(where, f"a range needs a numeric key ({key} is not a number): use choices")
     for k in ("low", "high"):
         if k not in rng:
             raise SpecError(where, f"missing {k}")
         v = rng[k]
-        if not isinstance(v, int | float) or isinstance(v, bool):
-            raise SpecError(f"{where}.{k}", f"expected a number, got {v!r}")
+        if not _is_number(v):
+            raise SpecError(f"{where}.{k}", f"expected a finite number, got {_repr(v)}")
         if kind == "int" and not _is_int(v):
-            raise SpecError(f"{where}.{k}", f"{key} is an integer, got {v!r}")
+            raise SpecError(f"{where}.{k}", f"{key} is an integer, got {_repr(v)}")
     low, high = rng["low"], rng["high"]
     if not low < high:
         raise SpecError(where, f"low ({low}) must be below high ({high})")
     log = rng.get("log", False)
     if not isinstance(log, bool):
-        raise SpecError(f"{where}.log", f"expected true or false, got {log!r}")
+        raise SpecError(f"{where}.log", f"expected true or false, got {_repr(log)}")
     if log and low <= 0:
         raise SpecError(f"{where}.low", f"a log range needs low > 0, got {low}")
     step = rng.get("step")
     if step is not None:
         if log:
             raise SpecError(f"{where}.step", "not allowed with log: true")
-        if not isinstance(step, int | float) or isinstance(step, bool) or step <= 0:
-            raise SpecError(f"{where}.step", f"expected a positive number, got {step!r}")
+        if not _is_number(step) or step <= 0:
+            raise SpecError(f"{where}.step", f"expected a positive finite number, got {_repr(step)}")
         if kind == "int" and not _is_int(step):
-            raise SpecError(f"{where}.step", f"{key} is an integer, got {step!r}")
+            raise SpecError(f"{where}.step", f"{key} is an integer, got {_repr(step)}")
     if kind == "float":
         low, high = float(low), float(high)
     return SearchParam(key, kind, low=low, high=high, log=log, step=step)
@@ -493,36 +521,63 @@ def _check_axis(key: str, values: Any, where: str, base: dict, where_of: dict, u
         raise SpecError(where, "also set in base: a key is either fixed or swept")
     if key in where_of:
         raise SpecError(where, f"already swept at {where_of[key]}")
-    _check_values(values, where, unique=unique)
+    _check_values(values, where, key, unique=unique)
 
 
-def _check_values(values: Any, where: str, unique: bool = True) -> None:
+def _check_values(values: Any, where: str, key: str, unique: bool = True) -> None:
+    """A list of single values, each valid for ``key`` on its own (type, range, choices)."""
     if not isinstance(values, list):
-        raise SpecError(where, f"expected a list of values, got {values!r}")
+        raise SpecError(where, f"expected a list of values, got {_repr(values)}")
     if not values:
         raise SpecError(where, "empty list (an axis needs at least one value)")
     for i, v in enumerate(values):
         if isinstance(v, list | dict):
             raise SpecError(f"{where}[{i}]", f"expected a single value, got a {_type(v)}")
+        _check_value(key, v, where)
     if unique:
         dup = _first_duplicate([json.dumps(v) for v in values])
         if dup is not None:
             raise SpecError(where, f"value {json.loads(dup)!r} is listed twice")
 
 
-def _check_config(base: dict, values: dict, seed: int, where_of, cell: dict | None = None) -> RunConfig:
-    """Build one run's config; a refusal names the spec key that set the offending value."""
+def _check_value(key: str, value: Any, where: str) -> None:
     try:
-        return build_config(None, {**base, **values, "seed": seed})
+        check_value(key, value)
     except ConfigError as e:
-        m = re.match(r"config key '([^']+)': (.*)$", str(e))
-        key, problem = (m.group(1), m.group(2)) if m else ("", str(e))
+        raise SpecError(where, e.problem or str(e)) from None
+
+
+def _check_config(base: dict, values: dict, seed: int, where_of, cell: dict | None = None) -> RunConfig:
+    """Build one run's config (and, for impl=trl, check TRL can express it); a refusal names the
+    spec key that set the offending value, and the cell."""
+    try:
+        cfg = build_config(None, {**base, **values, "seed": seed})
+        if cfg.impl == "trl":
+            _check_trl(cfg)
+        return cfg
+    except ConfigError as e:
+        key, problem = e.key or "", e.problem or str(e)
         where = where_of(key) if key else None
         if where is None:
             where = key or "base"
         if cell:
             problem += f" (in cell {cell_label(cell)})"
         raise SpecError(where, problem) from None
+
+
+def _check_trl(cfg: RunConfig) -> None:
+    """TRL's own refusals (baselines/trl_ppo.py), as a ConfigError naming the key it cannot express."""
+    try:
+        from baselines.trl_ppo import check_expressible
+    except ImportError:
+        why = "trl: the TRL baseline is not available in this installation"
+        raise ConfigError(f"config key 'impl': {why}", "impl", why) from None
+    try:
+        check_expressible(cfg)
+    except ValueError as e:
+        key = getattr(e, "key", None) or "impl"
+        m = re.match(r"config key '[^']+': (.*)$", str(e))
+        raise ConfigError(str(e), key, m.group(1) if m else str(e)) from None
 
 
 def _base_where(key: str, base: dict) -> str | None:
@@ -532,44 +587,30 @@ def _base_where(key: str, base: dict) -> str | None:
 # ---- small helpers ----------------------------------------------------------------------------
 
 
-def _flat_items(d: dict) -> list[tuple[str, Any]]:
-    """Nested sections and dotted keys alike -> [(dotted key, value)] (lists are values)."""
-    return list(flatten({str(k): v for k, v in d.items()}).items())
+def _flat_items(d: dict, where: str, leaf=None) -> list[tuple[str, Any]]:
+    """Nested sections and dotted keys alike -> [(dotted key, value)]; one spelling per key."""
+    try:
+        return flat_items(d, leaf)
+    except SpeltTwice as e:
+        raise SpecError(f"{where}.{_show(e.key)}", e.problem) from None
 
 
-def _flat_search_items(d: dict) -> list[tuple[str, Any]]:
-    """Like _flat_items, but a mapping holding low/high/choices is a leaf, not a section."""
-    out: list[tuple[str, Any]] = []
-
-    def walk(node: dict, prefix: str) -> None:
-        for k, v in node.items():
-            key = f"{prefix}{k}"
-            if isinstance(v, dict) and v and not (set(v) & {"low", "high", "choices", "log", "step"}):
-                walk(v, key + ".")
-            else:
-                out.append((key, v))
-
-    walk(d, "")
-    return out
+def _show(key: Any) -> str:
+    """A key in a spec path: bare when plain, ``ascii()`` when it holds odd or invisible characters."""
+    return show_key(key, quote=False)
 
 
-def _field_kind(key: str) -> str:
-    """'int' | 'float' | 'bool' | 'str' | 'choice' for a dotted RunConfig key."""
-    model: Any = RunConfig
-    parts = key.split(".")
-    for p in parts[:-1]:
-        model = model.model_fields[p].annotation
-    ann = model.model_fields[parts[-1]].annotation
-    args = [a for a in typing.get_args(ann) if a is not type(None)]
-    if isinstance(ann, types.UnionType) or typing.get_origin(ann) is typing.Union:
-        ann = args[0] if len(args) == 1 else ann
-    if typing.get_origin(ann) is typing.Literal:
-        return "choice"
-    return {int: "int", float: "float", bool: "bool", str: "str"}.get(ann, "value")
+def _repr(v: Any, n: int = 60) -> str:
+    text = repr(v)
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _first_duplicate(items: list) -> Any:
@@ -586,5 +627,4 @@ def _type(v: Any) -> str:
 
 
 def _did_you_mean(word: str, options) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.75)
-    return f" (did you mean {close[0]}?)" if close else ""
+    return did_you_mean(word, options, quote="")

@@ -8,11 +8,12 @@ Trial user attrs (``harness.schema.Attr``; the protocol, also read by the coordi
   Attr.CELL, Attr.SEED      which (cell, seed) the trial is (``slot_attrs``)
   Attr.WORKER               {host, pid, start} of the process running it (stale detection)
   Attr.FAIL_REASON          one line: the exception, NaN/inf, or "worker ... died"
-  Attr.FAIL_KIND            nonfinite | error | interrupted | stale
+  Attr.FAIL_KIND            nonfinite | error | interrupted | stale | outage (a store unreachable)
   Attr.TRACEBACK            the last lines of the traceback
   Attr.SKIPPED              set on a trial that found its (cell, seed) already claimed
   Attr.PRUNED               why the pruner stopped it
   Attr.RUN_ID, Attr.SECONDS the child MLflow run and the trial's wall time
+  Attr.ADOPTED              the FINISHED MLflow run a trial was recorded from instead of being run again
 Study user attrs: Attr.NAME, Attr.HASH, Attr.CREATED, Attr.SPEC_PATH, Attr.AXES.
 
 The MLflow side of the protocol: runs are found by tags (``run_filter``); ``Tag.SWEEP_ROLE`` is
@@ -21,7 +22,6 @@ The MLflow side of the protocol: runs are found by tags (``run_filter``); ``Tag.
 
 from __future__ import annotations
 
-import re
 import socket
 import time
 import warnings
@@ -29,13 +29,18 @@ from pathlib import Path
 from typing import Any
 
 from harness.schema import Attr
+from harness.sweep.faults import journal_backend, repair_journal
 from harness.sweep.spec import AblationSpec
+from harness.urls import redact
 
 HEARTBEAT_S = 10  # RDB storages: a worker records a heartbeat this often ...
 GRACE_S = 60  # ... and a RUNNING trial without one for this long is stale
 HOST = socket.gethostname()
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OUTAGE = 3  # a worker's own code: a store stayed unreachable (its last line says which)
+OUTAGE_MARK = "outage: "  # ... and that line starts so
+RETRY_KINDS = ("stale", "outage", "interrupted")  # failures re-queued within the same invocation
 
 ROLE_PARENT, ROLE_CHILD = "parent", "child"  # values of Tag.SWEEP_ROLE
 
@@ -63,11 +68,6 @@ def is_rdb(url: str) -> bool:
     return "://" in url
 
 
-def redact(url: str) -> str:
-    """The URL without its password (for logs, tags and the plan)."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
-
-
 def _with_driver(url: str) -> str:
     """SQLAlchemy 2.1 reads postgresql:// as psycopg 3; use psycopg2 when only that is installed."""
     import importlib.util
@@ -80,9 +80,13 @@ def _with_driver(url: str) -> str:
 
 
 def open_storage(url: str):
-    """Optuna storage: RDB (with heartbeat) for URLs, JournalStorage for a file path."""
+    """Optuna storage: RDB (with heartbeat) for URLs, JournalStorage for a file path.
+
+    A journal whose last record was cut (kill -9, a full disk) is repaired first (``repair_journal``:
+    truncated to its last complete record under the journal's lock, one line on stderr); one that
+    still does not parse is cut at its first bad line."""
     import optuna
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    from optuna.storages.journal import JournalStorage
 
     if is_rdb(url):
         for attempt in range(5):
@@ -103,7 +107,13 @@ def open_storage(url: str):
         # the same cached wrapper Optuna's study uses, so trials claimed here are known to the study
         return optuna.storages.get_storage(rdb)
     Path(url).parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(url))
+    repair_journal(url)
+    try:
+        return JournalStorage(journal_backend(url))
+    except ValueError:  # JSONDecodeError / "Invalid log format": a bad record before the last one
+        if repair_journal(url, full=True) is None:
+            raise
+        return JournalStorage(journal_backend(url))
 
 
 def resolve_study(spec: AblationSpec, storage, url: str, new: bool = False):
@@ -234,6 +244,25 @@ def sampled_cells(spec: AblationSpec, trials) -> dict[str, dict[str, Any]]:
         if c and Attr.SKIPPED not in t.user_attrs and c not in out and t.params:
             out[c] = {k: t.params[k] for k in spec.axes if k in t.params}
     return out
+
+
+def requeue_retryable(study, spec: AblationSpec, trials, requeued: dict, limit: int) -> int:
+    """Enqueue again each failed (cell, seed) whose last attempt died with its worker, was interrupted
+    or hit an outage (``RETRY_KINDS``), at most ``limit`` times per (cell, seed) per invocation (counted in
+    ``requeued``). NaN and errors wait for a rerun: they would fail the same way. Returns #enqueued."""
+    table = slots(trials)
+    cells = sampled_cells(spec, trials)
+    n = 0
+    for key, ts in table.items():
+        if slot_state(ts) != "failed" or key[0] not in cells or requeued.get(key, 0) >= limit:
+            continue
+        last = max(ts, key=lambda t: t.number)
+        if last.user_attrs.get(Attr.FAIL_KIND) not in RETRY_KINDS:
+            continue
+        study.enqueue_trial(cells[key[0]], user_attrs=slot_attrs(*key))
+        requeued[key] = requeued.get(key, 0) + 1
+        n += 1
+    return n
 
 
 # ---- trial owners: the worker process running a trial -------------------------------------------

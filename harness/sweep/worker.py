@@ -1,9 +1,14 @@
 """The sweep worker process: claim enqueued trials, run each with ``harness.run.execute``, tell Optuna.
 
-Started by the coordinator as ``python -m harness.sweep --worker <json payload>`` (``worker_command``
-builds that command line; ``harness/sweep/__main__.py`` parses it and calls ``worker_main``). It
-records a heartbeat for RDB storages, turns SIGINT / SIGTERM into one KeyboardInterrupt (the trial
-is failed as "interrupted"), and interrupts itself when its coordinator dies.
+Started by the coordinator as ``python -m harness.sweep --worker -`` (``worker_command``) with its
+JSON payload on stdin, never on the command line (``ps`` shows command lines to every local user,
+and the payload holds the storage URL and the tracking URI); ``harness/sweep/__main__.py`` reads it
+and calls ``worker_main``. Its signal handling (``faults.STOP``) is installed before anything else:
+SIGINT / SIGTERM become a KeyboardInterrupt (the trial is failed as "interrupted", its run KILLED),
+raised again for every signal until the cleanup has begun. It records a heartbeat for RDB storages,
+interrupts itself when its coordinator dies, retries the storage on transient errors, does not claim
+a trial while the tracking store cannot take a run (``faults.tracking_problem``), and records a
+(cell, seed) that already has a FINISHED child run in MLflow instead of running it again.
 
 The payload: spec (path), hash, study, storage (URL), tracking_uri, runs_dir, parent (run id),
 threads, index.
@@ -22,11 +27,23 @@ import traceback
 from typing import Any
 
 from harness.schema import Attr, Tag
+from harness.sweep.faults import (
+    OUTAGE_S,
+    STOP,
+    STOPPING_S,
+    Outage,
+    is_transient,
+    one_line,
+    retry,
+    tracking_problem,
+)
 from harness.sweep.spec import AblationSpec, load_spec, slot_label
 from harness.sweep.study import (
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_OUTAGE,
     EXIT_USAGE,
+    OUTAGE_MARK,
     ROLE_CHILD,
     fail_stale_heartbeats,
     load_study,
@@ -39,27 +56,27 @@ from harness.sweep.study import (
     slot_attrs,
     slot_key,
 )
+from harness.urls import redact
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
-def worker_command(payload: dict[str, Any]) -> list[str]:
-    """The command line of a worker process (parsed by ``python -m harness.sweep``)."""
-    return [sys.executable, "-m", "harness.sweep", "--worker", json.dumps(payload)]
+def worker_command() -> list[str]:
+    """The command line of a worker process: no payload, no URL in it (the payload goes to its stdin)."""
+    return [sys.executable, "-m", "harness.sweep", "--worker", "-"]
 
 
-class _Interrupt:
-    """SIGINT / SIGTERM -> one KeyboardInterrupt (later signals are ignored while the run cleans up)."""
+def payload_bytes(payload: dict[str, Any]) -> bytes:
+    """What the coordinator writes to a worker's stdin."""
+    return json.dumps(payload).encode("utf-8")
 
-    def __init__(self) -> None:
-        self.fired = False
-        signal.signal(signal.SIGINT, self)
-        signal.signal(signal.SIGTERM, self)
 
-    def __call__(self, signum, frame) -> None:
-        if not self.fired:
-            self.fired = True
-            raise KeyboardInterrupt
+def storage_what(url: str) -> str:
+    return f"the Optuna storage {redact(url)}"
+
+
+def tracking_what(uri: str | None, runs_dir) -> str:
+    return f"the MLflow tracking store {redact(uri) if uri else os.path.join(str(runs_dir), 'mlflow.db')}"
 
 
 def _watch_parent(ppid: int) -> None:
@@ -73,13 +90,14 @@ def _watch_parent(ppid: int) -> None:
 
 def worker_main(p: dict[str, Any]) -> int:
     """One worker process: run trials until there is no more work; returns its exit code."""
+    STOP.install()  # again, for callers other than __main__ (which installed it before its imports)
     # Threads first: harness.run imports torch, which sizes its pools on import.
     threads = int(p["threads"])
     for var in THREAD_VARS:
         os.environ[var] = str(threads)
-    _Interrupt()
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     try:
+        STOP.check()
         spec = load_spec(p["spec"])
         if spec.hash != p["hash"]:
             print(f"worker: {p['spec']} changed since the sweep started; stopping", file=sys.stderr)
@@ -87,36 +105,49 @@ def worker_main(p: dict[str, Any]) -> int:
         quiet_optuna()
         from harness.tracking import Store
 
-        storage = open_storage(p["storage"])
-        study = load_study(spec, storage, p["study"])
-        store = Store(p["runs_dir"], p.get("tracking_uri"))
-        worker = Worker(spec, storage, study, store, p["parent"], threads)
+        where = storage_what(p["storage"])
+        storage = retry(where, open_storage, p["storage"])
+        study = retry(where, load_study, spec, storage, p["study"])
+        store = retry(tracking_what(p.get("tracking_uri"), p["runs_dir"]), Store, p["runs_dir"], p.get("tracking_uri"))
+        worker = Worker(spec, storage, study, store, p["parent"], threads, where)
         n = worker.loop()
         print(f"worker {p['index']}: no more work after {n} trial(s)")
         return EXIT_OK
     except KeyboardInterrupt:
+        STOP.acknowledge()
         print(f"worker {p['index']}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Outage as e:
+        STOP.acknowledge()
+        print(f"{OUTAGE_MARK}{e}", flush=True)
+        return EXIT_OUTAGE
 
 
 class Worker:
     """Claim a trial, run it, tell Optuna; until the queue (and the sampling budget) is empty."""
 
-    def __init__(self, spec: AblationSpec, storage, study, store, parent: str, threads: int):
+    def __init__(self, spec: AblationSpec, storage, study, store, parent: str, threads: int, where: str = ""):
         self.spec, self.storage, self.study, self.store = spec, storage, study, store
         self.parent, self.threads = parent, threads
-        self.study_id = storage.get_study_id_from_name(study.study_name)
+        self.where = where or "the Optuna storage"
+        self.study_id = self._r(storage.get_study_id_from_name, study.study_name)
         self.me = process_owner()
         self.cells = {c.id: c.values for c in spec.cells}
+
+    def _r(self, fn, *args, **kwargs):
+        """A storage call, retried on transient errors (briefly once the worker is stopping)."""
+        return retry(self.where, fn, *args, budget=STOPPING_S if STOP.stopping else None, **kwargs)
 
     def loop(self) -> int:
         n = 0
         misses = 0
         while True:
-            fail_stale_heartbeats(self.study)
+            STOP.check()  # a stop request swallowed where it landed still ends the worker here
+            self.wait_for_tracking()
+            self._r(fail_stale_heartbeats, self.study)
             trial = self.claim()
             if trial is None and self.spec.sampler != "grid":
-                trial, exhausted = self.sample()
+                trial, exhausted = self._r(self.sample)
                 if trial is None and not exhausted:
                     misses += 1
                     if misses < 20:
@@ -129,21 +160,41 @@ class Worker:
             self.run(trial)
             n += 1
 
+    def wait_for_tracking(self) -> None:
+        """Claim nothing while the tracking store cannot take a run; ``Outage`` after ``OUTAGE_S``."""
+        if self.store is None:
+            return
+        t0, delay, said = time.monotonic(), 1.0, False
+        while (problem := tracking_problem(getattr(self.store, "uri", None), self.store.runs_dir)) is not None:
+            waited = time.monotonic() - t0
+            if waited >= OUTAGE_S:
+                raise Outage("the MLflow tracking store", problem, waited)
+            if not said:
+                print(f"{problem}: not claiming trials until it is back (up to {OUTAGE_S:.0f}s)", flush=True)
+                said = True
+            STOP.check()
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        if said:
+            print(f"the tracking store is back after {time.monotonic() - t0:.0f}s; claiming trials again", flush=True)
+
     # -- getting a trial --
-    def claim(self):
-        """Pop a WAITING trial (atomic in the storage) that is the canonical one of its (cell, seed)."""
+    def claim(self, only=None):
+        """Pop a WAITING trial (atomic in the storage) that is the canonical one of its (cell, seed).
+        ``only``: a set of trial numbers to consider (the coordinator's adoption of finished runs)."""
         import optuna
         from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
         while True:
-            waiting = self.storage.get_all_trials(self.study_id, deepcopy=False, states=(TrialState.WAITING,))
+            waiting = self._r(self.storage.get_all_trials, self.study_id, deepcopy=False, states=(TrialState.WAITING,))
+            waiting = [t for t in waiting if only is None or t.number in only]
             if not waiting:
                 return None
             for t in sorted(waiting, key=lambda t: t.number):
-                tid = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, t.number)
+                tid = self._r(self.storage.get_trial_id_from_study_id_trial_number, self.study_id, t.number)
                 try:
-                    if not self.storage.set_trial_state_values(tid, TrialState.RUNNING):
+                    if not self._r(self.storage.set_trial_state_values, tid, TrialState.RUNNING):
                         continue
                 except UpdateFinishedTrialError:
                     continue
@@ -154,14 +205,14 @@ class Worker:
                 break  # skipped a duplicate: look at the queue again
 
     def _own(self, trial) -> None:
-        trial.set_user_attr(Attr.WORKER, self.me)
+        self._r(trial.set_user_attr, Attr.WORKER, self.me)
 
     def _skip(self, trial, why: str) -> None:
         """Give up a trial that must not run (a duplicate, or over the sampling budget)."""
         from optuna.trial import TrialState
 
-        trial.set_user_attr(Attr.SKIPPED, why)
-        self.study.tell(trial, state=TrialState.FAIL)
+        self._r(trial.set_user_attr, Attr.SKIPPED, why)
+        self._tell(trial, state=TrialState.FAIL)
 
     def _keep(self, trial) -> bool:
         """A (cell, seed) enqueued twice (two coordinators at once) runs once: the lowest trial number."""
@@ -170,7 +221,7 @@ class Worker:
         key = slot_key(trial)
         if key is None:
             return True
-        for t in self.storage.get_all_trials(self.study_id, deepcopy=False):
+        for t in self._r(self.storage.get_all_trials, self.study_id, deepcopy=False):
             if t.number == trial.number or slot_key(t) != key:
                 continue
             dup = t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
@@ -224,43 +275,96 @@ class Worker:
         ahead = [c for c in order[: order.index(cid)]] if cid in order else order
         return len(ahead) + pending >= self.spec.n_configs
 
+    # -- a (cell, seed) MLflow already holds as FINISHED --
+    def finished_runs(self, cell: str | None = None, seed: int | None = None) -> dict[tuple[str, int], Any]:
+        """(cell, seed) -> the earliest FINISHED child run of this sweep (MLflow: the second record of what is done)."""
+        tags = {Tag.SWEEP_STUDY: self.study.study_name, Tag.SWEEP_ROLE: ROLE_CHILD}
+        if cell is not None:
+            tags.update({Tag.SWEEP_CELL: cell, Tag.SEED: seed})
+        out: dict[tuple[str, int], Any] = {}
+        for run in sorted(self.store.find_runs(self.spec.name, run_filter(tags, status="FINISHED")),
+                          key=lambda r: (r.info.start_time, r.info.run_id)):
+            t = run.data.tags
+            if Tag.SWEEP_CELL in t and Tag.SEED in t:
+                out.setdefault((t[Tag.SWEEP_CELL], int(t[Tag.SEED])), run)
+        return out
+
+    def adopt_finished(self) -> int:
+        """Record every queued (cell, seed) that has a FINISHED child run from that run (the coordinator
+        calls this before starting workers: a lost or torn journal does not rerun finished work)."""
+        from optuna.trial import TrialState
+
+        done = self.finished_runs()
+        if not done:
+            return 0
+        waiting = self._r(self.storage.get_all_trials, self.study_id, deepcopy=False, states=(TrialState.WAITING,))
+        numbers = {t.number for t in waiting if slot_key(t) in done}
+        n = 0
+        while numbers and (trial := self.claim(only=numbers)) is not None:
+            numbers.discard(trial.number)
+            try:
+                self._adopt(trial, done[slot_key(trial)])
+            except Exception as e:  # MLflow went away meanwhile: the trial is retried (kind outage)
+                self._fail(trial, "outage" if is_transient(e) else "error", one_line(e))
+                if not is_transient(e):
+                    raise
+                break
+            n += 1
+        return n
+
+    def _adopt(self, trial, run) -> None:
+        """Tell Optuna the objective of a FINISHED run of this (cell, seed) instead of running it again."""
+        values = self._values(trial, trial.user_attrs[Attr.CELL])  # records the params fixed at enqueue time
+        seconds = ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000
+        self._r(trial.set_user_attr, Attr.ADOPTED, run.info.run_id)
+        self.store.run_logger(run.info.run_id).set_tags({Tag.OPTUNA_TRIAL: trial.number})
+        print(f"trial {trial.number}: {slot_label(values, int(trial.user_attrs[Attr.SEED]))} already FINISHED "
+              f"as MLflow run {run.info.run_id}: recorded from it, not run again", flush=True)
+        self._finish(trial, _Finished(run.info.run_id, dict(run.data.metrics)), time.time() - seconds, say=False)
+
     # -- running one --
     def run(self, trial) -> None:
         """Run one claimed trial as an MLflow child run and tell Optuna how it ended."""
         from optuna import TrialPruned
-        from optuna.exceptions import UpdateFinishedTrialError
 
         from harness.run import NonFiniteError
 
-        cid, seed = trial.user_attrs[Attr.CELL], int(trial.user_attrs[Attr.SEED])
-        values = self._values(trial, cid)
-        tags = self._child_tags(trial, cid, seed, values)
         t0 = time.time()
-        tid = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
-        heartbeat = _Heartbeat(self.storage, tid)
-        print(f"trial {trial.number}: {slot_label(values, seed)}", flush=True)
         try:
-            with heartbeat:
-                result = self._execute(trial, values, seed, tags)
-            self._finish(trial, result, t0)
+            self._attempt(trial, t0)
         except TrialPruned as e:
             self._pruned(trial, e, t0)
         except KeyboardInterrupt:
+            STOP.acknowledge()  # the cleanup has begun: later signals must not interrupt it
             self._fail(trial, "interrupted", "interrupted (Ctrl-C or SIGTERM)")
             raise
-        except UpdateFinishedTrialError:
-            print(f"trial {trial.number}: already marked finished by a coordinator (stale?)", flush=True)
+        except Outage:
+            raise
         except Exception as e:
-            kind = "nonfinite" if isinstance(e, NonFiniteError) else "error"
-            self._fail(trial, kind, _one_line(e), traceback.format_exc())
+            kind = "nonfinite" if isinstance(e, NonFiniteError) else ("outage" if is_transient(e) else "error")
+            self._fail(trial, kind, one_line(e), traceback.format_exc())
+
+    def _attempt(self, trial, t0: float) -> None:
+        cid, seed = trial.user_attrs[Attr.CELL], int(trial.user_attrs[Attr.SEED])
+        done = self.finished_runs(cid, seed).get((cid, seed))
+        if done is not None:
+            self._adopt(trial, done)
+            return
+        values = self._values(trial, cid)
+        tags = self._child_tags(trial, cid, seed, values)
+        tid = self._r(self.storage.get_trial_id_from_study_id_trial_number, self.study_id, trial.number)
+        print(f"trial {trial.number}: {slot_label(values, seed)}", flush=True)
+        with _Heartbeat(self.storage, tid):
+            result = self._execute(trial, values, seed, tags)
+        self._finish(trial, result, t0)
 
     def _values(self, trial, cid: str) -> dict[str, Any]:
         """The trial's axis values, recorded as its Optuna params (fixed when it was enqueued)."""
         spec = self.spec
         if spec.sampler == "grid":
-            values = {k: trial.suggest_categorical(k, spec.axis_values(k)) for k in spec.axes}
+            values = {k: self._r(trial.suggest_categorical, k, spec.axis_values(k)) for k in spec.axes}
             return self.cells.get(cid, values)
-        return {s.key: s.suggest(trial) for s in spec.search}
+        return {s.key: self._r(s.suggest, trial) for s in spec.search}
 
     def _child_tags(self, trial, cid: str, seed: int, values: dict[str, Any]) -> dict[str, Any]:
         spec, study = self.spec, self.study.study_name
@@ -301,39 +405,62 @@ class Worker:
         spec, metric = self.spec, self.spec.objective.metric
 
         def on_eval(iteration: int, metrics: dict[str, float]) -> None:
+            STOP.check()
             v = metrics.get(metric)
             if v is None or not math.isfinite(v):
                 return
-            trial.report(float(v), iteration)
-            if spec.prune is not None and iteration > 0 and trial.should_prune():
+            self._r(trial.report, float(v), iteration)
+            if spec.prune is not None and iteration > 0 and self._r(trial.should_prune):
                 raise TrialPruned(f"pruned by MedianPruner at iteration {iteration}: {metric}={v:.4g}")
 
         return on_eval
 
-    def _finish(self, trial, result, t0: float) -> None:
+    def _tell(self, trial, *args, **kwargs) -> bool:
+        """``study.tell``, retried; False when the trial was already finished (by a coordinator: stale)."""
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        attempts = []
+
+        def tell():
+            attempts.append(1)  # a retry after a lost reply must not fail on the state it set itself
+            return self.study.tell(trial, *args, skip_if_finished=len(attempts) > 1, **kwargs)
+
+        try:
+            self._r(tell)
+            return True
+        except (UpdateFinishedTrialError, ValueError) as e:
+            if isinstance(e, ValueError) and not str(e).startswith("Cannot tell"):
+                raise
+            print(f"trial {trial.number}: already marked finished by a coordinator (stale?)", flush=True)
+            return False
+
+    def _finish(self, trial, result, t0: float, say: bool = True) -> None:
         """The run ended: tell Optuna its final objective, or fail the trial when that is missing or NaN."""
         metric = self.spec.objective.metric
         value = result.final.get(metric)
-        trial.set_user_attr(Attr.RUN_ID, result.run_id)
-        trial.set_user_attr(Attr.SECONDS, round(time.time() - t0, 2))
+        self._r(trial.set_user_attr, Attr.RUN_ID, result.run_id)
+        self._r(trial.set_user_attr, Attr.SECONDS, round(time.time() - t0, 2))
         if value is None or not math.isfinite(value):
             reason = f"objective {metric} is {'missing' if value is None else value} at the end of the run"
             self.store.run_logger(result.run_id).set_tags({Tag.FAILURE: reason})
             self.store.set_terminated(result.run_id, "FAILED")
             self._fail(trial, "nonfinite" if value is not None else "error", reason)
             return
-        self.study.tell(trial, float(value))
-        print(f"trial {trial.number}: {metric}={value:.4g} in {time.time() - t0:.1f}s", flush=True)
+        if self._tell(trial, float(value)) and say:
+            print(f"trial {trial.number}: {metric}={value:.4g} in {time.time() - t0:.1f}s", flush=True)
 
     def _pruned(self, trial, e: Exception, t0: float) -> None:
         from optuna.trial import TrialState
 
-        trial.set_user_attr(Attr.SECONDS, round(time.time() - t0, 2))
-        trial.set_user_attr(Attr.PRUNED, str(e))
-        self.study.tell(trial, state=TrialState.PRUNED)
+        self._r(trial.set_user_attr, Attr.SECONDS, round(time.time() - t0, 2))
+        self._r(trial.set_user_attr, Attr.PRUNED, str(e))
+        self._tell(trial, state=TrialState.PRUNED)
         flt = run_filter({Tag.SWEEP_STUDY: self.study.study_name, Tag.OPTUNA_TRIAL: trial.number})
-        for r in self.store.find_runs(self.spec.name, flt):  # FAILED by execute; say it was a pruning
-            self.store.run_logger(r.info.run_id).set_tags({Tag.SWEEP_PRUNED: str(e)})
+        try:
+            for r in self.store.find_runs(self.spec.name, flt):  # FAILED by execute; say it was a pruning
+                self.store.run_logger(r.info.run_id).set_tags({Tag.SWEEP_PRUNED: str(e)})
+        except Exception as err:  # the tag is a courtesy: the trial is PRUNED either way
+            print(f"trial {trial.number}: could not tag its run as pruned ({one_line(err)})", flush=True)
         print(f"trial {trial.number}: {e}", flush=True)
 
     def _fail(self, trial, kind: str, reason: str, tb: str | None = None) -> None:
@@ -344,13 +471,24 @@ class Worker:
         if tb:
             print(tb, flush=True)
         try:
-            trial.set_user_attr(Attr.FAIL_REASON, reason[:500])
-            trial.set_user_attr(Attr.FAIL_KIND, kind)
+            self._r(trial.set_user_attr, Attr.FAIL_REASON, reason[:500])
+            self._r(trial.set_user_attr, Attr.FAIL_KIND, kind)
             if tb:
-                trial.set_user_attr(Attr.TRACEBACK, tb[-4000:])
-            self.study.tell(trial, state=TrialState.FAIL)
+                self._r(trial.set_user_attr, Attr.TRACEBACK, tb[-4000:])
+            self._tell(trial, state=TrialState.FAIL)
         except UpdateFinishedTrialError:
             pass
+        except Outage as e:  # stopping anyway: the coordinator (or the next run) fails it as stale
+            print(f"trial {trial.number}: could not record the failure ({e})", flush=True)
+            if not STOP.stopping:
+                raise
+
+
+class _Finished:
+    """What ``_finish`` reads of a run: its id and final metrics (an adopted MLflow run)."""
+
+    def __init__(self, run_id: str, final: dict[str, float]):
+        self.run_id, self.final = run_id, final
 
 
 class _Heartbeat:
@@ -364,14 +502,17 @@ class _Heartbeat:
 
     def _beat(self) -> None:
         while not self.stop.wait(self.interval):
-            try:
-                self.storage.record_heartbeat(self.trial_id)
-            except Exception as e:  # a lost heartbeat is reported, never fatal to the trial
-                print(f"heartbeat: {_one_line(e)}", file=sys.stderr, flush=True)
+            self._record()
+
+    def _record(self) -> None:
+        try:
+            self.storage.record_heartbeat(self.trial_id)
+        except Exception as e:  # a lost heartbeat is reported, never fatal to the trial
+            print(f"heartbeat: {one_line(e)}", file=sys.stderr, flush=True)
 
     def __enter__(self) -> _Heartbeat:
         if self.interval:
-            self.storage.record_heartbeat(self.trial_id)
+            self._record()
             self.thread = threading.Thread(target=self._beat, daemon=True)
             self.thread.start()
         return self
@@ -384,8 +525,3 @@ class _Heartbeat:
 
 def _tag_value(v: Any) -> str:
     return "null" if v is None else str(v)
-
-
-def _one_line(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {msg[0] if msg else ''}".strip()

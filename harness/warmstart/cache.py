@@ -1,7 +1,11 @@
 """The on-disk cache of built warm starts: keys hashing what made them, a lock, an atomic rename.
 
 ``build_sft`` and ``build_reward_model`` return a shipped artifact when one matches the key
-(verified), else build into the cache once across processes.
+(verified), else build into the cache once across processes. The cache holds models that runs
+load, so only its owner may write there: a cache root (``$PPO_HARNESS_CACHE`` or
+``~/.cache/ppo-harness``) or task folder that is group- or world-writable, or owned by another
+user, is refused (``check_cache_dir``); builds go into a fresh private ``mkdtemp`` folder beside
+their destination and are renamed into place.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ import hashlib
 import json
 import os
 import shutil
+import stat
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +27,7 @@ from harness.locks import locked
 from harness.models.loading import load_lm, load_pretrained_lm, save_classifier
 from harness.models.presets import PRESETS, gpt2_config, is_preset, no_dropout
 from harness.models.tokenizer import build_tokenizer
+from harness.models.types import ModelError
 from harness.tasks import Task
 from harness.warmstart import artifacts
 from harness.warmstart.preferences import preference_pairs
@@ -31,7 +38,34 @@ CACHE_VERSION = 4  # bump when the build recipe changes (4: the RM key names its
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("PPO_HARNESS_CACHE", Path.home() / ".cache" / "ppo-harness"))
+    return Path(os.environ.get("PPO_HARNESS_CACHE") or Path.home() / ".cache" / "ppo-harness")
+
+
+def check_cache_dir(path: Path | None = None, create: bool = False) -> Path:
+    """``path`` (default the cache root) when only its owner, this user, can write it; else ModelError.
+
+    ``create``: make it (0700) when missing; otherwise a missing folder passes (it is made 0700 by
+    the build that needs it)."""
+    path = Path(path or cache_root())
+    try:
+        if create:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not path.exists():
+            return path
+        st = path.stat()
+    except OSError as e:
+        raise ModelError(f"model cache '{path}': {e.strerror or e}") from None
+    fix = f"set PPO_HARNESS_CACHE to a folder of your own, or fix it: chmod go-w '{path}'"
+    if not stat.S_ISDIR(st.st_mode):
+        raise ModelError(f"model cache '{path}': not a folder; set PPO_HARNESS_CACHE to a folder of your own")
+    if st.st_uid != os.geteuid():
+        raise ModelError(f"model cache '{path}': owned by another user (uid {st.st_uid}), who could swap the "
+                         "models it holds; set PPO_HARNESS_CACHE to a folder of your own")  # fmt: skip
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        who = "everyone" if st.st_mode & stat.S_IWOTH else "its group"
+        raise ModelError(f"model cache '{path}': writable by {who} (mode {stat.S_IMODE(st.st_mode):o}), who could "
+                         f"plant or swap models there; {fix}")  # fmt: skip
+    return path
 
 
 def cache_key(parts: dict[str, Any]) -> str:
@@ -39,23 +73,29 @@ def cache_key(parts: dict[str, Any]) -> str:
 
 
 def _cached(out: Path, parts: dict, build) -> Path:
-    """Build into ``out`` once: a lock across processes, a temp dir, an atomic rename.
+    """Build into ``out`` once: private folders, a lock across processes, a fresh temp dir, an atomic rename.
 
-    ``build(tmp)`` writes the artifacts into ``tmp`` and returns stats for done.json.
+    ``build(tmp)`` writes the artifacts into ``tmp`` and returns stats for done.json. The temp dir
+    is ``mkdtemp`` beside ``out`` (unpredictable, 0700), removed when the build fails.
     """
+    check_cache_dir(cache_root(), create=True)
+    check_cache_dir(out.parent, create=True)
     if (out / "done.json").exists():
         return out
-    with locked(out.with_suffix(".lock")):
+    with locked(out.with_name(out.name + ".lock")):
         if (out / "done.json").exists():
             return out
         t0 = time.time()
-        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        stats = build(tmp)
-        (tmp / "done.json").write_text(json.dumps({"key": cache_key(parts), **parts, **stats, "build_s": time.time() - t0},
-                                                  default=str))
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.build-"))
+        try:
+            stats = build(tmp)
+            done = {"key": cache_key(parts), **parts, **stats, "build_s": time.time() - t0}
+            (tmp / "done.json").write_text(json.dumps(done, default=str))
+            shutil.rmtree(out, ignore_errors=True)  # a folder left by a build that died before done.json
+            tmp.rename(out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return out
 
 

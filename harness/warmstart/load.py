@@ -14,29 +14,67 @@ from harness.models.presets import PRESETS, is_preset, no_dropout
 from harness.models.types import ModelError, Models, SharedTrunkValue
 from harness.tasks import get_task
 from harness.warmstart import artifacts
-from harness.warmstart.cache import build_reward_model, build_sft, cache_key, rm_parts, sft_parts
+from harness.warmstart.cache import (
+    build_reward_model,
+    build_sft,
+    cache_key,
+    check_cache_dir,
+    rm_parts,
+    sft_parts,
+)
 
 
 def validate_model_keys(cfg: RunConfig) -> None:
-    """Cheap checks before anything is logged: model.policy / model.reward exist.
+    """Cheap checks before anything is logged or cached: model.policy / model.reward exist and are models.
 
-    A local path must exist; ``org/name`` is taken as a Hugging Face hub id and is
-    resolved when the models load.
+    A local path must be a folder holding a model: a ``config.json`` that loads (no weights are read),
+    weights and, for the policy, a tokenizer. ``org/name`` is taken as a Hugging Face hub id and is
+    resolved when the models load. Raises ModelError (one line naming the key and the path).
     """
     p = cfg.model.policy
-    if not is_preset(p) and looks_local(p) and not Path(p).expanduser().exists():
-        raise ModelError(f"model.policy '{p}': not a built-in preset ({', '.join(PRESETS)}) nor an existing path")
+    if not is_preset(p) and looks_local(p):
+        if not Path(p).expanduser().exists():
+            raise ModelError(f"model.policy '{p}': not a built-in preset ({', '.join(PRESETS)}) nor an existing path")
+        _check_model_dir("model.policy", p, tokenizer=True)
     r = cfg.model.reward
-    if r not in ("learned", "gold") and looks_local(r) and not Path(r).expanduser().exists():
-        raise ModelError(f"model.reward '{r}': not 'learned', 'gold' or an existing model path")
+    if r not in ("learned", "gold") and looks_local(r):
+        if not Path(r).expanduser().exists():
+            raise ModelError(f"model.reward '{r}': not 'learned', 'gold' or an existing model path")
+        _check_model_dir("model.reward", r, tokenizer=False)
     # shipped artifacts this run would use are verified now, before anything is logged
     task = get_task(cfg.task.name)
     try:
-        artifacts.shipped(task.name, "sft", cache_key(sft_parts(cfg, task)))
-        if r == "learned":
-            artifacts.shipped(task.name, "rm", cache_key(rm_parts(cfg, task)))
+        sft = artifacts.shipped(task.name, "sft", cache_key(sft_parts(cfg, task)))
+        rm = artifacts.shipped(task.name, "rm", cache_key(rm_parts(cfg, task))) if r == "learned" else sft
     except artifacts.ArtifactError as e:
         raise ModelError(str(e)) from None
+    if sft is None or rm is None:  # the run reads (or builds) models in the cache: only its owner may write there
+        check_cache_dir()
+
+
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def _check_model_dir(key: str, name: str, tokenizer: bool) -> None:
+    """A Hugging Face model folder: its config loads, its weights and (``tokenizer``) a tokenizer are there."""
+    folder = Path(name).expanduser()
+    shown = repr(name) if not name.isprintable() else f"'{name}'"
+    if not folder.is_dir():
+        raise ModelError(f"{key} {shown}: a file, expected a model folder (config.json and weights)")
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"{key} {shown}: no config.json in this folder, so it holds no model")
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(folder, local_files_only=True)
+    except Exception as e:  # not JSON, no model_type, an unknown architecture
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{key} {shown}: config.json does not load ({first[:160]})") from None
+    if not any((folder / w).is_file() for w in WEIGHTS):
+        raise ModelError(f"{key} {shown}: no weights in this folder (expected one of {', '.join(WEIGHTS)})")
+    if tokenizer and not any((folder / t).is_file() for t in TOKENIZER):
+        raise ModelError(f"{key} {shown}: no tokenizer in this folder (expected one of {', '.join(TOKENIZER)})")
 
 
 def load_models(cfg: RunConfig, progress=None) -> Models:

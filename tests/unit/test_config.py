@@ -2,7 +2,15 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from harness.config import ConfigError, RunConfig, build_config, known_keys, load_config, parse_override
+from harness.config import (
+    ConfigError,
+    RunConfig,
+    build_config,
+    field_kind,
+    known_keys,
+    load_config,
+    parse_override,
+)
 
 
 def test_defaults_and_overrides():
@@ -129,3 +137,141 @@ def test_config_command_lists_every_key():
         assert f"\n{key} " in "\n" + out
     only = CliRunner().invoke(app, ["config", "kl."]).output
     assert "kl.estimator" in only and "ppo.clip_eps" not in only
+
+
+# ---- strict input: YAML files, types, finite numbers, seeds ---------------------------------------
+
+FLOAT_KEYS = sorted(k for k in known_keys() if field_kind(k) == "float")
+
+
+def one_line(fn, *args) -> str:
+    with pytest.raises(ConfigError) as e:
+        fn(*args)
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_config_files_are_read_strictly(tmp_path):
+    p = tmp_path / "run.yaml"
+    body = b"ppo:\n  lr: 0.001\n# caf\xe9\n"
+    p.write_bytes(body)
+    assert one_line(load_config, p) == f"config file '{p}': not UTF-8 text (byte 0xe9 at offset {body.index(0xE9)})"
+    p.write_text("ppo:\n  lr: 0.001\nkl:\n  coef: 0.1\n  target: 1.0\n  horizon: 5\n  coef: 0.2\n")
+    assert one_line(load_config, p) == f"config file '{p}': duplicate key 'kl.coef' (line 7)"
+    p.write_text("ppo: &p {lr: 0.001}\nkl: *p\n")
+    assert one_line(load_config, p) == f"config file '{p}': YAML aliases (*p) are not supported (line 2)"
+    p.write_text("ppo: {lr: 0.001\n")
+    assert one_line(load_config, p).startswith(f"config file '{p}': not valid YAML (")  # today's message
+
+
+def test_a_key_has_one_spelling_in_a_config_file(tmp_path):
+    p = tmp_path / "run.yaml"
+    p.write_text("kl.coef: 0.1\nkl:\n  coef: 0.2\n")
+    assert one_line(load_config, p) == (
+        "config key 'kl.coef': given twice, as 'kl.coef' and as 'kl: {coef}' (one spelling per key)"
+    )
+    p.write_text("kl.coef: 0.1\nppo.lr: 1e-3\n")  # dotted keys alone are the nested ones
+    assert load_config(p) == build_config({"kl": {"coef": 0.1}, "ppo": {"lr": 1e-3}})
+    assert one_line(build_config, {"ppo": 3}) == "config key 'ppo': a section: expected a mapping of ppo.* keys, got 3"
+    assert "unknown key" in one_line(build_config, {"optim": {}})
+
+
+@pytest.mark.parametrize("data, key, problem", [
+    ({"ppo": {"epochs": True}}, "ppo.epochs", "expected an integer, got a boolean (true)"),
+    ({"ppo": {"epochs": "2"}}, "ppo.epochs", "expected an integer, got the string '2'"),
+    ({"ppo": {"epochs": 2.0}}, "ppo.epochs", "expected an integer, got 2.0"),
+    ({"ppo": {"epochs": [True, 2]}}, "ppo.epochs", "expected an integer, got a list"),
+    ({"kl": {"coef": False}}, "kl.coef", "expected a number, got a boolean (false)"),
+    ({"kl": {"coef": "0.1"}}, "kl.coef", "expected a number, got the string '0.1'"),
+    ({"advantage": {"whiten": 1}}, "advantage.whiten", "expected true or false, got 1"),
+    ({"advantage": {"whiten": "yes"}}, "advantage.whiten", "expected true or false, got the string 'yes'"),
+    ({"task": {"name": 3}}, "task.name", "expected a string, got 3"),
+    ({"seed": "1"}, "seed", "expected an integer, got the string '1'"),
+])
+def test_types_are_strict(data, key, problem):
+    assert one_line(build_config, data) == f"config key '{key}': {problem}"
+
+
+def test_ints_are_numbers_and_the_cli_still_reads_numbers(tmp_path):
+    assert build_config({"kl": {"coef": 0}}).kl.coef == 0.0
+    cfg = build_config(None, ["ppo.epochs=2", "ppo.lr=1e-4", "kl.coef=0", "advantage.whiten=false", "seed=3"])
+    assert (cfg.ppo.epochs, cfg.ppo.lr, cfg.kl.coef, cfg.advantage.whiten, cfg.seed) == (2, 1e-4, 0.0, False, 3)
+    assert isinstance(cfg.kl.coef, float)
+    p = tmp_path / "run.yaml"
+    p.write_text("ppo:\n  lr: 1e-4\n  epochs: 2\nkl:\n  coef: 0\n")  # 1e-4 unquoted: a number, as people read it
+    assert load_config(p).ppo.lr == 1e-4
+    p.write_text("ppo:\n  lr: '1e-4'\n")  # quoted: a string, refused
+    assert one_line(load_config, p) == "config key 'ppo.lr': expected a number, got the string '1e-4'"
+    assert one_line(build_config, None, ["ppo.epochs=true"]) == (
+        "config key 'ppo.epochs': expected an integer, got a boolean (true)"
+    )
+
+
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+@pytest.mark.parametrize("text, shown", [("inf", "inf"), ("1e309", "inf"), (".inf", "inf"), ("-inf", "-inf"),
+                                         ("-.inf", "-inf"), ("nan", "nan"), (".nan", "nan"), ("1.0e+400", "inf")])
+def test_every_float_key_refuses_non_finite_numbers(key, text, shown):
+    assert one_line(build_config, None, [f"{key}={text}"]) == f"config key '{key}': must be a finite number (got {shown})"
+    section, leaf = key.split(".")
+    value = float(shown)
+    assert one_line(build_config, {section: {leaf: value}}) == (
+        f"config key '{key}': must be a finite number (got {shown})"
+    )
+
+
+def test_non_finite_numbers_from_a_file(tmp_path):
+    p = tmp_path / "run.yaml"
+    p.write_text("ppo:\n  lr: 1e309\n")
+    assert one_line(load_config, p) == "config key 'ppo.lr': must be a finite number (got inf)"
+    p.write_text("kl:\n  coef: .nan\n")
+    assert one_line(load_config, p) == "config key 'kl.coef': must be a finite number (got nan)"
+
+
+def test_seeds_fit_every_rng_the_runs_seed():
+    import random
+
+    import numpy as np
+    import torch
+
+    from harness.config import SEED_LIMIT
+
+    top = SEED_LIMIT - 1
+    assert build_config(None, [f"seed={top}"]).seed == top
+    np.random.seed(top), torch.manual_seed(top), random.Random(top)  # what transformers.set_seed calls (TRL)
+    with pytest.raises(ValueError):
+        np.random.seed(SEED_LIMIT)  # the tightest of them: numpy's legacy seeding is 32-bit
+    for bad in (SEED_LIMIT, 2**63, 2**64, 2**70, -1):
+        msg = one_line(build_config, None, [f"seed={bad}"])
+        assert msg.startswith("config key 'seed': expected an integer in [0, 2**32)") and str(bad) in msg
+
+
+def test_odd_characters_in_a_key_are_shown():
+    msg = one_line(build_config, None, ["kl.coef\u200b=1"])
+    assert msg == "config key 'kl.coef\\u200b': unknown key (did you mean 'kl.coef'?)"
+    assert one_line(build_config, {"kl": {"co\u0435f": 1}}).startswith("config key 'kl.co\\u0435f': unknown key")
+
+
+def test_override_values_are_read_by_the_strict_loader():
+    assert one_line(build_config, None, ["kl.coef=*a"]) == "config key 'kl.coef': cannot parse value '*a'"
+    assert parse_override("model.policy=./models/x") == ("model.policy", "./models/x")
+    assert parse_override("ppo.lr=inf")[1] == float("inf")  # the CLI's own reading of a number ...
+    assert parse_override("task.name=inf") == ("task.name", "inf")  # ... for number keys only
+
+
+def test_readme_set_examples_still_build():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    sets = set(re.findall(r"--set ([a-z_.]+=[^\s`)]+)", text))
+    assert {"ppo.clip_eps=0.3", "kl.coef=0", "advantage.level=sequence", "advantage.baseline=rloo"} <= sets
+    for s in sorted(sets):
+        build_config(None, [s])
+
+
+def test_a_logged_config_yaml_reads_back_as_the_same_config(tmp_path):
+    cfg = build_config(None, ["ppo.adam_eps=1e-8", "kl.target=0.5", "seed=7", "advantage.level=sequence"])
+    p = tmp_path / "config.yaml"
+    p.write_text(cfg.to_yaml())  # what harness/run.py logs as config.yaml
+    assert load_config(p) == cfg

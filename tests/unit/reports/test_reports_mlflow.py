@@ -174,15 +174,21 @@ def test_build_report_by_parent_run_rejects_unknown_style(store, tmp_path):
 
 
 def test_make_report_errors(store, capsys, tmp_path):
-    assert report.make_report(experiment="nope", runs_dir=store.runs_dir) == 1
+    """Bad input is 2 everywhere (1 is a failure of the work itself), one line, nothing written."""
+    assert report.make_report(experiment="nope", runs_dir=store.runs_dir) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no MLflow experiment 'nope'") and "\n" not in err
     assert report.make_report(runs_dir=store.runs_dir) == 2
     assert capsys.readouterr().err.strip() == "error: give exactly one of: SPEC, --experiment NAME, --parent-run ID"
     assert report.make_report(experiment=NAME, parent_run="abc", runs_dir=store.runs_dir) == 2
     assert capsys.readouterr().err.startswith("error: give exactly one of")
-    assert report.make_report(experiment=NAME, runs_dir=tmp_path / "empty") == 1
+    assert report.make_report(experiment=NAME, runs_dir=tmp_path / "empty") == 2
     assert capsys.readouterr().err.strip().startswith("error: no MLflow store at")
+    assert report.make_report(parent_run="deadbeef", runs_dir=store.runs_dir) == 2
+    assert capsys.readouterr().err.strip().startswith("error: no MLflow run with id 'deadbeef'")
+    assert report.make_report(experiment=NAME, style="acl", out=tmp_path / "out", runs_dir=store.runs_dir) == 2
+    assert "unknown style 'acl'" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert not (tmp_path / "empty").exists()
 
 
 def test_source_parse(tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -161,6 +162,62 @@ BAD = [
      "search.kl.coef.choices", "empty"),
     ({"grid": None, "sampler": "tpe", "n_trials": 3, "prune": True, "objective": {"metric": "objective/kl"},
       "search": {"kl.coef": {"choices": [0.1]}}}, "prune", "eval/"),
+    # strict types: no bool or numeric string for a number, no inf / nan
+    ({"grid": {"kl.horizon": [True, 2]}}, "grid.kl.horizon", "expected an integer, got a boolean (true)"),
+    ({"grid": {"kl.horizon": ["2"]}}, "grid.kl.horizon", "expected an integer, got the string '2'"),
+    ({"grid": {"kl.coef": [0.1, False]}}, "grid.kl.coef", "expected a number, got a boolean (false)"),
+    ({"grid": {"advantage.whiten": [1, 0]}}, "grid.advantage.whiten", "expected true or false, got 1"),
+    ({"grid": {"ppo.lr": [0.001, float("nan")]}}, "grid.ppo.lr", "must be a finite number (got nan)"),
+    ({"base": dict(TINY, **{"kl.coef": float("inf")})}, "base.kl.coef", "must be a finite number (got inf)"),
+    ({"base": dict(TINY, **{"kl.horizon": "5"})}, "base.kl.horizon", "expected an integer, got the string '5'"),
+    ({"grid": {"zip": [{"kl.coef": [0.1, float("-inf")], "kl.horizon": [1, 2]}]}}, "grid.zip[0].kl.coef", "finite"),
+    ({"grid": None, "sampler": "tpe", "n_trials": 3, "search": {"kl.coef": {"choices": [0.1, True]}}},
+     "search.kl.coef.choices", "expected a number, got a boolean (true)"),
+    ({"grid": None, "sampler": "tpe", "n_trials": 3, "search": {"ppo.lr": {"low": 1e-4, "high": float("inf")}}},
+     "search.ppo.lr.high", "expected a finite number, got inf"),
+    ({"grid": None, "sampler": "tpe", "n_trials": 3, "search": {"ppo.lr": {"low": 1e-4, "high": 0.1,
+                                                                            "step": float("nan")}}},
+     "search.ppo.lr.step", "positive finite number"),
+    # seeds: what every RNG a run seeds accepts
+    ({"seeds": [0, 2**64]}, "seeds[1]", "expected an integer in [0, 2**32)"),
+    ({"seeds": [2**32]}, "seeds[0]", "expected an integer in [0, 2**32)"),
+    ({"seeds": [-1]}, "seeds[0]", "expected an integer in [0, 2**32)"),
+    ({"seeds": [True]}, "seeds[0]", "expected an integer"),
+    # every field's type before it is used
+    ({"objective": {"metric": ["eval/gold"]}}, "objective.metric", "expected a metric name (a string), got a list"),
+    ({"objective": {"metric": {"a": 1}}}, "objective.metric", "expected a metric name (a string), got a mapping"),
+    ({"objective": {"direction": ["maximize"]}}, "objective.direction", "maximize or minimize"),
+    ({"sampler": ["grid"]}, "sampler", "grid, tpe, random"),
+    ({"description": ["a"]}, "description", "expected a string"),
+    # one spelling per key
+    ({"grid": {"kl.coef": [0.1], "kl": {"coef": [0.2]}}}, "grid.kl.coef",
+     "given twice, as 'kl.coef' and as 'kl: {coef}' (one spelling per key)"),
+    ({"base": dict(TINY, **{"kl": {"coef": 0.1}, "kl.coef": 0.2})}, "base.kl.coef", "one spelling per key"),
+    ({"grid": {"zip": [{"kl.coef": [0.1, 0.2], "kl": {"coef": [0.3, 0.4]}}]}}, "grid.zip[0].kl.coef",
+     "one spelling per key"),
+    ({"grid": None, "sampler": "tpe", "n_trials": 3, "search": {"ppo.lr": {"low": 1e-4, "high": 0.1},
+                                                               "ppo": {"lr": {"low": 1e-3, "high": 0.1}}}},
+     "search.ppo.lr", "one spelling per key"),
+    # odd characters are shown
+    ({"grid": {"kl.coef\u200b": [0.1]}}, "grid.'kl.coef\\u200b'", "unknown config key (did you mean kl.coef?)"),
+    ({"\u200bgrid": 1}, "'\\u200bgrid'", "unknown key (did you mean grid?)"),
+    # the size, before a cell is built
+    ({"grid": {"kl.horizon": list(range(1, 318)), "kl.coef": [i / 1000 for i in range(317)]}}, "grid",
+     "100489 cells x 2 seeds = 200978 runs is more than 100000"),
+    ({"grid": None, "sampler": "random", "n_trials": 10**9, "search": {"kl.coef": {"choices": [0.1]}}},
+     "n_trials", "is more than 100000"),
+    # impl=trl: TRL's refusals, per cell
+    ({"base": dict(TINY, impl="trl"), "grid": {"advantage.level": ["token", "sequence"]}}, "grid.advantage.level",
+     "'sequence' cannot be expressed by TRL's PPOTrainer (TRL's PPO is token level (GAE) only) "
+     "(in cell advantage.level=sequence)"),
+    ({"grid": {"impl": ["custom", "trl"], "kl.estimator": ["k1", "k2"]}}, "grid.kl.estimator",
+     "(in cell impl=trl kl.estimator=k2)"),
+    ({"base": dict(TINY, **{"ppo.entropy_coef": 0.01}), "grid": {"impl": ["custom", "trl"]}},
+     "base.ppo.entropy_coef", "TRL has no entropy bonus) (in cell impl=trl)"),
+    ({"base": dict(TINY, impl="trl", **{"kl.placement": "loss", "kl.estimator": "k3"}), "grid": {"kl.coef": [0.1]}},
+     "base.kl.placement", "cannot be expressed by TRL's PPOTrainer"),
+    ({"base": dict(TINY, impl="trl"), "grid": None, "sampler": "tpe", "n_trials": 2,
+      "search": {"loss.agg": {"choices": ["token-mean", "seq-mean-token-sum"]}}}, "search.loss.agg", "TRL"),
 ]
 
 
@@ -207,3 +264,88 @@ def test_import_pulls_no_optuna_mlflow_or_torch():
             "assert not bad, bad; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+# ---- strict input: the file, the size before the cells, the shipped specs unchanged ----------------
+
+# The content hashes of the shipped specs: a change here renames their studies (an existing study
+# would be refused as "changed"), so it is deliberate or a bug.
+SHIPPED_HASHES = {
+    "baselines.yaml": "2103ac1404e9163a4c14752a5c7dffe326058e31f86124e4bc9b2a66ad15f147",
+    "core.yaml": "aa4a7a6b897241744f45f29eefa7edf90e325cde5f6e1f68e51c5756f88ade06",
+    "custom_vs_trl.yaml": "84da693a3625eb0cbdba870239a917a69f55c447df802af48f39132a80625000",
+    "overopt.yaml": "75822a2469d31a856accb7508fbfac1cc3e5b3b9ca4a46b71925b1296f84650d",
+    "quick.yaml": "2f2fd1ff39c20ea3b8d4d62d6ec455c0e0f160338b1e278d3e8b00dddcb7f18a",
+    "variance.yaml": "b2470f2470d41511f6a7288037f1bd3619f445ac319f142ed025dffc6eb76a5a",
+}
+
+
+def test_shipped_specs_keep_their_hashes_and_cells():
+    import yaml
+
+    root = Path(__file__).resolve().parents[3] / "ablations"
+    assert {f.name for f in root.glob("*.yaml")} == set(SHIPPED_HASHES)
+    for name, digest in SHIPPED_HASHES.items():
+        s = load_spec(root / name)
+        assert s.hash == digest, name
+        same = parse_spec(yaml.safe_load((root / name).read_text()), root / name)  # the lax reader of before
+        assert (same.hash, same.cells, same.base, same.seeds) == (s.hash, s.cells, s.base, s.seeds), name
+    assert load_spec(root / "quick.yaml").study_name == "quick-2f2fd1ff"
+
+
+def _refused_file(tmp_path, body: str | bytes) -> SpecError:
+    p = tmp_path / "s.yaml"
+    p.write_bytes(body if isinstance(body, bytes) else body.encode())
+    with pytest.raises(SpecError) as e:
+        load_spec(p)
+    assert "\n" not in str(e.value)
+    return e.value
+
+
+GOOD = "name: t\nbase: {train.iterations: 2}\ngrid: {kl.coef: [0.0, 0.2]}\nseeds: [0]\n"
+
+
+def test_a_spec_file_is_read_strictly(tmp_path):
+    body = GOOD.encode() + b"# caf\xe9\n"
+    e = _refused_file(tmp_path, body)
+    assert (e.key, e.problem) == ("(file)", f"not UTF-8 text (byte 0xe9 at offset {body.index(0xE9)})")
+    e = _refused_file(tmp_path, GOOD.replace("grid: {kl.coef: [0.0, 0.2]}", "grid:\n  kl.coef: [0.1]\n  kl.coef: [0.2]"))
+    assert (e.key, e.problem) == ("line 5", "duplicate key 'grid.kl.coef'")
+    e = _refused_file(tmp_path, GOOD + "seeds: [1]\n")
+    assert (e.key, e.problem) == ("line 5", "duplicate key 'seeds'")
+    e = _refused_file(tmp_path, GOOD.replace("[0.0, 0.2]}", "&a [0.0, 0.2], ppo.clip_eps: *a}"))
+    assert (e.key, e.problem) == ("line 3", "YAML aliases (*a) are not supported")
+    e = _refused_file(tmp_path, "name: t\ngrid: {kl.coef: [0.1]\n")
+    assert e.key.startswith("line ") and e.problem.startswith("not valid YAML: ")  # as before
+
+
+def test_a_huge_grid_is_refused_before_any_cell_is_built(monkeypatch):
+    import harness.sweep.spec as spec_module
+
+    def enumerate_cells(*a, **k):
+        raise AssertionError("the grid's cells were enumerated before its size was checked")
+
+    monkeypatch.setattr(spec_module, "_enumerate_cells", enumerate_cells)
+    keys = ["kl.coef", "ppo.clip_eps", "ppo.lr", "ppo.vf_coef", "ppo.entropy_coef", "advantage.lam",
+            "rollout.temperature"]
+    grid = {k: [round(0.01 + i / 100, 2) for i in range(10)] for k in keys}  # 10^7 cells
+    with pytest.raises(SpecError) as e:
+        parse_spec(spec(grid=grid))
+    assert e.value.key == "grid" and e.value.problem.startswith("10000000 cells x 2 seeds = 20000000 runs")
+    zipped = {"zip": [{"kl.coef": [i / 1000 for i in range(400)], "kl.horizon": list(range(1, 401))}],
+              "ppo.lr": [i / 10000 + 1e-4 for i in range(300)]}  # a zip group counts once: 400 x 300
+    with pytest.raises(SpecError, match="120000 cells"):
+        parse_spec(spec(grid=zipped, seeds=[0]))
+
+
+def test_trl_cells_that_trl_can_express_pass():
+    s = parse_spec(spec(grid={"impl": ["custom", "trl"], "kl.estimator": ["k1", "k3"]}))
+    assert len(s.cells) == 4
+
+
+def test_spec_reuses_the_configs_did_you_mean():
+    import harness.sweep.spec as spec_module
+
+    assert "difflib" not in vars(spec_module)
+    with pytest.raises(SpecError, match=r"unknown config key \(did you mean kl.coef\?\)"):
+        parse_spec(spec(grid={"kl.coeff": [0.1]}))

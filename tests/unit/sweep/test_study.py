@@ -55,7 +55,7 @@ def test_owner_alive_uses_pid_and_start_time():
 
 
 def test_storage_urls_are_redacted():
-    from harness.sweep.study import redact
+    from harness.urls import redact
 
     assert redact("postgresql://me:secret@db:5432/x") == "postgresql://me:***@db:5432/x"
     assert redact("postgresql://me@db/x") == "postgresql://me@db/x"

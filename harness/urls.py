@@ -1,0 +1,130 @@
+"""URLs and names made safe to show: credentials masked, names checked before they become folders.
+
+Layer 0, the standard library only. ``redact`` is what every URL goes through before it is
+printed, logged, written to a file, set as an MLflow tag or param, or put in an error message
+(the tracking URI, the Optuna storage URL); ``redact_text`` does the same to every URL inside a
+message (an exception raised by a client library). ``safe_name`` is the one rule for a name that
+becomes a path component (a sweep spec's name, an MLflow experiment).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+MASK = "***"
+HIDDEN = "<url hidden: not parsable>"  # what redact returns when it cannot take a URL apart
+
+# query / fragment / key=value parameters whose value is a secret (names compared lower-cased):
+# exact names, and any name containing one of the fragments
+SECRET_NAMES = frozenset({
+    "password", "passwd", "pwd", "pass", "sslpassword", "token", "access_token", "refresh_token", "id_token",
+    "auth", "auth_token", "authorization", "api_key", "apikey", "key", "secret", "client_secret", "sig",
+    "signature", "sas", "credential", "credentials", "private_key", "session_token",
+})  # fmt: skip
+SECRET_FRAGMENTS = ("password", "passwd", "secret", "token", "api_key", "apikey", "signature", "credential",
+                    "private_key", "access_key")  # fmt: skip
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+_PARAM = re.compile(r"(^|[&;])([^=&;]*)=([^&;]*)")
+_KEYWORD = re.compile(r"(?i)\b([A-Za-z_][A-Za-z0-9_.\-]*)(\s*=\s*)('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&;,]+)")
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s\"'<>`]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+NAME_RULE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+NAME = re.compile(NAME_RULE)
+NAME_HELP = "expected letters, digits, '-', '_' or '.' (at most 64, the first a letter or digit)"
+
+
+def is_secret(name: str) -> bool:
+    """A parameter name whose value must never be shown (``password``, ``sslpassword``, ``token``, ...)."""
+    n = name.strip().lower()
+    return n in SECRET_NAMES or any(f in n for f in SECRET_FRAGMENTS)
+
+
+def redact(url: object) -> str:
+    """``url`` with its password and secret parameters masked; never raises.
+
+    ``scheme://user:password@host/...`` -> ``scheme://user:***@host/...``: the userinfo ends at
+    the *last* ``@`` of the authority, so a password holding ``@``, ``/`` or ``?`` is masked
+    whole; the username stays. Query and fragment parameters named as secrets (``password``,
+    ``token``, ``access_token``, ``api_key``, ``sslpassword``, ... in any case) get ``***`` as
+    value. A string without ``://`` (a journal file path, a libpq ``key=value`` string) keeps
+    everything but the values of secret keys. What cannot be taken apart (control characters,
+    an object whose ``str`` fails) comes back as a placeholder, never as itself.
+    """
+    if url is None:
+        return ""
+    try:
+        if isinstance(url, bytes | bytearray):
+            url = bytes(url).decode("utf-8", "replace")
+        text = url if isinstance(url, str) else str(url)
+        if _CONTROL.search(text):
+            return HIDDEN
+        m = _SCHEME.match(text)
+        if m is None:
+            return _mask_keywords(text)
+        return m.group(0) + _redact_rest(text[m.end():])
+    except Exception:  # a str() that raises, or anything unforeseen: show nothing of it
+        return HIDDEN
+
+
+def _redact_rest(rest: str) -> str:
+    """Everything after ``scheme://``: userinfo masked, then the secret query / fragment values."""
+    cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    at = rest.rfind("@", 0, cut)
+    if at < 0:  # a password holding '?' or '#': the last '@' of all, after a 'user:' without a '/'
+        last, colon = rest.rfind("@"), rest.find(":")
+        at = last if 0 <= colon < last and "/" not in rest[:colon] else -1
+    userinfo, tail = (rest[:at], rest[at + 1:]) if at >= 0 else (None, rest)
+    if userinfo is not None:
+        user, colon, _ = userinfo.partition(":")
+        userinfo = user + (":" + MASK if colon else "")
+    path, hash_, fragment = tail.partition("#")
+    base, q, query = path.partition("?")
+    out = base + (q + _mask_params(query) if q else "") + (hash_ + _mask_params(fragment) if hash_ else "")
+    return out if userinfo is None else f"{userinfo}@{out}"
+
+
+def _mask_params(params: str) -> str:
+    from urllib.parse import unquote_plus
+
+    return _PARAM.sub(lambda m: m.group(1) + m.group(2) + "=" + (MASK if is_secret(unquote_plus(m.group(2))) else m.group(3)),
+                      params)  # fmt: skip
+
+
+def _mask_keywords(text: str) -> str:
+    """``password=secret`` (libpq keyword strings, ``key=value`` lists) -> ``password=***``."""
+    return _KEYWORD.sub(lambda m: m.group(1) + m.group(2) + (MASK if is_secret(m.group(1)) else m.group(3)), text)
+
+
+def redact_text(text: object) -> str:
+    """A message with every URL in it redacted (``redact``); never raises."""
+    try:
+        s = text if isinstance(text, str) else str(text)
+        return _URL_IN_TEXT.sub(lambda m: redact(m.group(0)), s)
+    except Exception:
+        return HIDDEN
+
+
+# ---- names that become path components ---------------------------------------------------------------
+
+
+class UnsafeName(ValueError):
+    """A name that cannot be a folder (``..``, ``a/b``, empty, too long): ``what 'name': expected ...``."""
+
+
+def safe_name(name: object, what: str) -> str:
+    """``name`` when it matches ``NAME`` (so it is one path component, never ``.``/``..``), else UnsafeName."""
+    if not isinstance(name, str) or not NAME.match(name):
+        raise UnsafeName(f"{what} {name!r}: {NAME_HELP}; it names a folder")
+    return name
+
+
+def inside(root: str | Path, *parts: str) -> Path:
+    """``root / parts`` resolved, refused (UnsafeName) when it lands outside ``root`` resolved."""
+    base = Path(root).resolve()
+    path = base.joinpath(*parts).resolve()
+    if not path.is_relative_to(base):
+        raise UnsafeName(f"path {'/'.join(parts)!r}: leaves {base}")
+    return path
