@@ -65,7 +65,12 @@ class Postgres:
         return subprocess.run([str(self.bindir / args[0]), *args[1:]], user=self.user, cwd=self.base,
                               capture_output=True, text=True, timeout=120)
 
+    def running(self) -> bool:
+        return self._pg("pg_ctl", "-D", str(self.data), "status").returncode == 0
+
     def start(self) -> None:
+        if self.running():
+            return
         opts = f"-h 127.0.0.1 -p {self.port} -k {self.base} -c fsync=off -c max_connections=50"
         out = self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.base / "server.log"), "-o", opts, "-w", "start")
         if out.returncode != 0:

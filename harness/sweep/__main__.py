@@ -6,23 +6,25 @@ which ``ps`` shows to every local user (the payload holds the storage URL and th
 JSON string in place of ``-`` is still read, for running a worker by hand. This parser is the only
 one the sweep keeps.
 
-The worker's signal handling is installed before anything else is imported, so a Ctrl-C or the
-coordinator's SIGTERM in the worker's first second is never lost.
+The coordinator starts it with SIGINT / SIGTERM blocked; its handler (``faults.STOP``) is installed
+before anything else is imported and only then are they unblocked, so a Ctrl-C or the coordinator's
+SIGTERM in the worker's first second, even during the interpreter's own start-up, is never lost.
 """
 
 from __future__ import annotations
 
 if __name__ == "__main__":  # first thing: a stop request from here on becomes a KeyboardInterrupt
-    from harness.sweep.faults import STOP
-
-    STOP.install()
     import faulthandler
     import signal
 
+    from harness.sweep.faults import STOP
+
+    STOP.install()
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1 <worker>: its stacks, in its log
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 
 
@@ -40,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="'-': read the worker payload (JSON, written by the coordinator) from stdin")
     args = p.parse_args(argv)
     try:
+        # started with these blocked (by the coordinator): a stop request that came meanwhile lands here
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         raw = sys.stdin.read() if args.worker == "-" else args.worker
         try:
             payload = json.loads(raw)

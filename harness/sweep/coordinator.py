@@ -9,6 +9,8 @@ progress and writes the summary.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -30,6 +32,7 @@ from harness.sweep.faults import (
     StopRequest,
     is_transient,
     one_line,
+    quiet_store_logs,
     retry,
     tracking_problem,
 )
@@ -92,6 +95,7 @@ def run_sweep(
         print_plan(spec, url, tracking_uri, runs_dir, workers, threads)
         return EXIT_OK
     quiet_optuna()
+    quiet_store_logs()
     where = storage_what(url)
     try:
         st = retry(where, open_storage, url)
@@ -349,7 +353,14 @@ class Coordinator:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         path = self.log_dir / f"worker-{os.getpid()}-{k}.log"  # one file per process: coordinators never share one
         log = open(path, "a")  # noqa: SIM115 - closed when the worker is reaped or stopped
-        proc = subprocess.Popen(worker_command(), stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env)
+        # The worker starts with SIGINT / SIGTERM blocked (the mask survives exec) and unblocks them once its
+        # handler is in: a Ctrl-C during its interpreter's start-up waits for it instead of killing it half-way.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            proc = subprocess.Popen(worker_command(), stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+                                    env=env)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         w = _Proc(k, proc, log, path)
         self.procs.append(w)
         self.alive.append(w)
@@ -481,9 +492,11 @@ class Coordinator:
         if self.parent is None:  # stopped before the parent run existed
             return self._stopped(failure, interrupted, tracking_ok=False)
         problem = tracking_problem(self.tracking_uri, self.runs_dir)
-        failed = _quietly(self.storage_what, fail_stale, self.study, self.storage)
+        say = failure is None  # a sweep that stopped says what stopped it, in one line, and nothing else
+        failed = _quietly(self.storage_what, fail_stale, self.study, self.storage, say=say)
         if problem is None:
-            _quietly(self.tracking_what, end_stray_runs, self.study, self.storage, self.store, self.spec, failed or {})
+            _quietly(self.tracking_what, end_stray_runs, self.study, self.storage, self.store, self.spec, failed or {},
+                     say=say)
         if failure is not None:
             return self._stopped(failure, interrupted, tracking_ok=problem is None)
         try:
@@ -497,7 +510,8 @@ class Coordinator:
         """The one line of a sweep that could not go on (no traceback), the parent run ended if reachable."""
         if tracking_ok and self.parent is not None:
             status = "KILLED" if interrupted else "FAILED"
-            _quietly(self.tracking_what, self._end_parent, {Tag.FAILURE: (failure or "interrupted")[:500]}, status)
+            _quietly(self.tracking_what, self._end_parent, {Tag.FAILURE: (failure or "interrupted")[:500]}, status,
+                     say=False)
         if failure is None:
             print("interrupted: rerun the same command to resume")
             return EXIT_INTERRUPTED
@@ -558,14 +572,19 @@ class Coordinator:
         return EXIT_OK
 
 
-def _quietly(what: str, fn, *args, budget: float | None = STOPPING_S, **kwargs):
-    """A cleanup step: retried briefly; a store that stays away is said in one line, never a traceback.
-    Returns the step's result, or None (False-y) when it could not be done."""
+def _quietly(what: str, fn, *args, budget: float | None = STOPPING_S, say: bool = True, **kwargs):
+    """A cleanup step: retried briefly; a store that stays away is said in one line (``say``), never a
+    traceback. Returns the step's result (True for None), or None when it could not be done."""
     try:
-        out = retry(what, fn, *args, budget=budget, **kwargs)
+        if not say:
+            with contextlib.redirect_stderr(io.StringIO()):  # retry()'s own notes too
+                out = retry(what, fn, *args, budget=budget, **kwargs)
+        else:
+            out = retry(what, fn, *args, budget=budget, **kwargs)
         return True if out is None else out
     except Exception as e:
-        print(f"cleanup: {one_line(e)}", file=sys.stderr, flush=True)
+        if say:
+            print(f"cleanup: {one_line(e)}", file=sys.stderr, flush=True)
         return None
 
 

@@ -89,7 +89,8 @@ def one_line(e: BaseException, n: int = 300) -> str:
         return f"{type(x).__name__}: {msg[0] if msg else ''}".strip().rstrip(":")
 
     chain = _chain(e)
-    text = line(chain[0]) + (f" (cause {line(chain[-1])})" if len(chain) > 1 else "")
+    causes = [x for x in chain[1:] if str(x).strip()]  # the deepest one that says something
+    text = f"{type(e).__name__}: {line(causes[-1])}" if causes else line(e)  # wrappers' own words are boilerplate
     return redact_text(text)[:n]
 
 
@@ -124,6 +125,14 @@ def retry(what: str, fn, *args, budget: float | None = None, **kwargs):
         if said:
             print(f"{what}: reachable again after {time.monotonic() - t0:.0f}s", file=sys.stderr, flush=True)
         return result
+
+
+def quiet_store_logs() -> None:
+    """MLflow's SQL store logs a whole traceback for every OperationalError ('database is locked', a full
+    disk) before raising it; the sweep retries those and says so in one line, so that log stays off."""
+    import logging
+
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 # ---- can the tracking store take a run? ------------------------------------------------------------
@@ -233,37 +242,78 @@ def _torn_tail(path: str) -> bool:
 
 def repair_journal(path: str, full: bool = False) -> str | None:
     """Cut a torn last record (``full``: everything from the first unparsable line) under the journal's lock."""
-    from optuna.storages.journal import JournalFileSymlinkLock
-
     if not full and not _torn_tail(path):
         return None
-    lock = JournalFileSymlinkLock(path)  # the lock JournalFileBackend takes to append
-    lock.acquire()
-    try:
+    with journal_locked(path):
         return _cut(path, full)
-    finally:
-        lock.release()
+
+
+@contextlib.contextmanager
+def journal_locked(path: str, grace_s: float = 30.0):
+    """The lock ``JournalFileBackend`` appends under (the symlink ``<journal>.lock``, Optuna's protocol), with
+    stop signals held while it is held: a Ctrl-C landing between taking it and giving it back (Optuna's
+    own ``acquire(); try:`` has that gap) left it held by no one, and every process waited out its grace
+    period. While waiting for it a stop request is acted on at once (nothing is held yet). A lock
+    unchanged for ``grace_s`` (its holder was killed) is taken over, as Optuna does."""
+    import uuid
+
+    lock = path + ".lock"
+    with signals_held():
+        delay, mtime, since = 0.001, None, time.monotonic()
+        while True:
+            try:
+                os.symlink(path, lock)
+                break
+            except FileExistsError:
+                pass
+            deliver_held()  # not holding anything yet: a stop request may interrupt the wait
+            try:
+                now_mtime = os.lstat(lock).st_mtime
+            except OSError:
+                continue
+            if now_mtime != mtime:
+                mtime, since = now_mtime, time.monotonic()
+            elif time.monotonic() - since > grace_s:
+                print(f"journal {path}: taking over its lock, unchanged for {grace_s:.0f}s (its holder died)",
+                      file=sys.stderr, flush=True)
+                _unlink_lock(lock, uuid.uuid4().hex)
+                continue
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        try:
+            yield
+        finally:
+            _unlink_lock(lock, uuid.uuid4().hex)
+
+
+def _unlink_lock(lock: str, tag: str) -> None:
+    """Optuna's release: rename, then unlink (so a concurrent take-over never removes a fresh lock)."""
+    moved = f"{lock}{tag}.rename"
+    try:
+        os.rename(lock, moved)
+        os.unlink(moved)
+    except OSError:
+        pass
 
 
 _BACKEND: Any = None
 
 
 def journal_backend(path: str):
-    """A ``JournalFileBackend`` whose appends heal a torn tail first and never leave half a record."""
+    """A ``JournalFileBackend`` whose appends heal a torn tail first, never leave half a record, and hold
+    the journal's lock with stop signals held (``journal_locked``)."""
     global _BACKEND
     if _BACKEND is None:
-        from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+        from optuna.storages.journal import JournalFileBackend
 
         class HealingJournalBackend(JournalFileBackend):
             def __init__(self, file_path: str):
                 self._path = file_path
-                self._append_lock = JournalFileSymlinkLock(file_path)
-                super().__init__(file_path, lock_obj=self._append_lock)
+                super().__init__(file_path)
 
             def append_logs(self, logs: list[dict[str, Any]]) -> None:
                 data = ("\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n").encode("utf-8")
-                self._append_lock.acquire()
-                try:
+                with journal_locked(self._path):
                     if _ends_torn(self._path):
                         _cut(self._path)
                     size = os.path.getsize(self._path)
@@ -276,8 +326,6 @@ def journal_backend(path: str):
                         with contextlib.suppress(OSError):
                             os.truncate(self._path, size)
                         raise
-                finally:
-                    self._append_lock.release()
 
         _BACKEND = HealingJournalBackend
     return _BACKEND(path)
@@ -321,6 +369,12 @@ class StopRequest:
             signal.signal(s, h)
 
     def __call__(self, signum, frame) -> None:
+        if _HELD_DEPTH[0] > 0:  # inside signals_held(): acted on when the block ends
+            _HELD.append((self, signum))
+            return
+        self.take(signum)
+
+    def take(self, signum: int) -> None:
         self.signals += 1
         if self.stopping or (self.latch and self.signals > 1):
             if self.latch and self.signals == 2:
@@ -340,6 +394,31 @@ class StopRequest:
 
 
 STOP = StopRequest()  # a worker process's (``python -m harness.sweep`` installs it first)
+
+_HELD_DEPTH = [0]  # nesting of signals_held() in the main thread
+_HELD: list[tuple[StopRequest, int]] = []  # stop signals received meanwhile
+
+
+@contextlib.contextmanager
+def signals_held():
+    """A ``StopRequest``'s signals wait until the block ends (main thread; other threads never see them)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _HELD_DEPTH[0] += 1
+    try:
+        yield
+    finally:
+        _HELD_DEPTH[0] -= 1
+        if _HELD_DEPTH[0] == 0:
+            deliver_held()
+
+
+def deliver_held() -> None:
+    """Act on the stop signals held so far (may raise KeyboardInterrupt): call only where nothing is held."""
+    while _HELD:
+        handler, signum = _HELD.pop(0)
+        handler.take(signum)
 
 
 class TolerantStream:

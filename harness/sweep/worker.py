@@ -34,6 +34,7 @@ from harness.sweep.faults import (
     Outage,
     is_transient,
     one_line,
+    quiet_store_logs,
     retry,
     tracking_problem,
 )
@@ -103,6 +104,7 @@ def worker_main(p: dict[str, Any]) -> int:
             print(f"worker: {p['spec']} changed since the sweep started; stopping", file=sys.stderr)
             return EXIT_USAGE
         quiet_optuna()
+        quiet_store_logs()
         from harness.tracking import Store
 
         where = storage_what(p["storage"])
@@ -342,7 +344,7 @@ class Worker:
             raise
         except Exception as e:
             kind = "nonfinite" if isinstance(e, NonFiniteError) else ("outage" if is_transient(e) else "error")
-            self._fail(trial, kind, one_line(e), traceback.format_exc())
+            self._fail(trial, kind, one_line(e), None if kind == "outage" else traceback.format_exc())
 
     def _attempt(self, trial, t0: float) -> None:
         cid, seed = trial.user_attrs[Attr.CELL], int(trial.user_attrs[Attr.SEED])

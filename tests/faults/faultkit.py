@@ -39,10 +39,16 @@ def sweep_cmd(tmp_path: Path, spec: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "harness.cli", "sweep", str(spec), "--runs-dir", str(tmp_path / "runs"), *args]
 
 
-def start(tmp_path: Path, spec: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    """The sweep in the background, in its own process group (a terminal's Ctrl-C reaches the whole group)."""
-    return subprocess.Popen(sweep_cmd(tmp_path, spec, *args), cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True, env={**os.environ, **(env or {})})
+def start(tmp_path: Path, spec: Path, *args: str, env: dict | None = None, out: Path | None = None) -> subprocess.Popen:
+    """The sweep in the background, in its own process group (a terminal's Ctrl-C reaches the whole group);
+    its output piped (read it with ``finish``), or written to ``out`` (to read while it runs)."""
+    sink = open(out, "w") if out else subprocess.PIPE  # noqa: SIM115 - the child's; closed below
+    try:
+        return subprocess.Popen(sweep_cmd(tmp_path, spec, *args), cwd=tmp_path, stdout=sink, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True, env={**os.environ, **(env or {})})
+    finally:
+        if out:
+            sink.close()
 
 
 def run(tmp_path: Path, spec: Path, *args: str, env: dict | None = None, timeout: int = 300):
@@ -111,12 +117,18 @@ def wait_for(what: str, check, timeout: float = 180, every: float = 0.1):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+_RDB: dict[str, object] = {}  # one engine per PostgreSQL URL: polling must not use up the server's connections
+
+
 def trials(url: str, name: str):
     import optuna
 
-    from harness.sweep.study import open_storage
+    from harness.sweep.study import is_rdb, open_storage
 
-    st = open_storage(url)
+    if is_rdb(url):
+        st = _RDB.get(url) or _RDB.setdefault(url, open_storage(url))
+    else:
+        st = open_storage(url)  # a journal is read afresh (a test may have cut it)
     (s,) = [s for s in st.get_all_studies() if s.user_attrs.get("sweep.name") == name]
     return optuna.load_study(study_name=s.study_name, storage=st).get_trials(deepcopy=False)
 
