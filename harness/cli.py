@@ -417,6 +417,10 @@ def main(argv: list[str] | None = None) -> None:
             raise  # a bug: the traceback, exit 1
         typer.echo(f"error: {one_line(e)}", err=True)  # bad input a command did not catch itself
         code = 2
+    if code == 130:
+        from harness.sweep.faults import forget_handled_interrupt
+
+        forget_handled_interrupt()
     sys.exit(code or 0)
 
 

@@ -60,4 +60,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == 130:  # interrupted: without this, an interrupt seen during an import can make the status -2
+        from harness.sweep.faults import forget_handled_interrupt
+
+        forget_handled_interrupt()
+    sys.exit(code)

@@ -34,6 +34,7 @@ from harness.sweep.faults import (
     one_line,
     quiet_store_logs,
     retry,
+    signals_held,
     tracking_problem,
 )
 from harness.sweep.plan import plan_shape, print_plan
@@ -355,20 +356,23 @@ class Coordinator:
         log = open(path, "a")  # noqa: SIM115 - closed when the worker is reaped or stopped
         # The worker starts with SIGINT / SIGTERM blocked (the mask survives exec) and unblocks them once its
         # handler is in: a Ctrl-C during its interpreter's start-up waits for it instead of killing it half-way.
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        try:
-            proc = subprocess.Popen(worker_command(), stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
-                                    env=env)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
-        w = _Proc(k, proc, log, path)
-        self.procs.append(w)
-        self.alive.append(w)
-        try:  # the payload (URLs and all) goes through the pipe, never the command line
-            proc.stdin.write(payload_bytes(payload))
-            proc.stdin.close()
-        except OSError:  # it died at once: reaped as a dead worker
-            pass
+        # Here a stop request waits (signals_held) until the worker is on the books, so the cleanup stops it:
+        # raised inside Popen or the mask calls it would leave a worker nobody stops (and the mask blocked).
+        with signals_held():
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            try:
+                proc = subprocess.Popen(worker_command(), stdin=subprocess.PIPE, stdout=log,
+                                        stderr=subprocess.STDOUT, env=env)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            w = _Proc(k, proc, log, path)
+            self.procs.append(w)
+            self.alive.append(w)
+            try:  # the payload (URLs and all) goes through the pipe, never the command line
+                proc.stdin.write(payload_bytes(payload))
+                proc.stdin.close()
+            except OSError:  # it died at once: reaped as a dead worker
+                pass
 
     def _reap(self) -> int:
         """Workers that exited: an outage or a refusal stops the sweep; a dead one is replaced. Returns #dead."""

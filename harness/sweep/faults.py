@@ -421,6 +421,17 @@ def deliver_held() -> None:
         handler.take(signum)
 
 
+def forget_handled_interrupt() -> None:
+    """Let ``sys.exit``'s code stand after a KeyboardInterrupt that was caught and handled.
+
+    CPython (3.11, 3.12): a KeyboardInterrupt that propagates out of a string ``eval`` / ``exec`` sets a
+    process-wide flag, and ``python -m`` then ends by SIGINT (exit status -2) whatever code ``sys.exit`` gave.
+    ``collections.namedtuple`` runs such an ``eval``, so a Ctrl-C during any import can set it. Evaluating a
+    string resets the flag. Call it just before exiting with 130.
+    """
+    eval("None")
+
+
 class TolerantStream:
     """A worker's stdout / stderr (its log file): a write that fails (a full disk) is dropped, never raised."""
 
