@@ -128,12 +128,13 @@ def check_storage(storage: str) -> None:
 @app.command()
 def tasks(
     action: Annotated[
-        str, typer.Argument(help="list (the built-in tasks) | verify (the shipped artifacts) | build (rebuild them).")
+        str, typer.Argument(help="list (built-in and plugin tasks) | verify (the shipped artifacts) | build (rebuild them).")
     ] = "list",
     task: Annotated[list[str] | None, typer.Option("--task", "-t", help="build: only this task (repeatable).")] = None,
 ) -> None:
-    """List the built-in tasks, verify the shipped task artifacts against their manifest, or rebuild them."""
-    from harness.tasks import list_tasks
+    """List the tasks (built-in, and plugins registered through the ``ppo_harness.tasks`` entry points) with
+    their source, verify the shipped task artifacts against their manifest, or rebuild them."""
+    from harness.tasks import builtin_tasks, list_tasks, plugin_problems, task_source
     from harness.warmstart import artifacts
 
     if action == "list":
@@ -141,7 +142,9 @@ def tasks(
         shipped = m.get("artifacts", {})
         for name, desc in list_tasks().items():
             mark = f"[artifacts v{m.get('version')}]" if f"{name}/sft" in shipped else "[built locally]"
-            typer.echo(f"{name:<10} {mark:<16} {desc}")
+            typer.echo(f"{name:<10} {mark:<16} {task_source(name):<10} {desc}")
+        for name, why in plugin_problems().items():
+            typer.echo(f"warning: task plugin '{name}' left out: {why}", err=True)
         return
     if action == "verify":
         results = artifacts.verify_all()
@@ -153,9 +156,9 @@ def tasks(
     if action == "build":
         from harness.warmstart.build import build_shipped
 
-        unknown = [t for t in task or [] if t not in list_tasks()]
-        if unknown:
-            raise fail(f"--task '{unknown[0]}': unknown task (known: {', '.join(list_tasks())})")
+        unknown = [t for t in task or [] if t not in builtin_tasks()]
+        if unknown:  # the shipped artifacts are the built-in tasks'; a plugin task's models are built on first use
+            raise fail(f"--task '{unknown[0]}': not a built-in task (built-in: {', '.join(builtin_tasks())})")
         import sys
 
         def live(msg: str) -> None:  # one live line on stderr

@@ -1,6 +1,17 @@
-"""Built-in offline tasks. Importing this package registers them."""
+"""Built-in offline tasks (importing this package registers them) and the plugin tasks of other packages."""
 
 from harness.tasks import length, sentiment, sort  # noqa: F401  (registration side effects)
-from harness.tasks.base import Task, get_task, list_tasks, register
+from harness.tasks.base import (
+    ENTRY_POINT_GROUP,
+    Task,
+    builtin_tasks,
+    get_task,
+    list_tasks,
+    plugin_problems,
+    register,
+    task_source,
+)
 
-__all__ = ["Task", "get_task", "list_tasks", "register"]
+__all__ = [
+    "ENTRY_POINT_GROUP", "Task", "builtin_tasks", "get_task", "list_tasks", "plugin_problems", "register", "task_source",
+]

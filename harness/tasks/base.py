@@ -1,9 +1,21 @@
-"""The task contract and its registry (a decorator; duplicates are an error)."""
+"""The task contract and its registry: the built-ins (a decorator; duplicates are an error) and the tasks
+other packages register through the entry-point group ``ppo_harness.tasks``.
+
+A plugin package declares, in its ``pyproject.toml``::
+
+    [project.entry-points."ppo_harness.tasks"]
+    my_task = "my_package.tasks:make_my_task"      # a Task, or a function of no arguments returning one
+
+Plugins are looked up once per process, the first time a task is listed or asked for; a plugin that
+fails to load, clashes with a registered name or is not a Task is left out and its problem kept
+(``plugin_problems``, shown by ``ppo-harness tasks``): one broken package does not break the others.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 
 
 @dataclass(frozen=True)
@@ -45,21 +57,61 @@ class Task:
 
 
 TaskFactory = Callable[[], Task]
+ENTRY_POINT_GROUP = "ppo_harness.tasks"
+BUILT_IN = "built-in"
 _REGISTRY: dict[str, tuple[str, TaskFactory]] = {}
+_SOURCES: dict[str, str] = {}  # name -> "built-in" | "plugin <distribution> (<module:object>)"
 _CACHE: dict[str, Task] = {}
+_PROBLEMS: dict[str, str] = {}  # entry-point name -> why it was left out
+_PLUGINS_LOOKED_UP = [False]
 
 
-def register(name: str, description: str) -> Callable[[TaskFactory], TaskFactory]:
+def register(name: str, description: str, source: str = BUILT_IN) -> Callable[[TaskFactory], TaskFactory]:
     def deco(fn: TaskFactory) -> TaskFactory:
         if name in _REGISTRY:
             raise ValueError(f"task '{name}' is registered twice")
         _REGISTRY[name] = (description, fn)
+        _SOURCES[name] = source
         return fn
 
     return deco
 
 
+def _plugin(ep: metadata.EntryPoint) -> tuple[Task, str]:
+    """(the entry point's task, where it comes from); ValueError saying what is wrong with it."""
+    dist = getattr(ep, "dist", None)
+    source = f"plugin {dist.name if dist is not None else '?'} ({ep.value})"
+    if ep.name in _REGISTRY:
+        raise ValueError(f"{source}: the name '{ep.name}' is taken by the {_SOURCES[ep.name]} task")
+    try:
+        obj = ep.load()
+        task = obj() if callable(obj) and not isinstance(obj, Task) else obj
+    except Exception as e:  # a third party's import or factory failed: keep the reason, leave it out
+        raise ValueError(f"{source}: {type(e).__name__}: {e}".splitlines()[0]) from None
+    if not isinstance(task, Task):
+        raise ValueError(f"{source}: gave {type(task).__name__}, neither a harness.tasks.Task nor a function returning one")
+    if task.name != ep.name:
+        raise ValueError(f"{source}: the entry point is named '{ep.name}' but its Task is named '{task.name}'")
+    return task, source
+
+
+def load_plugins() -> None:
+    """Register the tasks of the ``ppo_harness.tasks`` entry points (once per process)."""
+    if _PLUGINS_LOOKED_UP[0]:
+        return
+    _PLUGINS_LOOKED_UP[0] = True
+    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        try:
+            task, source = _plugin(ep)
+        except ValueError as e:
+            _PROBLEMS[ep.name] = str(e)
+            continue
+        register(ep.name, task.description, source)(lambda t=task: t)
+        _CACHE[ep.name] = task
+
+
 def get_task(name: str) -> Task:
+    load_plugins()
     if name not in _REGISTRY:
         raise KeyError(f"task.name '{name}': unknown task (known: {', '.join(sorted(_REGISTRY))})")
     if name not in _CACHE:
@@ -68,4 +120,23 @@ def get_task(name: str) -> Task:
 
 
 def list_tasks() -> dict[str, str]:
+    """Every task, built-in and plugin: name -> description."""
+    load_plugins()
     return {n: d for n, (d, _) in sorted(_REGISTRY.items())}
+
+
+def builtin_tasks() -> dict[str, str]:
+    """The tasks that ship with the harness (and its artifacts): name -> description."""
+    return {n: d for n, (d, _) in sorted(_REGISTRY.items()) if _SOURCES[n] == BUILT_IN}
+
+
+def task_source(name: str) -> str:
+    """'built-in', or 'plugin <distribution> (<module:object>)'."""
+    load_plugins()
+    return _SOURCES[name]
+
+
+def plugin_problems() -> dict[str, str]:
+    """Entry points of ``ppo_harness.tasks`` that were left out: name -> why."""
+    load_plugins()
+    return dict(_PROBLEMS)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from harness.config import build_config
 from harness.models.presets import PRESETS
-from harness.tasks import get_task, list_tasks
+from harness.tasks import builtin_tasks, get_task
 from harness.warmstart import artifacts
 from harness.warmstart.cache import CACHE_VERSION, build_reward_model, build_sft, rm_parts, sft_parts
 from harness.warmstart.cache import cache_key as _key
@@ -26,7 +26,7 @@ def build_shipped(
     tasks: Sequence[str] | None = None, root: Path | None = None, progress: Callable[[str], None] | None = None
 ) -> Path:
     """Rebuild ``tasks`` (default: every built-in task) into ``root``; returns the manifest's path."""
-    names = list(tasks or list_tasks())
+    names = list(tasks or builtin_tasks())
     root = root or artifacts.ROOT
     old = artifacts.read_manifest(root) if (root / artifacts.MANIFEST).is_file() else None
     entries = {k: v for k, v in (old or {}).get("artifacts", {}).items() if k.split("/")[0] not in names}
