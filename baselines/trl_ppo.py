@@ -353,7 +353,8 @@ def train(cfg: RunConfig, logger, on_eval=None, progress: bool = True) -> RunRes
         rec = Recorder(cfg, logger, models, score_fn, T, bar=bar, on_eval=on_eval)
 
         set_seed(cfg.seed)  # python, numpy (TRL's minibatch permutations) and torch
-        reward = RewardAdapter(models.reward, tok, task.gold, P, cfg.train.missing_eos_penalty, task.train_prompts)
+        reward = RewardAdapter(models.reward, tok, task.gold, P, cfg.train.missing_eos_penalty, task.train_prompts,
+                               reward_fn=models.reward_fn)
         models.policy.generation_config.pad_token_id = tok.pad_token_id
         optimizer, scheduler = make_optimizer(cfg, models.policy, models.value)
         callback = _trl_callback(cfg=cfg, reward=reward, optimizer=optimizer, recorder=rec)

@@ -15,6 +15,7 @@ custom core would give that completion:
 - ``model.reward=learned`` (or a path): the proxy RM's own trunk and head, unchanged;
 - ``model.reward=gold``: the task's gold reward of the decoded completion, broadcast
   over positions (so TRL's "last real token" pick returns it);
+- ``model.reward=package.module:function``: that function of the decoded text, broadcast the same way;
 - ``train.missing_eos_penalty=c``: rows with no EOS get the score ``c`` (REPLACED:
   ``harness.ppo.math.missing_eos_score``, as in ``harness.lm.rollout.collect``). TRL's own
   ``missing_eos_penalty=p`` would instead give ``score - p``; no ``p`` makes that equal to a
@@ -81,8 +82,10 @@ class _Head(nn.Module):
         ids, attn = a.seen["input_ids"], a.seen["attention_mask"]
         prompts, completions, mask, has_eos = a.decode(ids, attn)
         gold = torch.tensor(a.gold_fn(prompts, completions, has_eos.tolist()), dtype=torch.float32)  # (B,)
-        if self.inner is None:
-            scores = gold[:, None, None].expand(ids.shape[0], ids.shape[1], 1).clone()  # (B, L, 1)
+        if self.inner is None:  # a function of the text: the user's (model.reward=module:function) or gold
+            by_text = gold if a.reward_fn is None else torch.tensor(
+                a.reward_fn(prompts, completions, has_eos.tolist()), dtype=torch.float32)
+            scores = by_text[:, None, None].expand(ids.shape[0], ids.shape[1], 1).clone()  # (B, L, 1)
         else:
             scores = self.inner(hidden).float()  # (B, L, 1), TRL picks the last real token
         # the custom core's semantics: no EOS -> the score IS the penalty (not score - penalty)
@@ -110,13 +113,14 @@ class RewardAdapter(nn.Module):
     base_model_prefix = "trunk"
 
     def __init__(self, reward_model: nn.Module | None, tokenizer, gold_fn, prompt_width: int,
-                 missing_eos_penalty: float | None, prompts: list[str] | tuple[str, ...] = ()):
+                 missing_eos_penalty: float | None, prompts: list[str] | tuple[str, ...] = (), reward_fn=None):
         super().__init__()
         self.seen: dict = {}
         trunk = getattr(reward_model, reward_model.base_model_prefix) if reward_model is not None else None
         self.trunk = _Trunk(trunk, self.seen)
         self.score = _Head(self, reward_model.score if reward_model is not None else None)
         self.tokenizer, self.gold_fn, self.P = tokenizer, gold_fn, prompt_width
+        self.reward_fn = reward_fn  # model.reward=package.module:function (then reward_model is None)
         self.missing_eos_penalty = missing_eos_penalty
         self.eos_id = tokenizer.eos_token_id
         self._prompt_of = {tuple(tokenizer.encode(p, add_special_tokens=False)): p for p in prompts}

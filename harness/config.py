@@ -56,11 +56,21 @@ class TaskConfig(_Section):
 
 
 class ModelConfig(_Section):
-    policy: str = Field(default="tiny", description="A built-in preset (tiny, small) or a Hugging Face model name / local path.")
+    policy: str = Field(
+        default="tiny",
+        description="A built-in preset (tiny, small) or any causal LM (AutoModelForCausalLM: GPT-2, GPT-NeoX / "
+        "Pythia, Llama, Qwen2 ...) by Hugging Face name or local path, with its own tokenizer.",
+    )
+    sft: Literal["auto", "none", "task"] = Field(
+        default="auto",
+        description="Warm start of the policy: task = supervised fine-tuning on the task's SFT corpus first (cached); "
+        "none = the model as given; auto = task for the built-in presets (random-initialised), none otherwise.",
+    )
     reward: str = Field(
         default="learned",
-        description="learned = proxy RM trained on gold-labelled SFT pairs (Gao et al. 2022); gold = optimise the "
-        "task's gold reward; else a path to a sequence-classification model.",
+        description="learned = proxy RM trained on gold-labelled pairs of policy samples (Gao et al. 2022); gold = "
+        "optimise the task's gold reward; package.module:function = a Python function (prompts, completions) -> "
+        "scores; else a sequence-classification model (name or path) with its own tokenizer.",
     )
     value_init: Literal["reward", "policy"] = Field(
         default="reward", description="Value model initialised from the reward model (N implementation details) or the SFT policy."

@@ -105,8 +105,15 @@ def collect(
     return ro
 
 
-def make_score_fn(reward_model, task_gold: Callable[[list[str], list[str], list[bool]], list[float]]) -> ScoreFn:
-    """The optimised reward: the proxy RM's score, or the gold reward when there is no RM."""
+def make_score_fn(reward_model, task_gold: Callable[[list[str], list[str], list[bool]], list[float]],
+                  reward_fn: Callable[[list[str], list[str], list[bool]], list[float]] | None = None) -> ScoreFn:
+    """The optimised reward: a function of the text (``reward_fn``, model.reward=package.module:function),
+    the proxy RM's score, or the gold reward when there is neither."""
+    if reward_fn is not None:
+        def by_function(ro: Rollout) -> torch.Tensor:
+            return torch.tensor(reward_fn(ro.prompts, ro.completions, ro.has_eos.tolist()), dtype=torch.float32)
+
+        return by_function
     if reward_model is None:
         def gold(ro: Rollout) -> torch.Tensor:
             if ro.gold is not None:

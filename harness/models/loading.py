@@ -119,5 +119,16 @@ def load_pretrained_lm(name: str):
     return tokenizer, model
 
 
+def load_tokenizer(source):
+    """A model's tokenizer, left-padded, with a pad token (its EOS when it has none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
 def looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") != 1 or Path(name).exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,8 @@ class Models:
     value: nn.Module | None  # trainable value model (sequence classifier, per-token head use)
     source: str  # where the weights came from (cache dir or HF name)
     provenance: dict[str, str] | None = None  # MLflow tags: shipped or local build, version, checksums
+    # model.reward=package.module:function: the optimised reward, (prompts, completions, ended) -> scores
+    reward_fn: Callable[..., list[float]] | None = None
 
 
 class SharedTrunkValue(nn.Module):

@@ -221,7 +221,7 @@ def train(cfg: RunConfig, logger, on_eval=None, progress: bool = True) -> RunRes
     n = cfg.train.iterations
     with RunProgress(n, enabled=progress, title=f"{cfg.task.name} {cfg.advantage.level} seed {cfg.seed}") as bar:
         models = load_models(cfg, progress=bar.status)
-        score_fn = make_score_fn(models.reward, models.task.gold)
+        score_fn = make_score_fn(models.reward, models.task.gold, models.reward_fn)
         st = init_state(cfg, models)
         rec = Recorder(cfg, logger, models, score_fn, response_length(cfg, models.task), bar=bar, on_eval=on_eval)
         try:

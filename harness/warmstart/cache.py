@@ -17,6 +17,7 @@ import shutil
 import stat
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import torch
 
 from harness.config import RunConfig, response_length
 from harness.locks import locked
-from harness.models.loading import load_lm, load_pretrained_lm, save_classifier
+from harness.models.loading import load_lm, load_pretrained_lm, load_tokenizer, save_classifier
 from harness.models.presets import PRESETS, gpt2_config, is_preset, no_dropout
 from harness.models.tokenizer import build_tokenizer
 from harness.models.types import ModelError
@@ -106,9 +107,41 @@ def sft_parts(cfg: RunConfig, task: Task) -> dict[str, Any]:
             "preset": PRESETS.get(name), "corpus": cache_key({"sft": task.sft_corpus, "vocab": task.words()})}
 
 
+def uses_sft(cfg: RunConfig) -> bool:
+    """model.sft: task, or auto with a built-in preset (random-initialised: it needs its warm start)."""
+    return cfg.model.sft == "task" or (cfg.model.sft == "auto" and is_preset(cfg.model.policy))
+
+
+def start_key(cfg: RunConfig, task: Task) -> str:
+    """The key of the policy a run starts from: its SFT build's, or the model as given (model.sft=none)."""
+    if uses_sft(cfg):
+        return cache_key(sft_parts(cfg, task))
+    return cache_key({"v": CACHE_VERSION, "policy": cfg.model.policy, "sft": "none"})
+
+
+@dataclass(frozen=True)
+class PolicyStart:
+    """Where a run's policy and its tokenizer load from: an SFT build (``sft_dir``), or the model as given."""
+
+    policy: str | Path
+    tokenizer: str | Path
+    sft_dir: Path | None = None
+
+    @classmethod
+    def of_sft(cls, sft_dir: Path) -> PolicyStart:
+        return cls(sft_dir / "policy", sft_dir / "tokenizer", sft_dir)
+
+
+def policy_start(cfg: RunConfig, task: Task, progress=None) -> PolicyStart:
+    """The SFT build (shipped, cached or built now) when the run uses one, else the policy as named."""
+    if uses_sft(cfg):
+        return PolicyStart.of_sft(build_sft(cfg, task, progress))
+    return PolicyStart(cfg.model.policy, cfg.model.policy)
+
+
 def rm_parts(cfg: RunConfig, task: Task) -> dict[str, Any]:
-    """What makes the proxy RM of a run: its SFT policy's key, the pairs, label noise, length and recipe."""
-    return {"v": CACHE_VERSION, "sft": cache_key(sft_parts(cfg, task)), "pairs": cfg.model.rm_pairs,
+    """What makes the proxy RM of a run: its policy's key, the pairs, label noise, length and recipe."""
+    return {"v": CACHE_VERSION, "sft": start_key(cfg, task), "pairs": cfg.model.rm_pairs,
             "noise": cfg.model.rm_label_noise, "len": response_length(cfg, task), "rm": RM_RECIPE}
 
 
@@ -137,22 +170,25 @@ def build_sft(cfg: RunConfig, task: Task, progress=None, use_shipped: bool = Tru
     return _cached(cache_root() / task.name / f"sft-{_safe(name)}-{cache_key(parts)}", parts, build)
 
 
-def build_reward_model(cfg: RunConfig, task: Task, sft_dir: Path, progress=None, use_shipped: bool = True) -> Path:
-    """Proxy RM trained on gold-labelled SFT preference pairs: shipped (verified), or built and cached."""
+def build_reward_model(cfg: RunConfig, task: Task, start: Path | PolicyStart, progress=None,
+                       use_shipped: bool = True) -> Path:
+    """Proxy RM trained on gold-labelled preference pairs of the policy's samples (``start``: its SFT
+    folder or a ``PolicyStart``), initialised from that policy: shipped (verified), or built and cached."""
+    start = start if isinstance(start, PolicyStart) else PolicyStart.of_sft(start)
     parts = rm_parts(cfg, task)
     if use_shipped and (found := artifacts.shipped(task.name, "rm", cache_key(parts))) is not None:
         return found
 
     def build(tmp: Path) -> dict:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
-        tokenizer = AutoTokenizer.from_pretrained(sft_dir / "tokenizer")
-        policy = load_lm(sft_dir / "policy")
+        tokenizer = load_tokenizer(start.tokenizer)
+        policy = load_lm(start.policy)
         chosen, rejected = preference_pairs(
             policy, tokenizer, task, cfg.model.rm_pairs, response_length(cfg, task), cfg.model.rm_label_noise, seed=0
         )
         torch.manual_seed(0)
-        rm = AutoModelForSequenceClassification.from_pretrained(sft_dir / "policy", num_labels=1)
+        rm = AutoModelForSequenceClassification.from_pretrained(start.policy, num_labels=1)
         rm.config.pad_token_id = tokenizer.pad_token_id
         stats = train_reward_model(no_dropout(rm), tokenizer, chosen, rejected, seed=0, progress=progress)
         save_classifier(rm, tmp / "rm")

@@ -9,18 +9,27 @@ from pathlib import Path
 from torch import nn
 
 from harness.config import RunConfig
-from harness.models.loading import load_classifier, load_lm, looks_local
+from harness.models.loading import load_classifier, load_lm, load_tokenizer, looks_local
 from harness.models.presets import PRESETS, is_preset, no_dropout
+from harness.models.reward_fn import (
+    is_callable_spec,
+    load_reward_fn,
+    same_vocabulary,
+    text_reward_fn,
+    try_reward_fn,
+)
 from harness.models.types import ModelError, Models, SharedTrunkValue
 from harness.tasks import get_task
 from harness.warmstart import artifacts
 from harness.warmstart.cache import (
+    PolicyStart,
     build_reward_model,
-    build_sft,
     cache_key,
     check_cache_dir,
+    policy_start,
     rm_parts,
     sft_parts,
+    uses_sft,
 )
 
 
@@ -37,15 +46,21 @@ def validate_model_keys(cfg: RunConfig) -> None:
             raise ModelError(f"model.policy '{p}': not a built-in preset ({', '.join(PRESETS)}) nor an existing path")
         _check_model_dir("model.policy", p, tokenizer=True)
     r = cfg.model.reward
-    if r not in ("learned", "gold") and looks_local(r):
+    task = get_task(cfg.task.name)
+    if is_callable_spec(r):  # imported and tried on two prompts now: a broken function is refused before the run
+        try_reward_fn(r, task.train_prompts)
+    elif r not in ("learned", "gold") and looks_local(r):
         if not Path(r).expanduser().exists():
             raise ModelError(f"model.reward '{r}': not 'learned', 'gold' or an existing model path")
         _check_model_dir("model.reward", r, tokenizer=False)
+    if cfg.model.sft == "none" and is_preset(p):
+        raise ModelError(f"model.sft 'none': the preset '{p}' is random-initialised and needs its warm start "
+                         "(model.sft=task or auto)")
     # shipped artifacts this run would use are verified now, before anything is logged
-    task = get_task(cfg.task.name)
+    sft_used = uses_sft(cfg)
     try:
-        sft = artifacts.shipped(task.name, "sft", cache_key(sft_parts(cfg, task)))
-        rm = artifacts.shipped(task.name, "rm", cache_key(rm_parts(cfg, task))) if r == "learned" else sft
+        sft = artifacts.shipped(task.name, "sft", cache_key(sft_parts(cfg, task))) if sft_used else "as given"
+        rm = artifacts.shipped(task.name, "rm", cache_key(rm_parts(cfg, task))) if r == "learned" else "none"
     except artifacts.ArtifactError as e:
         raise ModelError(str(e)) from None
     if sft is None or rm is None:  # the run reads (or builds) models in the cache: only its owner may write there
@@ -81,26 +96,11 @@ def load_models(cfg: RunConfig, progress=None) -> Models:
     """Everything one run needs, built or loaded from the cache."""
     validate_model_keys(cfg)
     task = get_task(cfg.task.name)
-    sft_dir = build_sft(cfg, task, progress)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(sft_dir / "tokenizer")
-    tokenizer.padding_side = "left"
-    policy = load_lm(sft_dir / "policy")
+    start = policy_start(cfg, task, progress)
+    tokenizer = load_tokenizer(start.tokenizer)
+    policy = load_lm(start.policy)
     ref = copy.deepcopy(policy).eval().requires_grad_(False)
-    reward: nn.Module | None
-    if cfg.model.reward == "gold":
-        reward = None
-    elif cfg.model.reward == "learned":
-        rm_dir = build_reward_model(cfg, task, sft_dir, progress)
-        reward = load_classifier(rm_dir / "rm")
-    else:
-        try:
-            reward = load_classifier(Path(cfg.model.reward))
-        except Exception as e:
-            raise ModelError(f"model.reward '{cfg.model.reward}': cannot load ({str(e).splitlines()[0][:160]})") from None
-    if reward is not None:
-        reward.requires_grad_(False)
+    reward, reward_fn, rm_dir = _reward(cfg, task, start, tokenizer, progress)
     value = None
     needs_value = cfg.advantage.level == "token" or cfg.advantage.baseline == "value"
     if needs_value and cfg.model.value_trunk == "shared":
@@ -111,14 +111,50 @@ def load_models(cfg: RunConfig, progress=None) -> Models:
         else:
             from transformers import AutoModelForSequenceClassification
 
-            value = AutoModelForSequenceClassification.from_pretrained(sft_dir / "policy", num_labels=1)
+            value = AutoModelForSequenceClassification.from_pretrained(start.policy, num_labels=1)
+            value.config.pad_token_id = tokenizer.pad_token_id
             value = no_dropout(value)
             nn.init.zeros_(value.score.weight)
         value.requires_grad_(True)
         value.train()
     policy.train()
-    tags = artifacts.provenance(task.name, "sft", sft_dir)
-    if cfg.model.reward == "learned":
+    tags = artifacts.provenance(task.name, "sft", start.sft_dir) if start.sft_dir is not None else {}
+    if rm_dir is not None:
         tags.update(artifacts.provenance(task.name, "rm", rm_dir))
     return Models(task=task, tokenizer=tokenizer, policy=policy, ref=ref, reward=reward, value=value,
-                  source=str(sft_dir), provenance=tags)
+                  source=str(start.sft_dir or start.policy), provenance=tags, reward_fn=reward_fn)
+
+
+def _reward(cfg: RunConfig, task, start: PolicyStart, tokenizer, progress):
+    """(reward model sharing the policy's tokens or None, reward function of the text or None, proxy RM folder).
+
+    A reward model whose tokenizer maps tokens to other ids than the policy's is scored on the text
+    (``text_reward_fn``: decoded and re-tokenised for it), on the custom core and TRL alike."""
+    r = cfg.model.reward
+    if r == "gold":
+        return None, None, None
+    if is_callable_spec(r):
+        return None, load_reward_fn(r), None
+    if r == "learned":
+        rm_dir = build_reward_model(cfg, task, start, progress)
+        return _frozen(load_classifier(rm_dir / "rm")), None, rm_dir
+    try:
+        reward = _frozen(load_classifier(Path(r) if looks_local(r) else r))
+        own = load_tokenizer(r) if _has_tokenizer(r) else None
+    except Exception as e:
+        raise ModelError(f"model.reward '{r}': cannot load ({str(e).splitlines()[0][:160]})") from None
+    if own is not None and not same_vocabulary(own, tokenizer):
+        return None, text_reward_fn(reward, own, r), None
+    return reward, None, None
+
+
+def _frozen(model: nn.Module) -> nn.Module:
+    return model.requires_grad_(False).eval()
+
+
+def _has_tokenizer(name: str) -> bool:
+    """A local folder with tokenizer files, or a hub id (whose tokenizer is its own)."""
+    folder = Path(name).expanduser()
+    if not looks_local(name):
+        return True
+    return folder.is_dir() and any((folder / t).is_file() for t in TOKENIZER)

@@ -1,0 +1,117 @@
+"""A reward given as Python code: ``model.reward=package.module:function``.
+
+The function takes the prompts and the completions (lists of strings, the completion's EOS
+stripped) and returns one finite number per completion::
+
+    def my_reward(prompts: list[str], completions: list[str]) -> list[float]: ...
+
+It is imported and tried on two of the task's prompts before a run exists, so a function that
+cannot be imported, is not callable, raises, or returns the wrong number of scores is refused
+with one line naming ``model.reward`` (exit 2) and nothing is logged. During training it is the
+optimised reward in place of a reward model; the task's gold reward stays the held-out measure
+(eval/gold), as with a proxy reward model. A completion that emitted no EOS still gets
+``train.missing_eos_penalty`` in place of its score, as for every reward.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+from collections.abc import Callable, Sequence
+
+from harness.models.types import ModelError
+
+# package.module:function (dotted module path, one attribute name)
+SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+
+GoldLike = Callable[[Sequence[str], Sequence[str], Sequence[bool]], list[float]]
+
+
+def is_callable_spec(value: str) -> bool:
+    """``package.module:function``, as opposed to 'learned', 'gold' or a model path."""
+    return bool(SPEC.match(value))
+
+
+def load_reward_fn(spec: str) -> GoldLike:
+    """The function ``spec`` names, wrapped to the gold reward's signature ``(prompts, completions, ended)``
+    with its output checked on every call (ModelError naming ``model.reward``)."""
+    module, _, name = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as e:
+        raise ModelError(f"model.reward '{spec}': cannot import module '{e.name}'") from None
+    except AttributeError:
+        raise ModelError(f"model.reward '{spec}': module '{module}' has no attribute '{name}'") from None
+    except Exception as e:  # the module itself failed to import
+        raise ModelError(f"model.reward '{spec}': importing '{module}' failed ({_first_line(e)})") from None
+    if not callable(fn):
+        raise ModelError(f"model.reward '{spec}': {type(fn).__name__} is not callable")
+
+    def reward(prompts: Sequence[str], completions: Sequence[str], ended: Sequence[bool] = ()) -> list[float]:
+        try:
+            out = fn(list(prompts), list(completions))
+        except Exception as e:
+            raise ModelError(f"model.reward '{spec}': raised {_first_line(e)}") from None
+        return check_scores(spec, out, len(completions))
+
+    reward.__name__ = f"reward_fn[{spec}]"
+    return reward
+
+
+def check_scores(spec: str, out, n: int) -> list[float]:
+    """``out`` as n finite floats, or ModelError saying what it was."""
+    try:
+        scores = [float(x) for x in out]
+    except (TypeError, ValueError):
+        raise ModelError(f"model.reward '{spec}': returned {type(out).__name__}, expected {n} numbers") from None
+    if len(scores) != n:
+        raise ModelError(f"model.reward '{spec}': returned {len(scores)} scores for {n} completions")
+    bad = [s for s in scores if not math.isfinite(s)]
+    if bad:
+        raise ModelError(f"model.reward '{spec}': returned a non-finite score ({bad[0]})")
+    return scores
+
+
+def try_reward_fn(spec: str, prompts: Sequence[str]) -> GoldLike:
+    """Load the function and call it once on two prompts (an empty and a one-word completion)."""
+    fn = load_reward_fn(spec)
+    sample = list(prompts[:2]) or ["", ""]
+    fn(sample, ["", "ok"][: len(sample)], [True] * len(sample))
+    return fn
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:160]}" if text else type(e).__name__
+
+
+def text_reward_fn(model, tokenizer, name: str) -> GoldLike:
+    """A sequence-classification reward model with a tokenizer of its own, as a function of the text.
+
+    The policy's completion is decoded (EOS stripped) and re-tokenised with the reward model's
+    tokenizer as the pair (prompt, completion), the reward-model convention (e.g. OpenAssistant's
+    DeBERTa RMs); the score is the model's own forward, logits[:, 0], under inference mode. Used
+    whenever ``model.reward``'s vocabulary differs from the policy's (``same_vocabulary``).
+    """
+    import torch
+
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id  # decoder RMs find their last token by it
+    tokenizer.padding_side = "right"
+    device = next(model.parameters()).device
+
+    def reward(prompts: Sequence[str], completions: Sequence[str], ended: Sequence[bool] = ()) -> list[float]:
+        batch = tokenizer(list(prompts), list(completions), padding=True, truncation=True, return_tensors="pt")
+        with torch.inference_mode():
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+        return check_scores(name, logits[:, 0].float().cpu().tolist(), len(completions))
+
+    reward.__name__ = f"reward_model[{name}]"
+    return reward
+
+
+def same_vocabulary(a, b) -> bool:
+    """Two tokenizers map every token to the same id (then token ids can be shared without re-tokenising)."""
+    return a.get_vocab() == b.get_vocab()

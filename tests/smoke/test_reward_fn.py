@@ -1,0 +1,81 @@
+"""model.reward=package.module:function: a Python function of the text is the optimised reward, on the custom
+core and on TRL's PPOTrainer; a broken one is refused with one line before anything exists."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY
+
+REWARDS = '''
+def half(prompts, completions):
+    return [0.5 for _ in completions]
+
+def too_few(prompts, completions):
+    return [0.0]
+
+def raises(prompts, completions):
+    raise RuntimeError("reward server unreachable")
+
+def not_numbers(prompts, completions):
+    return ["high" for _ in completions]
+
+NOT_CALLABLE = 3
+'''
+
+
+@pytest.fixture(scope="module")
+def rewards_path(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("rewards")
+    (root / "my_rewards.py").write_text(REWARDS)
+    return root
+
+
+def _train(rewards_path: Path, tmp_path: Path, reward: str, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(rewards_path), os.environ.get("PYTHONPATH", "")])}
+    sets = [a for k, v in {**TINY, "model.reward": reward, "train.missing_eos_penalty": "null"}.items()
+            for a in ("--set", f"{k}={v}")]
+    return subprocess.run([sys.executable, "-m", "harness.cli", "train", *sets, *extra,
+                           "--runs-dir", str(tmp_path / "runs")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
+def _history(tmp_path: Path, key: str) -> list[float]:
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.params["model.reward"] == "my_rewards:half"
+    assert "eval/gold" in runs[0].data.metrics  # the task's gold reward still measures the policy
+    return [m.value for m in client.get_metric_history(runs[0].info.run_id, key)]
+
+
+@pytest.mark.parametrize("impl", ["custom", "trl"])
+def test_the_function_is_the_optimised_reward(rewards_path, tmp_path, impl):
+    out = _train(rewards_path, tmp_path, "my_rewards:half", "--set", f"impl={impl}")
+    assert out.returncode == 0, out.stdout + out.stderr
+    scores = _history(tmp_path, "objective/scores")
+    assert len(scores) == TINY["train.iterations"]
+    assert scores == pytest.approx([0.5] * len(scores), abs=1e-7)  # every completion scored 0.5 by the function
+
+
+@pytest.mark.parametrize(("reward", "says"), [
+    ("my_rewards:too_few", "returned 1 scores for 2 completions"),
+    ("my_rewards:raises", "raised RuntimeError: reward server unreachable"),
+    ("my_rewards:not_numbers", "returned list, expected 2 numbers"),
+    ("my_rewards:NOT_CALLABLE", "int is not callable"),
+    ("my_rewards:absent", "module 'my_rewards' has no attribute 'absent'"),
+    ("no_such_pkg.rewards:fn", "cannot import module 'no_such_pkg'"),
+])
+def test_a_broken_function_is_one_line_and_nothing_is_created(rewards_path, tmp_path, reward, says):
+    out = _train(rewards_path, tmp_path, reward)
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "model.reward" in lines[0] and says in lines[0], out.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
