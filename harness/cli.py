@@ -432,7 +432,7 @@ INPUT_ERRORS = (
     ("harness.config", "ConfigError"), ("harness.config", "SpeltTwice"), ("harness.sweep.spec", "SpecError"),
     ("harness.sweep.study", "SweepRefused"), ("harness.models.types", "ModelError"),
     ("harness.warmstart.artifacts", "ArtifactError"), ("reports.collect", "ReportError"),
-    ("baselines.trl_ppo", "NotExpressible"), ("harness.urls", "UnsafeName"),
+    ("baselines.trl_ppo", "NotExpressible"), ("harness.urls", "UnsafeName"), ("harness.tasks.data", "PromptFileError"),
 )
 
 

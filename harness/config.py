@@ -40,9 +40,33 @@ class _Section(BaseModel):
 
 
 class TaskConfig(_Section):
-    name: str = Field(default="sentiment", description="Task name: a built-in task (see `ppo-harness tasks`).")
+    name: str = Field(
+        default="sentiment",
+        description="Task name: a built-in or plugin task (see `ppo-harness tasks`); not read when task.prompts is set.",
+    )
     response_length: int | None = Field(
-        default=None, ge=1, le=512, description="Max response tokens; null = the task's own default."
+        default=None, ge=1, le=4096, description="Max response tokens; null = the task's own default (64 for task.prompts)."
+    )
+    prompts: str | None = Field(
+        default=None,
+        description="A task defined by data: a local .jsonl / .csv / .parquet file of prompts (harness/tasks/data.py); "
+        "its gold reward is model.gold (or the optimised reward when that is a function or a reward model).",
+    )
+    prompt_column: str = Field(default="prompt", min_length=1, description="task.prompts: the column holding the prompt.")
+    split_column: str | None = Field(
+        default=None, min_length=1,
+        description="task.prompts: a column naming each row's split; rows equal to task.eval_split are held out.",
+    )
+    eval_split: str = Field(default="test", min_length=1, description="task.prompts: the held-out split's name.")
+    eval_fraction: float = Field(
+        default=0.1, gt=0.0, lt=1.0,
+        description="task.prompts without task.split_column: the share of rows held out (a fixed-seed shuffle).",
+    )
+    template: str = Field(
+        default="{prompt}", description="task.prompts: what the policy sees; {prompt} is replaced by the row's prompt."
+    )
+    completion_column: str | None = Field(
+        default=None, min_length=1, description="task.prompts: completions for model.sft=task (SFT pairs)."
     )
 
     @field_validator("name")
@@ -65,6 +89,11 @@ class ModelConfig(_Section):
         default="auto",
         description="Warm start of the policy: task = supervised fine-tuning on the task's SFT corpus first (cached); "
         "none = the model as given; auto = task for the built-in presets (random-initialised), none otherwise.",
+    )
+    gold: str | None = Field(
+        default=None,
+        description="The held-out measure (eval/gold), when not the task's own: package.module:function or a "
+        "sequence-classification model with its tokenizer (a stronger RM, as Gao et al. 2022); null = the task's gold.",
     )
     reward: str = Field(
         default="learned",
@@ -516,6 +545,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
         if not isinstance(data, dict):
             raise ConfigError(f"config file '{p}': top level must be a mapping")
     return build_config(data, overrides)
+
+
+def task_label(cfg: RunConfig) -> str:
+    """The run's task as tags and reports name it: task.name, or ``prompts:<file stem>`` for a task.prompts file."""
+    if cfg.task.prompts is None:
+        return cfg.task.name
+    return f"prompts:{Path(cfg.task.prompts).stem}"
 
 
 def response_length(cfg: RunConfig, task) -> int:

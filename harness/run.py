@@ -20,7 +20,7 @@ from typing import Protocol
 
 import torch
 
-from harness.config import RunConfig
+from harness.config import RunConfig, task_label
 from harness.ppo.update import NonFiniteError
 from harness.recording import RunResult
 from harness.schema import Tag
@@ -54,7 +54,7 @@ def resolve(impl: str) -> Train:
 
 def run_tags(cfg: RunConfig) -> dict[str, str]:
     return {
-        Tag.TASK: cfg.task.name,
+        Tag.TASK: task_label(cfg),
         Tag.IMPL: cfg.impl,
         Tag.LEVEL: cfg.advantage.level,
         Tag.SEED: str(cfg.seed),

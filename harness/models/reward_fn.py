@@ -33,49 +33,49 @@ def is_callable_spec(value: str) -> bool:
     return bool(SPEC.match(value))
 
 
-def load_reward_fn(spec: str) -> GoldLike:
+def load_reward_fn(spec: str, key: str = "model.reward") -> GoldLike:
     """The function ``spec`` names, wrapped to the gold reward's signature ``(prompts, completions, ended)``
     with its output checked on every call (ModelError naming ``model.reward``)."""
     module, _, name = spec.partition(":")
     try:
         fn = getattr(importlib.import_module(module), name)
     except ModuleNotFoundError as e:
-        raise ModelError(f"model.reward '{spec}': cannot import module '{e.name}'") from None
+        raise ModelError(f"{key} '{spec}': cannot import module '{e.name}'") from None
     except AttributeError:
-        raise ModelError(f"model.reward '{spec}': module '{module}' has no attribute '{name}'") from None
+        raise ModelError(f"{key} '{spec}': module '{module}' has no attribute '{name}'") from None
     except Exception as e:  # the module itself failed to import
-        raise ModelError(f"model.reward '{spec}': importing '{module}' failed ({_first_line(e)})") from None
+        raise ModelError(f"{key} '{spec}': importing '{module}' failed ({_first_line(e)})") from None
     if not callable(fn):
-        raise ModelError(f"model.reward '{spec}': {type(fn).__name__} is not callable")
+        raise ModelError(f"{key} '{spec}': {type(fn).__name__} is not callable")
 
     def reward(prompts: Sequence[str], completions: Sequence[str], ended: Sequence[bool] = ()) -> list[float]:
         try:
             out = fn(list(prompts), list(completions))
         except Exception as e:
-            raise ModelError(f"model.reward '{spec}': raised {_first_line(e)}") from None
-        return check_scores(spec, out, len(completions))
+            raise ModelError(f"{key} '{spec}': raised {_first_line(e)}") from None
+        return check_scores(spec, out, len(completions), key)
 
     reward.__name__ = f"reward_fn[{spec}]"
     return reward
 
 
-def check_scores(spec: str, out, n: int) -> list[float]:
+def check_scores(spec: str, out, n: int, key: str = "model.reward") -> list[float]:
     """``out`` as n finite floats, or ModelError saying what it was."""
     try:
         scores = [float(x) for x in out]
     except (TypeError, ValueError):
-        raise ModelError(f"model.reward '{spec}': returned {type(out).__name__}, expected {n} numbers") from None
+        raise ModelError(f"{key} '{spec}': returned {type(out).__name__}, expected {n} numbers") from None
     if len(scores) != n:
-        raise ModelError(f"model.reward '{spec}': returned {len(scores)} scores for {n} completions")
+        raise ModelError(f"{key} '{spec}': returned {len(scores)} scores for {n} completions")
     bad = [s for s in scores if not math.isfinite(s)]
     if bad:
-        raise ModelError(f"model.reward '{spec}': returned a non-finite score ({bad[0]})")
+        raise ModelError(f"{key} '{spec}': returned a non-finite score ({bad[0]})")
     return scores
 
 
-def try_reward_fn(spec: str, prompts: Sequence[str]) -> GoldLike:
+def try_reward_fn(spec: str, prompts: Sequence[str], key: str = "model.reward") -> GoldLike:
     """Load the function and call it once on two prompts (an empty and a one-word completion)."""
-    fn = load_reward_fn(spec)
+    fn = load_reward_fn(spec, key)
     sample = list(prompts[:2]) or ["", ""]
     fn(sample, ["", "ok"][: len(sample)], [True] * len(sample))
     return fn
@@ -86,7 +86,7 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0][:160]}" if text else type(e).__name__
 
 
-def text_reward_fn(model, tokenizer, name: str) -> GoldLike:
+def text_reward_fn(model, tokenizer, name: str, key: str = "model.reward") -> GoldLike:
     """A sequence-classification reward model with a tokenizer of its own, as a function of the text.
 
     The policy's completion is decoded (EOS stripped) and re-tokenised with the reward model's
@@ -106,7 +106,7 @@ def text_reward_fn(model, tokenizer, name: str) -> GoldLike:
         batch = tokenizer(list(prompts), list(completions), padding=True, truncation=True, return_tensors="pt")
         with torch.inference_mode():
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-        return check_scores(name, logits[:, 0].float().cpu().tolist(), len(completions))
+        return check_scores(name, logits[:, 0].float().cpu().tolist(), len(completions), key)
 
     reward.__name__ = f"reward_model[{name}]"
     return reward

@@ -38,9 +38,13 @@ class Task:
     response_length: int  # default generation budget, in tokens (EOS included)
     gold_range: tuple[float, float]  # (worst, best) attainable gold
     vocabulary: tuple[str, ...] = field(default=())
+    # a gold reward scored in batches (model.gold: a reward model or a function), in place of gold_fn
+    batch_gold: Callable[[Sequence[str], Sequence[str], Sequence[bool]], list[float]] | None = None
 
     def gold(self, prompts: Sequence[str], completions: Sequence[str], ended: Sequence[bool]) -> list[float]:
         """Gold reward of each completion; ``ended[i]``: completion i emitted EOS."""
+        if self.batch_gold is not None:
+            return [float(x) for x in self.batch_gold(list(prompts), list(completions), list(ended))]
         return [
             float(self.gold_fn(p, c, bool(e))) for p, c, e in zip(prompts, completions, ended, strict=True)
         ]

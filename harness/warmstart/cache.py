@@ -141,8 +141,13 @@ def policy_start(cfg: RunConfig, task: Task, progress=None) -> PolicyStart:
 
 def rm_parts(cfg: RunConfig, task: Task) -> dict[str, Any]:
     """What makes the proxy RM of a run: its policy's key, the pairs, label noise, length and recipe."""
-    return {"v": CACHE_VERSION, "sft": start_key(cfg, task), "pairs": cfg.model.rm_pairs,
-            "noise": cfg.model.rm_label_noise, "len": response_length(cfg, task), "rm": RM_RECIPE}
+    parts = {"v": CACHE_VERSION, "sft": start_key(cfg, task), "pairs": cfg.model.rm_pairs,
+             "noise": cfg.model.rm_label_noise, "len": response_length(cfg, task), "rm": RM_RECIPE}
+    if not uses_sft(cfg):  # the SFT key names the task; a policy as given does not: the prompts do
+        parts["prompts"] = cache_key({"task": task.name, "train": task.train_prompts})
+    if cfg.model.gold is not None:  # the preference labels come from model.gold
+        parts["gold"] = cfg.model.gold
+    return parts
 
 
 def build_sft(cfg: RunConfig, task: Task, progress=None, use_shipped: bool = True) -> Path:

@@ -19,7 +19,8 @@ from harness.models.reward_fn import (
     try_reward_fn,
 )
 from harness.models.types import ModelError, Models, SharedTrunkValue
-from harness.tasks import get_task
+from harness.tasks import Task, get_task
+from harness.tasks.data import PromptFile, data_task, with_gold
 from harness.warmstart import artifacts
 from harness.warmstart.cache import (
     PolicyStart,
@@ -32,13 +33,50 @@ from harness.warmstart.cache import (
     uses_sft,
 )
 
+DATA_RESPONSE_LENGTH = 64  # a task.prompts task's response budget unless task.response_length says
 
-def validate_model_keys(cfg: RunConfig) -> None:
+
+def run_task(cfg: RunConfig) -> Task:
+    """The run's task: the file's (task.prompts) or a registered one, with model.gold as its gold reward
+    when set. A file's task without model.gold is measured by the optimised reward, when that is a function
+    or a reward model (learned and gold need a gold reward to exist)."""
+    gold = _text_reward("model.gold", cfg.model.gold) if cfg.model.gold else None
+    t = cfg.task
+    if t.prompts is None:
+        task = get_task(t.name)
+        return with_gold(task, gold) if gold is not None else task
+    if gold is None:
+        if cfg.model.reward in ("learned", "gold"):
+            raise ModelError(f"model.gold: task.prompts '{t.prompts}' has no gold reward of its own, so model.reward="
+                             f"{cfg.model.reward} needs one; set model.gold (or model.reward) to a function or a reward model")
+        gold = _text_reward("model.reward", cfg.model.reward)
+    spec = PromptFile(t.prompts, t.prompt_column, t.split_column, t.eval_split, t.eval_fraction, t.template,
+                      t.completion_column)
+    return data_task(spec, t.response_length or DATA_RESPONSE_LENGTH, gold)
+
+
+def _text_reward(key: str, name: str):
+    """A function of the text from ``package.module:function`` or a reward-model folder / hub id with its tokenizer."""
+    if is_callable_spec(name):
+        return load_reward_fn(name, key)
+    if looks_local(name):
+        if not Path(name).expanduser().exists():
+            raise ModelError(f"{key} '{name}': not a package.module:function nor an existing model path")
+        _check_model_dir(key, name, tokenizer=True)
+    try:
+        model, tokenizer = _frozen(load_classifier(Path(name) if looks_local(name) else name)), load_tokenizer(name)
+    except Exception as e:
+        raise ModelError(f"{key} '{name}': cannot load ({str(e).splitlines()[0][:160]})") from None
+    return text_reward_fn(model, tokenizer, name, key)
+
+
+def validate_model_keys(cfg: RunConfig) -> Task:
     """Cheap checks before anything is logged or cached: model.policy / model.reward exist and are models.
 
     A local path must be a folder holding a model: a ``config.json`` that loads (no weights are read),
     weights and, for the policy, a tokenizer. ``org/name`` is taken as a Hugging Face hub id and is
-    resolved when the models load. Raises ModelError (one line naming the key and the path).
+    resolved when the models load. Raises ModelError (one line naming the key and the path); returns the
+    run's task (``run_task``: a task.prompts file is read and checked here).
     """
     p = cfg.model.policy
     if not is_preset(p) and looks_local(p):
@@ -46,7 +84,10 @@ def validate_model_keys(cfg: RunConfig) -> None:
             raise ModelError(f"model.policy '{p}': not a built-in preset ({', '.join(PRESETS)}) nor an existing path")
         _check_model_dir("model.policy", p, tokenizer=True)
     r = cfg.model.reward
-    task = get_task(cfg.task.name)
+    task = run_task(cfg)
+    if uses_sft(cfg) and not task.sft_corpus:
+        raise ModelError(f"model.sft: the policy '{p}' needs a warm start on the task's SFT pairs and task.prompts "
+                         "has none (give task.completion_column, or a policy used as given: model.sft=none)")
     if is_callable_spec(r):  # imported and tried on two prompts now: a broken function is refused before the run
         try_reward_fn(r, task.train_prompts)
     elif r not in ("learned", "gold") and looks_local(r):
@@ -65,6 +106,7 @@ def validate_model_keys(cfg: RunConfig) -> None:
         raise ModelError(str(e)) from None
     if sft is None or rm is None:  # the run reads (or builds) models in the cache: only its owner may write there
         check_cache_dir()
+    return task
 
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -94,8 +136,7 @@ def _check_model_dir(key: str, name: str, tokenizer: bool) -> None:
 
 def load_models(cfg: RunConfig, progress=None) -> Models:
     """Everything one run needs, built or loaded from the cache."""
-    validate_model_keys(cfg)
-    task = get_task(cfg.task.name)
+    task = validate_model_keys(cfg)
     start = policy_start(cfg, task, progress)
     tokenizer = load_tokenizer(start.tokenizer)
     policy = load_lm(start.policy)

@@ -79,3 +79,18 @@ def test_a_broken_function_is_one_line_and_nothing_is_created(rewards_path, tmp_
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "model.reward" in lines[0] and says in lines[0], out.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_model_gold_replaces_the_tasks_gold_as_the_held_out_measure(rewards_path, tmp_path):
+    out = _train(rewards_path, tmp_path, "gold", "--set", "model.gold=my_rewards:half")
+    assert out.returncode == 0, out.stdout + out.stderr
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    (run,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert run.data.params["model.gold"] == "my_rewards:half"
+    gold = [m.value for m in client.get_metric_history(run.info.run_id, "eval/gold")]
+    assert gold and gold == pytest.approx([0.5] * len(gold), abs=1e-7)  # the function, not the task's VADER gold
+    # model.reward=gold optimises that same function: every score is 0.5 too
+    scores = [m.value for m in client.get_metric_history(run.info.run_id, "objective/scores")]
+    assert scores == pytest.approx([0.5] * len(scores), abs=1e-7)

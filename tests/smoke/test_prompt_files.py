@@ -1,0 +1,134 @@
+"""A task defined by data (task.prompts): JSONL, CSV and Parquet files read strictly; held-out prompts from a
+split column or a fixed-seed holdout; a run on a file with an own model and a reward function; bad files
+refused with one line naming task.prompts and nothing created."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.tasks.data import PromptFile, PromptFileError, data_task, read_rows, split_prompts
+from tests.conftest import TINY
+
+ROWS = [{"prompt": f"review {i} :", "split": "test" if i % 4 == 0 else "train", "response": "good film"}
+        for i in range(12)]
+
+
+def _write(path: Path, rows=ROWS) -> Path:
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif path.suffix == ".csv":
+        import csv
+
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    else:
+        import pandas as pd
+
+        pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_each_format_gives_the_same_rows(tmp_path, suffix):
+    if suffix == ".parquet":
+        pytest.importorskip("pyarrow", reason="Parquet needs pyarrow")
+    rows = read_rows(str(_write(tmp_path / f"p{suffix}")))
+    assert [{k: str(v) for k, v in r.items()} for r in rows] == [{k: str(v) for k, v in r.items()} for r in ROWS]
+
+
+def test_the_split_column_holds_out_its_rows_and_the_template_is_applied(tmp_path):
+    path = str(_write(tmp_path / "p.jsonl"))
+    spec = PromptFile(path, split_column="split", template="Q: {prompt} A:", completion_column="response")
+    train, evals, corpus = split_prompts(spec, read_rows(path))
+    assert evals == [f"Q: review {i} : A:" for i in (0, 4, 8)]  # rows 0, 4 and 8 are split=test, by hand
+    assert len(train) == 9 and corpus[0] == ("Q: review 1 : A:", "good film")
+
+
+def test_without_a_split_the_holdout_is_a_fixed_share_the_same_every_time(tmp_path):
+    path = str(_write(tmp_path / "p.jsonl"))
+    a = split_prompts(PromptFile(path, eval_fraction=0.25), read_rows(path))
+    b = split_prompts(PromptFile(path, eval_fraction=0.25), read_rows(path))
+    assert a == b and len(a[1]) == 3 and len(a[0]) == 9  # round(0.25 * 12) held out
+    assert not set(a[0]) & set(a[1])
+    task = data_task(PromptFile(path), 16, gold=lambda p, c, e: [1.0] * len(c))
+    assert task.name == "prompts:p" and task.gold(["x"], ["y"], [True]) == [1.0]
+
+
+@pytest.mark.parametrize(("content", "name", "says"), [
+    (None, "absent.jsonl", "no such file"),
+    ("", "empty.jsonl", "holds no rows"),
+    ('{"text": "hi"}\n', "nocol.jsonl", "no column 'prompt' (columns: text)"),
+    ('{"prompt": "hi"}\nnot json\n', "broken.jsonl", "line 2 is not JSON"),
+    ('{"prompt": ""}\n{"prompt": "a"}\n', "blank.jsonl", "row 1: column 'prompt' is empty or not text"),
+    (b"\xff\xfe prompt\n", "latin.csv", "not UTF-8 text"),
+    ("prompt\na\n", "prompts.txt", "unknown format '.txt'"),
+    ('{"prompt": "only one"}\n', "one.jsonl", "0 held-out prompts"),
+])
+def test_a_bad_file_is_one_line_naming_the_file(tmp_path, content, name, says):
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(PromptFileError) as e:
+        split_prompts(PromptFile(str(path)), read_rows(str(path)))
+    assert str(e.value).startswith(f"task.prompts '{path}':") and says in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+REWARD = "def words(prompts, completions):\n    return [float(len(c.split())) for c in completions]\n"
+
+
+def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    (tmp_path / "file_rewards.py").write_text(REWARD)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args, "--runs-dir", str(tmp_path / "runs")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _sets(extra: dict) -> list[str]:
+    return [a for k, v in {**TINY, "train.iterations": 1, **extra}.items() for a in ("--set", f"{k}={v}")]
+
+
+def test_a_run_on_a_prompt_file_with_an_own_model_and_a_reward_function(tmp_path):
+    from tests.smoke.test_own_models import make_model
+
+    words = sorted({w for r in ROWS for w in r["prompt"].split()} | {"good", "film", "bad"})
+    policy = make_model(tmp_path / "policy", "llama", words)
+    path = _write(tmp_path / "reviews.jsonl")
+    out = _cli(tmp_path, "train", *_sets({"model.policy": policy, "task.prompts": path, "task.split_column": "split",
+                                          "model.reward": "file_rewards:words", "task.response_length": 4,
+                                          "train.missing_eos_penalty": "null"}))
+    assert out.returncode == 0, out.stdout + out.stderr
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    (run,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert run.info.status == "FINISHED" and run.data.tags["task"] == "prompts:reviews"
+    # no model.gold: the held-out measure is the optimised function, so eval/gold == eval/proxy
+    assert run.data.metrics["eval/gold"] == pytest.approx(run.data.metrics["eval/proxy"])
+    assert 0 <= run.data.metrics["eval/gold"] <= 4  # words in a 4-token response
+
+
+def test_a_bad_file_through_train_exits_2_and_creates_nothing(tmp_path):
+    (tmp_path / "nocol.jsonl").write_text('{"text": "hi"}\n')
+    out = _cli(tmp_path, "train", *_sets({"task.prompts": tmp_path / "nocol.jsonl", "model.reward": "file_rewards:words"}))
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "task.prompts" in lines[0] and "no column 'prompt'" in lines[0], out.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_file_task_needs_a_gold_reward(tmp_path):
+    _write(tmp_path / "p.jsonl")
+    out = _cli(tmp_path, "train", *_sets({"task.prompts": tmp_path / "p.jsonl"}))  # model.reward=learned
+    assert out.returncode == 2
+    assert len(out.stderr.strip().splitlines()) == 1 and "model.gold" in out.stderr, out.stderr
