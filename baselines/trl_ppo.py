@@ -28,7 +28,9 @@ Key mapping (RunConfig -> PPOConfig / PPOTrainer argument):
 
 Refused (TRL has no equivalent): advantage.level=sequence, advantage.whiten=false (TRL always
 whitens advantages), kl.estimator=k2, kl.placement=loss, kl.target (adaptive KL), loss.agg other
-than token-mean, ppo.entropy_coef > 0, ppo.target_kl, model.value_trunk=shared.
+than token-mean, ppo.entropy_coef > 0, ppo.target_kl, model.value_trunk=shared, ppo.ratio_level other
+than token, ppo.clip_eps_high, ppo.dual_clip, train.truncated=mask (k1+ / k3+ and the new loss.agg modes
+fall under kl.estimator and loss.agg).
 
 Accepted with metrics absent (not faked): probe.every > 0 (the gradient-variance probe cannot run
 inside TRL's loop: none of harness.ppo.variance.KEYS is logged), and
@@ -81,6 +83,11 @@ REFUSED: dict[str, tuple[Callable[[RunConfig], bool], str]] = {
     "ppo.entropy_coef": (lambda c: c.ppo.entropy_coef > 0, "TRL has no entropy bonus"),
     "ppo.target_kl": (lambda c: c.ppo.target_kl is not None, "TRL has no early stop on approx KL"),
     "model.value_trunk": (lambda c: c.model.value_trunk != "separate", "TRL's PPO takes a separate value model"),
+    # issue 14's keys (loss.norm_length needs loss.agg=seq-mean-token-sum-norm, refused above by loss.agg)
+    "ppo.ratio_level": (lambda c: c.ppo.ratio_level != "token", "TRL's PPO ratio is token level only"),
+    "ppo.clip_eps_high": (lambda c: c.ppo.clip_eps_high is not None, "TRL's PPO clip range is symmetric (cliprange)"),
+    "ppo.dual_clip": (lambda c: c.ppo.dual_clip is not None, "TRL's PPO has no dual clip"),
+    "train.truncated": (lambda c: c.train.truncated != "penalty", "TRL's PPO has no masking of truncated completions"),
 }
 
 # schema keys TRL's statistics map to (harness/schema.py): TRL key -> harness key

@@ -120,7 +120,29 @@ class RolloutConfig(_Section):
 
 
 class PPOConfig(_Section):
-    clip_eps: float = Field(default=0.2, gt=0.0, lt=1.0, description="Clip range eps of the surrogate min(r A, clip(r, 1-eps, 1+eps) A).")
+    clip_eps: float = Field(
+        default=0.2, gt=0.0, lt=1.0,
+        description="Clip range eps of the surrogate min(r A, clip(r, 1-eps, 1+eps_high) A) (the lower range when "
+        "ppo.clip_eps_high is set).",
+    )
+    clip_eps_high: float | None = Field(
+        default=None, gt=0.0, lt=1.0,
+        description="Upper clip range: clip(r, 1 - clip_eps, 1 + clip_eps_high) (DAPO clip-higher, e.g. 0.28; veRL "
+        "clip_ratio_high, TRL epsilon_high); null = symmetric (clip_eps).",
+    )
+    dual_clip: float | None = Field(
+        default=None, gt=1.0,
+        description="Dual clip c > 1 (Ye et al. 2020; veRL clip_ratio_c, 3 there): for A < 0 the per-token loss is "
+        "min(max(-A r, -A clip(r)), -c A), nothing changes for A >= 0; null = off.",
+    )
+    ratio_level: Literal["token", "sequence", "sequence-token"] = Field(
+        default="token",
+        description="Importance ratio: token = pi/pi_old per token (PPO); sequence = GSPO (Zheng et al. 2025), "
+        "s_i = exp(mean_t log(pi/pi_old)) per completion, clipped and used on all its tokens; sequence-token = "
+        "GSPO-token (the value of s_i, a per-token gradient). GSPO's clip ranges are orders of magnitude smaller "
+        "than token-level ones (3e-4 / 4e-4 in the paper: s_i is a geometric mean): ppo.clip_eps and "
+        "ppo.clip_eps_high must be <= 0.01 there.",
+    )
     epochs: int = Field(default=4, ge=1, description="Passes over each rollout batch.")
     minibatches: int = Field(default=4, ge=1, description="Minibatches per epoch (must divide rollout.batch_size).")
     lr: float = Field(
@@ -144,16 +166,18 @@ class PPOConfig(_Section):
 
 class KLConfig(_Section):
     coef: float = Field(default=0.05, ge=0.0, description="KL coefficient beta (the start value under the adaptive controller).")
-    estimator: Literal["k1", "k2", "k3"] = Field(
+    estimator: Literal["k1", "k2", "k3", "k1+", "k3+"] = Field(
         default="k1",
         description="Schulman's estimator of KL(pi || ref) per sampled token: k1 = log(pi/ref), k2 = 0.5 log(pi/ref)^2, "
-        "k3 = ref/pi - 1 - log(ref/pi).",
+        "k3 = ref/pi - 1 - log(ref/pi); k1+ / k3+ = straight-through (veRL kl_loss_type): the value of k1 / k3, "
+        "the gradient of k2 (kl.placement=loss only).",
     )
     placement: Literal["reward", "loss"] = Field(
         default="reward",
         description="reward: -coef * kl_t enters the reward (token level) or R (sequence level); every estimator then "
         "penalises KL(pi || ref). loss: coef * agg(kl_t) is added to the loss and only its gradient matters: k2 gives "
-        "the gradient of KL(pi || ref), k3 that of KL(ref || pi) (Tang and Munos 2025); k1 is refused (zero expected gradient).",
+        "the gradient of KL(pi || ref), k3 that of KL(ref || pi) (Tang and Munos 2025); k1 is refused (zero expected gradient); "
+        "k1+ and k3+ take k2's gradient with their own value.",
     )
     target: float | None = Field(
         default=None, gt=0.0, description="Target KL of the adaptive controller (Ziegler et al. 2019); null = a fixed coefficient."
@@ -167,10 +191,14 @@ class AdvantageConfig(_Section):
         description="token: per-token rewards, a value function and GAE (MDP); sequence: one return per completion "
         "minus a baseline, broadcast to its tokens (bandit).",
     )
-    baseline: Literal["none", "batch_mean", "rloo", "group_norm", "group_mean", "value"] = Field(
+    baseline: Literal[
+        "none", "batch_mean", "rloo", "group_norm", "group_mean", "value", "reinforce_pp", "reinforce_pp_baseline"
+    ] = Field(
         default="rloo",
         description="Sequence level only: what is subtracted from the return (rloo = leave-one-out over the group; "
-        "group_norm = GRPO's (R - mean) / std; group_mean = Dr. GRPO's R - mean; value = V(prompt)).",
+        "group_norm = GRPO's (R - mean) / std; group_mean = Dr. GRPO's R - mean; value = V(prompt); reinforce_pp = "
+        "REINFORCE++'s global batch normalisation of R; reinforce_pp_baseline = R - group mean, then batch-normalised "
+        "(OpenRLHF reinforce / reinforce_baseline; both normalise already, so advantage.whiten does not rescale them).",
     )
     gamma: float = Field(default=1.0, ge=0.0, le=1.0, description="Discount of the token-level MDP.")
     lam: float = Field(default=0.95, ge=0.0, le=1.0, description="GAE lambda (1 = Monte Carlo returns minus V).")
@@ -180,16 +208,30 @@ class AdvantageConfig(_Section):
 
 
 class LossConfig(_Section):
-    agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"] = Field(
+    agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "token-sum", "seq-mean-token-sum-norm"] = Field(
         default="token-mean",
-        description="How per-token losses become one number: the mean over all tokens, the mean over sequences of "
-        "their token mean, or the mean over sequences of their token sum.",
+        description="How per-token losses become one number per minibatch (veRL loss_agg_mode): the mean over all tokens, "
+        "the mean over sequences of their token mean, the mean over sequences of their token sum, the sum over all "
+        "tokens, or the sum over all tokens / (B * loss.norm_length) (Dr. GRPO; TRL loss_type=dr_grpo).",
+    )
+    norm_length: int | None = Field(
+        default=None, ge=1,
+        description="The fixed length L that loss.agg=seq-mean-token-sum-norm divides by (Dr. GRPO's MAX_TOKENS); "
+        "null = the run's response length. Only that mode reads it.",
     )
 
 
 class TrainConfig(_Section):
     iterations: int = Field(default=40, ge=1, description="PPO iterations (each samples rollout.batch_size completions).")
-    missing_eos_penalty: float | None = Field(default=-1.0, description="Score given to responses with no EOS; null = off.")
+    missing_eos_penalty: float | None = Field(
+        default=-1.0, description="Score given to responses with no EOS (train.truncated=penalty only); null = off."
+    )
+    truncated: Literal["penalty", "mask"] = Field(
+        default="penalty",
+        description="Completions without EOS: penalty = their score is replaced by train.missing_eos_penalty; mask = "
+        "they are left out of the policy and value losses (TRL mask_truncated_completions) and keep their real score, "
+        "which still enters the baselines, group statistics and whitening.",
+    )
     threads: int | None = Field(default=None, ge=1, description="torch intra-op threads; null = torch's default (all cores).")
     autocast: Literal["none", "bf16"] = Field(
         default="none",
@@ -215,7 +257,11 @@ class RunConfig(_Section):
     seed: int = Field(
         default=0, description="Seed of prompt sampling, token sampling, shuffles and initialisation (0 <= seed < 2**32)."
     )
-    impl: Literal["custom", "trl"] = Field(default="custom", description="custom = the harness's PPO core; trl = TRL's PPOTrainer.")
+    impl: Literal["custom", "trl", "trl-grpo", "trl-rloo"] = Field(
+        default="custom",
+        description="custom = the harness's PPO core; trl = TRL's PPOTrainer; trl-grpo = TRL's GRPOTrainer; "
+        "trl-rloo = TRL's RLOOTrainer.",
+    )
     task: TaskConfig = TaskConfig()
     model: ModelConfig = ModelConfig()
     rollout: RolloutConfig = RolloutConfig()
@@ -246,7 +292,8 @@ class RunConfig(_Section):
         if r.batch_size // p.minibatches < 1:
             raise _KeyProblem("ppo.minibatches", "minibatches would be empty")
         a = self.advantage
-        if a.level == "sequence" and a.baseline in ("rloo", "group_norm", "group_mean") and r.group_size < 2:
+        grouped = ("rloo", "group_norm", "group_mean", "reinforce_pp_baseline")
+        if a.level == "sequence" and a.baseline in grouped and r.group_size < 2:
             raise _KeyProblem("advantage.baseline", f"'{a.baseline}' needs rollout.group_size >= 2, got {r.group_size}")
         if self.probe.every and r.batch_size % self.probe.microbatches:
             raise _KeyProblem(
@@ -260,6 +307,7 @@ class RunConfig(_Section):
             )
         if self.kl.target is not None and self.kl.coef == 0:
             raise _KeyProblem("kl.coef", "the adaptive controller (kl.target) needs kl.coef > 0 to start from")
+        _consistent_levels(self)
         return self
 
     # ---- helpers -------------------------------------------------------------------------
@@ -272,6 +320,33 @@ class RunConfig(_Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(), sort_keys=False)
+
+
+# GSPO's sequence ratios are geometric means of token ratios: its clip ranges are ~1e-4..1e-3
+GSPO_MAX_CLIP = 0.01
+
+
+def _consistent_levels(cfg: RunConfig) -> None:
+    """The rules across the ratio-level, clip, aggregation and straight-through KL keys (issue 14)."""
+    p = cfg.ppo
+    if p.ratio_level != "token":
+        for key, eps in (("ppo.clip_eps", p.clip_eps), ("ppo.clip_eps_high", p.clip_eps_high)):
+            if eps is not None and eps > GSPO_MAX_CLIP:
+                raise _KeyProblem(
+                    key,
+                    f"with ppo.ratio_level={p.ratio_level} it must be <= {GSPO_MAX_CLIP}: GSPO's clip ranges are "
+                    f"~1e-4..1e-3 (sequence ratios are geometric means); got {eps}",
+                )
+    if cfg.loss.norm_length is not None and cfg.loss.agg != "seq-mean-token-sum-norm":
+        raise _KeyProblem(
+            "loss.norm_length", f"only loss.agg=seq-mean-token-sum-norm reads it (loss.agg is {cfg.loss.agg}); set it null"
+        )
+    if cfg.kl.estimator.endswith("+") and cfg.kl.placement == "reward":
+        raise _KeyProblem(
+            "kl.estimator",
+            f"{cfg.kl.estimator} with kl.placement=reward: the + variants only change the gradient of a KL loss term "
+            f"(use kl.placement=loss, or {cfg.kl.estimator[:-1]})",
+        )
 
 
 class _KeyProblem(ValueError):

@@ -20,7 +20,7 @@ class Metric(NamedTuple):
 
 METRICS: dict[str, Metric] = {
     # ---- the rollout's batch
-    "objective/scores": Metric("proxy score", "", "max", "mean optimised score (proxy RM or gold; missing-EOS penalty applied)"),
+    "objective/scores": Metric("proxy score", "", "max", "mean optimised score (proxy RM or gold; missing-EOS penalty applied under train.truncated=penalty)"),
     "objective/gold": Metric("gold reward", "", "max", "mean gold reward of the training batch"),
     "objective/kl": Metric("KL to reference", "nats", "", "mean over completions of sum_t kl_t (the configured estimator)"),
     "objective/rlhf_reward": Metric("RLHF reward", "", "max", "mean of score - beta * sum_t kl_t"),
@@ -33,6 +33,9 @@ METRICS: dict[str, Metric] = {
     # ---- the update (means over epochs x minibatches)
     "policy/approxkl_avg": Metric("approx. KL (new vs old)", "nats/token", "", "0.5 masked mean of (logp - old)^2"),
     "policy/clipfrac_avg": Metric("clip fraction", "", "", "share of tokens whose surrogate was clipped"),
+    "policy/clipfrac_low": Metric("lower clip fraction", "", "", "share of tokens with r < 1 - clip_eps and A < 0 (the lower bound active)"),
+    "policy/clipfrac_high": Metric("upper clip fraction", "", "", "share of tokens with r > 1 + clip_eps_high and A > 0 (the upper bound active)"),
+    "policy/dualclip_frac": Metric("dual-clip fraction", "", "", "share of tokens with A < 0 whose loss the dual clip -c A bounded (ppo.dual_clip set)"),
     "policy/early_stop": Metric("early stop", "", "", "1 when the epochs stopped at ppo.target_kl"),
     "loss/policy_avg": Metric("policy loss", "", "", "clipped surrogate loss"),
     "loss/value_avg": Metric("value loss", "", "min", "(clipped) value loss"),

@@ -32,6 +32,7 @@ from harness.ppo.update import (
     autocast,
     check,
     linear_decay,
+    policy_loss_kwargs,
     update,
 )
 from harness.ppo.variance import probe_generator, probe_gradient_variance
@@ -98,7 +99,7 @@ def ppo_iteration(
     st.iteration += 1
     t_start = time.perf_counter()
     # 1. sample B / k prompts, k completions each (contiguous groups), with the KV cache; mask after EOS
-    # 2. score them (proxy RM or gold; no EOS -> train.missing_eos_penalty)
+    # 2. score them (proxy RM or gold; no EOS -> train.missing_eos_penalty unless train.truncated=mask)
     # 3. old and reference logprobs at the sampling temperature; values
     ro = _rollout(cfg, models, st, score_fn, timings)
     t_rollout = time.perf_counter() - t_start
@@ -111,11 +112,12 @@ def ppo_iteration(
 
     # 5. advantages: GAE(gamma, lambda) or a sequence baseline (broadcast to the tokens); value targets
     batch, adv_raw = (_token_advantages if token_level else _sequence_advantages)(cfg, ro, rewards)
+    batch = _mask_truncated(cfg, batch)
     check("adv/mean", adv_raw.sum(), st.iteration)
 
     # 6. the noise probe when due, then ppo.epochs x ppo.minibatches of the clipped surrogate
     t_update = time.perf_counter()
-    probe = _probe(cfg, models, st, ro, batch.adv)
+    probe = _probe(cfg, models, st, batch)
     stats = update(cfg, models, st, batch)
     t_end = time.perf_counter()
     # the next iteration's beta: fixed, or the adaptive controller on this batch's KL
@@ -149,7 +151,8 @@ def _rollout(cfg: RunConfig, models: Models, st: PPOState, score_fn: ScoreFn, ti
             score_fn=score_fn,
             gold_fn=models.task.gold,
             value_model=models.value,
-            missing_eos_penalty=cfg.train.missing_eos_penalty,
+            # train.truncated=mask: the real scores (rows without EOS leave the loss instead)
+            missing_eos_penalty=cfg.train.missing_eos_penalty if cfg.train.truncated == "penalty" else None,
             timings=timings,
         )
 
@@ -165,22 +168,36 @@ def _token_advantages(cfg: RunConfig, ro: Rollout, rewards: torch.Tensor) -> tup
 def _sequence_advantages(cfg: RunConfig, ro: Rollout, seq_return: torch.Tensor) -> tuple[Batch, torch.Tensor]:
     """(the update's batch, advantages before whitening): one baseline-subtracted scalar per completion
     (B,), scaled (not centred) when ``advantage.whiten``, broadcast to its response tokens."""
-    v0 = ro.values[:, 0] if cfg.advantage.baseline == "value" else None  # V(prompt)
-    a_seq = M.sequence_advantages(seq_return, cfg.advantage.baseline, cfg.rollout.group_size, values=v0)  # (B,)
+    baseline = cfg.advantage.baseline
+    v0 = ro.values[:, 0] if baseline == "value" else None  # V(prompt)
+    # REINFORCE++ normalises over the batch's response tokens: each completion weighs its token count
+    a_seq = M.sequence_advantages(seq_return, baseline, cfg.rollout.group_size, values=v0, weights=ro.mask.sum(1))
     adv_raw = a_seq[:, None] * ro.mask
-    if cfg.advantage.whiten:
+    if cfg.advantage.whiten and not baseline.startswith("reinforce_pp"):  # those are normalised already
         a_seq = M.scale_whiten(a_seq)
     returns, vmask = M.sequence_value_targets(seq_return, ro.mask)
     return Batch(ro, a_seq[:, None] * ro.mask, returns, vmask), adv_raw
 
 
-def _probe(cfg: RunConfig, models: Models, st: PPOState, ro: Rollout, adv: torch.Tensor) -> dict[str, float]:
-    """The gradient-noise probe's metrics on iterations 1, 1 + every, ... (``probe.every``); {} otherwise."""
+def _mask_truncated(cfg: RunConfig, batch: Batch) -> Batch:
+    """train.truncated=mask: rows without EOS get 0 in the policy-loss and value-loss masks (TRL
+    mask_truncated_completions); their advantages, returns and scores stay as computed. Else ``batch``."""
+    if cfg.train.truncated != "mask":
+        return batch
+    keep = batch.ro.has_eos[:, None].to(batch.ro.mask.dtype)  # (B, 1)
+    return batch._replace(loss_mask=batch.ro.mask * keep, vmask=batch.vmask * keep)
+
+
+def _probe(cfg: RunConfig, models: Models, st: PPOState, batch: Batch) -> dict[str, float]:
+    """The gradient-noise probe's metrics on iterations 1, 1 + every, ... (``probe.every``); {} otherwise.
+    It differentiates the update's policy loss: the same options (``policy_loss_kwargs``) and mask."""
     if not cfg.probe.every or (st.iteration - 1) % cfg.probe.every:
         return {}
     models.policy.train()
-    return probe_gradient_variance(models.policy, ro, adv, cfg.ppo.clip_eps, cfg.loss.agg, cfg.rollout.temperature,
-                                   cfg.probe.microbatches, st.probe_generator)
+    kw = policy_loss_kwargs(cfg, models.task)
+    clip_eps, agg = kw.pop("clip_eps"), kw.pop("agg")
+    return probe_gradient_variance(models.policy, batch.ro, batch.adv, clip_eps, agg, cfg.rollout.temperature,
+                                   cfg.probe.microbatches, st.probe_generator, mask=batch.loss_mask, **kw)
 
 
 def _metrics(cfg: RunConfig, models: Models, st: PPOState, ro: Rollout, kl: torch.Tensor, coef_used: float,

@@ -14,7 +14,13 @@ Sources of the tricks, cited again where used:
 - veRL ``trainer/ppo/core_algos.py`` ``agg_loss`` (loss_agg_mode names and semantics).
 - Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization..." (RLOO).
 - Shao et al. 2024, DeepSeekMath (GRPO group normalisation).
-- Liu et al. 2025, "Understanding R1-Zero-Like Training" (Dr. GRPO: no std division).
+- Liu et al. 2025, "Understanding R1-Zero-Like Training" (Dr. GRPO: no std division, fixed-length
+  normalisation of the token sum).
+- Zheng et al. 2025, "Group Sequence Policy Optimization" (GSPO: sequence-level ratio, GSPO-token).
+- Yu et al. 2025, DAPO (clip-higher: an upper clip range of its own).
+- Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep RL" (dual clip; veRL ``clip_ratio_c``).
+- Hu 2025, "REINFORCE++" (OpenRLHF ``advantage_estimator`` reinforce / reinforce_baseline).
+- veRL ``kl_penalty`` with a ``+`` suffix (straight-through KL: the value of k1 / k3, the gradient of k2).
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ __all__ = [
     "AGG_MODES",
     "BASELINES",
     "KL_ESTIMATORS",
+    "RATIO_LEVELS",
     "aggregate",
     "entropy_from_logits",
     "explained_variance",
     "gae",
+    "importance_ratio",
     "kl_penalty",
     "masked_mean",
     "masked_var",
@@ -44,9 +52,10 @@ __all__ = [
     "value_loss",
 ]
 
-KL_ESTIMATORS = ("k1", "k2", "k3")
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
-BASELINES = ("none", "batch_mean", "rloo", "group_norm", "group_mean", "value")
+KL_ESTIMATORS = ("k1", "k2", "k3", "k1+", "k3+")
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "token-sum", "seq-mean-token-sum-norm")
+BASELINES = ("none", "batch_mean", "rloo", "group_norm", "group_mean", "value", "reinforce_pp", "reinforce_pp_baseline")
+RATIO_LEVELS = ("token", "sequence", "sequence-token")
 
 # Added to the variance before rsqrt in whitening (TRL masked_whiten) and to the
 # group std in group_norm (TRL GRPOTrainer / DeepSeekMath): keeps a constant
@@ -126,21 +135,36 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str) -> Tensor
     """Per-token estimate of KL(pi || pi_ref) from samples of pi.
 
     logprobs, ref_logprobs: (B, T) log-probs of the sampled tokens under pi and pi_ref.
-    estimator: "k1" | "k2" | "k3" (Schulman, "Approximating KL divergence").
+    estimator: "k1" | "k2" | "k3" (Schulman, "Approximating KL divergence") or the
+    straight-through "k1+" | "k3+" (veRL ``kl_penalty`` / ``kl_loss_type`` with a "+" suffix):
+        k1  = log(pi/ref)
+        k2  = 0.5 * log(pi/ref)^2
+        k3  = ref/pi - 1 - log(ref/pi)
+        kX+ = k2 - sg[k2] + sg[kX]        value of kX exactly, gradient of k2
+    (sg = stop-gradient). As a loss term k2's gradient is that of KL(pi || ref) on on-policy
+    samples; the "+" variants keep that gradient while reporting the lower-variance k3 (or the
+    unbiased k1) value. In a reward (no gradient) kX+ is just kX.
     Returns (B, T). No masking: multiply by the response mask before summing.
     k1 is unbiased but can be negative per token; k2 and k3 are >= 0; k3 is unbiased
     with low variance. Unlike veRL we do not clamp k3.
     """
     log_ratio = logprobs - ref_logprobs  # log pi/pi_ref, (B, T)
-    if estimator == "k1":
-        return log_ratio  # k1 = log(p/q)
-    if estimator == "k2":
-        return 0.5 * log_ratio**2  # k2 = 0.5 * (log(p/q))^2
-    if estimator == "k3":
+    base = estimator[:-1] if estimator in ("k1+", "k3+") else estimator
+    if base == "k1":
+        value = log_ratio  # k1 = log(p/q)
+    elif base == "k2":
+        value = 0.5 * log_ratio**2  # k2 = 0.5 * (log(p/q))^2
+    elif base == "k3":
         d = -log_ratio  # d = log(q/p)
         # k3 = q/p - 1 - log(q/p) = expm1(d) - d; expm1 keeps precision when d ~ 0 (and k3 >= 0)
-        return torch.expm1(d) - d
-    raise ValueError(f"unknown KL estimator {estimator!r}; expected one of {KL_ESTIMATORS}")
+        value = torch.expm1(d) - d
+    else:
+        raise ValueError(f"unknown KL estimator {estimator!r}; expected one of {KL_ESTIMATORS}")
+    if base == estimator:
+        return value
+    # straight-through (veRL): backward_score - sg[backward_score] + sg[forward_score], backward = k2
+    k2 = 0.5 * log_ratio**2
+    return k2 - k2.detach() + value.detach()
 
 
 # --------------------------------------------------------------------------- scores, rewards, returns
@@ -238,21 +262,35 @@ def sequence_advantages(
     baseline: str,
     group_size: int = 1,
     values: Tensor | None = None,
+    weights: Tensor | None = None,
 ) -> Tensor:
     """Sequence-level (bandit) advantages: one scalar return per completion minus a baseline.
 
     returns: (B,), laid out group by group: completions [g*k, (g+1)*k) share a prompt,
     k = group_size, and B % k must be 0. values: (B,), only for baseline "value".
+    weights: (B,) token counts of the completions, read only by the REINFORCE++ baselines
+    (None = every completion weighs 1).
     baseline:
       "none"        A_i = R_i
       "batch_mean"  A_i = R_i - mean_j R_j
       "rloo"        A_i = R_i - (sum_group R - R_i) / (k - 1)     (Ahmadian et al. 2024)
       "group_norm"  A_i = (R_i - mean_g) / (std_g + 1e-8), std_g the UNBIASED (n - 1)
                     group std, as torch.std and TRL's GRPOTrainer (DeepSeekMath GRPO)
-      "group_mean"  A_i = R_i - mean_g                              (Dr. GRPO, Liu et al. 2025)
+      "group_mean"  A_i = R_i - mean_g: Dr. GRPO (Liu et al. 2025), GRPO without the std
+                    division (TRL scale_rewards="none", veRL norm_adv_by_std_in_grpo=False)
       "value"       A_i = R_i - values_i
-    The group baselines ("rloo", "group_norm", "group_mean") need group_size >= 2: with
-    one completion per prompt they are undefined (rloo, unbiased std) or identically 0.
+      "reinforce_pp"           A = batch_normalise(R)                   (REINFORCE++, Hu 2025)
+      "reinforce_pp_baseline"  A = batch_normalise(R_i - mean_g R)
+    batch_normalise is OpenRLHF's global advantage normalisation (``replay_buffer.normalize``,
+    called for advantage_estimator "reinforce" and "reinforce_baseline"; the group mean is
+    subtracted first in ``experience_maker.process_experiences`` for "reinforce_baseline", whose
+    comment says it drops GRPO's / std). OpenRLHF normalises the per-token advantages over every
+    response token of the batch, so a completion weighs its token count w_i:
+        mu = sum_i w_i x_i / sum_i w_i,   var = sum_i w_i (x_i - mu)^2 / sum_i w_i   (biased)
+        A_i = (x_i - mu) * rsqrt(max(var, 1e-8))
+    It re-centres after the group baseline (mu is generally != 0 under length weighting).
+    The group baselines ("rloo", "group_norm", "group_mean", "reinforce_pp_baseline") need
+    group_size >= 2: with one completion per prompt they are undefined or identically 0.
     Returns (B,). Broadcast to tokens with ``adv[:, None] * mask``.
     """
     if returns.dim() != 1:
@@ -264,6 +302,8 @@ def sequence_advantages(
         return returns.clone()
     if baseline == "batch_mean":
         return returns - returns.mean()  # A_i = R_i - mean(R)
+    if baseline == "reinforce_pp":
+        return _batch_normalise(returns, weights)
     if baseline == "value":
         if values is None or values.shape != returns.shape:
             got = None if values is None else tuple(values.shape)
@@ -282,9 +322,20 @@ def sequence_advantages(
     mean = grouped.mean(dim=1, keepdim=True)  # (G, 1)
     if baseline == "group_mean":
         return (grouped - mean).reshape(B)  # Dr. GRPO: no std division
+    if baseline == "reinforce_pp_baseline":
+        return _batch_normalise((grouped - mean).reshape(B), weights)
     # group_norm: GRPO (DeepSeekMath); torch.std is unbiased (n - 1), as TRL GRPOTrainer
     std = grouped.std(dim=1, keepdim=True)  # (G, 1)
     return ((grouped - mean) / (std + _EPS)).reshape(B)
+
+
+def _batch_normalise(x: Tensor, weights: Tensor | None) -> Tensor:
+    """(x - mu_w) * rsqrt(max(var_w, 1e-8)) over the batch, weights w (B,) or 1 (OpenRLHF normalize)."""
+    w = torch.ones_like(x) if weights is None else weights.to(x.dtype)
+    n = w.sum()
+    mu = (w * x).sum() / n
+    var = (w * (x - mu) ** 2).sum() / n  # biased, as OpenRLHF: sum(mask * (x - mu)^2) / count
+    return (x - mu) * torch.rsqrt(var.clamp(min=_EPS))
 
 
 def scale_whiten(x: Tensor) -> Tensor:
@@ -301,13 +352,35 @@ def scale_whiten(x: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- losses
 
 
-def aggregate(loss_mat: Tensor, mask: Tensor, agg: str) -> Tensor:
-    """Reduce a per-token loss matrix to a scalar (veRL ``agg_loss`` / loss_agg_mode).
+def aggregate(loss_mat: Tensor, mask: Tensor, agg: str, norm_length: int | None = None) -> Tensor:
+    """Reduce a per-token loss matrix to a scalar (veRL ``agg_loss`` / loss_agg_mode names).
 
-    loss_mat, mask: (B, T). agg:
-      "token-mean"           sum_{b,t} l*m / sum_{b,t} m            (every token weighs the same)
-      "seq-mean-token-mean"  (1/B) sum_b [ sum_t l*m / sum_t m ]    (every sequence weighs the same)
-      "seq-mean-token-sum"   (1/B) sum_b sum_t l*m                  (Dr. GRPO-style, no length norm)
+    loss_mat, mask: (B, T); B is the rows handed in (one optimiser minibatch in the update).
+    agg:
+      "token-mean"               sum_{b,t} l*m / sum_{b,t} m            (every token weighs the same)
+      "seq-mean-token-mean"      (1/B) sum_b [ sum_t l*m / sum_t m ]    (every sequence weighs the same)
+      "seq-mean-token-sum"       (1/B) sum_b sum_t l*m                  (no length normalisation)
+      "token-sum"                sum_{b,t} l*m                          (no normalisation at all)
+      "seq-mean-token-sum-norm"  (1/(B L)) sum_{b,t} l*m,  L = norm_length (Dr. GRPO's fixed
+                                 MAX_TOKENS), or T = mask.shape[-1] when None (veRL's default)
+    norm_length is read by "seq-mean-token-sum-norm" only.
+
+    What the references compute, per backward and per optimiser step:
+    - veRL (dp_actor) calls agg_loss once per MICRO-batch of b rows and multiplies the result by
+      its gradient-accumulation factor 1 / n_micro (b / B_mini with dynamic batch sizes) before
+      backward, so one optimiser step's gradient is that of (1/n) sum_micro agg(micro).
+      Its legacy agg_loss (<= 0.4) computes seq-mean-token-sum-norm as sum_{b,t} l*m / T per
+      micro-batch (no 1/b): per step sum_{B_mini rows} / (n T) = b x the Dr. GRPO value, so the
+      step size scales with the micro-batch size. Its current agg_loss divides by the batch
+      (seq_denominator = local bsz or global_batch_size) and by loss_scale_factor (default T):
+      per step sum / (B_mini T), the value here. token-sum there is the micro-batch's sum times
+      1/n: per step sum_{B_mini rows} / n_micro; here the minibatch's sum (veRL with n_micro = 1).
+    - TRL 1.12 GRPOTrainer loss_type="dr_grpo": sum_{b,t} l*m / (b * max_completion_length) per
+      device batch of b rows, divided by the gradient-accumulation steps: per optimiser step
+      sum / (B * max_completion_length) over its B rows, the value here with L =
+      max_completion_length (``loss.norm_length`` null = the run's response length).
+    - Here: one call per optimiser minibatch (no micro-batching), so the value above is the
+      step's loss exactly.
     The seq-mean modes divide by B, all rows; a row with an empty mask contributes 0
     (veRL would give NaN for seq-mean-token-mean there).
     Returns a 0-dim tensor.
@@ -316,10 +389,47 @@ def aggregate(loss_mat: Tensor, mask: Tensor, agg: str) -> Tensor:
         return masked_mean(loss_mat, mask)
     if agg == "seq-mean-token-mean":
         return masked_mean(loss_mat, mask, dim=-1).mean()  # (B,) -> ()
+    if agg not in AGG_MODES:
+        raise ValueError(f"unknown loss aggregation {agg!r}; expected one of {AGG_MODES}")
+    lm, _ = _masked_terms(loss_mat, mask)
     if agg == "seq-mean-token-sum":
-        lm, _ = _masked_terms(loss_mat, mask)
         return lm.sum(dim=-1).mean()  # (B,) -> ()
-    raise ValueError(f"unknown loss aggregation {agg!r}; expected one of {AGG_MODES}")
+    if agg == "token-sum":
+        return lm.sum()
+    L = mask.shape[-1] if norm_length is None else norm_length
+    if L < 1:
+        raise ValueError(f"norm_length must be >= 1, got {L}")
+    return lm.sum() / (lm.shape[0] * L)  # TRL dr_grpo: sum / (B * max_completion_length)
+
+
+def importance_ratio(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor, level: str = "token") -> Tensor:
+    """The importance ratio each token's surrogate uses, at token or sequence level.
+
+    logprobs: (B, T) current policy (with grad); old_logprobs: (B, T) rollout policy; mask: (B, T).
+    level:
+      "token"           r_it = exp(logp_it - old_it)                       (PPO)
+      "sequence"        s_i  = exp( sum_t m_it (logp_it - old_it) / sum_t m_it )   (GSPO, Zheng
+                        et al. 2025: the geometric mean of the token ratios, length-normalised),
+                        the same s_i on every token of completion i; its gradient reaches every
+                        token of i through the mean (TRL importance_sampling_level="sequence")
+      "sequence-token"  s_it = sg[s_i] * pi_it / sg[pi_it] = exp(sg[log s_i] + logp_it - sg[logp_it])
+                        (GSPO-token; veRL policy_loss "gspo"): the value of s_i, the gradient of
+                        log pi_it on token t alone, scaled by s_i
+    Padded positions get log-ratio 0 (ratio 1 at token level); an empty row gets s_i = 1.
+    Unlike veRL we do not clamp the log-ratio. Returns (B, T).
+    """
+    valid = mask != 0
+    log_ratio = (logprobs - old_logprobs).masked_fill(~valid, 0.0)  # (B, T)
+    if level == "token":
+        return torch.exp(log_ratio)
+    if level not in RATIO_LEVELS:
+        raise ValueError(f"unknown ratio level {level!r}; expected one of {RATIO_LEVELS}")
+    log_s = masked_mean(log_ratio, mask, dim=-1)[:, None]  # (B, 1): log s_i
+    if level == "sequence":
+        return torch.exp(log_s).expand_as(log_ratio)
+    zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
+    own = torch.where(valid, logprobs - logprobs.detach(), zero)
+    return torch.exp(log_s.detach() + own)  # value s_i, d/dlogp_it = s_i
 
 
 def policy_loss(
@@ -329,34 +439,63 @@ def policy_loss(
     mask: Tensor,
     clip_eps: float,
     agg: str,
+    *,
+    ratio_level: str = "token",
+    clip_eps_high: float | None = None,
+    dual_clip: float | None = None,
+    norm_length: int | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped surrogate, as a loss to MINIMISE (Schulman et al. 2017; cleanRL naming).
 
     logprobs: (B, T) log-probs of the taken tokens under the current policy (with grad).
     old_logprobs: (B, T) the same under the rollout policy (no grad).
     advantages: (B, T), or (B, 1) for sequence-level advantages (broadcast).
-    mask: (B, T). clip_eps: epsilon. agg: see ``aggregate``.
-    Returns (loss, stats); stats are detached 0-dim tensors:
-      "approxkl"   0.5 * masked_mean((logp - old)^2)   (TRL; k2 of the new vs old policy)
-      "clipfrac"   masked_mean(pg_loss2 > pg_loss1)    (TRL / cleanRL)
-      "ratio_mean" masked_mean(ratio)
+    mask: (B, T). clip_eps: the lower clip range eps_low. agg, norm_length: see ``aggregate``.
+    ratio_level: see ``importance_ratio`` (r below is r_it, s_i or s_it).
+    clip_eps_high: the upper clip range eps_high (DAPO clip-higher); None = clip_eps.
+    dual_clip: c > 1 (Ye et al. 2020; veRL clip_ratio_c); None = off.
+        l_t = max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high))         (cleanRL pg_loss1 / pg_loss2)
+        l_t = min(l_t, -c A)      where A < 0, when dual_clip is set    (veRL compute_policy_loss)
+    The defaults are today's symmetric token-level PPO loss, bit for bit.
+    Returns (loss, stats); stats are detached 0-dim tensors, shares of the masked tokens:
+      "approxkl"      0.5 * masked_mean((logp - old)^2)   (TRL; token-level k2 of new vs old)
+      "clipfrac"      masked_mean(pg_loss2 > pg_loss1)    (TRL / cleanRL: the clipped term taken)
+      "clipfrac_low"  masked_mean(r < 1 - eps_low  and A < 0)   (TRL GRPO clip_ratio/low_mean)
+      "clipfrac_high" masked_mean(r > 1 + eps_high and A > 0)   (clip_ratio/high_mean);
+                      clipfrac = clipfrac_low + clipfrac_high
+      "dualclip_frac" masked_mean(A < 0 and max(pg_loss1, pg_loss2) > -c A), only with dual_clip
+                      (veRL pg_clipfrac_lower: a share of ALL masked tokens, not of those with A < 0)
+      "ratio_mean"    masked_mean(r)
+    At sequence level a completion's share is its token count (its s_i sits on every token).
     Padded positions get log-ratio 0 (TRL fills them with INVALID_LOGPROB for the same
     reason), so a non-finite logprob there cannot put NaN into the loss or its gradient.
     """
     valid = mask != 0
     log_ratio = (logprobs - old_logprobs).masked_fill(~valid, 0.0)  # (B, T)
-    ratio = torch.exp(log_ratio)  # r_t = pi(a_t|s_t) / pi_old(a_t|s_t)
-    # L = max(-A * r, -A * clip(r, 1 - eps, 1 + eps))      (cleanRL pg_loss1 / pg_loss2)
+    ratio = importance_ratio(logprobs, old_logprobs, mask, ratio_level)  # r_t = pi / pi_old (or s_i)
+    eps_high = clip_eps if clip_eps_high is None else clip_eps_high
+    # L = max(-A * r, -A * clip(r, 1 - eps_low, 1 + eps_high))      (cleanRL pg_loss1 / pg_loss2)
     pg_loss1 = -advantages * ratio
-    pg_loss2 = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    pg_loss2 = -advantages * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + eps_high)
     pg_losses = torch.max(pg_loss1, pg_loss2)  # (B, T)
-    loss = aggregate(pg_losses, mask, agg)
+    clipped = pg_losses
+    if dual_clip is not None:
+        if not dual_clip > 1.0:
+            raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
+        # for A < 0 the loss is bounded by -c A (veRL: torch.where(A < 0, min(-c A, L), L))
+        pg_losses = torch.where(advantages < 0, torch.min(pg_losses, -advantages * dual_clip), pg_losses)
+    loss = aggregate(pg_losses, mask, agg, norm_length)
     with torch.no_grad():
+        f = ratio.dtype
         stats = {
             "approxkl": 0.5 * masked_mean(log_ratio**2, mask),  # TRL approxkl
-            "clipfrac": masked_mean((pg_loss2 > pg_loss1).to(ratio.dtype), mask),
+            "clipfrac": masked_mean((pg_loss2 > pg_loss1).to(f), mask),
+            "clipfrac_low": masked_mean(((ratio < 1.0 - clip_eps) & (advantages < 0)).to(f), mask),
+            "clipfrac_high": masked_mean(((ratio > 1.0 + eps_high) & (advantages > 0)).to(f), mask),
             "ratio_mean": masked_mean(ratio, mask),
         }
+        if dual_clip is not None:
+            stats["dualclip_frac"] = masked_mean(((advantages < 0) & (clipped > -advantages * dual_clip)).to(f), mask)
     return loss, {k: v.detach() for k, v in stats.items()}
 
 
@@ -367,12 +506,13 @@ def value_loss(
     mask: Tensor,
     clip: float | None,
     agg: str,
+    norm_length: int | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Clipped value loss (cleanRL v_loss_clipped; "The N implementation details of RLHF with PPO").
 
     values: (B, T) current predictions (with grad); old_values: (B, T) rollout predictions;
     returns: (B, T) targets; mask: (B, T). clip: max change of V from old_values, or None
-    for the plain squared error. agg: see ``aggregate``.
+    for the plain squared error. agg, norm_length: see ``aggregate``.
     Returns (loss, stats); stats are detached 0-dim tensors:
       "clipfrac"   masked_mean(v_loss_clipped > v_loss_unclipped)   (TRL vf_clipfrac)
       "value_mean" masked_mean(values)
@@ -389,7 +529,7 @@ def value_loss(
         v_loss_clipped = (v_clipped - returns) ** 2
         v_loss_max = torch.max(v_loss_unclipped, v_loss_clipped)
         clipfrac = masked_mean((v_loss_clipped > v_loss_unclipped).to(values.dtype), mask)
-    loss = 0.5 * aggregate(v_loss_max, mask, agg)
+    loss = 0.5 * aggregate(v_loss_max, mask, agg, norm_length)
     stats = {"clipfrac": clipfrac.detach(), "value_mean": masked_mean(values.detach(), mask)}
     return loss, stats
 

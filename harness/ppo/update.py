@@ -23,7 +23,7 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import Tensor
 
-from harness.config import RunConfig
+from harness.config import RunConfig, response_length
 from harness.fast.flat import FlatParams, clip_norm_
 from harness.lm.forward import policy_forward, token_values
 from harness.lm.rollout import Rollout
@@ -32,7 +32,7 @@ from harness.ppo import math as M
 
 __all__ = [
     "Batch", "NonFiniteError", "SideThread", "UpdateState", "UpdateStats", "autocast", "check", "linear_decay",
-    "update",
+    "norm_length", "policy_loss_kwargs", "update",
 ]
 
 
@@ -115,6 +115,30 @@ class Batch(NamedTuple):
     adv: Tensor  # advantages the policy loss sees (whitened if asked), 0 after EOS
     returns: Tensor  # value targets
     vmask: Tensor  # where the value loss looks (the response, or the prompt state only)
+    # where the policy loss (and entropy / KL terms) look; None = ro.mask. train.truncated=mask: rows
+    # without EOS are 0 here and in vmask
+    loss_mask: Tensor | None = None
+
+    def policy_mask(self) -> Tensor:
+        return self.ro.mask if self.loss_mask is None else self.loss_mask
+
+
+def norm_length(cfg: RunConfig, task) -> int | None:
+    """L of loss.agg=seq-mean-token-sum-norm: ``loss.norm_length``, else the run's response length; None otherwise."""
+    if cfg.loss.agg != "seq-mean-token-sum-norm":
+        return None
+    return cfg.loss.norm_length or response_length(cfg, task)
+
+
+def policy_loss_kwargs(cfg: RunConfig, task) -> dict:
+    """The keyword arguments of ``math.policy_loss`` a run's config asks for, past the tensors.
+
+    The one place they are read from the config: the update and the gradient-noise probe both call it,
+    so the probe measures the gradient of the loss the update steps on.
+    """
+    p = cfg.ppo
+    return {"clip_eps": p.clip_eps, "agg": cfg.loss.agg, "ratio_level": p.ratio_level,
+            "clip_eps_high": p.clip_eps_high, "dual_clip": p.dual_clip, "norm_length": norm_length(cfg, task)}
 
 
 class UpdateStats(NamedTuple):
@@ -130,11 +154,18 @@ class UpdateStats(NamedTuple):
     early_stop: bool  # stopped at ppo.target_kl before the last epoch
     steps: int  # optimiser steps taken
     seconds: float  # wall time of the update
+    clipfrac_low: float | None = None  # policy/clipfrac_low (always set by ``update``)
+    clipfrac_high: float | None = None  # policy/clipfrac_high (always set by ``update``)
+    dualclip_frac: float | None = None  # policy/dualclip_frac, only with ppo.dual_clip
 
     def metrics(self) -> dict[str, float]:
         """The schema keys of these means (harness/schema.py)."""
         out = {"policy/approxkl_avg": self.approxkl, "policy/clipfrac_avg": self.clipfrac,
                "loss/policy_avg": self.policy_loss, "grad/norm": self.grad_norm}
+        for key, v in (("policy/clipfrac_low", self.clipfrac_low), ("policy/clipfrac_high", self.clipfrac_high),
+                       ("policy/dualclip_frac", self.dualclip_frac)):
+            if v is not None:
+                out[key] = v
         if self.value_loss is not None:
             out.update({"loss/value_avg": self.value_loss, "val/clipfrac_avg": self.value_clipfrac,
                         "grad/value_norm": self.value_grad_norm})
@@ -151,6 +182,9 @@ class _Step(NamedTuple):
     value_loss: Tensor | None
     value_clipfrac: Tensor | None
     value_grad_norm: Tensor | None
+    clipfrac_low: Tensor
+    clipfrac_high: Tensor
+    dualclip_frac: Tensor | None
 
 
 def update(cfg: RunConfig, models: Models, st: UpdateState, batch: Batch) -> UpdateStats:
@@ -178,8 +212,8 @@ def update(cfg: RunConfig, models: Models, st: UpdateState, batch: Batch) -> Upd
                 break
     st.scheduler.step()
     models.policy.eval()
-    means = [_mean([getattr(s, f) for s in steps]) for f in _Step._fields]
-    return UpdateStats(*means, early_stop=stopped, steps=len(steps), seconds=time.perf_counter() - t0)
+    means = {f: _mean([getattr(s, f) for s in steps]) for f in _Step._fields}
+    return UpdateStats(**means, early_stop=stopped, steps=len(steps), seconds=time.perf_counter() - t0)
 
 
 def _mean(values: list[Tensor | None]) -> float | None:
@@ -224,16 +258,19 @@ def _step(cfg: RunConfig, models: Models, st: UpdateState, b: Batch, idx: Tensor
         vnorm = clip_norm_(st.params.group_grads("value"), cfg.ppo.max_grad_norm)
         check("grad/value_norm", vnorm, it)
     st.optimizer.step()
+    clip = (pst["clipfrac_low"], pst["clipfrac_high"], pst.get("dualclip_frac"))
     if not use_value:
-        return _Step(pst["approxkl"], pst["clipfrac"], pg_loss, gnorm, None, None, None)
-    return _Step(pst["approxkl"], pst["clipfrac"], pg_loss, gnorm, v_loss, vst["clipfrac"], vnorm)
+        return _Step(pst["approxkl"], pst["clipfrac"], pg_loss, gnorm, None, None, None, *clip)
+    return _Step(pst["approxkl"], pst["clipfrac"], pg_loss, gnorm, v_loss, vst["clipfrac"], vnorm, *clip)
 
 
 def _policy_objective(cfg: RunConfig, models: Models, kl_coef: float, b: Batch, idx: Tensor):
     """(loss, policy loss, its stats, shared-trunk values or None) of rows ``idx``:
-    L = L_clip - entropy_coef * agg(H) [+ beta * agg(kl(pi, pi_ref)) when kl.placement=loss]."""
+    L = L_clip - entropy_coef * agg(H) [+ beta * agg(kl(pi, pi_ref)) when kl.placement=loss], every term
+    over ``b.policy_mask()`` (rows without EOS left out under train.truncated=mask)."""
     ro, agg = b.ro, cfg.loss.agg
-    m_mask = ro.mask[idx]
+    kw = policy_loss_kwargs(cfg, models.task)
+    m_mask, loss_mask = ro.mask[idx], b.policy_mask()[idx]
     shared = isinstance(models.value, SharedTrunkValue)
     with autocast(cfg, models.policy):
         new_logp, entropy, v_shared = policy_forward(  # (b, T) each, 0 after EOS
@@ -241,14 +278,14 @@ def _policy_objective(cfg: RunConfig, models: Models, kl_coef: float, b: Batch, 
             cfg.rollout.temperature, with_entropy=cfg.ppo.entropy_coef > 0,
             value_head=models.value.score if shared else None,
         )
-    pg_loss, pst = M.policy_loss(new_logp, ro.logprobs[idx], b.adv[idx], m_mask, cfg.ppo.clip_eps, agg)
+    pg_loss, pst = M.policy_loss(new_logp, ro.logprobs[idx], b.adv[idx], loss_mask, **kw)
     loss = pg_loss
     if entropy is not None:
-        loss = loss - cfg.ppo.entropy_coef * M.aggregate(entropy, m_mask, agg)
+        loss = loss - cfg.ppo.entropy_coef * M.aggregate(entropy, loss_mask, agg, kw["norm_length"])
     if cfg.kl.placement == "loss" and kl_coef > 0:
-        # KL as a loss term (GRPO-style): beta * agg(kl(pi_theta, pi_ref))
+        # KL as a loss term (GRPO-style): beta * agg(kl(pi_theta, pi_ref)); k1+ / k3+: the gradient of k2
         kl_tok = M.kl_penalty(new_logp, ro.ref_logprobs[idx], cfg.kl.estimator)
-        loss = loss + kl_coef * M.aggregate(kl_tok, m_mask, agg)
+        loss = loss + kl_coef * M.aggregate(kl_tok, loss_mask, agg, kw["norm_length"])
     return loss, pg_loss, pst, v_shared
 
 
@@ -258,7 +295,8 @@ def _value_loss(cfg: RunConfig, models: Models, b: Batch, idx: Tensor, backward:
     if v_new is None:
         with autocast(cfg, models.value):  # autocast state is per thread
             v_new = token_values(models.value, ro.prompt_ids[idx], ro.prompt_mask[idx], ro.response_ids[idx], vmask)
-    v_loss, vst = M.value_loss(v_new, ro.values[idx], b.returns[idx], vmask, cfg.ppo.value_clip, cfg.loss.agg)
+    v_loss, vst = M.value_loss(v_new, ro.values[idx], b.returns[idx], vmask, cfg.ppo.value_clip, cfg.loss.agg,
+                               norm_length(cfg, models.task))
     if backward:
         (cfg.ppo.vf_coef * v_loss).backward()
     return v_loss, vst

@@ -104,11 +104,16 @@ def probe_gradient_variance(
     temperature: float,
     microbatches: int,
     generator: torch.Generator,
+    mask: torch.Tensor | None = None,
+    **loss_options,
 ) -> dict[str, float]:
     """``gradient_stats`` of the policy loss over ``microbatches`` equal, disjoint parts of the batch.
 
     ``microbatches`` must divide the batch (the config checks it): unequal parts would make
-    the estimates differently distributed and the covariance meaningless.
+    the estimates differently distributed and the covariance meaningless. ``mask`` (B, T) is the
+    policy loss's mask (None = the rollout's response mask); ``loss_options`` are the rest of
+    ``math.policy_loss``'s keyword arguments (ratio level, clip-higher, dual clip, norm length),
+    the caller's ``harness.ppo.update.policy_loss_kwargs``: the probe differentiates the update's loss.
     """
     B = ro.size
     if microbatches < 2 or B % microbatches:
@@ -116,10 +121,11 @@ def probe_gradient_variance(
     b = B // microbatches
     params = [p for p in policy.parameters() if p.requires_grad]
     perm = torch.randperm(B, generator=generator)
+    loss_mask = ro.mask if mask is None else mask
     grads = []
     for idx in perm.view(microbatches, b):
         logp = policy_forward(policy, ro.prompt_ids[idx], ro.prompt_mask[idx], ro.response_ids[idx], ro.mask[idx], temperature).logprobs
-        loss, _ = M.policy_loss(logp, ro.logprobs[idx], advantages[idx], ro.mask[idx], clip_eps, agg)
+        loss, _ = M.policy_loss(logp, ro.logprobs[idx], advantages[idx], loss_mask[idx], clip_eps, agg, **loss_options)
         g = torch.autograd.grad(loss, params, allow_unused=True)
         grads.append(torch.cat([(x if x is not None else torch.zeros_like(p)).reshape(-1) for x, p in zip(g, params, strict=True)]))
     return gradient_stats(torch.stack(grads), b)

@@ -94,6 +94,10 @@ ROWS: list[Row] = [
     row("train-impl-unknown", ["train", "--impl", "jax"], "impl"),
     row("train-trl-inexpressible", ["train", "--impl", "trl", "--set", "advantage.level=sequence", *TINY],
         "advantage.level"),
+    row("train-gspo-token-clip", ["train", "--set", "ppo.ratio_level=sequence", *TINY], "ppo.clip_eps"),
+    row("train-dual-clip-1", ["train", "--set", "ppo.dual_clip=1", *TINY], "ppo.dual_clip"),
+    row("train-norm-length-wrong-agg", ["train", "--set", "loss.norm_length=8", *TINY], "loss.norm_length"),
+    row("train-k3plus-in-reward", ["train", "--set", "kl.estimator=k3+", *TINY], "kl.estimator"),
     # ---- train: --config files ----
     row("train-config-missing", ["train", "--config", "{in}/missing.yaml"], "--config", "missing.yaml"),
     row("train-config-folder", ["train", "--config", "{in}/emptydir"], "--config", "emptydir"),

@@ -30,6 +30,10 @@ REFUSALS = {
     "ppo.entropy_coef": {"ppo.entropy_coef": 0.01},
     "ppo.target_kl": {"ppo.target_kl": 0.02},
     "model.value_trunk": {"model.value_trunk": "shared"},
+    "ppo.ratio_level": {"ppo.ratio_level": "sequence", "ppo.clip_eps": 0.001},
+    "ppo.clip_eps_high": {"ppo.clip_eps_high": 0.28},
+    "ppo.dual_clip": {"ppo.dual_clip": 3.0},
+    "train.truncated": {"train.truncated": "mask"},
 }
 
 

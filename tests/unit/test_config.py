@@ -113,7 +113,7 @@ def test_every_key_is_documented_with_its_type_and_default():
     assert not undocumented, undocumented
     flat = RunConfig().flat()
     assert all(docs[k].default == flat[k] for k in flat)  # the listed default is the real one
-    assert docs["kl.estimator"].type == "k1 | k2 | k3"
+    assert docs["kl.estimator"].type == "k1 | k2 | k3 | k1+ | k3+"
     assert docs["ppo.max_grad_norm"].type == "float | null"
 
 
@@ -275,3 +275,89 @@ def test_a_logged_config_yaml_reads_back_as_the_same_config(tmp_path):
     p = tmp_path / "config.yaml"
     p.write_text(cfg.to_yaml())  # what harness/run.py logs as config.yaml
     assert load_config(p) == cfg
+
+
+# ---- issue 14: ratio level, clip-higher, dual clip, aggregation, straight-through KL, truncation ---------
+
+LEVEL_KEYS = ("ppo.ratio_level", "ppo.clip_eps_high", "ppo.dual_clip", "loss.norm_length", "train.truncated")
+
+
+def test_issue_14_keys_exist_with_todays_defaults():
+    cfg = RunConfig()
+    assert set(LEVEL_KEYS) <= known_keys()
+    assert (cfg.ppo.ratio_level, cfg.ppo.clip_eps_high, cfg.ppo.dual_clip) == ("token", None, None)
+    assert (cfg.loss.norm_length, cfg.train.truncated) == (None, "penalty")
+
+
+@pytest.mark.parametrize(
+    "overrides, key, words",
+    [
+        ({"ppo.ratio_level": "sequence"}, "ppo.clip_eps", ("GSPO's clip ranges are ~1e-4..1e-3", "got 0.2")),
+        ({"ppo.ratio_level": "sequence-token", "ppo.clip_eps": 0.05}, "ppo.clip_eps", ("got 0.05",)),
+        ({"ppo.ratio_level": "sequence", "ppo.clip_eps": 3e-4, "ppo.clip_eps_high": 0.28}, "ppo.clip_eps_high",
+         ("geometric means", "got 0.28")),
+        ({"ppo.dual_clip": 1.0}, "ppo.dual_clip", ("greater than 1",)),
+        ({"ppo.dual_clip": 0.5}, "ppo.dual_clip", ("greater than 1",)),
+        ({"ppo.clip_eps_high": 0.0}, "ppo.clip_eps_high", ("greater than 0",)),
+        ({"ppo.clip_eps_high": 1.0}, "ppo.clip_eps_high", ("less than 1",)),
+        ({"loss.norm_length": 64}, "loss.norm_length", ("seq-mean-token-sum-norm",)),
+        ({"loss.agg": "token-sum", "loss.norm_length": 64}, "loss.norm_length", ("token-sum",)),
+        ({"loss.agg": "seq-mean-token-sum-norm", "loss.norm_length": 0}, "loss.norm_length", ("greater than or equal",)),
+        ({"kl.estimator": "k3+"}, "kl.estimator", ("only change the gradient of a KL loss term",)),
+        ({"kl.estimator": "k1+", "kl.placement": "reward"}, "kl.estimator", ("kl.placement=loss",)),
+        ({"kl.estimator": "k2+", "kl.placement": "loss"}, "kl.estimator", ()),
+        ({"train.truncated": "drop"}, "train.truncated", ()),
+        ({"advantage.level": "sequence", "advantage.baseline": "reinforce_pp_baseline", "rollout.group_size": 1},
+         "advantage.baseline", ("group_size >= 2",)),
+        ({"impl": "trl-ppo"}, "impl", ()),
+    ],
+)
+def test_issue_14_refusals_are_one_line_naming_the_key(overrides, key, words):
+    with pytest.raises(ConfigError) as e:
+        build_config(None, overrides)
+    msg = str(e.value)
+    assert msg.startswith(f"config key '{key}'") and "\n" not in msg, msg
+    assert all(w in msg for w in words), msg
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"ppo.ratio_level": "sequence", "ppo.clip_eps": 3e-4, "ppo.clip_eps_high": 4e-4},  # GSPO's own ranges
+        {"ppo.ratio_level": "sequence-token", "ppo.clip_eps": 0.01},
+        {"ppo.clip_eps_high": 0.28, "ppo.dual_clip": 3.0},  # DAPO clip-higher + dual clip, token level
+        {"ppo.clip_eps_high": 0.28},  # token level: a large upper range is fine
+        {"loss.agg": "seq-mean-token-sum-norm", "loss.norm_length": 64},
+        {"loss.agg": "seq-mean-token-sum-norm"},
+        {"loss.agg": "token-sum"},
+        {"kl.estimator": "k3+", "kl.placement": "loss"},
+        {"kl.estimator": "k1+", "kl.placement": "loss"},  # k1+ has k2's gradient: allowed in the loss
+        {"train.truncated": "mask"},
+        {"advantage.level": "sequence", "advantage.baseline": "reinforce_pp", "rollout.group_size": 1},
+        {"advantage.level": "sequence", "advantage.baseline": "reinforce_pp_baseline"},
+        {"impl": "trl-grpo"},
+        {"impl": "trl-rloo"},
+    ],
+)
+def test_issue_14_combinations_that_build(overrides):
+    cfg = build_config(None, overrides)
+    assert all(cfg.flat()[k] == v for k, v in overrides.items())
+
+
+def test_issue_14_keys_are_documented_in_the_config_command():
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+    from harness.config import describe
+
+    docs = {d.key: d for d in describe()}
+    assert "orders of magnitude smaller" in docs["ppo.ratio_level"].description
+    assert "GRPOTrainer" in docs["impl"].description and "RLOOTrainer" in docs["impl"].description
+    assert docs["impl"].type == "custom | trl | trl-grpo | trl-rloo"
+    assert "token-sum | seq-mean-token-sum-norm" in docs["loss.agg"].type
+    assert "reinforce_pp | reinforce_pp_baseline" in docs["advantage.baseline"].type
+    out = CliRunner().invoke(app, ["config", "ppo"]).output
+    for key in ("ppo.ratio_level", "ppo.clip_eps_high", "ppo.dual_clip"):
+        assert f"\n{key} " in "\n" + out, key
+    for key in ("loss.norm_length", "train.truncated"):
+        assert f"\n{key} " in "\n" + CliRunner().invoke(app, ["config", key]).output
