@@ -30,7 +30,8 @@ Refused (TRL has no equivalent): advantage.level=sequence, advantage.whiten=fals
 whitens advantages), kl.estimator=k2, kl.placement=loss, kl.target (adaptive KL), loss.agg other
 than token-mean, ppo.entropy_coef > 0, ppo.target_kl, model.value_trunk=shared, ppo.ratio_level other
 than token, ppo.clip_eps_high, ppo.dual_clip, train.truncated=mask (k1+ / k3+ and the new loss.agg modes
-fall under kl.estimator and loss.agg).
+fall under kl.estimator and loss.agg), train.device=cuda:N with N > 0 or mps (accelerate places the
+models; train.device=cuda / cuda:0 / auto -> use_cpu=False, the GPU CUDA_VISIBLE_DEVICES shows first).
 
 Accepted with metrics absent (not faked): probe.every > 0 (the gradient-variance probe cannot run
 inside TRL's loop: none of harness.ppo.variance.KEYS is logged), and
@@ -61,6 +62,7 @@ from collections.abc import Callable
 import torch
 
 from harness.config import RunConfig, response_length
+from harness.devices import resolve as resolve_device
 from harness.fast.flat import clip_norm_
 from harness.lm.rollout import make_score_fn
 from harness.ppo.update import linear_decay
@@ -83,6 +85,9 @@ REFUSED: dict[str, tuple[Callable[[RunConfig], bool], str]] = {
     "ppo.entropy_coef": (lambda c: c.ppo.entropy_coef > 0, "TRL has no entropy bonus"),
     "ppo.target_kl": (lambda c: c.ppo.target_kl is not None, "TRL has no early stop on approx KL"),
     "model.value_trunk": (lambda c: c.model.value_trunk != "separate", "TRL's PPO takes a separate value model"),
+    "train.device": (lambda c: c.train.device not in ("auto", "cpu", "cuda", "cuda:0"),
+                     "accelerate places TRL's models on cpu or cuda:0; pin another GPU with CUDA_VISIBLE_DEVICES "
+                     "or sweep --devices"),
     # issue 14's keys (loss.norm_length needs loss.agg=seq-mean-token-sum-norm, refused above by loss.agg)
     "ppo.ratio_level": (lambda c: c.ppo.ratio_level != "token", "TRL's PPO ratio is token level only"),
     "ppo.clip_eps_high": (lambda c: c.ppo.clip_eps_high is not None, "TRL's PPO clip range is symmetric (cliprange)"),
@@ -131,7 +136,7 @@ def trl_args(cfg: RunConfig, response_length: int, output_dir: str):
     return PPOConfig(
         output_dir=output_dir,
         seed=cfg.seed,
-        use_cpu=True,
+        use_cpu=resolve_device(cfg.train.device).type == "cpu",  # else accelerate's GPU (CUDA_VISIBLE_DEVICES picks it)
         bf16=cfg.train.autocast == "bf16",  # PPOConfig defaults to bf16 autocast; the harness to fp32
         fp16=False,
         activation_checkpointing=False,  # PPOConfig default True (gradient_checkpointing): recomputation, slower

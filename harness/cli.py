@@ -224,11 +224,15 @@ def train(
         validate_model_keys(cfg)
     except (ConfigError, ModelError) as e:
         raise fail(str(e)) from None
-    if cfg.impl == "trl":
+    from harness.sweep.spec import TRL_CHECKS
+
+    if cfg.impl in TRL_CHECKS:
+        import importlib
+
         try:
-            from baselines.trl_ppo import check_expressible
+            check_expressible = importlib.import_module(TRL_CHECKS[cfg.impl]).check_expressible
         except ImportError:
-            raise fail("impl 'trl': the TRL baseline is not available in this installation") from None
+            raise fail(f"impl '{cfg.impl}': the TRL baseline is not available in this installation") from None
         try:
             check_expressible(cfg)
         except ValueError as e:
@@ -261,6 +265,8 @@ def sweep(
     tracking_uri: TrackingUri = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate, print the cells and the storage, run nothing.")] = False,
     new: Annotated[bool, typer.Option("--new", help="Start a fresh study when the spec changed under the same name.")] = False,
+    devices: Annotated[str | None, typer.Option(
+        help="CUDA devices, e.g. 0,1,2,3: worker k runs on devices[k % n] (CUDA_VISIBLE_DEVICES; cuda:0 inside it).")] = None,
 ) -> None:
     """Run an ablation grid (cells x seeds) with Optuna; rerun the same command to resume."""
     from harness.sweep.coordinator import run_sweep
@@ -271,8 +277,16 @@ def sweep(
         check_storage(storage)
     if tracking_uri:
         check_tracking_uri(tracking_uri)
+    from harness.devices import DeviceError, check_devices, parse_devices
+
+    try:
+        pinned = parse_devices(devices)
+        if not dry_run:
+            check_devices(pinned)
+    except DeviceError as e:
+        raise fail(str(e)) from None
     code = run_sweep(spec, workers=workers, storage=storage, tracking_uri=tracking_uri, runs_dir=runs_dir,
-                     dry_run=dry_run, new=new)
+                     dry_run=dry_run, new=new, devices=pinned)
     raise typer.Exit(code)
 
 

@@ -233,6 +233,19 @@ class TrainConfig(_Section):
         "which still enters the baselines, group statistics and whitening.",
     )
     threads: int | None = Field(default=None, ge=1, description="torch intra-op threads; null = torch's default (all cores).")
+    device: str = Field(
+        default="auto",
+        description="auto | cpu | cuda | cuda:N | mps: where the policy, reference, value and reward models and every "
+        "tensor of the loop live (auto = CUDA when present, else the CPU). The CPU fast path applies on the CPU only; "
+        "warm-start builds (SFT, proxy RM) run on the CPU.",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device_spelling(cls, v: str) -> str:
+        from harness.devices import check_spelling
+
+        return check_spelling(v)
     autocast: Literal["none", "bf16"] = Field(
         default="none",
         description="bf16: rollout and update forwards under torch.autocast(bfloat16); weights, optimiser and evaluation "

@@ -52,7 +52,7 @@ def evaluate(
     """Returns (metrics, samples): eval/gold, eval/proxy, eval/kl, eval/length (held-out mean tokens)."""
     was_training = policy.training
     policy.eval()
-    g = torch.Generator().manual_seed(EVAL_SEED)
+    g = torch.Generator(device=next(policy.parameters()).device).manual_seed(EVAL_SEED)
     prompts = eval_prompts(task, n_prompts)
     gold, proxy, kl, length, samples = [], [], [], [], []
     for s in range(0, len(prompts), batch_size):

@@ -21,6 +21,8 @@ from typing import Protocol
 import torch
 
 from harness.config import RunConfig, task_label
+from harness.devices import describe as describe_device
+from harness.devices import resolve as resolve_device
 from harness.ppo.update import NonFiniteError
 from harness.recording import RunResult
 from harness.schema import Tag
@@ -32,6 +34,8 @@ __all__ = ["IMPLEMENTATIONS", "NonFiniteError", "Train", "execute", "resolve", "
 IMPLEMENTATIONS: dict[str, str] = {
     "custom": "harness.ppo.loop:train",
     "trl": "baselines.trl_ppo:train",
+    "trl-grpo": "baselines.trl_grpo:train",
+    "trl-rloo": "baselines.trl_rloo:train",
 }
 
 
@@ -55,6 +59,7 @@ def resolve(impl: str) -> Train:
 def run_tags(cfg: RunConfig) -> dict[str, str]:
     return {
         Tag.TASK: task_label(cfg),
+        Tag.DEVICE: describe_device(resolve_device(cfg.train.device)),
         Tag.IMPL: cfg.impl,
         Tag.LEVEL: cfg.advantage.level,
         Tag.SEED: str(cfg.seed),

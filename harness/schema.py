@@ -80,6 +80,7 @@ class Tag:
 
     # every run (harness.run.run_tags)
     TASK = "task"
+    DEVICE = "device"  # the run's torch device, e.g. cpu or cuda:0 (NVIDIA ...; CUDA_VISIBLE_DEVICES=3)
     IMPL = "impl"
     LEVEL = "advantage.level"
     SEED = "seed"

@@ -57,7 +57,8 @@ def supports(model: nn.Module) -> bool:
         )
         dropout = any(m.p > 0 for m in model.modules() if isinstance(m, nn.Dropout))
         info = _INFO[model] = (arch, dropout)
-    return info[0] and not (model.training and info[1])
+    # the packed forwards are the CPU fast path; on other devices the generic Hugging Face path runs
+    return info[0] and not (model.training and info[1]) and next(model.parameters()).device.type == "cpu"
 
 
 _CAUSAL: dict[tuple[int, int, torch.dtype, torch.device], torch.Tensor] = {}  # read-only, reused

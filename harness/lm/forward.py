@@ -126,5 +126,5 @@ def sequence_scores(reward_model, prompt_ids, prompt_mask, response_ids, mask) -
         )
         return reward_model.score(gpt2.packed_hidden(reward_model, pk)[: pk.n_out]).squeeze(-1).float()
     h = backbone_hidden(reward_model, prompt_ids, prompt_mask, response_ids)  # (B, P+T, H)
-    h_last = h[torch.arange(B), P + n - 1]  # (B, H)
+    h_last = h[torch.arange(B, device=h.device), P + n - 1]  # (B, H)
     return reward_model.score(h_last).squeeze(-1).float()

@@ -79,7 +79,8 @@ def collect(
     """
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     t0 = time.perf_counter()
-    pids, pmask = encode_prompts(tokenizer, prompts)
+    dev = next(policy.parameters()).device  # train.device: every tensor of the rollout lives there
+    pids, pmask = (t.to(dev) for t in encode_prompts(tokenizer, prompts))
     rids, mask, has_eos, logprobs, entropy = sample(policy, pids, pmask, max_new_tokens, temperature, eos, pad, generator)
     t1 = time.perf_counter()
     ro = Rollout(
@@ -96,7 +97,7 @@ def collect(
     ro.ref_logprobs = policy_forward(ref, pids, pmask, rids, mask, temperature).logprobs
     if value_model is not None:
         ro.values = token_values(value_model, pids, pmask, rids, mask)
-    ro.gold = torch.tensor(gold_fn(ro.prompts, ro.completions, has_eos.tolist()), dtype=torch.float32)
+    ro.gold = torch.tensor(gold_fn(ro.prompts, ro.completions, has_eos.tolist()), dtype=torch.float32, device=dev)
     # no EOS -> the fixed penalty score (N implementation details #23)
     ro.scores = M.missing_eos_score(score_fn(ro), has_eos, missing_eos_penalty)
     if timings is not None:
@@ -111,14 +112,16 @@ def make_score_fn(reward_model, task_gold: Callable[[list[str], list[str], list[
     the proxy RM's score, or the gold reward when there is neither."""
     if reward_fn is not None:
         def by_function(ro: Rollout) -> torch.Tensor:
-            return torch.tensor(reward_fn(ro.prompts, ro.completions, ro.has_eos.tolist()), dtype=torch.float32)
+            return torch.tensor(reward_fn(ro.prompts, ro.completions, ro.has_eos.tolist()), dtype=torch.float32,
+                                device=ro.mask.device)
 
         return by_function
     if reward_model is None:
         def gold(ro: Rollout) -> torch.Tensor:
             if ro.gold is not None:
                 return ro.gold.clone()
-            return torch.tensor(task_gold(ro.prompts, ro.completions, ro.has_eos.tolist()), dtype=torch.float32)
+            return torch.tensor(task_gold(ro.prompts, ro.completions, ro.has_eos.tolist()), dtype=torch.float32,
+                                device=ro.mask.device)
 
         return gold
 

@@ -67,6 +67,7 @@ def sample(
     """
     B, P = prompt_ids.shape
     T = max_new_tokens
+    dev = prompt_ids.device
     position_ids = (prompt_mask.cumsum(1) - 1).clamp(min=0)  # (B, P) left padding shifts positions
     next_pos = position_ids[:, -1:] + 1  # (B, 1) position of response token 0
     if gpt2.supports(policy):
@@ -74,7 +75,7 @@ def sample(
         logits = decoder.prefill(prompt_ids, position_ids)  # (B, V)
         step = decoder.step
     else:
-        attn = torch.cat([prompt_mask, torch.ones((B, T), dtype=prompt_mask.dtype)], dim=1)  # (B, P+T)
+        attn = torch.cat([prompt_mask, torch.ones((B, T), dtype=prompt_mask.dtype, device=dev)], dim=1)  # (B, P+T)
         out = policy(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids, use_cache=True)
         cache = {"past": out.past_key_values, "len": P}
         logits = out.logits[:, -1, :]
@@ -86,10 +87,10 @@ def sample(
             cache["past"] = o.past_key_values
             return o.logits[:, -1, :]
 
-    response_ids = torch.full((B, T), pad_id, dtype=torch.long)
-    logprobs = torch.zeros((B, T))
-    entropy = torch.zeros((B, T))
-    done = torch.zeros(B, dtype=torch.bool)
+    response_ids = torch.full((B, T), pad_id, dtype=torch.long, device=dev)
+    logprobs = torch.zeros((B, T), device=dev)
+    entropy = torch.zeros((B, T), device=dev)
+    done = torch.zeros(B, dtype=torch.bool, device=dev)
     for t in range(T):
         logits = logits.float()
         if temperature != 1.0:

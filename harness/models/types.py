@@ -27,6 +27,7 @@ class Models:
     provenance: dict[str, str] | None = None  # MLflow tags: shipped or local build, version, checksums
     # model.reward=package.module:function: the optimised reward, (prompts, completions, ended) -> scores
     reward_fn: Callable[..., list[float]] | None = None
+    device: Any = "cpu"  # the torch.device every model of the run sits on (train.device)
 
 
 class SharedTrunkValue(nn.Module):

@@ -81,7 +81,7 @@ def init_state(cfg: RunConfig, models: Models) -> PPOState:
         kl_coef=cfg.kl.coef,
         episodes=0,
         rng=random.Random(cfg.seed),
-        generator=torch.Generator().manual_seed(cfg.seed),
+        generator=torch.Generator(device=models.device).manual_seed(cfg.seed),  # sampling happens on the device
         probe_generator=probe_generator(cfg.seed),
         optimizer=opt,
         scheduler=sched,

@@ -197,7 +197,7 @@ def token_rewards(kl: Tensor, scores: Tensor, mask: Tensor, beta: float) -> Tens
     """
     rewards = -beta * kl  # (B, T)
     last = mask.sum(1).long().clamp(min=1) - 1  # (B,) index of EOS / the last real token
-    rewards[torch.arange(rewards.shape[0]), last] += scores
+    rewards[torch.arange(rewards.shape[0], device=rewards.device), last] += scores
     return rewards
 
 

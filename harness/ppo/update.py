@@ -200,7 +200,7 @@ def update(cfg: RunConfig, models: Models, st: UpdateState, batch: Batch) -> Upd
     models.policy.train()
     with st.side.split(side and next(models.policy.parameters()).device.type == "cpu") as worker:
         for _epoch in range(cfg.ppo.epochs):
-            perm = torch.randperm(B, generator=st.generator)
+            perm = torch.randperm(B, generator=st.generator, device=st.generator.device)
             epoch_kl, epoch_n = 0.0, 0
             for s in range(0, B, mb):
                 steps.append(_step(cfg, models, st, batch, perm[s : s + mb], worker))

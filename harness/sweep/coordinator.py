@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.devices import worker_env
 from harness.schema import Attr, Tag
 from harness.sweep.display import Display, Snapshot, fmt_s
 from harness.sweep.faults import (
@@ -81,6 +82,7 @@ def run_sweep(
     runs_dir: str | Path = "runs",
     dry_run: bool = False,
     new: bool = False,
+    devices: list[str] | None = None,
 ) -> int:
     """Validate, then run (or resume) the sweep; returns the process exit code."""
     try:
@@ -94,6 +96,8 @@ def run_sweep(
     threads = threads_per_worker(workers)
     if dry_run:
         print_plan(spec, url, tracking_uri, runs_dir, workers, threads)
+        if devices:
+            print(f"devices   worker k on CUDA device [{', '.join(devices)}][k % {len(devices)}] (CUDA_VISIBLE_DEVICES)")
         return EXIT_OK
     quiet_optuna()
     quiet_store_logs()
@@ -101,7 +105,7 @@ def run_sweep(
     try:
         st = retry(where, open_storage, url)
         study = retry(where, resolve_study, spec, st, url, new=new)
-        coordinator = Coordinator(spec, st, url, study, tracking_uri, Path(runs_dir), workers, threads)
+        coordinator = Coordinator(spec, st, url, study, tracking_uri, Path(runs_dir), workers, threads, devices or [])
     except SweepRefused as e:
         return _usage_error(spec_path, e.key, e.problem)
     except Outage as e:
@@ -188,8 +192,10 @@ class Coordinator:
     meanwhile) leaves no run RUNNING that it can reach.
     """
 
-    def __init__(self, spec, storage, url, study, tracking_uri, runs_dir: Path, workers: int, threads: int):
+    def __init__(self, spec, storage, url, study, tracking_uri, runs_dir: Path, workers: int, threads: int,
+                 devices: list[str] | None = None):
         self.spec, self.storage, self.url, self.study = spec, storage, url, study
+        self.devices = devices or []  # --devices: worker k sees CUDA device devices[k % n] only
         self.tracking_uri, self.runs_dir = tracking_uri, runs_dir
         self.workers, self.threads = workers, threads
         self.storage_what = storage_what(url)
@@ -351,6 +357,7 @@ class Coordinator:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         for var in THREAD_VARS:
             env[var] = str(self.threads)
+        env.update(worker_env(self.devices, k))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         path = self.log_dir / f"worker-{os.getpid()}-{k}.log"  # one file per process: coordinators never share one
         log = open(path, "a")  # noqa: SIM115 - closed when the worker is reaped or stopped

@@ -24,10 +24,11 @@ used by every message, log line, table and display of the sweep.
 
 The file is read by ``harness.yamlio`` (UTF-8, no duplicate keys, no aliases, bounded size);
 values are typed strictly (no ``true`` or ``"2"`` for an int, no inf or nan); the grid's size is
-checked before a cell is enumerated; a cell with ``impl: trl`` is checked against what TRL's
-PPOTrainer can express (``baselines.trl_ppo.check_expressible``, imported only then).
+checked before a cell is enumerated; a cell with a TRL impl (``trl``, ``trl-grpo``, ``trl-rloo``) is
+checked against what that TRL trainer can express (its baseline module's ``check_expressible``, listed
+in ``TRL_CHECKS`` and imported only then).
 
-Nothing here imports torch, Optuna or MLflow at import time (only a spec with impl=trl pulls
+Nothing here imports torch, Optuna or MLflow at import time (only a spec with a TRL impl pulls
 torch, through the TRL baseline's check).
 """
 
@@ -418,7 +419,7 @@ def _parse_zips(zips: Any, base: dict[str, Any], where_of: dict[str, str]) -> li
 
 def _enumerate_cells(groups: list[Group], base: dict[str, Any], seed: int, where_of: dict[str, str]) -> tuple[Cell, ...]:
     """Every cell (the cartesian product over groups; within a group the i-th values go together),
-    each built and checked as a run's config (impl=trl cells against TRL's refusals too)."""
+    each built and checked as a run's config (TRL impl cells against that trainer's refusals too)."""
     cells: list[Cell] = []
     seen: dict[str, int] = {}
     for choice in itertools.product(*(range(len(g[0][1])) for g in groups)):
@@ -548,11 +549,11 @@ def _check_value(key: str, value: Any, where: str) -> None:
 
 
 def _check_config(base: dict, values: dict, seed: int, where_of, cell: dict | None = None) -> RunConfig:
-    """Build one run's config (and, for impl=trl, check TRL can express it); a refusal names the
+    """Build one run's config (and, for a TRL impl, check its trainer can express it); a refusal names the
     spec key that set the offending value, and the cell."""
     try:
         cfg = build_config(None, {**base, **values, "seed": seed})
-        if cfg.impl == "trl":
+        if cfg.impl in TRL_CHECKS:
             _check_trl(cfg)
         return cfg
     except ConfigError as e:
@@ -565,12 +566,23 @@ def _check_config(base: dict, values: dict, seed: int, where_of, cell: dict | No
         raise SpecError(where, problem) from None
 
 
+# impl -> the module whose check_expressible(cfg) holds that TRL trainer's refusals (imported lazily)
+TRL_CHECKS: dict[str, str] = {
+    "trl": "baselines.trl_ppo",
+    "trl-grpo": "baselines.trl_grpo",
+    "trl-rloo": "baselines.trl_rloo",
+}
+
+
 def _check_trl(cfg: RunConfig) -> None:
-    """TRL's own refusals (baselines/trl_ppo.py), as a ConfigError naming the key it cannot express."""
+    """The TRL trainer's own refusals (``TRL_CHECKS[cfg.impl]``), as a ConfigError naming the key it cannot
+    express."""
+    import importlib
+
     try:
-        from baselines.trl_ppo import check_expressible
+        check_expressible = importlib.import_module(TRL_CHECKS[cfg.impl]).check_expressible
     except ImportError:
-        why = "trl: the TRL baseline is not available in this installation"
+        why = f"{cfg.impl}: the TRL baseline is not available in this installation"
         raise ConfigError(f"config key 'impl': {why}", "impl", why) from None
     try:
         check_expressible(cfg)

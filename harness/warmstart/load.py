@@ -9,6 +9,8 @@ from pathlib import Path
 from torch import nn
 
 from harness.config import RunConfig
+from harness.devices import DeviceError
+from harness.devices import resolve as resolve_device
 from harness.models.loading import load_classifier, load_lm, load_tokenizer, looks_local
 from harness.models.presets import PRESETS, is_preset, no_dropout
 from harness.models.reward_fn import (
@@ -40,7 +42,8 @@ def run_task(cfg: RunConfig) -> Task:
     """The run's task: the file's (task.prompts) or a registered one, with model.gold as its gold reward
     when set. A file's task without model.gold is measured by the optimised reward, when that is a function
     or a reward model (learned and gold need a gold reward to exist)."""
-    gold = _text_reward("model.gold", cfg.model.gold) if cfg.model.gold else None
+    device = resolve_device(cfg.train.device)
+    gold = _text_reward("model.gold", cfg.model.gold, device) if cfg.model.gold else None
     t = cfg.task
     if t.prompts is None:
         task = get_task(t.name)
@@ -49,13 +52,13 @@ def run_task(cfg: RunConfig) -> Task:
         if cfg.model.reward in ("learned", "gold"):
             raise ModelError(f"model.gold: task.prompts '{t.prompts}' has no gold reward of its own, so model.reward="
                              f"{cfg.model.reward} needs one; set model.gold (or model.reward) to a function or a reward model")
-        gold = _text_reward("model.reward", cfg.model.reward)
+        gold = _text_reward("model.reward", cfg.model.reward, device)
     spec = PromptFile(t.prompts, t.prompt_column, t.split_column, t.eval_split, t.eval_fraction, t.template,
                       t.completion_column)
     return data_task(spec, t.response_length or DATA_RESPONSE_LENGTH, gold)
 
 
-def _text_reward(key: str, name: str):
+def _text_reward(key: str, name: str, device="cpu"):
     """A function of the text from ``package.module:function`` or a reward-model folder / hub id with its tokenizer."""
     if is_callable_spec(name):
         return load_reward_fn(name, key)
@@ -67,7 +70,7 @@ def _text_reward(key: str, name: str):
         model, tokenizer = _frozen(load_classifier(Path(name) if looks_local(name) else name)), load_tokenizer(name)
     except Exception as e:
         raise ModelError(f"{key} '{name}': cannot load ({str(e).splitlines()[0][:160]})") from None
-    return text_reward_fn(model, tokenizer, name, key)
+    return text_reward_fn(model.to(device), tokenizer, name, key)
 
 
 def validate_model_keys(cfg: RunConfig) -> Task:
@@ -78,6 +81,10 @@ def validate_model_keys(cfg: RunConfig) -> Task:
     resolved when the models load. Raises ModelError (one line naming the key and the path); returns the
     run's task (``run_task``: a task.prompts file is read and checked here).
     """
+    try:
+        resolve_device(cfg.train.device)
+    except DeviceError as e:
+        raise ModelError(str(e)) from None
     p = cfg.model.policy
     if not is_preset(p) and looks_local(p):
         if not Path(p).expanduser().exists():
@@ -158,12 +165,16 @@ def load_models(cfg: RunConfig, progress=None) -> Models:
             nn.init.zeros_(value.score.weight)
         value.requires_grad_(True)
         value.train()
+    device = resolve_device(cfg.train.device)
+    for m in (policy, ref, reward, value):
+        if m is not None:
+            m.to(device)
     policy.train()
     tags = artifacts.provenance(task.name, "sft", start.sft_dir) if start.sft_dir is not None else {}
     if rm_dir is not None:
         tags.update(artifacts.provenance(task.name, "rm", rm_dir))
     return Models(task=task, tokenizer=tokenizer, policy=policy, ref=ref, reward=reward, value=value,
-                  source=str(start.sft_dir or start.policy), provenance=tags, reward_fn=reward_fn)
+                  source=str(start.sft_dir or start.policy), provenance=tags, reward_fn=reward_fn, device=device)
 
 
 def _reward(cfg: RunConfig, task, start: PolicyStart, tokenizer, progress):
@@ -185,7 +196,7 @@ def _reward(cfg: RunConfig, task, start: PolicyStart, tokenizer, progress):
     except Exception as e:
         raise ModelError(f"model.reward '{r}': cannot load ({str(e).splitlines()[0][:160]})") from None
     if own is not None and not same_vocabulary(own, tokenizer):
-        return None, text_reward_fn(reward, own, r), None
+        return None, text_reward_fn(reward.to(resolve_device(cfg.train.device)), own, r), None
     return reward, None, None
 
 

@@ -34,6 +34,7 @@ REFUSALS = {
     "ppo.clip_eps_high": {"ppo.clip_eps_high": 0.28},
     "ppo.dual_clip": {"ppo.dual_clip": 3.0},
     "train.truncated": {"train.truncated": "mask"},
+    "train.device": {"train.device": "cuda:1"},
 }
 
 

@@ -18,7 +18,7 @@ from harness.tracking import Store
 
 
 def test_every_impl_resolves_lazily_to_a_train_with_the_registry_signature():
-    assert set(R.IMPLEMENTATIONS) == {"custom", "trl"}  # the values config's impl allows
+    assert set(R.IMPLEMENTATIONS) == {"custom", "trl", "trl-grpo", "trl-rloo"}  # the values config's impl allows
     for impl in R.IMPLEMENTATIONS:
         fn = R.resolve(impl)
         assert fn.__name__ == "train"

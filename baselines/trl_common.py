@@ -1,0 +1,364 @@
+"""What TRL's group trainers (GRPOTrainer, RLOOTrainer; TRL 1.12) share as harness baselines.
+
+``baselines/trl_grpo.py`` and ``baselines/trl_rloo.py`` each own their REFUSED table, their
+config mapping and their metric mapping; this module owns the parts that are the same:
+
+- ``TrainerNotExpressible``: the refusal (a ``baselines.trl_ppo.NotExpressible``, so the CLI's
+  bad-input handling and ``harness.sweep.spec`` treat it alike), one line naming the key;
+- ``HarnessReward``: the reward function TRL calls with ``(prompts, completions, completion_ids)``:
+  the harness's optimised score of each completion (proxy RM on the same token ids, a text reward
+  function, or gold), the missing-EOS penalty with the custom core's REPLACE semantics, and the
+  batch statistics TRL does not log (gold reward, lengths, EOS fraction, timing);
+- the batch geometry: one harness iteration = one TRL generation batch of rollout.batch_size
+  completions (B/k prompts x k = num_generations), split into ppo.minibatches optimiser steps
+  (per_device_train_batch_size = B / minibatches, steps_per_generation = minibatches,
+  gradient_accumulation_steps = 1), reused for ppo.epochs passes (num_iterations);
+  max_steps = train.iterations * epochs * minibatches;
+- the optimiser: ``baselines.trl_ppo.ClippedAdam`` over the policy alone (Adam with ppo.adam_eps, the
+  gradient norm clipped at ppo.max_grad_norm inside step(); TRL's own clipping is off) and the custom
+  core's per-iteration linear decay, stepped once per optimiser step as a function of the iteration;
+- ``group_callback``: TRL's per-step logs gathered into one harness iteration for ``Recorder``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import logging
+import math
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from baselines.trl_ppo import ClippedAdam, NotExpressible
+from baselines.trl_reward import ScoredBatch
+from harness.config import RunConfig, response_length
+from harness.ppo import math as M
+from harness.ppo.update import linear_decay
+from harness.recording import RunResult
+
+__all__ = [
+    "HarnessReward", "TrainerNotExpressible", "check_table", "common_args", "geometry", "group_callback",
+    "DEVICE_WHY", "device_refused", "make_policy_optimizer", "opt", "use_cpu", "prompt_dataset", "set_up", "train_group",
+]
+
+# key -> (is it refused?, why)
+Refusals = dict[str, tuple[Callable[[RunConfig], bool], str]]
+
+
+class TrainerNotExpressible(NotExpressible):
+    """A config value one of TRL's trainers cannot express; the message is one line naming the key."""
+
+    def __init__(self, key: str, value, why: str, trainer: str):
+        ValueError.__init__(self, f"config key '{key}': {value!r} cannot be expressed by TRL's {trainer} ({why})")
+        self.key = key
+
+
+def opt(cfg: RunConfig, key: str, default=None):
+    """``cfg``'s value of a dotted key, ``default`` while the key does not exist (yet) in RunConfig."""
+    section, _, name = key.partition(".")
+    return getattr(getattr(cfg, section), name, default)
+
+
+def check_table(cfg: RunConfig, refused: Refusals, trainer: str) -> None:
+    """Raise TrainerNotExpressible for the first key of ``refused`` whose test says so."""
+    for key, (is_refused, why) in refused.items():
+        if is_refused(cfg):
+            raise TrainerNotExpressible(key, cfg.flat().get(key, opt(cfg, key)), why, trainer)
+
+
+def geometry(cfg: RunConfig) -> dict[str, int]:
+    """The batch geometry keys shared by GRPOConfig and RLOOConfig (see the module docstring)."""
+    B, mb = cfg.rollout.batch_size, cfg.ppo.minibatches
+    return {
+        "per_device_train_batch_size": B // mb,
+        "gradient_accumulation_steps": 1,
+        "steps_per_generation": mb,
+        "num_iterations": cfg.ppo.epochs,
+        "num_generations": cfg.rollout.group_size,
+        "max_steps": cfg.train.iterations * cfg.ppo.epochs * mb,
+    }
+
+
+def common_args(cfg: RunConfig, response_length: int, output_dir: str) -> dict:
+    """GRPOConfig / RLOOConfig keyword arguments both trainers read the same way (CPU, no hub)."""
+    return {
+        "output_dir": output_dir,
+        "seed": cfg.seed,
+        "use_cpu": use_cpu(cfg),
+        "bf16": cfg.train.autocast == "bf16",
+        "fp16": False,
+        "activation_checkpointing": False,  # default off here; named as transformers 5 wants
+        "report_to": [],
+        "push_to_hub": False,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "disable_tqdm": True,
+        "logging_steps": 1,
+        "dataloader_num_workers": 0,
+        **geometry(cfg),
+        "max_completion_length": response_length,
+        "temperature": cfg.rollout.temperature,
+        "top_p": 1.0,
+        "top_k": 0,
+        "learning_rate": cfg.ppo.lr,
+        "adam_epsilon": cfg.ppo.adam_eps,
+        "weight_decay": 0.0,
+        "max_grad_norm": 0.0,  # ClippedAdam clips (harness rule); Trainer's own clipping off
+        "lr_scheduler_type": "linear" if cfg.ppo.lr_decay else "constant",
+        "warmup_steps": 0,
+        "beta": cfg.kl.coef,
+        "epsilon": cfg.ppo.clip_eps,
+        "epsilon_high": opt(cfg, "ppo.clip_eps_high"),
+        "mask_truncated_completions": opt(cfg, "train.truncated", "penalty") == "mask",
+        "log_completions": False,
+        "disable_dropout": True,
+    }
+
+
+def use_cpu(cfg: RunConfig) -> bool:
+    """TRL's models on the CPU unless train.device resolves to a GPU (accelerate's; CUDA_VISIBLE_DEVICES
+    picks it), as baselines/trl_ppo.py places them."""
+    device = opt(cfg, "train.device", "cpu")
+    if device == "cpu":
+        return True
+    from harness.devices import resolve
+
+    return resolve(device).type == "cpu"
+
+
+def device_refused(c: RunConfig) -> bool:
+    """accelerate places TRL's models on cpu or cuda:0 only (baselines/trl_ppo.py's rule)."""
+    return opt(c, "train.device", "auto") not in ("auto", "cpu", "cuda", "cuda:0")
+
+
+DEVICE_WHY = "accelerate places TRL's models on cpu or cuda:0; pin another GPU with CUDA_VISIBLE_DEVICES or sweep --devices"
+
+
+def make_policy_optimizer(cfg: RunConfig, policy) -> tuple[ClippedAdam, torch.optim.lr_scheduler.LambdaLR]:
+    """Adam over the policy, gradient clipped in step(), LR decayed per harness iteration.
+
+    The Trainer steps the scheduler once per optimiser step; step s belongs to iteration
+    s // (epochs * minibatches), so the factor is the custom core's ``linear_decay`` of it."""
+    groups = [[p for p in policy.parameters() if p.requires_grad]]
+    opt_ = ClippedAdam(groups, lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps, max_grad_norm=cfg.ppo.max_grad_norm)
+    per_it = cfg.ppo.epochs * cfg.ppo.minibatches
+    decay = linear_decay(cfg.train.iterations, cfg.ppo.lr_decay)
+    return opt_, torch.optim.lr_scheduler.LambdaLR(opt_, lambda s: decay(s // per_it))
+
+
+def prompt_dataset(prompts, min_prompts: int):
+    """A datasets.Dataset with a ``prompt`` column (plain strings), repeated to hold ``min_prompts``."""
+    from datasets import Dataset
+
+    reps = max(1, math.ceil(min_prompts / len(prompts)))
+    return Dataset.from_dict({"prompt": list(prompts) * reps})
+
+
+@dataclass
+class GroupBatch(ScoredBatch):
+    """ScoredBatch plus the optimised scores TRL received (TRL logs only their mean per step)."""
+
+    scored: list[float] = field(default_factory=list)
+
+
+class HarnessReward:
+    """TRL's reward function: the harness's optimised score of each completion, recorded.
+
+    models: harness.warmstart.load.Models (tokenizer, task, reward, reward_fn). T: the response
+    length. penalty: train.missing_eos_penalty, or None when it must not be applied
+    (train.truncated=mask: TRL masks those completions instead, their scores unchanged).
+    """
+
+    __name__ = "harness"  # TRL names reward functions by __name__ (rewards/harness/mean)
+
+    def __init__(self, models, T: int, penalty: float | None):
+        self.models, self.T, self.penalty = models, T, penalty
+        self.tok = models.tokenizer
+        self.record = GroupBatch()
+
+    def drain(self) -> GroupBatch:
+        rec, self.record = self.record, GroupBatch()
+        return rec
+
+    def tensors(self, prompts: list[str], completion_ids: list[list[int]]):
+        """(prompt_ids (B, P) left-padded, prompt_mask, response ids (B, T), mask (B, T), has_eos (B,))."""
+        pad, eos = self.tok.pad_token_id, self.tok.eos_token_id
+        p_ids = [self.tok.encode(p, add_special_tokens=False) for p in prompts]
+        P = max(len(p) for p in p_ids)
+        prompt = torch.tensor([[pad] * (P - len(p)) + p for p in p_ids])
+        prompt_mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in p_ids])
+        c_ids = [list(c)[: self.T] for c in completion_ids]  # TRL cut them after the first EOS
+        resp = torch.tensor([c + [pad] * (self.T - len(c)) for c in c_ids]).reshape(len(c_ids), self.T)
+        mask = torch.tensor([[1.0] * len(c) + [0.0] * (self.T - len(c)) for c in c_ids]).reshape(len(c_ids), self.T)
+        has_eos = torch.tensor([bool(c) and c[-1] == eos for c in c_ids])
+        return prompt, prompt_mask, resp, mask, has_eos
+
+    @torch.no_grad()
+    def __call__(self, prompts, completions, completion_ids, **kwargs) -> list[float]:
+        from harness.lm.forward import sequence_scores
+        from harness.lm.sampling import decode
+
+        m = self.models
+        prompt, prompt_mask, resp, mask, has_eos = self.tensors(list(prompts), completion_ids)
+        texts = decode(self.tok, resp, mask, self.tok.eos_token_id)
+        gold = torch.tensor(m.task.gold(list(prompts), texts, has_eos.tolist()), dtype=torch.float32)
+        if m.reward_fn is not None:
+            scores = torch.tensor(m.reward_fn(list(prompts), texts, has_eos.tolist()), dtype=torch.float32)
+        elif m.reward is not None:
+            scores = sequence_scores(m.reward, prompt, prompt_mask, resp, mask)
+        else:
+            scores = gold.clone()
+        scores = M.missing_eos_score(scores, has_eos, self.penalty)  # REPLACED, as the custom core
+        rec = self.record
+        rec.gold += gold.tolist()
+        rec.lengths += mask.sum(1).tolist()
+        rec.has_eos += has_eos.tolist()
+        rec.samples += list(zip(prompts, texts, strict=True))
+        rec.scored += scores.tolist()
+        rec.scored_at = time.perf_counter()
+        return scores.tolist()
+
+
+def batch_metrics(rec, t_start: float, t_end: float) -> dict[str, float]:
+    """What the reward function saw in one iteration, under the schema's keys."""
+    if rec.empty:
+        return {}
+    tokens = sum(rec.lengths)
+    m = {
+        "objective/scores": sum(rec.scored) / len(rec.scored),
+        "objective/gold": sum(rec.gold) / len(rec.gold),
+        "response/length": tokens / len(rec.lengths),
+        "response/eos_frac": sum(rec.has_eos) / len(rec.has_eos),
+        "perf/tokens_per_s": tokens / (t_end - t_start),
+    }
+    if rec.scored_at is not None:
+        m["perf/rollout_s"] = rec.scored_at - t_start
+        m["perf/update_s"] = t_end - rec.scored_at
+    return m
+
+
+def mean_of(logs: list[dict], key: str) -> float | None:
+    vals = [float(d[key]) for d in logs if d.get(key) is not None and not math.isnan(float(d[key]))]
+    return sum(vals) / len(vals) if vals else None
+
+
+def group_callback(cfg: RunConfig, reward: HarnessReward, optimizer: ClippedAdam, recorder,
+                   metrics: Callable[[list[dict], dict[str, float]], dict[str, float]]):
+    """The harness TrainerCallback: every epochs x minibatches optimiser steps (one generation batch)
+    make one harness iteration; ``metrics(logs, batch)`` maps that iteration's TRL logs (one dict per
+    optimiser step, in order) and the reward function's batch metrics to schema keys."""
+    from transformers import TrainerCallback
+
+    per_it = cfg.ppo.epochs * cfg.ppo.minibatches
+
+    class HarnessCallback(TrainerCallback):
+        def __init__(self):
+            self.logs: list[dict] = []
+            self.t_start = time.perf_counter()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            recorder.begin()
+            reward.drain()
+            optimizer.norms.clear()
+            self.t_start = time.perf_counter()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs or "train_runtime" in logs:  # the Trainer's closing summary
+                return
+            self.logs.append(dict(logs))
+            if state.global_step % per_it:
+                return
+            t_end = time.perf_counter()
+            it = state.global_step // per_it
+            batch = batch_metrics(reward.drain(), self.t_start, t_end)
+            m = {**batch, **metrics(self.logs, batch)}
+            m["objective/kl_coef"] = float(cfg.kl.coef)
+            m["episodes"] = float(it * cfg.rollout.batch_size)
+            if optimizer.norms:
+                m["grad/norm"] = sum(optimizer.norms) / len(optimizer.norms)
+                optimizer.norms.clear()
+            if "objective/kl" in m and "objective/scores" in m:
+                m["objective/rlhf_reward"] = m["objective/scores"] - cfg.kl.coef * m["objective/kl"]
+            self.logs = []
+            recorder.step(it, m, seconds=t_end - self.t_start)
+            self.t_start = time.perf_counter()  # evaluation and logging stay out of the next timing
+
+    return HarnessCallback()
+
+
+def set_up(cfg: RunConfig, logger, check, absent, trainer: str) -> None:
+    """Refuse what TRL cannot express, quiet the hub and TRL, tag what this run cannot log."""
+    check(cfg)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    logging.getLogger("trl").setLevel(logging.ERROR)
+    tags = {"trl.absent_metrics": ",".join(absent)}
+    if cfg.probe.every:
+        tags["trl.probe"] = f"probe.every is set but the gradient-variance probe cannot run inside {trainer}: not logged"
+    logger.set_tags(tags)
+
+
+def run_trainer(trainer_cls, args, models, reward, optimizers, callback) -> None:
+    """A TRL group trainer on the harness models, run to the end with its own loop (its printing muted)."""
+    task = models.task
+    k = args.num_generations
+    with warnings.catch_warnings():
+        # transformers 5 reads its own deprecated is_gradient_checkpointing inside Trainer
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        _train(trainer_cls, args, models, reward, optimizers, callback, task, k)
+
+
+def _train(trainer_cls, args, models, reward, optimizers, callback, task, k: int) -> None:
+    from transformers import PrinterCallback, ProgressCallback
+
+    trainer = trainer_cls(
+        model=models.policy,
+        reward_funcs=[reward],
+        args=args,
+        train_dataset=prompt_dataset(task.train_prompts, args.generation_batch_size // k),
+        processing_class=models.tokenizer,
+        callbacks=[callback],
+        optimizers=optimizers,
+    )
+    for cb in (ProgressCallback, PrinterCallback):  # the harness has its own progress display
+        trainer.remove_callback(cb)
+    with contextlib.redirect_stdout(io.StringIO()):
+        trainer.train()
+
+
+def train_group(cfg: RunConfig, logger, on_eval, progress: bool, *, name: str, trainer: str, make_args,
+                metrics) -> RunResult:
+    """``impl=trl-grpo`` / ``trl-rloo``: load the harness models, run TRL's ``trainer``, record."""
+    from transformers import set_seed
+
+    from harness.lm.rollout import make_score_fn
+    from harness.progress import RunProgress
+    from harness.recording import Recorder
+    from harness.warmstart.load import load_models
+
+    with RunProgress(cfg.train.iterations, enabled=progress, title=f"{cfg.task.name} {name} seed {cfg.seed}") as bar:
+        models = load_models(cfg, progress=bar.status)
+        tok, task = models.tokenizer, models.task
+        if tok.pad_token_id == tok.eos_token_id:
+            raise TrainerNotExpressible("model.policy", cfg.model.policy, "its tokenizer pads with EOS", trainer)
+        T = response_length(cfg, task)
+        rec = Recorder(cfg, logger, models, make_score_fn(models.reward, task.gold, models.reward_fn), T, bar=bar,
+                       on_eval=on_eval)
+        set_seed(cfg.seed)
+        masked = opt(cfg, "train.truncated", "penalty") == "mask"
+        reward = HarnessReward(models, T, None if masked else cfg.train.missing_eos_penalty)
+        models.policy.generation_config.pad_token_id = tok.pad_token_id
+        models.policy.generation_config.eos_token_id = tok.eos_token_id
+        optimizer, scheduler = make_policy_optimizer(cfg, models.policy)
+        callback = group_callback(cfg, reward, optimizer, rec, lambda logs, batch: metrics(cfg, logs, batch))
+        trainer_cls = getattr(importlib.import_module("trl"), trainer)
+        with tempfile.TemporaryDirectory(prefix=f"ppo-harness-{name}-") as out_dir:
+            run_trainer(trainer_cls, make_args(cfg, T, out_dir), models, reward, (optimizer, scheduler), callback)
+        return rec.result()

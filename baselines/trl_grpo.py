@@ -1,0 +1,158 @@
+"""TRL 1.12's own GRPOTrainer (``trl.GRPOTrainer``, unmodified) on a RunConfig: ``impl=trl-grpo``.
+
+Same task, models (the SFT policy; TRL loads its frozen reference from the policy's own folder,
+the weights the harness's reference copies; the harness's reward through ``HarnessReward``),
+prompts, seed and metric schema as ``impl=custom``. ``check_expressible(cfg)`` refuses, before
+anything starts, every key GRPOTrainer cannot express (one line naming it); ``trl_args`` maps the
+rest; ``train`` runs TRL's training loop, ``harness.recording.Recorder`` evaluating and logging.
+
+Key mapping (RunConfig -> GRPOConfig; geometry and optimiser in ``baselines/trl_common.py``):
+
+    advantage.baseline group_norm -> scale_rewards="group"   (R - mean_g) / (std_g + 1e-4)
+                       group_mean -> scale_rewards="none"    R - mean_g   (Dr. GRPO)
+    ppo.clip_eps -> epsilon             ppo.clip_eps_high -> epsilon_high (null = epsilon)
+    ppo.dual_clip -> delta (TRL clamps the unclipped ratio at delta: for A < 0 the loss is
+        -A min(max(r, clip(r)), delta) = the dual clip; for A >= 0 a no-op since delta > 1 + eps_high)
+    ppo.ratio_level token | sequence -> importance_sampling_level (sequence = GSPO's geometric mean)
+    loss.agg seq-mean-token-mean -> loss_type="grpo", token-mean -> "bnpo" (the minibatch's token
+        mean), seq-mean-token-sum-norm -> "dr_grpo" (sum / (b * max_completion_length))
+    kl.coef -> beta: beta * k3(pi, ref) per token inside the loss, aggregated with the loss_type
+        (= kl.placement=loss, kl.estimator=k3)
+    train.truncated mask -> mask_truncated_completions=True (no missing-EOS penalty then);
+        penalty -> train.missing_eos_penalty replaces the score (HarnessReward, custom semantics)
+    rollout.batch_size, rollout.group_size, ppo.epochs, ppo.minibatches, train.iterations ->
+        generation batch = B completions of B/k prompts x num_generations=k, steps_per_generation =
+        minibatches, per_device_train_batch_size = B / minibatches, num_iterations = epochs,
+        max_steps = iterations x epochs x minibatches: one harness iteration = one generation batch
+    task.response_length -> max_completion_length   rollout.temperature -> temperature (top_p 1, top_k 0)
+    ppo.lr / adam_eps / lr_decay / max_grad_norm -> the optimizer handed in (trl_common)
+    seed -> seed   train.autocast=bf16 -> bf16=True
+    model.reward learned | gold | package.module:function -> the reward function HarnessReward
+
+Refused (GRPOTrainer has no equivalent): see REFUSED (advantage.level=token, baselines other
+than group_norm / group_mean, advantage.whiten=true (TRL does not rescale group advantages;
+scale_rewards="batch" divides by the std of R, not of the advantages),
+ratio_level=sequence-token, loss.agg token-sum / seq-mean-token-sum, loss.norm_length other than
+the response length, a KL that is not k3 in the loss, kl.target, ppo.entropy_coef > 0 (TRL's
+bonus is a token mean whatever the loss_type), ppo.target_kl, a dual clip <= 1 + eps_high).
+rollout.group_size < 2 never reaches it: the config refuses group baselines with k < 2.
+The value-function keys (ppo.vf_coef, ppo.value_clip, model.value_*, advantage.gamma / lam) have no
+effect at sequence level with these baselines, in the custom core as here.
+
+Accepted with metrics absent (not faked): ABSENT (probe, approx KL, value and advantage stats).
+
+Known differences (documented, not patched; see tests/parity/test_trl_grpo_parity.py):
+- group_norm: TRL divides by std_g + 1e-4 (unbiased std), the custom core by std_g + 1e-8.
+- the generation batch is shuffled once and split into the same minibatches for every epoch.
+- objective/kl: TRL's per-token k3 at the learner's current logprobs, averaged over the first
+  epoch's steps, times the mean response length (the custom core: sum_t kl_t at sampling time).
+- objective/entropy: TRL's per-token entropy of the learner's logits over the first epoch.
+- loss/policy_avg: TRL's training loss, which includes the beta * k3 term.
+"""
+
+from __future__ import annotations
+
+from baselines.trl_common import (
+    DEVICE_WHY,
+    Refusals,
+    check_table,
+    common_args,
+    device_refused,
+    mean_of,
+    opt,
+    set_up,
+    train_group,
+)
+from baselines.trl_ppo import NotExpressible
+from harness.config import RunConfig
+from harness.ppo.variance import KEYS as VARIANCE_KEYS
+from harness.recording import RunResult
+
+__all__ = ["ABSENT", "LOSS_TYPES", "REFUSED", "NotExpressible", "check_expressible", "train", "trl_args"]
+
+TRAINER = "GRPOTrainer"
+LOSS_TYPES = {"seq-mean-token-mean": "grpo", "token-mean": "bnpo", "seq-mean-token-sum-norm": "dr_grpo"}
+SCALE_REWARDS = {"group_norm": "group", "group_mean": "none"}
+
+
+def _dual_clip_too_low(c: RunConfig) -> bool:
+    dual = opt(c, "ppo.dual_clip")
+    high = opt(c, "ppo.clip_eps_high") or c.ppo.clip_eps
+    return dual is not None and dual <= 1.0 + high
+
+
+def _kl_on(c: RunConfig) -> bool:
+    return c.kl.coef > 0
+
+
+REFUSED: Refusals = {
+    "advantage.level": (lambda c: c.advantage.level != "sequence", "GRPO's advantages are sequence level"),
+    "advantage.baseline": (lambda c: c.advantage.baseline not in SCALE_REWARDS,
+                           "GRPO's baseline is the group mean, with (group_norm) or without (group_mean) the std"),
+    "advantage.whiten": (lambda c: c.advantage.whiten, "TRL does not rescale the group advantages by their batch std"),
+    "ppo.ratio_level": (lambda c: opt(c, "ppo.ratio_level", "token") not in ("token", "sequence"),
+                        "importance_sampling_level is token or sequence"),
+    "ppo.dual_clip": (_dual_clip_too_low, "TRL's delta is the dual clip only above 1 + epsilon_high"),
+    "loss.agg": (lambda c: c.loss.agg not in LOSS_TYPES,
+                 "loss_type grpo / bnpo / dr_grpo = seq-mean-token-mean / token-mean / seq-mean-token-sum-norm"),
+    "loss.norm_length": (lambda c: opt(c, "loss.norm_length") not in (None, c.task.response_length),
+                         "dr_grpo divides by max_completion_length, the response length"),
+    "kl.placement": (lambda c: _kl_on(c) and c.kl.placement != "loss", "GRPO's KL (beta) is a term of the loss"),
+    "kl.estimator": (lambda c: _kl_on(c) and c.kl.estimator != "k3", "GRPO's KL in the loss is k3"),
+    "kl.target": (lambda c: c.kl.target is not None, "GRPO's beta is fixed (no adaptive controller)"),
+    "ppo.entropy_coef": (lambda c: c.ppo.entropy_coef > 0, "TRL's entropy bonus is a token mean whatever loss_type"),
+    "ppo.target_kl": (lambda c: c.ppo.target_kl is not None, "TRL has no early stop on approx KL"),
+    "train.device": (device_refused, DEVICE_WHY),
+}
+
+# TRL's logged keys -> schema keys, the mean over the iteration's optimiser steps
+_TRL_KEYS = {
+    "loss": "loss/policy_avg",
+    "clip_ratio/region_mean": "policy/clipfrac_avg",
+    "clip_ratio/low_mean": "policy/clipfrac_low",
+    "clip_ratio/high_mean": "policy/clipfrac_high",
+}
+ABSENT = (*VARIANCE_KEYS, "policy/approxkl_avg", "policy/dualclip_frac", "loss/value_avg", "val/clipfrac_avg",
+          "val/explained_var", "adv/mean", "adv/std", "grad/value_norm")
+
+
+def check_expressible(cfg: RunConfig) -> None:
+    """Raise NotExpressible (a ValueError) for the first key GRPOTrainer cannot express."""
+    check_table(cfg, REFUSED, TRAINER)
+
+
+def trl_args(cfg: RunConfig, response_length: int, output_dir: str):
+    """The GRPOConfig equivalent to ``cfg`` (after check_expressible)."""
+    from trl import GRPOConfig
+
+    return GRPOConfig(
+        **common_args(cfg, response_length, output_dir),
+        loss_type=LOSS_TYPES[cfg.loss.agg],
+        importance_sampling_level=opt(cfg, "ppo.ratio_level", "token"),
+        delta=opt(cfg, "ppo.dual_clip"),
+        scale_rewards=SCALE_REWARDS[cfg.advantage.baseline],
+        multi_objective_aggregation="sum_then_normalize",
+        top_entropy_quantile=1.0,
+        entropy_coef=0.0,
+        shuffle_dataset=True,
+    )
+
+
+def iteration_metrics(cfg: RunConfig, logs: list[dict], batch: dict[str, float]) -> dict[str, float]:
+    """One iteration's GRPO logs (one per optimiser step) under the schema's keys."""
+    from harness.schema import METRICS
+
+    m = {ours: v for theirs, ours in _TRL_KEYS.items() if ours in METRICS and (v := mean_of(logs, theirs)) is not None}
+    first = logs[: cfg.ppo.minibatches]  # the first epoch: every completion once
+    if (ent := mean_of(first, "entropy")) is not None:
+        m["objective/entropy"] = ent
+    if (kl := mean_of(first, "kl")) is not None and "response/length" in batch:
+        m["objective/kl"] = kl * batch["response/length"]  # per token -> per completion
+    return m
+
+
+def train(cfg: RunConfig, logger, on_eval=None, progress: bool = True) -> RunResult:
+    """``impl=trl-grpo``: train ``cfg`` with TRL's GRPOTrainer and log it into ``logger``'s run."""
+    set_up(cfg, logger, check_expressible, ABSENT, TRAINER)
+    return train_group(cfg, logger, on_eval, progress, name="trl-grpo", trainer=TRAINER, make_args=trl_args,
+                       metrics=iteration_metrics)
