@@ -98,7 +98,8 @@ def _sets(extra: dict) -> list[str]:
     return [a for k, v in {**TINY, "train.iterations": 1, **extra}.items() for a in ("--set", f"{k}={v}")]
 
 
-def test_a_run_on_a_prompt_file_with_an_own_model_and_a_reward_function(tmp_path):
+@pytest.mark.parametrize("impl", ["custom", "trl"])
+def test_a_run_on_a_prompt_file_with_an_own_model_and_a_reward_function(tmp_path, impl):
     from tests.smoke.test_own_models import make_model
 
     words = sorted({w for r in ROWS for w in r["prompt"].split()} | {"good", "film", "bad"})
@@ -106,13 +107,14 @@ def test_a_run_on_a_prompt_file_with_an_own_model_and_a_reward_function(tmp_path
     path = _write(tmp_path / "reviews.jsonl")
     out = _cli(tmp_path, "train", *_sets({"model.policy": policy, "task.prompts": path, "task.split_column": "split",
                                           "model.reward": "file_rewards:words", "task.response_length": 4,
-                                          "train.missing_eos_penalty": "null"}))
+                                          "train.missing_eos_penalty": "null", "impl": impl}))
     assert out.returncode == 0, out.stdout + out.stderr
     import mlflow
 
     client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     (run,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
     assert run.info.status == "FINISHED" and run.data.tags["task"] == "prompts:reviews"
+    assert run.data.tags["impl"] == impl and run.data.tags["device"].split()[0] in ("cpu", "cuda:0")
     # no model.gold: the held-out measure is the optimised function, so eval/gold == eval/proxy
     assert run.data.metrics["eval/gold"] == pytest.approx(run.data.metrics["eval/proxy"])
     assert 0 <= run.data.metrics["eval/gold"] <= 4  # words in a 4-token response
