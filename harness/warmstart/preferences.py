@@ -10,7 +10,7 @@ from harness.lm.sampling import decode, encode_prompts, sample
 from harness.models.types import ModelError
 from harness.tasks import Task
 
-MAX_BARREN_ROUNDS = 8  # rounds in a row without one untied pair: the gold reward cannot label preferences
+MAX_BARREN_ROUNDS = 64  # rounds of 256 pairs without one untied pair: the gold reward cannot label preferences
 
 
 def preference_pairs(policy, tokenizer, task: Task, n_pairs: int, response_length: int, noise: float, seed: int):
@@ -18,12 +18,12 @@ def preference_pairs(policy, tokenizer, task: Task, n_pairs: int, response_lengt
     rng = random.Random(seed)
     g = torch.Generator().manual_seed(seed)
     chosen, rejected = [], []
-    barren = 0  # rounds of 256 pairs in a row that gave none (every pair tied)
+    rounds = 0  # rounds of 256 pairs so far; a gold reward that ties on all of many rounds cannot label any
     while len(chosen) < n_pairs:
-        if barren >= MAX_BARREN_ROUNDS:
-            raise ModelError(f"model.gold: the gold reward tied on every one of {256 * barren} sampled pairs, so no "
+        if rounds >= MAX_BARREN_ROUNDS and not chosen:
+            raise ModelError(f"model.gold: the gold reward tied on every one of {256 * rounds} sampled pairs, so no "
                              "preference labels exist to train the proxy reward model (model.reward=learned)")
-        before = len(chosen)
+        rounds += 1
         prompts = [rng.choice(task.train_prompts) for _ in range(256)]
         batch = [p for p in prompts for _ in range(2)]
         pids, pmask = encode_prompts(tokenizer, batch)
@@ -43,5 +43,4 @@ def preference_pairs(policy, tokenizer, task: Task, n_pairs: int, response_lengt
                 win, lose = lose, win
             chosen.append((batch[win], rids[win], mask[win]))
             rejected.append((batch[lose], rids[lose], mask[lose]))
-        barren = barren + 1 if len(chosen) == before else 0
     return chosen[:n_pairs], rejected[:n_pairs]
