@@ -359,7 +359,10 @@ def ui(
 @app.command()
 def compare(
     task: Annotated[str, typer.Option(help="Task name (see `ppo-harness tasks`).")] = "sentiment",
-    seeds: Annotated[int, typer.Option(help="Seeds 0..N-1, each trained by both implementations.")] = 5,
+    seeds: Annotated[int, typer.Option(help="Seeds 0..N-1, each trained by every implementation.")] = 5,
+    impl: Annotated[str, typer.Option("--impl", help="Implementations to compare, a comma list of at least two "
+                                      "(custom, trl, trl-grpo, trl-rloo); the others are set against the first.")]
+    = "custom,trl",
     set_: Annotated[
         list[str] | None, typer.Option("--set", "-s", help="Override a config key for both: dotted.key=value. Repeatable.")
     ] = None,
@@ -370,10 +373,10 @@ def compare(
     tracking_uri: TrackingUri = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
-    """Custom core vs TRL's PPOTrainer at equal settings over N seeds: a side-by-side table with 95% CIs."""
+    """Implementations (default: custom core vs TRL's PPOTrainer) at equal settings over N seeds: a table with 95% CIs."""
     import time
 
-    from harness.compare import check_comparable, comparable_config
+    from harness.compare import check_comparable, comparable_config, parse_impls
     from harness.compare import compare as run_compare
     from harness.config import ConfigError, parse_override
     from harness.models.types import ModelError
@@ -387,20 +390,21 @@ def compare(
         check_output(out, "--out", folder=True)
     check_experiment(experiment)
     try:
+        impls = parse_impls(impl)
         overrides = dict(parse_override(o) for o in set_ or [])
-        seed_list = check_comparable(task, seeds, overrides)
-        validate_model_keys(comparable_config(task, overrides, seed_list[0], "custom"))
+        seed_list = check_comparable(task, seeds, overrides, impls)
+        validate_model_keys(comparable_config(task, overrides, seed_list[0], impls[0]))
     except (ConfigError, ModelError, ValueError) as e:
         raise fail(str(e)) from None
-    except ImportError:
-        raise fail("compare: the TRL baseline is not available in this installation") from None
+    except ImportError as e:
+        raise fail(f"compare: a TRL baseline is not available in this installation ({e.name or e})") from None
     from harness.tracking import Store
 
     store = Store(runs_dir, tracking_uri)
     folder = out or runs_dir / "compare" / f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         result = run_compare(task, seed_list, overrides, store, experiment=experiment, out=folder,
-                             progress=not quiet and sys.stderr.isatty(), echo=typer.echo)
+                             progress=not quiet and sys.stderr.isatty(), echo=typer.echo, impls=impls)
     except KeyboardInterrupt:
         raise fail("interrupted; the current run is marked KILLED", 130) from None
     except Exception as e:  # a run failed; it is marked FAILED with the reason

@@ -1,10 +1,13 @@
-"""Custom core vs TRL's PPOTrainer at equal settings over N seeds -> a side-by-side table with CIs.
+"""Implementations at equal settings over N seeds -> a side-by-side table with CIs.
 
-Both implementations get the same RunConfig (only ``impl`` differs), run one after the other
-for every seed, and log to MLflow as ordinary runs tagged ``compare=<id>``. Per implementation
-the table gives, over seeds, the mean and its 95% Student-t interval (reports.stats.mean_interval,
-whose coverage a test measures) of the final ``eval/gold`` and ``eval/kl`` and of the run's mean
-``perf/tokens_per_s``, and says whether the two CIs overlap.
+Every implementation named (``harness.run.IMPLEMENTATIONS`` keys; default custom and trl) gets the
+same RunConfig (only ``impl`` differs), all of them run one after the other for every seed, and
+each run logs to MLflow as an ordinary run tagged ``compare=<id>``. Per implementation the table
+gives, over seeds, the mean and its 95% Student-t interval (reports.stats.mean_interval, whose
+coverage a test measures) of the final ``eval/gold`` and ``eval/kl`` and of the run's mean
+``perf/tokens_per_s``; each implementation after the first is set against the first: whether
+the two CIs overlap. The runs are matched by seed (same initial models, prompts and generator
+seed), and the per-run table keeps them, so paired differences can be taken from runs.csv.
 """
 
 from __future__ import annotations
@@ -20,44 +23,78 @@ import pandas as pd
 
 from harness.config import RunConfig, build_config
 
-IMPLS = ("custom", "trl")
+IMPLS = ("custom", "trl")  # the default comparison: the custom core against TRL's PPOTrainer
 # (metric, how one run is summarised): the final evaluation, or the mean over iterations
 METRICS: tuple[tuple[str, str], ...] = (("eval/gold", "final"), ("eval/kl", "final"), ("perf/tokens_per_s", "mean"))
+# impl -> the module whose check_expressible(cfg) refuses what that implementation cannot express
+CHECKS = {"trl": "baselines.trl_ppo", "trl-grpo": "baselines.trl_grpo", "trl-rloo": "baselines.trl_rloo"}
+
+
+def parse_impls(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``"custom,trl-grpo"`` -> ("custom", "trl-grpo"): at least two known, distinct implementations.
+
+    Raises ValueError naming --impl (an unknown name, a duplicate, fewer than two).
+    """
+    from harness.run import IMPLEMENTATIONS
+
+    names = [n.strip() for n in text.split(",")] if isinstance(text, str) else [str(n).strip() for n in text]
+    for n in names:
+        if n not in IMPLEMENTATIONS:
+            raise ValueError(f"--impl: unknown implementation {n!r}; expected a comma list of {sorted(IMPLEMENTATIONS)}")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ValueError(f"--impl: {dup!r} is named twice")
+    if len(names) < 2:
+        raise ValueError(f"--impl: name at least two implementations to compare, got {','.join(names) or 'none'}")
+    return tuple(names)
+
+
+LABELS = {"trl": "TRL", "trl-grpo": "TRL GRPO", "trl-rloo": "TRL RLOO"}
 
 
 @dataclass
 class Comparison:
     runs: pd.DataFrame  # one row per (impl, seed): run_id, seconds, one column per metric
     table: pd.DataFrame  # tidy: metric, impl, n, point, low, high (one row per metric x impl)
-    settings: dict[str, Any]  # the shared config overrides, task, seeds
+    settings: dict[str, Any]  # the shared config overrides, task, seeds, impls (the first is the reference)
 
-    def overlap(self, metric: str) -> bool:
+    @property
+    def impls(self) -> tuple[str, ...]:
+        return tuple(self.settings.get("impls", IMPLS))
+
+    def overlap(self, metric: str, impl: str | None = None) -> bool:
+        """Whether ``impl``'s CI (default: the second implementation's) overlaps the first's."""
         rows = {r.impl: r for r in self.table[self.table.metric == metric].itertuples()}
-        a, b = rows["custom"], rows["trl"]
+        a, b = rows[self.impls[0]], rows[impl or self.impls[1]]
         return not (a.high < b.low or b.high < a.low)
 
     def markdown(self) -> str:
         """The side-by-side table (mean [95% CI] over seeds) with the settings above it."""
         from reports.stats import Interval
 
-        s = self.settings
+        s, impls = self.settings, self.impls
+        names = [LABELS.get(i, i) for i in impls]
+        others = impls[1:]
+        overlap_heads = (["CIs overlap"] if len(impls) == 2
+                         else [f"{LABELS.get(i, i)} vs {names[0]}: CIs overlap" for i in others])
         lines = [
-            f"custom vs TRL on `{s['task']}`, seeds {', '.join(map(str, s['seeds']))}; "
+            f"{' vs '.join(names)} on `{s['task']}`, seeds {', '.join(map(str, s['seeds']))}; "
             f"overrides: {', '.join(f'{k}={v}' for k, v in s['overrides'].items()) or 'none (defaults)'}",
             "",
-            "| metric | custom: mean [95% CI] | TRL: mean [95% CI] | CIs overlap |",
-            "|---|---|---|---|",
+            "| metric | " + " | ".join(f"{n}: mean [95% CI]" for n in names) + " | " + " | ".join(overlap_heads) + " |",
+            "|---" * (1 + len(impls) + len(overlap_heads)) + "|",
         ]
         for metric, how in METRICS:
             cells = []
-            for impl in IMPLS:
+            for impl in impls:
                 r = self.table[(self.table.metric == metric) & (self.table.impl == impl)].iloc[0]
                 cells.append(Interval(r.point, r.low, r.high, int(r.n)).fmt(3))
+            cells += ["yes" if self.overlap(metric, i) else "NO" for i in others]
             label = metric if how == "final" else f"{metric} (run mean)"
-            lines.append(f"| {label} | {cells[0]} | {cells[1]} | {'yes' if self.overlap(metric) else 'NO'} |")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
         per_run = self.runs.groupby("impl")["seconds"].mean()
         lines += ["", "wall time per run (s, mean over seeds): "
-                  + ", ".join(f"{impl} {per_run.get(impl, float('nan')):.0f}" for impl in IMPLS)]
+                  + ", ".join(f"{impl} {per_run.get(impl, float('nan')):.0f}" for impl in impls)]
         return "\n".join(lines) + "\n"
 
     def save(self, out: Path) -> list[Path]:
@@ -81,13 +118,13 @@ def run_value(history: dict[str, list[tuple[int, float]]], metric: str, how: str
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+def summarise(runs: pd.DataFrame, impls: Sequence[str] = IMPLS) -> pd.DataFrame:
     """Tidy table of the mean + 95% t-interval per (metric, impl) over seeds (reports.stats.mean_interval)."""
     from reports.stats import mean_interval
 
     rows = []
     for metric, _ in METRICS:
-        for impl in IMPLS:
+        for impl in impls:
             vals = runs.loc[runs.impl == impl, metric].to_numpy(dtype=float)
             ci = mean_interval(vals[np.isfinite(vals)])
             rows.append({"metric": metric, "impl": impl, "n": ci.n, "point": ci.point, "low": ci.low,
@@ -101,18 +138,26 @@ def comparable_config(task: str, overrides: dict[str, Any] | None, seed: int, im
 
 
 # keys compare sets itself for every run: an override of one would be silently replaced
-OWN_KEYS = {"impl": "compare runs both implementations, custom and trl", "seed": "compare sets it from --seeds",
+OWN_KEYS = {"impl": "compare sets it from --impl", "seed": "compare sets it from --seeds",
             "task.name": "compare sets it from --task"}
-MAX_SEEDS = 1000  # two runs per seed; a typo like --seeds 50000 is refused, not queued
+MAX_SEEDS = 1000  # one run per implementation per seed; a typo like --seeds 50000 is refused, not queued
 
 
-def check_comparable(task: str, seeds: int | Sequence[int], overrides: dict[str, Any] | None) -> list[int]:
-    """The seed list, after checking that every run's config is valid and expressible by TRL.
+def check_expressible(cfg: RunConfig) -> None:
+    """Refuse (NotExpressible, a ValueError naming the key) what ``cfg.impl`` cannot express."""
+    import importlib
+
+    if cfg.impl in CHECKS:
+        importlib.import_module(CHECKS[cfg.impl]).check_expressible(cfg)
+
+
+def check_comparable(task: str, seeds: int | Sequence[int], overrides: dict[str, Any] | None,
+                     impls: Sequence[str] = IMPLS) -> list[int]:
+    """The seed list, after checking that every run's config is valid and expressible by its implementation.
 
     Raises ConfigError / ValueError with one line naming the offending key or option.
     """
-    from baselines.trl_ppo import check_expressible
-
+    impls = parse_impls(impls)
     for key in overrides or {}:
         if key in OWN_KEYS:
             raise ValueError(f"--set {key}: not allowed in compare ({OWN_KEYS[key]})")
@@ -123,8 +168,8 @@ def check_comparable(task: str, seeds: int | Sequence[int], overrides: dict[str,
         raise ValueError("compare: --seeds must be at least 1")
     # the runs of 0..N-1 differ only in their seed: the first and the last stand for the range
     for seed in dict.fromkeys((seed_list[0], seed_list[-1]) if isinstance(seeds, int) else seed_list):
-        comparable_config(task, overrides, seed, "custom")
-        check_expressible(comparable_config(task, overrides, seed, "trl"))
+        for impl in impls:
+            check_expressible(comparable_config(task, overrides, seed, impl))
     return seed_list
 
 
@@ -138,22 +183,25 @@ def compare(
     out: Path | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    impls: Sequence[str] = IMPLS,
 ) -> Comparison:
-    """Train custom and TRL for every seed (sequentially), tabulate, save under ``out`` if given.
+    """Train every implementation of ``impls`` for every seed (sequentially), tabulate, save under ``out``.
 
-    seeds: N (seeds 0..N-1) or explicit seeds. overrides: dotted keys shared by both impls.
-    Raises ConfigError / ValueError (one line naming the key) before any run when the settings are
-    invalid or not expressible by TRL.
+    seeds: N (seeds 0..N-1) or explicit seeds. overrides: dotted keys shared by all impls.
+    impls: at least two distinct ``harness.run.IMPLEMENTATIONS`` keys; the first is the reference
+    the others are set against. Raises ConfigError / ValueError (one line naming the key or --impl)
+    before any run when the settings are invalid or not expressible by an implementation.
     """
     from harness.run import execute
 
-    seed_list = check_comparable(task, seeds, overrides)
+    impls = parse_impls(impls)
+    seed_list = check_comparable(task, seeds, overrides, impls)
     overrides = dict(overrides or {})
     tag = f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
     rows = []
-    total = len(seed_list) * len(IMPLS)
+    total = len(seed_list) * len(impls)
     for seed in seed_list:
-        for impl in IMPLS:
+        for impl in impls:
             cfg = comparable_config(task, overrides, seed, impl)
             t0 = time.perf_counter()
             result = execute(cfg, store, experiment=experiment, run_name=f"compare-{task}-{impl}-s{seed}",
@@ -162,11 +210,12 @@ def compare(
             row = {"impl": impl, "seed": seed, "run_id": result.run_id, "seconds": seconds}
             row.update({m: run_value(result.history, m, how) for m, how in METRICS})
             rows.append(row)
-            echo(f"[{len(rows)}/{total}] {impl:<6} seed {seed}: eval/gold {row['eval/gold']:+.3f}  "
+            echo(f"[{len(rows)}/{total}] {impl:<8} seed {seed}: eval/gold {row['eval/gold']:+.3f}  "
                  f"eval/kl {row['eval/kl']:.3f}  {row['perf/tokens_per_s']:.0f} tok/s  ({seconds:.0f} s)")
     runs = pd.DataFrame(rows)
-    comparison = Comparison(runs=runs, table=summarise(runs),
-                            settings={"task": task, "seeds": seed_list, "overrides": overrides, "compare": tag})
+    comparison = Comparison(runs=runs, table=summarise(runs, impls),
+                            settings={"task": task, "seeds": seed_list, "overrides": overrides, "compare": tag,
+                                      "impls": list(impls)})
     if out is not None:
         comparison.save(Path(out))
     return comparison

@@ -72,3 +72,66 @@ def test_run_value_is_the_last_eval_or_the_mean_over_iterations():
     assert run_value(h, "eval/gold", "final") == 0.4
     assert run_value(h, "perf/tokens_per_s", "mean") == 20.0
     assert run_value(h, "eval/kl", "final") != run_value(h, "eval/kl", "final")  # NaN when never logged
+
+
+# ---- --impl: which implementations, each against the first -----------------------------------------
+
+def test_parse_impls_refuses_unknown_duplicate_and_single_names_naming_impl():
+    from harness.compare import parse_impls
+
+    assert parse_impls("custom,trl-grpo") == ("custom", "trl-grpo")
+    assert parse_impls(" custom , trl ") == ("custom", "trl")
+    for bad, why in (("custom,nope", "unknown"), ("custom,custom", "twice"), ("custom", "at least two"), ("", "unknown")):
+        with pytest.raises(ValueError, match=why) as e:
+            parse_impls(bad)
+        assert str(e.value).startswith("--impl:") and "\n" not in str(e.value)
+
+
+def test_compare_three_impls_sets_each_against_the_first(stub_execute, monkeypatch, tmp_path):
+    import harness.compare as C
+
+    monkeypatch.setitem(GOLD, ("trl-rloo", 0), 0.9)
+    monkeypatch.setitem(GOLD, ("trl-rloo", 1), 0.95)
+    monkeypatch.setitem(GOLD, ("trl-rloo", 2), 0.92)
+    monkeypatch.setattr(C, "check_expressible", lambda cfg: None)  # the stub trains anything
+    res = compare("sentiment", 3, {}, store=None, progress=False, echo=lambda _: None,
+                  impls=("custom", "trl", "trl-rloo"), out=tmp_path)
+    assert [c.impl for c, *_ in stub_execute[:3]] == ["custom", "trl", "trl-rloo"]
+    assert res.overlap("eval/gold", "trl") and not res.overlap("eval/gold", "trl-rloo")
+    md = res.markdown()
+    assert "| metric | custom: mean [95% CI] | TRL: mean [95% CI] | TRL RLOO: mean [95% CI] |" in md
+    assert "TRL vs custom: CIs overlap | TRL RLOO vs custom: CIs overlap |" in md
+    gold = next(line for line in md.splitlines() if line.startswith("| eval/gold |"))
+    assert gold.endswith("| yes | NO |")
+    assert set(pd.read_csv(tmp_path / "compare.csv").impl) == {"custom", "trl", "trl-rloo"}
+
+
+def test_compare_refuses_impl_in_set_and_bad_impls_before_any_run(stub_execute):
+    with pytest.raises(ValueError, match="--set impl"):
+        compare("sentiment", 2, {"impl": "trl"}, store=None, progress=False)
+    with pytest.raises(ValueError, match="--impl"):
+        compare("sentiment", 2, {}, store=None, progress=False, impls=("custom",))
+    assert stub_execute == []
+
+
+def test_compare_custom_vs_trl_grpo_checks_grpo_expressibility(stub_execute):
+    pytest.importorskip("baselines.trl_grpo")
+    # token-level advantages have no GRPOTrainer equivalent: refused by the GRPO baseline, naming the key
+    with pytest.raises(ValueError, match="advantage.level"):
+        compare("sentiment", 2, {"advantage.level": "token"}, store=None, progress=False, impls=("custom", "trl-grpo"))
+    assert stub_execute == []
+    ok = {"advantage.level": "sequence", "advantage.baseline": "group_norm", "advantage.whiten": False,
+          "kl.placement": "loss", "kl.estimator": "k3"}  # GRPO: no batch rescaling, k3 KL in the loss
+    assert check_comparable("sentiment", 2, ok, ("custom", "trl-grpo")) == [0, 1]
+
+
+@pytest.mark.parametrize("impl, names", [("custom", "--impl"), ("custom,bogus", "--impl"), ("trl,trl", "--impl")])
+def test_cli_compare_impl_usage_errors_are_one_line_exit_2(impl, names, capsys, tmp_path, monkeypatch):
+    from harness.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["compare", "--impl", impl, "--seeds", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and names in err[0] and err[0].startswith("error: ")
+    assert list(tmp_path.iterdir()) == []
