@@ -337,14 +337,25 @@ class Worker:
         except TrialPruned as e:
             self._pruned(trial, e, t0)
         except KeyboardInterrupt:
-            STOP.acknowledge()  # the cleanup has begun: later signals must not interrupt it
-            self._fail(trial, "interrupted", "interrupted (Ctrl-C or SIGTERM)")
+            self._interrupted(trial)
             raise
         except Outage:
             raise
         except Exception as e:
             kind = "nonfinite" if isinstance(e, NonFiniteError) else ("outage" if is_transient(e) else "error")
             self._fail(trial, kind, one_line(e), None if kind == "outage" else traceback.format_exc())
+
+    def _interrupted(self, trial) -> None:
+        """Fail the trial as "interrupted" (retried, its run KILLED), even when a later stop signal (the
+        coordinator's SIGTERM, a second Ctrl-C) lands before the cleanup is acknowledged: that one starts
+        the cleanup again instead of leaving the trial RUNNING for the coordinator to find stale."""
+        for _ in range(100):
+            try:
+                STOP.acknowledge()  # the cleanup has begun: later signals must not interrupt it
+                self._fail(trial, "interrupted", "interrupted (Ctrl-C or SIGTERM)")
+                return
+            except KeyboardInterrupt:
+                continue
 
     def _attempt(self, trial, t0: float) -> None:
         cid, seed = trial.user_attrs[Attr.CELL], int(trial.user_attrs[Attr.SEED])

@@ -69,8 +69,12 @@ def test_ctrl_c_as_a_worker_starts_and_twice_mid_trial_then_a_rerun_completes(tm
     assert "sweep sigint-" in out and "done," in out  # the summary line
     assert "interrupted: rerun the same command to resume" in out
     _nothing_running(tmp_path, journal, "sigint")
-    interrupted = [t for t in trials(journal, "sigint") if t.user_attrs.get("sweep.fail_kind") == "interrupted"]
-    assert interrupted  # the in-flight trial was failed (and is retried), its run KILLED
+    ended = trials(journal, "sigint")
+    interrupted = [t for t in ended if t.user_attrs.get("sweep.fail_kind") == "interrupted"]
+    assert interrupted, (  # the in-flight trial was failed (and is retried), its run KILLED
+        [(t.number, t.state.name, t.user_attrs) for t in ended],
+        "".join(p.read_text() for p in log_dir.rglob("worker-*.log")),
+    )
     _, children = runs(tmp_path, "sigint")
     assert {r.info.status for r in children if r.data.tags["optuna.trial"] == str(interrupted[-1].number)} == {"KILLED"}
 

@@ -133,3 +133,53 @@ def test_dry_run_prints_the_plan_and_creates_nothing(tmp_path, capsys):
     assert "kl.coef=0 ppo.clip_eps=0.1" in out
     assert not runs.exists()
     assert sorted(x.name for x in tmp_path.iterdir()) == ["s.yaml"]
+
+
+def test_a_stop_signal_landing_before_the_cleanup_is_acknowledged_still_fails_the_trial_as_interrupted(tmp_path):
+    """The coordinator's SIGTERM (or a second Ctrl-C) can land just after the first KeyboardInterrupt was
+    caught and before ``STOP.acknowledge()``: the trial must still be failed as "interrupted", not left
+    RUNNING for the coordinator to find stale."""
+    import signal
+
+    import optuna
+    import pytest
+    from optuna.trial import TrialState
+
+    from harness.sweep import worker as worker_mod
+    from harness.sweep.coordinator import enqueue_missing
+    from harness.sweep.faults import STOP
+    from harness.sweep.study import open_storage, resolve_study
+    from harness.sweep.worker import Worker
+
+    s = load_spec(write_spec(tmp_path / "s.yaml", spec()))
+    url = str(tmp_path / "j.journal")
+    st = open_storage(url)
+    study = resolve_study(s, st, url)
+    enqueue_missing(study, s)
+    w = Worker(s, st, optuna.load_study(study_name=study.study_name, storage=st), store=None, parent="p", threads=1)
+    trial = w.claim()
+
+    def interrupted(trial, t0):
+        raise KeyboardInterrupt
+
+    real_ack, landed = STOP.acknowledge, []
+
+    def ack_after_a_signal():
+        if not landed:
+            landed.append(1)
+            signal.raise_signal(signal.SIGTERM)  # through the real handler: raises, the cleanup not begun yet
+        real_ack()
+
+    old = STOP.install()
+    w._attempt = interrupted
+    STOP.acknowledge = ack_after_a_signal
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            w.run(trial)
+    finally:
+        STOP.acknowledge = real_ack
+        STOP.restore(old)
+        STOP.signals, STOP.stopping = 0, False
+    assert landed == [1] and worker_mod.STOP is STOP
+    t = next(t for t in study.get_trials() if t.number == trial.number)
+    assert t.state == TrialState.FAIL and t.user_attrs["sweep.fail_kind"] == "interrupted"
