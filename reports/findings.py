@@ -450,8 +450,8 @@ def gao_fit_sentence(r, grouped: bool = True) -> str:
     b = Interval(float(r.beta), float(r.beta_low), float(r.beta_high), int(r.n_seeds))
     over = f"{T_IV}s over per-seed fits" if r.n_seeds >= 2 else "one seed, no interval"
     s = f"{head}: α = {a.fmt()}, β = {b.fmt()} ({over}); pooled R² = {r.r2:.2f}"
-    if not r.has_peak:
-        s += "; β ≤ 0, so the fitted curve has no peak within the fit (gold gain does not turn down)"
+    if r.unlocated:
+        s += f"; {r.unlocated}"
     else:
         k = Interval(float(r.kl_star), float(r.kl_star_low), float(r.kl_star_high), int(r.n_peak))
         how = (
@@ -462,7 +462,7 @@ def gao_fit_sentence(r, grouped: bool = True) -> str:
         s += f"; fitted peak KL* = d*² = {k.fmt()} nats ({how})"
         if (missing := r.n_seeds - r.n_peak) > 0:
             s += f"; {missing} of {r.n_seeds} seeds' fits have no peak (β ≤ 0) and are left out of KL*"
-        if np.isfinite(r.kl_star) and r.kl_star > r.kl_max:
+        if r.kl_star > r.kl_max:
             s += f"; KL* lies beyond the largest KL reached ({stats.fmt_number(r.kl_max)} nats): extrapolated"
     if r.n_empirical:
         s += (
@@ -480,7 +480,7 @@ def peak_shift_sentence(shift: O.PeakShift) -> str:
     head = f"Peak shift with more RM data ({O.RM} = {shift.large} against {shift.small})"
     if shift.no_peak:
         where = " and ".join(f"{O.RM} = {lv}" for lv in shift.no_peak)
-        return f"{head}: not estimated: no fitted peak at {where} (β ≤ 0, no peak within the fit)."
+        return f"{head}: not estimated: the fit locates no peak at {where} (see the fit above)."
     n = min(shift.n_small, shift.n_large)
     have = f"{shift.n_small} and {shift.n_large} seeds with a fitted peak"
     est = f"KL* ratio {stats.fmt_number(shift.ratio.point)}"  # 'n/a' when NaN

@@ -24,6 +24,10 @@ Pure: numpy, pandas, ``reports.stats`` and ``reports.labels``; no I/O, no plotti
   t-interval (``stats.mean_interval``), KL* is exp(mean ln KL*) with the t-interval of ln KL*
   mapped back (over the seeds whose fit has a peak). The pooled fit (all the level's points) gives
   R^2 and the curve drawn in the figure.
+- Located peak: the fit locates a peak only when the pooled beta > 0, the seeds' beta interval
+  excludes 0 (beta -> 0+ sends KL* = exp(2 (alpha / beta - 1)) to any size), and KL* lies within
+  ``LOCATE_FACTOR`` x the largest KL the level reached; otherwise ``unlocated`` says why and no KL*
+  is reported (nor a peak shift that needs it).
 - Empirical peak: per run, the KL at the evaluation with the highest gold; the median over the
   level's runs (a run whose gold is highest at its last evaluation only bounds its peak from below).
 - Peak shift with more RM data: ln KL* at the largest minus the smallest ``model.rm_pairs`` over
@@ -55,7 +59,9 @@ SEED_FIT_COLUMNS = ["level", "seed", "alpha", "beta", "r2", "n", "has_peak", "lo
 SUMMARY_COLUMNS = ["level", "value", "n_seeds", "n_runs", "n_points", "alpha_pooled", "beta_pooled", "r2",
                    "has_peak", "kl_star_pooled", "alpha", "alpha_low", "alpha_high", "beta", "beta_low",
                    "beta_high", "n_peak", "kl_star", "kl_star_low", "kl_star_high", "kl_max",
-                   "empirical_kl", "n_empirical", "n_peak_at_end"]  # fmt: skip
+                   "empirical_kl", "n_empirical", "n_peak_at_end", "unlocated"]  # fmt: skip
+LOCATE_FACTOR = 10.0  # a fitted KL* beyond this many times the largest KL reached is not located
+
 ONSET_COLUMNS = ["run_id", "level", "coef", "onset", "onset_kl", "onset_d", "onset_step", "onset_gold",
                  "onset_proxy", "onset_gold_gain", "onset_proxy_gain"]  # fmt: skip
 
@@ -269,7 +275,22 @@ def level_summary(points: pd.DataFrame, fits: pd.DataFrame | None = None) -> pd.
                      a.point, a.low, a.high, b.point, b.low, b.high, len(with_peak), *ks,
                      float(g["kl"].max()), float(p["kl_peak"].median()) if len(p) else np.nan, len(p),
                      int(p["at_end"].sum())])  # fmt: skip
+        rows[-1].append(unlocated(pooled.has_peak, b, len(sf), ks[0], float(g["kl"].max())))
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def unlocated(has_peak: bool, beta: Interval, n_seeds: int, kl_star: float, kl_max: float) -> str:
+    """Why the fit does not locate a peak ('' when it does): see the module docstring."""
+    if not has_peak:
+        return "β ≤ 0, so the fitted curve has no peak within the fit (gold gain does not turn down)"
+    if n_seeds >= 2 and not beta.low > 0:
+        return "β's interval includes 0, so the fit does not locate a peak (KL* = exp(2(α/β − 1)) is unbounded as β → 0)"
+    if not np.isfinite(kl_star):
+        return "no seed's fit has a peak"
+    if kl_star > LOCATE_FACTOR * kl_max:
+        return (f"the fitted peak lies beyond {LOCATE_FACTOR:g}× the largest KL reached "
+                f"({stats.fmt_number(kl_max)} nats): not located by this sweep")
+    return ""
 
 
 def fitted_curves(summary: pd.DataFrame, points: pd.DataFrame, n: int = 100) -> pd.DataFrame:
@@ -297,7 +318,7 @@ class PeakShift:
     ratio: Interval  # point, low, high on the ratio scale; n = the smaller level's seeds with a peak
     n_small: int  # seeds with a fitted peak at each level
     n_large: int
-    no_peak: tuple[str, ...] = ()  # levels whose pooled fit has beta <= 0
+    no_peak: tuple[str, ...] = ()  # levels whose fit locates no peak (``unlocated``)
     seeds_without_peak: dict[str, int] = field(default_factory=dict)  # level -> seeds with beta <= 0
 
 
@@ -306,7 +327,7 @@ def peak_shift(summary: pd.DataFrame, fits: pd.DataFrame) -> PeakShift | None:
     if len(summary) < 2:
         return None
     small, large = summary.iloc[0], summary.iloc[-1]
-    no_peak = tuple(str(r["level"]) for r in (small, large) if not bool(r["has_peak"]))
+    no_peak = tuple(str(r["level"]) for r in (small, large) if r["unlocated"])
 
     def logs(level: str) -> np.ndarray:
         f = fits[(fits["level"] == level) & fits["has_peak"].astype(bool)]
@@ -320,7 +341,7 @@ def peak_shift(summary: pd.DataFrame, fits: pd.DataFrame) -> PeakShift | None:
             missing[str(lv)] = k
     nan = float("nan")
     if no_peak:
-        ratio = Interval(nan, nan, nan, int(min(x.size, y.size)), "no fitted peak")
+        ratio = Interval(nan, nan, nan, int(min(x.size, y.size)), "no located peak")
     else:
         iv = stats.welch_interval(x, y)
         ratio = Interval(*_exp(iv), iv.n, iv.note)

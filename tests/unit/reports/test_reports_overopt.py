@@ -143,7 +143,7 @@ def test_peak_shift_says_there_is_no_fitted_peak_where_beta_is_not_positive():
     s = findings.gao_sentences(runs, curves, a)
     assert "no peak within the fit" in s[0]
     shift = findings.peak_shift_sentence(a.shift)
-    assert "not estimated: no fitted peak at model.rm_pairs = 512" in shift and "moves" not in shift
+    assert "not estimated: the fit locates no peak at model.rm_pairs = 512" in shift and "moves" not in shift
 
 
 def test_onset_sentence_counts_runs_per_rm_size_and_coefficient(sweep3):
@@ -187,3 +187,24 @@ def test_no_onset_and_no_kl_curves(sweep3):
     assert sum("Gao et al. (2022) fit" in x for x in full) == 2 and any(
         x.startswith("Peak shift") for x in full
     )
+
+
+def test_a_peak_is_located_only_with_beta_clear_of_zero_and_within_reach():
+    iv = lambda lo, hi: stats.Interval((lo + hi) / 2, lo, hi, 5)  # noqa: E731
+    assert overopt.unlocated(True, iv(0.1, 0.3), 5, 9.0, 4.0) == ""  # KL* 9 within 10x the largest KL 4
+    assert "no peak within the fit" in overopt.unlocated(False, iv(-0.3, -0.1), 5, np.nan, 4.0)
+    assert "interval includes 0" in overopt.unlocated(True, iv(-0.01, 0.3), 5, 9.0, 4.0)
+    assert overopt.unlocated(True, iv(np.nan, np.nan), 1, 9.0, 4.0) == ""  # one seed: no interval to ask
+    assert "beyond 10× the largest KL reached" in overopt.unlocated(True, iv(0.1, 0.3), 5, 41.0, 4.0)
+
+
+def test_a_nearly_flat_beta_reports_no_absurd_peak():
+    """beta -> 0+ sends KL* = exp(2 (alpha / beta - 1)) past 1e40: no KL* is printed, no shift estimated."""
+    runs, curves = gao_sweep(true={512: (1.0, 0.02), 4096: TRUE[4096]}, seeds=5)
+    a = overopt.analyse(runs, curves)
+    r = a.summary.set_index("level").loc["512"]
+    assert r["unlocated"] and (r["kl_star"] > 1e6 or not r["beta_low"] > 0)
+    s = findings.gao_sentences(runs, curves, a)
+    assert "KL* = d*²" not in s[0] and r["unlocated"] in s[0]
+    assert "KL* = d*²" in s[1]  # the other level's peak is located
+    assert "not estimated: the fit locates no peak at model.rm_pairs = 512" in findings.peak_shift_sentence(a.shift)
