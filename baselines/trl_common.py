@@ -1,10 +1,16 @@
 """What TRL's group trainers (GRPOTrainer, RLOOTrainer; TRL 1.12) share as harness baselines.
 
-``baselines/trl_grpo.py`` and ``baselines/trl_rloo.py`` each own their REFUSED table, their
+``baselines/trl_grpo.py`` and ``baselines/trl_rloo.py`` each own their own refusals, their
 config mapping and their metric mapping; this module owns the parts that are the same:
 
 - ``TrainerNotExpressible``: the refusal (a ``baselines.trl_ppo.NotExpressible``, so the CLI's
   bad-input handling and ``harness.sweep.spec`` treat it alike), one line naming the key;
+- the refusals both make (``group_refusals``: advantage.level other than sequence, kl.target,
+  ppo.entropy_coef > 0, ppo.target_kl, train.device other than cpu / cuda:0; ``kl_refusals``: a KL
+  at another placement or with another estimator than the trainer's) around each trainer's own
+  rows, and ``expressibility_check``, the ``check_expressible`` raising for the first refused key;
+- ``GROUP_ABSENT``: the schema keys neither trainer logs (probe, approx KL, value and advantage
+  stats); ``TRL_KEYS`` and ``logged_means``: the TRL logs both map onto schema keys;
 - ``HarnessReward``: the reward function TRL calls with ``(prompts, completions, completion_ids)``:
   the harness's optimised score of each completion (proxy RM on the same token ids, a text reward
   function, or gold), the missing-EOS penalty with the custom core's REPLACE semantics, and the
@@ -41,10 +47,12 @@ from baselines.trl_reward import ScoredBatch
 from harness.config import RunConfig, response_length
 from harness.ppo import math as M
 from harness.ppo.update import linear_decay
+from harness.ppo.variance import KEYS as VARIANCE_KEYS
 from harness.recording import RunResult
 
 __all__ = [
-    "HarnessReward", "TrainerNotExpressible", "check_table", "common_args", "geometry", "group_callback",
+    "GROUP_ABSENT", "TRL_KEYS", "HarnessReward", "Refusals", "TrainerNotExpressible", "check_table", "common_args",
+    "expressibility_check", "geometry", "group_callback", "group_refusals", "kl_refusals", "logged_means",
     "DEVICE_WHY", "device_refused", "make_policy_optimizer", "opt", "use_cpu", "prompt_dataset", "set_up", "train_group",
 ]
 
@@ -71,6 +79,16 @@ def check_table(cfg: RunConfig, refused: Refusals, trainer: str) -> None:
     for key, (is_refused, why) in refused.items():
         if is_refused(cfg):
             raise TrainerNotExpressible(key, cfg.flat().get(key, opt(cfg, key)), why, trainer)
+
+
+def expressibility_check(refused: Refusals, trainer: str) -> Callable[[RunConfig], None]:
+    """A trainer module's ``check_expressible(cfg)``: ``check_table`` over its ``refused`` table."""
+
+    def check_expressible(cfg: RunConfig) -> None:
+        check_table(cfg, refused, trainer)
+
+    check_expressible.__doc__ = f"Raise NotExpressible (a ValueError) for the first key {trainer} cannot express."
+    return check_expressible
 
 
 def geometry(cfg: RunConfig) -> dict[str, int]:
@@ -139,6 +157,38 @@ def device_refused(c: RunConfig) -> bool:
 
 
 DEVICE_WHY = "accelerate places TRL's models on cpu or cuda:0; pin another GPU with CUDA_VISIBLE_DEVICES or sweep --devices"
+
+
+def kl_on(c: RunConfig) -> bool:
+    return c.kl.coef > 0
+
+
+def kl_refusals(placement: tuple[str, str], estimator: tuple[str, str]) -> Refusals:
+    """The KL rows: with kl.coef > 0, kl.placement / kl.estimator other than the trainer's (value, why)."""
+    (where, where_why), (est, est_why) = placement, estimator
+    return {
+        "kl.placement": (lambda c: kl_on(c) and c.kl.placement != where, where_why),
+        "kl.estimator": (lambda c: kl_on(c) and c.kl.estimator != est, est_why),
+    }
+
+
+def group_refusals(name: str, own: Refusals, *, entropy_why: str, early_stop_by: str) -> Refusals:
+    """A group trainer's REFUSED table, checked in this order: the sequence-level advantage, the trainer's
+    ``own`` rows, then the fixed beta, the entropy bonus (``entropy_why``), the approx-KL early stop and the
+    device. ``name`` ("GRPO", "RLOO") and ``early_stop_by`` (who has no early stop) fill the messages."""
+    return {
+        "advantage.level": (lambda c: c.advantage.level != "sequence", f"{name}'s advantages are sequence level"),
+        **own,
+        "kl.target": (lambda c: c.kl.target is not None, f"{name}'s beta is fixed (no adaptive controller)"),
+        "ppo.entropy_coef": (lambda c: c.ppo.entropy_coef > 0, entropy_why),
+        "ppo.target_kl": (lambda c: c.ppo.target_kl is not None, f"{early_stop_by} has no early stop on approx KL"),
+        "train.device": (device_refused, DEVICE_WHY),
+    }
+
+
+# what neither trainer logs (accepted, not faked)
+GROUP_ABSENT = (*VARIANCE_KEYS, "policy/approxkl_avg", "policy/dualclip_frac", "loss/value_avg", "val/clipfrac_avg",
+                "val/explained_var", "adv/mean", "adv/std", "grad/value_norm")
 
 
 def make_policy_optimizer(cfg: RunConfig, policy) -> tuple[ClippedAdam, torch.optim.lr_scheduler.LambdaLR]:
@@ -249,6 +299,28 @@ def mean_of(logs: list[dict], key: str) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+# TRL's logged keys both trainers log -> schema keys, the mean over the iteration's optimiser steps
+TRL_KEYS = {
+    "loss": "loss/policy_avg",
+    "clip_ratio/region_mean": "policy/clipfrac_avg",
+    "clip_ratio/low_mean": "policy/clipfrac_low",
+    "clip_ratio/high_mean": "policy/clipfrac_high",
+}
+
+
+def logged_means(logs: list[dict], batch: dict[str, float], keys: dict[str, str],
+                 kl_logs: list[dict] | None = None) -> dict[str, float]:
+    """``keys`` (TRL's logged key -> schema key) averaged over ``logs``, schema keys only; and objective/kl:
+    TRL's per-token ``kl`` averaged over ``kl_logs`` (default ``logs``) times the batch's mean response
+    length (per token -> per completion)."""
+    from harness.schema import METRICS
+
+    m = {ours: v for theirs, ours in keys.items() if ours in METRICS and (v := mean_of(logs, theirs)) is not None}
+    if (kl := mean_of(logs if kl_logs is None else kl_logs, "kl")) is not None and "response/length" in batch:
+        m["objective/kl"] = kl * batch["response/length"]
+    return m
+
+
 def group_callback(cfg: RunConfig, reward: HarnessReward, optimizer: ClippedAdam, recorder,
                    metrics: Callable[[list[dict], dict[str, float]], dict[str, float]]):
     """The harness TrainerCallback: every epochs x minibatches optimiser steps (one generation batch)
@@ -333,9 +405,12 @@ def _train(trainer_cls, args, models, reward, optimizers, callback, task, k: int
         trainer.train()
 
 
-def train_group(cfg: RunConfig, logger, on_eval, progress: bool, *, name: str, trainer: str, make_args,
-                metrics) -> RunResult:
-    """``impl=trl-grpo`` / ``trl-rloo``: load the harness models, run TRL's ``trainer``, record."""
+def train_group(cfg: RunConfig, logger, on_eval, progress: bool, *, name: str, trainer: str, check, absent,
+                make_args, metrics) -> RunResult:
+    """``impl=trl-grpo`` / ``trl-rloo``: ``set_up`` (``check``, ``absent``), load the harness models, run TRL's
+    ``trainer``, record."""
+    set_up(cfg, logger, check, absent, trainer)  # refused before anything is imported or loaded
+
     from transformers import set_seed
 
     from harness.lm.rollout import make_score_fn

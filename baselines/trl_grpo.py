@@ -29,7 +29,8 @@ Key mapping (RunConfig -> GRPOConfig; geometry and optimiser in ``baselines/trl_
     seed -> seed   train.autocast=bf16 -> bf16=True
     model.reward learned | gold | package.module:function -> the reward function HarnessReward
 
-Refused (GRPOTrainer has no equivalent): see REFUSED (advantage.level=token, baselines other
+Refused (GRPOTrainer has no equivalent): see REFUSED, its own rows here and the ones RLOO shares
+(``trl_common.group_refusals`` / ``kl_refusals``) around them (advantage.level=token, baselines other
 than group_norm / group_mean, advantage.whiten=true (TRL does not rescale group advantages;
 scale_rewards="batch" divides by the std of R, not of the advantages),
 ratio_level=sequence-token, loss.agg token-sum / seq-mean-token-sum, loss.norm_length other than
@@ -53,19 +54,20 @@ Known differences (documented, not patched; see tests/parity/test_trl_grpo_parit
 from __future__ import annotations
 
 from baselines.trl_common import (
-    DEVICE_WHY,
+    GROUP_ABSENT,
+    TRL_KEYS,
     Refusals,
-    check_table,
     common_args,
-    device_refused,
+    expressibility_check,
+    group_refusals,
+    kl_refusals,
+    logged_means,
     mean_of,
     opt,
-    set_up,
     train_group,
 )
 from baselines.trl_ppo import NotExpressible
 from harness.config import RunConfig
-from harness.ppo.variance import KEYS as VARIANCE_KEYS
 from harness.recording import RunResult
 
 __all__ = ["ABSENT", "LOSS_TYPES", "REFUSED", "NotExpressible", "check_expressible", "train", "trl_args"]
@@ -81,12 +83,8 @@ def _dual_clip_too_low(c: RunConfig) -> bool:
     return dual is not None and dual <= 1.0 + high
 
 
-def _kl_on(c: RunConfig) -> bool:
-    return c.kl.coef > 0
-
-
-REFUSED: Refusals = {
-    "advantage.level": (lambda c: c.advantage.level != "sequence", "GRPO's advantages are sequence level"),
+# GRPO's own rows; group_refusals adds advantage.level, kl.target, ppo.entropy_coef, ppo.target_kl, train.device
+REFUSED: Refusals = group_refusals("GRPO", {
     "advantage.baseline": (lambda c: c.advantage.baseline not in SCALE_REWARDS,
                            "GRPO's baseline is the group mean, with (group_norm) or without (group_mean) the std"),
     "advantage.whiten": (lambda c: c.advantage.whiten, "TRL does not rescale the group advantages by their batch std"),
@@ -97,28 +95,12 @@ REFUSED: Refusals = {
                  "loss_type grpo / bnpo / dr_grpo = seq-mean-token-mean / token-mean / seq-mean-token-sum-norm"),
     "loss.norm_length": (lambda c: opt(c, "loss.norm_length") not in (None, c.task.response_length),
                          "dr_grpo divides by max_completion_length, the response length"),
-    "kl.placement": (lambda c: _kl_on(c) and c.kl.placement != "loss", "GRPO's KL (beta) is a term of the loss"),
-    "kl.estimator": (lambda c: _kl_on(c) and c.kl.estimator != "k3", "GRPO's KL in the loss is k3"),
-    "kl.target": (lambda c: c.kl.target is not None, "GRPO's beta is fixed (no adaptive controller)"),
-    "ppo.entropy_coef": (lambda c: c.ppo.entropy_coef > 0, "TRL's entropy bonus is a token mean whatever loss_type"),
-    "ppo.target_kl": (lambda c: c.ppo.target_kl is not None, "TRL has no early stop on approx KL"),
-    "train.device": (device_refused, DEVICE_WHY),
-}
+    **kl_refusals(placement=("loss", "GRPO's KL (beta) is a term of the loss"),
+                  estimator=("k3", "GRPO's KL in the loss is k3")),
+}, entropy_why="TRL's entropy bonus is a token mean whatever loss_type", early_stop_by="TRL")
 
-# TRL's logged keys -> schema keys, the mean over the iteration's optimiser steps
-_TRL_KEYS = {
-    "loss": "loss/policy_avg",
-    "clip_ratio/region_mean": "policy/clipfrac_avg",
-    "clip_ratio/low_mean": "policy/clipfrac_low",
-    "clip_ratio/high_mean": "policy/clipfrac_high",
-}
-ABSENT = (*VARIANCE_KEYS, "policy/approxkl_avg", "policy/dualclip_frac", "loss/value_avg", "val/clipfrac_avg",
-          "val/explained_var", "adv/mean", "adv/std", "grad/value_norm")
-
-
-def check_expressible(cfg: RunConfig) -> None:
-    """Raise NotExpressible (a ValueError) for the first key GRPOTrainer cannot express."""
-    check_table(cfg, REFUSED, TRAINER)
+ABSENT = GROUP_ABSENT
+check_expressible = expressibility_check(REFUSED, TRAINER)
 
 
 def trl_args(cfg: RunConfig, response_length: int, output_dir: str):
@@ -139,20 +121,16 @@ def trl_args(cfg: RunConfig, response_length: int, output_dir: str):
 
 
 def iteration_metrics(cfg: RunConfig, logs: list[dict], batch: dict[str, float]) -> dict[str, float]:
-    """One iteration's GRPO logs (one per optimiser step) under the schema's keys."""
-    from harness.schema import METRICS
-
-    m = {ours: v for theirs, ours in _TRL_KEYS.items() if ours in METRICS and (v := mean_of(logs, theirs)) is not None}
-    first = logs[: cfg.ppo.minibatches]  # the first epoch: every completion once
+    """One iteration's GRPO logs (one per optimiser step) under the schema's keys; entropy and KL over the
+    first epoch's steps (every completion once)."""
+    first = logs[: cfg.ppo.minibatches]
+    m = logged_means(logs, batch, TRL_KEYS, kl_logs=first)
     if (ent := mean_of(first, "entropy")) is not None:
         m["objective/entropy"] = ent
-    if (kl := mean_of(first, "kl")) is not None and "response/length" in batch:
-        m["objective/kl"] = kl * batch["response/length"]  # per token -> per completion
     return m
 
 
 def train(cfg: RunConfig, logger, on_eval=None, progress: bool = True) -> RunResult:
     """``impl=trl-grpo``: train ``cfg`` with TRL's GRPOTrainer and log it into ``logger``'s run."""
-    set_up(cfg, logger, check_expressible, ABSENT, TRAINER)
-    return train_group(cfg, logger, on_eval, progress, name="trl-grpo", trainer=TRAINER, make_args=trl_args,
-                       metrics=iteration_metrics)
+    return train_group(cfg, logger, on_eval, progress, name="trl-grpo", trainer=TRAINER, check=check_expressible,
+                       absent=ABSENT, make_args=trl_args, metrics=iteration_metrics)

@@ -2,7 +2,7 @@
 
 Same task, models, prompts, seed and metric schema as ``impl=custom``; everything but the
 trainer-specific mapping is ``baselines/trl_common.py`` (geometry, optimiser, reward function,
-callback), as for ``baselines/trl_grpo.py``.
+callback, the refusals and absent metrics both trainers share), as for ``baselines/trl_grpo.py``.
 
 What RLOOTrainer computes (rloo_trainer.py):
 - R_i = score_i - beta * sum_t (old_logp_it - ref_logp_it): the k1 KL of the sampling policy,
@@ -32,19 +32,19 @@ train.truncated=mask TRL sums the KL over the masked rows (0 for a truncated com
 from __future__ import annotations
 
 from baselines.trl_common import (
-    DEVICE_WHY,
+    GROUP_ABSENT,
+    TRL_KEYS,
     Refusals,
-    check_table,
     common_args,
-    device_refused,
-    mean_of,
+    expressibility_check,
+    group_refusals,
+    kl_refusals,
+    logged_means,
     opt,
-    set_up,
     train_group,
 )
 from baselines.trl_ppo import NotExpressible
 from harness.config import RunConfig
-from harness.ppo.variance import KEYS as VARIANCE_KEYS
 from harness.recording import RunResult
 
 __all__ = ["ABSENT", "REFUSED", "NotExpressible", "check_expressible", "train", "trl_args"]
@@ -53,8 +53,8 @@ TRAINER = "RLOOTrainer"
 _ON_POLICY = "RLOO clips the whole-sequence ratio exp(sum_t log r_t), which no ppo.ratio_level is; on-policy "
 _ON_POLICY += "(one optimiser step per batch) the updates are equal"
 
-REFUSED: Refusals = {
-    "advantage.level": (lambda c: c.advantage.level != "sequence", "RLOO's advantages are sequence level"),
+# RLOO's own rows; group_refusals adds advantage.level, kl.target, ppo.entropy_coef, ppo.target_kl, train.device
+REFUSED: Refusals = group_refusals("RLOO", {
     "advantage.baseline": (lambda c: c.advantage.baseline != "rloo", "RLOO's baseline is the leave-one-out mean"),
     "ppo.epochs": (lambda c: c.ppo.epochs != 1, _ON_POLICY),
     "ppo.minibatches": (lambda c: c.ppo.minibatches != 1, _ON_POLICY),
@@ -62,28 +62,13 @@ REFUSED: Refusals = {
     "ppo.dual_clip": (lambda c: opt(c, "ppo.dual_clip") is not None, "RLOOTrainer has no dual clip"),
     "loss.agg": (lambda c: c.loss.agg != "seq-mean-token-sum",
                  "RLOO's gradient is the per-completion sum of token gradients, averaged over completions"),
-    "kl.placement": (lambda c: c.kl.coef > 0 and c.kl.placement != "reward", "RLOO puts the KL in the reward"),
-    "kl.estimator": (lambda c: c.kl.coef > 0 and c.kl.estimator != "k1", "RLOO's KL is k1 (log pi_old - log ref)"),
-    "kl.target": (lambda c: c.kl.target is not None, "RLOO's beta is fixed (no adaptive controller)"),
-    "ppo.entropy_coef": (lambda c: c.ppo.entropy_coef > 0, "RLOOTrainer has no entropy bonus"),
-    "ppo.target_kl": (lambda c: c.ppo.target_kl is not None, "RLOOTrainer has no early stop on approx KL"),
-    "train.device": (device_refused, DEVICE_WHY),
-}
+    **kl_refusals(placement=("reward", "RLOO puts the KL in the reward"),
+                  estimator=("k1", "RLOO's KL is k1 (log pi_old - log ref)")),
+}, entropy_why="RLOOTrainer has no entropy bonus", early_stop_by=TRAINER)
 
-_TRL_KEYS = {
-    "loss": "loss/policy_avg",
-    "clip_ratio/region_mean": "policy/clipfrac_avg",
-    "clip_ratio/low_mean": "policy/clipfrac_low",
-    "clip_ratio/high_mean": "policy/clipfrac_high",
-    "entropy": "objective/entropy",
-}
-ABSENT = (*VARIANCE_KEYS, "policy/approxkl_avg", "policy/dualclip_frac", "loss/value_avg", "val/clipfrac_avg",
-          "val/explained_var", "adv/mean", "adv/std", "grad/value_norm")
-
-
-def check_expressible(cfg: RunConfig) -> None:
-    """Raise NotExpressible (a ValueError) for the first key RLOOTrainer cannot express."""
-    check_table(cfg, REFUSED, TRAINER)
+_TRL_KEYS = {**TRL_KEYS, "entropy": "objective/entropy"}
+ABSENT = GROUP_ABSENT
+check_expressible = expressibility_check(REFUSED, TRAINER)
 
 
 def trl_args(cfg: RunConfig, response_length: int, output_dir: str):
@@ -101,16 +86,10 @@ def trl_args(cfg: RunConfig, response_length: int, output_dir: str):
 def iteration_metrics(cfg: RunConfig, logs: list[dict], batch: dict[str, float]) -> dict[str, float]:
     """One iteration's RLOO logs under the schema's keys. TRL's kl: the per-token k1 of the sampling
     policy over the batch's tokens; times the mean length it is the schema's mean sum_t kl_t."""
-    from harness.schema import METRICS
-
-    m = {ours: v for theirs, ours in _TRL_KEYS.items() if ours in METRICS and (v := mean_of(logs, theirs)) is not None}
-    if (kl := mean_of(logs, "kl")) is not None and "response/length" in batch:
-        m["objective/kl"] = kl * batch["response/length"]
-    return m
+    return logged_means(logs, batch, _TRL_KEYS)
 
 
 def train(cfg: RunConfig, logger, on_eval=None, progress: bool = True) -> RunResult:
     """``impl=trl-rloo``: train ``cfg`` with TRL's RLOOTrainer and log it into ``logger``'s run."""
-    set_up(cfg, logger, check_expressible, ABSENT, TRAINER)
-    return train_group(cfg, logger, on_eval, progress, name="trl-rloo", trainer=TRAINER, make_args=trl_args,
-                       metrics=iteration_metrics)
+    return train_group(cfg, logger, on_eval, progress, name="trl-rloo", trainer=TRAINER, check=check_expressible,
+                       absent=ABSENT, make_args=trl_args, metrics=iteration_metrics)
