@@ -49,8 +49,10 @@ class TaskConfig(_Section):
     )
     prompts: str | None = Field(
         default=None,
-        description="A task defined by data: a local .jsonl / .csv / .parquet file of prompts (harness/tasks/data.py); "
-        "its gold reward is model.gold (or the optimised reward when that is a function or a reward model).",
+        description="A task defined by data (harness/tasks/data.py): a local .jsonl / .csv / .parquet file of prompts, "
+        "or a Hugging Face dataset (a save_to_disk folder, a folder of data files or a hub id: from the local cache when "
+        "offline; its task.eval_split split is held out); its gold reward is model.gold (or the optimised reward when "
+        "that is a function or a reward model).",
     )
     prompt_column: str = Field(default="prompt", min_length=1, description="task.prompts: the column holding the prompt.")
     split_column: str | None = Field(
@@ -636,10 +638,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
 
 
 def task_label(cfg: RunConfig) -> str:
-    """The run's task as tags and reports name it: task.name, or ``prompts:<file stem>`` for a task.prompts file."""
+    """The run's task as tags and reports name it: task.name, or for task.prompts ``prompts:<file stem>`` (a file)
+    or ``prompts:<last part>`` (a dataset folder or hub id: ``owner/name`` -> ``prompts:name``), as the task's name."""
     if cfg.task.prompts is None:
         return cfg.task.name
-    return f"prompts:{Path(cfg.task.prompts).stem}"
+    from harness.tasks.data import label
+
+    return label(cfg.task.prompts)
 
 
 def response_length(cfg: RunConfig, task) -> int:

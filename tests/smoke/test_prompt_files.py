@@ -1,6 +1,6 @@
 """A task defined by data (task.prompts): JSONL, CSV and Parquet files read strictly; held-out prompts from a
-split column or a fixed-seed holdout; a run on a file with an own model and a reward function; bad files
-refused with one line naming task.prompts and nothing created."""
+split column or a fixed-seed holdout; a run on a file (and on a save_to_disk dataset) with an own model and a
+reward function; bad files and datasets refused with one line naming task.prompts and nothing created."""
 
 from __future__ import annotations
 
@@ -87,9 +87,9 @@ def test_a_bad_file_is_one_line_naming_the_file(tmp_path, content, name, says):
 REWARD = "def words(prompts, completions):\n    return [float(len(c.split())) for c in completions]\n"
 
 
-def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+def _cli(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     (tmp_path / "file_rewards.py").write_text(REWARD)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-m", "harness.cli", *args, "--runs-dir", str(tmp_path / "runs")],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
 
@@ -134,3 +134,51 @@ def test_a_file_task_needs_a_gold_reward(tmp_path):
     out = _cli(tmp_path, "train", *_sets({"task.prompts": tmp_path / "p.jsonl"}))  # model.reward=learned
     assert out.returncode == 2
     assert len(out.stderr.strip().splitlines()) == 1 and "model.gold" in out.stderr, out.stderr
+
+
+def _offline_hf(tmp_path: Path) -> dict:
+    """The CLI's environment for a dataset: no network, Hugging Face caches inside tmp_path."""
+    home = tmp_path / "hf"
+    return {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(home),
+            "HF_DATASETS_CACHE": str(home / "datasets")}
+
+
+def test_a_run_on_a_saved_dataset_dict_holds_out_its_test_split(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from tests.smoke.test_own_models import make_model
+
+    train = [r for r in ROWS if r["split"] == "train"]
+    test = [{"prompt": f"unseen {r['prompt']}", "response": r["response"]} for r in ROWS if r["split"] == "test"]
+    words = sorted({w for r in train + test for w in r["prompt"].split()} | {"good", "film", "bad"})
+    policy = make_model(tmp_path / "policy", "llama", words)
+    saved = tmp_path / "review_ds"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(train), "test": datasets.Dataset.from_list(test)}
+                         ).save_to_disk(str(saved))
+    out = _cli(tmp_path, "train", *_sets({"model.policy": policy, "task.prompts": saved, "model.reward": "file_rewards:words",
+                                          "task.response_length": 4, "train.missing_eos_penalty": "null"}),
+               env=_offline_hf(tmp_path))
+    assert out.returncode == 0, out.stdout + out.stderr
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    (run,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert run.info.status == "FINISHED" and run.data.tags["task"] == "prompts:review_ds"
+    assert 0 <= run.data.metrics["eval/gold"] <= 4
+    import pandas as pd
+
+    samples = pd.read_parquet(client.download_artifacts(run.info.run_id, "samples.parquet", str(tmp_path)))
+    assert set(samples["prompt"]) <= {r["prompt"] for r in test} and len(samples)  # evaluated on the test split
+
+
+def test_a_bad_dataset_through_train_exits_2_and_creates_nothing(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_list([{"text": "hi"}, {"text": "yo"}]).save_to_disk(str(tmp_path / "nocol_ds"))
+    (tmp_path / "no_data").mkdir()
+    for value, says in ((tmp_path / "nocol_ds", "no column 'prompt'"),
+                        (tmp_path / "no_data", "cannot load as a Hugging Face dataset")):
+        out = _cli(tmp_path, "train", *_sets({"task.prompts": value, "model.reward": "file_rewards:words"}),
+                   env=_offline_hf(tmp_path))
+        assert out.returncode == 2, out.stdout + out.stderr
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"task.prompts '{value}'" in lines[0] and says in lines[0], out.stderr
+        assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
