@@ -224,19 +224,14 @@ def train(
         validate_model_keys(cfg)
     except (ConfigError, ModelError) as e:
         raise fail(str(e)) from None
-    from harness.sweep.spec import TRL_CHECKS
+    from harness.impls import check_expressible
 
-    if cfg.impl in TRL_CHECKS:
-        import importlib
-
-        try:
-            check_expressible = importlib.import_module(TRL_CHECKS[cfg.impl]).check_expressible
-        except ImportError:
-            raise fail(f"impl '{cfg.impl}': the TRL baseline is not available in this installation") from None
-        try:
-            check_expressible(cfg)
-        except ValueError as e:
-            raise fail(str(e)) from None
+    try:
+        check_expressible(cfg)
+    except ImportError:
+        raise fail(f"impl '{cfg.impl}': the TRL baseline is not available in this installation") from None
+    except ValueError as e:
+        raise fail(str(e)) from None
     from harness.run import execute
     from harness.tracking import Store
 

@@ -1,6 +1,6 @@
 """Implementations at equal settings over N seeds -> a side-by-side table with CIs.
 
-Every implementation named (``harness.run.IMPLEMENTATIONS`` keys; default custom and trl) gets the
+Every implementation named (``harness.impls.IMPLEMENTATIONS`` keys; default custom and trl) gets the
 same RunConfig (only ``impl`` differs), all of them run one after the other for every seed, and
 each run logs to MLflow as an ordinary run tagged ``compare=<id>``. Per implementation the table
 gives, over seeds, the mean and its 95% Student-t interval (reports.stats.mean_interval, whose
@@ -22,12 +22,11 @@ import numpy as np
 import pandas as pd
 
 from harness.config import RunConfig, build_config
+from harness.impls import IMPLEMENTATIONS, check_expressible
 
 IMPLS = ("custom", "trl")  # the default comparison: the custom core against TRL's PPOTrainer
 # (metric, how one run is summarised): the final evaluation, or the mean over iterations
 METRICS: tuple[tuple[str, str], ...] = (("eval/gold", "final"), ("eval/kl", "final"), ("perf/tokens_per_s", "mean"))
-# impl -> the module whose check_expressible(cfg) refuses what that implementation cannot express
-CHECKS = {"trl": "baselines.trl_ppo", "trl-grpo": "baselines.trl_grpo", "trl-rloo": "baselines.trl_rloo"}
 
 
 def parse_impls(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -35,8 +34,6 @@ def parse_impls(text: str | Sequence[str]) -> tuple[str, ...]:
 
     Raises ValueError naming --impl (an unknown name, a duplicate, fewer than two).
     """
-    from harness.run import IMPLEMENTATIONS
-
     names = [n.strip() for n in text.split(",")] if isinstance(text, str) else [str(n).strip() for n in text]
     for n in names:
         if n not in IMPLEMENTATIONS:
@@ -143,14 +140,6 @@ OWN_KEYS = {"impl": "compare sets it from --impl", "seed": "compare sets it from
 MAX_SEEDS = 1000  # one run per implementation per seed; a typo like --seeds 50000 is refused, not queued
 
 
-def check_expressible(cfg: RunConfig) -> None:
-    """Refuse (NotExpressible, a ValueError naming the key) what ``cfg.impl`` cannot express."""
-    import importlib
-
-    if cfg.impl in CHECKS:
-        importlib.import_module(CHECKS[cfg.impl]).check_expressible(cfg)
-
-
 def check_comparable(task: str, seeds: int | Sequence[int], overrides: dict[str, Any] | None,
                      impls: Sequence[str] = IMPLS) -> list[int]:
     """The seed list, after checking that every run's config is valid and expressible by its implementation.
@@ -188,7 +177,7 @@ def compare(
     """Train every implementation of ``impls`` for every seed (sequentially), tabulate, save under ``out``.
 
     seeds: N (seeds 0..N-1) or explicit seeds. overrides: dotted keys shared by all impls.
-    impls: at least two distinct ``harness.run.IMPLEMENTATIONS`` keys; the first is the reference
+    impls: at least two distinct ``harness.impls.IMPLEMENTATIONS`` keys; the first is the reference
     the others are set against. Raises ConfigError / ValueError (one line naming the key or --impl)
     before any run when the settings are invalid or not expressible by an implementation.
     """

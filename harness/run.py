@@ -3,15 +3,13 @@
 ``execute`` is what ``ppo-harness train``, ``compare`` and every sweep trial call. It owns the
 MLflow run's life only: started with the config and tags, FINISHED on success, FAILED (tag
 ``failure.reason``, artifact ``error.txt``) on an exception, KILLED on Ctrl-C. What runs inside
-is ``cfg.impl``, looked up in ``IMPLEMENTATIONS``: lazy ``"module:function"`` targets (the
-lm-evaluation-harness registry idiom; a string is not an import, so nothing here depends on
-the loops), each ``train(cfg, logger, on_eval, progress) -> RunResult``.
+is ``cfg.impl``, resolved through ``harness.impls.IMPLEMENTATIONS`` (lazy ``"module:function"``
+targets: nothing here depends on the loops), each ``train(cfg, logger, on_eval, progress) -> RunResult``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import signal
 import threading
 import traceback
@@ -23,6 +21,7 @@ import torch
 from harness.config import RunConfig, task_label
 from harness.devices import describe as describe_device
 from harness.devices import resolve as resolve_device
+from harness.impls import IMPLEMENTATIONS, resolve
 from harness.ppo.update import NonFiniteError
 from harness.recording import RunResult
 from harness.schema import Tag
@@ -30,30 +29,11 @@ from harness.tracking import DEFAULT_EXPERIMENT, RunLogger, Store, git_commit, p
 
 __all__ = ["IMPLEMENTATIONS", "NonFiniteError", "Train", "execute", "resolve", "run_tags"]
 
-# cfg.impl -> "module:function" of its training loop
-IMPLEMENTATIONS: dict[str, str] = {
-    "custom": "harness.ppo.loop:train",
-    "trl": "baselines.trl_ppo:train",
-    "trl-grpo": "baselines.trl_grpo:train",
-    "trl-rloo": "baselines.trl_rloo:train",
-}
-
-
 class Train(Protocol):
     """The signature every implementation has."""
 
     def __call__(self, cfg: RunConfig, logger: RunLogger, on_eval: Callable[[int, dict[str, float]], None] | None,
                  progress: bool) -> RunResult: ...
-
-
-def resolve(impl: str) -> Train:
-    """The training function registered for ``impl`` (its module imported now)."""
-    try:
-        target = IMPLEMENTATIONS[impl]
-    except KeyError:
-        raise ValueError(f"unknown impl {impl!r}; expected one of {sorted(IMPLEMENTATIONS)}") from None
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def run_tags(cfg: RunConfig) -> dict[str, str]:

@@ -54,6 +54,7 @@ from harness.config import (
     flat_items,
     known_keys,
 )
+from harness.impls import CHECKS, check_expressible
 from harness.schema import METRICS
 from harness.urls import NAME as _NAME  # the one rule for names that become folders
 from harness.yamlio import YAMLInputError, read_yaml, show_key
@@ -553,7 +554,7 @@ def _check_config(base: dict, values: dict, seed: int, where_of, cell: dict | No
     spec key that set the offending value, and the cell."""
     try:
         cfg = build_config(None, {**base, **values, "seed": seed})
-        if cfg.impl in TRL_CHECKS:
+        if cfg.impl in CHECKS:
             _check_trl(cfg)
         return cfg
     except ConfigError as e:
@@ -566,26 +567,14 @@ def _check_config(base: dict, values: dict, seed: int, where_of, cell: dict | No
         raise SpecError(where, problem) from None
 
 
-# impl -> the module whose check_expressible(cfg) holds that TRL trainer's refusals (imported lazily)
-TRL_CHECKS: dict[str, str] = {
-    "trl": "baselines.trl_ppo",
-    "trl-grpo": "baselines.trl_grpo",
-    "trl-rloo": "baselines.trl_rloo",
-}
-
-
 def _check_trl(cfg: RunConfig) -> None:
-    """The TRL trainer's own refusals (``TRL_CHECKS[cfg.impl]``), as a ConfigError naming the key it cannot
-    express."""
-    import importlib
-
+    """The TRL trainer's own refusals (``harness.impls.check_expressible``), as a ConfigError naming the key
+    it cannot express."""
     try:
-        check_expressible = importlib.import_module(TRL_CHECKS[cfg.impl]).check_expressible
+        check_expressible(cfg)
     except ImportError:
         why = f"{cfg.impl}: the TRL baseline is not available in this installation"
         raise ConfigError(f"config key 'impl': {why}", "impl", why) from None
-    try:
-        check_expressible(cfg)
     except ValueError as e:
         key = getattr(e, "key", None) or "impl"
         m = re.match(r"config key '[^']+': (.*)$", str(e))
