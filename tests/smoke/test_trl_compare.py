@@ -1,7 +1,8 @@
-"""`compare`: both impls per seed at equal settings -> table with bootstrap CIs, saved as Markdown + CSV.
+"""`compare`: every impl per seed at equal settings -> table with Student-t CIs, saved as Markdown + CSV.
 
-Training itself is covered by the train smoke tests; here ``execute`` is replaced by a stub that
-records the configs it gets and returns known histories, so the table can be checked by hand.
+Most tests replace ``execute`` by a stub that records the configs it gets and returns known histories,
+so the table can be checked by hand; the last one runs ``ppo-harness compare --impl custom,trl-grpo``
+for real and checks the table against the MLflow runs.
 """
 
 from __future__ import annotations
@@ -135,3 +136,32 @@ def test_cli_compare_impl_usage_errors_are_one_line_exit_2(impl, names, capsys, 
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and names in err[0] and err[0].startswith("error: ")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_cli_compare_custom_vs_trl_grpo_trains_both_for_real_and_tabulates_their_mlflow_runs(tmp_path):
+    """The real path: ``ppo-harness compare --impl custom,trl-grpo`` trains both (no stand-in for execute);
+    the table's numbers are the final eval/gold and eval/kl of the runs MLflow holds."""
+    from harness.tracking import Store
+    from tests.conftest import run_cli, tiny_args
+    from tests.smoke.test_trl_grpo_baseline import GRPO, as_cli
+
+    out = tmp_path / "out"
+    r = run_cli("compare", "--impl", "custom,trl-grpo", "--seeds", "2", *tiny_args(as_cli(GRPO)),
+                "--runs-dir", str(tmp_path / "runs"), "--out", str(out), "-q", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    runs = pd.read_csv(out / "runs.csv")
+    assert sorted(zip(runs.impl, runs.seed, strict=True)) == [("custom", 0), ("custom", 1), ("trl-grpo", 0),
+                                                              ("trl-grpo", 1)]
+    store = Store(tmp_path / "runs")
+    for row in runs.to_dict("records"):
+        run = store.get_run(row["run_id"])
+        assert run.info.status == "FINISHED" and run.data.tags["impl"] == row["impl"]
+        assert run.data.params["seed"] == str(row["seed"])
+        assert row["eval/gold"] == pytest.approx(run.data.metrics["eval/gold"])
+        assert row["eval/kl"] == pytest.approx(run.data.metrics["eval/kl"])
+    table = pd.read_csv(out / "compare.csv")
+    for impl in ("custom", "trl-grpo"):
+        got = table[(table.metric == "eval/gold") & (table.impl == impl)].iloc[0]
+        assert got.point == pytest.approx(runs.loc[runs.impl == impl, "eval/gold"].mean())
+    assert "custom vs TRL GRPO" in (out / "compare.md").read_text()
