@@ -361,7 +361,7 @@ def train(cfg: RunConfig, logger, on_eval=None, progress: bool = True) -> RunRes
                                  "from the response mask")
         T = response_length(cfg, models.task)
         P = max(len(tok.encode(p, add_special_tokens=False)) for p in task.train_prompts)
-        score_fn = make_score_fn(models.reward, task.gold)
+        score_fn = make_score_fn(models.reward, task.gold, models.reward_fn)
         rec = Recorder(cfg, logger, models, score_fn, T, bar=bar, on_eval=on_eval)
 
         set_seed(cfg.seed)  # python, numpy (TRL's minibatch permutations) and torch

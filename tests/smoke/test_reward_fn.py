@@ -63,6 +63,9 @@ def test_the_function_is_the_optimised_reward(rewards_path, tmp_path, impl):
     scores = _history(tmp_path, "objective/scores")
     assert len(scores) == TINY["train.iterations"]
     assert scores == pytest.approx([0.5] * len(scores), abs=1e-7)  # every completion scored 0.5 by the function
+    # the evaluation scores its samples with the same function: eval/proxy is the reward the run optimised
+    proxy = _history(tmp_path, "eval/proxy")
+    assert proxy and proxy == pytest.approx([0.5] * len(proxy), abs=1e-7)
 
 
 @pytest.mark.parametrize(("reward", "says"), [
