@@ -1,0 +1,49 @@
+"""Per-cell diagnostics of a sweep: the final gold reward and KL beside the runs' own training diagnostics
+(entropy, clip and covariance fractions, the rollout-vs-train mismatch and its importance weights, dynamic
+sampling), for the keys the runs logged. Pure pandas on ``collect``'s runs frame."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from harness.schema import METRICS
+
+__all__ = ["CELL_NOTE", "DIAGNOSTIC_KEYS", "cell_table"]
+
+DIAGNOSTIC_KEYS = (
+    "objective/entropy", "policy/clipfrac_avg", "policy/cov_frac", "offpolicy/kl_k1", "offpolicy/kl_k3",
+    "offpolicy/is_mean", "offpolicy/is_max", "offpolicy/is_truncated_frac", "offpolicy/is_masked_frac",
+    "rollout/filtered_frac", "rollout/extra_gen_frac",
+)
+CELL_NOTE = ("Per sweep cell: mean [sd] over its seeds of each run's final value (the last evaluation for eval/*, "
+             "the last iteration for the training diagnostics); a diagnostic is shown when some run logged it and "
+             "it is not constant over the cells.")
+
+
+def _fmt(values: pd.Series) -> str:
+    v = values.dropna().to_numpy(dtype=float)
+    if len(v) == 0:
+        return "-"
+    sd = f" [{np.std(v, ddof=1):.3g}]" if len(v) > 1 else ""
+    return f"{np.mean(v):.3g}{sd}"
+
+
+def cell_table(runs: pd.DataFrame) -> pd.DataFrame | None:
+    """One row per cell: n, gold, KL and the diagnostics (see CELL_NOTE); None when there is one cell or none."""
+    if "cell" not in runs or runs["cell"].nunique() < 2:
+        return None
+    keys = ["eval/gold", "eval/kl"]
+    for k in DIAGNOSTIC_KEYS:
+        if k in runs and runs[k].notna().any():
+            means = runs.groupby("cell")[k].mean()
+            if means.nunique(dropna=True) > 1:
+                keys.append(k)
+    keys = [k for k in keys if k in runs]
+    rows = []
+    for cell, g in runs.groupby("cell", sort=False):
+        row = {"cell": cell, "n": int(g["eval/gold"].notna().sum()) if "eval/gold" in g else len(g)}
+        for k in keys:
+            row[METRICS[k].label if k in METRICS else k] = _fmt(g[k])
+        rows.append(row)
+    return pd.DataFrame(rows)
