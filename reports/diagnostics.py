@@ -16,9 +16,9 @@ DIAGNOSTIC_KEYS = (
     "offpolicy/is_mean", "offpolicy/is_max", "offpolicy/is_truncated_frac", "offpolicy/is_masked_frac",
     "rollout/filtered_frac", "rollout/extra_gen_frac",
 )
-CELL_NOTE = ("Per sweep cell: mean [sd] over its seeds of each run's final value (the last evaluation for eval/*, "
-             "the last iteration for the training diagnostics); a diagnostic is shown when some run logged it and "
-             "it is not constant over the cells.")
+CELL_NOTE = ("Per sweep cell: mean [sd] over its seeds of a per-run number: the final value (last evaluation) "
+             "of eval/*, the mean over the run's iterations of each training diagnostic; a diagnostic is shown "
+             "when some run logged it and it is not constant over the cells.")
 
 
 def _fmt(values: pd.Series) -> str:
@@ -29,10 +29,18 @@ def _fmt(values: pd.Series) -> str:
     return f"{np.mean(v):.3g}{sd}"
 
 
-def cell_table(runs: pd.DataFrame) -> pd.DataFrame | None:
-    """One row per cell: n, gold, KL and the diagnostics (see CELL_NOTE); None when there is one cell or none."""
+def cell_table(runs: pd.DataFrame, curves: pd.DataFrame | None = None) -> pd.DataFrame | None:
+    """One row per cell: n, gold, KL and the diagnostics (see CELL_NOTE); None when there is one cell or none.
+
+    runs: ``collect``'s runs frame (final values); curves: long histories (run_id, metric, value) of
+    DIAGNOSTIC_KEYS (``collect.curves_frame``): a diagnostic's per-run number is its mean over the run's
+    iterations; without curves, its final value."""
     if "cell" not in runs or runs["cell"].nunique() < 2:
         return None
+    if curves is not None and not curves.empty:
+        means = curves.groupby(["run_id", "metric"])["value"].mean().unstack()
+        runs = runs.drop(columns=[k for k in means.columns if k in runs]).merge(
+            means, left_on="run_id", right_index=True, how="left")
     keys = ["eval/gold", "eval/kl"]
     for k in DIAGNOSTIC_KEYS:
         if k in runs and runs[k].notna().any():

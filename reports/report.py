@@ -15,8 +15,8 @@ from pathlib import Path
 from harness.tracking import DEFAULT_RUNS_DIR, Store, UnsafeName, inside, safe_name
 from reports import effects as E
 from reports import stats
-from reports.collect import ReportError, Sweep, collect
-from reports.diagnostics import cell_table
+from reports.collect import ReportError, Sweep, collect, curves_frame
+from reports.diagnostics import DIAGNOSTIC_KEYS, cell_table
 from reports.findings import findings
 from reports.labels import advantage_column, in_advantage
 from reports.render import (
@@ -92,7 +92,7 @@ def build_report(
     poi = stats.poi_table(sweep.runs, adv, "eval/gold", strata=strata) if adv else None
     figures = plots.make_figures(sweep.runs, sweep.curves, factors, style_obj, out / "figures")
     tables = write_tables(table, poi, sweep.runs, out / "tables", effects)
-    cells = cell_table(sweep.runs)
+    cells = cell_table(sweep.runs, curves_frame(store, sweep.runs, sweep.axes, keys=DIAGNOSTIC_KEYS))
     if cells is not None:
         cells.to_csv(out / "tables" / "cells.csv", index=False)
         tables["cells.csv"] = out / "tables" / "cells.csv"

@@ -26,3 +26,13 @@ def test_cell_table_means_sds_and_only_varying_diagnostics():
     assert t.loc[1, "rollout-vs-train KL (k3)"] == f"0.02 [{math.sqrt(2e-4):.3g}]"
     assert "covariance-selected fraction" not in t.columns
     assert cell_table(runs[runs["cell"] == "a"]) is None
+
+
+def test_cell_table_takes_a_diagnostics_mean_over_iterations_from_the_curves():
+    """With histories, run r1's k3 is the mean of its iterations (0.1, 0.3 -> 0.2), not its final value."""
+    runs = pd.DataFrame({"run_id": ["r1", "r2"], "cell": ["a", "b"], "eval/gold": [0.1, 0.2],
+                         "offpolicy/kl_k3": [0.3, 0.0]})
+    curves = pd.DataFrame({"run_id": ["r1", "r1", "r2", "r2"], "metric": ["offpolicy/kl_k3"] * 4,
+                           "value": [0.1, 0.3, 0.0, 0.0]})
+    t = cell_table(runs, curves)
+    assert list(t["rollout-vs-train KL (k3)"]) == ["0.2", "0"]
