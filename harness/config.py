@@ -271,7 +271,9 @@ class AdvantageConfig(_Section):
         "variants (the whole KL sum on every token). The four REINFORCE++ values normalise already, so advantage.whiten "
         "does not rescale them. Names: " + BASELINES.doc() + ".",
     )
-    gamma: float = Field(default=1.0, ge=0.0, le=1.0, description="Discount of the token-level MDP.")
+    gamma: float = Field(
+        default=1.0, ge=0.0, le=1.0, description="Discount of the token-level MDP (and of REINFORCE++'s return-to-go)."
+    )
     lam: float = Field(default=0.95, ge=0.0, le=1.0, description="GAE lambda (1 = Monte Carlo returns minus V).")
     whiten: bool = Field(
         default=True, description="Token level: whiten advantages over the batch; sequence level: divide by their std (no centring)."
