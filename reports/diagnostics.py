@@ -17,8 +17,8 @@ DIAGNOSTIC_KEYS = (
     "rollout/filtered_frac", "rollout/extra_gen_frac",
 )
 CELL_NOTE = ("Per sweep cell: mean [sd] over its seeds of a per-run number: the final value (last evaluation) "
-             "of eval/*, the mean over the run's iterations of each training diagnostic; a diagnostic is shown "
-             "when some run logged it and it is not constant over the cells.")
+             "of eval/*, the mean over the run's iterations of each training diagnostic ('-': not logged); a "
+             "diagnostic is shown when some run logged it and it is not the same in every cell.")
 
 
 def _fmt(values: pd.Series) -> str:
@@ -45,7 +45,7 @@ def cell_table(runs: pd.DataFrame, curves: pd.DataFrame | None = None) -> pd.Dat
     for k in DIAGNOSTIC_KEYS:
         if k in runs and runs[k].notna().any():
             means = runs.groupby("cell")[k].mean()
-            if means.nunique(dropna=True) > 1:
+            if means.nunique(dropna=False) > 1:  # varies, or logged by some cells only
                 keys.append(k)
     keys = [k for k in keys if k in runs]
     rows = []

@@ -26,6 +26,8 @@ def test_cell_table_means_sds_and_only_varying_diagnostics():
     assert t.loc[1, "rollout-vs-train KL (k3)"] == f"0.02 [{math.sqrt(2e-4):.3g}]"
     assert "covariance-selected fraction" not in t.columns
     assert cell_table(runs[runs["cell"] == "a"]) is None
+    runs["policy/cov_frac"] = [float("nan"), float("nan"), 0.1, 0.3]  # logged by one cell only: shown
+    assert list(cell_table(runs)["covariance-selected fraction"]) == ["-", "0.2 [0.141]"]
 
 
 def test_cell_table_takes_a_diagnostics_mean_over_iterations_from_the_curves():
