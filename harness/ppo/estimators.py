@@ -12,11 +12,12 @@ Pure functions of tensors (torch only), shapes as in ``harness.ppo.math``.
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
-from harness.ppo import math as M
 from harness.ppo.registry import Registry
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = ["BASELINES", "reinforce_pp", "returns_to_go", "token_normalise"]
 
@@ -30,6 +31,8 @@ def returns_to_go(rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
 
     rewards, mask: (B, T) (OpenRLHF ``get_cumulative_returns``). Returns (B, T).
     """
+    import torch
+
     r = rewards * mask
     out = torch.zeros_like(r)
     running = torch.zeros_like(r[:, 0])
@@ -47,6 +50,8 @@ def token_normalise(x: Tensor, mask: Tensor, unbiased: bool = False) -> Tensor:
     unbiased=True: var * n / (n - 1), A = (x - mu) * rsqrt(var + 1e-8) (veRL ``masked_whiten``).
     The two differ by sqrt(n / (n - 1)) away from tiny variances (1.155 at n = 4).
     """
+    import torch
+
     n = mask.sum()
     mu = (x * mask).sum() / n
     var = (((x - mu) ** 2) * mask).sum() / n
@@ -70,6 +75,8 @@ def reinforce_pp(scores: Tensor, kl: Tensor, mask: Tensor, beta: float, *, group
     normalise_batch: ``token_normalise`` over every response token of the batch (biased n by default,
     as OpenRLHF; unbiased=True gives veRL's n - 1). Returns (B, T), 0 after EOS.
     """
+    from harness.ppo import math as M
+
     s = scores
     if baseline:
         if group_size < 2 or scores.shape[0] % group_size:
@@ -85,6 +92,8 @@ def reinforce_pp(scores: Tensor, kl: Tensor, mask: Tensor, beta: float, *, group
 
 def _per_completion(name: str):
     def fn(returns: Tensor, group_size: int, values: Tensor | None = None, weights: Tensor | None = None) -> Tensor:
+        from harness.ppo import math as M
+
         return M.sequence_advantages(returns, name, group_size, values=values, weights=weights)
 
     fn.__name__ = f"baseline_{name}"

@@ -18,16 +18,19 @@ dual_clip (accepts ppo.dual_clip), aggs (the loss.agg values it accepts; None = 
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
-from harness.ppo import math as M
-from harness.ppo.math import RATIO_LEVELS, masked_mean
 from harness.ppo.registry import Registry
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = ["POLICY_LOSSES", "policy_loss"]
 
 POLICY_LOSSES = Registry("policy loss mode")
+# math.RATIO_LEVELS spelt here: harness/config.py reads this registry, and importing it must not import torch
+# (torch is imported inside the functions; tests/unit/ppo/test_registry.py checks the two spellings agree)
+RATIO_LEVELS = ("token", "sequence", "sequence-token")
 
 # defaults of the mode options (the papers' / veRL's), used when the config leaves them null
 SAPO_TAU_POS, SAPO_TAU_NEG = 1.0, 1.05  # TRL sapo_temperature_pos / _neg, veRL tau_pos / tau_neg
@@ -43,6 +46,8 @@ def policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask
     Called as ``math.policy_loss`` is (clip_eps and agg positional or by keyword), plus ``mode``, the mode's
     options and ``weights``. vanilla hands ``math.policy_loss`` exactly its own arguments (``weights`` only
     when set, the mode options dropped), so the default is today's loss, call for call."""
+    from harness.ppo import math as M
+
     if mode == "vanilla":
         extra = ("sapo_tau_pos", "sapo_tau_neg", "cov_ratio", "clip_cov_lb", "clip_cov_ub", "kl_cov_coef", "generator")
         kw = {k: v for k, v in kw.items() if k not in extra and not (k == "weights" and v is None)}
@@ -57,6 +62,8 @@ def _log_ratio(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor) -> Tensor:
 
 def _finish(loss_mat: Tensor, mask: Tensor, kw: dict, stats: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
     """Weights, then aggregation (``math.aggregate``); the stats detached."""
+    from harness.ppo import math as M
+
     w = kw.get("weights")
     if w is not None:
         loss_mat = loss_mat * w.detach()
@@ -65,10 +72,12 @@ def _finish(loss_mat: Tensor, mask: Tensor, kw: dict, stats: dict[str, Tensor]) 
 
 
 def _base_stats(log_ratio: Tensor, ratio: Tensor, mask: Tensor, low: Tensor, high: Tensor) -> dict[str, Tensor]:
+    from harness.ppo import math as M
+
     f = ratio.dtype
-    lo, hi = masked_mean(low.to(f), mask), masked_mean(high.to(f), mask)
-    return {"approxkl": 0.5 * masked_mean(log_ratio.detach() ** 2, mask), "clipfrac": lo + hi,
-            "clipfrac_low": lo, "clipfrac_high": hi, "ratio_mean": masked_mean(ratio.detach(), mask)}
+    lo, hi = M.masked_mean(low.to(f), mask), M.masked_mean(high.to(f), mask)
+    return {"approxkl": 0.5 * M.masked_mean(log_ratio.detach() ** 2, mask), "clipfrac": lo + hi,
+            "clipfrac_low": lo, "clipfrac_high": hi, "ratio_mean": M.masked_mean(ratio.detach(), mask)}
 
 
 @POLICY_LOSSES.register("vanilla", paper="PPO clipped surrogate, Schulman et al. 2017 (+ GSPO ratio levels, "
@@ -89,6 +98,8 @@ def cispo(logprobs, old_logprobs, advantages, mask, **kw):
     (PPO's clip zeroes the gradient of clipped tokens). TRL's cispo clips r at epsilon_high itself (an
     absolute cap, no lower bound); here as veRL: both ranges relative to 1.
     """
+    import torch
+
     eps_lo = kw["clip_eps"]
     eps_hi = kw.get("clip_eps_high") or eps_lo
     lr = _log_ratio(logprobs, old_logprobs, mask)
@@ -111,6 +122,8 @@ def geo_mean(logprobs, old_logprobs, advantages, mask, **kw):
     clip_eps / clip_eps_high are LOG-space ranges here (GMPO's paper: (-0.4, 0.4)). With weights, the
     sequence's factor is the geometric mean of its tokens' weights (veRL).
     """
+    import torch
+
     eps_lo = kw["clip_eps"]
     eps_hi = kw.get("clip_eps_high") or eps_lo
     m = mask.to(logprobs.dtype)
@@ -143,6 +156,8 @@ def sapo(logprobs, old_logprobs, advantages, mask, **kw):
     f'(1) = 1, so the gradient at r = 1 is PPO's, and it decays smoothly as r leaves 1 (no clip fraction:
     clipfrac stays 0). veRL forces seq-mean-token-mean, TRL aggregates sapo as grpo (the same); here the
     configured loss.agg."""
+    import torch
+
     tau_pos = kw.get("sapo_tau_pos") or SAPO_TAU_POS
     tau_neg = kw.get("sapo_tau_neg") or SAPO_TAU_NEG
     lr = _log_ratio(logprobs, old_logprobs, mask)
@@ -156,9 +171,13 @@ def sapo(logprobs, old_logprobs, advantages, mask, **kw):
 
 def _covariance(advantages: Tensor, logprobs: Tensor, mask: Tensor) -> Tensor:
     """cov_t = (A_t - mean_m A) (logp_t - mean_m logp) per token (Cui et al. 2025), no gradient; (B, T)."""
+    import torch
+
+    from harness.ppo import math as M
+
     a = torch.broadcast_to(advantages, logprobs.shape).detach()
     lp = logprobs.detach()
-    return (a - masked_mean(a, mask)) * (lp - masked_mean(lp, mask))
+    return (a - M.masked_mean(a, mask)) * (lp - M.masked_mean(lp, mask))
 
 
 @POLICY_LOSSES.register("clip_cov", paper="Clip-Cov, Cui et al. 2025, arXiv 2505.22617", verl="clip_cov",
@@ -170,6 +189,10 @@ def clip_cov(logprobs, old_logprobs, advantages, mask, **kw):
     random (``generator``) and their loss multiplied by 0 (they leave the gradient, not the denominator).
     cov_frac = the share drawn.
     """
+    import torch
+
+    from harness.ppo import math as M
+
     eps_lo = kw["clip_eps"]
     eps_hi = kw.get("clip_eps_high") or eps_lo
     ratio_cov = kw.get("cov_ratio") or COV_RATIO
@@ -192,7 +215,7 @@ def clip_cov(logprobs, old_logprobs, advantages, mask, **kw):
     corr[pick[:, 0], pick[:, 1]] = 0.0
     f = ratio.dtype
     stats = _base_stats(lr, ratio, mask, clipped & (adv < 0), clipped & (adv > 0))
-    stats["cov_frac"] = masked_mean((corr == 0).to(f), mask)
+    stats["cov_frac"] = M.masked_mean((corr == 0).to(f), mask)
     return _finish(torch.max(l1, l2) * corr, mask, kw, stats)
 
 
@@ -202,6 +225,10 @@ def kl_cov(logprobs, old_logprobs, advantages, mask, **kw):
     """The unclipped surrogate -A r, plus kl_cov_coef |log r| on the top max(1, int(cov_ratio * n_tokens))
     masked tokens by covariance (veRL compute_policy_loss_kl_cov): a KL penalty on exactly the tokens whose
     updates drive entropy down. No clip (clipfrac 0); cov_frac = the share penalised."""
+    import torch
+
+    from harness.ppo import math as M
+
     ratio_cov = kw.get("cov_ratio") or COV_RATIO
     coef = kw.get("kl_cov_coef") if kw.get("kl_cov_coef") is not None else KL_COV_COEF
     lr = _log_ratio(logprobs, old_logprobs, mask)
@@ -218,6 +245,6 @@ def kl_cov(logprobs, old_logprobs, advantages, mask, **kw):
     loss_mat = -adv * ratio + torch.where(sel, coef * lr.abs(), torch.zeros_like(lr))
     none = torch.zeros_like(valid)
     stats = _base_stats(lr, ratio, mask, none, none)
-    stats["cov_frac"] = masked_mean(sel.to(ratio.dtype), mask)
+    stats["cov_frac"] = M.masked_mean(sel.to(ratio.dtype), mask)
     return _finish(loss_mat, mask, kw, stats)
 

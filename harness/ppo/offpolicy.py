@@ -16,11 +16,12 @@ Pure functions of tensors (torch only); shapes (B, T) as in ``harness.ppo.math``
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
-from harness.ppo.math import masked_mean
 from harness.ppo.registry import Registry
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = ["CORRECTIONS", "correct", "importance_ratio", "mismatch_metrics"]
 
@@ -30,6 +31,8 @@ _BOUND = 20.0
 
 def importance_ratio(old_logprobs: Tensor, behaviour_logprobs: Tensor, mask: Tensor, level: str) -> Tensor:
     """rho = pi_old / mu at token level (B, T) or sequence level (B, T, the product broadcast); 1 on padding."""
+    import torch
+
     d = (old_logprobs - behaviour_logprobs).masked_fill(mask == 0, 0.0)
     if level == "sequence":
         d = d.sum(-1, keepdim=True).expand_as(d)
@@ -42,6 +45,8 @@ def importance_ratio(old_logprobs: Tensor, behaviour_logprobs: Tensor, mask: Ten
                       trl="vllm_importance_sampling_correction=False", openrlhf="(off)", levels=("token", "sequence"),
                       low=None, high=None)
 def _none(rho: Tensor, low: float | None, high: float | None) -> tuple[Tensor, Tensor]:
+    import torch
+
     return torch.ones_like(rho), torch.ones_like(rho, dtype=torch.bool)
 
 
@@ -50,6 +55,8 @@ def _none(rho: Tensor, low: float | None, high: float | None) -> tuple[Tensor, T
                       "sequence_truncate", openrlhf="tis", levels=("token", "sequence"), low=None, high=2.0)
 def _tis(rho: Tensor, low: float | None, high: float | None) -> tuple[Tensor, Tensor]:
     """w = clamp(rho, low, high) (no lower clamp when low is null); every token stays."""
+    import torch
+
     return rho.clamp(min=low, max=high), torch.ones_like(rho, dtype=torch.bool)
 
 
@@ -58,6 +65,8 @@ def _tis(rho: Tensor, low: float | None, high: float | None) -> tuple[Tensor, Te
                       levels=("token", "sequence"), low=None, high=2.0)
 def _mis(rho: Tensor, low: float | None, high: float | None) -> tuple[Tensor, Tensor]:
     """Tokens (sequences) with rho > high, or rho < low when low is set, leave the loss; the others keep w = rho."""
+    import torch
+
     keep = rho <= high
     if low is not None:
         keep &= rho >= low
@@ -68,6 +77,8 @@ def _mis(rho: Tensor, low: float | None, high: float | None) -> tuple[Tensor, Te
                       openrlhf="icepop", levels=("token",), low=0.5, high=5.0)
 def _icepop(rho: Tensor, low: float | None, high: float | None) -> tuple[Tensor, Tensor]:
     """Token level, two-sided: tokens with rho outside [low, high] leave the loss, the others keep w = rho."""
+    import torch
+
     keep = (rho >= low) & (rho <= high)
     return torch.where(keep, rho, torch.zeros_like(rho)), keep
 
@@ -91,16 +102,20 @@ def mismatch_metrics(old_logprobs: Tensor, behaviour_logprobs: Tensor, mask: Ten
     is_truncated_frac = share of tokens whose weight the correction changed while keeping them (0 for none);
     is_masked_frac    = share of tokens the correction took out of the loss.
     """
+    import torch
+
+    from harness.ppo import math as M
+
     m = mask != 0
     d = (old_logprobs - behaviour_logprobs).masked_fill(~m, 0.0)
     k3 = torch.expm1(d) - d
     f = rho.dtype
     changed = keep & (w != rho) & (correction != "none")
     return {
-        "offpolicy/kl_k1": float(masked_mean(-d, mask)),
-        "offpolicy/kl_k3": float(masked_mean(k3, mask)),
-        "offpolicy/is_mean": float(masked_mean(rho, mask)),
+        "offpolicy/kl_k1": float(M.masked_mean(-d, mask)),
+        "offpolicy/kl_k3": float(M.masked_mean(k3, mask)),
+        "offpolicy/is_mean": float(M.masked_mean(rho, mask)),
         "offpolicy/is_max": float(rho[m].max()) if m.any() else 1.0,
-        "offpolicy/is_truncated_frac": float(masked_mean(changed.to(f), mask)),
-        "offpolicy/is_masked_frac": float(masked_mean((~keep).to(f), mask)),
+        "offpolicy/is_truncated_frac": float(M.masked_mean(changed.to(f), mask)),
+        "offpolicy/is_masked_frac": float(M.masked_mean((~keep).to(f), mask)),
     }

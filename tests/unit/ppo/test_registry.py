@@ -48,6 +48,21 @@ def test_every_entry_cites_a_paper_and_the_readme_names_it(registry):
         assert f"`{name}`" in readme, name
 
 
+def test_the_registries_import_without_torch_and_spell_the_ratio_levels_as_math():
+    """harness.config reads the registries: importing them must not import torch (the sweep spec's import
+    checks the same from above); losses.RATIO_LEVELS is math.RATIO_LEVELS spelt again for that reason."""
+    import subprocess
+    import sys
+
+    from harness.ppo import losses, math
+
+    code = ("import sys, harness.ppo.losses, harness.ppo.estimators, harness.ppo.offpolicy, harness.config; "
+            "assert 'torch' not in sys.modules; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+    assert losses.RATIO_LEVELS == math.RATIO_LEVELS
+
+
 def test_registry_refuses_a_second_registration_and_names_unknown_values():
     r = Registry("thing")
     r.register("a", paper="p")(lambda: None)
