@@ -70,7 +70,7 @@ METRICS: dict[str, Metric] = {
     "eval/length": Metric("held-out response length", "tokens", "", "mean held-out response tokens"),
     # ---- time and progress
     "perf/tokens_per_s": Metric("throughput", "tokens/s", "max", "generated tokens per second of the iteration"),
-    "perf/rollout_s": Metric("rollout time", "s", "min", "seconds spent in steps 1-3"),
+    "perf/rollout_s": Metric("rollout time", "s", "min", "seconds spent in steps 1-3 (custom core: with the training forward that measures the rollout-vs-train mismatch)"),
     "perf/update_s": Metric("update time", "s", "min", "seconds spent in step 6"),
     "episodes": Metric("episodes", "completions", "", "completions sampled so far"),
 }
