@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from baselines.trl_menu import menu_refusals
 from baselines.trl_ppo import ClippedAdam, NotExpressible
 from baselines.trl_reward import ScoredBatch
 from harness.config import RunConfig, response_length
@@ -183,6 +184,7 @@ def group_refusals(name: str, own: Refusals, *, entropy_why: str, early_stop_by:
         "ppo.entropy_coef": (lambda c: c.ppo.entropy_coef > 0, entropy_why),
         "ppo.target_kl": (lambda c: c.ppo.target_kl is not None, f"{early_stop_by} has no early stop on approx KL"),
         "train.device": (device_refused, DEVICE_WHY),
+        **menu_refusals(f"{name}Trainer"),
     }
 
 

@@ -61,6 +61,7 @@ from collections.abc import Callable
 
 import torch
 
+from baselines.trl_menu import menu_refusals
 from harness.config import RunConfig, response_length
 from harness.devices import resolve as resolve_device
 from harness.fast.flat import clip_norm_
@@ -93,6 +94,7 @@ REFUSED: dict[str, tuple[Callable[[RunConfig], bool], str]] = {
     "ppo.clip_eps_high": (lambda c: c.ppo.clip_eps_high is not None, "TRL's PPO clip range is symmetric (cliprange)"),
     "ppo.dual_clip": (lambda c: c.ppo.dual_clip is not None, "TRL's PPO has no dual clip"),
     "train.truncated": (lambda c: c.train.truncated != "penalty", "TRL's PPO has no masking of truncated completions"),
+    **menu_refusals("PPOTrainer"),
 }
 
 # schema keys TRL's statistics map to (harness/schema.py): TRL key -> harness key

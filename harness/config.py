@@ -18,6 +18,9 @@ from typing import Any, Literal, NamedTuple, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness.ppo.estimators import BASELINES
+from harness.ppo.losses import POLICY_LOSSES
+from harness.ppo.offpolicy import CORRECTIONS
 from harness.yamlio import YAMLInputError, loads, read_yaml, show_key
 
 # numpy.random.seed takes 0 <= seed < 2**32 and TRL's runs seed numpy (transformers.set_seed);
@@ -119,6 +122,44 @@ class RolloutConfig(_Section):
     batch_size: int = Field(default=64, ge=1, description="Completions per PPO iteration (B).")
     group_size: int = Field(default=4, ge=1, description="Completions per prompt (k), contiguous in the batch; B/k prompts.")
     temperature: float = Field(default=1.0, gt=0.0, description="Sampling temperature; logprobs are taken at the same temperature.")
+    staleness: int = Field(
+        default=0, ge=0, le=64,
+        description="k: the batch of iteration i is sampled by the policy of iteration i - k (the first k iterations by "
+        "the initial policy); the update's pi_old is then the current policy, recomputed by the training forward "
+        "(decoupled PPO, as veRL / TRL / OpenRLHF with an inference engine). 0 = on-policy.",
+    )
+    correction: Literal[CORRECTIONS.names()] = Field(  # type: ignore[valid-type]
+        default="none",
+        description="Rollout correction of rho = pi_old / pi_rollout (harness/ppo/offpolicy.py): "
+        + CORRECTIONS.doc() + ". Any value but none recomputes pi_old by the training forward, also at staleness 0.",
+    )
+    correction_level: Literal["token", "sequence"] = Field(
+        default="token",
+        description="rho per token, or per completion (the product of its token ratios) on all its tokens "
+        "(veRL rollout_is token / sequence, TRL token_* / sequence_*); icepop is token level only.",
+    )
+    is_threshold: float | None = Field(
+        default=None, gt=0.0,
+        description="Upper threshold of rho (tis: truncated at it; mis / icepop: above it masked; veRL "
+        "rollout_is_threshold, TRL vllm_importance_sampling_clip_max); null = the correction's default "
+        "(tis / mis 2, icepop 5).",
+    )
+    is_threshold_low: float | None = Field(
+        default=None, gt=0.0,
+        description="Lower threshold of rho (tis: raised to it; mis / icepop: below it masked; TRL "
+        "vllm_importance_sampling_clip_min); null = the correction's default (none for tis / mis, 0.5 for icepop).",
+    )
+    filter_groups: bool = Field(
+        default=False,
+        description="DAPO dynamic sampling (Yu et al. 2025; veRL algorithm.filter_groups): prompt groups whose scores "
+        "have zero variance are dropped and more groups sampled until the batch is full, at most "
+        "rollout.filter_rounds extra rounds; a batch still short after them is topped up with dropped groups "
+        "(logged as rollout/filtered_frac, rollout/extra_gen_frac).",
+    )
+    filter_rounds: int = Field(
+        default=3, ge=1, le=32,
+        description="rollout.filter_groups: extra generation rounds at most per iteration (veRL max_num_gen_batches).",
+    )
 
 
 class PPOConfig(_Section):
@@ -164,6 +205,33 @@ class PPOConfig(_Section):
     target_kl: float | None = Field(
         default=None, gt=0.0, description="Stop an iteration's epochs once the epoch's mean approx KL exceeds this (cleanRL); null = off."
     )
+    loss_mode: Literal[POLICY_LOSSES.names()] = Field(  # type: ignore[valid-type]
+        default="vanilla",
+        description="Policy loss (harness/ppo/losses.py; veRL actor policy_loss.loss_mode, TRL GRPOConfig.loss_type): "
+        + POLICY_LOSSES.doc() + ". geo_mean reads ppo.clip_eps / clip_eps_high as log-space ranges.",
+    )
+    sapo_tau_pos: float | None = Field(
+        default=None, gt=0.0,
+        description="ppo.loss_mode=sapo: gate temperature of tokens with A > 0 (TRL sapo_temperature_pos, veRL tau_pos); null = 1.0.",
+    )
+    sapo_tau_neg: float | None = Field(
+        default=None, gt=0.0,
+        description="ppo.loss_mode=sapo: gate temperature of tokens with A <= 0 (TRL sapo_temperature_neg, veRL tau_neg); null = 1.05.",
+    )
+    cov_ratio: float | None = Field(
+        default=None, gt=0.0, le=1.0,
+        description="ppo.loss_mode=clip_cov / kl_cov: share of tokens selected by covariance (veRL clip_cov_ratio / "
+        "kl_cov_ratio); null = 2e-4 (at least one token per minibatch).",
+    )
+    clip_cov_lb: float | None = Field(
+        default=None, description="ppo.loss_mode=clip_cov: lower covariance bound of the candidates (veRL clip_cov_lb); null = 1.0."
+    )
+    clip_cov_ub: float | None = Field(
+        default=None, description="ppo.loss_mode=clip_cov: upper covariance bound of the candidates (veRL clip_cov_ub); null = 5.0."
+    )
+    kl_cov_coef: float | None = Field(
+        default=None, ge=0.0, description="ppo.loss_mode=kl_cov: coefficient of |log r| on the selected tokens (veRL ppo_kl_coef); null = 1.0."
+    )
 
 
 class KLConfig(_Section):
@@ -193,16 +261,19 @@ class AdvantageConfig(_Section):
         description="token: per-token rewards, a value function and GAE (MDP); sequence: one return per completion "
         "minus a baseline, broadcast to its tokens (bandit).",
     )
-    baseline: Literal[
-        "none", "batch_mean", "rloo", "group_norm", "group_mean", "value", "reinforce_pp", "reinforce_pp_baseline"
-    ] = Field(
+    baseline: Literal[BASELINES.names()] = Field(  # type: ignore[valid-type]
         default="rloo",
         description="Sequence level only: what is subtracted from the return (rloo = leave-one-out over the group; "
-        "group_norm = GRPO's (R - mean) / std; group_mean = Dr. GRPO's R - mean; value = V(prompt); reinforce_pp = "
-        "REINFORCE++'s global batch normalisation of R; reinforce_pp_baseline = R - group mean, then batch-normalised "
-        "(OpenRLHF reinforce / reinforce_baseline; both normalise already, so advantage.whiten does not rescale them).",
+        "group_norm = GRPO's (R - mean) / std; group_mean = Dr. GRPO's R - mean; value = V(prompt)); reinforce_pp = "
+        "REINFORCE++ as published: per token, the return-to-go s - beta sum_{j>=t} kl_j, normalised over the batch's "
+        "tokens with the biased (n) variance as OpenRLHF (veRL uses n - 1); reinforce_pp_baseline = the same with the "
+        "group mean of the raw score subtracted first; reinforce_pp_seq / reinforce_pp_baseline_seq = the sequence-level "
+        "variants (the whole KL sum on every token). The four REINFORCE++ values normalise already, so advantage.whiten "
+        "does not rescale them. Names: " + BASELINES.doc() + ".",
     )
-    gamma: float = Field(default=1.0, ge=0.0, le=1.0, description="Discount of the token-level MDP.")
+    gamma: float = Field(
+        default=1.0, ge=0.0, le=1.0, description="Discount of the token-level MDP (and of REINFORCE++'s return-to-go)."
+    )
     lam: float = Field(default=0.95, ge=0.0, le=1.0, description="GAE lambda (1 = Monte Carlo returns minus V).")
     whiten: bool = Field(
         default=True, description="Token level: whiten advantages over the batch; sequence level: divide by their std (no centring)."
@@ -248,6 +319,16 @@ class TrainConfig(_Section):
         from harness.devices import check_spelling
 
         return check_spelling(v)
+    overlong_buffer: int | None = Field(
+        default=None, ge=1,
+        description="DAPO soft overlong punishment (Yu et al. 2025; veRL reward overlong_buffer_cfg.len): a response "
+        "of L tokens, L_max - buffer < L <= L_max (L_max the response length), gets "
+        "-train.overlong_penalty * (L - (L_max - buffer)) / buffer added to its score; null = off.",
+    )
+    overlong_penalty: float = Field(
+        default=1.0, ge=0.0,
+        description="train.overlong_buffer: the penalty at the maximum length (veRL overlong_buffer_cfg.penalty_factor).",
+    )
     autocast: Literal["none", "bf16"] = Field(
         default="none",
         description="bf16: rollout and update forwards under torch.autocast(bfloat16); weights, optimiser and evaluation "
@@ -307,8 +388,7 @@ class RunConfig(_Section):
         if r.batch_size // p.minibatches < 1:
             raise _KeyProblem("ppo.minibatches", "minibatches would be empty")
         a = self.advantage
-        grouped = ("rloo", "group_norm", "group_mean", "reinforce_pp_baseline")
-        if a.level == "sequence" and a.baseline in grouped and r.group_size < 2:
+        if a.level == "sequence" and BASELINES[a.baseline].props["grouped"] and r.group_size < 2:
             raise _KeyProblem("advantage.baseline", f"'{a.baseline}' needs rollout.group_size >= 2, got {r.group_size}")
         if self.probe.every and r.batch_size % self.probe.microbatches:
             raise _KeyProblem(
@@ -323,6 +403,8 @@ class RunConfig(_Section):
         if self.kl.target is not None and self.kl.coef == 0:
             raise _KeyProblem("kl.coef", "the adaptive controller (kl.target) needs kl.coef > 0 to start from")
         _consistent_levels(self)
+        _consistent_loss_mode(self)
+        _consistent_rollout(self)
         return self
 
     # ---- helpers -------------------------------------------------------------------------
@@ -362,6 +444,51 @@ def _consistent_levels(cfg: RunConfig) -> None:
             f"{cfg.kl.estimator} with kl.placement=reward: the + variants only change the gradient of a KL loss term "
             f"(use kl.placement=loss, or {cfg.kl.estimator[:-1]})",
         )
+
+
+# the mode options and the loss modes that read them
+_MODE_KEYS = {"sapo_tau_pos": ("sapo",), "sapo_tau_neg": ("sapo",), "cov_ratio": ("clip_cov", "kl_cov"),
+              "clip_cov_lb": ("clip_cov",), "clip_cov_ub": ("clip_cov",), "kl_cov_coef": ("kl_cov",)}
+
+
+def _consistent_loss_mode(cfg: RunConfig) -> None:
+    """What ppo.loss_mode combines with: the ratio levels, clip-higher, dual clip and aggregations its registry
+    entry accepts (harness/ppo/losses.py), and its own option keys only with it."""
+    p, mode = cfg.ppo, cfg.ppo.loss_mode
+    props = POLICY_LOSSES[mode].props
+    if p.ratio_level not in props["ratio_levels"]:
+        raise _KeyProblem("ppo.ratio_level", f"ppo.loss_mode={mode} takes {' / '.join(props['ratio_levels'])} only "
+                          f"(got {p.ratio_level})")
+    if p.clip_eps_high is not None and not props["clip_high"]:
+        raise _KeyProblem("ppo.clip_eps_high", f"ppo.loss_mode={mode} has no upper clip range; set it null")
+    if p.dual_clip is not None and not props["dual_clip"]:
+        raise _KeyProblem("ppo.dual_clip", f"ppo.loss_mode={mode} has no dual clip; set it null")
+    if props["aggs"] is not None and cfg.loss.agg not in props["aggs"]:
+        raise _KeyProblem("loss.agg", f"ppo.loss_mode={mode} is one loss per completion averaged over completions: "
+                          f"use {' / '.join(props['aggs'])} (got {cfg.loss.agg})")
+    for key, modes in _MODE_KEYS.items():
+        if getattr(p, key) is not None and mode not in modes:
+            raise _KeyProblem(f"ppo.{key}", f"only ppo.loss_mode={' / '.join(modes)} reads it (ppo.loss_mode is "
+                              f"{mode}); set it null")
+
+
+def _consistent_rollout(cfg: RunConfig) -> None:
+    """The rollout correction's level and thresholds, dynamic sampling's groups, the overlong buffer's size."""
+    r = cfg.rollout
+    levels = CORRECTIONS[r.correction].props["levels"]
+    if r.correction_level not in levels:
+        raise _KeyProblem("rollout.correction_level", f"rollout.correction={r.correction} is {' / '.join(levels)} "
+                          f"level only (got {r.correction_level})")
+    for key in ("is_threshold", "is_threshold_low"):
+        if getattr(r, key) is not None and r.correction == "none":
+            raise _KeyProblem(f"rollout.{key}", "rollout.correction=none reads no threshold; set it null")
+    if r.is_threshold is not None and r.is_threshold_low is not None and r.is_threshold_low >= r.is_threshold:
+        raise _KeyProblem("rollout.is_threshold_low", f"must be below rollout.is_threshold={r.is_threshold}")
+    if r.filter_groups and r.group_size < 2:
+        raise _KeyProblem("rollout.filter_groups", "needs rollout.group_size >= 2 (a group of one has no variance)")
+    b = cfg.train.overlong_buffer
+    if b is not None and cfg.task.response_length is not None and b > cfg.task.response_length:
+        raise _KeyProblem("train.overlong_buffer", f"{b} is longer than task.response_length={cfg.task.response_length}")
 
 
 class _KeyProblem(ValueError):

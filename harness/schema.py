@@ -36,6 +36,16 @@ METRICS: dict[str, Metric] = {
     "policy/clipfrac_low": Metric("lower clip fraction", "", "", "share of tokens with r < 1 - clip_eps and A < 0 (the lower bound active)"),
     "policy/clipfrac_high": Metric("upper clip fraction", "", "", "share of tokens with r > 1 + clip_eps_high and A > 0 (the upper bound active)"),
     "policy/dualclip_frac": Metric("dual-clip fraction", "", "", "share of tokens with A < 0 whose loss the dual clip -c A bounded (ppo.dual_clip set)"),
+    "policy/cov_frac": Metric("covariance-selected fraction", "", "", "share of tokens ppo.loss_mode=clip_cov cut from the gradient or kl_cov penalised (Cui et al. 2025)"),
+    # ---- the rollout: off-policy mismatch and its correction (harness/ppo/offpolicy.py), dynamic sampling
+    "offpolicy/kl_k1": Metric("rollout-vs-train KL (k1)", "nats/token", "", "masked mean of log pi_rollout - log pi_old: sampling policy (stale and / or its code path) vs the training forward"),
+    "offpolicy/kl_k3": Metric("rollout-vs-train KL (k3)", "nats/token", "", "masked mean of rho - 1 - log rho, rho = pi_old / pi_rollout per token"),
+    "offpolicy/is_mean": Metric("IS weight mean", "", "", "masked mean of rho = pi_old / pi_rollout (rollout.correction_level) before the correction"),
+    "offpolicy/is_max": Metric("IS weight max", "", "", "max of rho over the batch's tokens before the correction"),
+    "offpolicy/is_truncated_frac": Metric("IS truncated fraction", "", "", "share of tokens whose weight rollout.correction changed (tis)"),
+    "offpolicy/is_masked_frac": Metric("IS masked fraction", "", "", "share of tokens rollout.correction took out of the loss (mis, icepop)"),
+    "rollout/filtered_frac": Metric("filtered group fraction", "", "", "rollout.filter_groups: share of drawn prompt groups dropped for zero score variance"),
+    "rollout/extra_gen_frac": Metric("extra generation", "", "min", "rollout.filter_groups: completions generated beyond the batch, / batch size"),
     "policy/early_stop": Metric("early stop", "", "", "1 when the epochs stopped at ppo.target_kl"),
     "loss/policy_avg": Metric("policy loss", "", "", "clipped surrogate loss"),
     "loss/value_avg": Metric("value loss", "", "min", "(clipped) value loss"),
@@ -60,7 +70,7 @@ METRICS: dict[str, Metric] = {
     "eval/length": Metric("held-out response length", "tokens", "", "mean held-out response tokens"),
     # ---- time and progress
     "perf/tokens_per_s": Metric("throughput", "tokens/s", "max", "generated tokens per second of the iteration"),
-    "perf/rollout_s": Metric("rollout time", "s", "min", "seconds spent in steps 1-3"),
+    "perf/rollout_s": Metric("rollout time", "s", "min", "seconds spent in steps 1-3 (custom core: with the training forward that measures the rollout-vs-train mismatch)"),
     "perf/update_s": Metric("update time", "s", "min", "seconds spent in step 6"),
     "episodes": Metric("episodes", "completions", "", "completions sampled so far"),
 }

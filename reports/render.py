@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from reports import stats
+from reports.diagnostics import CELL_NOTE
 from reports.effects import MIN_SEEDS
 from reports.labels import COLUMN_TITLES, LATEX_COLUMNS, LATEX_FACTORS, level_label
 
@@ -347,6 +348,7 @@ class ReportContent:
     captions: dict[str, tuple[str, str]]
     method: list[str] = field(default_factory=list)
     effects: pd.DataFrame | None = None  # effects_display output
+    cells: pd.DataFrame | None = None  # diagnostics.cell_table output
 
 
 METHOD = [
@@ -396,6 +398,8 @@ def report_markdown(c: ReportContent, out_dir: Path) -> str:
             "",
             markdown_table(c.effects),
         ]
+    if c.cells is not None:
+        lines += ["## Diagnostics per cell", "", f"{CELL_NOTE} File: `tables/cells.csv`.", "", markdown_table(c.cells)]
     if c.poi is not None:
         lines += [
             "## Probability of improvement between advantage levels",
@@ -482,6 +486,8 @@ def report_html(c: ReportContent, out_dir: Path) -> str:
             f'<p class="muted">{e(EFFECT_TABLE_NOTE)}</p>',
             _html_table(c.effects),
         ]
+    if c.cells is not None:
+        parts += ["<h2>Diagnostics per cell</h2>", f'<p class="muted">{e(CELL_NOTE)}</p>', _html_table(c.cells)]
     if c.poi is not None:
         parts += [
             "<h2>Probability of improvement between advantage levels</h2>",

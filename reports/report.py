@@ -15,7 +15,8 @@ from pathlib import Path
 from harness.tracking import DEFAULT_RUNS_DIR, Store, UnsafeName, inside, safe_name
 from reports import effects as E
 from reports import stats
-from reports.collect import ReportError, Sweep, collect
+from reports.collect import ReportError, Sweep, collect, curves_frame
+from reports.diagnostics import DIAGNOSTIC_KEYS, cell_table
 from reports.findings import findings
 from reports.labels import advantage_column, in_advantage
 from reports.render import (
@@ -91,12 +92,17 @@ def build_report(
     poi = stats.poi_table(sweep.runs, adv, "eval/gold", strata=strata) if adv else None
     figures = plots.make_figures(sweep.runs, sweep.curves, factors, style_obj, out / "figures")
     tables = write_tables(table, poi, sweep.runs, out / "tables", effects)
+    cells = cell_table(sweep.runs, curves_frame(store, sweep.runs, sweep.axes, keys=DIAGNOSTIC_KEYS))
+    if cells is not None:
+        cells.to_csv(out / "tables" / "cells.csv", index=False)
+        tables["cells.csv"] = out / "tables" / "cells.csv"
     content = ReportContent(
         name=sweep.name,
         source=_source_lines(sweep, style_obj.name),
         findings=findings(sweep.runs, sweep.curves, factors, table, poi, sweep.excluded, effects),
         table=wide_table(table),
         effects=effects_display(effects),
+        cells=cells,
         poi=poi_display(poi) if poi is not None else None,
         figures=figures,
         captions=captions([f for f in figures if not f.skipped], sweep.runs, factors),

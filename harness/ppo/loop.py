@@ -24,6 +24,8 @@ from harness.lm.rollout import Rollout, ScoreFn, collect, make_score_fn
 from harness.models.types import Models, SharedTrunkValue
 from harness.ppo import kl_control
 from harness.ppo import math as M
+from harness.ppo import rollouts as R
+from harness.ppo.estimators import BASELINES
 from harness.ppo.update import (
     Batch,
     NonFiniteError,
@@ -32,6 +34,7 @@ from harness.ppo.update import (
     autocast,
     check,
     linear_decay,
+    loss_mode_kwargs,
     policy_loss_kwargs,
     update,
 )
@@ -53,6 +56,7 @@ class PPOState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     params: FlatParams  # policy + value parameters, stepped as flat buffers
     side: SideThread = field(default_factory=SideThread)  # the value model's thread in the update
+    behaviour: R.Behaviour | None = None  # the sampler of rollout.staleness > 0 (created on first use)
 
     def close(self) -> None:
         """Release what the state holds beyond tensors (the update's side thread)."""
@@ -101,7 +105,9 @@ def ppo_iteration(
     # 1. sample B / k prompts, k completions each (contiguous groups), with the KV cache; mask after EOS
     # 2. score them (proxy RM or gold; no EOS -> train.missing_eos_penalty unless train.truncated=mask)
     # 3. old and reference logprobs at the sampling temperature; values
-    ro = _rollout(cfg, models, st, score_fn, timings)
+    ro, sampled = _rollout(cfg, models, st, score_fn, timings)
+    # the training forward: pi_old of off-policy runs, the rollout correction, the sampling-vs-training mismatch
+    corr = R.correct_rollout(cfg, models.policy, ro, autocast(cfg, models.policy))
     t_rollout = time.perf_counter() - t_start
 
     # 4. rewards: -beta * kl_t per token + score on the last real token, or R = score - beta * sum_t kl_t
@@ -111,8 +117,13 @@ def ppo_iteration(
     rewards = M.token_rewards(kl, ro.scores, ro.mask, beta) if token_level else M.sequence_return(ro.scores, kl, beta)
 
     # 5. advantages: GAE(gamma, lambda) or a sequence baseline (broadcast to the tokens); value targets
-    batch, adv_raw = (_token_advantages if token_level else _sequence_advantages)(cfg, ro, rewards)
+    if token_level:
+        batch, adv_raw = _token_advantages(cfg, ro, rewards)
+    else:
+        batch, adv_raw = _sequence_advantages(cfg, ro, rewards, kl, beta)
     batch = _mask_truncated(cfg, batch)
+    if corr.weights is not None:  # rollout.correction: the loss's factors; masked tokens leave the policy loss
+        batch = batch._replace(weights=corr.weights, loss_mask=batch.policy_mask() * corr.keep)
     check("adv/mean", adv_raw.sum(), st.iteration)
 
     # 6. the noise probe when due, then ppo.epochs x ppo.minibatches of the clipped surrogate
@@ -128,20 +139,38 @@ def ppo_iteration(
     # 7. metrics (the keys of harness/schema.py) -> the caller, which logs them and evaluates
     perf = {"perf/rollout_s": t_rollout, "perf/update_s": t_end - t_update,
             "perf/tokens_per_s": float(ro.mask.sum()) / (t_end - t_start)}
-    metrics = _metrics(cfg, models, st, ro, kl, coef_used, batch, adv_raw, stats, perf, probe)
+    metrics = _metrics(cfg, models, st, ro, kl, coef_used, batch, adv_raw, stats, perf, {**probe, **sampled,
+                                                                                         **corr.metrics})
     for key in ("loss/policy_avg", "objective/scores", "objective/kl"):
         check(key, torch.tensor(metrics[key]), st.iteration)
     return metrics
 
 
-def _rollout(cfg: RunConfig, models: Models, st: PPOState, score_fn: ScoreFn, timings) -> Rollout:
-    """Steps 1-3: B / k prompts from ``st.rng``, each sampled k times, scored, with ref logprobs and values."""
+def _rollout(cfg: RunConfig, models: Models, st: PPOState, score_fn: ScoreFn, timings) -> tuple[Rollout, dict]:
+    """Steps 1-3: B / k prompts from ``st.rng``, each sampled k times (by the policy of rollout.staleness
+    iterations ago), scored (+ train.overlong_buffer), with ref logprobs and values; rollout.filter_groups:
+    DAPO's dynamic sampling. Returns (the rollout, its rollout/* metrics)."""
     k = cfg.rollout.group_size
-    prompts = [st.rng.choice(models.task.train_prompts) for _ in range(cfg.rollout.batch_size // k)]
+    if st.behaviour is None:
+        st.behaviour = R.Behaviour(cfg.rollout.staleness)
+    sampler = st.behaviour.sampler(models.policy)
+
+    def draw(groups: int) -> Rollout:
+        return R.overlong(cfg, models.task, _collect(cfg, models, st, score_fn, timings, sampler, groups))
+
+    if not cfg.rollout.filter_groups:
+        return draw(cfg.rollout.batch_size // k), {}
+    return R.fill_groups(draw, cfg.rollout.batch_size // k, k, cfg.rollout.filter_rounds, models.tokenizer.pad_token_id)
+
+
+def _collect(cfg: RunConfig, models: Models, st: PPOState, score_fn: ScoreFn, timings, sampler, groups: int) -> Rollout:
+    """``groups`` prompts from ``st.rng``, each sampled k times by ``sampler``: ``lm.rollout.collect``."""
+    k = cfg.rollout.group_size
+    prompts = [st.rng.choice(models.task.train_prompts) for _ in range(groups)]
     models.policy.eval()
     with autocast(cfg, models.policy):
         return collect(
-            models.policy,
+            sampler,
             models.ref,
             models.tokenizer,
             [p for p in prompts for _ in range(k)],
@@ -165,10 +194,17 @@ def _token_advantages(cfg: RunConfig, ro: Rollout, rewards: torch.Tensor) -> tup
     return Batch(ro, whitened, returns, ro.mask), adv
 
 
-def _sequence_advantages(cfg: RunConfig, ro: Rollout, seq_return: torch.Tensor) -> tuple[Batch, torch.Tensor]:
+def _sequence_advantages(cfg: RunConfig, ro: Rollout, seq_return: torch.Tensor, kl: torch.Tensor,
+                         beta: float) -> tuple[Batch, torch.Tensor]:
     """(the update's batch, advantages before whitening): one baseline-subtracted scalar per completion
-    (B,), scaled (not centred) when ``advantage.whiten``, broadcast to its response tokens."""
+    (B,), scaled (not centred) when ``advantage.whiten``, broadcast to its response tokens; or, for the
+    per-token estimators (REINFORCE++ as published, ``harness.ppo.estimators``), their (B, T) advantages."""
     baseline = cfg.advantage.baseline
+    entry = BASELINES[baseline]
+    if entry.props["per_token"]:
+        adv = entry.fn(ro.scores, kl, ro.mask, beta, cfg.rollout.group_size, cfg.advantage.gamma)
+        returns, vmask = M.sequence_value_targets(seq_return, ro.mask)
+        return Batch(ro, adv, returns, vmask), adv
     v0 = ro.values[:, 0] if baseline == "value" else None  # V(prompt)
     # REINFORCE++ normalises over the batch's response tokens: each completion weighs its token count
     a_seq = M.sequence_advantages(seq_return, baseline, cfg.rollout.group_size, values=v0, weights=ro.mask.sum(1))
@@ -194,7 +230,7 @@ def _probe(cfg: RunConfig, models: Models, st: PPOState, batch: Batch) -> dict[s
     if not cfg.probe.every or (st.iteration - 1) % cfg.probe.every:
         return {}
     models.policy.train()
-    kw = policy_loss_kwargs(cfg, models.task)
+    kw = {**policy_loss_kwargs(cfg, models.task), **loss_mode_kwargs(cfg), "weights": batch.weights}
     clip_eps, agg = kw.pop("clip_eps"), kw.pop("agg")
     return probe_gradient_variance(models.policy, batch.ro, batch.adv, clip_eps, agg, cfg.rollout.temperature,
                                    cfg.probe.microbatches, st.probe_generator, mask=batch.loss_mask, **kw)

@@ -54,7 +54,9 @@ __all__ = [
 
 KL_ESTIMATORS = ("k1", "k2", "k3", "k1+", "k3+")
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "token-sum", "seq-mean-token-sum-norm")
-BASELINES = ("none", "batch_mean", "rloo", "group_norm", "group_mean", "value", "reinforce_pp", "reinforce_pp_baseline")
+BASELINES = (
+    "none", "batch_mean", "rloo", "group_norm", "group_mean", "value", "reinforce_pp_seq", "reinforce_pp_baseline_seq",
+)
 RATIO_LEVELS = ("token", "sequence", "sequence-token")
 
 # Added to the variance before rsqrt in whitening (TRL masked_whiten) and to the
@@ -279,8 +281,10 @@ def sequence_advantages(
       "group_mean"  A_i = R_i - mean_g: Dr. GRPO (Liu et al. 2025), GRPO without the std
                     division (TRL scale_rewards="none", veRL norm_adv_by_std_in_grpo=False)
       "value"       A_i = R_i - values_i
-      "reinforce_pp"           A = batch_normalise(R)                   (REINFORCE++, Hu 2025)
-      "reinforce_pp_baseline"  A = batch_normalise(R_i - mean_g R)
+      "reinforce_pp_seq"           A = batch_normalise(R)              (REINFORCE++ at sequence level)
+      "reinforce_pp_baseline_seq"  A = batch_normalise(R_i - mean_g R)
+    The two REINFORCE++ entries here put the sequence's whole KL sum on every token; the published
+    estimators (token-level return-to-go of the KL) are ``harness.ppo.estimators``.
     batch_normalise is OpenRLHF's global advantage normalisation (``replay_buffer.normalize``,
     called for advantage_estimator "reinforce" and "reinforce_baseline"; the group mean is
     subtracted first in ``experience_maker.process_experiences`` for "reinforce_baseline", whose
@@ -289,7 +293,7 @@ def sequence_advantages(
         mu = sum_i w_i x_i / sum_i w_i,   var = sum_i w_i (x_i - mu)^2 / sum_i w_i   (biased)
         A_i = (x_i - mu) * rsqrt(max(var, 1e-8))
     It re-centres after the group baseline (mu is generally != 0 under length weighting).
-    The group baselines ("rloo", "group_norm", "group_mean", "reinforce_pp_baseline") need
+    The group baselines ("rloo", "group_norm", "group_mean", "reinforce_pp_baseline_seq") need
     group_size >= 2: with one completion per prompt they are undefined or identically 0.
     Returns (B,). Broadcast to tokens with ``adv[:, None] * mask``.
     """
@@ -302,7 +306,7 @@ def sequence_advantages(
         return returns.clone()
     if baseline == "batch_mean":
         return returns - returns.mean()  # A_i = R_i - mean(R)
-    if baseline == "reinforce_pp":
+    if baseline == "reinforce_pp_seq":
         return _batch_normalise(returns, weights)
     if baseline == "value":
         if values is None or values.shape != returns.shape:
@@ -322,7 +326,7 @@ def sequence_advantages(
     mean = grouped.mean(dim=1, keepdim=True)  # (G, 1)
     if baseline == "group_mean":
         return (grouped - mean).reshape(B)  # Dr. GRPO: no std division
-    if baseline == "reinforce_pp_baseline":
+    if baseline == "reinforce_pp_baseline_seq":
         return _batch_normalise((grouped - mean).reshape(B), weights)
     # group_norm: GRPO (DeepSeekMath); torch.std is unbiased (n - 1), as TRL GRPOTrainer
     std = grouped.std(dim=1, keepdim=True)  # (G, 1)
@@ -444,6 +448,7 @@ def policy_loss(
     clip_eps_high: float | None = None,
     dual_clip: float | None = None,
     norm_length: int | None = None,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped surrogate, as a loss to MINIMISE (Schulman et al. 2017; cleanRL naming).
 
@@ -456,6 +461,8 @@ def policy_loss(
     dual_clip: c > 1 (Ye et al. 2020; veRL clip_ratio_c); None = off.
         l_t = max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high))         (cleanRL pg_loss1 / pg_loss2)
         l_t = min(l_t, -c A)      where A < 0, when dual_clip is set    (veRL compute_policy_loss)
+    weights: (B, T) or (B, 1) per-token factors of the loss (the rollout-correction importance weights,
+    ``harness.ppo.offpolicy``; no gradient), applied before aggregation; None = 1.
     The defaults are today's symmetric token-level PPO loss, bit for bit.
     Returns (loss, stats); stats are detached 0-dim tensors, shares of the masked tokens:
       "approxkl"      0.5 * masked_mean((logp - old)^2)   (TRL; token-level k2 of new vs old)
@@ -484,6 +491,8 @@ def policy_loss(
             raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
         # for A < 0 the loss is bounded by -c A (veRL: torch.where(A < 0, min(-c A, L), L))
         pg_losses = torch.where(advantages < 0, torch.min(pg_losses, -advantages * dual_clip), pg_losses)
+    if weights is not None:
+        pg_losses = pg_losses * weights.detach()
     loss = aggregate(pg_losses, mask, agg, norm_length)
     with torch.no_grad():
         f = ratio.dtype

@@ -28,11 +28,12 @@ from harness.fast.flat import FlatParams, clip_norm_
 from harness.lm.forward import policy_forward, token_values
 from harness.lm.rollout import Rollout
 from harness.models.types import Models, SharedTrunkValue
+from harness.ppo import losses as L
 from harness.ppo import math as M
 
 __all__ = [
     "Batch", "NonFiniteError", "SideThread", "UpdateState", "UpdateStats", "autocast", "check", "linear_decay",
-    "norm_length", "policy_loss_kwargs", "update",
+    "loss_mode_kwargs", "norm_length", "policy_loss_kwargs", "update",
 ]
 
 
@@ -118,6 +119,8 @@ class Batch(NamedTuple):
     # where the policy loss (and entropy / KL terms) look; None = ro.mask. train.truncated=mask: rows
     # without EOS are 0 here and in vmask
     loss_mask: Tensor | None = None
+    # rollout.correction: per-token factors of the policy loss (harness/ppo/offpolicy.py); None = 1
+    weights: Tensor | None = None
 
     def policy_mask(self) -> Tensor:
         return self.ro.mask if self.loss_mask is None else self.loss_mask
@@ -141,6 +144,15 @@ def policy_loss_kwargs(cfg: RunConfig, task) -> dict:
             "clip_eps_high": p.clip_eps_high, "dual_clip": p.dual_clip, "norm_length": norm_length(cfg, task)}
 
 
+def loss_mode_kwargs(cfg: RunConfig) -> dict:
+    """``losses.policy_loss``'s keywords past ``policy_loss_kwargs``: ppo.loss_mode and its options (null =
+    the mode's default). The update and the probe both pass them."""
+    p = cfg.ppo
+    return {"mode": p.loss_mode, "sapo_tau_pos": p.sapo_tau_pos, "sapo_tau_neg": p.sapo_tau_neg,
+            "cov_ratio": p.cov_ratio, "clip_cov_lb": p.clip_cov_lb, "clip_cov_ub": p.clip_cov_ub,
+            "kl_cov_coef": p.kl_cov_coef}
+
+
 class UpdateStats(NamedTuple):
     """Means over the optimiser steps taken; value entries None without a value model."""
 
@@ -157,13 +169,14 @@ class UpdateStats(NamedTuple):
     clipfrac_low: float | None = None  # policy/clipfrac_low (always set by ``update``)
     clipfrac_high: float | None = None  # policy/clipfrac_high (always set by ``update``)
     dualclip_frac: float | None = None  # policy/dualclip_frac, only with ppo.dual_clip
+    cov_frac: float | None = None  # policy/cov_frac, only with ppo.loss_mode=clip_cov / kl_cov
 
     def metrics(self) -> dict[str, float]:
         """The schema keys of these means (harness/schema.py)."""
         out = {"policy/approxkl_avg": self.approxkl, "policy/clipfrac_avg": self.clipfrac,
                "loss/policy_avg": self.policy_loss, "grad/norm": self.grad_norm}
         for key, v in (("policy/clipfrac_low", self.clipfrac_low), ("policy/clipfrac_high", self.clipfrac_high),
-                       ("policy/dualclip_frac", self.dualclip_frac)):
+                       ("policy/dualclip_frac", self.dualclip_frac), ("policy/cov_frac", self.cov_frac)):
             if v is not None:
                 out[key] = v
         if self.value_loss is not None:
@@ -185,6 +198,7 @@ class _Step(NamedTuple):
     clipfrac_low: Tensor
     clipfrac_high: Tensor
     dualclip_frac: Tensor | None
+    cov_frac: Tensor | None
 
 
 def update(cfg: RunConfig, models: Models, st: UpdateState, batch: Batch) -> UpdateStats:
@@ -258,7 +272,7 @@ def _step(cfg: RunConfig, models: Models, st: UpdateState, b: Batch, idx: Tensor
         vnorm = clip_norm_(st.params.group_grads("value"), cfg.ppo.max_grad_norm)
         check("grad/value_norm", vnorm, it)
     st.optimizer.step()
-    clip = (pst["clipfrac_low"], pst["clipfrac_high"], pst.get("dualclip_frac"))
+    clip = (pst["clipfrac_low"], pst["clipfrac_high"], pst.get("dualclip_frac"), pst.get("cov_frac"))
     if not use_value:
         return _Step(pst["approxkl"], pst["clipfrac"], pg_loss, gnorm, None, None, None, *clip)
     return _Step(pst["approxkl"], pst["clipfrac"], pg_loss, gnorm, v_loss, vst["clipfrac"], vnorm, *clip)
@@ -278,7 +292,9 @@ def _policy_objective(cfg: RunConfig, models: Models, kl_coef: float, b: Batch, 
             cfg.rollout.temperature, with_entropy=cfg.ppo.entropy_coef > 0,
             value_head=models.value.score if shared else None,
         )
-    pg_loss, pst = M.policy_loss(new_logp, ro.logprobs[idx], b.adv[idx], loss_mask, **kw)
+    weights = None if b.weights is None else b.weights[idx]
+    pg_loss, pst = L.policy_loss(new_logp, ro.logprobs[idx], b.adv[idx], loss_mask, **kw, **loss_mode_kwargs(cfg),
+                                 weights=weights)
     loss = pg_loss
     if entropy is not None:
         loss = loss - cfg.ppo.entropy_coef * M.aggregate(entropy, loss_mask, agg, kw["norm_length"])

@@ -30,7 +30,7 @@ import torch
 
 from harness.lm.forward import policy_forward
 from harness.lm.rollout import Rollout
-from harness.ppo import math as M
+from harness.ppo import losses as L
 
 # Keys this probe logs (documented in harness/schema.py).
 KEYS = (
@@ -113,8 +113,11 @@ def probe_gradient_variance(
     the estimates differently distributed and the covariance meaningless. ``mask`` (B, T) is the
     policy loss's mask (None = the rollout's response mask); ``loss_options`` are the rest of
     ``math.policy_loss``'s keyword arguments (ratio level, clip-higher, dual clip, norm length),
-    the caller's ``harness.ppo.update.policy_loss_kwargs``: the probe differentiates the update's loss.
+    the caller's ``harness.ppo.update.policy_loss_kwargs``, with ppo.loss_mode and its options
+    (``loss_mode_kwargs``) and the rollout correction's ``weights`` (B, T) (sliced per microbatch):
+    the probe differentiates the update's loss (``harness.ppo.losses.policy_loss``).
     """
+    weights = loss_options.pop("weights", None)
     B = ro.size
     if microbatches < 2 or B % microbatches:
         raise ValueError(f"probe.microbatches={microbatches} must be >= 2 and divide the batch of {B}")
@@ -125,7 +128,9 @@ def probe_gradient_variance(
     grads = []
     for idx in perm.view(microbatches, b):
         logp = policy_forward(policy, ro.prompt_ids[idx], ro.prompt_mask[idx], ro.response_ids[idx], ro.mask[idx], temperature).logprobs
-        loss, _ = M.policy_loss(logp, ro.logprobs[idx], advantages[idx], loss_mask[idx], clip_eps, agg, **loss_options)
+        w = None if weights is None else weights[idx]
+        loss, _ = L.policy_loss(logp, ro.logprobs[idx], advantages[idx], loss_mask[idx], clip_eps, agg, **loss_options,
+                                weights=w)
         g = torch.autograd.grad(loss, params, allow_unused=True)
         grads.append(torch.cat([(x if x is not None else torch.zeros_like(p)).reshape(-1) for x, p in zip(g, params, strict=True)]))
     return gradient_stats(torch.stack(grads), b)

@@ -34,6 +34,11 @@ REFUSALS = {
     "ppo.clip_eps_high": {"ppo.clip_eps_high": 0.28},
     "ppo.dual_clip": {"ppo.dual_clip": 3.0},
     "train.truncated": {"train.truncated": "mask"},
+    "ppo.loss_mode": {"ppo.loss_mode": "sapo"},
+    "rollout.staleness": {"rollout.staleness": 2},
+    "rollout.correction": {"rollout.correction": "tis"},
+    "rollout.filter_groups": {"rollout.filter_groups": True},
+    "train.overlong_buffer": {"train.overlong_buffer": 4},
     "train.device": {"train.device": "cuda:1"},
 }
 

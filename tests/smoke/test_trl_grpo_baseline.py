@@ -47,6 +47,11 @@ REFUSALS = {
         "ppo.entropy_coef": {"ppo.entropy_coef": 0.01},
         "ppo.target_kl": {"ppo.target_kl": 0.02},
         "train.device": {"train.device": "cuda:1"},
+        "ppo.loss_mode": {"ppo.loss_mode": "sapo"},
+        "rollout.staleness": {"rollout.staleness": 2},
+        "rollout.correction": {"rollout.correction": "tis"},
+        "rollout.filter_groups": {"rollout.filter_groups": True},
+        "train.overlong_buffer": {"train.overlong_buffer": 4},
     },
     "trl-rloo": {
         "advantage.level": {"advantage.level": "token"},
@@ -62,6 +67,11 @@ REFUSALS = {
         "ppo.entropy_coef": {"ppo.entropy_coef": 0.01},
         "ppo.target_kl": {"ppo.target_kl": 0.02},
         "train.device": {"train.device": "cuda:1"},
+        "ppo.loss_mode": {"ppo.loss_mode": "sapo"},
+        "rollout.staleness": {"rollout.staleness": 2},
+        "rollout.correction": {"rollout.correction": "tis"},
+        "rollout.filter_groups": {"rollout.filter_groups": True},
+        "train.overlong_buffer": {"train.overlong_buffer": 4},
     },
 }
 

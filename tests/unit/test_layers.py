@@ -19,10 +19,11 @@ PACKAGES = ("harness", "baselines", "reports")
 # bottom to top; an entry is a module or a package prefix (a group)
 LAYERS: list[list[str]] = [
     ["harness.schema", "harness.tasks", "harness.fast", "harness.locks", "harness.urls", "harness.ppo.math",
-     "harness.ppo.kl_control", "harness.yamlio", "harness.devices", "harness.impls"],
+     "harness.ppo.kl_control", "harness.yamlio", "harness.devices", "harness.impls", "harness.ppo.registry"],
+    ["harness.ppo.losses", "harness.ppo.estimators", "harness.ppo.offpolicy", "harness.ppo.dapo"],
     ["harness.config", "harness.tracking", "harness.progress"],
     ["harness.lm", "harness.models", "reports"],
-    ["harness.warmstart", "harness.evaluate", "harness.ppo.variance", "harness.ppo.update"],
+    ["harness.warmstart", "harness.evaluate", "harness.ppo.variance", "harness.ppo.update", "harness.ppo.rollouts"],
     ["harness.recording"],
     ["harness.ppo.loop", "baselines"],
     ["harness.run"],

@@ -279,6 +279,8 @@ SHIPPED_HASHES = {
     "overopt.yaml": "75822a2469d31a856accb7508fbfac1cc3e5b3b9ca4a46b71925b1296f84650d",
     "quick.yaml": "2f2fd1ff39c20ea3b8d4d62d6ec455c0e0f160338b1e278d3e8b00dddcb7f18a",
     "variance.yaml": "b2470f2470d41511f6a7288037f1bd3619f445ac319f142ed025dffc6eb76a5a",
+    "loss_modes.yaml": "3c1dc92d50749c8b4f169cc1dd83e055dd806332b1075dd84f693c6022a38368",
+    "offpolicy.yaml": "f8c017060635e8c8dfc1efdf97213433c7bacc0f23bc818501c6ccd6db7c8c86",
 }
 
 

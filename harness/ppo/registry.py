@@ -1,0 +1,71 @@
+"""Named options of the PPO core as registries: one function and one entry per value (veRL style).
+
+A registry maps a config value (``ppo.loss_mode=cispo``) to the function that implements it and to
+what a researcher needs to place it: the peers' names for it (veRL, TRL, OpenRLHF), the paper, and
+which other axes it can combine with. ``harness/config.py`` reads its allowed values from here, so a
+value is accepted exactly when it is registered (``tests/unit/ppo/test_registry.py`` checks both ways).
+
+    @POLICY_LOSSES.register("cispo", verl="cispo", trl="cispo", paper="MiniMax 2025, arXiv 2506.13585")
+    def cispo_loss(...): ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = ["Entry", "Registry"]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered value: its function and how the peers and the literature name it."""
+
+    name: str
+    fn: Callable
+    paper: str
+    verl: str | None = None  # veRL's name (policy_loss.loss_mode / adv_estimator), None = not in veRL
+    trl: str | None = None  # TRL 1.12's name (GRPOConfig.loss_type ...), None = not in TRL
+    openrlhf: str | None = None  # OpenRLHF 0.11's name, None = not in OpenRLHF
+    props: dict = field(default_factory=dict)  # what the value combines with (read by the config's rules)
+
+    def peers(self) -> str:
+        """'veRL cispo, TRL cispo' (the names other tools give the value), or 'no peer name'."""
+        names = [f"{tool} {n}" for tool, n in (("veRL", self.verl), ("TRL", self.trl), ("OpenRLHF", self.openrlhf)) if n]
+        return ", ".join(names) or "no peer name"
+
+
+class Registry:
+    """An ordered name -> Entry map, filled by the ``register`` decorator at import time."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what  # "policy loss mode", for error messages
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, *, paper: str, verl: str | None = None, trl: str | None = None,
+                 openrlhf: str | None = None, **props) -> Callable[[Callable], Callable]:
+        """Decorator: register ``fn`` under ``name``; a name registered twice is a bug (ValueError)."""
+
+        def deco(fn: Callable) -> Callable:
+            if name in self._entries:
+                raise ValueError(f"{self.what} {name!r} registered twice")
+            self._entries[name] = Entry(name, fn, paper, verl, trl, openrlhf, dict(props))
+            return fn
+
+        return deco
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._entries)
+
+    def __getitem__(self, name: str) -> Entry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise ValueError(f"unknown {self.what} {name!r}; expected one of {self.names()}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def doc(self) -> str:
+        """'name (peer names; paper); ...' for every entry: the config's description of the key."""
+        return "; ".join(f"{e.name} ({e.peers()}; {e.paper})" for e in self._entries.values())
