@@ -258,9 +258,13 @@ def test_clip_metrics_are_logged_every_iteration(over, dual):
         assert h["policy/clipfrac_low"] + h["policy/clipfrac_high"] == pytest.approx(h["policy/clipfrac_avg"], abs=1e-6)
 
 
-# Recorded on TINY (one thread) BEFORE issue 14's change (/tmp/issue14/before_metrics.json); the session's
-# own check compared all metrics and the parameters bit for bit. Here to 1e-6 relative: a change of the
-# default loss (clip, aggregation, masks, KL, advantages) moves these by far more than kernel rounding.
+# The default loss's numbers on TINY (one thread), recorded before the ratio / clip / aggregation axes were
+# added. Checked to 1e-3 relative: across CPUs (an AVX-512/AMX Xeon, where they were recorded, and an AMD
+# EPYC) kernel rounding moved them by at most 2e-4 relative (loss/policy_avg) and 2e-7 absolute
+# (objective/kl of the first iteration, ~1e-6); a change of the default loss (clip, aggregation, masks, KL,
+# advantages) moves them by far more. A sequence-level RLOO case is not recorded here: with group size 2
+# most groups tie on their score, so whitening scales rounding noise up to unit variance and its numbers
+# differ across CPUs by 2x (measured); its math is checked by hand in test_math.py.
 BEFORE = {
     "default": ({}, 611.9691948544325, {
         "loss/policy_avg": [-0.0006676614284515381, 0.0009305165149271488],
@@ -272,11 +276,6 @@ BEFORE = {
         "objective/kl": [6.705522537231445e-07, -0.031429264694452286],
         "adv/mean": [-0.4181381165981293, -0.35302117466926575],
     }),
-    "sequence_rloo": ({"advantage.level": "sequence", "advantage.baseline": "rloo"}, 611.7484073580654, {
-        "loss/policy_avg": [0.22242196649312973, -0.00010272860527038574],
-        "grad/norm": [1.2940825819969177, 1.866579532623291],
-        "objective/kl": [6.705522537231445e-07, 0.01702769845724106],
-    }),
 }
 
 
@@ -285,8 +284,8 @@ def test_default_numbers_are_those_recorded_before_the_change(name):
     over, params_sum, expected = BEFORE[name]
     _, m, hist = _run(over, iterations=2)
     for key, values in expected.items():
-        assert [h[key] for h in hist] == pytest.approx(values, rel=1e-6, abs=1e-9), key
-    assert float(sum(p.detach().double().sum() for p in m.policy.parameters())) == pytest.approx(params_sum, rel=1e-12)
+        assert [h[key] for h in hist] == pytest.approx(values, rel=1e-3, abs=1e-6), key
+    assert float(sum(p.detach().double().sum() for p in m.policy.parameters())) == pytest.approx(params_sum, rel=1e-8)
 
 
 # ---- the probe differentiates the update's loss ---------------------------------------------------------------
