@@ -520,6 +520,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set '{text}': expected dotted.key=value")
     key, raw = text.split("=", 1)
     key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {text!r}: no key before '=' (expected dotted.key=value)")
     try:
         value = loads(raw, f"--set {key}") if raw.strip() else None
     except YAMLInputError:

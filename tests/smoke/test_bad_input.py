@@ -98,6 +98,10 @@ ROWS: list[Row] = [
     row("train-dual-clip-1", ["train", "--set", "ppo.dual_clip=1", *TINY], "ppo.dual_clip"),
     row("train-norm-length-wrong-agg", ["train", "--set", "loss.norm_length=8", *TINY], "loss.norm_length"),
     row("train-k3plus-in-reward", ["train", "--set", "kl.estimator=k3+", *TINY], "kl.estimator"),
+    row("train-set-control-char", ["train", "--set", "task.name=a\x01b"], "task.name"),
+    row("train-set-no-key", ["train", "--set", "=1"], "--set", "'=1'"),
+    row("train-set-seed-base-60", ["train", "--set", "seed=1:20", *TINY], "seed", "1:20"),
+    row("train-set-eval-every-underscore", ["train", "--set", "eval.every=1_0", *TINY], "eval.every"),
     # ---- train: --config files ----
     row("train-config-missing", ["train", "--config", "{in}/missing.yaml"], "--config", "missing.yaml"),
     row("train-config-folder", ["train", "--config", "{in}/emptydir"], "--config", "emptydir"),
@@ -111,6 +115,8 @@ ROWS: list[Row] = [
     cfg_row("train-config-epochs-bool", CFG.replace("epochs: 1", "epochs: true"), "ppo.epochs"),
     cfg_row("train-config-kl-inf", CFG + "kl:\n  coef: .inf\n", "kl.coef"),
     cfg_row("train-config-dotted-and-nested", CFG + "kl.coef: 0.1\nkl:\n  coef: 0.2\n", "kl.coef"),
+    cfg_row("train-config-nul", CFG + "task:\n  name: a\x00b\n", "cfg.yaml", "U+0000"),
+    cfg_row("train-config-null-key", CFG.replace("  epochs: 1\n", "  epochs: 1\n  ~: 2\n"), "cfg.yaml", "'ppo'"),
     cfg_row("train-config-not-a-mapping", "- 1\n- 2\n", "cfg.yaml"),
     cfg_row("train-config-unknown-section", CFG + "optim:\n  lr: 0.1\n", "optim"),
     # ---- train: models and stores ----
@@ -146,6 +152,8 @@ ROWS: list[Row] = [
     spec_row("sweep-epochs-string-list", HEAD + 'grid: {ppo.epochs: ["2"]}\nseeds: [0]\n', "grid.ppo.epochs"),
     spec_row("sweep-dotted-and-nested", HEAD + "  ppo:\n    lr: 0.002\n  ppo.lr: 0.001\n"
              "grid: {kl.coef: [0.1]}\nseeds: [0]\n", "ppo.lr"),
+    spec_row("sweep-spec-nul", GOOD_SPEC.replace("name: bad", "name: b\x00ad"), "line 1", "U+0000"),
+    spec_row("sweep-seeds-base-60", HEAD + "grid: {kl.coef: [0.1]}\nseeds: [1:20]\n", "seeds"),
     spec_row("sweep-objective-metric-list", GOOD_SPEC + "objective: {metric: [eval/gold]}\n", "objective.metric"),
     spec_row("sweep-objective-metric-mapping", GOOD_SPEC + "objective: {metric: {a: 1}}\n", "objective.metric"),
     spec_row("sweep-grid-of-10^7-cells", BIG_GRID, "grid", isolate=True),
