@@ -115,14 +115,12 @@ def check_storage(storage: str) -> None:
         return
     path = Path(storage)
     check_output(path, "--storage", folder=False)
-    if path.is_file() and path.stat().st_size:  # an existing journal: JSON lines
-        import json
+    from harness.sweep.faults import NotAJournal, check_journal
 
-        try:
-            with path.open("rb") as f:
-                json.loads(f.readline(1 << 20))
-        except (OSError, ValueError):
-            raise fail(f"--storage {shown(path)}: not an Optuna journal file (its first line is not JSON)") from None
+    try:  # an existing file is written only when its records say it is an Optuna journal
+        check_journal(str(path))
+    except NotAJournal as e:
+        raise fail(f"--storage {shown(path)}: {e}") from None
 
 
 @app.command()

@@ -392,3 +392,27 @@ def check_database_url(uri: str) -> None:
             raise ValueError(f"the sqlite database '{db}' is a folder")
         if not db.parent.is_dir():
             raise ValueError(f"the folder of the sqlite database '{db.parent}' does not exist")
+        check_sqlite_file(db)
+
+
+def check_sqlite_file(db: Path) -> None:
+    """An existing sqlite path must be an SQLite database (or empty): a user's file, a symbolic link or a
+    FIFO is refused (ValueError, one line) before SQLite opens it. Reads the 16-byte header only."""
+    import os
+    import stat
+
+    try:
+        st = os.lstat(db)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise ValueError(f"the sqlite database '{db}': {e.strerror or e}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise ValueError(f"the sqlite database '{db}' is a symbolic link; give the database file itself")
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"the sqlite database '{db}' is not a regular file")
+    if st.st_size:
+        with open(db, "rb") as f:
+            if f.read(16) != b"SQLite format 3\x00":
+                raise ValueError(f"'{db}' exists and is not an SQLite database; the harness never writes to a "
+                                 "file it did not create")

@@ -29,8 +29,10 @@ from harness.sweep.display import Display, Snapshot, fmt_s
 from harness.sweep.faults import (
     OUTAGE_S,
     STOPPING_S,
+    NotAJournal,
     Outage,
     StopRequest,
+    check_journal,
     is_transient,
     one_line,
     quiet_store_logs,
@@ -51,6 +53,7 @@ from harness.sweep.study import (
     ROLE_PARENT,
     SweepRefused,
     fail_stale_heartbeats,
+    is_rdb,
     open_storage,
     owner_alive,
     parse_owner,
@@ -93,6 +96,12 @@ def run_sweep(
     if workers < 1:
         return _usage_error(spec_path, "--workers", f"expected at least 1, got {workers}")
     url = storage_url(spec, storage, runs_dir)
+    if not is_rdb(url):
+        try:  # a user's file, a link or a FIFO given (or planted) as the journal: refused, left untouched
+            check_journal(url)
+        except NotAJournal as e:
+            shown = repr(url) if not url.isprintable() else f"'{url}'"
+            return _usage_error(spec_path, "--storage" if storage else "journal", f"{shown}: {e}")
     threads = threads_per_worker(workers)
     if dry_run:
         print_plan(spec, url, tracking_uri, runs_dir, workers, threads)
