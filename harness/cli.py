@@ -82,14 +82,21 @@ def check_output(path: Path, option: str, folder: bool) -> None:
         raise fail(f"{option} {shown(path)}: {e.strerror or e}") from None
 
 
-def check_tracking_uri(uri: str) -> None:
-    """--tracking-uri: a scheme MLflow has a store for, its driver installed (harness.tracking)."""
+def check_tracking_uri(uri: str, contact: bool = True) -> None:
+    """--tracking-uri: a scheme MLflow has a store for, its driver installed (harness.tracking); an MLflow
+    server (http, https) must answer now (``contact``; a dry run contacts nothing): before any run exists."""
     from harness.tracking import check_tracking_uri as check
+    from harness.urls import redact
 
     try:
         check(uri)
     except ValueError as e:
-        raise fail(f"--tracking-uri {shown(uri)}: {e}") from None
+        raise fail(f"--tracking-uri {shown(redact(uri))}: {e}") from None
+    if contact and uri.startswith(("http://", "https://")):
+        from harness.sweep.faults import http_problem
+
+        if problem := http_problem(uri):
+            raise fail(f"--tracking-uri: {problem}")
 
 
 def check_experiment(name: str) -> None:
@@ -106,13 +113,17 @@ def check_storage(storage: str) -> None:
     """--storage: an RDB URL whose SQLAlchemy driver is installed, or a journal file that can be written."""
     from harness.sweep.study import _with_driver, is_rdb
     from harness.tracking import check_database_url
+    from harness.urls import malformed_scheme, redact
 
     if is_rdb(storage):
         try:
             check_database_url(_with_driver(storage))  # the URL Optuna is handed
         except ValueError as e:
-            raise fail(f"--storage {shown(storage)}: {e}") from None
+            raise fail(f"--storage {shown(redact(storage))}: {e}") from None
         return
+    if bad := malformed_scheme(storage):  # 'postgresql:/u:pw@h/db': neither a URL nor meant as a path
+        raise fail(f"--storage: looks like a URL with a malformed scheme ('{bad}:' must be followed by '//'); "
+                   f"a journal file whose name has ':' in its first part: write it as ./{bad}:...")
     path = Path(storage)
     check_output(path, "--storage", folder=False)
     from harness.sweep.faults import NotAJournal, check_journal
@@ -269,7 +280,7 @@ def sweep(
     if storage:
         check_storage(storage)
     if tracking_uri:
-        check_tracking_uri(tracking_uri)
+        check_tracking_uri(tracking_uri, contact=not dry_run)
     from harness.devices import DeviceError, check_devices, parse_devices
 
     try:
@@ -414,6 +425,13 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:  # pragma: no cover
         from click import exceptions as click_errors
 
+    # MLflow's usage telemetry writes ~/.config/mlflow/telemetry.json and sends events: off unless the user
+    # turns it on (MLFLOW_DISABLE_TELEMETRY=false); workers and `mlflow ui` inherit the setting
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from harness.urls import remember_secrets
+
+    for arg in [*(sys.argv[1:] if argv is None else argv), os.environ.get("MLFLOW_TRACKING_URI", "")]:
+        remember_secrets(arg)  # a password given in any URL is masked wherever it turns up later
     try:
         code = app(args=argv, prog_name="ppo-harness", standalone_mode=False)
     except click_errors.NoArgsIsHelpError as e:  # a bare command group: its help, as typer shows it

@@ -348,6 +348,10 @@ def check_tracking_uri(uri: str) -> None:
     from mlflow.tracking._tracking_service.utils import _tracking_store_registry
     from mlflow.utils.uri import get_uri_scheme
 
+    from harness.urls import malformed_scheme
+
+    if uri not in ("databricks", "databricks-uc", "uc") and (bad := malformed_scheme(uri)):
+        raise ValueError(f"a malformed URL: '{bad}:' must be followed by '//' (e.g. {bad}://user@host/db)")
     try:
         scheme = uri if uri in ("databricks", "databricks-uc", "uc") else get_uri_scheme(uri)
     except Exception as e:  # MlflowException: an unsupported database type
@@ -358,6 +362,13 @@ def check_tracking_uri(uri: str) -> None:
         raise ValueError(f"unsupported scheme '{scheme}' (MLflow accepts {shown}, or a local path)")
     if scheme in ("http", "https") and not urlparse(uri).netloc:
         raise ValueError("no host in the URL (e.g. http://host:5000)")
+    if scheme in ("http", "https"):
+        try:
+            port = urlparse(uri).port
+        except ValueError:  # not a number, or beyond 65535
+            port = -1
+        if port is not None and not 1 <= port <= 65535:
+            raise ValueError("the port is out of range (1-65535)")
     if scheme in ("sqlite", "postgresql", "mysql", "mssql"):
         check_database_url(uri)
     if scheme in ("", "file"):  # a file store: a folder
@@ -379,6 +390,12 @@ def check_database_url(uri: str) -> None:
         dialect = url.get_dialect()
     except Exception as e:  # ArgumentError (malformed), NoSuchModuleError (unknown dialect), ValueError (port)
         raise ValueError(f"not a valid database URL ({str(e).splitlines()[0][:160]})") from None
+    try:
+        port = url.port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"port {port if port >= 0 else '?'} is out of range (1-65535)")
     try:
         dialect.import_dbapi()
     except ImportError as e:

@@ -187,15 +187,13 @@ def make_report(
 
 def _check_arguments(spec, experiment, parent_run, out, style, runs_dir, tracking_uri) -> Source:
     """The source, after every argument is checked (ReportError, one line naming it); nothing is created."""
-    from reports.plots import get_style
+    from reports.labels import STYLE_NAMES  # not reports.plots: importing matplotlib writes under $HOME
 
     given = [x for x in (spec, experiment, parent_run) if x]
     if len(given) != 1:
         raise ReportError("give exactly one of: SPEC, --experiment NAME, --parent-run ID")
-    try:
-        get_style(style)
-    except ValueError as e:
-        raise ReportError(f"--style: {e}") from None
+    if style not in STYLE_NAMES:
+        raise ReportError(f"--style: unknown style '{style}'; choose one of {', '.join(STYLE_NAMES)}")
     if spec:
         p = Path(spec)
         if not p.is_file():

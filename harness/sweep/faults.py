@@ -152,10 +152,10 @@ def tracking_problem(uri: str | None, runs_dir: str | Path) -> str | None:
         return f"no space left under {runs_dir} ({free} bytes free)"
     if not uri or not uri.startswith(("http://", "https://")):
         return None
-    return _http_problem(uri)
+    return http_problem(uri)
 
 
-def _http_problem(uri: str) -> str | None:
+def http_problem(uri: str) -> str | None:
     """A tracking server that answers at all (any status below 500) is reachable."""
     import urllib.error
     import urllib.parse
