@@ -368,7 +368,8 @@ def check_tracking_uri(uri: str) -> None:
         except ValueError:  # not a number, or beyond 65535
             port = -1
         if port is not None and not 1 <= port <= 65535:
-            raise ValueError("the port is out of range (1-65535)")
+            raise ValueError("the port is not a number in 1-65535 (a '/', '?', '#' or '@' in a password must be "
+                             "percent-encoded: %2F, %3F, %23, %40)")
     if scheme in ("sqlite", "postgresql", "mysql", "mssql"):
         check_database_url(uri)
     if scheme in ("", "file"):  # a file store: a folder
