@@ -51,6 +51,8 @@ def check_input_file(path: Path, option: str) -> None:
             raise fail(f"{option} {shown(path)}: no such file")
         if path.is_dir():
             raise fail(f"{option} {shown(path)}: is a folder, expected a file")
+        if not path.is_file():  # a FIFO (opening it would wait for a writer), a device, a socket
+            raise fail(f"{option} {shown(path)}: not a regular file")
         if not os.access(path, os.R_OK):
             raise fail(f"{option} {shown(path)}: not readable")
     except OSError as e:  # a name too long, a loop of links
@@ -146,6 +148,8 @@ def tasks(
     from harness.tasks import builtin_tasks, list_tasks, plugin_problems, task_source
     from harness.warmstart import artifacts
 
+    if task and action != "build":
+        raise fail(f"--task: only `tasks build` takes it (`tasks {action}` covers every task)")
     if action == "list":
         m = artifacts.read_manifest() or {}
         shipped = m.get("artifacts", {})
@@ -188,9 +192,10 @@ def config_keys(
     """Every dotted config key with its type, default and meaning (what --set and ablation specs take)."""
     from harness.config import describe
 
-    for d in describe():
-        if grep and grep not in d.key:
-            continue
+    found = [d for d in describe() if not grep or grep in d.key]
+    if not found:
+        raise fail(f"config GREP {shown(grep)}: no config key contains it (`ppo-harness config` lists them all)")
+    for d in found:
         default = "null" if d.default is None else d.default
         typer.echo(f"{d.key:<26} {d.type:<40} default {default}")
         typer.echo(f"    {d.description}")

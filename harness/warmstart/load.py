@@ -73,6 +73,15 @@ def _text_reward(key: str, name: str, device="cpu"):
     return text_reward_fn(model.to(device), tokenizer, name, key)
 
 
+def _exists(key: str, path: str) -> bool:
+    """Whether a model path exists; a path the system refuses to look up (too long) is a ModelError."""
+    try:
+        return Path(path).expanduser().exists()
+    except OSError as e:
+        shown = path if len(path) <= 80 else f"{path[:60]}...({len(path)} characters)"
+        raise ModelError(f"{key} {shown!r}: {e.strerror or e}") from None
+
+
 def validate_model_keys(cfg: RunConfig) -> Task:
     """Cheap checks before anything is logged or cached: model.policy / model.reward exist and are models.
 
@@ -87,7 +96,7 @@ def validate_model_keys(cfg: RunConfig) -> Task:
         raise ModelError(str(e)) from None
     p = cfg.model.policy
     if not is_preset(p) and looks_local(p):
-        if not Path(p).expanduser().exists():
+        if not _exists("model.policy", p):
             raise ModelError(f"model.policy '{p}': not a built-in preset ({', '.join(PRESETS)}) nor an existing path")
         _check_model_dir("model.policy", p, tokenizer=True)
     r = cfg.model.reward
@@ -98,7 +107,7 @@ def validate_model_keys(cfg: RunConfig) -> Task:
     if is_callable_spec(r):  # imported and tried on two prompts now: a broken function is refused before the run
         try_reward_fn(r, task.train_prompts)
     elif r not in ("learned", "gold") and looks_local(r):
-        if not Path(r).expanduser().exists():
+        if not _exists("model.reward", r):
             raise ModelError(f"model.reward '{r}': not 'learned', 'gold' or an existing model path")
         _check_model_dir("model.reward", r, tokenizer=False)
     if cfg.model.sft == "none" and is_preset(p):

@@ -25,6 +25,7 @@ import pytest
 from harness.cli import main
 
 DIR = object()  # an empty folder
+FIFO = object()  # a named pipe: opening it for reading would wait for a writer
 STORE = object()  # a copy of a real MLflow store (runs/mlflow.db) holding one empty experiment, "empty"
 
 # the tiniest run: if a row's validation ever let the work start, it would be short
@@ -49,7 +50,10 @@ FILES = {  # present in every row's input folder
     "emptydir": DIR,
     "nomodel": {"README.md": "no model in here\n"},
     "badconfig": {"config.json": "{not json", "model.safetensors": ""},
+    "pipe": FIFO,
+    "data.jsonl": '{"prompt": "a"}\n{"prompt": "b"}',  # a user's file: first line JSON, last line unterminated
 }
+LONG = "a" * 5000  # longer than a file name may be (ENAMETOOLONG)
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,10 @@ ROWS: list[Row] = [
     row("train-config-missing", ["train", "--config", "{in}/missing.yaml"], "--config", "missing.yaml"),
     row("train-config-folder", ["train", "--config", "{in}/emptydir"], "--config", "emptydir"),
     row("train-config-invisible-path", ["train", "--config", "{in}/run\u200b.yaml"], "run\\u200b.yaml"),
+    row("train-config-fifo", ["train", "--config", "{in}/pipe"], "--config", "pipe", "not a regular file"),
+    row("train-config-long-path", ["train", "--config", "{in}/" + LONG], "--config"),
+    row("train-policy-long-path", ["train", "--set", "model.policy=./" + LONG, *TINY], "model.policy"),
+    row("train-reward-long-path", ["train", "--set", "model.reward=./" + LONG, *TINY], "model.reward"),
     cfg_row("train-config-not-utf8", b"ppo:\n  lr: 0.001\n# caf\xe9\n", "cfg.yaml"),
     cfg_row("train-config-duplicate-key", CFG.replace("  epochs: 1\n", "  epochs: 1\n  epochs: 2\n"),
             "cfg.yaml", "ppo.epochs"),
@@ -137,11 +145,17 @@ ROWS: list[Row] = [
         "--tracking-uri"),
     row("train-tracking-uri-secret-redacted", ["train", "--tracking-uri", "mysql://u:hunter2@h/db", *TINY],
         "--tracking-uri", "u:***@h"),
+    row("train-tracking-uri-unreachable", ["train", "--tracking-uri", "http://127.0.0.1:1", *TINY], "--tracking-uri",
+        "does not answer"),
+    row("train-tracking-uri-port-out-of-range", ["train", "--tracking-uri", "http://127.0.0.1:99999", *TINY],
+        "--tracking-uri"),
     # ---- sweep: the spec file ----
     row("sweep-no-spec", ["sweep"], "'spec'"),
     row("sweep-spec-missing", ["sweep", "{in}/missing.yaml"], "missing.yaml"),
     row("sweep-spec-a-folder", ["sweep", "{in}/emptydir"], "emptydir"),
     row("sweep-spec-invisible-path", ["sweep", "{in}/q\u200b.yaml"], "q\\u200b.yaml"),
+    row("sweep-spec-fifo", ["sweep", "{in}/pipe"], "SPEC", "pipe", "not a regular file"),
+    row("sweep-spec-long-path", ["sweep", "{in}/" + LONG], "SPEC"),
     spec_row("sweep-spec-not-utf8", NOT_UTF8),
     spec_row("sweep-duplicate-grid-key", HEAD + "grid:\n  kl.coef: [0.1]\n  kl.coef: [0.2]\nseeds: [0]\n",
              "grid.kl.coef"),
@@ -178,6 +192,18 @@ ROWS: list[Row] = [
     opt_row("sweep-storage-unknown-dialect", ("--storage", "notadb://x"), "--storage"),
     opt_row("sweep-storage-under-a-file", ("--storage", "{in}/afile/j.journal"), "--storage"),
     opt_row("sweep-storage-not-a-journal", ("--storage", "{in}/afile"), "--storage"),
+    opt_row("sweep-storage-fifo", ("--storage", "{in}/pipe"), "--storage", "not a regular file"),
+    opt_row("sweep-storage-fifo-dry-run", ("--storage", "{in}/pipe", "--dry-run"), "--storage"),
+    opt_row("sweep-storage-user-jsonl", ("--storage", "{in}/data.jsonl"), "--storage", "not an Optuna journal"),
+    opt_row("sweep-storage-user-jsonl-dry-run", ("--storage", "{in}/data.jsonl", "--dry-run"), "--storage"),
+    opt_row("sweep-storage-long-path", ("--storage", "{in}/" + LONG), "--storage"),
+    opt_row("sweep-storage-malformed-scheme", ("--storage", "postgresql:/postgres:PW@127.0.0.1/db"), "--storage",
+            "malformed"),
+    opt_row("sweep-storage-port-out-of-range", ("--storage", "postgresql://u@127.0.0.1:99999/db"), "--storage",
+            "port"),
+    opt_row("sweep-tracking-uri-port-out-of-range", ("--tracking-uri", "http://127.0.0.1:99999"), "--tracking-uri"),
+    opt_row("sweep-tracking-uri-unreachable", ("--tracking-uri", "http://127.0.0.1:1"), "--tracking-uri",
+            "does not answer"),
     opt_row("sweep-runs-dir-a-file", ("--runs-dir", "{in}/afile"), "--runs-dir"),
     opt_row("sweep-tracking-uri-scheme", ("--tracking-uri", "notascheme://x"), "--tracking-uri"),
     # ---- report ----
@@ -202,6 +228,8 @@ ROWS: list[Row] = [
         "--out", runs=STORE),
     row("report-tracking-uri-scheme", ["report", "--experiment", "x", "--tracking-uri", "notascheme://x"],
         "--tracking-uri"),
+    row("report-tracking-uri-unreachable", ["report", "--experiment", "x", "--tracking-uri", "http://127.0.0.1:1"],
+        "--tracking-uri", "does not answer"),
     # ---- compare ----
     row("compare-seeds-abc", ["compare", "--seeds", "abc"], "'--seeds'"),
     row("compare-seeds-0", ["compare", "--seeds", "0"], "--seeds"),
@@ -234,6 +262,8 @@ ROWS: list[Row] = [
     # ---- the rest of the parser ----
     row("tasks-unknown-action", ["tasks", "nope"], "nope"),
     row("tasks-build-unknown-task", ["tasks", "build", "--task", "chess"], "chess"),
+    row("tasks-list-with-task", ["tasks", "list", "--task", "chess"], "--task"),
+    row("config-no-such-key", ["config", "no.such.key"], "no.such.key"),
     row("unknown-command", ["nosuchcommand"], "nosuchcommand"),
 ]
 BY_ID = {r.id: r for r in ROWS}
@@ -289,6 +319,8 @@ def materialize(r: Row, sb: Sandbox, store: Path) -> list[str]:
     def put(path: Path, content: object) -> None:
         if content is DIR:
             path.mkdir()
+        elif content is FIFO:
+            os.mkfifo(path)
         elif content is STORE:
             shutil.copytree(store, path)
         elif isinstance(content, dict):
