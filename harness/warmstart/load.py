@@ -106,6 +106,8 @@ def validate_model_keys(cfg: RunConfig) -> Task:
                          "has none (give task.completion_column, or a policy used as given: model.sft=none)")
     if is_callable_spec(r):  # imported and tried on two prompts now: a broken function is refused before the run
         try_reward_fn(r, task.train_prompts)
+    if cfg.model.gold and is_callable_spec(cfg.model.gold):  # the held-out measure: tried the same way
+        try_reward_fn(cfg.model.gold, task.train_prompts, key="model.gold")
     elif r not in ("learned", "gold") and looks_local(r):
         if not _exists("model.reward", r):
             raise ModelError(f"model.reward '{r}': not 'learned', 'gold' or an existing model path")
