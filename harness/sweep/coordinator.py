@@ -132,8 +132,9 @@ def _usage_error(path: str | Path, key: str, problem: str) -> int:
 
 
 def check_models(spec: AblationSpec) -> None:
-    """Every run's model.policy / model.reward passes ``validate_model_keys`` before a study or run exists
-    (SpecError naming the spec key that set it)."""
+    """Every run's model.policy / model.reward / model.gold / train.device passes ``validate_model_keys``
+    before a study or run exists, a grid value exactly as a base value (SpecError naming the spec key that
+    set it)."""
     from harness.models.types import ModelError
     from harness.warmstart.load import validate_model_keys
 
@@ -144,14 +145,15 @@ def check_models(spec: AblationSpec) -> None:
     seen: set[str] = set()
     for values in variants:
         cfg = spec.config(values, spec.seeds[0])
-        models = json.dumps([cfg.task.model_dump(), cfg.model.model_dump()], sort_keys=True)
+        models = json.dumps([cfg.task.model_dump(), cfg.model.model_dump(), cfg.train.device], sort_keys=True)
         if models in seen:
             continue
         seen.add(models)
         try:
             validate_model_keys(cfg)
         except ModelError as e:
-            key = next((k for k in ("model.policy", "model.reward") if str(e).startswith(k + " ")), "")
+            key = next((k for k in ("model.policy", "model.reward", "model.gold", "train.device", "task.prompts")
+                        if str(e).startswith(k + " ")), "")
             section = "base" if key in spec.base else ("grid" if spec.sampler == "grid" else "search")
             where = f"{section}.{key}" if key else "base"
             problem = str(e)[len(key) + 1:] if key else str(e)

@@ -106,6 +106,15 @@ ROWS: list[Row] = [
     row("train-set-no-key", ["train", "--set", "=1"], "--set", "'=1'"),
     row("train-set-seed-base-60", ["train", "--set", "seed=1:20", *TINY], "seed", "1:20"),
     row("train-set-eval-every-underscore", ["train", "--set", "eval.every=1_0", *TINY], "eval.every"),
+    # values that validated and then started enormous work, or broke the run at once (NaN, inf, a million threads)
+    row("train-set-batch-size-1e12", ["train", "--set", "rollout.batch_size=1e12"], "rollout.batch_size"),
+    row("train-set-eval-prompts-1e9", ["train", *TINY, "--set", "eval.prompts=1e9"], "eval.prompts"),
+    row("train-set-rm-pairs-1e9", ["train", "--set", "model.rm_pairs=1e9", *TINY], "model.rm_pairs"),
+    row("train-set-lr-1e300", ["train", "--set", "ppo.lr=1e300", *TINY], "ppo.lr"),
+    row("train-set-temperature-1e-300", ["train", "--set", "rollout.temperature=1e-300", *TINY], "rollout.temperature"),
+    row("train-set-eos-penalty-1e308", ["train", "--set", "train.missing_eos_penalty=-1e308", *TINY],
+        "train.missing_eos_penalty"),
+    row("train-set-threads-1e6", ["train", "--set", "train.threads=1000000", *TINY], "train.threads"),
     # ---- train: --config files ----
     row("train-config-missing", ["train", "--config", "{in}/missing.yaml"], "--config", "missing.yaml"),
     row("train-config-folder", ["train", "--config", "{in}/emptydir"], "--config", "emptydir"),
@@ -168,6 +177,10 @@ ROWS: list[Row] = [
              "grid: {kl.coef: [0.1]}\nseeds: [0]\n", "ppo.lr"),
     spec_row("sweep-spec-nul", GOOD_SPEC.replace("name: bad", "name: b\x00ad"), "line 1", "U+0000"),
     spec_row("sweep-seeds-base-60", HEAD + "grid: {kl.coef: [0.1]}\nseeds: [1:20]\n", "seeds"),
+    spec_row("sweep-grid-device-absent", HEAD + "grid: {train.device: [cpu, 'cuda:99']}\nseeds: [0]\n",
+             "grid.train.device", "cuda:99"),
+    spec_row("sweep-grid-batch-size-huge", HEAD.replace("  rollout.batch_size: 8\n", "") +
+             "grid: {rollout.batch_size: [8, 1000000000000]}\nseeds: [0]\n", "grid.rollout.batch_size"),
     spec_row("sweep-objective-metric-list", GOOD_SPEC + "objective: {metric: [eval/gold]}\n", "objective.metric"),
     spec_row("sweep-objective-metric-mapping", GOOD_SPEC + "objective: {metric: {a: 1}}\n", "objective.metric"),
     spec_row("sweep-grid-of-10^7-cells", BIG_GRID, "grid", isolate=True),
