@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -39,6 +41,24 @@ def shown(value: object) -> str:
     """A path, key or value for a message: quoted, or its repr() when it holds an invisible character."""
     text = str(value)
     return f"'{text}'" if text.isprintable() and text == text.strip() else repr(text)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (``timeout``, ``kill``, a batch scheduler) stops a run as Ctrl-C does: KeyboardInterrupt, so
+    the run is marked KILLED, a half-built warm start is removed and the exit code is 130."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: nothing to install
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 # ---- checks of paths and URLs, made before any work -------------------------------------------------
@@ -251,7 +271,8 @@ def train(
 
     store = Store(runs_dir, tracking_uri)
     try:
-        result = execute(cfg, store, experiment=experiment, progress=not quiet and sys.stderr.isatty())
+        with sigterm_as_interrupt():
+            result = execute(cfg, store, experiment=experiment, progress=not quiet and sys.stderr.isatty())
     except KeyboardInterrupt:
         raise fail("interrupted; the run is marked KILLED", 130) from None
     except Exception as e:  # the run is already marked FAILED with the reason
@@ -412,8 +433,9 @@ def compare(
     store = Store(runs_dir, tracking_uri)
     folder = out or runs_dir / "compare" / f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
-        result = run_compare(task, seed_list, overrides, store, experiment=experiment, out=folder,
-                             progress=not quiet and sys.stderr.isatty(), echo=typer.echo, impls=impls)
+        with sigterm_as_interrupt():
+            result = run_compare(task, seed_list, overrides, store, experiment=experiment, out=folder,
+                                 progress=not quiet and sys.stderr.isatty(), echo=typer.echo, impls=impls)
     except KeyboardInterrupt:
         raise fail("interrupted; the current run is marked KILLED", 130) from None
     except Exception as e:  # a run failed; it is marked FAILED with the reason
