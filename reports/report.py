@@ -197,13 +197,13 @@ def _check_arguments(spec, experiment, parent_run, out, style, runs_dir, trackin
     if spec:
         p = Path(spec)
         if not p.is_file():
-            raise ReportError(f"ablation spec '{spec}' not found" + (" (a folder)" if p.is_dir() else ""))
+            raise ReportError(f"ablation spec {_shown(spec)} not found" + (" (a folder)" if p.is_dir() else ""))
         try:
             p.read_bytes().decode("utf-8")
         except UnicodeDecodeError as e:
-            raise ReportError(f"ablation spec '{spec}': not UTF-8 text (byte {e.start})") from None
+            raise ReportError(f"ablation spec {_shown(spec)}: not UTF-8 text (byte {e.start})") from None
     if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise ReportError(f"--out '{out}': is a file, expected a folder")
+        raise ReportError(f"--out {_shown(out)}: is a file, expected a folder")
     if tracking_uri:
         from harness.tracking import check_tracking_uri, redact
 
@@ -212,10 +212,18 @@ def _check_arguments(spec, experiment, parent_run, out, style, runs_dir, trackin
         except ValueError as e:
             raise ReportError(f"--tracking-uri '{redact(tracking_uri)}': {e}") from None
     elif Path(runs_dir).exists() and not Path(runs_dir).is_dir():
-        raise ReportError(f"--runs-dir '{runs_dir}': is a file, expected the folder of an MLflow store")
+        raise ReportError(f"--runs-dir {_shown(runs_dir)}: is a file, expected the folder of an MLflow store")
     elif not (Path(runs_dir) / "mlflow.db").is_file():
-        raise ReportError(f"no MLflow store at {Path(runs_dir) / 'mlflow.db'} (--runs-dir); run a sweep first")
+        db = Path(runs_dir) / "mlflow.db"
+        raise ReportError(f"no MLflow store at {db if str(db).isprintable() else repr(str(db))} (--runs-dir); "
+                          "run a sweep first")
     return Source(spec=spec or None, experiment=experiment or None, parent_run=parent_run or None)
+
+
+def _shown(path) -> str:
+    """A path in a message: quoted, or its repr() when it holds a newline or another invisible character."""
+    text = str(path)
+    return f"'{text}'" if text.isprintable() else repr(text)
 
 
 def _one_line(e: BaseException) -> str:

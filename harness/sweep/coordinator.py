@@ -127,7 +127,9 @@ def run_sweep(
 
 
 def _usage_error(path: str | Path, key: str, problem: str) -> int:
-    print(redact_text(f"error: {path}: {key}: {problem}"), file=sys.stderr)
+    """One line: the spec path (its repr() when it holds a newline or another invisible character), key, problem."""
+    shown = str(path) if str(path).isprintable() else repr(str(path))
+    print(" ".join(redact_text(f"error: {shown}: {key}: {problem}").split()), file=sys.stderr)
     return EXIT_USAGE
 
 

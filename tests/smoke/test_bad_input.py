@@ -165,6 +165,8 @@ ROWS: list[Row] = [
     row("sweep-spec-invisible-path", ["sweep", "{in}/q\u200b.yaml"], "q\\u200b.yaml"),
     row("sweep-spec-fifo", ["sweep", "{in}/pipe"], "SPEC", "pipe", "not a regular file"),
     row("sweep-spec-long-path", ["sweep", "{in}/" + LONG], "SPEC"),
+    Row("sweep-spec-newline-in-path", ["sweep", "{in}/a\nb.yaml"], ("'", "a\\nb.yaml", "grid.kl.coeff"),
+        {"a\nb.yaml": HEAD + "grid: {kl.coeff: [0.1]}\nseeds: [0]\n"}),
     spec_row("sweep-spec-not-utf8", NOT_UTF8),
     spec_row("sweep-duplicate-grid-key", HEAD + "grid:\n  kl.coef: [0.1]\n  kl.coef: [0.2]\nseeds: [0]\n",
              "grid.kl.coef"),
@@ -243,6 +245,7 @@ ROWS: list[Row] = [
         "--tracking-uri"),
     row("report-tracking-uri-unreachable", ["report", "--experiment", "x", "--tracking-uri", "http://127.0.0.1:1"],
         "--tracking-uri", "does not answer"),
+    row("report-runs-dir-newline-in-path", ["report", "--experiment", "x", "--runs-dir", "{in}/r\nd"], "r\\nd"),
     # ---- compare ----
     row("compare-seeds-abc", ["compare", "--seeds", "abc"], "'--seeds'"),
     row("compare-seeds-0", ["compare", "--seeds", "0"], "--seeds"),
