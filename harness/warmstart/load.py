@@ -150,6 +150,53 @@ def _check_model_dir(key: str, name: str, tokenizer: bool) -> None:
         raise ModelError(f"{key} {shown}: no weights in this folder (expected one of {', '.join(WEIGHTS)})")
     if tokenizer and not any((folder / t).is_file() for t in TOKENIZER):
         raise ModelError(f"{key} {shown}: no tokenizer in this folder (expected one of {', '.join(TOKENIZER)})")
+    for f in sorted(folder.glob("*.safetensors")):
+        if problem := safetensors_problem(f):
+            raise ModelError(f"{key} {shown}: {f.name} {problem}")
+    if not any(folder.glob("*.safetensors")) and (folder / "pytorch_model.bin").is_file():
+        raise ModelError(f"{key} {shown}: pytorch_model.bin only (a pickle, which can run code when loaded); save the "
+                         "model as safetensors (model.save_pretrained(folder, safe_serialization=True))")
+    if tokenizer:
+        from transformers import AutoTokenizer
+
+        try:
+            AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        except Exception as e:  # a tokenizer.json that is not JSON, a missing vocabulary ...
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelError(f"{key} {shown}: its tokenizer does not load ({first[:160]})") from None
+
+
+MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors file's header, read without loading a tensor; None when sound: the
+    8-byte length, a JSON header within the file and the 100 MB limit, every tensor's bytes inside the file."""
+    import json
+    import struct
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                return "is truncated (no header)"
+            (n,) = struct.unpack("<Q", raw)
+            if n > MAX_HEADER or n > size - 8:
+                return f"has a corrupt header (length {n} for a file of {size} bytes)"
+            header = json.loads(f.read(n))
+    except (OSError, ValueError) as e:
+        return f"has a corrupt header ({type(e).__name__})"
+    if not isinstance(header, dict):
+        return "has a corrupt header (not a JSON object)"
+    data = size - 8 - n
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = t.get("data_offsets") if isinstance(t, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1] <= data):
+            return f"has a corrupt header (tensor {name[:60]!r} lies outside the file)"
+    return None
 
 
 def load_models(cfg: RunConfig, progress=None) -> Models:

@@ -45,6 +45,8 @@ BIG_GRID = HEAD + "grid:\n" + "".join(
                         ("ppo.vf_coef", 0.1, 0.01), ("ppo.entropy_coef", 0.0, 0.001),
                         ("advantage.lam", 0.9, 0.01), ("rollout.temperature", 0.5, 0.1))
 ) + "seeds: [0]\n"  # 10^7 cells
+GPT2 = '{"model_type": "gpt2", "n_layer": 1, "n_head": 1, "n_embd": 8, "vocab_size": 16, "n_positions": 32}'
+EMPTY_SAFETENSORS = b"\x02" + b"\x00" * 7 + b"{}"  # a valid file holding no tensor
 FILES = {  # present in every row's input folder
     "afile": "not a folder, not JSON\n",
     "emptydir": DIR,
@@ -143,6 +145,13 @@ ROWS: list[Row] = [
     row("train-policy-bad-config-json", ["train", "--set", "model.policy={in}/badconfig", *TINY],
         "model.policy", "badconfig"),
     row("train-policy-a-file", ["train", "--set", "model.policy={in}/afile", *TINY], "model.policy", "afile"),
+    row("train-policy-corrupt-safetensors", ["train", "--set", "model.policy={in}/m", *TINY], "model.policy",
+        "model.safetensors", "corrupt header", m={"config.json": GPT2, "tokenizer.json": "{}",
+                                                  "model.safetensors": b"\xff" * 8 + b"{}"}),
+    row("train-policy-pickle-weights", ["train", "--set", "model.policy={in}/m", *TINY], "model.policy", "pickle",
+        m={"config.json": GPT2, "tokenizer.json": "{}", "pytorch_model.bin": b"\x80\x04K\x01."}),
+    row("train-policy-bad-tokenizer", ["train", "--set", "model.policy={in}/m", *TINY], "model.policy", "tokenizer",
+        m={"config.json": GPT2, "tokenizer.json": "{not json", "model.safetensors": EMPTY_SAFETENSORS}),
     row("train-reward-empty-folder", ["train", "--set", "model.reward={in}/emptydir", *TINY],
         "model.reward", "emptydir"),
     row("train-runs-dir-a-file", ["train", "--runs-dir", "{in}/afile", *TINY], "--runs-dir"),
