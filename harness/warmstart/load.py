@@ -73,6 +73,29 @@ def _text_reward(key: str, name: str, device="cpu"):
     return text_reward_fn(model.to(device), tokenizer, name, key)
 
 
+HUB_TIMEOUT = 5.0  # seconds the Hugging Face hub has to answer whether a model id exists
+
+
+def _check_hub_id(key: str, name: str) -> None:
+    """A hub id ``owner/name`` is in the local cache, or the hub says it exists: else ModelError now, before a
+    run exists (offline, an id the hub does not know, a hub that does not answer in HUB_TIMEOUT seconds)."""
+    import os
+
+    from huggingface_hub import model_info, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+        raise ModelError(f"{key} '{name}': not in the local Hugging Face cache, and the hub is offline (HF_HUB_OFFLINE)")
+    try:
+        model_info(name, timeout=HUB_TIMEOUT)
+    except Exception as e:
+        missing = type(e).__name__ in ("RepositoryNotFoundError", "GatedRepoError") or "404" in str(e)[:200]
+        raise ModelError(f"{key} '{name}': " + ("no such model on the Hugging Face hub (or it is private)" if missing
+                         else "not in the local Hugging Face cache, and the hub does not answer "
+                         f"({type(e).__name__})")) from None
+
+
 def _exists(key: str, path: str) -> bool:
     """Whether a model path exists; a path the system refuses to look up (too long) is a ModelError."""
     try:
@@ -100,6 +123,10 @@ def validate_model_keys(cfg: RunConfig) -> Task:
             raise ModelError(f"model.policy '{p}': not a built-in preset ({', '.join(PRESETS)}) nor an existing path")
         _check_model_dir("model.policy", p, tokenizer=True)
     r = cfg.model.reward
+    for key, name in (("model.policy", p), ("model.reward", r), ("model.gold", cfg.model.gold)):
+        if name and not is_preset(name) and name not in ("learned", "gold") and not is_callable_spec(name) \
+                and not looks_local(name):
+            _check_hub_id(key, name)
     task = run_task(cfg)
     if uses_sft(cfg) and not task.sft_corpus:
         raise ModelError(f"model.sft: the policy '{p}' needs a warm start on the task's SFT pairs and task.prompts "

@@ -152,6 +152,8 @@ ROWS: list[Row] = [
         m={"config.json": GPT2, "tokenizer.json": "{}", "pytorch_model.bin": b"\x80\x04K\x01."}),
     row("train-policy-bad-tokenizer", ["train", "--set", "model.policy={in}/m", *TINY], "model.policy", "tokenizer",
         m={"config.json": GPT2, "tokenizer.json": "{not json", "model.safetensors": EMPTY_SAFETENSORS}),
+    row("train-policy-hub-id-unknown", ["train", "--set", "model.policy=no-such-org/no-such-model", *TINY],
+        "model.policy", "no-such-org/no-such-model"),
     row("train-reward-empty-folder", ["train", "--set", "model.reward={in}/emptydir", *TINY],
         "model.reward", "emptydir"),
     row("train-runs-dir-a-file", ["train", "--runs-dir", "{in}/afile", *TINY], "--runs-dir"),
