@@ -316,6 +316,7 @@ class Sandbox:
     cwd: Path  # the process's working directory: must stay empty
     cache: Path  # PPO_HARNESS_CACHE: must stay empty
     inputs: Path  # what the row reads: must stay as it was
+    home: Path  # HOME: must stay empty (no MLflow telemetry file, no matplotlib cache)
 
 
 @pytest.fixture(scope="session")
@@ -330,11 +331,14 @@ def store_copy(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def sandbox(tmp_path, monkeypatch) -> Sandbox:
-    sb = Sandbox(tmp_path / "cwd", tmp_path / "cache", tmp_path / "in")
-    for d in (sb.cwd, sb.cache, sb.inputs):
+    sb = Sandbox(tmp_path / "cwd", tmp_path / "cache", tmp_path / "in", tmp_path / "home")
+    for d in (sb.cwd, sb.cache, sb.inputs, sb.home):
         d.mkdir()
     monkeypatch.chdir(sb.cwd)
     monkeypatch.setenv("PPO_HARNESS_CACHE", str(sb.cache))
+    monkeypatch.setenv("HOME", str(sb.home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         monkeypatch.delenv(var, raising=False)
     return sb
@@ -379,6 +383,7 @@ def assert_refused(r: Row, sb: Sandbox, before: list[str], code, out: str, err: 
     assert out == "", f"stdout: {out}"
     assert listing(sb.cwd) == [], "created in the working directory"
     assert listing(sb.cache) == [], "created in the model cache"
+    assert listing(sb.home) == [], "created in $HOME"
     assert listing(sb.inputs) == before, "created among the inputs"
 
 
@@ -411,7 +416,7 @@ def run_row(r: Row, sb: Sandbox, store: Path, how: str, capsys=None) -> tuple[li
         pytest.skip("no installed ppo-harness script next to this interpreter")
     cmd = [str(script)] if how == "script" else [sys.executable, "-m", "harness.cli"]
     root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PPO_HARNESS_CACHE": str(sb.cache),
+    env = {**os.environ, "PPO_HARNESS_CACHE": str(sb.cache), "HOME": str(sb.home),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         env.pop(var, None)

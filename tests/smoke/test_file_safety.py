@@ -93,3 +93,33 @@ def test_a_users_file_is_never_modified(case, target, dry, tmp_path, monkeypatch
     name = names.replace("{f}", target)
     assert name in lines[0], lines[0]
     assert list(cwd.iterdir()) == [] and list(home.iterdir()) == [] and list(cache.iterdir()) == []
+
+
+CI_VARS = ("PYTEST_CURRENT_TEST", "GITHUB_ACTIONS", "CI", "CIRCLECI", "GITLAB_CI", "JENKINS_URL", "TRAVIS", "TF_BUILD",
+           "BITBUCKET_BUILD_NUMBER", "CODEBUILD_BUILD_ARN", "BUILDKITE", "TEAMCITY_VERSION", "CLOUD_RUN_EXECUTION",
+           "RUNBOT_HOST_URL", "RUNBOT_BUILD_NAME", "RUNBOT_WORKER_ID", "XDG_CONFIG_HOME", "MLFLOW_DISABLE_TELEMETRY",
+           "DO_NOT_TRACK")
+
+
+@pytest.mark.timeout(300)
+def test_mlflow_telemetry_is_off_unless_turned_on(tmp_path):
+    """MLflow 3 writes ~/.config/mlflow/telemetry.json (and sends usage events) on its first client call; it
+    keeps quiet under pytest or CI, so the child here runs with those variables removed, as a user's shell
+    would. Off by default: a refused command leaves $HOME empty; MLFLOW_DISABLE_TELEMETRY=false turns it on."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    base = {k: v for k, v in os.environ.items() if k not in CI_VARS}
+    base["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    for name, extra in (("off", {}), ("on", {"MLFLOW_DISABLE_TELEMETRY": "false"})):
+        home = tmp_path / name
+        home.mkdir()
+        p = subprocess.run([sys.executable, "-m", "harness.cli", "train", "--tracking-uri", "http://127.0.0.1:99999"],
+                           cwd=home, env={**base, **extra, "HOME": str(home)}, capture_output=True, text=True, timeout=240)
+        assert p.returncode == 2 and len(p.stderr.splitlines()) == 1, p.stderr[-2000:]
+        made = sorted(str(x.relative_to(home)) for x in home.rglob("*"))
+        if name == "off":
+            assert made == [], made
+        else:  # the switch is real: MLflow's own file appears once telemetry is on
+            assert ".config/mlflow/telemetry.json" in made, made
