@@ -305,6 +305,8 @@ SUBPROCESS = [
     ("compare-set-impl", "script"),
     ("bench-json-a-folder", "script"),
     ("ui-port-out-of-range", "module"),
+    ("sweep-storage-user-jsonl-dry-run", "script"),
+    ("train-set-control-char", "module"),
 ]
 
 
