@@ -109,8 +109,8 @@ def validate_model_keys(cfg: RunConfig) -> Task:
     """Cheap checks before anything is logged or cached: model.policy / model.reward exist and are models.
 
     A local path must be a folder holding a model: a ``config.json`` that loads (no weights are read),
-    weights and, for the policy, a tokenizer. ``org/name`` is taken as a Hugging Face hub id and is
-    resolved when the models load. Raises ModelError (one line naming the key and the path); returns the
+    weights (safetensors headers read) and, for the policy, a tokenizer that loads. ``org/name`` is a
+    Hugging Face hub id: in the local cache or known to the hub (``_check_hub_id``). Raises ModelError (one line naming the key and the path); returns the
     run's task (``run_task``: a task.prompts file is read and checked here).
     """
     try:
@@ -133,12 +133,12 @@ def validate_model_keys(cfg: RunConfig) -> Task:
                          "has none (give task.completion_column, or a policy used as given: model.sft=none)")
     if is_callable_spec(r):  # imported and tried on two prompts now: a broken function is refused before the run
         try_reward_fn(r, task.train_prompts)
-    if cfg.model.gold and is_callable_spec(cfg.model.gold):  # the held-out measure: tried the same way
-        try_reward_fn(cfg.model.gold, task.train_prompts, key="model.gold")
     elif r not in ("learned", "gold") and looks_local(r):
         if not _exists("model.reward", r):
             raise ModelError(f"model.reward '{r}': not 'learned', 'gold' or an existing model path")
         _check_model_dir("model.reward", r, tokenizer=False)
+    if cfg.model.gold and is_callable_spec(cfg.model.gold):  # the held-out measure: tried the same way
+        try_reward_fn(cfg.model.gold, task.train_prompts, key="model.gold")
     if cfg.model.sft == "none" and is_preset(p):
         raise ModelError(f"model.sft 'none': the preset '{p}' is random-initialised and needs its warm start "
                          "(model.sft=task or auto)")
