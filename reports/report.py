@@ -71,15 +71,17 @@ def build_report(
     without a parent). Raises ``ReportError`` (a ValueError, one line) when the sweep,
     experiment or run is missing or has no finished runs.
     """
-    from reports import plots  # matplotlib / seaborn are imported only when drawing
+    from reports.labels import STYLE_NAMES
 
     src = Source.parse(source)
     store = store or Store(DEFAULT_RUNS_DIR)
-    try:
-        style_obj = plots.get_style(style)
-    except ValueError as e:
-        raise ReportError(str(e)) from None
+    if isinstance(style, str) and style not in STYLE_NAMES:
+        raise ReportError(f"unknown style '{style}'; choose one of {', '.join(STYLE_NAMES)}")
     sweep = collect(store, spec=src.spec, experiment=src.experiment, parent_run=src.parent_run)
+    # matplotlib / seaborn only now, the input accepted: their first import writes a font cache under $HOME
+    from reports import plots
+
+    style_obj = plots.get_style(style)
     out = Path(out_dir).resolve() if out_dir else _default_out(sweep.name)
 
     factors = sweep.factors
