@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -41,6 +43,24 @@ def shown(value: object) -> str:
     return f"'{text}'" if text.isprintable() and text == text.strip() else repr(text)
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (``timeout``, ``kill``, a batch scheduler) stops a run as Ctrl-C does: KeyboardInterrupt, so
+    the run is marked KILLED, a half-built warm start is removed and the exit code is 130."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: nothing to install
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 # ---- checks of paths and URLs, made before any work -------------------------------------------------
 
 
@@ -51,6 +71,8 @@ def check_input_file(path: Path, option: str) -> None:
             raise fail(f"{option} {shown(path)}: no such file")
         if path.is_dir():
             raise fail(f"{option} {shown(path)}: is a folder, expected a file")
+        if not path.is_file():  # a FIFO (opening it would wait for a writer), a device, a socket
+            raise fail(f"{option} {shown(path)}: not a regular file")
         if not os.access(path, os.R_OK):
             raise fail(f"{option} {shown(path)}: not readable")
     except OSError as e:  # a name too long, a loop of links
@@ -82,14 +104,21 @@ def check_output(path: Path, option: str, folder: bool) -> None:
         raise fail(f"{option} {shown(path)}: {e.strerror or e}") from None
 
 
-def check_tracking_uri(uri: str) -> None:
-    """--tracking-uri: a scheme MLflow has a store for, its driver installed (harness.tracking)."""
+def check_tracking_uri(uri: str, contact: bool = True) -> None:
+    """--tracking-uri: a scheme MLflow has a store for, its driver installed (harness.tracking); an MLflow
+    server (http, https) must answer now (``contact``; a dry run contacts nothing): before any run exists."""
     from harness.tracking import check_tracking_uri as check
+    from harness.urls import redact
 
     try:
         check(uri)
     except ValueError as e:
-        raise fail(f"--tracking-uri {shown(uri)}: {e}") from None
+        raise fail(f"--tracking-uri {shown(redact(uri))}: {e}") from None
+    if contact and uri.startswith(("http://", "https://")):
+        from harness.sweep.faults import http_problem
+
+        if problem := http_problem(uri):
+            raise fail(f"--tracking-uri: {problem}")
 
 
 def check_experiment(name: str) -> None:
@@ -106,23 +135,25 @@ def check_storage(storage: str) -> None:
     """--storage: an RDB URL whose SQLAlchemy driver is installed, or a journal file that can be written."""
     from harness.sweep.study import _with_driver, is_rdb
     from harness.tracking import check_database_url
+    from harness.urls import malformed_scheme, redact
 
     if is_rdb(storage):
         try:
             check_database_url(_with_driver(storage))  # the URL Optuna is handed
         except ValueError as e:
-            raise fail(f"--storage {shown(storage)}: {e}") from None
+            raise fail(f"--storage {shown(redact(storage))}: {e}") from None
         return
+    if bad := malformed_scheme(storage):  # 'postgresql:/u:pw@h/db': neither a URL nor meant as a path
+        raise fail(f"--storage: looks like a URL with a malformed scheme ('{bad}:' must be followed by '//'); "
+                   f"a journal file whose name has ':' in its first part: write it as ./{bad}:...")
     path = Path(storage)
     check_output(path, "--storage", folder=False)
-    if path.is_file() and path.stat().st_size:  # an existing journal: JSON lines
-        import json
+    from harness.sweep.faults import NotAJournal, check_journal
 
-        try:
-            with path.open("rb") as f:
-                json.loads(f.readline(1 << 20))
-        except (OSError, ValueError):
-            raise fail(f"--storage {shown(path)}: not an Optuna journal file (its first line is not JSON)") from None
+    try:  # an existing file is written only when its records say it is an Optuna journal
+        check_journal(str(path))
+    except NotAJournal as e:
+        raise fail(f"--storage {shown(path)}: {e}") from None
 
 
 @app.command()
@@ -137,6 +168,8 @@ def tasks(
     from harness.tasks import builtin_tasks, list_tasks, plugin_problems, task_source
     from harness.warmstart import artifacts
 
+    if task and action != "build":
+        raise fail(f"--task: only `tasks build` takes it (`tasks {action}` covers every task)")
     if action == "list":
         m = artifacts.read_manifest() or {}
         shipped = m.get("artifacts", {})
@@ -179,9 +212,10 @@ def config_keys(
     """Every dotted config key with its type, default and meaning (what --set and ablation specs take)."""
     from harness.config import describe
 
-    for d in describe():
-        if grep and grep not in d.key:
-            continue
+    found = [d for d in describe() if not grep or grep in d.key]
+    if not found:
+        raise fail(f"config GREP {shown(grep)}: no config key contains it (`ppo-harness config` lists them all)")
+    for d in found:
         default = "null" if d.default is None else d.default
         typer.echo(f"{d.key:<26} {d.type:<40} default {default}")
         typer.echo(f"    {d.description}")
@@ -237,7 +271,8 @@ def train(
 
     store = Store(runs_dir, tracking_uri)
     try:
-        result = execute(cfg, store, experiment=experiment, progress=not quiet and sys.stderr.isatty())
+        with sigterm_as_interrupt():
+            result = execute(cfg, store, experiment=experiment, progress=not quiet and sys.stderr.isatty())
     except KeyboardInterrupt:
         raise fail("interrupted; the run is marked KILLED", 130) from None
     except Exception as e:  # the run is already marked FAILED with the reason
@@ -271,7 +306,7 @@ def sweep(
     if storage:
         check_storage(storage)
     if tracking_uri:
-        check_tracking_uri(tracking_uri)
+        check_tracking_uri(tracking_uri, contact=not dry_run)
     from harness.devices import DeviceError, check_devices, parse_devices
 
     try:
@@ -398,8 +433,9 @@ def compare(
     store = Store(runs_dir, tracking_uri)
     folder = out or runs_dir / "compare" / f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
-        result = run_compare(task, seed_list, overrides, store, experiment=experiment, out=folder,
-                             progress=not quiet and sys.stderr.isatty(), echo=typer.echo, impls=impls)
+        with sigterm_as_interrupt():
+            result = run_compare(task, seed_list, overrides, store, experiment=experiment, out=folder,
+                                 progress=not quiet and sys.stderr.isatty(), echo=typer.echo, impls=impls)
     except KeyboardInterrupt:
         raise fail("interrupted; the current run is marked KILLED", 130) from None
     except Exception as e:  # a run failed; it is marked FAILED with the reason
@@ -416,6 +452,13 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:  # pragma: no cover
         from click import exceptions as click_errors
 
+    # MLflow's usage telemetry writes ~/.config/mlflow/telemetry.json and sends events: off unless the user
+    # turns it on (MLFLOW_DISABLE_TELEMETRY=false); workers and `mlflow ui` inherit the setting
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from harness.urls import remember_secrets
+
+    for arg in [*(sys.argv[1:] if argv is None else argv), os.environ.get("MLFLOW_TRACKING_URI", "")]:
+        remember_secrets(arg)  # a password given in any URL is masked wherever it turns up later
     try:
         code = app(args=argv, prog_name="ppo-harness", standalone_mode=False)
     except click_errors.NoArgsIsHelpError as e:  # a bare command group: its help, as typer shows it

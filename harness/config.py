@@ -115,13 +115,16 @@ class ModelConfig(_Section):
         "trunk (one forward and backward for both losses; the value loss then also moves the policy's features).",
     )
     rm_label_noise: float = Field(default=0.1, ge=0.0, lt=0.5, description="Share of preference labels flipped when training the proxy RM.")
-    rm_pairs: int = Field(default=4096, ge=16, description="Preference pairs sampled from the SFT policy for the proxy RM.")
+    rm_pairs: int = Field(default=4096, ge=16, le=1_000_000, description="Preference pairs sampled from the SFT policy for the proxy RM "
+                          "(at most 1,000,000: two sampled completions each, days of work beyond that).")
 
 
 class RolloutConfig(_Section):
-    batch_size: int = Field(default=64, ge=1, description="Completions per PPO iteration (B).")
-    group_size: int = Field(default=4, ge=1, description="Completions per prompt (k), contiguous in the batch; B/k prompts.")
-    temperature: float = Field(default=1.0, gt=0.0, description="Sampling temperature; logprobs are taken at the same temperature.")
+    batch_size: int = Field(default=64, ge=1, le=65_536, description="Completions per PPO iteration (B; at most 65,536: one "
+                            "batch's tensors are held at once).")
+    group_size: int = Field(default=4, ge=1, le=65_536, description="Completions per prompt (k), contiguous in the batch; B/k prompts.")
+    temperature: float = Field(default=1.0, ge=1e-3, le=100.0, description="Sampling temperature; logprobs are taken at the same "
+                               "temperature (1e-3 to 100: logits / T overflow to inf, and the run to NaN, far below 1e-3).")
     staleness: int = Field(
         default=0, ge=0, le=64,
         description="k: the batch of iteration i is sampled by the policy of iteration i - k (the first k iterations by "
@@ -186,11 +189,12 @@ class PPOConfig(_Section):
         "than token-level ones (3e-4 / 4e-4 in the paper: s_i is a geometric mean): ppo.clip_eps and "
         "ppo.clip_eps_high must be <= 0.01 there.",
     )
-    epochs: int = Field(default=4, ge=1, description="Passes over each rollout batch.")
-    minibatches: int = Field(default=4, ge=1, description="Minibatches per epoch (must divide rollout.batch_size).")
+    epochs: int = Field(default=4, ge=1, le=1000, description="Passes over each rollout batch (at most 1000).")
+    minibatches: int = Field(default=4, ge=1, le=65_536, description="Minibatches per epoch (must divide rollout.batch_size).")
     lr: float = Field(
-        default=1e-4, gt=0.0,
-        description="Adam learning rate (tiny models want more than TRL's 3e-6 at 1B; 3e-4 moved 7 nats per iteration).",
+        default=1e-4, gt=0.0, le=1.0,
+        description="Adam learning rate (tiny models want more than TRL's 3e-6 at 1B; 3e-4 moved 7 nats per iteration; at "
+        "most 1: Adam moves every weight by about lr per step, and beyond 1 the first update makes the policy NaN).",
     )
     lr_decay: bool = Field(default=True, description="Linear decay of the learning rate to 0 over train.iterations (cleanRL anneal_lr).")
     adam_eps: float = Field(default=1e-5, gt=0.0, description="Adam epsilon (cleanRL / N details: 1e-5, not torch's 1e-8).")
@@ -295,9 +299,11 @@ class LossConfig(_Section):
 
 
 class TrainConfig(_Section):
-    iterations: int = Field(default=40, ge=1, description="PPO iterations (each samples rollout.batch_size completions).")
+    iterations: int = Field(default=40, ge=1, le=1_000_000, description="PPO iterations (each samples rollout.batch_size "
+                            "completions; at most 1,000,000).")
     missing_eos_penalty: float | None = Field(
-        default=-1.0, description="Score given to responses with no EOS (train.truncated=penalty only); null = off."
+        default=-1.0, ge=-1e6, le=1e6, description="Score given to responses with no EOS (train.truncated=penalty only); null = "
+        "off. Within +-1e6: a larger score overflows the whitening and the value loss in float32."
     )
     truncated: Literal["penalty", "mask"] = Field(
         default="penalty",
@@ -305,7 +311,8 @@ class TrainConfig(_Section):
         "they are left out of the policy and value losses (TRL mask_truncated_completions) and keep their real score, "
         "which still enters the baselines, group statistics and whitening.",
     )
-    threads: int | None = Field(default=None, ge=1, description="torch intra-op threads; null = torch's default (all cores).")
+    threads: int | None = Field(default=None, ge=1, le=1024, description="torch intra-op threads; null = torch's default (all "
+                                "cores; at most 1024: threads beyond the cores only contend, and torch cannot start a million).")
     device: str = Field(
         default="auto",
         description="auto | cpu | cuda | cuda:N | mps: where the policy, reference, value and reward models and every "
@@ -337,8 +344,9 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
-    every: int = Field(default=5, ge=1, description="Held-out evaluation every N iterations (and at 0 and the last).")
-    prompts: int = Field(default=64, ge=1, description="Held-out prompts per evaluation (the task's eval split, cycled).")
+    every: int = Field(default=5, ge=1, le=1_000_000, description="Held-out evaluation every N iterations (and at 0 and the last).")
+    prompts: int = Field(default=64, ge=1, le=65_536, description="Held-out prompts per evaluation (the task's eval split, "
+                         "cycled; at most 65,536, as rollout.batch_size).")
 
 
 class ProbeConfig(_Section):
@@ -647,6 +655,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set '{text}': expected dotted.key=value")
     key, raw = text.split("=", 1)
     key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {text!r}: no key before '=' (expected dotted.key=value)")
     try:
         value = loads(raw, f"--set {key}") if raw.strip() else None
     except YAMLInputError:

@@ -348,6 +348,10 @@ def check_tracking_uri(uri: str) -> None:
     from mlflow.tracking._tracking_service.utils import _tracking_store_registry
     from mlflow.utils.uri import get_uri_scheme
 
+    from harness.urls import malformed_scheme
+
+    if uri not in ("databricks", "databricks-uc", "uc") and (bad := malformed_scheme(uri)):
+        raise ValueError(f"a malformed URL: '{bad}:' must be followed by '//' (e.g. {bad}://user@host/db)")
     try:
         scheme = uri if uri in ("databricks", "databricks-uc", "uc") else get_uri_scheme(uri)
     except Exception as e:  # MlflowException: an unsupported database type
@@ -358,6 +362,14 @@ def check_tracking_uri(uri: str) -> None:
         raise ValueError(f"unsupported scheme '{scheme}' (MLflow accepts {shown}, or a local path)")
     if scheme in ("http", "https") and not urlparse(uri).netloc:
         raise ValueError("no host in the URL (e.g. http://host:5000)")
+    if scheme in ("http", "https"):
+        try:
+            port = urlparse(uri).port
+        except ValueError:  # not a number, or beyond 65535
+            port = -1
+        if port is not None and not 1 <= port <= 65535:
+            raise ValueError("the port is not a number in 1-65535 (a '/', '?', '#' or '@' in a password must be "
+                             "percent-encoded: %2F, %3F, %23, %40)")
     if scheme in ("sqlite", "postgresql", "mysql", "mssql"):
         check_database_url(uri)
     if scheme in ("", "file"):  # a file store: a folder
@@ -380,6 +392,12 @@ def check_database_url(uri: str) -> None:
     except Exception as e:  # ArgumentError (malformed), NoSuchModuleError (unknown dialect), ValueError (port)
         raise ValueError(f"not a valid database URL ({str(e).splitlines()[0][:160]})") from None
     try:
+        port = url.port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"port {port if port >= 0 else '?'} is out of range (1-65535)")
+    try:
         dialect.import_dbapi()
     except ImportError as e:
         raise ValueError(
@@ -392,3 +410,27 @@ def check_database_url(uri: str) -> None:
             raise ValueError(f"the sqlite database '{db}' is a folder")
         if not db.parent.is_dir():
             raise ValueError(f"the folder of the sqlite database '{db.parent}' does not exist")
+        check_sqlite_file(db)
+
+
+def check_sqlite_file(db: Path) -> None:
+    """An existing sqlite path must be an SQLite database (or empty): a user's file, a symbolic link or a
+    FIFO is refused (ValueError, one line) before SQLite opens it. Reads the 16-byte header only."""
+    import os
+    import stat
+
+    try:
+        st = os.lstat(db)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise ValueError(f"the sqlite database '{db}': {e.strerror or e}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise ValueError(f"the sqlite database '{db}' is a symbolic link; give the database file itself")
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"the sqlite database '{db}' is not a regular file")
+    if st.st_size:
+        with open(db, "rb") as f:
+            if f.read(16) != b"SQLite format 3\x00":
+                raise ValueError(f"'{db}' exists and is not an SQLite database; the harness never writes to a "
+                                 "file it did not create")

@@ -26,6 +26,9 @@ SECRET_FRAGMENTS = ("password", "passwd", "secret", "token", "api_key", "apikey"
                     "private_key", "access_key")  # fmt: skip
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+_LOOSE_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:/*")  # 'postgresql:/u:pw@h', 'postgresql:u:pw@h': typos
+# in a message: where a URL (or a one-slash typo of one) begins
+_URL_START = re.compile(r"(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*:/+")
 _PARAM = re.compile(r"(^|[&;])([^=&;]*)=([^&;]*)")
 _KEYWORD = re.compile(r"(?i)\b([A-Za-z_][A-Za-z0-9_.\-]*)(\s*=\s*)('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&;,]+)")
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s\"'<>`]+")
@@ -63,6 +66,9 @@ def redact(url: object) -> str:
             return HIDDEN
         m = _SCHEME.match(text)
         if m is None:
+            loose = _LOOSE_SCHEME.match(text)
+            if loose is not None and "@" in text and ":" in text[loose.end():]:  # a URL with a malformed scheme
+                return loose.group(0) + _redact_rest(text[loose.end():])
             return _mask_keywords(text)
         return m.group(0) + _redact_rest(text[m.end():])
     except Exception:  # a str() that raises, or anything unforeseen: show nothing of it
@@ -71,12 +77,7 @@ def redact(url: object) -> str:
 
 def _redact_rest(rest: str) -> str:
     """Everything after ``scheme://``: userinfo masked, then the secret query / fragment values."""
-    cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
-    at = rest.rfind("@", 0, cut)
-    if at < 0:  # a password holding '?' or '#': the last '@' of all, after a 'user:' without a '/'
-        last, colon = rest.rfind("@"), rest.find(":")
-        at = last if 0 <= colon < last and "/" not in rest[:colon] else -1
-    userinfo, tail = (rest[:at], rest[at + 1:]) if at >= 0 else (None, rest)
+    userinfo, tail = _split_userinfo(rest)
     if userinfo is not None:
         user, colon, _ = userinfo.partition(":")
         userinfo = user + (":" + MASK if colon else "")
@@ -84,6 +85,17 @@ def _redact_rest(rest: str) -> str:
     base, q, query = path.partition("?")
     out = base + (q + _mask_params(query) if q else "") + (hash_ + _mask_params(fragment) if hash_ else "")
     return out if userinfo is None else f"{userinfo}@{out}"
+
+
+def _split_userinfo(rest: str) -> tuple[str | None, str]:
+    """(userinfo or None, the rest) of what follows ``scheme://``: the userinfo ends at the last ``@``
+    before the query / fragment (or of all, after a ``user:`` without a ``/``: a password holding ``?``)."""
+    cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    at = rest.rfind("@", 0, cut)
+    if at < 0:  # a password holding '?' or '#': the last '@' of all, after a 'user:' without a '/'
+        last, colon = rest.rfind("@"), rest.find(":")
+        at = last if 0 <= colon < last and "/" not in rest[:colon] else -1
+    return (rest[:at], rest[at + 1:]) if at >= 0 else (None, rest)
 
 
 def _mask_params(params: str) -> str:
@@ -98,13 +110,81 @@ def _mask_keywords(text: str) -> str:
     return _KEYWORD.sub(lambda m: m.group(1) + m.group(2) + (MASK if is_secret(m.group(1)) else m.group(3)), text)
 
 
+def malformed_scheme(value: str) -> str | None:
+    """The scheme of a value that looks like a URL but is not ``scheme://...`` (``postgresql:/u:pw@h/db``,
+    ``postgresql:u@h``): what was meant cannot be known, so it is refused, never read as a path. ``file:``
+    URIs (``file:/x`` is one) and one-letter schemes (a drive letter) are not flagged."""
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]+):(?!//)", value)
+    return m.group(1) if m and m.group(1).lower() != "file" else None
+
+
 def redact_text(text: object) -> str:
-    """A message with every URL in it redacted (``redact``); never raises."""
+    """A message with every URL in it redacted (``redact``), and every password the process was handed in
+    a URL (``remember_secrets``) masked wherever it appears; never raises.
+
+    In free text a password may hold quotes, spaces, ``@``, ``/``: after ``scheme://user:`` everything up
+    to the last ``@`` before the next URL (or the end of the line) is masked, so an odd password is
+    hidden whole and, at worst, some text after it too."""
     try:
         s = text if isinstance(text, str) else str(text)
-        return _URL_IN_TEXT.sub(lambda m: redact(m.group(0)), s)
+        s = "\n".join(_mask_userinfo_in_line(line) for line in s.split("\n"))
+        s = _URL_IN_TEXT.sub(lambda m: redact(m.group(0)), s)
+        for secret in sorted(_SECRETS, key=len, reverse=True):
+            s = s.replace(secret, MASK)
+        return s
     except Exception:
         return HIDDEN
+
+
+_USER = re.compile(r"[^\s:/@'\"<>`]*")
+
+
+def _mask_userinfo_in_line(line: str) -> str:
+    starts = [m.end() for m in _URL_START.finditer(line)]
+    if not starts:
+        return line
+    out, pos = [], 0
+    for i, begin in enumerate(starts):
+        end = starts[i + 1] if i + 1 < len(starts) else len(line)  # this URL's region: up to the next one
+        user = _USER.match(line, begin).end()
+        at = line.rfind("@", user, end)
+        if user < end and line[user] == ":" and at > user:
+            out.append(line[pos:user + 1] + MASK)
+            pos = at
+    return "".join(out) + line[pos:]
+
+
+# ---- passwords this process was handed -------------------------------------------------------------
+
+_SECRETS: set[str] = set()
+MIN_REMEMBERED = 3  # shorter passwords are masked where they sit in a URL only (masking 'pw' everywhere garbles text)
+
+
+def remember_secrets(value: object) -> None:
+    """Remember the password (and secret parameters) of a URL-like ``value`` (a command-line argument, an
+    environment variable), so ``redact_text`` masks them wherever they turn up later: raw, percent-encoded
+    and -decoded, and as ``repr`` would escape them. Never raises."""
+    from urllib.parse import quote, unquote
+
+    try:
+        text = value if isinstance(value, str) else str(value)
+        if text.startswith("--") and "=" in text:  # --storage=URL
+            text = text.split("=", 1)[1]
+        found = []
+        loose = _LOOSE_SCHEME.match(text)
+        if loose is not None:
+            userinfo, _ = _split_userinfo(text[loose.end():])
+            user, colon, password = (userinfo or "").partition(":")
+            if colon:
+                found.append(password)
+        found += [m.group(3) for m in _KEYWORD.finditer(text) if is_secret(m.group(1))]
+        found += [m.group(3) for m in _PARAM.finditer(text.partition("?")[2]) if is_secret(m.group(2))]
+        for secret in found:
+            for form in (secret, unquote(secret), quote(secret, safe=""), quote(secret), repr(secret)[1:-1]):
+                if len(form) >= MIN_REMEMBERED:
+                    _SECRETS.add(form)
+    except Exception:
+        pass
 
 
 # ---- names that become path components ---------------------------------------------------------------

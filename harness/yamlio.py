@@ -11,9 +11,12 @@ key or line, what would otherwise pass silently or blow up later:
 - tags other than the JSON-like ones (``!!binary``, ``!!set``, ``!custom`` ...);
 - documents of more than 100,000 nodes or nested deeper than 64 levels.
 
-Two resolver changes make a scalar mean what a person reads (both as in YAML 1.2): ``1e-4``
-(an exponent without a dot, a string in YAML 1.1) is a float, and ``2024-01-01`` stays a
-string instead of a ``datetime.date``. Everything else resolves as ``yaml.safe_load`` does.
+Numbers follow YAML 1.2 (the core schema), so a scalar means what a person reads: ``010`` is 10
+(YAML 1.1: octal 8), ``1:20`` and ``1_000`` are strings (YAML 1.1: the base-60 number 80 and 1000;
+a number key then refuses them by name), ``0b11`` is a string, ``0o17`` and ``0x1f`` are octal and
+hex, ``1e-4`` (an exponent without a dot, a string in YAML 1.1) is a float, and ``2024-01-01``
+stays a string instead of a ``datetime.date``. Booleans and null resolve as ``yaml.safe_load`` does.
+A control character or NUL anywhere in the text is refused with its position.
 
 Layer 0: imports only yaml and the standard library.
 """
@@ -83,8 +86,9 @@ def loads(text: str, source: str = "<string>", *, max_bytes: int = MAX_BYTES) ->
     """Parse one YAML document from a string strictly; raises ``YAMLInputError``."""
     if len(text) > max_bytes:
         raise YAMLInputError(source, f"larger than {max_bytes:,} characters (the limit for a YAML input)")
-    loader = _StrictLoader(text)
+    loader = None
     try:
+        loader = _StrictLoader(text)  # the reader checks every character here: inside the try
         node = loader.get_single_node()
         if node is None:
             return None
@@ -92,13 +96,19 @@ def loads(text: str, source: str = "<string>", *, max_bytes: int = MAX_BYTES) ->
         return loader.construct_document(node)
     except _Refused as r:
         raise YAMLInputError(source, r.problem, key=r.key, line=r.line) from None
+    except yaml.reader.ReaderError as e:  # a control character or NUL: no mark, a position
+        pos = e.position if isinstance(e.position, int) else 0
+        code = e.character if isinstance(e.character, int) else ord(str(e.character)[:1] or "\0")
+        raise YAMLInputError(source, f"control character U+{code:04X} at offset {pos} (YAML text may not hold it)",
+                             line=text.count("\n", 0, pos) + 1) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         line = mark.line + 1 if mark is not None else None
         raise YAMLInputError(source, f"not valid YAML: {problem}", line=line, yaml_error=e) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 # ---- the loader ---------------------------------------------------------------------------------
@@ -111,17 +121,25 @@ class _Refused(Exception):
         self.line = mark.line + 1 if mark is not None else None
 
 
-# YAML 1.2's float also has no-dot exponents (1e-4, 2E+5); YAML 1.1 (PyYAML) reads them as strings.
-_EXP_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+# YAML 1.2 core-schema numbers: no base 60, no '_', no 0b, a leading 0 is decimal, '0o' is octal, and
+# an exponent needs no dot (1e-4: a string in YAML 1.1).
+_INT = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_FLOAT = re.compile(r"^(?:[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9]+[eE][-+]?[0-9]+"
+                    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
+_NUMBER_TAGS = (_TAG + "timestamp", _TAG + "int", _TAG + "float")
 
 
 class _StrictLoader(yaml.SafeLoader):
     """SafeLoader minus aliases, merge keys, timestamps and exotic tags; counted and depth-capped."""
 
     yaml_implicit_resolvers = {
-        first: [(tag, rx) for tag, rx in resolvers if tag != _TAG + "timestamp"]
+        first: [(tag, rx) for tag, rx in resolvers if tag not in _NUMBER_TAGS]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
+
+    def construct_yaml_int(self, node: ScalarNode) -> int:
+        text = self.construct_scalar(node)  # matched _INT: decimal (a leading 0 too), 0o octal, 0x hex
+        return int(text[2:], 8 if text[1] == "o" else 16) if text[:2] in ("0o", "0x") else int(text, 10)
 
     def __init__(self, stream: str):
         super().__init__(stream)
@@ -170,6 +188,10 @@ class _StrictLoader(yaml.SafeLoader):
                 raise _Refused("a mapping key must be a plain value, not a list or mapping", key_node, _dotted(path))
             self.check_tree(key_node, path)
             key = self.construct_object(key_node)
+            if key is None:
+                raise _Refused(f"a key is null ({key_node.value or 'empty'!r}) under {show_key(_dotted(path) or '(top level)')}"
+                               if path else f"a top-level key is null ({key_node.value or 'empty'!r})",
+                               key_node, _dotted(path))
             where = _dotted((*path, key))
             if key in seen:
                 raise _Refused(f"duplicate key {show_key(where)}", key_node, where)
@@ -192,4 +214,6 @@ def _short_tag(tag: str) -> str:
     return "!!" + tag[len(_TAG):] if tag.startswith(_TAG) else tag
 
 
-_StrictLoader.add_implicit_resolver(_TAG + "float", _EXP_FLOAT, list("-+0123456789."))
+_StrictLoader.add_implicit_resolver(_TAG + "int", _INT, list("-+0123456789"))
+_StrictLoader.add_implicit_resolver(_TAG + "float", _FLOAT, list("-+0123456789."))
+_StrictLoader.add_constructor(_TAG + "int", _StrictLoader.construct_yaml_int)

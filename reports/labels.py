@@ -147,3 +147,8 @@ def with_advantage(factors: Sequence[str], column: str) -> list[str]:
     """``factors`` with every advantage part replaced by ``column`` (the advantage factor), once, and
     ``column`` appended when absent."""
     return list(dict.fromkeys([column if in_advantage(f) else f for f in factors] + [column]))
+
+
+# the figure styles (reports.plots.style.STYLES has one per name): checked before matplotlib is imported,
+# whose first import writes its config and font cache under $HOME
+STYLE_NAMES = ("default", "icml", "neurips", "iclr")

@@ -72,15 +72,17 @@ def build_report(
     without a parent). Raises ``ReportError`` (a ValueError, one line) when the sweep,
     experiment or run is missing or has no finished runs.
     """
-    from reports import plots  # matplotlib / seaborn are imported only when drawing
+    from reports.labels import STYLE_NAMES
 
     src = Source.parse(source)
     store = store or Store(DEFAULT_RUNS_DIR)
-    try:
-        style_obj = plots.get_style(style)
-    except ValueError as e:
-        raise ReportError(str(e)) from None
+    if isinstance(style, str) and style not in STYLE_NAMES:
+        raise ReportError(f"unknown style '{style}'; choose one of {', '.join(STYLE_NAMES)}")
     sweep = collect(store, spec=src.spec, experiment=src.experiment, parent_run=src.parent_run)
+    # matplotlib / seaborn only now, the input accepted: their first import writes a font cache under $HOME
+    from reports import plots
+
+    style_obj = plots.get_style(style)
     out = Path(out_dir).resolve() if out_dir else _default_out(sweep.name)
 
     factors = sweep.factors
@@ -193,25 +195,23 @@ def make_report(
 
 def _check_arguments(spec, experiment, parent_run, out, style, runs_dir, tracking_uri) -> Source:
     """The source, after every argument is checked (ReportError, one line naming it); nothing is created."""
-    from reports.plots import get_style
+    from reports.labels import STYLE_NAMES  # not reports.plots: importing matplotlib writes under $HOME
 
     given = [x for x in (spec, experiment, parent_run) if x]
     if len(given) != 1:
         raise ReportError("give exactly one of: SPEC, --experiment NAME, --parent-run ID")
-    try:
-        get_style(style)
-    except ValueError as e:
-        raise ReportError(f"--style: {e}") from None
+    if style not in STYLE_NAMES:
+        raise ReportError(f"--style: unknown style '{style}'; choose one of {', '.join(STYLE_NAMES)}")
     if spec:
         p = Path(spec)
         if not p.is_file():
-            raise ReportError(f"ablation spec '{spec}' not found" + (" (a folder)" if p.is_dir() else ""))
+            raise ReportError(f"ablation spec {_shown(spec)} not found" + (" (a folder)" if p.is_dir() else ""))
         try:
             p.read_bytes().decode("utf-8")
         except UnicodeDecodeError as e:
-            raise ReportError(f"ablation spec '{spec}': not UTF-8 text (byte {e.start})") from None
+            raise ReportError(f"ablation spec {_shown(spec)}: not UTF-8 text (byte {e.start})") from None
     if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise ReportError(f"--out '{out}': is a file, expected a folder")
+        raise ReportError(f"--out {_shown(out)}: is a file, expected a folder")
     if tracking_uri:
         from harness.tracking import check_tracking_uri, redact
 
@@ -220,10 +220,18 @@ def _check_arguments(spec, experiment, parent_run, out, style, runs_dir, trackin
         except ValueError as e:
             raise ReportError(f"--tracking-uri '{redact(tracking_uri)}': {e}") from None
     elif Path(runs_dir).exists() and not Path(runs_dir).is_dir():
-        raise ReportError(f"--runs-dir '{runs_dir}': is a file, expected the folder of an MLflow store")
+        raise ReportError(f"--runs-dir {_shown(runs_dir)}: is a file, expected the folder of an MLflow store")
     elif not (Path(runs_dir) / "mlflow.db").is_file():
-        raise ReportError(f"no MLflow store at {Path(runs_dir) / 'mlflow.db'} (--runs-dir); run a sweep first")
+        db = Path(runs_dir) / "mlflow.db"
+        raise ReportError(f"no MLflow store at {db if str(db).isprintable() else repr(str(db))} (--runs-dir); "
+                          "run a sweep first")
     return Source(spec=spec or None, experiment=experiment or None, parent_run=parent_run or None)
+
+
+def _shown(path) -> str:
+    """A path in a message: quoted, or its repr() when it holds a newline or another invisible character."""
+    text = str(path)
+    return f"'{text}'" if text.isprintable() else repr(text)
 
 
 def _one_line(e: BaseException) -> str:

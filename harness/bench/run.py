@@ -35,11 +35,27 @@ def check_json_path(json: Path | None) -> None:
     path = Path(json)
     if path.is_dir():
         raise ValueError(f"--json '{path}': is a folder, expected a file")
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise ValueError(f"--json '{path}': a symbolic link or not a regular file; give a new file's path")
+    if path.exists() and path.stat().st_size and not is_bench_json(path):
+        raise ValueError(f"--json '{path}': exists and is not a bench result; the harness never overwrites a "
+                         "file it did not write")
     ancestor = path.absolute().parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise ValueError(f"--json '{path}': cannot be created, '{ancestor}' is a file")
+
+
+def is_bench_json(path: Path) -> bool:
+    """A JSON document ``bench --json`` wrote (its FLOP model and measured peak keys)."""
+    import json as js
+
+    try:
+        doc = js.loads(path.read_bytes()[: 1 << 24])
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and {"flop_formula", "matmul_peak_gflops", "workload"} <= doc.keys()
 
 
 def measure(size: str, iterations: int, warmup: int, threads: int, impls: list[str], repeats: int,

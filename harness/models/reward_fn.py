@@ -6,8 +6,12 @@ stripped) and returns one finite number per completion::
     def my_reward(prompts: list[str], completions: list[str]) -> list[float]: ...
 
 It is imported and tried on two of the task's prompts before a run exists, so a function that
-cannot be imported, is not callable, raises, or returns the wrong number of scores is refused
-with one line naming ``model.reward`` (exit 2) and nothing is logged. During training it is the
+cannot be imported, is not callable, raises (``sys.exit`` included: the user code failed, not the
+harness), returns anything but a sequence (list, tuple, 1-D array or tensor) of finite real numbers of
+the batch's length (a string, a dict, ``10**400``, ``"0.5"``) or takes longer than ``TIMEOUT_S`` is
+refused with one line naming ``model.reward`` (exit 2) and nothing is logged. ``model.gold`` given as a
+function is tried the same way. During training every call is checked the same way and bounded by
+``TIMEOUT_S`` per batch (``PPO_HARNESS_REWARD_TIMEOUT_S`` overrides it): the run fails, naming the key. During training it is the
 optimised reward in place of a reward model; the task's gold reward stays the held-out measure
 (eval/gold), as with a proxy reward model. A completion that emitted no EOS still gets
 ``train.missing_eos_penalty`` in place of its score, as for every reward.
@@ -15,10 +19,15 @@ optimised reward in place of a reward model; the task's gold reward stays the he
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
+import numbers
+import os
 import re
-from collections.abc import Callable, Sequence
+import signal
+import threading
+from collections.abc import Callable, Mapping, Sequence
 
 from harness.models.types import ModelError
 
@@ -26,6 +35,32 @@ from harness.models.types import ModelError
 SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 
 GoldLike = Callable[[Sequence[str], Sequence[str], Sequence[bool]], list[float]]
+# seconds a reward function may take for one batch: a function that hangs (a sleep, a network call that
+# never returns) would otherwise hold the run, and a sweep's worker, forever
+TIMEOUT_S = float(os.environ.get("PPO_HARNESS_REWARD_TIMEOUT_S", "300"))
+
+
+class _TimedOut(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _time_bound(seconds: float):
+    """Raise _TimedOut in this thread after ``seconds`` (SIGALRM: the main thread only; elsewhere unbounded)."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def alarm(signum, frame):
+        raise _TimedOut
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def is_callable_spec(value: str) -> bool:
@@ -43,15 +78,19 @@ def load_reward_fn(spec: str, key: str = "model.reward") -> GoldLike:
         raise ModelError(f"{key} '{spec}': cannot import module '{e.name}'") from None
     except AttributeError:
         raise ModelError(f"{key} '{spec}': module '{module}' has no attribute '{name}'") from None
-    except Exception as e:  # the module itself failed to import
+    except (Exception, SystemExit) as e:  # the module itself failed to import (sys.exit at import too)
         raise ModelError(f"{key} '{spec}': importing '{module}' failed ({_first_line(e)})") from None
     if not callable(fn):
         raise ModelError(f"{key} '{spec}': {type(fn).__name__} is not callable")
 
     def reward(prompts: Sequence[str], completions: Sequence[str], ended: Sequence[bool] = ()) -> list[float]:
         try:
-            out = fn(list(prompts), list(completions))
-        except Exception as e:
+            with _time_bound(TIMEOUT_S):
+                out = fn(list(prompts), list(completions))
+        except _TimedOut:
+            raise ModelError(f"{key} '{spec}': took longer than {TIMEOUT_S:g}s for a batch of {len(completions)} "
+                             "(PPO_HARNESS_REWARD_TIMEOUT_S sets the bound)") from None
+        except (Exception, SystemExit) as e:  # sys.exit in user code is that code failing
             raise ModelError(f"{key} '{spec}': raised {_first_line(e)}") from None
         return check_scores(spec, out, len(completions), key)
 
@@ -60,13 +99,24 @@ def load_reward_fn(spec: str, key: str = "model.reward") -> GoldLike:
 
 
 def check_scores(spec: str, out, n: int, key: str = "model.reward") -> list[float]:
-    """``out`` as n finite floats, or ModelError saying what it was."""
+    """``out`` as n finite floats, or ModelError saying what it was: a sequence (list, tuple, 1-D numpy array
+    or torch tensor) of real numbers; a string (its characters), a mapping (its keys), a set (no order) or
+    a string inside the sequence is refused, not read as numbers."""
+    if hasattr(out, "tolist") and callable(out.tolist) and getattr(out, "ndim", 1) == 1:
+        out = out.tolist()  # numpy array, torch tensor
+    if isinstance(out, str | bytes | bytearray | Mapping) or not isinstance(out, Sequence):
+        raise ModelError(f"{key} '{spec}': returned {type(out).__name__}, expected a list of {n} numbers")
+    if len(out) != n:
+        raise ModelError(f"{key} '{spec}': returned {len(out)} scores for {n} completions")
+    out = [x.item() if getattr(x, "ndim", None) == 0 and hasattr(x, "item") else x for x in out]  # 0-d tensors
+    wrong = next((x for x in out if not isinstance(x, numbers.Real)), None)
+    if wrong is not None:
+        raise ModelError(f"{key} '{spec}': returned a {type(wrong).__name__} ({str(wrong)[:40]!r}) among the "
+                         "scores, expected real numbers")
     try:
         scores = [float(x) for x in out]
-    except (TypeError, ValueError):
-        raise ModelError(f"{key} '{spec}': returned {type(out).__name__}, expected {n} numbers") from None
-    if len(scores) != n:
-        raise ModelError(f"{key} '{spec}': returned {len(scores)} scores for {n} completions")
+    except OverflowError:
+        raise ModelError(f"{key} '{spec}': returned a number too large for a float (beyond 1.8e308)") from None
     bad = [s for s in scores if not math.isfinite(s)]
     if bad:
         raise ModelError(f"{key} '{spec}': returned a non-finite score ({bad[0]})")

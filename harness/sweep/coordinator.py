@@ -29,8 +29,10 @@ from harness.sweep.display import Display, Snapshot, fmt_s
 from harness.sweep.faults import (
     OUTAGE_S,
     STOPPING_S,
+    NotAJournal,
     Outage,
     StopRequest,
+    check_journal,
     is_transient,
     one_line,
     quiet_store_logs,
@@ -51,6 +53,7 @@ from harness.sweep.study import (
     ROLE_PARENT,
     SweepRefused,
     fail_stale_heartbeats,
+    is_rdb,
     open_storage,
     owner_alive,
     parse_owner,
@@ -93,6 +96,12 @@ def run_sweep(
     if workers < 1:
         return _usage_error(spec_path, "--workers", f"expected at least 1, got {workers}")
     url = storage_url(spec, storage, runs_dir)
+    if not is_rdb(url):
+        try:  # a user's file, a link or a FIFO given (or planted) as the journal: refused, left untouched
+            check_journal(url)
+        except NotAJournal as e:
+            shown = repr(url) if not url.isprintable() else f"'{url}'"
+            return _usage_error(spec_path, "--storage" if storage else "journal", f"{shown}: {e}")
     threads = threads_per_worker(workers)
     if dry_run:
         print_plan(spec, url, tracking_uri, runs_dir, workers, threads)
@@ -118,13 +127,16 @@ def run_sweep(
 
 
 def _usage_error(path: str | Path, key: str, problem: str) -> int:
-    print(redact_text(f"error: {path}: {key}: {problem}"), file=sys.stderr)
+    """One line: the spec path (its repr() when it holds a newline or another invisible character), key, problem."""
+    shown = str(path) if str(path).isprintable() else repr(str(path))
+    print(" ".join(redact_text(f"error: {shown}: {key}: {problem}").split()), file=sys.stderr)
     return EXIT_USAGE
 
 
 def check_models(spec: AblationSpec) -> None:
-    """Every run's model.policy / model.reward passes ``validate_model_keys`` before a study or run exists
-    (SpecError naming the spec key that set it)."""
+    """Every run's model.policy / model.reward / model.gold / train.device passes ``validate_model_keys``
+    before a study or run exists, a grid value exactly as a base value (SpecError naming the spec key that
+    set it)."""
     from harness.models.types import ModelError
     from harness.warmstart.load import validate_model_keys
 
@@ -135,14 +147,15 @@ def check_models(spec: AblationSpec) -> None:
     seen: set[str] = set()
     for values in variants:
         cfg = spec.config(values, spec.seeds[0])
-        models = json.dumps([cfg.task.model_dump(), cfg.model.model_dump()], sort_keys=True)
+        models = json.dumps([cfg.task.model_dump(), cfg.model.model_dump(), cfg.train.device], sort_keys=True)
         if models in seen:
             continue
         seen.add(models)
         try:
             validate_model_keys(cfg)
         except ModelError as e:
-            key = next((k for k in ("model.policy", "model.reward") if str(e).startswith(k + " ")), "")
+            key = next((k for k in ("model.policy", "model.reward", "model.gold", "train.device", "task.prompts")
+                        if str(e).startswith(k + " ")), "")
             section = "base" if key in spec.base else ("grid" if spec.sampler == "grid" else "search")
             where = f"{section}.{key}" if key else "base"
             problem = str(e)[len(key) + 1:] if key else str(e)

@@ -6,7 +6,10 @@ disk) are retried with backoff for ``OUTAGE_S`` seconds in all (``retry``); beyo
 says in one line what failed, for how long and the last error. A worker asks ``tracking_problem``
 before it claims a trial, so it never starts a run that MLflow (or a full runs dir) cannot take.
 
-A JournalStorage file whose last record was cut (a process killed mid-write, a full disk) is
+A journal is recognised by its records before anything touches it (``check_journal``): a file whose
+first record is not Optuna's create-study record, a symbolic link or anything but a regular file is
+refused in one line and never modified; every write opens the file itself (``O_NOFOLLOW``). A
+JournalStorage file whose last record was cut (a process killed mid-write, a full disk) is
 truncated to its last complete record before it is opened (``repair_journal``), under the
 journal's own lock, the cut bytes kept in ``<journal>.torn-<time>``; every append heals such a
 tail first and undoes a write that failed half-way (``journal_backend``), so a torn record never
@@ -29,6 +32,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import sys
 import threading
 import time
@@ -148,10 +152,10 @@ def tracking_problem(uri: str | None, runs_dir: str | Path) -> str | None:
         return f"no space left under {runs_dir} ({free} bytes free)"
     if not uri or not uri.startswith(("http://", "https://")):
         return None
-    return _http_problem(uri)
+    return http_problem(uri)
 
 
-def _http_problem(uri: str) -> str | None:
+def http_problem(uri: str) -> str | None:
     """A tracking server that answers at all (any status below 500) is reachable."""
     import urllib.error
     import urllib.parse
@@ -171,6 +175,64 @@ def _http_problem(uri: str) -> str | None:
 
 
 # ---- torn journal records ----------------------------------------------------------------------------
+
+
+class NotAJournal(ValueError):
+    """A journal path the harness will not write to (a user's file, a link, a FIFO): the problem, one line."""
+
+
+# the first bytes of Optuna's first record, create-study (its own writer's spacing and the compact one here)
+_JOURNAL_HEADS = (b'{"op_code":0,"worker_id":', b'{"op_code": 0, "worker_id":')
+
+
+def check_journal(path: str) -> None:
+    """Raise ``NotAJournal`` unless ``path`` is missing, empty, or a regular file whose first record is
+    Optuna's create-study record (a cut first record: its opening bytes). Reads the first line only,
+    through no link; nothing is written."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise NotAJournal(e.strerror or type(e).__name__) from None
+    if stat.S_ISLNK(st.st_mode):
+        raise NotAJournal("a symbolic link; the harness never writes through one (give the journal file itself)")
+    if not stat.S_ISREG(st.st_mode):
+        raise NotAJournal("not a regular file (a journal is a file the harness writes)")
+    if st.st_size == 0:
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            head = f.readline(1 << 20)
+    except OSError as e:
+        raise NotAJournal(f"cannot read it ({e.strerror or type(e).__name__})") from None
+    if head.endswith(b"\n"):
+        try:
+            rec = json.loads(head)
+        except ValueError:
+            rec = None
+        ok = (isinstance(rec, dict) and rec.get("op_code") == 0 and isinstance(rec.get("worker_id"), str)
+              and isinstance(rec.get("study_name"), str))
+    else:  # the file's only record, cut
+        ok = head.startswith(_JOURNAL_HEADS)
+    if not ok:
+        raise NotAJournal("exists and is not an Optuna journal (its first record is not Optuna's create-study "
+                          "record); the harness never writes to a file it did not create")
+
+
+def _open_nofollow(path: str, flags: int) -> int:
+    """``os.open`` of the file itself: a symbolic link in its place is an error (ELOOP), never followed."""
+    return os.open(path, flags | os.O_NOFOLLOW, 0o644)
+
+
+def _truncate(path: str, size: int) -> None:
+    fd = _open_nofollow(path, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+
 
 
 def _good_length(path: str, full: bool) -> int:
@@ -216,20 +278,20 @@ def _cut(path: str, full: bool = False) -> str | None:
     k = 1
     while os.path.exists(copy):
         copy, k = f"{path}.torn-{time.strftime('%Y%m%dT%H%M%S')}-{k}", k + 1
-    with open(path, "rb") as f:
+    with os.fdopen(_open_nofollow(path, os.O_RDONLY), "rb") as f:
         f.seek(good)
         cut = f.read()
     fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(cut)
-    os.truncate(path, good)
+    _truncate(path, good)
     note = (f"journal {path}: {'a' if full else 'its last'} record was cut (a process killed mid-write or a "
             f"full disk); truncated to the last complete record before it, the {len(cut)} bytes cut kept in {copy}")
     print(note, file=sys.stderr, flush=True)
     return note
 
 
-def _torn_tail(path: str) -> bool:
+def torn_tail(path: str) -> bool:
     """A quick look without the lock: the file does not end in a newline, or its last line does not parse."""
     try:
         size = os.path.getsize(path)
@@ -241,8 +303,10 @@ def _torn_tail(path: str) -> bool:
 
 
 def repair_journal(path: str, full: bool = False) -> str | None:
-    """Cut a torn last record (``full``: everything from the first unparsable line) under the journal's lock."""
-    if not full and not _torn_tail(path):
+    """Cut a torn last record (``full``: everything from the first unparsable line) under the journal's lock;
+    a file that is not a journal (``check_journal``) raises ``NotAJournal`` and is left as it is."""
+    check_journal(path)
+    if not full and not torn_tail(path):
         return None
     with journal_locked(path):
         return _cut(path, full)
@@ -309,6 +373,8 @@ def journal_backend(path: str):
         class HealingJournalBackend(JournalFileBackend):
             def __init__(self, file_path: str):
                 self._path = file_path
+                check_journal(file_path)
+                os.close(_open_nofollow(file_path, os.O_WRONLY | os.O_CREAT))  # created here, through no link
                 super().__init__(file_path)
 
             def append_logs(self, logs: list[dict[str, Any]]) -> None:
@@ -318,13 +384,13 @@ def journal_backend(path: str):
                         _cut(self._path)
                     size = os.path.getsize(self._path)
                     try:
-                        with open(self._path, "ab") as f:
+                        with os.fdopen(_open_nofollow(self._path, os.O_WRONLY | os.O_APPEND), "ab") as f:
                             f.write(data)
                             f.flush()
                             os.fsync(f.fileno())
                     except OSError:  # a full disk: undo the half-written record, then let retry() retry
                         with contextlib.suppress(OSError):
-                            os.truncate(self._path, size)
+                            _truncate(self._path, size)
                         raise
 
         _BACKEND = HealingJournalBackend

@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.schema import Attr
+from harness.sweep.faults import torn_tail
 from harness.sweep.spec import AblationSpec, cell_label, fmt_value
-from harness.sweep.study import is_rdb, open_storage, quiet_optuna, slot_state, slots
+from harness.sweep.study import is_rdb, peek_journal, quiet_optuna, slot_state, slots
 from harness.urls import redact
 
 
@@ -51,7 +52,15 @@ def _storage_state(spec: AblationSpec, url: str) -> str:
     if not Path(url).exists():
         return "journal file, created on the first run"
     quiet_optuna()
-    st = open_storage(url)
+    return _journal_state(spec, url) + ("; its last record is cut (a process killed mid-write): a run truncates "
+                                        "it first, keeping the cut bytes" if torn_tail(url) else "")
+
+
+def _journal_state(spec: AblationSpec, url: str) -> str:
+    try:
+        st = peek_journal(url)  # read only: a dry run creates, locks, cuts and appends nothing
+    except ValueError:  # a damaged record before the last one (NotAJournal was refused before the plan)
+        return "journal file with a damaged record; a run cuts it, keeping the cut bytes"
     for s in st.get_all_studies():
         if s.study_name == spec.study_name:
             sid = st.get_study_id_from_name(s.study_name)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.schema import Attr
-from harness.sweep.faults import journal_backend, repair_journal
+from harness.sweep.faults import NotAJournal, check_journal, journal_backend, repair_journal
 from harness.sweep.spec import AblationSpec
 from harness.urls import redact
 
@@ -106,6 +106,10 @@ def open_storage(url: str):
                 time.sleep(0.5 + attempt)
         # the same cached wrapper Optuna's study uses, so trials claimed here are known to the study
         return optuna.storages.get_storage(rdb)
+    try:
+        check_journal(url)  # a user's file, a link, a FIFO: refused before anything is created or cut
+    except NotAJournal as e:
+        raise SweepRefused("journal " + (repr(url) if not url.isprintable() else f"'{url}'"), str(e)) from None
     Path(url).parent.mkdir(parents=True, exist_ok=True)
     repair_journal(url)
     try:
@@ -114,6 +118,23 @@ def open_storage(url: str):
         if repair_journal(url, full=True) is None:
             raise
         return JournalStorage(journal_backend(url))
+
+
+def peek_journal(url: str):
+    """A JournalStorage that reads an existing journal and never writes it (a dry run's look): nothing is
+    created, locked, cut or appended; a cut last record is skipped as Optuna's reader skips it."""
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    check_journal(url)
+
+    class ReadOnlyJournal(JournalFileBackend):
+        def __init__(self, file_path: str):  # JournalFileBackend's own creates the file: not here
+            self._file_path, self._log_number_offset = file_path, {0: 0}
+
+        def append_logs(self, logs: list[dict[str, Any]]) -> None:
+            raise RuntimeError("a read-only look at a journal writes nothing")
+
+    return JournalStorage(ReadOnlyJournal(url))
 
 
 def resolve_study(spec: AblationSpec, storage, url: str, new: bool = False):

@@ -97,6 +97,10 @@ def worker_main(p: dict[str, Any]) -> int:
     for var in THREAD_VARS:
         os.environ[var] = str(threads)
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    from harness.urls import remember_secrets
+
+    for url in (p.get("storage"), p.get("tracking_uri"), os.environ.get("MLFLOW_TRACKING_URI")):
+        remember_secrets(url or "")  # masked in every line this worker prints or logs
     try:
         STOP.check()
         spec = load_spec(p["spec"])

@@ -239,13 +239,18 @@ def split_prompts(spec: PromptFile, rows: Sequence[dict], held: set[int] | None 
         raise _fail(path, "holds no rows")
     if len(rows) > MAX_ROWS:
         raise _fail(path, f"{len(rows)} rows, more than {MAX_ROWS}")
-    missing = [c for c in (spec.prompt_column, spec.split_column, spec.completion_column) if c and c not in rows[0]]
+    keys = (("task.prompt_column", spec.prompt_column), ("task.split_column", spec.split_column),
+            ("task.completion_column", spec.completion_column))
+    missing = [(k, c) for k, c in keys if c and c not in rows[0]]
     if missing:
-        raise _fail(path, f"no column '{missing[0]}' (columns: {', '.join(map(str, rows[0]))})")
+        raise _fail(path, f"{missing[0][0]} '{missing[0][1]}': no such column (columns: {', '.join(map(str, rows[0]))})")
     prompts = [spec.template.replace("{prompt}", _text(path, r, spec.prompt_column, i)) for i, r in enumerate(rows, 1)]
     held = _held_out(spec, rows) if held is None else held
     train = [p for i, p in enumerate(prompts) if i not in held]
     evals = [p for i, p in enumerate(prompts) if i in held]
+    if spec.split_column and not evals:  # the split column holds no row equal to task.eval_split
+        raise _fail(path, f"task.eval_split '{spec.eval_split}': no row of task.split_column '{spec.split_column}' "
+                    "holds it, so nothing is held out")
     if not train or not evals:
         raise _fail(path, f"{len(train)} training and {len(evals)} held-out prompts: both must be non-empty")
     corpus = []

@@ -73,12 +73,44 @@ def _text_reward(key: str, name: str, device="cpu"):
     return text_reward_fn(model.to(device), tokenizer, name, key)
 
 
+HUB_TIMEOUT = 5.0  # seconds the Hugging Face hub has to answer whether a model id exists
+
+
+def _check_hub_id(key: str, name: str) -> None:
+    """A hub id ``owner/name`` is in the local cache, or the hub says it exists: else ModelError now, before a
+    run exists (offline, an id the hub does not know, a hub that does not answer in HUB_TIMEOUT seconds)."""
+    import os
+
+    from huggingface_hub import model_info, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+        raise ModelError(f"{key} '{name}': not in the local Hugging Face cache, and the hub is offline (HF_HUB_OFFLINE)")
+    try:
+        model_info(name, timeout=HUB_TIMEOUT)
+    except Exception as e:
+        missing = type(e).__name__ in ("RepositoryNotFoundError", "GatedRepoError") or "404" in str(e)[:200]
+        raise ModelError(f"{key} '{name}': " + ("no such model on the Hugging Face hub (or it is private)" if missing
+                         else "not in the local Hugging Face cache, and the hub does not answer "
+                         f"({type(e).__name__})")) from None
+
+
+def _exists(key: str, path: str) -> bool:
+    """Whether a model path exists; a path the system refuses to look up (too long) is a ModelError."""
+    try:
+        return Path(path).expanduser().exists()
+    except OSError as e:
+        shown = path if len(path) <= 80 else f"{path[:60]}...({len(path)} characters)"
+        raise ModelError(f"{key} {shown!r}: {e.strerror or e}") from None
+
+
 def validate_model_keys(cfg: RunConfig) -> Task:
     """Cheap checks before anything is logged or cached: model.policy / model.reward exist and are models.
 
     A local path must be a folder holding a model: a ``config.json`` that loads (no weights are read),
-    weights and, for the policy, a tokenizer. ``org/name`` is taken as a Hugging Face hub id and is
-    resolved when the models load. Raises ModelError (one line naming the key and the path); returns the
+    weights (safetensors headers read) and, for the policy, a tokenizer that loads. ``org/name`` is a
+    Hugging Face hub id: in the local cache or known to the hub (``_check_hub_id``). Raises ModelError (one line naming the key and the path); returns the
     run's task (``run_task``: a task.prompts file is read and checked here).
     """
     try:
@@ -87,10 +119,14 @@ def validate_model_keys(cfg: RunConfig) -> Task:
         raise ModelError(str(e)) from None
     p = cfg.model.policy
     if not is_preset(p) and looks_local(p):
-        if not Path(p).expanduser().exists():
+        if not _exists("model.policy", p):
             raise ModelError(f"model.policy '{p}': not a built-in preset ({', '.join(PRESETS)}) nor an existing path")
         _check_model_dir("model.policy", p, tokenizer=True)
     r = cfg.model.reward
+    for key, name in (("model.policy", p), ("model.reward", r), ("model.gold", cfg.model.gold)):
+        if name and not is_preset(name) and name not in ("learned", "gold") and not is_callable_spec(name) \
+                and not looks_local(name):
+            _check_hub_id(key, name)
     task = run_task(cfg)
     if uses_sft(cfg) and not task.sft_corpus:
         raise ModelError(f"model.sft: the policy '{p}' needs a warm start on the task's SFT pairs and task.prompts "
@@ -98,9 +134,11 @@ def validate_model_keys(cfg: RunConfig) -> Task:
     if is_callable_spec(r):  # imported and tried on two prompts now: a broken function is refused before the run
         try_reward_fn(r, task.train_prompts)
     elif r not in ("learned", "gold") and looks_local(r):
-        if not Path(r).expanduser().exists():
+        if not _exists("model.reward", r):
             raise ModelError(f"model.reward '{r}': not 'learned', 'gold' or an existing model path")
         _check_model_dir("model.reward", r, tokenizer=False)
+    if cfg.model.gold and is_callable_spec(cfg.model.gold):  # the held-out measure: tried the same way
+        try_reward_fn(cfg.model.gold, task.train_prompts, key="model.gold")
     if cfg.model.sft == "none" and is_preset(p):
         raise ModelError(f"model.sft 'none': the preset '{p}' is random-initialised and needs its warm start "
                          "(model.sft=task or auto)")
@@ -139,6 +177,53 @@ def _check_model_dir(key: str, name: str, tokenizer: bool) -> None:
         raise ModelError(f"{key} {shown}: no weights in this folder (expected one of {', '.join(WEIGHTS)})")
     if tokenizer and not any((folder / t).is_file() for t in TOKENIZER):
         raise ModelError(f"{key} {shown}: no tokenizer in this folder (expected one of {', '.join(TOKENIZER)})")
+    for f in sorted(folder.glob("*.safetensors")):
+        if problem := safetensors_problem(f):
+            raise ModelError(f"{key} {shown}: {f.name} {problem}")
+    if not any(folder.glob("*.safetensors")) and (folder / "pytorch_model.bin").is_file():
+        raise ModelError(f"{key} {shown}: pytorch_model.bin only (a pickle, which can run code when loaded); save the "
+                         "model as safetensors (model.save_pretrained(folder, safe_serialization=True))")
+    if tokenizer:
+        from transformers import AutoTokenizer
+
+        try:
+            AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        except Exception as e:  # a tokenizer.json that is not JSON, a missing vocabulary ...
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelError(f"{key} {shown}: its tokenizer does not load ({first[:160]})") from None
+
+
+MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors file's header, read without loading a tensor; None when sound: the
+    8-byte length, a JSON header within the file and the 100 MB limit, every tensor's bytes inside the file."""
+    import json
+    import struct
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                return "is truncated (no header)"
+            (n,) = struct.unpack("<Q", raw)
+            if n > MAX_HEADER or n > size - 8:
+                return f"has a corrupt header (length {n} for a file of {size} bytes)"
+            header = json.loads(f.read(n))
+    except (OSError, ValueError) as e:
+        return f"has a corrupt header ({type(e).__name__})"
+    if not isinstance(header, dict):
+        return "has a corrupt header (not a JSON object)"
+    data = size - 8 - n
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = t.get("data_offsets") if isinstance(t, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1] <= data):
+            return f"has a corrupt header (tensor {name[:60]!r} lies outside the file)"
+    return None
 
 
 def load_models(cfg: RunConfig, progress=None) -> Models:

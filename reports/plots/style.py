@@ -23,6 +23,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from reports.labels import STYLE_NAMES
+
 PALETTE = sns.color_palette("colorblind").as_hex()
 ONSET_MARKER = "X"  # a run's logged over-optimisation onset (eval/overopt_onset_kl), figures 3 and 8
 
@@ -90,6 +92,7 @@ STYLES: dict[str, Style] = {
     "neurips": Style("neurips", single=2.7, double=5.5),
     "iclr": Style("iclr", single=2.7, double=5.5),
 }
+assert tuple(STYLES) == STYLE_NAMES, "reports.labels.STYLE_NAMES names the styles checked before plotting"
 
 
 def get_style(name: str | Style = "default") -> Style:

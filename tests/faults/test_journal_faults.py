@@ -40,17 +40,18 @@ def test_a_journal_cut_mid_line_is_repaired_and_finished_runs_are_not_run_again(
     cut = _cut_mid_line(journal, 2)  # trial 1's COMPLETE record is half there, trials 2 and 3 look unrun
     assert not journal.read_bytes().endswith(b"\n")
 
-    dry = run(tmp_path, spec, "--dry-run")  # the dry run used to die in open_storage from here on
-    assert dry.returncode == 0, dry.stderr
-    notes = [line for line in dry.stderr.splitlines() if "record was cut" in line]
-    assert len(notes) == 1 and "Traceback" not in dry.stderr, dry.stderr
-    copies = list(journal.parent.glob("torn.journal.torn-*"))
-    assert len(copies) == 1 and copies[0].read_bytes() == cut  # the cut bytes are kept
-    assert journal.read_bytes().endswith(b"\n")
-    assert "study exists: 1/4 done" in dry.stdout
+    torn, listing = journal.read_bytes(), sorted(p.name for p in journal.parent.iterdir())
+    dry = run(tmp_path, spec, "--dry-run")  # reads the journal, changes nothing: the run repairs it
+    assert dry.returncode == 0 and "Traceback" not in dry.stderr, dry.stderr
+    assert journal.read_bytes() == torn and sorted(p.name for p in journal.parent.iterdir()) == listing
+    assert "study exists: 1/4 done; its last record is cut" in dry.stdout
 
     again = run(tmp_path, spec, "--workers", "1")
     assert again.returncode == 0, again.stdout + again.stderr
+    notes = [line for line in again.stderr.splitlines() if "record was cut" in line]
+    assert len(notes) == 1, again.stderr
+    copies = list(journal.parent.glob("torn.journal.torn-*"))
+    assert len(copies) == 1 and copies[0].read_bytes() == cut  # the cut bytes are kept
     assert "Traceback" not in again.stdout + again.stderr
     assert "already had a FINISHED run in MLflow" in again.stdout
     ts, _, children = assert_done_once(tmp_path, str(journal), "torn")

@@ -25,6 +25,7 @@ import pytest
 from harness.cli import main
 
 DIR = object()  # an empty folder
+FIFO = object()  # a named pipe: opening it for reading would wait for a writer
 STORE = object()  # a copy of a real MLflow store (runs/mlflow.db) holding one empty experiment, "empty"
 
 # the tiniest run: if a row's validation ever let the work start, it would be short
@@ -44,12 +45,17 @@ BIG_GRID = HEAD + "grid:\n" + "".join(
                         ("ppo.vf_coef", 0.1, 0.01), ("ppo.entropy_coef", 0.0, 0.001),
                         ("advantage.lam", 0.9, 0.01), ("rollout.temperature", 0.5, 0.1))
 ) + "seeds: [0]\n"  # 10^7 cells
+GPT2 = '{"model_type": "gpt2", "n_layer": 1, "n_head": 1, "n_embd": 8, "vocab_size": 16, "n_positions": 32}'
+EMPTY_SAFETENSORS = b"\x02" + b"\x00" * 7 + b"{}"  # a valid file holding no tensor
 FILES = {  # present in every row's input folder
     "afile": "not a folder, not JSON\n",
     "emptydir": DIR,
     "nomodel": {"README.md": "no model in here\n"},
     "badconfig": {"config.json": "{not json", "model.safetensors": ""},
+    "pipe": FIFO,
+    "data.jsonl": '{"prompt": "a"}\n{"prompt": "b"}',  # a user's file: first line JSON, last line unterminated
 }
+LONG = "a" * 5000  # longer than a file name may be (ENAMETOOLONG)
 
 
 @dataclass(frozen=True)
@@ -98,10 +104,27 @@ ROWS: list[Row] = [
     row("train-dual-clip-1", ["train", "--set", "ppo.dual_clip=1", *TINY], "ppo.dual_clip"),
     row("train-norm-length-wrong-agg", ["train", "--set", "loss.norm_length=8", *TINY], "loss.norm_length"),
     row("train-k3plus-in-reward", ["train", "--set", "kl.estimator=k3+", *TINY], "kl.estimator"),
+    row("train-set-control-char", ["train", "--set", "task.name=a\x01b"], "task.name"),
+    row("train-set-no-key", ["train", "--set", "=1"], "--set", "'=1'"),
+    row("train-set-seed-base-60", ["train", "--set", "seed=1:20", *TINY], "seed", "1:20"),
+    row("train-set-eval-every-underscore", ["train", "--set", "eval.every=1_0", *TINY], "eval.every"),
+    # values that validated and then started enormous work, or broke the run at once (NaN, inf, a million threads)
+    row("train-set-batch-size-1e12", ["train", "--set", "rollout.batch_size=1e12"], "rollout.batch_size"),
+    row("train-set-eval-prompts-1e9", ["train", *TINY, "--set", "eval.prompts=1e9"], "eval.prompts"),
+    row("train-set-rm-pairs-1e9", ["train", "--set", "model.rm_pairs=1e9", *TINY], "model.rm_pairs"),
+    row("train-set-lr-1e300", ["train", "--set", "ppo.lr=1e300", *TINY], "ppo.lr"),
+    row("train-set-temperature-1e-300", ["train", "--set", "rollout.temperature=1e-300", *TINY], "rollout.temperature"),
+    row("train-set-eos-penalty-1e308", ["train", "--set", "train.missing_eos_penalty=-1e308", *TINY],
+        "train.missing_eos_penalty"),
+    row("train-set-threads-1e6", ["train", "--set", "train.threads=1000000", *TINY], "train.threads"),
     # ---- train: --config files ----
     row("train-config-missing", ["train", "--config", "{in}/missing.yaml"], "--config", "missing.yaml"),
     row("train-config-folder", ["train", "--config", "{in}/emptydir"], "--config", "emptydir"),
     row("train-config-invisible-path", ["train", "--config", "{in}/run\u200b.yaml"], "run\\u200b.yaml"),
+    row("train-config-fifo", ["train", "--config", "{in}/pipe"], "--config", "pipe", "not a regular file"),
+    row("train-config-long-path", ["train", "--config", "{in}/" + LONG], "--config"),
+    row("train-policy-long-path", ["train", "--set", "model.policy=./" + LONG, *TINY], "model.policy"),
+    row("train-reward-long-path", ["train", "--set", "model.reward=./" + LONG, *TINY], "model.reward"),
     cfg_row("train-config-not-utf8", b"ppo:\n  lr: 0.001\n# caf\xe9\n", "cfg.yaml"),
     cfg_row("train-config-duplicate-key", CFG.replace("  epochs: 1\n", "  epochs: 1\n  epochs: 2\n"),
             "cfg.yaml", "ppo.epochs"),
@@ -111,6 +134,8 @@ ROWS: list[Row] = [
     cfg_row("train-config-epochs-bool", CFG.replace("epochs: 1", "epochs: true"), "ppo.epochs"),
     cfg_row("train-config-kl-inf", CFG + "kl:\n  coef: .inf\n", "kl.coef"),
     cfg_row("train-config-dotted-and-nested", CFG + "kl.coef: 0.1\nkl:\n  coef: 0.2\n", "kl.coef"),
+    cfg_row("train-config-nul", CFG + "task:\n  name: a\x00b\n", "cfg.yaml", "U+0000"),
+    cfg_row("train-config-null-key", CFG.replace("  epochs: 1\n", "  epochs: 1\n  ~: 2\n"), "cfg.yaml", "'ppo'"),
     cfg_row("train-config-not-a-mapping", "- 1\n- 2\n", "cfg.yaml"),
     cfg_row("train-config-unknown-section", CFG + "optim:\n  lr: 0.1\n", "optim"),
     # ---- train: models and stores ----
@@ -120,6 +145,15 @@ ROWS: list[Row] = [
     row("train-policy-bad-config-json", ["train", "--set", "model.policy={in}/badconfig", *TINY],
         "model.policy", "badconfig"),
     row("train-policy-a-file", ["train", "--set", "model.policy={in}/afile", *TINY], "model.policy", "afile"),
+    row("train-policy-corrupt-safetensors", ["train", "--set", "model.policy={in}/m", *TINY], "model.policy",
+        "model.safetensors", "corrupt header", m={"config.json": GPT2, "tokenizer.json": "{}",
+                                                  "model.safetensors": b"\xff" * 8 + b"{}"}),
+    row("train-policy-pickle-weights", ["train", "--set", "model.policy={in}/m", *TINY], "model.policy", "pickle",
+        m={"config.json": GPT2, "tokenizer.json": "{}", "pytorch_model.bin": b"\x80\x04K\x01."}),
+    row("train-policy-bad-tokenizer", ["train", "--set", "model.policy={in}/m", *TINY], "model.policy", "tokenizer",
+        m={"config.json": GPT2, "tokenizer.json": "{not json", "model.safetensors": EMPTY_SAFETENSORS}),
+    row("train-policy-hub-id-unknown", ["train", "--set", "model.policy=no-such-org/no-such-model", *TINY],
+        "model.policy", "no-such-org/no-such-model"),
     row("train-reward-empty-folder", ["train", "--set", "model.reward={in}/emptydir", *TINY],
         "model.reward", "emptydir"),
     row("train-runs-dir-a-file", ["train", "--runs-dir", "{in}/afile", *TINY], "--runs-dir"),
@@ -131,11 +165,19 @@ ROWS: list[Row] = [
         "--tracking-uri"),
     row("train-tracking-uri-secret-redacted", ["train", "--tracking-uri", "mysql://u:hunter2@h/db", *TINY],
         "--tracking-uri", "u:***@h"),
+    row("train-tracking-uri-unreachable", ["train", "--tracking-uri", "http://127.0.0.1:1", *TINY], "--tracking-uri",
+        "does not answer"),
+    row("train-tracking-uri-port-out-of-range", ["train", "--tracking-uri", "http://127.0.0.1:99999", *TINY],
+        "--tracking-uri"),
     # ---- sweep: the spec file ----
     row("sweep-no-spec", ["sweep"], "'spec'"),
     row("sweep-spec-missing", ["sweep", "{in}/missing.yaml"], "missing.yaml"),
     row("sweep-spec-a-folder", ["sweep", "{in}/emptydir"], "emptydir"),
     row("sweep-spec-invisible-path", ["sweep", "{in}/q\u200b.yaml"], "q\\u200b.yaml"),
+    row("sweep-spec-fifo", ["sweep", "{in}/pipe"], "SPEC", "pipe", "not a regular file"),
+    row("sweep-spec-long-path", ["sweep", "{in}/" + LONG], "SPEC"),
+    Row("sweep-spec-newline-in-path", ["sweep", "{in}/a\nb.yaml"], ("'", "a\\nb.yaml", "grid.kl.coeff"),
+        {"a\nb.yaml": HEAD + "grid: {kl.coeff: [0.1]}\nseeds: [0]\n"}),
     spec_row("sweep-spec-not-utf8", NOT_UTF8),
     spec_row("sweep-duplicate-grid-key", HEAD + "grid:\n  kl.coef: [0.1]\n  kl.coef: [0.2]\nseeds: [0]\n",
              "grid.kl.coef"),
@@ -146,6 +188,12 @@ ROWS: list[Row] = [
     spec_row("sweep-epochs-string-list", HEAD + 'grid: {ppo.epochs: ["2"]}\nseeds: [0]\n', "grid.ppo.epochs"),
     spec_row("sweep-dotted-and-nested", HEAD + "  ppo:\n    lr: 0.002\n  ppo.lr: 0.001\n"
              "grid: {kl.coef: [0.1]}\nseeds: [0]\n", "ppo.lr"),
+    spec_row("sweep-spec-nul", GOOD_SPEC.replace("name: bad", "name: b\x00ad"), "line 1", "U+0000"),
+    spec_row("sweep-seeds-base-60", HEAD + "grid: {kl.coef: [0.1]}\nseeds: [1:20]\n", "seeds"),
+    spec_row("sweep-grid-device-absent", HEAD + "grid: {train.device: [cpu, 'cuda:99']}\nseeds: [0]\n",
+             "grid.train.device", "cuda:99"),
+    spec_row("sweep-grid-batch-size-huge", HEAD.replace("  rollout.batch_size: 8\n", "") +
+             "grid: {rollout.batch_size: [8, 1000000000000]}\nseeds: [0]\n", "grid.rollout.batch_size"),
     spec_row("sweep-objective-metric-list", GOOD_SPEC + "objective: {metric: [eval/gold]}\n", "objective.metric"),
     spec_row("sweep-objective-metric-mapping", GOOD_SPEC + "objective: {metric: {a: 1}}\n", "objective.metric"),
     spec_row("sweep-grid-of-10^7-cells", BIG_GRID, "grid", isolate=True),
@@ -170,6 +218,18 @@ ROWS: list[Row] = [
     opt_row("sweep-storage-unknown-dialect", ("--storage", "notadb://x"), "--storage"),
     opt_row("sweep-storage-under-a-file", ("--storage", "{in}/afile/j.journal"), "--storage"),
     opt_row("sweep-storage-not-a-journal", ("--storage", "{in}/afile"), "--storage"),
+    opt_row("sweep-storage-fifo", ("--storage", "{in}/pipe"), "--storage", "not a regular file"),
+    opt_row("sweep-storage-fifo-dry-run", ("--storage", "{in}/pipe", "--dry-run"), "--storage"),
+    opt_row("sweep-storage-user-jsonl", ("--storage", "{in}/data.jsonl"), "--storage", "not an Optuna journal"),
+    opt_row("sweep-storage-user-jsonl-dry-run", ("--storage", "{in}/data.jsonl", "--dry-run"), "--storage"),
+    opt_row("sweep-storage-long-path", ("--storage", "{in}/" + LONG), "--storage"),
+    opt_row("sweep-storage-malformed-scheme", ("--storage", "postgresql:/postgres:PW@127.0.0.1/db"), "--storage",
+            "malformed"),
+    opt_row("sweep-storage-port-out-of-range", ("--storage", "postgresql://u@127.0.0.1:99999/db"), "--storage",
+            "port"),
+    opt_row("sweep-tracking-uri-port-out-of-range", ("--tracking-uri", "http://127.0.0.1:99999"), "--tracking-uri"),
+    opt_row("sweep-tracking-uri-unreachable", ("--tracking-uri", "http://127.0.0.1:1"), "--tracking-uri",
+            "does not answer"),
     opt_row("sweep-runs-dir-a-file", ("--runs-dir", "{in}/afile"), "--runs-dir"),
     opt_row("sweep-tracking-uri-scheme", ("--tracking-uri", "notascheme://x"), "--tracking-uri"),
     # ---- report ----
@@ -194,6 +254,9 @@ ROWS: list[Row] = [
         "--out", runs=STORE),
     row("report-tracking-uri-scheme", ["report", "--experiment", "x", "--tracking-uri", "notascheme://x"],
         "--tracking-uri"),
+    row("report-tracking-uri-unreachable", ["report", "--experiment", "x", "--tracking-uri", "http://127.0.0.1:1"],
+        "--tracking-uri", "does not answer"),
+    row("report-runs-dir-newline-in-path", ["report", "--experiment", "x", "--runs-dir", "{in}/r\nd"], "r\\nd"),
     # ---- compare ----
     row("compare-seeds-abc", ["compare", "--seeds", "abc"], "'--seeds'"),
     row("compare-seeds-0", ["compare", "--seeds", "0"], "--seeds"),
@@ -226,6 +289,8 @@ ROWS: list[Row] = [
     # ---- the rest of the parser ----
     row("tasks-unknown-action", ["tasks", "nope"], "nope"),
     row("tasks-build-unknown-task", ["tasks", "build", "--task", "chess"], "chess"),
+    row("tasks-list-with-task", ["tasks", "list", "--task", "chess"], "--task"),
+    row("config-no-such-key", ["config", "no.such.key"], "no.such.key"),
     row("unknown-command", ["nosuchcommand"], "nosuchcommand"),
 ]
 BY_ID = {r.id: r for r in ROWS}
@@ -240,6 +305,8 @@ SUBPROCESS = [
     ("compare-set-impl", "script"),
     ("bench-json-a-folder", "script"),
     ("ui-port-out-of-range", "module"),
+    ("sweep-storage-user-jsonl-dry-run", "script"),
+    ("train-set-control-char", "module"),
 ]
 
 
@@ -251,6 +318,7 @@ class Sandbox:
     cwd: Path  # the process's working directory: must stay empty
     cache: Path  # PPO_HARNESS_CACHE: must stay empty
     inputs: Path  # what the row reads: must stay as it was
+    home: Path  # HOME: must stay empty (no MLflow telemetry file, no matplotlib cache)
 
 
 @pytest.fixture(scope="session")
@@ -265,11 +333,14 @@ def store_copy(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def sandbox(tmp_path, monkeypatch) -> Sandbox:
-    sb = Sandbox(tmp_path / "cwd", tmp_path / "cache", tmp_path / "in")
-    for d in (sb.cwd, sb.cache, sb.inputs):
+    sb = Sandbox(tmp_path / "cwd", tmp_path / "cache", tmp_path / "in", tmp_path / "home")
+    for d in (sb.cwd, sb.cache, sb.inputs, sb.home):
         d.mkdir()
     monkeypatch.chdir(sb.cwd)
     monkeypatch.setenv("PPO_HARNESS_CACHE", str(sb.cache))
+    monkeypatch.setenv("HOME", str(sb.home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         monkeypatch.delenv(var, raising=False)
     return sb
@@ -281,6 +352,8 @@ def materialize(r: Row, sb: Sandbox, store: Path) -> list[str]:
     def put(path: Path, content: object) -> None:
         if content is DIR:
             path.mkdir()
+        elif content is FIFO:
+            os.mkfifo(path)
         elif content is STORE:
             shutil.copytree(store, path)
         elif isinstance(content, dict):
@@ -312,6 +385,7 @@ def assert_refused(r: Row, sb: Sandbox, before: list[str], code, out: str, err: 
     assert out == "", f"stdout: {out}"
     assert listing(sb.cwd) == [], "created in the working directory"
     assert listing(sb.cache) == [], "created in the model cache"
+    assert listing(sb.home) == [], "created in $HOME"
     assert listing(sb.inputs) == before, "created among the inputs"
 
 
@@ -344,7 +418,7 @@ def run_row(r: Row, sb: Sandbox, store: Path, how: str, capsys=None) -> tuple[li
         pytest.skip("no installed ppo-harness script next to this interpreter")
     cmd = [str(script)] if how == "script" else [sys.executable, "-m", "harness.cli"]
     root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PPO_HARNESS_CACHE": str(sb.cache),
+    env = {**os.environ, "PPO_HARNESS_CACHE": str(sb.cache), "HOME": str(sb.home),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         env.pop(var, None)

@@ -65,7 +65,7 @@ def test_without_a_split_the_holdout_is_a_fixed_share_the_same_every_time(tmp_pa
 @pytest.mark.parametrize(("content", "name", "says"), [
     (None, "absent.jsonl", "no such file"),
     ("", "empty.jsonl", "holds no rows"),
-    ('{"text": "hi"}\n', "nocol.jsonl", "no column 'prompt' (columns: text)"),
+    ('{"text": "hi"}\n', "nocol.jsonl", "task.prompt_column 'prompt': no such column (columns: text)"),
     ('{"prompt": "hi"}\nnot json\n', "broken.jsonl", "line 2 is not JSON"),
     ('{"prompt": ""}\n{"prompt": "a"}\n', "blank.jsonl", "row 1: column 'prompt' is empty or not text"),
     (b"\xff\xfe prompt\n", "latin.csv", "not UTF-8 text"),
@@ -82,6 +82,20 @@ def test_a_bad_file_is_one_line_naming_the_file(tmp_path, content, name, says):
         split_prompts(PromptFile(str(path)), read_rows(str(path)))
     assert str(e.value).startswith(f"task.prompts '{path}':") and says in str(e.value), str(e.value)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(("options", "says"), [
+    ({"split_column": "part"}, "task.split_column 'part': no such column (columns: prompt, split, response)"),
+    ({"completion_column": "answer"}, "task.completion_column 'answer': no such column"),
+    ({"split_column": "split", "eval_split": "dev"}, "task.eval_split 'dev': no row of task.split_column 'split'"),
+])
+def test_a_column_key_naming_nothing_is_named(tmp_path, options, says):
+    """The line names the key that named the missing column (not only the file and the column)."""
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "a", "split": "train", "response": "x"}\n{"prompt": "b", "split": "test", "response": "y"}\n')
+    with pytest.raises(PromptFileError) as e:
+        split_prompts(PromptFile(str(path), **options), read_rows(str(path)))
+    assert says in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
 REWARD = "def words(prompts, completions):\n    return [float(len(c.split())) for c in completions]\n"
@@ -125,7 +139,8 @@ def test_a_bad_file_through_train_exits_2_and_creates_nothing(tmp_path):
     out = _cli(tmp_path, "train", *_sets({"task.prompts": tmp_path / "nocol.jsonl", "model.reward": "file_rewards:words"}))
     assert out.returncode == 2, out.stdout + out.stderr
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "task.prompts" in lines[0] and "no column 'prompt'" in lines[0], out.stderr
+    assert len(lines) == 1 and "task.prompts" in lines[0], out.stderr
+    assert "task.prompt_column 'prompt': no such column" in lines[0], out.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
@@ -174,7 +189,7 @@ def test_a_bad_dataset_through_train_exits_2_and_creates_nothing(tmp_path):
     datasets = pytest.importorskip("datasets")
     datasets.Dataset.from_list([{"text": "hi"}, {"text": "yo"}]).save_to_disk(str(tmp_path / "nocol_ds"))
     (tmp_path / "no_data").mkdir()
-    for value, says in ((tmp_path / "nocol_ds", "no column 'prompt'"),
+    for value, says in ((tmp_path / "nocol_ds", "task.prompt_column 'prompt': no such column"),
                         (tmp_path / "no_data", "cannot load as a Hugging Face dataset")):
         out = _cli(tmp_path, "train", *_sets({"task.prompts": value, "model.reward": "file_rewards:words"}),
                    env=_offline_hf(tmp_path))

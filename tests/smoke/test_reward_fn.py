@@ -25,6 +25,16 @@ def raises(prompts, completions):
 def not_numbers(prompts, completions):
     return ["high" for _ in completions]
 
+def a_string(prompts, completions):
+    return "11"  # two characters for two completions: once read as the scores 1 and 1
+
+def huge(prompts, completions):
+    return [10**400 for _ in completions]
+
+def sleeps(prompts, completions):
+    import time
+    time.sleep(60)
+
 NOT_CALLABLE = 3
 '''
 
@@ -33,11 +43,13 @@ NOT_CALLABLE = 3
 def rewards_path(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("rewards")
     (root / "my_rewards.py").write_text(REWARDS)
+    (root / "exits_at_import.py").write_text("import sys\nsys.exit(0)\ndef fn(p, c):\n    return [0.0] * len(c)\n")
     return root
 
 
 def _train(rewards_path: Path, tmp_path: Path, reward: str, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(rewards_path), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(rewards_path), os.environ.get("PYTHONPATH", "")]),
+           "PPO_HARNESS_REWARD_TIMEOUT_S": "2"}
     sets = [a for k, v in {**TINY, "model.reward": reward, "train.missing_eos_penalty": "null"}.items()
             for a in ("--set", f"{k}={v}")]
     return subprocess.run([sys.executable, "-m", "harness.cli", "train", *sets, *extra,
@@ -71,7 +83,11 @@ def test_the_function_is_the_optimised_reward(rewards_path, tmp_path, impl):
 @pytest.mark.parametrize(("reward", "says"), [
     ("my_rewards:too_few", "returned 1 scores for 2 completions"),
     ("my_rewards:raises", "raised RuntimeError: reward server unreachable"),
-    ("my_rewards:not_numbers", "returned list, expected 2 numbers"),
+    ("my_rewards:not_numbers", "returned a str ('high') among the scores, expected real numbers"),
+    ("my_rewards:a_string", "returned str, expected a list of 2 numbers"),
+    ("my_rewards:huge", "a number too large for a float"),
+    ("my_rewards:sleeps", "took longer than 2s for a batch of 2"),
+    ("exits_at_import:fn", "importing 'exits_at_import' failed (SystemExit: 0)"),
     ("my_rewards:NOT_CALLABLE", "int is not callable"),
     ("my_rewards:absent", "module 'my_rewards' has no attribute 'absent'"),
     ("no_such_pkg.rewards:fn", "cannot import module 'no_such_pkg'"),
@@ -81,6 +97,14 @@ def test_a_broken_function_is_one_line_and_nothing_is_created(rewards_path, tmp_
     assert out.returncode == 2, out.stdout + out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "model.reward" in lines[0] and says in lines[0], out.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_broken_gold_function_is_refused_before_the_run(rewards_path, tmp_path):
+    out = _train(rewards_path, tmp_path, "gold", "--set", "model.gold=my_rewards:raises")
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "model.gold 'my_rewards:raises': raised RuntimeError" in lines[0], out.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 

@@ -30,6 +30,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import yaml
@@ -39,8 +40,18 @@ from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
 
-MLFLOW_PW, TOKEN, PG_PW, SSL_PW = "s3cretPW-mlflow", "tok3nXYZ-mlflow", "PGs3cretPW-pg", "SSLk3yPW-pg"
+# between them every printable ASCII class: letters, digits, the space and all 32 punctuation characters;
+# in URLs percent-encoded (enc), as a URL must carry '/', '?', '#', '@' (tests/smoke/test_redaction.py
+# also feeds them raw to the CLI)
+MLFLOW_PW, TOKEN = "s3cret'PW\" @:/%#?-mlflow", "tok3n`~!$^&*()XYZ-mlflow"
+PG_PW, SSL_PW = "PGs3c;,=+<>|[]{}\\PW-pg", "SSLk3y._PW-pg"
 SECRETS = (MLFLOW_PW, TOKEN, PG_PW, SSL_PW)
+
+
+def enc(secret: str) -> str:
+    return quote(secret, safe="")
+
+
 TINY = {"task.name": "sort", "train.iterations": 1, "rollout.batch_size": 8, "rollout.group_size": 2,
         "ppo.minibatches": 2, "eval.prompts": 8, "model.reward": "gold"}
 SPEC = "secrets-sweep"
@@ -57,7 +68,7 @@ def _leaks(text: str | bytes) -> list[str]:
     """The secrets found in ``text`` (plain, or percent-encoded as a URL would carry them)."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
-    return [s for s in SECRETS if s in text or s.replace("-", "%2D") in text]
+    return [s for s in SECRETS if any(f in text for f in (s, enc(s), quote(s), s.replace("-", "%2D"), repr(s)[1:-1]))]
 
 
 # ---- servers -----------------------------------------------------------------------------------------
@@ -173,10 +184,10 @@ def scenario(mlflow_server, pg_port, tmp_path_factory):
     port, _ = mlflow_server
     root = tmp_path_factory.mktemp("secrets")
     runs = root / "runs"
-    tracking = f"http://alice:{MLFLOW_PW}@127.0.0.1:{port}"
-    token_tracking = f"http://:{TOKEN}@127.0.0.1:{port}"
+    tracking = f"http://alice:{enc(MLFLOW_PW)}@127.0.0.1:{port}"
+    token_tracking = f"http://:{enc(TOKEN)}@127.0.0.1:{port}"
     if pg_port:
-        storage = f"postgresql+psycopg2://postgres:{PG_PW}@127.0.0.1:{pg_port}/postgres?sslmode=disable&sslpassword={SSL_PW}"
+        storage = f"postgresql+psycopg2://postgres:{enc(PG_PW)}@127.0.0.1:{pg_port}/postgres?sslmode=disable&sslpassword={enc(SSL_PW)}"
     else:
         storage = str(root / "runs" / "sweeps" / f"{SPEC}.journal")
     spec = root / f"{SPEC}.yaml"
@@ -195,7 +206,7 @@ def scenario(mlflow_server, pg_port, tmp_path_factory):
                             *common, cwd=root)  # fmt: skip
     out["report-missing"] = run_cli("report", "--experiment", "nope", "--tracking-uri", token_tracking, *common, cwd=root)
     # a server that does not answer: MLflow's own error quotes the request URL, credentials and all
-    dead = f"http://alice:{MLFLOW_PW}@127.0.0.1:{_free_port()}"
+    dead = f"http://alice:{enc(MLFLOW_PW)}@127.0.0.1:{_free_port()}"
     no_retry = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
     out["train-dead"] = run_cli("train", *_sets(TINY), "--tracking-uri", dead, *common, cwd=root, env=no_retry)
     out["report-dead"] = run_cli("report", str(spec), "--tracking-uri", dead, "--out", str(root / "r2"), *common,
@@ -292,7 +303,8 @@ def test_libpq_takes_the_password_from_pgpassfile(pg_port, tmp_path, monkeypatch
     with pytest.raises(psycopg2.OperationalError, match="password"):
         psycopg2.connect(url).close()
     passfile = tmp_path / "pgpass"
-    passfile.write_text(f"127.0.0.1:{pg_port}:*:postgres:{PG_PW}\n")
+    escaped = PG_PW.replace("\\", "\\\\").replace(":", "\\:")  # .pgpass escapes '\' and ':'
+    passfile.write_text(f"127.0.0.1:{pg_port}:*:postgres:{escaped}\n")
     passfile.chmod(0o600)  # libpq ignores a pgpass file others can read
     monkeypatch.setenv("PGPASSFILE", str(passfile))
     conn = psycopg2.connect(url)
@@ -322,7 +334,7 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
     ({"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": MLFLOW_PW}, "",
      "Basic " + base64.b64encode(f"alice:{MLFLOW_PW}".encode()).decode()),
     ({"MLFLOW_TRACKING_TOKEN": TOKEN}, "", f"Bearer {TOKEN}"),
-    ({}, f"alice:{MLFLOW_PW}@", "Basic " + base64.b64encode(f"alice:{MLFLOW_PW}".encode()).decode()),
+    ({}, f"alice:{enc(MLFLOW_PW)}@", "Basic " + base64.b64encode(f"alice:{MLFLOW_PW}".encode()).decode()),
 ])  # fmt: skip
 def test_mlflow_sends_the_credentials_of_its_environment(tmp_path, monkeypatch, env, url_auth, expect):
     from harness.tracking import Store

@@ -75,3 +75,43 @@ def test_tasks_lists_the_builtin_tasks():
     assert r.returncode == 0
     names = [line.split()[0] for line in r.stdout.strip().splitlines()]
     assert {"sentiment", "sort", "length"} <= set(names)
+
+
+def test_sigterm_stops_train_as_ctrl_c_does(tmp_path):
+    """``timeout``/``kill`` send SIGTERM: the run is marked KILLED (not left RUNNING), one line, exit 130, and no
+    half-built warm start (``.build-*``) is left in the model cache."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    cache = tmp_path / "cache"
+    args = tiny_args({"train.iterations": 100000})
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "train", *args, "--runs-dir", str(tmp_path / "runs")],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PPO_HARNESS_CACHE": str(cache)})
+    db, deadline = tmp_path / "runs" / "mlflow.db", time.time() + 300
+    try:
+        while True:  # until the run exists and is RUNNING
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline, "no RUNNING run after 300 s"
+            try:
+                with sqlite3.connect(db) as c:
+                    if c.execute("select count(*) from runs where status = 'RUNNING'").fetchone()[0]:
+                        break
+            except sqlite3.Error:
+                pass
+            time.sleep(0.5)
+        time.sleep(2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines() == ["error: interrupted; the run is marked KILLED"], err[-2000:]
+    with sqlite3.connect(db) as c:
+        assert [r[0] for r in c.execute("select status from runs")] == ["KILLED"]
+    assert not [p for p in cache.rglob("*") if ".build-" in p.name]

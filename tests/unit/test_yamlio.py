@@ -100,6 +100,33 @@ def test_scalars_mean_what_a_person_reads():
     assert loads("") is None and loads("[1, 2]") == [1, 2]
 
 
+@pytest.mark.parametrize("text, value", [
+    ("010", 10), ("-010", -10), ("08", 8), ("0o17", 15), ("0x1f", 31), ("+5", 5), ("1.", 1.0), (".5", 0.5),
+    ("1:20", "1:20"), ("1:20:30.5", "1:20:30.5"), ("1_000", "1_000"), ("0b11", "0b11"), ("1_0.5", "1_0.5"),
+])  # fmt: skip
+def test_numbers_follow_yaml_1_2(text, value):
+    """YAML 1.1 read 010 as octal 8 and 1:20 as the base-60 number 80: a seed of 80 for '1:20'."""
+    got = loads(text)
+    assert got == value and type(got) is type(value)
+    assert loads(f"[{text}]") == [value]
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x01", "\x07", "\x1b", "\x7f"])
+def test_a_control_character_is_one_line_with_its_offset_and_line(char, tmp_path):
+    body = f"name: t\nbase:\n  task.name: a{char}b\n"
+    e = refused(body, tmp_path)
+    assert e.problem == f"control character U+{ord(char):04X} at offset {body.index(char)} (YAML text may not hold it)"
+    assert e.line == 3
+    with pytest.raises(YAMLInputError) as e2:
+        loads(f"a{char}b", "--set task.name")
+    assert str(e2.value).startswith("--set task.name: control character") and "\n" not in str(e2.value)
+
+
+def test_a_null_key_is_refused_where_it_is(tmp_path):
+    assert refused("ppo:\n  ~: 1\n", tmp_path).detail == "a key is null ('~') under 'ppo' (line 2)"
+    assert refused("null: 1\n", tmp_path).detail == "a top-level key is null ('null') (line 1)"
+
+
 def test_every_shipped_spec_reads_as_safe_load_reads_it():
     files = sorted((ROOT / "ablations").glob("*.yaml"))
     assert files

@@ -103,7 +103,7 @@ def test_refusals_are_one_line_naming_task_prompts(tmp_path):
     msg = _refusal(PromptFile(str(tmp_path / "empty")))
     assert "cannot load as a Hugging Face dataset (" in msg and "DataFilesNotFoundError" in msg
     saved = _saved_dict(tmp_path / "text_col", {"train": [{"text": "hi"}] * 3, "test": [{"text": "yo"}]})
-    assert "no column 'prompt' (columns: text)" in _refusal(PromptFile(saved))
+    assert "task.prompt_column 'prompt': no such column (columns: text)" in _refusal(PromptFile(saved))
     assert "0 training and 1 held-out" in _refusal(PromptFile(_saved_dict(tmp_path / "t", {"test": TEST[:1]})))
     both = _refusal(PromptFile(_saved_dict(tmp_path / "s", {"train": TRAIN, "test": TEST}), split_column="response"))
     assert "has a 'test' split and task.split_column 'response' is set" in both
