@@ -172,6 +172,12 @@ def kl_refusals(placement: tuple[str, str], estimator: tuple[str, str]) -> Refus
     }
 
 
+# Trainer.train(resume_from_checkpoint) restores weights, optimiser and RNGs but not the harness's recorder
+# (metric history, evaluations) nor its reward adapter: a resumed run would not repeat the uninterrupted one
+CHECKPOINT_WHY = ("a resumed TRL Trainer restores its weights and optimiser, not the harness's recorder and reward "
+                  "state, so its metrics would not equal an uninterrupted run's (the custom core checkpoints)")
+
+
 def group_refusals(name: str, own: Refusals, *, entropy_why: str, early_stop_by: str) -> Refusals:
     """A group trainer's REFUSED table, checked in this order: the sequence-level advantage, the trainer's
     ``own`` rows, then the fixed beta, the entropy bonus (``entropy_why``), the approx-KL early stop and the
@@ -183,6 +189,7 @@ def group_refusals(name: str, own: Refusals, *, entropy_why: str, early_stop_by:
         "ppo.entropy_coef": (lambda c: c.ppo.entropy_coef > 0, entropy_why),
         "ppo.target_kl": (lambda c: c.ppo.target_kl is not None, f"{early_stop_by} has no early stop on approx KL"),
         "train.device": (device_refused, DEVICE_WHY),
+        "train.checkpoint_every": (lambda c: c.train.checkpoint_every > 0, CHECKPOINT_WHY),
     }
 
 
@@ -436,4 +443,6 @@ def train_group(cfg: RunConfig, logger, on_eval, progress: bool, *, name: str, t
         trainer_cls = getattr(importlib.import_module("trl"), trainer)
         with tempfile.TemporaryDirectory(prefix=f"ppo-harness-{name}-") as out_dir:
             run_trainer(trainer_cls, make_args(cfg, T, out_dir), models, reward, (optimizer, scheduler), callback)
-        return rec.result()
+        from harness.export import finish_run
+
+        return finish_run(cfg, models, logger, rec.result())  # train.save_policy

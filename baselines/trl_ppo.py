@@ -93,6 +93,8 @@ REFUSED: dict[str, tuple[Callable[[RunConfig], bool], str]] = {
     "ppo.clip_eps_high": (lambda c: c.ppo.clip_eps_high is not None, "TRL's PPO clip range is symmetric (cliprange)"),
     "ppo.dual_clip": (lambda c: c.ppo.dual_clip is not None, "TRL's PPO has no dual clip"),
     "train.truncated": (lambda c: c.train.truncated != "penalty", "TRL's PPO has no masking of truncated completions"),
+    "train.checkpoint_every": (lambda c: c.train.checkpoint_every > 0,
+                               "TRL's PPOTrainer.train() cannot resume from a checkpoint (the custom core checkpoints)"),
 }
 
 # schema keys TRL's statistics map to (harness/schema.py): TRL key -> harness key
@@ -371,4 +373,6 @@ def train(cfg: RunConfig, logger, on_eval=None, progress: bool = True) -> RunRes
         optimizer, scheduler = make_optimizer(cfg, models.policy, models.value)
         callback = _trl_callback(cfg=cfg, reward=reward, optimizer=optimizer, recorder=rec)
         _run_trainer(cfg, models, reward, (optimizer, scheduler), callback, T, P)
-        return rec.result()
+        from harness.export import finish_run
+
+        return finish_run(cfg, models, logger, rec.result())  # train.save_policy

@@ -248,6 +248,23 @@ class TrainConfig(_Section):
         from harness.devices import check_spelling
 
         return check_spelling(v)
+    checkpoint_every: int = Field(
+        default=0, ge=0,
+        description="impl=custom: write a checkpoint every N iterations and after the last (policy and value weights "
+        "as safetensors, optimiser and scheduler state, every RNG, the KL coefficient, the iteration) atomically into "
+        "<runs-dir>/checkpoints/<run id>/; `ppo-harness train --resume RUN_ID` continues from the newest; 0 = off.",
+    )
+    keep_checkpoints: int = Field(
+        default=1, ge=0, description="How many of the newest checkpoints a run keeps (older ones are deleted); 0 = all."
+    )
+    save_policy: bool = Field(
+        default=False,
+        description="impl=custom: at the end of the run, save the policy (save_pretrained, its tokenizer and a model "
+        "card README.md) into <runs-dir>/policies/<run id>/ (`ppo-harness export RUN_ID DIR` does it afterwards).",
+    )
+    log_model: bool = Field(
+        default=False, description="impl=custom: also log the saved policy to the MLflow run as the artifact folder policy/."
+    )
     autocast: Literal["none", "bf16"] = Field(
         default="none",
         description="bf16: rollout and update forwards under torch.autocast(bfloat16); weights, optimiser and evaluation "

@@ -122,6 +122,15 @@ class Recorder:
         if self.on_eval is not None and em is not None:
             self.on_eval(it, em)
 
+    def state(self) -> dict:
+        """What a checkpoint keeps of the recorder (JSON-able): history, evaluations, samples, the onset."""
+        return {"history": self.history, "evals": self.evals, "samples": self.samples, "onset": self.onset}
+
+    def load_state(self, state: dict) -> None:
+        """Continue from ``state()`` (a resumed run): its iteration 0 is evaluated and logged already."""
+        self.history = {k: [(int(i), v) for i, v in pts] for k, pts in state["history"].items()}
+        self.evals, self.samples, self.onset = state["evals"], state["samples"], state["onset"]
+
     def result(self) -> RunResult:
         """Write the samples table and return the run's result."""
         if self.samples:

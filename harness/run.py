@@ -58,18 +58,28 @@ def execute(
     tags: dict[str, str] | None = None,
     on_eval: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = True,
+    resume: str | None = None,
 ) -> RunResult:
-    """Train one configuration with its implementation and log it as one MLflow run."""
+    """Train one configuration with its implementation and log it as one MLflow run.
+
+    ``resume``: the id of an existing run to continue (back to RUNNING, its newest checkpoint loaded by the
+    loop) instead of a new run; ``run_name``, ``parent_run_id`` and ``tags`` are then the run's own already."""
     from harness.warmstart.load import validate_model_keys
 
     validate_model_keys(cfg)  # a bad path fails before any run exists
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    name = run_name or f"{cfg.task.name}-{cfg.impl}-{cfg.advantage.level}-s{cfg.seed}"
-    logger = store.start_run(
-        experiment, run_name=name, tags={**run_tags(cfg), **(tags or {})}, params=cfg.flat(), parent_run_id=parent_run_id
-    )
-    logger.log_text(cfg.to_yaml(), "config.yaml")
+    if resume is not None:
+        store.set_run_status(resume, "RUNNING")
+        logger = store.run_logger(resume)
+        logger.set_tags({Tag.RESUMED: str(int(logger.client.get_run(resume).data.tags.get(Tag.RESUMED, "0")) + 1)})
+    else:
+        name = run_name or f"{cfg.task.name}-{cfg.impl}-{cfg.advantage.level}-s{cfg.seed}"
+        logger = store.start_run(
+            experiment, run_name=name, tags={**run_tags(cfg), **(tags or {})}, params=cfg.flat(),
+            parent_run_id=parent_run_id,
+        )
+        logger.log_text(cfg.to_yaml(), "config.yaml")
     try:
         result = resolve(cfg.impl)(cfg, logger, on_eval, progress)
     except KeyboardInterrupt:

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from harness.checkpoint import Checkpoints
 from harness.config import RunConfig, response_length
+from harness.export import finish_run
 from harness.fast.flat import FlatParams
 from harness.lm.rollout import Rollout, ScoreFn, collect, make_score_fn
 from harness.models.types import Models, SharedTrunkValue
@@ -241,12 +243,16 @@ def train(cfg: RunConfig, logger, on_eval=None, progress: bool = True) -> RunRes
         score_fn = make_score_fn(models.reward, models.task.gold, models.reward_fn)
         st = init_state(cfg, models)
         rec = Recorder(cfg, logger, models, score_fn, response_length(cfg, models.task), bar=bar, on_eval=on_eval)
+        ckpt = Checkpoints(cfg, logger)  # train.checkpoint_every; a resumed run continues after its newest
         try:
-            rec.begin()
-            for it in range(1, n + 1):
+            start = ckpt.resume(models, st, rec)
+            if start == 0:
+                rec.begin()
+            for it in range(start + 1, n + 1):
                 t0 = time.perf_counter()
                 metrics = ppo_iteration(cfg, models, st, score_fn)
                 rec.step(it, metrics, seconds=time.perf_counter() - t0)
+                ckpt.after(it, models, st, rec)
         finally:
             st.close()
-        return rec.result()
+        return finish_run(cfg, models, logger, rec.result())  # train.save_policy
