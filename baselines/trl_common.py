@@ -46,7 +46,8 @@ from baselines.trl_ppo import ClippedAdam, NotExpressible
 from baselines.trl_reward import ScoredBatch
 from harness.config import RunConfig, response_length
 from harness.ppo import math as M
-from harness.ppo.update import linear_decay
+from harness.ppo.schedules import scheduler_kind
+from harness.ppo.update import lr_schedule
 from harness.ppo.variance import KEYS as VARIANCE_KEYS
 from harness.recording import RunResult
 
@@ -129,7 +130,7 @@ def common_args(cfg: RunConfig, response_length: int, output_dir: str) -> dict:
         "adam_epsilon": cfg.ppo.adam_eps,
         "weight_decay": 0.0,
         "max_grad_norm": 0.0,  # ClippedAdam clips (harness rule); Trainer's own clipping off
-        "lr_scheduler_type": "linear" if cfg.ppo.lr_decay else "constant",
+        "lr_scheduler_type": scheduler_kind(cfg.ppo.lr_scheduler_type, cfg.ppo.lr_decay),  # the one handed in
         "warmup_steps": 0,
         "beta": cfg.kl.coef,
         "epsilon": cfg.ppo.clip_eps,
@@ -202,11 +203,11 @@ def make_policy_optimizer(cfg: RunConfig, policy) -> tuple[ClippedAdam, torch.op
     """Adam over the policy, gradient clipped in step(), LR decayed per harness iteration.
 
     The Trainer steps the scheduler once per optimiser step; step s belongs to iteration
-    s // (epochs * minibatches), so the factor is the custom core's ``linear_decay`` of it."""
+    s // (epochs * minibatches), so the factor is the custom core's ``lr_schedule`` of it."""
     groups = [[p for p in policy.parameters() if p.requires_grad]]
     opt_ = ClippedAdam(groups, lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps, max_grad_norm=cfg.ppo.max_grad_norm)
     per_it = cfg.ppo.epochs * cfg.ppo.minibatches
-    decay = linear_decay(cfg.train.iterations, cfg.ppo.lr_decay)
+    decay = lr_schedule(cfg)
     return opt_, torch.optim.lr_scheduler.LambdaLR(opt_, lambda s: decay(s // per_it))
 
 

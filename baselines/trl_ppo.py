@@ -65,7 +65,8 @@ from harness.config import RunConfig, response_length
 from harness.devices import resolve as resolve_device
 from harness.fast.flat import clip_norm_
 from harness.lm.rollout import make_score_fn
-from harness.ppo.update import linear_decay
+from harness.ppo.schedules import scheduler_kind
+from harness.ppo.update import lr_schedule
 from harness.ppo.variance import KEYS as VARIANCE_KEYS  # the probe owns its key list
 from harness.recording import Recorder, RunResult
 
@@ -167,7 +168,7 @@ def trl_args(cfg: RunConfig, response_length: int, output_dir: str):
         adam_epsilon=cfg.ppo.adam_eps,
         weight_decay=0.0,
         max_grad_norm=cfg.ppo.max_grad_norm if cfg.ppo.max_grad_norm is not None else 0.0,
-        lr_scheduler_type="linear" if cfg.ppo.lr_decay else "constant",
+        lr_scheduler_type=scheduler_kind(cfg.ppo.lr_scheduler_type, cfg.ppo.lr_decay),  # the one handed in
         warmup_steps=0,
         cliprange=cfg.ppo.clip_eps,
         cliprange_value=cfg.ppo.value_clip if cfg.ppo.value_clip is not None else math.inf,
@@ -211,8 +212,8 @@ def make_optimizer(cfg: RunConfig, policy, value) -> tuple[ClippedAdam, torch.op
     """Adam over policy + value parameters and the per-iteration LR schedule of the custom core."""
     groups = [[p for p in policy.parameters() if p.requires_grad], [p for p in value.parameters() if p.requires_grad]]
     opt = ClippedAdam(groups, lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps, max_grad_norm=cfg.ppo.max_grad_norm)
-    # lr_i = lr * (1 - i / n), the custom core's schedule (cleanRL anneal_lr); TRL steps it once per iteration
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, linear_decay(cfg.train.iterations, cfg.ppo.lr_decay))
+    # the custom core's per-iteration schedule (default lr_i = lr * (1 - i / n)); TRL steps it once per iteration
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg))
 
 
 def prompt_dataset(tokenizer, prompts, min_rows: int):

@@ -151,7 +151,20 @@ class PPOConfig(_Section):
         default=1e-4, gt=0.0,
         description="Adam learning rate (tiny models want more than TRL's 3e-6 at 1B; 3e-4 moved 7 nats per iteration).",
     )
-    lr_decay: bool = Field(default=True, description="Linear decay of the learning rate to 0 over train.iterations (cleanRL anneal_lr).")
+    lr_decay: bool = Field(
+        default=True,
+        description="Linear decay of the learning rate to 0 over train.iterations (cleanRL anneal_lr); read when "
+        "ppo.lr_scheduler_type is null (true = linear, false = constant).",
+    )
+    lr_scheduler_type: Literal["constant", "constant_with_warmup", "linear", "cosine"] | None = Field(
+        default=None,
+        description="The learning-rate schedule, per iteration, as TRL's lr_scheduler_type names it (harness/ppo/"
+        "schedules.py): constant, constant_with_warmup, linear (to 0 at the last iteration), cosine (half a cosine "
+        "to 0), the last three after ppo.warmup_iterations of linear warmup; null = ppo.lr_decay decides.",
+    )
+    warmup_iterations: int = Field(
+        default=0, ge=0, description="Iterations of linear learning-rate warmup from 0 (TRL warmup_steps, in iterations)."
+    )
     adam_eps: float = Field(default=1e-5, gt=0.0, description="Adam epsilon (cleanRL / N details: 1e-5, not torch's 1e-8).")
     max_grad_norm: float | None = Field(
         default=1.0, gt=0.0,
@@ -337,6 +350,15 @@ class RunConfig(_Section):
                 "k1 with kl.placement=loss has zero expected gradient on on-policy samples (the term does "
                 "nothing); use k2 (gradient of KL(pi||ref)) or k3 (gradient of KL(ref||pi))",
             )
+        if p.warmup_iterations and p.lr_scheduler_type in (None, "constant"):
+            raise _KeyProblem(
+                "ppo.warmup_iterations",
+                f"{p.lr_scheduler_type or 'the ppo.lr_decay schedule'} has no warmup; set ppo.lr_scheduler_type to "
+                "constant_with_warmup, linear or cosine",
+            )
+        if p.warmup_iterations >= self.train.iterations:
+            raise _KeyProblem("ppo.warmup_iterations", f"{p.warmup_iterations} is not below train.iterations="
+                              f"{self.train.iterations}")
         if self.kl.target is not None and self.kl.coef == 0:
             raise _KeyProblem("kl.coef", "the adaptive controller (kl.target) needs kl.coef > 0 to start from")
         _consistent_levels(self)

@@ -70,9 +70,7 @@ def execute(
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if resume is not None:
-        store.set_run_status(resume, "RUNNING")
-        logger = store.run_logger(resume)
-        logger.set_tags({Tag.RESUMED: str(int(logger.client.get_run(resume).data.tags.get(Tag.RESUMED, "0")) + 1)})
+        logger = _reopen(store, resume, tags)
     else:
         name = run_name or f"{cfg.task.name}-{cfg.impl}-{cfg.advantage.level}-s{cfg.seed}"
         logger = store.start_run(
@@ -100,6 +98,18 @@ def execute(
         raise
     logger.end("FINISHED")
     return result
+
+
+def _reopen(store: Store, run_id: str, tags: dict[str, str] | None):
+    """A run continued from its checkpoint: RUNNING again, ``tags`` (a sweep's trial and worker) updated,
+    its failure reason dropped, ``resumed`` counting the continuations."""
+    old = store.get_run(run_id).data.tags
+    if Tag.FAILURE in old:
+        store.client.delete_tag(run_id, Tag.FAILURE)
+    logger = store.run_logger(run_id)
+    logger.set_tags({**(tags or {}), Tag.RESUMED: str(int(old.get(Tag.RESUMED, "0")) + 1)})
+    store.set_run_status(run_id, "RUNNING")
+    return logger
 
 
 @contextlib.contextmanager

@@ -33,7 +33,7 @@ from harness.ppo.update import (
     UpdateStats,
     autocast,
     check,
-    linear_decay,
+    lr_schedule,
     policy_loss_kwargs,
     update,
 )
@@ -76,8 +76,8 @@ def init_state(cfg: RunConfig, models: Models) -> PPOState:
     # The fused kernel is the same update in one pass (4x faster on CPU than the per-tensor loop).
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in flat.flat)
     opt = torch.optim.Adam(flat.flat, lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps, fused=fused or None)
-    # linear decay to 0 over the run (cleanRL anneal_lr): lr_i = lr * (1 - i / n)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_decay(cfg.train.iterations, cfg.ppo.lr_decay))
+    # default: linear decay to 0 over the run (cleanRL anneal_lr): lr_i = lr * (1 - i / n)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg))  # ppo.lr_scheduler_type, or ppo.lr_decay
     return PPOState(
         iteration=0,
         kl_coef=cfg.kl.coef,

@@ -29,10 +29,11 @@ from harness.lm.forward import policy_forward, token_values
 from harness.lm.rollout import Rollout
 from harness.models.types import Models, SharedTrunkValue
 from harness.ppo import math as M
+from harness.ppo.schedules import lr_factor, scheduler_kind
 
 __all__ = [
     "Batch", "NonFiniteError", "SideThread", "UpdateState", "UpdateStats", "autocast", "check", "linear_decay",
-    "norm_length", "policy_loss_kwargs", "update",
+    "lr_schedule", "norm_length", "policy_loss_kwargs", "update",
 ]
 
 
@@ -50,6 +51,13 @@ def autocast(cfg: RunConfig, model: torch.nn.Module):
     """bf16 autocast on the model's device when ``train.autocast=bf16``; a no-op otherwise."""
     device = next(model.parameters()).device.type
     return torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.train.autocast == "bf16")
+
+
+def lr_schedule(cfg: RunConfig) -> Callable[[int], float]:
+    """The run's learning-rate factor after i iterations (``ppo.lr_scheduler_type``, ``ppo.warmup_iterations``,
+    or ``ppo.lr_decay``; ``harness.ppo.schedules``)."""
+    kind = scheduler_kind(cfg.ppo.lr_scheduler_type, cfg.ppo.lr_decay)
+    return lr_factor(kind, cfg.train.iterations, cfg.ppo.warmup_iterations)
 
 
 def linear_decay(iterations: int, enabled: bool) -> Callable[[int], float]:

@@ -19,7 +19,7 @@ PACKAGES = ("harness", "baselines", "reports")
 # bottom to top; an entry is a module or a package prefix (a group)
 LAYERS: list[list[str]] = [
     ["harness.schema", "harness.tasks", "harness.fast", "harness.locks", "harness.urls", "harness.ppo.math",
-     "harness.ppo.kl_control", "harness.yamlio", "harness.devices", "harness.impls"],
+     "harness.ppo.kl_control", "harness.ppo.schedules", "harness.yamlio", "harness.devices", "harness.impls"],
     ["harness.config", "harness.tracking", "harness.progress"],
     ["harness.lm", "harness.models", "reports", "harness.profiles"],
     ["harness.warmstart", "harness.evaluate", "harness.ppo.variance", "harness.ppo.update", "harness.checkpoint"],
