@@ -18,7 +18,7 @@ from tests.conftest import run_cli, tiny_args  # noqa: E402
 # what each impl needs on top of TINY to be expressible; missing_eos_penalty off so that TINY's
 # 6-token completions (which rarely end) still get distinct scores and a non-zero update
 GRPO = {"advantage.level": "sequence", "advantage.baseline": "group_norm", "advantage.whiten": False,
-        "kl.placement": "loss", "kl.estimator": "k3", "train.missing_eos_penalty": None}
+        "kl.placement": "loss", "kl.estimator": "k3", "kl.coef": 0.05, "train.missing_eos_penalty": None}
 RLOO = {"advantage.level": "sequence", "advantage.baseline": "rloo", "loss.agg": "seq-mean-token-sum",
         "ppo.minibatches": 1, "ppo.epochs": 1, "train.missing_eos_penalty": None}
 SETTINGS = {"trl-grpo": (trl_grpo, GRPO), "trl-rloo": (trl_rloo, RLOO)}
