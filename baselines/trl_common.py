@@ -124,8 +124,8 @@ def common_args(cfg: RunConfig, response_length: int, output_dir: str) -> dict:
         **geometry(cfg),
         "max_completion_length": response_length,
         "temperature": cfg.rollout.temperature,
-        "top_p": 1.0,
-        "top_k": 0,
+        "top_p": cfg.rollout.top_p,  # TRL's logprobs are those of the untruncated distribution, as the harness's
+        "top_k": cfg.rollout.top_k,
         "learning_rate": cfg.ppo.lr,
         "adam_epsilon": cfg.ppo.adam_eps,
         "weight_decay": 0.0,
@@ -191,6 +191,8 @@ def group_refusals(name: str, own: Refusals, *, entropy_why: str, early_stop_by:
         "ppo.target_kl": (lambda c: c.ppo.target_kl is not None, f"{early_stop_by} has no early stop on approx KL"),
         "train.device": (device_refused, DEVICE_WHY),
         "train.checkpoint_every": (lambda c: c.train.checkpoint_every > 0, CHECKPOINT_WHY),
+        "rollout.min_new_tokens": (lambda c: c.rollout.min_new_tokens > 0,
+                                   f"{name}'s generation config has no minimum length here"),
     }
 
 

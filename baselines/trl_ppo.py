@@ -94,6 +94,9 @@ REFUSED: dict[str, tuple[Callable[[RunConfig], bool], str]] = {
     "ppo.clip_eps_high": (lambda c: c.ppo.clip_eps_high is not None, "TRL's PPO clip range is symmetric (cliprange)"),
     "ppo.dual_clip": (lambda c: c.ppo.dual_clip is not None, "TRL's PPO has no dual clip"),
     "train.truncated": (lambda c: c.train.truncated != "penalty", "TRL's PPO has no masking of truncated completions"),
+    "rollout.top_k": (lambda c: c.rollout.top_k > 0, "PPOTrainer samples the full distribution (top_k=0)"),
+    "rollout.top_p": (lambda c: c.rollout.top_p < 1.0, "PPOTrainer samples the full distribution (top_p=1)"),
+    "rollout.min_new_tokens": (lambda c: c.rollout.min_new_tokens > 0, "PPOTrainer has no minimum response length"),
     "train.checkpoint_every": (lambda c: c.train.checkpoint_every > 0,
                                "TRL's PPOTrainer.train() cannot resume from a checkpoint (the custom core checkpoints)"),
 }

@@ -119,6 +119,20 @@ class RolloutConfig(_Section):
     batch_size: int = Field(default=64, ge=1, description="Completions per PPO iteration (B).")
     group_size: int = Field(default=4, ge=1, description="Completions per prompt (k), contiguous in the batch; B/k prompts.")
     temperature: float = Field(default=1.0, gt=0.0, description="Sampling temperature; logprobs are taken at the same temperature.")
+    top_k: int = Field(
+        default=0, ge=0,
+        description="impl=custom, trl-grpo, trl-rloo: sample from the k most likely tokens only; 0 = all. Log-probs, ratio "
+        "and KL stay those of the untruncated tempered distribution (as TRL computes them; harness/lm/sampling.py).",
+    )
+    top_p: float = Field(
+        default=1.0, gt=0.0, le=1.0,
+        description="impl=custom, trl-grpo, trl-rloo: nucleus sampling, from the smallest set of most likely tokens whose "
+        "probability reaches p; 1 = off. Log-probs, ratio and KL as for rollout.top_k.",
+    )
+    min_new_tokens: int = Field(
+        default=0, ge=0,
+        description="impl=custom: no EOS is sampled before this many response tokens (log-probs as for rollout.top_k).",
+    )
 
 
 class PPOConfig(_Section):

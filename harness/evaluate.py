@@ -48,6 +48,7 @@ def evaluate(
     temperature: float,
     missing_eos_penalty: float | None,
     batch_size: int = 128,
+    truncation=None,
 ) -> tuple[dict[str, float], list[dict]]:
     """Returns (metrics, samples): eval/gold, eval/proxy, eval/kl, eval/length (held-out mean tokens)."""
     was_training = policy.training
@@ -59,7 +60,7 @@ def evaluate(
         ro = collect(
             policy, ref, tokenizer, prompts[s : s + batch_size],
             max_new_tokens=response_length, temperature=temperature, generator=g,
-            score_fn=score_fn, gold_fn=task.gold, missing_eos_penalty=missing_eos_penalty,
+            score_fn=score_fn, gold_fn=task.gold, missing_eos_penalty=missing_eos_penalty, truncation=truncation,
         )
         gold.append(ro.gold)
         proxy.append(ro.scores)

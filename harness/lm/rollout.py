@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.lm.forward import policy_forward, sequence_scores, token_values
-from harness.lm.sampling import decode, encode_prompts, sample, sequence_inputs
+from harness.lm.sampling import Truncation, decode, encode_prompts, sample, sequence_inputs
 from harness.ppo import math as M
 
 
@@ -71,6 +71,7 @@ def collect(
     value_model=None,
     missing_eos_penalty: float | None = None,
     timings: dict[str, float] | None = None,
+    truncation: Truncation | None = None,
 ) -> Rollout:
     """Steps 1-3 of the loop: sample, score, ref logprobs, values.
 
@@ -81,7 +82,8 @@ def collect(
     t0 = time.perf_counter()
     dev = next(policy.parameters()).device  # train.device: every tensor of the rollout lives there
     pids, pmask = (t.to(dev) for t in encode_prompts(tokenizer, prompts))
-    rids, mask, has_eos, logprobs, entropy = sample(policy, pids, pmask, max_new_tokens, temperature, eos, pad, generator)
+    rids, mask, has_eos, logprobs, entropy = sample(policy, pids, pmask, max_new_tokens, temperature, eos, pad, generator,
+                                                  truncation)
     t1 = time.perf_counter()
     ro = Rollout(
         prompts=list(prompts),

@@ -35,6 +35,10 @@ REFUSALS = {
     "ppo.dual_clip": {"ppo.dual_clip": 3.0},
     "train.truncated": {"train.truncated": "mask"},
     "train.device": {"train.device": "cuda:1"},
+    "train.checkpoint_every": {"train.checkpoint_every": 5},
+    "rollout.top_k": {"rollout.top_k": 5},
+    "rollout.top_p": {"rollout.top_p": 0.9},
+    "rollout.min_new_tokens": {"rollout.min_new_tokens": 2},
 }
 
 

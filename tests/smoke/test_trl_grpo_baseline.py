@@ -47,6 +47,8 @@ REFUSALS = {
         "ppo.entropy_coef": {"ppo.entropy_coef": 0.01},
         "ppo.target_kl": {"ppo.target_kl": 0.02},
         "train.device": {"train.device": "cuda:1"},
+        "train.checkpoint_every": {"train.checkpoint_every": 5},
+        "rollout.min_new_tokens": {"rollout.min_new_tokens": 2},
     },
     "trl-rloo": {
         "advantage.level": {"advantage.level": "token"},
@@ -62,6 +64,8 @@ REFUSALS = {
         "ppo.entropy_coef": {"ppo.entropy_coef": 0.01},
         "ppo.target_kl": {"ppo.target_kl": 0.02},
         "train.device": {"train.device": "cuda:1"},
+        "train.checkpoint_every": {"train.checkpoint_every": 5},
+        "rollout.min_new_tokens": {"rollout.min_new_tokens": 2},
     },
 }
 

@@ -59,3 +59,22 @@ def test_the_optimiser_steps_with_warmup_then_cosine(monkeypatch):
     f = lr_factor("cosine", n, w)
     assert [s["lr"] for s in tape.steps] == pytest.approx([lr * f(i) for i in range(4)])
     assert [s["lr"] for s in tape.steps][:3] == pytest.approx([0.0, lr / 2, lr])
+
+
+def test_rollout_truncation_keys_reach_the_loops_sampler(monkeypatch):
+    """rollout.top_k / top_p / min_new_tokens reach the custom core's rollout (the sampler's Truncation), and
+    top_k=1 then samples greedily: each response token the argmax of the policy. Fails if a key is not wired."""
+    from harness.lm.sampling import Truncation
+
+    over = {"rollout.top_k": 1, "rollout.top_p": 0.7, "rollout.min_new_tokens": 2, "task.response_length": 4}
+    cfg, m, st, hist, tape = _run(monkeypatch, over, spy=("collect",))
+    (call,) = tape.calls["collect"]
+    assert call["truncation"] == Truncation(1, 0.7, 2)
+    ro = call["out"]
+    from harness.lm import forward
+
+    with torch.no_grad():
+        # the reference is the policy as it sampled (iteration 1, before the update)
+        logits = forward.forward_logits(call["ref"], ro.prompt_ids, ro.prompt_mask, ro.response_ids)
+    keep = ro.mask.bool()
+    assert torch.equal(ro.response_ids[keep], logits.argmax(-1)[keep])
