@@ -193,6 +193,9 @@ def group_refusals(name: str, own: Refusals, *, entropy_why: str, early_stop_by:
         "train.checkpoint_every": (lambda c: c.train.checkpoint_every > 0, CHECKPOINT_WHY),
         "rollout.min_new_tokens": (lambda c: c.rollout.min_new_tokens > 0,
                                    f"{name}'s generation config has no minimum length here"),
+        "rollout.stop": (lambda c: bool(c.rollout.stop), f"{name}'s generation here has no stop strings"),
+        "task.chat_template": (lambda c: c.task.chat_template,
+                               "the harness hands TRL plain-text prompts (its conversational format is not wired)"),
     }
 
 

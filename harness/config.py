@@ -67,6 +67,11 @@ class TaskConfig(_Section):
     template: str = Field(
         default="{prompt}", description="task.prompts: what the policy sees; {prompt} is replaced by the row's prompt."
     )
+    chat_template: bool = Field(
+        default=False,
+        description="impl=custom: give the policy each prompt as a user turn of its tokenizer's chat template "
+        "(apply_chat_template, add_generation_prompt=True); refused for a tokenizer without one.",
+    )
     completion_column: str | None = Field(
         default=None, min_length=1, description="task.prompts: completions for model.sft=task (SFT pairs)."
     )
@@ -132,6 +137,11 @@ class RolloutConfig(_Section):
     min_new_tokens: int = Field(
         default=0, ge=0,
         description="impl=custom: no EOS is sampled before this many response tokens (log-probs as for rollout.top_k).",
+    )
+    stop: list[str] = Field(
+        default_factory=list,
+        description="impl=custom: stop strings; a response ends after the token that completes one (kept in the text, "
+        "as transformers' stop_strings); what follows leaves every loss.",
     )
 
 

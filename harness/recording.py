@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from harness import evaluate as E
 from harness.config import RunConfig
-from harness.lm.sampling import truncation
+from harness.lm.sampling import generation_options
 from harness.schema import Tag
 
 if TYPE_CHECKING:  # annotations only: importing the loop needs neither MLflow nor rich
@@ -82,7 +82,7 @@ class Recorder:
             m.policy, m.ref, m.tokenizer, m.task, self.score_fn,
             n_prompts=self.cfg.eval.prompts, response_length=self.response_length,
             temperature=self.cfg.rollout.temperature, missing_eos_penalty=self.cfg.train.missing_eos_penalty,
-            truncation=truncation(self.cfg),  # rollout.top_k / top_p / min_new_tokens: the policy as it samples
+            options=generation_options(self.cfg),  # rollout.top_k / top_p / min_new_tokens / stop, task.chat_template
         )
         if it in self.sample_at:
             self.samples.extend({"iteration": it, **r} for r in rows[:SAMPLE_ROWS])

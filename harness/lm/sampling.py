@@ -74,6 +74,36 @@ def truncation(cfg) -> Truncation:
     return Truncation(r.top_k, r.top_p, r.min_new_tokens)
 
 
+def generation_options(cfg) -> dict:
+    """``collect``'s keyword arguments for a run config's generation keys: the truncation, ``rollout.stop``
+    and ``task.chat_template``."""
+    return {"truncation": truncation(cfg), "stop": tuple(cfg.rollout.stop), "chat": cfg.task.chat_template}
+
+
+def chat_prompts(tokenizer, prompts: Sequence[str]) -> list[str]:
+    """Each prompt as one user turn through the tokenizer's chat template, with the assistant's turn opened
+    (``apply_chat_template(add_generation_prompt=True)``): the text the policy is given."""
+    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts]
+
+
+def cut_at_stop(tokenizer, response_ids: torch.Tensor, mask: torch.Tensor, has_eos: torch.Tensor,
+                stop: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask, ended) with each response cut after the first token whose text completes one of the ``stop``
+    strings (the stop string kept, as transformers' ``stop_strings`` keep it); such a response has ended."""
+    mask, ended = mask.clone(), has_eos.clone()
+    for i, row in enumerate(response_ids.tolist()):
+        n = int(mask[i].sum())
+        for t in range(n):
+            text = tokenizer.decode(row[: t + 1], skip_special_tokens=True)
+            if any(s in text for s in stop):
+                if t + 1 < n or not bool(has_eos[i]):
+                    mask[i, t + 1 :] = 0
+                    ended[i] = True
+                break
+    return mask, ended
+
+
 def truncate_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """``logits`` (B, V) with -inf outside the top ``top_k`` tokens (0 = none cut) and outside the nucleus: the
     smallest set of most likely tokens whose probability reaches ``top_p`` (at least one token kept)."""

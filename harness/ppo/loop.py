@@ -23,7 +23,7 @@ from harness.config import RunConfig, response_length
 from harness.export import finish_run
 from harness.fast.flat import FlatParams
 from harness.lm.rollout import Rollout, ScoreFn, collect, make_score_fn
-from harness.lm.sampling import truncation
+from harness.lm.sampling import generation_options
 from harness.models.types import Models, SharedTrunkValue
 from harness.ppo import kl_control
 from harness.ppo import math as M
@@ -157,7 +157,7 @@ def _rollout(cfg: RunConfig, models: Models, st: PPOState, score_fn: ScoreFn, ti
             # train.truncated=mask: the real scores (rows without EOS leave the loss instead)
             missing_eos_penalty=cfg.train.missing_eos_penalty if cfg.train.truncated == "penalty" else None,
             timings=timings,
-            truncation=truncation(cfg),  # rollout.top_k / top_p / min_new_tokens
+            **generation_options(cfg),  # rollout.top_k / top_p / min_new_tokens / stop, task.chat_template
         )
 
 

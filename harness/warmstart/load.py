@@ -4,6 +4,7 @@ policy, its frozen reference, the reward and value models. The path checks made 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 from torch import nn
@@ -90,6 +91,8 @@ def validate_model_keys(cfg: RunConfig) -> Task:
         if not Path(p).expanduser().exists():
             raise ModelError(f"model.policy '{p}': not a built-in preset ({', '.join(PRESETS)}) nor an existing path")
         _check_model_dir("model.policy", p, tokenizer=True)
+    if cfg.task.chat_template:
+        _check_chat_template(p)
     r = cfg.model.reward
     task = run_task(cfg)
     if uses_sft(cfg) and not task.sft_corpus:
@@ -120,6 +123,20 @@ WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.b
 TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
+def _check_chat_template(policy: str) -> None:
+    """task.chat_template: the policy's tokenizer has a chat template (a preset's word-level one has none;
+    a local folder names one in tokenizer_config.json or chat_template.jinja; a hub id is checked at load)."""
+    why = f"task.chat_template: the tokenizer of model.policy '{policy}' has no chat template"
+    if is_preset(policy):
+        raise ModelError(why)
+    if looks_local(policy):
+        folder = Path(policy).expanduser()
+        cfg_file = folder / "tokenizer_config.json"
+        named = cfg_file.is_file() and "chat_template" in json.loads(cfg_file.read_text())
+        if not (named or (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file()):
+            raise ModelError(why)
+
+
 def _check_model_dir(key: str, name: str, tokenizer: bool) -> None:
     """A Hugging Face model folder: its config loads, its weights and (``tokenizer``) a tokenizer are there."""
     folder = Path(name).expanduser()
@@ -146,6 +163,8 @@ def load_models(cfg: RunConfig, progress=None) -> Models:
     task = validate_model_keys(cfg)
     start = policy_start(cfg, task, progress)
     tokenizer = load_tokenizer(start.tokenizer)
+    if cfg.task.chat_template and not getattr(tokenizer, "chat_template", None):  # a hub id's, known only now
+        raise ModelError(f"task.chat_template: the tokenizer of model.policy '{cfg.model.policy}' has no chat template")
     policy = load_lm(start.policy)
     ref = copy.deepcopy(policy).eval().requires_grad_(False)
     reward, reward_fn, rm_dir = _reward(cfg, task, start, tokenizer, progress)

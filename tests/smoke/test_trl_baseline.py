@@ -39,6 +39,8 @@ REFUSALS = {
     "rollout.top_k": {"rollout.top_k": 5},
     "rollout.top_p": {"rollout.top_p": 0.9},
     "rollout.min_new_tokens": {"rollout.min_new_tokens": 2},
+    "rollout.stop": {"rollout.stop": ["."]},
+    "task.chat_template": {"task.chat_template": True},
 }
 
 

@@ -49,6 +49,8 @@ REFUSALS = {
         "train.device": {"train.device": "cuda:1"},
         "train.checkpoint_every": {"train.checkpoint_every": 5},
         "rollout.min_new_tokens": {"rollout.min_new_tokens": 2},
+        "rollout.stop": {"rollout.stop": ["."]},
+        "task.chat_template": {"task.chat_template": True},
     },
     "trl-rloo": {
         "advantage.level": {"advantage.level": "token"},
@@ -66,6 +68,8 @@ REFUSALS = {
         "train.device": {"train.device": "cuda:1"},
         "train.checkpoint_every": {"train.checkpoint_every": 5},
         "rollout.min_new_tokens": {"rollout.min_new_tokens": 2},
+        "rollout.stop": {"rollout.stop": ["."]},
+        "task.chat_template": {"task.chat_template": True},
     },
 }
 

@@ -74,3 +74,50 @@ def test_min_new_tokens_holds_eos_back_and_nothing_changes_without_options(model
     assert (r0[:, :first] == eos).any()  # without it EOS comes earlier: the test discriminates
     (r1, *_), _ = _draw(models, Truncation(), seed=1, n=32, length=24)
     assert torch.equal(r0, r1)  # the defaults draw exactly what the untruncated sampler draws
+
+
+def test_stop_strings_cut_the_response_after_the_token_that_completes_one(models):
+    tok = models.tokenizer
+    words = "the movie was great . and then".split()
+    ids = torch.tensor([tok.convert_tokens_to_ids(words), tok.convert_tokens_to_ids(words)])
+    mask = torch.ones(2, len(words))
+    mask[1, 3:] = 0  # the second response ended (EOS) before the stop string
+    has_eos = torch.tensor([False, True])
+    cut, ended = sampling.cut_at_stop(tok, ids, mask, has_eos, ["great ."])
+    assert cut[0].tolist() == [1, 1, 1, 1, 1, 0, 0] and bool(ended[0])  # "." completes "great ." at index 4
+    assert torch.equal(cut[1], mask[1]) and bool(ended[1])
+    assert sampling.decode(tok, ids, cut, tok.eos_token_id)[0] == "the movie was great ."
+
+
+def test_collect_with_stop_and_chat_template(models):
+    """rollout.stop through collect: masks, logprobs and the 'ended' flag follow the cut; task.chat_template:
+    the policy is given the templated prompt, the rollout keeps the plain one."""
+    import copy
+
+    from harness.lm.rollout import collect
+
+    tok = copy.deepcopy(models.tokenizer)
+    tok.chat_template = "{% for m in messages %}the {{ m['content'] }}{% endfor %}{% if add_generation_prompt %} was{% endif %}"
+    prompts = list(models.task.train_prompts[:8])
+
+    def run(**kw):
+        return collect(models.policy, models.ref, tok, prompts, max_new_tokens=8, temperature=1.0,
+                       generator=torch.Generator().manual_seed(0), score_fn=lambda ro: torch.zeros(ro.size),
+                       gold_fn=models.task.gold, **kw)
+
+    plain = run()
+    common = plain.completions[0].split()[1]  # a word the first completion holds at its second token
+    cut = run(stop=(common,))
+    assert cut.mask[0].sum() == 2 and bool(cut.has_eos[0]) and (cut.logprobs[0, 2:] == 0).all()
+    assert (cut.mask <= plain.mask).all()
+    chat = run(chat=True)
+    want, _ = sampling.encode_prompts(tok, [f"the {p} was" for p in prompts])
+    assert torch.equal(chat.prompt_ids, want) and chat.prompts == prompts
+
+
+def test_chat_template_is_refused_for_a_tokenizer_without_one():
+    from harness.models.types import ModelError
+    from harness.warmstart.load import validate_model_keys
+
+    with pytest.raises(ModelError, match="task.chat_template: the tokenizer of model.policy 'tiny' has no chat template"):
+        validate_model_keys(build_config(overrides={"task.chat_template": True}))
