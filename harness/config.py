@@ -139,7 +139,7 @@ class RolloutConfig(_Section):
         description="impl=custom: no EOS is sampled before this many response tokens (log-probs as for rollout.top_k).",
     )
     stop: list[str] = Field(
-        default_factory=list,
+        default=[],
         description="impl=custom: stop strings; a response ends after the token that completes one (kept in the text, "
         "as transformers' stop_strings); what follows leaves every loss.",
     )
