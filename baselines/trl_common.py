@@ -194,6 +194,8 @@ def group_refusals(name: str, own: Refusals, *, entropy_why: str, early_stop_by:
         "rollout.min_new_tokens": (lambda c: c.rollout.min_new_tokens > 0,
                                    f"{name}'s generation config has no minimum length here"),
         "rollout.stop": (lambda c: bool(c.rollout.stop), f"{name}'s generation here has no stop strings"),
+        "ppo.micro_batch_size": (lambda c: c.ppo.micro_batch_size is not None,
+                                 "its gradient accumulation averages micro-batches (not wired to this key)"),
         "task.chat_template": (lambda c: c.task.chat_template,
                                "the harness hands TRL plain-text prompts (its conversational format is not wired)"),
     }

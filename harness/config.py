@@ -171,6 +171,12 @@ class PPOConfig(_Section):
     )
     epochs: int = Field(default=4, ge=1, description="Passes over each rollout batch.")
     minibatches: int = Field(default=4, ge=1, description="Minibatches per epoch (must divide rollout.batch_size).")
+    micro_batch_size: int | None = Field(
+        default=None, ge=1,
+        description="impl=custom: rows per forward / backward within a minibatch (gradient accumulation; must divide "
+        "rollout.batch_size / ppo.minibatches); the step equals the whole minibatch's (harness/ppo/accumulate.py), "
+        "only memory changes; null = the whole minibatch at once.",
+    )
     lr: float = Field(
         default=1e-4, gt=0.0,
         description="Adam learning rate (tiny models want more than TRL's 3e-6 at 1B; 3e-4 moved 7 nats per iteration).",
@@ -358,6 +364,9 @@ class RunConfig(_Section):
             raise _KeyProblem("rollout.group_size", f"{r.group_size} does not divide rollout.batch_size={r.batch_size}")
         if r.batch_size % p.minibatches:
             raise _KeyProblem("ppo.minibatches", f"{p.minibatches} does not divide rollout.batch_size={r.batch_size}")
+        if p.micro_batch_size is not None and (r.batch_size // p.minibatches) % p.micro_batch_size:
+            raise _KeyProblem("ppo.micro_batch_size", f"{p.micro_batch_size} does not divide the minibatch of "
+                              f"{r.batch_size // p.minibatches} rows (rollout.batch_size / ppo.minibatches)")
         if r.batch_size // p.minibatches < 1:
             raise _KeyProblem("ppo.minibatches", "minibatches would be empty")
         a = self.advantage

@@ -51,6 +51,7 @@ REFUSALS = {
         "rollout.min_new_tokens": {"rollout.min_new_tokens": 2},
         "rollout.stop": {"rollout.stop": ["."]},
         "task.chat_template": {"task.chat_template": True},
+        "ppo.micro_batch_size": {"ppo.micro_batch_size": 2},
     },
     "trl-rloo": {
         "advantage.level": {"advantage.level": "token"},
@@ -70,6 +71,7 @@ REFUSALS = {
         "rollout.min_new_tokens": {"rollout.min_new_tokens": 2},
         "rollout.stop": {"rollout.stop": ["."]},
         "task.chat_template": {"task.chat_template": True},
+        "ppo.micro_batch_size": {"ppo.micro_batch_size": 2},
     },
 }
 
