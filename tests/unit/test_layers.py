@@ -19,11 +19,10 @@ PACKAGES = ("harness", "baselines", "reports")
 # bottom to top; an entry is a module or a package prefix (a group)
 LAYERS: list[list[str]] = [
     ["harness.schema", "harness.tasks", "harness.fast", "harness.locks", "harness.urls", "harness.ppo.math",
-     "harness.ppo.kl_control", "harness.ppo.schedules", "harness.yamlio", "harness.devices", "harness.impls"],
+     "harness.ppo.kl_control", "harness.ppo.schedules", "harness.ppo.accumulate", "harness.yamlio", "harness.devices", "harness.impls"],
     ["harness.config", "harness.tracking", "harness.progress"],
     ["harness.lm", "harness.models", "reports", "harness.profiles"],
-    ["harness.warmstart", "harness.evaluate", "harness.ppo.variance", "harness.ppo.update", "harness.checkpoint",
-     "harness.ppo.accumulate"],
+    ["harness.warmstart", "harness.evaluate", "harness.ppo.variance", "harness.ppo.update", "harness.checkpoint"],
     ["harness.recording", "harness.export"],
     ["harness.ppo.loop", "baselines"],
     ["harness.run"],
