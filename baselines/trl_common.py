@@ -194,6 +194,7 @@ def group_refusals(name: str, own: Refusals, *, entropy_why: str, early_stop_by:
         "rollout.min_new_tokens": (lambda c: c.rollout.min_new_tokens > 0,
                                    f"{name}'s generation config has no minimum length here"),
         "rollout.stop": (lambda c: bool(c.rollout.stop), f"{name}'s generation here has no stop strings"),
+        "model.lora.r": (lambda c: c.model.lora.r > 0, "the harness does not hand TRL a peft_config (LoRA: impl=custom)"),
         "ppo.micro_batch_size": (lambda c: c.ppo.micro_batch_size is not None,
                                  "its gradient accumulation averages micro-batches (not wired to this key)"),
         "task.chat_template": (lambda c: c.task.chat_template,

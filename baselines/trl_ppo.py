@@ -98,6 +98,7 @@ REFUSED: dict[str, tuple[Callable[[RunConfig], bool], str]] = {
     "rollout.top_p": (lambda c: c.rollout.top_p < 1.0, "PPOTrainer samples the full distribution (top_p=1)"),
     "rollout.min_new_tokens": (lambda c: c.rollout.min_new_tokens > 0, "PPOTrainer has no minimum response length"),
     "rollout.stop": (lambda c: bool(c.rollout.stop), "PPOTrainer stops at EOS only (stop_token)"),
+    "model.lora.r": (lambda c: c.model.lora.r > 0, "the harness does not hand TRL a peft_config (LoRA: impl=custom)"),
     "ppo.micro_batch_size": (lambda c: c.ppo.micro_batch_size is not None,
                              "PPOTrainer's gradient accumulation is not wired to this key"),
     "task.chat_template": (lambda c: c.task.chat_template, "PPOTrainer takes tokenized prompts as given"),

@@ -86,6 +86,21 @@ class TaskConfig(_Section):
         return v
 
 
+class LoraConfig(_Section):
+    r: int = Field(
+        default=0, ge=0,
+        description="impl=custom: LoRA rank (peft; pip install 'ppo-harness[lora]'): the policy trains low-rank adapters "
+        "only, the reference is the same model with its adapters disabled (one copy of the weights); 0 = full fine-tuning.",
+    )
+    alpha: float = Field(default=16.0, gt=0.0, description="LoRA scaling alpha (the update is alpha / r x B A).")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA adapters' input (training only).")
+    target_modules: list[str] | None = Field(
+        default=None,
+        description="Module names the adapters wrap (e.g. [q_proj, v_proj]); null = peft's default for the architecture "
+        "(GPT-2: c_attn; Llama / Qwen2 / Mistral: q_proj, v_proj).",
+    )
+
+
 class ModelConfig(_Section):
     policy: str = Field(
         default="tiny",
@@ -118,6 +133,7 @@ class ModelConfig(_Section):
     )
     rm_label_noise: float = Field(default=0.1, ge=0.0, lt=0.5, description="Share of preference labels flipped when training the proxy RM.")
     rm_pairs: int = Field(default=4096, ge=16, description="Preference pairs sampled from the SFT policy for the proxy RM.")
+    lora: LoraConfig = LoraConfig()
 
 
 class RolloutConfig(_Section):
@@ -392,6 +408,9 @@ class RunConfig(_Section):
         if p.warmup_iterations >= self.train.iterations:
             raise _KeyProblem("ppo.warmup_iterations", f"{p.warmup_iterations} is not below train.iterations="
                               f"{self.train.iterations}")
+        if self.model.lora.r and self.model.value_trunk == "shared":
+            raise _KeyProblem("model.value_trunk", "shared with model.lora.r > 0: the trunk's weights are frozen under "
+                              "LoRA; use a separate value model")
         if self.kl.target is not None and self.kl.coef == 0:
             raise _KeyProblem("kl.coef", "the adaptive controller (kl.target) needs kl.coef > 0 to start from")
         _consistent_levels(self)
@@ -612,7 +631,9 @@ def check_value(key: str, value: Any) -> None:
     if key not in (known := known_keys()):
         raise _refuse(key, f"unknown key{did_you_mean(key, known)}")
     section, _, leaf = key.rpartition(".")
-    model = RunConfig.model_fields[section].annotation if section else RunConfig
+    model: Any = RunConfig
+    for part in section.split(".") if section else []:  # model.lora.r: two sections deep
+        model = model.model_fields[part].annotation
     try:
         model.model_validate({leaf: value})
     except ValidationError as err:

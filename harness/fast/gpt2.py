@@ -54,6 +54,7 @@ def supports(model: nn.Module) -> bool:
             and getattr(cfg, "model_type", None) == "gpt2"
             and not getattr(cfg, "add_cross_attention", False)
             and getattr(cfg, "activation_function", None) in _GELU
+            and getattr(model, "peft_config", None) is None  # LoRA adapters: the generic forward applies them
         )
         dropout = any(m.p > 0 for m in model.modules() if isinstance(m, nn.Dropout))
         info = _INFO[model] = (arch, dropout)

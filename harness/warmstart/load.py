@@ -13,6 +13,7 @@ from harness.config import RunConfig
 from harness.devices import DeviceError
 from harness.devices import resolve as resolve_device
 from harness.models.loading import load_classifier, load_lm, load_tokenizer, looks_local
+from harness.models.lora import check_peft, with_lora
 from harness.models.presets import PRESETS, is_preset, no_dropout
 from harness.models.reward_fn import (
     is_callable_spec,
@@ -93,6 +94,8 @@ def validate_model_keys(cfg: RunConfig) -> Task:
         _check_model_dir("model.policy", p, tokenizer=True)
     if cfg.task.chat_template:
         _check_chat_template(p)
+    if cfg.model.lora.r:
+        check_peft()
     r = cfg.model.reward
     task = run_task(cfg)
     if uses_sft(cfg) and not task.sft_corpus:
@@ -166,7 +169,10 @@ def load_models(cfg: RunConfig, progress=None) -> Models:
     if cfg.task.chat_template and not getattr(tokenizer, "chat_template", None):  # a hub id's, known only now
         raise ModelError(f"task.chat_template: the tokenizer of model.policy '{cfg.model.policy}' has no chat template")
     policy = load_lm(start.policy)
-    ref = copy.deepcopy(policy).eval().requires_grad_(False)
+    if cfg.model.lora.r:  # adapters on the policy; the reference: adapters off, the same weights
+        policy, ref = with_lora(policy, cfg.model.lora)
+    else:
+        ref = copy.deepcopy(policy).eval().requires_grad_(False)
     reward, reward_fn, rm_dir = _reward(cfg, task, start, tokenizer, progress)
     value = None
     needs_value = cfg.advantage.level == "token" or cfg.advantage.baseline == "value"

@@ -42,6 +42,7 @@ REFUSALS = {
     "rollout.stop": {"rollout.stop": ["."]},
     "task.chat_template": {"task.chat_template": True},
     "ppo.micro_batch_size": {"ppo.micro_batch_size": 2},
+    "model.lora.r": {"model.lora.r": 4},
 }
 
 

@@ -52,6 +52,7 @@ REFUSALS = {
         "rollout.stop": {"rollout.stop": ["."]},
         "task.chat_template": {"task.chat_template": True},
         "ppo.micro_batch_size": {"ppo.micro_batch_size": 2},
+        "model.lora.r": {"model.lora.r": 4},
     },
     "trl-rloo": {
         "advantage.level": {"advantage.level": "token"},
@@ -72,6 +73,7 @@ REFUSALS = {
         "rollout.stop": {"rollout.stop": ["."]},
         "task.chat_template": {"task.chat_template": True},
         "ppo.micro_batch_size": {"ppo.micro_batch_size": 2},
+        "model.lora.r": {"model.lora.r": 4},
     },
 }
 
