@@ -113,7 +113,7 @@ def common_args(cfg: RunConfig, response_length: int, output_dir: str) -> dict:
         "use_cpu": use_cpu(cfg),
         "bf16": cfg.train.autocast == "bf16",
         "fp16": False,
-        "activation_checkpointing": False,  # default off here; named as transformers 5 wants
+        "activation_checkpointing": cfg.train.gradient_checkpointing,  # named as transformers 5 wants
         "report_to": [],
         "push_to_hub": False,
         "save_strategy": "no",

@@ -150,7 +150,7 @@ def trl_args(cfg: RunConfig, response_length: int, output_dir: str):
         use_cpu=resolve_device(cfg.train.device).type == "cpu",  # else accelerate's GPU (CUDA_VISIBLE_DEVICES picks it)
         bf16=cfg.train.autocast == "bf16",  # PPOConfig defaults to bf16 autocast; the harness to fp32
         fp16=False,
-        activation_checkpointing=False,  # PPOConfig default True (gradient_checkpointing): recomputation, slower
+        activation_checkpointing=cfg.train.gradient_checkpointing,  # PPOConfig default True; the harness's False
         report_to=[],
         push_to_hub=False,
         save_strategy="no",

@@ -307,6 +307,12 @@ class TrainConfig(_Section):
         from harness.devices import check_spelling
 
         return check_spelling(v)
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="impl=custom: recompute the policy's and value model's activations in the backward instead of "
+        "keeping them (transformers' gradient checkpointing: less memory, ~1 more forward of compute); such models "
+        "take the generic forward, not the CPU GPT-2 fast path. TRL: activation_checkpointing.",
+    )
     checkpoint_every: int = Field(
         default=0, ge=0,
         description="impl=custom: write a checkpoint every N iterations and after the last (policy and value weights "

@@ -190,6 +190,10 @@ def load_models(cfg: RunConfig, progress=None) -> Models:
             nn.init.zeros_(value.score.weight)
         value.requires_grad_(True)
         value.train()
+    if cfg.train.gradient_checkpointing:  # activations recomputed in the backward (the generic forward)
+        for m in (policy, None if isinstance(value, SharedTrunkValue) else value):
+            if m is not None:
+                m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     device = resolve_device(cfg.train.device)
     for m in (policy, ref, reward, value):
         if m is not None:
