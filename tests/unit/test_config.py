@@ -213,7 +213,7 @@ def test_ints_are_numbers_and_the_cli_still_reads_numbers(tmp_path):
                                          ("-.inf", "-inf"), ("nan", "nan"), (".nan", "nan"), ("1.0e+400", "inf")])
 def test_every_float_key_refuses_non_finite_numbers(key, text, shown):
     assert one_line(build_config, None, [f"{key}={text}"]) == f"config key '{key}': must be a finite number (got {shown})"
-    section, leaf = key.split(".")
+    section, leaf = key.rsplit(".", 1)  # model.lora.alpha: the section model.lora
     value = float(shown)
     assert one_line(build_config, {section: {leaf: value}}) == (
         f"config key '{key}': must be a finite number (got {shown})"
