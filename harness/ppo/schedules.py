@@ -43,8 +43,8 @@ def lr_factor(kind: str, iterations: int, warmup: int = 0) -> Callable[[int], fl
             return i / max(1, w)
         if kind == "constant_with_warmup":
             return 1.0
-        if kind == "linear":
-            return max(0.0, (n - i) / max(1, n - w))
+        if kind == "linear":  # without warmup 1 - i / n, bit for bit the older ppo.lr_decay
+            return max(0.0, 1.0 - i / n) if w == 0 else max(0.0, (n - i) / max(1, n - w))
         p = (i - w) / max(1, n - w)
         return max(0.0, 0.5 * (1.0 + math.cos(math.pi * p)))
 
