@@ -20,7 +20,8 @@ from tests.conftest import run_cli, tiny_args
 
 N, KILL_AT = 6, 3
 ARGS = ["--task", "sentiment", "--seed", "3", *tiny_args({"train.iterations": N, "eval.every": 2,
-                                                          "train.checkpoint_every": 1}), "-q"]
+                                                          "train.checkpoint_every": 1, "train.save_policy": "true",
+                                                          "train.log_model": "true"}), "-q"]
 
 
 def _history(store: Store, run_id: str) -> dict[str, dict[int, float]]:
@@ -58,6 +59,13 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path):
     full = run_cli("train", *ARGS, "--runs-dir", str(tmp_path / "full"), cwd=tmp_path)
     assert full.returncode == 0, full.stderr
     full_id = full.stdout.split("run id", 1)[1].split()[0]
+
+    # train.save_policy / train.log_model: the final policy in <runs-dir>/policies/<run id>/ and in the MLflow run
+    saved = tmp_path / "full" / "policies" / full_id
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= {p.name for p in saved.iterdir()}
+    full_store = Store(tmp_path / "full")
+    logged = {a.path for a in full_store.client.list_artifacts(full_id, "policy")}
+    assert {"policy/config.json", "policy/model.safetensors", "policy/README.md"} <= logged
 
     killed = _killed_run(runs, tmp_path)
     store = Store(runs)
