@@ -47,7 +47,8 @@ from baselines.trl_ppo import ClippedAdam, NotExpressible
 from baselines.trl_reward import ScoredBatch
 from harness.config import RunConfig, response_length
 from harness.ppo import math as M
-from harness.ppo.update import linear_decay
+from harness.ppo.schedules import scheduler_kind
+from harness.ppo.update import lr_schedule
 from harness.ppo.variance import KEYS as VARIANCE_KEYS
 from harness.recording import RunResult
 
@@ -113,7 +114,7 @@ def common_args(cfg: RunConfig, response_length: int, output_dir: str) -> dict:
         "use_cpu": use_cpu(cfg),
         "bf16": cfg.train.autocast == "bf16",
         "fp16": False,
-        "activation_checkpointing": False,  # default off here; named as transformers 5 wants
+        "activation_checkpointing": cfg.train.gradient_checkpointing,  # named as transformers 5 wants
         "report_to": [],
         "push_to_hub": False,
         "save_strategy": "no",
@@ -124,13 +125,13 @@ def common_args(cfg: RunConfig, response_length: int, output_dir: str) -> dict:
         **geometry(cfg),
         "max_completion_length": response_length,
         "temperature": cfg.rollout.temperature,
-        "top_p": 1.0,
-        "top_k": 0,
+        "top_p": cfg.rollout.top_p,  # TRL's logprobs are those of the untruncated distribution, as the harness's
+        "top_k": cfg.rollout.top_k,
         "learning_rate": cfg.ppo.lr,
         "adam_epsilon": cfg.ppo.adam_eps,
         "weight_decay": 0.0,
         "max_grad_norm": 0.0,  # ClippedAdam clips (harness rule); Trainer's own clipping off
-        "lr_scheduler_type": "linear" if cfg.ppo.lr_decay else "constant",
+        "lr_scheduler_type": scheduler_kind(cfg.ppo.lr_scheduler_type, cfg.ppo.lr_decay),  # the one handed in
         "warmup_steps": 0,
         "beta": cfg.kl.coef,
         "epsilon": cfg.ppo.clip_eps,
@@ -173,6 +174,12 @@ def kl_refusals(placement: tuple[str, str], estimator: tuple[str, str]) -> Refus
     }
 
 
+# Trainer.train(resume_from_checkpoint) restores weights, optimiser and RNGs but not the harness's recorder
+# (metric history, evaluations) nor its reward adapter: a resumed run would not repeat the uninterrupted one
+CHECKPOINT_WHY = ("a resumed TRL Trainer restores its weights and optimiser, not the harness's recorder and reward "
+                  "state, so its metrics would not equal an uninterrupted run's (the custom core checkpoints)")
+
+
 def group_refusals(name: str, own: Refusals, *, entropy_why: str, early_stop_by: str) -> Refusals:
     """A group trainer's REFUSED table, checked in this order: the sequence-level advantage, the trainer's
     ``own`` rows, then the fixed beta, the entropy bonus (``entropy_why``), the approx-KL early stop and the
@@ -185,6 +192,15 @@ def group_refusals(name: str, own: Refusals, *, entropy_why: str, early_stop_by:
         "ppo.target_kl": (lambda c: c.ppo.target_kl is not None, f"{early_stop_by} has no early stop on approx KL"),
         "train.device": (device_refused, DEVICE_WHY),
         **menu_refusals(f"{name}Trainer"),
+        "train.checkpoint_every": (lambda c: c.train.checkpoint_every > 0, CHECKPOINT_WHY),
+        "rollout.min_new_tokens": (lambda c: c.rollout.min_new_tokens > 0,
+                                   f"{name}'s generation config has no minimum length here"),
+        "rollout.stop": (lambda c: bool(c.rollout.stop), f"{name}'s generation here has no stop strings"),
+        "model.lora.r": (lambda c: c.model.lora.r > 0, "the harness does not hand TRL a peft_config (LoRA: impl=custom)"),
+        "ppo.micro_batch_size": (lambda c: c.ppo.micro_batch_size is not None,
+                                 "its gradient accumulation averages micro-batches (not wired to this key)"),
+        "task.chat_template": (lambda c: c.task.chat_template,
+                               "the harness hands TRL plain-text prompts (its conversational format is not wired)"),
     }
 
 
@@ -197,11 +213,11 @@ def make_policy_optimizer(cfg: RunConfig, policy) -> tuple[ClippedAdam, torch.op
     """Adam over the policy, gradient clipped in step(), LR decayed per harness iteration.
 
     The Trainer steps the scheduler once per optimiser step; step s belongs to iteration
-    s // (epochs * minibatches), so the factor is the custom core's ``linear_decay`` of it."""
+    s // (epochs * minibatches), so the factor is the custom core's ``lr_schedule`` of it."""
     groups = [[p for p in policy.parameters() if p.requires_grad]]
     opt_ = ClippedAdam(groups, lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps, max_grad_norm=cfg.ppo.max_grad_norm)
     per_it = cfg.ppo.epochs * cfg.ppo.minibatches
-    decay = linear_decay(cfg.train.iterations, cfg.ppo.lr_decay)
+    decay = lr_schedule(cfg)
     return opt_, torch.optim.lr_scheduler.LambdaLR(opt_, lambda s: decay(s // per_it))
 
 
@@ -438,4 +454,6 @@ def train_group(cfg: RunConfig, logger, on_eval, progress: bool, *, name: str, t
         trainer_cls = getattr(importlib.import_module("trl"), trainer)
         with tempfile.TemporaryDirectory(prefix=f"ppo-harness-{name}-") as out_dir:
             run_trainer(trainer_cls, make_args(cfg, T, out_dir), models, reward, (optimizer, scheduler), callback)
-        return rec.result()
+        from harness.export import finish_run
+
+        return finish_run(cfg, models, logger, rec.result())  # train.save_policy

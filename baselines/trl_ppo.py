@@ -66,7 +66,8 @@ from harness.config import RunConfig, response_length
 from harness.devices import resolve as resolve_device
 from harness.fast.flat import clip_norm_
 from harness.lm.rollout import make_score_fn
-from harness.ppo.update import linear_decay
+from harness.ppo.schedules import scheduler_kind
+from harness.ppo.update import lr_schedule
 from harness.ppo.variance import KEYS as VARIANCE_KEYS  # the probe owns its key list
 from harness.recording import Recorder, RunResult
 
@@ -89,12 +90,22 @@ REFUSED: dict[str, tuple[Callable[[RunConfig], bool], str]] = {
     "train.device": (lambda c: c.train.device not in ("auto", "cpu", "cuda", "cuda:0"),
                      "accelerate places TRL's models on cpu or cuda:0; pin another GPU with CUDA_VISIBLE_DEVICES "
                      "or sweep --devices"),
-    # issue 14's keys (loss.norm_length needs loss.agg=seq-mean-token-sum-norm, refused above by loss.agg)
+    # the ratio, clip and aggregation keys (loss.norm_length needs loss.agg=seq-mean-token-sum-norm, refused above by loss.agg)
     "ppo.ratio_level": (lambda c: c.ppo.ratio_level != "token", "TRL's PPO ratio is token level only"),
     "ppo.clip_eps_high": (lambda c: c.ppo.clip_eps_high is not None, "TRL's PPO clip range is symmetric (cliprange)"),
     "ppo.dual_clip": (lambda c: c.ppo.dual_clip is not None, "TRL's PPO has no dual clip"),
     "train.truncated": (lambda c: c.train.truncated != "penalty", "TRL's PPO has no masking of truncated completions"),
     **menu_refusals("PPOTrainer"),
+    "rollout.top_k": (lambda c: c.rollout.top_k > 0, "PPOTrainer samples the full distribution (top_k=0)"),
+    "rollout.top_p": (lambda c: c.rollout.top_p < 1.0, "PPOTrainer samples the full distribution (top_p=1)"),
+    "rollout.min_new_tokens": (lambda c: c.rollout.min_new_tokens > 0, "PPOTrainer has no minimum response length"),
+    "rollout.stop": (lambda c: bool(c.rollout.stop), "PPOTrainer stops at EOS only (stop_token)"),
+    "model.lora.r": (lambda c: c.model.lora.r > 0, "the harness does not hand TRL a peft_config (LoRA: impl=custom)"),
+    "ppo.micro_batch_size": (lambda c: c.ppo.micro_batch_size is not None,
+                             "PPOTrainer's gradient accumulation is not wired to this key"),
+    "task.chat_template": (lambda c: c.task.chat_template, "PPOTrainer takes tokenized prompts as given"),
+    "train.checkpoint_every": (lambda c: c.train.checkpoint_every > 0,
+                               "TRL's PPOTrainer.train() cannot resume from a checkpoint (the custom core checkpoints)"),
 }
 
 # schema keys TRL's statistics map to (harness/schema.py): TRL key -> harness key
@@ -141,7 +152,7 @@ def trl_args(cfg: RunConfig, response_length: int, output_dir: str):
         use_cpu=resolve_device(cfg.train.device).type == "cpu",  # else accelerate's GPU (CUDA_VISIBLE_DEVICES picks it)
         bf16=cfg.train.autocast == "bf16",  # PPOConfig defaults to bf16 autocast; the harness to fp32
         fp16=False,
-        activation_checkpointing=False,  # PPOConfig default True (gradient_checkpointing): recomputation, slower
+        activation_checkpointing=cfg.train.gradient_checkpointing,  # PPOConfig default True; the harness's False
         report_to=[],
         push_to_hub=False,
         save_strategy="no",
@@ -167,7 +178,7 @@ def trl_args(cfg: RunConfig, response_length: int, output_dir: str):
         adam_epsilon=cfg.ppo.adam_eps,
         weight_decay=0.0,
         max_grad_norm=cfg.ppo.max_grad_norm if cfg.ppo.max_grad_norm is not None else 0.0,
-        lr_scheduler_type="linear" if cfg.ppo.lr_decay else "constant",
+        lr_scheduler_type=scheduler_kind(cfg.ppo.lr_scheduler_type, cfg.ppo.lr_decay),  # the one handed in
         warmup_steps=0,
         cliprange=cfg.ppo.clip_eps,
         cliprange_value=cfg.ppo.value_clip if cfg.ppo.value_clip is not None else math.inf,
@@ -211,8 +222,8 @@ def make_optimizer(cfg: RunConfig, policy, value) -> tuple[ClippedAdam, torch.op
     """Adam over policy + value parameters and the per-iteration LR schedule of the custom core."""
     groups = [[p for p in policy.parameters() if p.requires_grad], [p for p in value.parameters() if p.requires_grad]]
     opt = ClippedAdam(groups, lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps, max_grad_norm=cfg.ppo.max_grad_norm)
-    # lr_i = lr * (1 - i / n), the custom core's schedule (cleanRL anneal_lr); TRL steps it once per iteration
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, linear_decay(cfg.train.iterations, cfg.ppo.lr_decay))
+    # the custom core's per-iteration schedule (default lr_i = lr * (1 - i / n)); TRL steps it once per iteration
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg))
 
 
 def prompt_dataset(tokenizer, prompts, min_rows: int):
@@ -373,4 +384,6 @@ def train(cfg: RunConfig, logger, on_eval=None, progress: bool = True) -> RunRes
         optimizer, scheduler = make_optimizer(cfg, models.policy, models.value)
         callback = _trl_callback(cfg=cfg, reward=reward, optimizer=optimizer, recorder=rec)
         _run_trainer(cfg, models, reward, (optimizer, scheduler), callback, T, P)
-        return rec.result()
+        from harness.export import finish_run
+
+        return finish_run(cfg, models, logger, rec.result())  # train.save_policy

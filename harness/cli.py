@@ -236,9 +236,15 @@ def train(
     runs_dir: RunsDir = Path("runs"),
     tracking_uri: TrackingUri = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    resume: Annotated[str | None, typer.Option(
+        "--resume", help="Continue the run RUN_ID from its newest checkpoint (train.checkpoint_every), in the same "
+        "MLflow run; its config is the checkpoint's.")] = None,
 ) -> None:
-    """Train one configuration and log it as one MLflow run."""
-    from harness.config import ConfigError, load_config
+    """Train one configuration and log it as one MLflow run.
+
+    With --impl trl, trl-grpo or trl-rloo, the keys the user does not set take that trainer's default
+    profile (printed at start, tagged impl.profile); a value the trainer cannot express is refused."""
+    from harness.config import ConfigError
     from harness.models.types import ModelError
     from harness.warmstart.load import validate_model_keys
 
@@ -253,8 +259,14 @@ def train(
     else:
         check_output(runs_dir, "--runs-dir", folder=True)
     check_experiment(experiment)
+    if resume is not None:
+        if config is not None or overrides:
+            raise fail("--resume: the run's config is its checkpoint's; --config, --set, --task, --seed and --impl "
+                       "cannot be given with it")
+        return _resume(resume, runs_dir, tracking_uri, quiet)
+    profile: dict = {}
     try:
-        cfg = load_config(config, overrides)
+        cfg, profile = _config_with_profile(config, overrides)
         validate_model_keys(cfg)
     except (ConfigError, ModelError) as e:
         raise fail(str(e)) from None
@@ -266,13 +278,70 @@ def train(
         raise fail(f"impl '{cfg.impl}': the TRL baseline is not available in this installation") from None
     except ValueError as e:
         raise fail(str(e)) from None
+    from harness.profiles import as_overrides
     from harness.run import execute
+    from harness.schema import Tag
     from harness.tracking import Store
 
+    if profile:
+        typer.echo(f"impl {cfg.impl}: its default profile sets {' '.join(as_overrides(profile))}", err=True)
     store = Store(runs_dir, tracking_uri)
+    tags = {Tag.IMPL_PROFILE: " ".join(as_overrides(profile))} if profile else None
+    _train_and_report(lambda: execute(cfg, store, experiment=experiment, tags=tags,
+                                      progress=not quiet and sys.stderr.isatty()), store, experiment)
+
+
+def _config_with_profile(config: Path | None, overrides: list[str]):
+    """The run's config, the keys the user left unset taking ``cfg.impl``'s default profile; (cfg, keys applied)."""
+    from harness.config import load_config
+    from harness.profiles import applied, as_overrides, user_keys
+    from harness.yamlio import read_yaml
+
+    cfg = load_config(config, overrides)
+    data = read_yaml(config) if config is not None else None
+    profile = applied(cfg.impl, user_keys(data if isinstance(data, dict) else None, overrides))
+    if profile:
+        cfg = load_config(config, as_overrides(profile) + overrides)
+    return cfg, profile
+
+
+def _resume(run_id: str, runs_dir: Path, tracking_uri: str | None, quiet: bool) -> None:
+    """``train --resume RUN_ID``: the run's newest checkpoint and the run itself, checked; then continued."""
+    from harness import checkpoint
+    from harness.config import ConfigError, load_config
+    from harness.run import execute
+    from harness.tracking import Store
+    from harness.urls import UnsafeName, safe_name
+
+    try:
+        safe_name(run_id, "--resume")
+    except UnsafeName as e:
+        raise fail(str(e)) from None
+    path = checkpoint.latest(checkpoint.run_folder(runs_dir, run_id))
+    if path is None:
+        raise fail(f"--resume {shown(run_id)}: no checkpoint under {shown(checkpoint.run_folder(runs_dir, run_id))} "
+                   "(the run needs train.checkpoint_every > 0)")
+    store = Store(runs_dir, tracking_uri)
+    summary = store.run_summary(run_id)
+    if summary is None:
+        raise fail(f"--resume {shown(run_id)}: no such run in {store.where}")
+    if summary["status"] == "FINISHED":
+        raise fail(f"--resume {shown(run_id)}: the run is FINISHED already")
+    try:
+        cfg = load_config(path / "config.yaml")
+    except ConfigError as e:
+        raise fail(f"--resume {shown(run_id)}: {e}") from None
+    typer.echo(f"resuming run {run_id} after iteration {int(path.name.split('-')[-1])}", err=True)
+    experiment = summary["experiment"]
+    _train_and_report(lambda: execute(cfg, store, experiment=experiment, resume=run_id,
+                                      progress=not quiet and sys.stderr.isatty()), store, experiment)
+
+
+def _train_and_report(run, store, experiment: str) -> None:
+    """Run ``run()`` (an ``execute`` call) and print its run id, store and final evaluation; exit codes."""
     try:
         with sigterm_as_interrupt():
-            result = execute(cfg, store, experiment=experiment, progress=not quiet and sys.stderr.isatty())
+            result = run()
     except KeyboardInterrupt:
         raise fail("interrupted; the run is marked KILLED", 130) from None
     except Exception as e:  # the run is already marked FAILED with the reason
@@ -344,6 +413,37 @@ def report(
     code = make_report(spec, experiment=experiment, parent_run=parent_run, out=out, style=style,
                        runs_dir=runs_dir, tracking_uri=tracking_uri)
     raise typer.Exit(code)
+
+
+@app.command()
+def export(
+    run_id: Annotated[str, typer.Argument(help="The MLflow run id whose policy to export.")],
+    dest: Annotated[Path, typer.Argument(help="The folder to write (save_pretrained, tokenizer, README.md model card).")],
+    runs_dir: RunsDir = Path("runs"),
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Save a run's trained policy as a Hugging Face model folder (AutoModelForCausalLM.from_pretrained loads it):
+    the policy saved at its end (train.save_policy), else the one of its newest checkpoint."""
+    from harness.export import ExportError, export_run
+    from harness.tracking import Store
+    from harness.urls import UnsafeName, safe_name
+
+    try:
+        safe_name(run_id, "RUN_ID")
+    except UnsafeName as e:
+        raise fail(str(e)) from None
+    if not tracking_uri and not (runs_dir / "mlflow.db").is_file():
+        raise fail(f"--runs-dir {shown(runs_dir)}: no runs stored there")
+    check_output(dest, "DEST", folder=True)
+    if dest.exists() and any(dest.iterdir()):
+        raise fail(f"DEST {shown(dest)}: not empty")
+    if tracking_uri:
+        check_tracking_uri(tracking_uri)
+    try:
+        out = export_run(Store(runs_dir, tracking_uri), run_id, dest)
+    except ExportError as e:
+        raise fail(str(e)) from None
+    typer.echo(f"saved    {out}")
 
 
 @app.command()
@@ -488,7 +588,7 @@ INPUT_ERRORS = (
     ("harness.config", "ConfigError"), ("harness.config", "SpeltTwice"), ("harness.sweep.spec", "SpecError"),
     ("harness.sweep.study", "SweepRefused"), ("harness.models.types", "ModelError"),
     ("harness.warmstart.artifacts", "ArtifactError"), ("reports.collect", "ReportError"),
-    ("baselines.trl_ppo", "NotExpressible"), ("harness.urls", "UnsafeName"), ("harness.tasks.data", "PromptFileError"),
+    ("baselines.trl_ppo", "NotExpressible"), ("harness.export", "ExportError"), ("harness.urls", "UnsafeName"), ("harness.tasks.data", "PromptFileError"),
 )
 
 

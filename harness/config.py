@@ -70,6 +70,11 @@ class TaskConfig(_Section):
     template: str = Field(
         default="{prompt}", description="task.prompts: what the policy sees; {prompt} is replaced by the row's prompt."
     )
+    chat_template: bool = Field(
+        default=False,
+        description="impl=custom: give the policy each prompt as a user turn of its tokenizer's chat template "
+        "(apply_chat_template, add_generation_prompt=True); refused for a tokenizer without one.",
+    )
     completion_column: str | None = Field(
         default=None, min_length=1, description="task.prompts: completions for model.sft=task (SFT pairs)."
     )
@@ -82,6 +87,21 @@ class TaskConfig(_Section):
         if v not in list_tasks():
             raise ValueError(f"unknown task '{v}' (known: {', '.join(list_tasks())})")
         return v
+
+
+class LoraConfig(_Section):
+    r: int = Field(
+        default=0, ge=0,
+        description="impl=custom: LoRA rank (peft; pip install 'ppo-harness[lora]'): the policy trains low-rank adapters "
+        "only, the reference is the same model with its adapters disabled (one copy of the weights); 0 = full fine-tuning.",
+    )
+    alpha: float = Field(default=16.0, gt=0.0, description="LoRA scaling alpha (the update is alpha / r x B A).")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA adapters' input (training only).")
+    target_modules: list[str] | None = Field(
+        default=None,
+        description="Module names the adapters wrap (e.g. [q_proj, v_proj]); null = peft's default for the architecture "
+        "(GPT-2: c_attn; Llama / Qwen2 / Mistral: q_proj, v_proj).",
+    )
 
 
 class ModelConfig(_Section):
@@ -117,6 +137,7 @@ class ModelConfig(_Section):
     rm_label_noise: float = Field(default=0.1, ge=0.0, lt=0.5, description="Share of preference labels flipped when training the proxy RM.")
     rm_pairs: int = Field(default=4096, ge=16, le=1_000_000, description="Preference pairs sampled from the SFT policy for the proxy RM "
                           "(at most 1,000,000: two sampled completions each, days of work beyond that).")
+    lora: LoraConfig = LoraConfig()
 
 
 class RolloutConfig(_Section):
@@ -163,6 +184,25 @@ class RolloutConfig(_Section):
         default=3, ge=1, le=32,
         description="rollout.filter_groups: extra generation rounds at most per iteration (veRL max_num_gen_batches).",
     )
+    top_k: int = Field(
+        default=0, ge=0,
+        description="impl=custom, trl-grpo, trl-rloo: sample from the k most likely tokens only; 0 = all. Log-probs, ratio "
+        "and KL stay those of the untruncated tempered distribution (as TRL computes them; harness/lm/sampling.py).",
+    )
+    top_p: float = Field(
+        default=1.0, gt=0.0, le=1.0,
+        description="impl=custom, trl-grpo, trl-rloo: nucleus sampling, from the smallest set of most likely tokens whose "
+        "probability reaches p; 1 = off. Log-probs, ratio and KL as for rollout.top_k.",
+    )
+    min_new_tokens: int = Field(
+        default=0, ge=0,
+        description="impl=custom: no EOS is sampled before this many response tokens (log-probs as for rollout.top_k).",
+    )
+    stop: list[str] = Field(
+        default=[],
+        description="impl=custom: stop strings; a response ends after the token that completes one (kept in the text, "
+        "as transformers' stop_strings); what follows leaves every loss.",
+    )
 
 
 class PPOConfig(_Section):
@@ -191,12 +231,31 @@ class PPOConfig(_Section):
     )
     epochs: int = Field(default=4, ge=1, le=1000, description="Passes over each rollout batch (at most 1000).")
     minibatches: int = Field(default=4, ge=1, le=65_536, description="Minibatches per epoch (must divide rollout.batch_size).")
+    micro_batch_size: int | None = Field(
+        default=None, ge=1,
+        description="impl=custom: rows per forward / backward within a minibatch (gradient accumulation; must divide "
+        "rollout.batch_size / ppo.minibatches); the step equals the whole minibatch's (harness/ppo/accumulate.py), "
+        "only memory changes; null = the whole minibatch at once.",
+    )
     lr: float = Field(
         default=1e-4, gt=0.0, le=1.0,
         description="Adam learning rate (tiny models want more than TRL's 3e-6 at 1B; 3e-4 moved 7 nats per iteration; at "
         "most 1: Adam moves every weight by about lr per step, and beyond 1 the first update makes the policy NaN).",
     )
-    lr_decay: bool = Field(default=True, description="Linear decay of the learning rate to 0 over train.iterations (cleanRL anneal_lr).")
+    lr_decay: bool = Field(
+        default=True,
+        description="Linear decay of the learning rate to 0 over train.iterations (cleanRL anneal_lr); read when "
+        "ppo.lr_scheduler_type is null (true = linear, false = constant).",
+    )
+    lr_scheduler_type: Literal["constant", "constant_with_warmup", "linear", "cosine"] | None = Field(
+        default=None,
+        description="The learning-rate schedule, per iteration, as TRL's lr_scheduler_type names it (harness/ppo/"
+        "schedules.py): constant, constant_with_warmup, linear (to 0 at the last iteration), cosine (half a cosine "
+        "to 0), the last three after ppo.warmup_iterations of linear warmup; null = ppo.lr_decay decides.",
+    )
+    warmup_iterations: int = Field(
+        default=0, ge=0, description="Iterations of linear learning-rate warmup from 0 (TRL warmup_steps, in iterations)."
+    )
     adam_eps: float = Field(default=1e-5, gt=0.0, description="Adam epsilon (cleanRL / N details: 1e-5, not torch's 1e-8).")
     max_grad_norm: float | None = Field(
         default=1.0, gt=0.0,
@@ -336,6 +395,29 @@ class TrainConfig(_Section):
         default=1.0, ge=0.0,
         description="train.overlong_buffer: the penalty at the maximum length (veRL overlong_buffer_cfg.penalty_factor).",
     )
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="impl=custom: recompute the policy's and value model's activations in the backward instead of "
+        "keeping them (transformers' gradient checkpointing: less memory, ~1 more forward of compute); such models "
+        "take the generic forward, not the CPU GPT-2 fast path. TRL: activation_checkpointing.",
+    )
+    checkpoint_every: int = Field(
+        default=0, ge=0,
+        description="impl=custom: write a checkpoint every N iterations and after the last (policy and value weights "
+        "as safetensors, optimiser and scheduler state, every RNG, the KL coefficient, the iteration) atomically into "
+        "<runs-dir>/checkpoints/<run id>/; `ppo-harness train --resume RUN_ID` continues from the newest; 0 = off.",
+    )
+    keep_checkpoints: int = Field(
+        default=1, ge=0, description="How many of the newest checkpoints a run keeps (older ones are deleted); 0 = all."
+    )
+    save_policy: bool = Field(
+        default=False,
+        description="impl=custom: at the end of the run, save the policy (save_pretrained, its tokenizer and a model "
+        "card README.md) into <runs-dir>/policies/<run id>/ (`ppo-harness export RUN_ID DIR` does it afterwards).",
+    )
+    log_model: bool = Field(
+        default=False, description="impl=custom: also log the saved policy to the MLflow run as the artifact folder policy/."
+    )
     autocast: Literal["none", "bf16"] = Field(
         default="none",
         description="bf16: rollout and update forwards under torch.autocast(bfloat16); weights, optimiser and evaluation "
@@ -393,6 +475,9 @@ class RunConfig(_Section):
             raise _KeyProblem("rollout.group_size", f"{r.group_size} does not divide rollout.batch_size={r.batch_size}")
         if r.batch_size % p.minibatches:
             raise _KeyProblem("ppo.minibatches", f"{p.minibatches} does not divide rollout.batch_size={r.batch_size}")
+        if p.micro_batch_size is not None and (r.batch_size // p.minibatches) % p.micro_batch_size:
+            raise _KeyProblem("ppo.micro_batch_size", f"{p.micro_batch_size} does not divide the minibatch of "
+                              f"{r.batch_size // p.minibatches} rows (rollout.batch_size / ppo.minibatches)")
         if r.batch_size // p.minibatches < 1:
             raise _KeyProblem("ppo.minibatches", "minibatches would be empty")
         a = self.advantage
@@ -408,11 +493,24 @@ class RunConfig(_Section):
                 "k1 with kl.placement=loss has zero expected gradient on on-policy samples (the term does "
                 "nothing); use k2 (gradient of KL(pi||ref)) or k3 (gradient of KL(ref||pi))",
             )
+        if p.warmup_iterations and p.lr_scheduler_type in (None, "constant"):
+            raise _KeyProblem(
+                "ppo.warmup_iterations",
+                f"{p.lr_scheduler_type or 'the ppo.lr_decay schedule'} has no warmup; set ppo.lr_scheduler_type to "
+                "constant_with_warmup, linear or cosine",
+            )
+        if p.warmup_iterations >= self.train.iterations:
+            raise _KeyProblem("ppo.warmup_iterations", f"{p.warmup_iterations} is not below train.iterations="
+                              f"{self.train.iterations}")
+        if self.model.lora.r and self.model.value_trunk == "shared":
+            raise _KeyProblem("model.value_trunk", "shared with model.lora.r > 0: the trunk's weights are frozen under "
+                              "LoRA; use a separate value model")
         if self.kl.target is not None and self.kl.coef == 0:
             raise _KeyProblem("kl.coef", "the adaptive controller (kl.target) needs kl.coef > 0 to start from")
         _consistent_levels(self)
         _consistent_loss_mode(self)
         _consistent_rollout(self)
+        _consistent_lifecycle(self)
         return self
 
     # ---- helpers -------------------------------------------------------------------------
@@ -427,12 +525,22 @@ class RunConfig(_Section):
         return yaml.safe_dump(self.model_dump(), sort_keys=False)
 
 
+def _consistent_lifecycle(cfg: RunConfig) -> None:
+    """Checkpoints and gradient accumulation against the options whose state or batch they do not cover."""
+    if cfg.train.checkpoint_every and cfg.rollout.staleness:
+        raise _KeyProblem("train.checkpoint_every", f"with rollout.staleness={cfg.rollout.staleness}: the stale "
+                          "behaviour policies are not checkpointed, so a resumed run would not equal the uninterrupted one")
+    if cfg.ppo.micro_batch_size is not None and cfg.ppo.loss_mode in ("clip_cov", "kl_cov"):
+        raise _KeyProblem("ppo.micro_batch_size", f"with ppo.loss_mode={cfg.ppo.loss_mode}: its tokens are selected by "
+                          "their covariance over the whole minibatch, which micro-batches would split")
+
+
 # GSPO's sequence ratios are geometric means of token ratios: its clip ranges are ~1e-4..1e-3
 GSPO_MAX_CLIP = 0.01
 
 
 def _consistent_levels(cfg: RunConfig) -> None:
-    """The rules across the ratio-level, clip, aggregation and straight-through KL keys (issue 14)."""
+    """The rules across the ratio-level, clip, aggregation and straight-through KL keys."""
     p = cfg.ppo
     if p.ratio_level != "token":
         for key, eps in (("ppo.clip_eps", p.clip_eps), ("ppo.clip_eps_high", p.clip_eps_high)):
@@ -677,7 +785,9 @@ def check_value(key: str, value: Any) -> None:
     if key not in (known := known_keys()):
         raise _refuse(key, f"unknown key{did_you_mean(key, known)}")
     section, _, leaf = key.rpartition(".")
-    model = RunConfig.model_fields[section].annotation if section else RunConfig
+    model: Any = RunConfig
+    for part in section.split(".") if section else []:  # model.lora.r: two sections deep
+        model = model.model_fields[part].annotation
     try:
         model.model_validate({leaf: value})
     except ValidationError as err:

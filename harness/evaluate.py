@@ -48,8 +48,11 @@ def evaluate(
     temperature: float,
     missing_eos_penalty: float | None,
     batch_size: int = 128,
+    options: dict | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
-    """Returns (metrics, samples): eval/gold, eval/proxy, eval/kl, eval/length (held-out mean tokens)."""
+    """Returns (metrics, samples): eval/gold, eval/proxy, eval/kl, eval/length (held-out mean tokens).
+
+    ``options``: ``collect``'s generation keywords (``sampling.generation_options``): the policy as it samples."""
     was_training = policy.training
     policy.eval()
     g = torch.Generator(device=next(policy.parameters()).device).manual_seed(EVAL_SEED)
@@ -59,7 +62,7 @@ def evaluate(
         ro = collect(
             policy, ref, tokenizer, prompts[s : s + batch_size],
             max_new_tokens=response_length, temperature=temperature, generator=g,
-            score_fn=score_fn, gold_fn=task.gold, missing_eos_penalty=missing_eos_penalty,
+            score_fn=score_fn, gold_fn=task.gold, missing_eos_penalty=missing_eos_penalty, **(options or {}),
         )
         gold.append(ro.gold)
         proxy.append(ro.scores)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from harness import evaluate as E
 from harness.config import RunConfig
+from harness.lm.sampling import generation_options
 from harness.schema import Tag
 
 if TYPE_CHECKING:  # annotations only: importing the loop needs neither MLflow nor rich
@@ -81,6 +82,7 @@ class Recorder:
             m.policy, m.ref, m.tokenizer, m.task, self.score_fn,
             n_prompts=self.cfg.eval.prompts, response_length=self.response_length,
             temperature=self.cfg.rollout.temperature, missing_eos_penalty=self.cfg.train.missing_eos_penalty,
+            options=generation_options(self.cfg),  # rollout.top_k / top_p / min_new_tokens / stop, task.chat_template
         )
         if it in self.sample_at:
             self.samples.extend({"iteration": it, **r} for r in rows[:SAMPLE_ROWS])
@@ -121,6 +123,15 @@ class Recorder:
             self.bar.update(it, metrics, seconds=seconds)
         if self.on_eval is not None and em is not None:
             self.on_eval(it, em)
+
+    def state(self) -> dict:
+        """What a checkpoint keeps of the recorder (JSON-able): history, evaluations, samples, the onset."""
+        return {"history": self.history, "evals": self.evals, "samples": self.samples, "onset": self.onset}
+
+    def load_state(self, state: dict) -> None:
+        """Continue from ``state()`` (a resumed run): its iteration 0 is evaluated and logged already."""
+        self.history = {k: [(int(i), v) for i, v in pts] for k, pts in state["history"].items()}
+        self.evals, self.samples, self.onset = state["evals"], state["samples"], state["onset"]
 
     def result(self) -> RunResult:
         """Write the samples table and return the run's result."""

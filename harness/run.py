@@ -58,18 +58,26 @@ def execute(
     tags: dict[str, str] | None = None,
     on_eval: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = True,
+    resume: str | None = None,
 ) -> RunResult:
-    """Train one configuration with its implementation and log it as one MLflow run."""
+    """Train one configuration with its implementation and log it as one MLflow run.
+
+    ``resume``: the id of an existing run to continue (back to RUNNING, its newest checkpoint loaded by the
+    loop) instead of a new run; ``run_name``, ``parent_run_id`` and ``tags`` are then the run's own already."""
     from harness.warmstart.load import validate_model_keys
 
     validate_model_keys(cfg)  # a bad path fails before any run exists
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    name = run_name or f"{cfg.task.name}-{cfg.impl}-{cfg.advantage.level}-s{cfg.seed}"
-    logger = store.start_run(
-        experiment, run_name=name, tags={**run_tags(cfg), **(tags or {})}, params=cfg.flat(), parent_run_id=parent_run_id
-    )
-    logger.log_text(cfg.to_yaml(), "config.yaml")
+    if resume is not None:
+        logger = _reopen(store, resume, tags)
+    else:
+        name = run_name or f"{cfg.task.name}-{cfg.impl}-{cfg.advantage.level}-s{cfg.seed}"
+        logger = store.start_run(
+            experiment, run_name=name, tags={**run_tags(cfg), **(tags or {})}, params=cfg.flat(),
+            parent_run_id=parent_run_id,
+        )
+        logger.log_text(cfg.to_yaml(), "config.yaml")
     try:
         result = resolve(cfg.impl)(cfg, logger, on_eval, progress)
     except KeyboardInterrupt:
@@ -90,6 +98,18 @@ def execute(
         raise
     logger.end("FINISHED")
     return result
+
+
+def _reopen(store: Store, run_id: str, tags: dict[str, str] | None):
+    """A run continued from its checkpoint: RUNNING again, ``tags`` (a sweep's trial and worker) updated,
+    its failure reason dropped, ``resumed`` counting the continuations."""
+    old = store.get_run(run_id).data.tags
+    if Tag.FAILURE in old:
+        store.client.delete_tag(run_id, Tag.FAILURE)
+    logger = store.run_logger(run_id)
+    logger.set_tags({**(tags or {}), Tag.RESUMED: str(int(old.get(Tag.RESUMED, "0")) + 1)})
+    store.set_run_status(run_id, "RUNNING")
+    return logger
 
 
 @contextlib.contextmanager

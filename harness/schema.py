@@ -96,6 +96,8 @@ class Tag:
     SEED = "seed"
     GIT_COMMIT = "git_commit"
     FAILURE = "failure.reason"  # FAILED / KILLED runs: one line saying why
+    RESUMED = "resumed"  # how many times the run was continued from a checkpoint (train --resume, a sweep rerun)
+    IMPL_PROFILE = "impl.profile"  # the implementation's default profile keys applied (ppo-harness train)
     # over-optimisation onset (harness.recording)
     ONSET_ITERATION = "overopt.onset_iteration"
     ONSET_KL = "overopt.onset_kl"

@@ -273,6 +273,10 @@ class RunLogger:
     def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_folder(self, folder: str | Path, artifact_path: str | None = None) -> None:
+        """Every file under ``folder`` as artifacts under ``artifact_path``."""
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+
     def log_table(self, frame, artifact_file: str) -> None:
         """A pandas frame as a Parquet artifact (dense data stays out of the metric store)."""
         with tempfile.TemporaryDirectory() as d:

@@ -54,11 +54,18 @@ def supports(model: nn.Module) -> bool:
             and getattr(cfg, "model_type", None) == "gpt2"
             and not getattr(cfg, "add_cross_attention", False)
             and getattr(cfg, "activation_function", None) in _GELU
+            and getattr(model, "peft_config", None) is None  # LoRA adapters: the generic forward applies them
+            and not _checkpointing(model)  # train.gradient_checkpointing: the generic forward recomputes
         )
         dropout = any(m.p > 0 for m in model.modules() if isinstance(m, nn.Dropout))
         info = _INFO[model] = (arch, dropout)
     # the packed forwards are the CPU fast path; on other devices the generic Hugging Face path runs
     return info[0] and not (model.training and info[1]) and next(model.parameters()).device.type == "cpu"
+
+
+def _checkpointing(model: nn.Module) -> bool:
+    """Whether transformers' gradient (activation) checkpointing is on for ``model``."""
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
 
 
 _CAUSAL: dict[tuple[int, int, torch.dtype, torch.device], torch.Tensor] = {}  # read-only, reused

@@ -101,8 +101,15 @@ def backbone_hidden(model, prompt_ids, prompt_mask, response_ids) -> torch.Tenso
     input_ids, attn, pos = sequence_inputs(prompt_ids, prompt_mask, response_ids)
     if gpt2.supports(model):
         return gpt2.hidden_states(model, input_ids, attn, pos)
-    trunk = getattr(model, model.base_model_prefix)
+    trunk = _trunk(model)
     return trunk(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
+
+
+def _trunk(model):
+    """A model's trunk; a peft (LoRA) model's is its base model's, the adapters injected in it."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return getattr(model, model.base_model_prefix)
 
 
 def token_values(value_model, prompt_ids, prompt_mask, response_ids, mask) -> torch.Tensor:

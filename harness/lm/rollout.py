@@ -13,7 +13,15 @@ from dataclasses import dataclass
 import torch
 
 from harness.lm.forward import policy_forward, sequence_scores, token_values
-from harness.lm.sampling import decode, encode_prompts, sample, sequence_inputs
+from harness.lm.sampling import (
+    Truncation,
+    chat_prompts,
+    cut_at_stop,
+    decode,
+    encode_prompts,
+    sample,
+    sequence_inputs,
+)
 from harness.ppo import math as M
 
 
@@ -71,6 +79,9 @@ def collect(
     value_model=None,
     missing_eos_penalty: float | None = None,
     timings: dict[str, float] | None = None,
+    truncation: Truncation | None = None,
+    stop: tuple[str, ...] = (),
+    chat: bool = False,
 ) -> Rollout:
     """Steps 1-3 of the loop: sample, score, ref logprobs, values.
 
@@ -80,8 +91,13 @@ def collect(
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     t0 = time.perf_counter()
     dev = next(policy.parameters()).device  # train.device: every tensor of the rollout lives there
-    pids, pmask = (t.to(dev) for t in encode_prompts(tokenizer, prompts))
-    rids, mask, has_eos, logprobs, entropy = sample(policy, pids, pmask, max_new_tokens, temperature, eos, pad, generator)
+    # task.chat_template: the policy sees each prompt as a chat turn (ro.prompts keep the plain text)
+    pids, pmask = (t.to(dev) for t in encode_prompts(tokenizer, chat_prompts(tokenizer, prompts) if chat else prompts))
+    rids, mask, has_eos, logprobs, entropy = sample(policy, pids, pmask, max_new_tokens, temperature, eos, pad, generator,
+                                                  truncation)
+    if stop:  # rollout.stop: cut after a stop string; the tokens past it leave every loss
+        mask, has_eos = cut_at_stop(tokenizer, rids, mask, has_eos, stop)
+        logprobs, entropy = logprobs * mask, entropy * mask
     t1 = time.perf_counter()
     ro = Rollout(
         prompts=list(prompts),

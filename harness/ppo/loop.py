@@ -18,9 +18,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from harness.checkpoint import Checkpoints
 from harness.config import RunConfig, response_length
+from harness.export import finish_run
 from harness.fast.flat import FlatParams
 from harness.lm.rollout import Rollout, ScoreFn, collect, make_score_fn
+from harness.lm.sampling import generation_options
 from harness.models.types import Models, SharedTrunkValue
 from harness.ppo import kl_control
 from harness.ppo import math as M
@@ -33,8 +36,8 @@ from harness.ppo.update import (
     UpdateStats,
     autocast,
     check,
-    linear_decay,
     loss_mode_kwargs,
+    lr_schedule,
     policy_loss_kwargs,
     update,
 )
@@ -78,8 +81,8 @@ def init_state(cfg: RunConfig, models: Models) -> PPOState:
     # The fused kernel is the same update in one pass (4x faster on CPU than the per-tensor loop).
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in flat.flat)
     opt = torch.optim.Adam(flat.flat, lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps, fused=fused or None)
-    # linear decay to 0 over the run (cleanRL anneal_lr): lr_i = lr * (1 - i / n)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_decay(cfg.train.iterations, cfg.ppo.lr_decay))
+    # default: linear decay to 0 over the run (cleanRL anneal_lr): lr_i = lr * (1 - i / n)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg))  # ppo.lr_scheduler_type, or ppo.lr_decay
     return PPOState(
         iteration=0,
         kl_coef=cfg.kl.coef,
@@ -183,6 +186,7 @@ def _collect(cfg: RunConfig, models: Models, st: PPOState, score_fn: ScoreFn, ti
             # train.truncated=mask: the real scores (rows without EOS leave the loss instead)
             missing_eos_penalty=cfg.train.missing_eos_penalty if cfg.train.truncated == "penalty" else None,
             timings=timings,
+            **generation_options(cfg),  # rollout.top_k / top_p / min_new_tokens / stop, task.chat_template
         )
 
 
@@ -277,12 +281,16 @@ def train(cfg: RunConfig, logger, on_eval=None, progress: bool = True) -> RunRes
         score_fn = make_score_fn(models.reward, models.task.gold, models.reward_fn)
         st = init_state(cfg, models)
         rec = Recorder(cfg, logger, models, score_fn, response_length(cfg, models.task), bar=bar, on_eval=on_eval)
+        ckpt = Checkpoints(cfg, logger)  # train.checkpoint_every; a resumed run continues after its newest
         try:
-            rec.begin()
-            for it in range(1, n + 1):
+            start = ckpt.resume(models, st, rec)
+            if start == 0:
+                rec.begin()
+            for it in range(start + 1, n + 1):
                 t0 = time.perf_counter()
                 metrics = ppo_iteration(cfg, models, st, score_fn)
                 rec.step(it, metrics, seconds=time.perf_counter() - t0)
+                ckpt.after(it, models, st, rec)
         finally:
             st.close()
-        return rec.result()
+        return finish_run(cfg, models, logger, rec.result())  # train.save_policy

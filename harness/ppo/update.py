@@ -30,10 +30,12 @@ from harness.lm.rollout import Rollout
 from harness.models.types import Models, SharedTrunkValue
 from harness.ppo import losses as L
 from harness.ppo import math as M
+from harness.ppo.accumulate import accumulate
+from harness.ppo.schedules import lr_factor, scheduler_kind
 
 __all__ = [
     "Batch", "NonFiniteError", "SideThread", "UpdateState", "UpdateStats", "autocast", "check", "linear_decay",
-    "loss_mode_kwargs", "norm_length", "policy_loss_kwargs", "update",
+    "loss_mode_kwargs", "lr_schedule", "norm_length", "policy_loss_kwargs", "update",
 ]
 
 
@@ -51,6 +53,13 @@ def autocast(cfg: RunConfig, model: torch.nn.Module):
     """bf16 autocast on the model's device when ``train.autocast=bf16``; a no-op otherwise."""
     device = next(model.parameters()).device.type
     return torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.train.autocast == "bf16")
+
+
+def lr_schedule(cfg: RunConfig) -> Callable[[int], float]:
+    """The run's learning-rate factor after i iterations (``ppo.lr_scheduler_type``, ``ppo.warmup_iterations``,
+    or ``ppo.lr_decay``; ``harness.ppo.schedules``)."""
+    kind = scheduler_kind(cfg.ppo.lr_scheduler_type, cfg.ppo.lr_decay)
+    return lr_factor(kind, cfg.train.iterations, cfg.ppo.warmup_iterations)
 
 
 def linear_decay(iterations: int, enabled: bool) -> Callable[[int], float]:
@@ -244,6 +253,10 @@ def _step(cfg: RunConfig, models: Models, st: UpdateState, b: Batch, idx: Tensor
     """One optimiser step on rows ``idx``: losses, backward, gradients clipped apart, Adam."""
     it, use_value = st.iteration, models.value is not None
     st.params.zero_grad()
+    if cfg.ppo.micro_batch_size and cfg.ppo.micro_batch_size < len(idx):  # gradient accumulation
+        pg_loss, pst, v_loss, vst = accumulate(cfg, models, st.kl_coef, b, idx, _policy_objective, _value_loss,
+                                               check, it)
+        return _clip_and_step(cfg, st, it, use_value, pg_loss, pst, v_loss, vst)
     # the value model's forward + backward beside the policy's, when there is a side thread
     pending = worker.submit(_value_loss, cfg, models, b, idx, True) if worker is not None else None
     loss, pg_loss, pst, v_shared = _policy_objective(cfg, models, st.kl_coef, b, idx)
@@ -262,6 +275,11 @@ def _step(cfg: RunConfig, models: Models, st: UpdateState, b: Batch, idx: Tensor
         check("loss/policy", pg_loss.detach(), it)
         check("loss/value", v_loss.detach(), it)
         loss.backward()
+    return _clip_and_step(cfg, st, it, use_value, pg_loss, pst, v_loss, vst)
+
+
+def _clip_and_step(cfg: RunConfig, st: UpdateState, it: int, use_value: bool, pg_loss, pst, v_loss, vst) -> _Step:
+    """Clip the accumulated gradients (policy and value apart), one Adam step; the step's statistics."""
     # Policy and value gradients are clipped apart (same max norm): with one global norm the value
     # gradient would eat the policy's clipping budget, and the policy's step would depend on
     # whether a value model is present (token level) or not (sequence level).

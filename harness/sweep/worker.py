@@ -404,9 +404,13 @@ class Worker:
 
         spec = self.spec
         cfg = build_config(None, spec.overrides(values, seed, self.threads))
+        resume = self._resumable(tags, cfg)
+        if resume is not None:
+            print(f"trial {trial.number}: continues MLflow run {resume} from its checkpoint", flush=True)
         return execute(
             cfg,
             self.store,
+            resume=resume,
             experiment=spec.name,
             run_name=slot_label(values, seed)[:250],
             parent_run_id=self.parent,
@@ -414,6 +418,21 @@ class Worker:
             on_eval=self._reporter(trial),
             progress=False,
         )
+
+    def _resumable(self, tags: dict[str, Any], cfg) -> str | None:
+        """A KILLED child run of this trial's (cell, seed) with a checkpoint of the same config (a trial killed
+        earlier, ``train.checkpoint_every``): the newest such run's id, which the trial continues; else None."""
+        from harness import checkpoint
+
+        if not cfg.train.checkpoint_every:
+            return None
+        slot = {k: tags[k] for k in (Tag.SWEEP_STUDY, Tag.SWEEP_ROLE, Tag.SWEEP_CELL, Tag.SEED)}
+        runs = self.store.find_runs(self.spec.name, run_filter(slot, status="KILLED"))
+        for run in sorted(runs, key=lambda r: r.info.start_time, reverse=True):
+            path = checkpoint.latest(checkpoint.run_folder(self.store.runs_dir, run.info.run_id))
+            if path is not None and (path / "config.yaml").read_text() == cfg.to_yaml():
+                return run.info.run_id
+        return None
 
     def _reporter(self, trial):
         """The ``on_eval`` hook: report the objective to Optuna at each evaluation; prune if it says so."""

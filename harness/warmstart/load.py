@@ -4,6 +4,7 @@ policy, its frozen reference, the reward and value models. The path checks made 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 from torch import nn
@@ -12,6 +13,7 @@ from harness.config import RunConfig
 from harness.devices import DeviceError
 from harness.devices import resolve as resolve_device
 from harness.models.loading import load_classifier, load_lm, load_tokenizer, looks_local
+from harness.models.lora import check_peft, with_lora
 from harness.models.presets import PRESETS, is_preset, no_dropout
 from harness.models.reward_fn import (
     is_callable_spec,
@@ -122,6 +124,10 @@ def validate_model_keys(cfg: RunConfig) -> Task:
         if not _exists("model.policy", p):
             raise ModelError(f"model.policy '{p}': not a built-in preset ({', '.join(PRESETS)}) nor an existing path")
         _check_model_dir("model.policy", p, tokenizer=True)
+    if cfg.task.chat_template:
+        _check_chat_template(p)
+    if cfg.model.lora.r:
+        check_peft()
     r = cfg.model.reward
     for key, name in (("model.policy", p), ("model.reward", r), ("model.gold", cfg.model.gold)):
         if name and not is_preset(name) and name not in ("learned", "gold") and not is_callable_spec(name) \
@@ -156,6 +162,20 @@ def validate_model_keys(cfg: RunConfig) -> Task:
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def _check_chat_template(policy: str) -> None:
+    """task.chat_template: the policy's tokenizer has a chat template (a preset's word-level one has none;
+    a local folder names one in tokenizer_config.json or chat_template.jinja; a hub id is checked at load)."""
+    why = f"task.chat_template: the tokenizer of model.policy '{policy}' has no chat template"
+    if is_preset(policy):
+        raise ModelError(why)
+    if looks_local(policy):
+        folder = Path(policy).expanduser()
+        cfg_file = folder / "tokenizer_config.json"
+        named = cfg_file.is_file() and "chat_template" in json.loads(cfg_file.read_text())
+        if not (named or (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file()):
+            raise ModelError(why)
 
 
 def _check_model_dir(key: str, name: str, tokenizer: bool) -> None:
@@ -231,8 +251,13 @@ def load_models(cfg: RunConfig, progress=None) -> Models:
     task = validate_model_keys(cfg)
     start = policy_start(cfg, task, progress)
     tokenizer = load_tokenizer(start.tokenizer)
+    if cfg.task.chat_template and not getattr(tokenizer, "chat_template", None):  # a hub id's, known only now
+        raise ModelError(f"task.chat_template: the tokenizer of model.policy '{cfg.model.policy}' has no chat template")
     policy = load_lm(start.policy)
-    ref = copy.deepcopy(policy).eval().requires_grad_(False)
+    if cfg.model.lora.r:  # adapters on the policy; the reference: adapters off, the same weights
+        policy, ref = with_lora(policy, cfg.model.lora)
+    else:
+        ref = copy.deepcopy(policy).eval().requires_grad_(False)
     reward, reward_fn, rm_dir = _reward(cfg, task, start, tokenizer, progress)
     value = None
     needs_value = cfg.advantage.level == "token" or cfg.advantage.baseline == "value"
@@ -250,6 +275,10 @@ def load_models(cfg: RunConfig, progress=None) -> Models:
             nn.init.zeros_(value.score.weight)
         value.requires_grad_(True)
         value.train()
+    if cfg.train.gradient_checkpointing:  # activations recomputed in the backward (the generic forward)
+        for m in (policy, None if isinstance(value, SharedTrunkValue) else value):
+            if m is not None:
+                m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     device = resolve_device(cfg.train.device)
     for m in (policy, ref, reward, value):
         if m is not None:

@@ -40,6 +40,14 @@ REFUSALS = {
     "rollout.filter_groups": {"rollout.filter_groups": True},
     "train.overlong_buffer": {"train.overlong_buffer": 4},
     "train.device": {"train.device": "cuda:1"},
+    "train.checkpoint_every": {"train.checkpoint_every": 5},
+    "rollout.top_k": {"rollout.top_k": 5},
+    "rollout.top_p": {"rollout.top_p": 0.9},
+    "rollout.min_new_tokens": {"rollout.min_new_tokens": 2},
+    "rollout.stop": {"rollout.stop": ["."]},
+    "task.chat_template": {"task.chat_template": True},
+    "ppo.micro_batch_size": {"ppo.micro_batch_size": 2},
+    "model.lora.r": {"model.lora.r": 4},
 }
 
 

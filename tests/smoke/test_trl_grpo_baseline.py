@@ -18,7 +18,7 @@ from tests.conftest import run_cli, tiny_args  # noqa: E402
 # what each impl needs on top of TINY to be expressible; missing_eos_penalty off so that TINY's
 # 6-token completions (which rarely end) still get distinct scores and a non-zero update
 GRPO = {"advantage.level": "sequence", "advantage.baseline": "group_norm", "advantage.whiten": False,
-        "kl.placement": "loss", "kl.estimator": "k3", "train.missing_eos_penalty": None}
+        "kl.placement": "loss", "kl.estimator": "k3", "kl.coef": 0.05, "train.missing_eos_penalty": None}
 RLOO = {"advantage.level": "sequence", "advantage.baseline": "rloo", "loss.agg": "seq-mean-token-sum",
         "ppo.minibatches": 1, "ppo.epochs": 1, "train.missing_eos_penalty": None}
 SETTINGS = {"trl-grpo": (trl_grpo, GRPO), "trl-rloo": (trl_rloo, RLOO)}
@@ -52,6 +52,12 @@ REFUSALS = {
         "rollout.correction": {"rollout.correction": "tis"},
         "rollout.filter_groups": {"rollout.filter_groups": True},
         "train.overlong_buffer": {"train.overlong_buffer": 4},
+        "train.checkpoint_every": {"train.checkpoint_every": 5},
+        "rollout.min_new_tokens": {"rollout.min_new_tokens": 2},
+        "rollout.stop": {"rollout.stop": ["."]},
+        "task.chat_template": {"task.chat_template": True},
+        "ppo.micro_batch_size": {"ppo.micro_batch_size": 2},
+        "model.lora.r": {"model.lora.r": 4},
     },
     "trl-rloo": {
         "advantage.level": {"advantage.level": "token"},
@@ -72,6 +78,12 @@ REFUSALS = {
         "rollout.correction": {"rollout.correction": "tis"},
         "rollout.filter_groups": {"rollout.filter_groups": True},
         "train.overlong_buffer": {"train.overlong_buffer": 4},
+        "train.checkpoint_every": {"train.checkpoint_every": 5},
+        "rollout.min_new_tokens": {"rollout.min_new_tokens": 2},
+        "rollout.stop": {"rollout.stop": ["."]},
+        "task.chat_template": {"task.chat_template": True},
+        "ppo.micro_batch_size": {"ppo.micro_batch_size": 2},
+        "model.lora.r": {"model.lora.r": 4},
     },
 }
 

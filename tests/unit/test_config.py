@@ -104,6 +104,19 @@ def test_kl_in_the_loss_with_k1_is_refused_by_name():
     assert build_config(None, {"kl.placement": "reward", "kl.estimator": "k1"}).kl.estimator == "k1"
 
 
+@pytest.mark.parametrize("over, key, says", [
+    ({"train.checkpoint_every": 2, "rollout.staleness": 1}, "train.checkpoint_every", "not checkpointed"),
+    ({"ppo.micro_batch_size": 2, "ppo.loss_mode": "clip_cov"}, "ppo.micro_batch_size", "covariance"),
+    ({"ppo.micro_batch_size": 2, "ppo.loss_mode": "kl_cov"}, "ppo.micro_batch_size", "covariance"),
+])
+def test_checkpoints_and_micro_batches_refuse_what_they_do_not_cover(over, key, says):
+    with pytest.raises(ConfigError) as e:
+        build_config(None, {"rollout.batch_size": 8, "ppo.minibatches": 2, **over})
+    assert str(e.value).startswith(f"config key '{key}'") and says in str(e.value) and "\n" not in str(e.value)
+    for k, v in over.items():  # each alone is accepted
+        assert build_config(None, {"rollout.batch_size": 8, "ppo.minibatches": 2, k: v}).flat()[k] == v
+
+
 def test_every_key_is_documented_with_its_type_and_default():
     from harness.config import describe
 
@@ -213,7 +226,7 @@ def test_ints_are_numbers_and_the_cli_still_reads_numbers(tmp_path):
                                          ("-.inf", "-inf"), ("nan", "nan"), (".nan", "nan"), ("1.0e+400", "inf")])
 def test_every_float_key_refuses_non_finite_numbers(key, text, shown):
     assert one_line(build_config, None, [f"{key}={text}"]) == f"config key '{key}': must be a finite number (got {shown})"
-    section, leaf = key.split(".")
+    section, leaf = key.rsplit(".", 1)  # model.lora.alpha: the section model.lora
     value = float(shown)
     assert one_line(build_config, {section: {leaf: value}}) == (
         f"config key '{key}': must be a finite number (got {shown})"
@@ -290,7 +303,7 @@ def test_a_logged_config_yaml_reads_back_as_the_same_config(tmp_path):
 LEVEL_KEYS = ("ppo.ratio_level", "ppo.clip_eps_high", "ppo.dual_clip", "loss.norm_length", "train.truncated")
 
 
-def test_issue_14_keys_exist_with_todays_defaults():
+def test_ratio_clip_and_aggregation_keys_exist_with_their_defaults():
     cfg = RunConfig()
     assert set(LEVEL_KEYS) <= known_keys()
     assert (cfg.ppo.ratio_level, cfg.ppo.clip_eps_high, cfg.ppo.dual_clip) == ("token", None, None)

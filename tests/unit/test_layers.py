@@ -19,12 +19,14 @@ PACKAGES = ("harness", "baselines", "reports")
 # bottom to top; an entry is a module or a package prefix (a group)
 LAYERS: list[list[str]] = [
     ["harness.schema", "harness.tasks", "harness.fast", "harness.locks", "harness.urls", "harness.ppo.math",
-     "harness.ppo.kl_control", "harness.yamlio", "harness.devices", "harness.impls", "harness.ppo.registry"],
+     "harness.ppo.kl_control", "harness.ppo.schedules", "harness.ppo.accumulate", "harness.yamlio", "harness.devices",
+     "harness.impls", "harness.ppo.registry"],
     ["harness.ppo.losses", "harness.ppo.estimators", "harness.ppo.offpolicy", "harness.ppo.dapo"],
     ["harness.config", "harness.tracking", "harness.progress"],
-    ["harness.lm", "harness.models", "reports"],
-    ["harness.warmstart", "harness.evaluate", "harness.ppo.variance", "harness.ppo.update", "harness.ppo.rollouts"],
-    ["harness.recording"],
+    ["harness.lm", "harness.models", "reports", "harness.profiles"],
+    ["harness.warmstart", "harness.evaluate", "harness.ppo.variance", "harness.ppo.update", "harness.ppo.rollouts",
+     "harness.checkpoint"],
+    ["harness.recording", "harness.export"],
     ["harness.ppo.loop", "baselines"],
     ["harness.run"],
     ["harness.sweep", "harness.compare", "harness.bench"],
