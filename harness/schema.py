@@ -66,6 +66,16 @@ METRICS: dict[str, Metric] = {
 }
 
 
+# Logged on a sweep's parent run at the end of each invocation (harness.sweep.coordinator), at step =
+# runs done, so sweeps sort by their best cell in the MLflow UI. Not objectives: a run never logs these.
+SWEEP_METRICS: dict[str, Metric] = {
+    "sweep/best": Metric("best cell mean", "", "", "the objective's mean over the done seeds of the best cell"),
+    "sweep/best_seeds": Metric("seeds of the best cell", "", "", "seeds done of the best cell"),
+    "sweep/done": Metric("runs done", "", "", "(cell, seed) runs done"),
+    "sweep/failed": Metric("runs failed", "", "", "(cell, seed) runs whose last attempt failed"),
+}
+
+
 def label(key: str) -> str:
     """'held-out gold reward' for 'eval/gold'; the key itself when it is not in the schema."""
     m = METRICS.get(key)
@@ -110,6 +120,7 @@ class Tag:
     SWEEP_OBJECTIVE = "sweep.objective"
     SWEEP_DIRECTION = "sweep.direction"
     SWEEP_STORAGE = "sweep.storage"
+    SWEEP_SPECS = "sweep.specs"  # a grown sweep's parent: the hashes of its specs, oldest first (JSON list)
     OPTUNA_STUDY = "optuna.study"
     OPTUNA_TRIAL = "optuna.trial"
     AXIS_PREFIX = "axis."  # child runs: axis.<dotted key> = the cell's value of that swept key
@@ -138,5 +149,7 @@ class Attr:
     NAME = "sweep.name"
     HASH = "sweep.hash"
     SPEC_PATH = "sweep.spec_path"
+    SHAPE = "sweep.shape"  # the current spec's cells, seeds and shared-settings hash (spec.spec_shape)
+    SPECS = "sweep.specs"  # every spec the study has run under: [{hash, path, at}], oldest first
     AXES = "sweep.axes"
     CREATED = "sweep.created"
