@@ -90,6 +90,11 @@ class Tag:
 
     # every run (harness.run.run_tags)
     TASK = "task"
+    TASK_DATA = "task.data"  # task.prompts runs: the file, folder or hub id ...
+    TASK_DATA_SHA256 = "task.data_sha256"  # ... and its content hash (a file or folder)
+    GOLD_SOURCE = "gold.source"  # what eval/gold measures: GOLD_OPTIMISED when it is the optimised reward itself
+    VALUE_INIT = "value.init"  # what the value model was initialised from in fact (model.value_init is the request)
+    MODEL_SHA256 = "model.{}_sha256"  # model.policy / model.reward given as a local folder: its weights' hash
     DEVICE = "device"  # the run's torch device, e.g. cpu or cuda:0 (NVIDIA ...; CUDA_VISIBLE_DEVICES=3)
     IMPL = "impl"
     LEVEL = "advantage.level"
@@ -125,6 +130,9 @@ class Tag:
     OPTUNA_TRIAL = "optuna.trial"
     AXIS_PREFIX = "axis."  # child runs: axis.<dotted key> = the cell's value of that swept key
     NOTE = "mlflow.note.content"  # MLflow's run description (a sweep parent: the spec's description)
+
+
+GOLD_OPTIMISED = "optimised reward (no independent gold)"  # Tag.GOLD_SOURCE of a task.prompts run without model.gold
 
 
 def artifact_tags(kind: str) -> tuple[str, str]:

@@ -9,6 +9,7 @@ of ``reports.findings``, with the labels of ``reports.labels``. The HTML page is
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,8 +271,8 @@ def captions(
             "fig1_learning_curves": (
                 "Gold reward on held-out prompts against completions seen; one panel per swept factor, "
                 "one line per level.",
-                f"Lines: IQM over the {runs_per} of a level; bands: {band}. Runs are interpolated "
-                "onto a shared episodes axis and cut at the fewest episodes any of them reached.",
+                f"Lines: IQM over the {runs_per} of a level; bands: {band}. {POOLED_BANDS} Runs are "
+                "interpolated onto a shared episodes axis and cut at the fewest episodes any of them reached.",
             ),
             "fig2_final_reward": (
                 "Final gold reward (last evaluation) for each level of each swept factor.",
@@ -291,11 +292,13 @@ def captions(
                 ),
             ),
             "fig8_overoptimisation": (
-                "Reward vs sqrt(KL) per RM size, Gao et al. 2022 fit: gold (a) and proxy (b) reward gain "
-                "over the initial policy against d = √KL"
+                ("Reward vs sqrt(KL) per RM size" if meta.get("grouped") else "Reward vs sqrt(KL)")
+                + ", Gao et al. 2022 fit: gold (a) and proxy (b) reward gain over the initial policy against d = √KL"
                 + (", coloured by the proxy RM's training pairs." if meta.get("grouped") else "."),
                 "Thin lines: single runs' evaluations; thick lines: least-squares fit of "
-                "R(d) = d (α − β ln d) to the gold gain of all runs of an RM size (α, β in the legend; "
+                "R(d) = d (α − β ln d) to the gold gain of all runs"
+                + (" of an RM size" if meta.get("grouped") else "")
+                + " (α, β in the legend, drawn only where the findings report the fit; "
                 "peak at d* = exp(α/β − 1) when β > 0)"
                 + (
                     f"; X: the {meta['onsets']} runs' logged over-optimisation onsets "
@@ -313,8 +316,13 @@ def captions(
                 "the t-interval of the mean signal includes 0 (no ratio is drawn).",
             ),
             "fig5_sensitivity": (
-                "Final gold reward over clip ε × KL coefficient β, one panel per advantage estimator.",
-                "Cell value: IQM over the seeds of that cell; one colour scale shared by all panels.",
+                "Final gold reward over clip ε × KL coefficient β, one panel per "
+                + " × ".join(meta.get("panels") or ["advantage estimator"]) + ".",
+                "Square value: IQM over the runs of that square (n = "
+                + (meta.get("n") or "?") + " runs per square; printed in a square where it differs)"
+                + (f"; each square pools the levels of {', '.join(meta['pooled'])} (too many panels to split)"
+                   if meta.get("pooled") else "; a square is one cell, so it pools only seeds")
+                + "; one colour scale shared by all panels.",
             ),
             "fig6_custom_vs_trl": (
                 f"Custom PPO against TRL's PPOTrainer on the settings both ran ({meta.get('n_matched', 0)} runs): "
@@ -324,11 +332,22 @@ def captions(
             "fig7_training_health": (
                 "Training health against completions seen: clip fraction, approximate KL, response length "
                 "and entropy (rows), one column per swept factor.",
-                f"Lines: IQM over the runs of a level; bands: {band}. Rising clip fraction or "
+                f"Lines: IQM over the runs of a level; bands: {band}. {POOLED_BANDS} Rising clip fraction or "
                 "approx. KL, or collapsing entropy or length, flag unstable settings.",
             ),
         }.get(fig.stem, (fig.title, f"{n} runs."))
     return out
+
+
+POOLED_BANDS = ("A level's line and band pool all its runs, across the cells of the other factors: the band "
+                "holds the spread between those cells as well as between seeds.")
+
+
+def fig_number(stem: str) -> int:
+    """A figure's one number: the N of its file ``figN_...`` (captions, headings and files agree; a figure
+    not drawn leaves its number out rather than renumbering the rest)."""
+    m = re.match(r"fig(\d+)_", stem)
+    return int(m.group(1)) if m else 0
 
 
 # ---- the report page -----------------------------------------------------------------------------
@@ -406,11 +425,10 @@ def report_markdown(c: ReportContent, out_dir: Path) -> str:
             markdown_table(c.poi, index=True),
         ]
     lines += ["## Figures", ""]
-    k = 0
     for fig in c.figures:
         if fig.skipped:
             continue
-        k += 1
+        k = fig_number(fig.stem)
         png = next(p for p in fig.files if p.suffix == ".png")
         pdf = next(p for p in fig.files if p.suffix == ".pdf")
         one, two = c.captions.get(fig.stem, (fig.title, ""))
@@ -426,7 +444,7 @@ def report_markdown(c: ReportContent, out_dir: Path) -> str:
     skipped = [f for f in c.figures if f.skipped]
     if skipped:
         lines += ["### Figures not drawn", ""]
-        lines += [f"- {f.title}: {f.skipped}." for f in skipped] + [""]
+        lines += [f"- Figure {fig_number(f.stem)}, {f.title}: {f.skipped}." for f in skipped] + [""]
     lines += ["## Method", ""] + [f"- {s}" for s in c.method or METHOD] + [""]
     return "\n".join(lines)
 
@@ -489,11 +507,10 @@ def report_html(c: ReportContent, out_dir: Path) -> str:
             _html_table(c.poi, index=True),
         ]
     parts.append("<h2>Figures</h2>")
-    k = 0
     for fig in c.figures:
         if fig.skipped:
             continue
-        k += 1
+        k = fig_number(fig.stem)
         png = next(p for p in fig.files if p.suffix == ".png")
         pdf = next(p for p in fig.files if p.suffix == ".pdf")
         one, two = c.captions.get(fig.stem, (fig.title, ""))
@@ -506,7 +523,7 @@ def report_html(c: ReportContent, out_dir: Path) -> str:
     skipped = [f for f in c.figures if f.skipped]
     if skipped:
         parts.append("<h3>Figures not drawn</h3><ul>")
-        parts += [f"<li>{e(f.title)}: {e(f.skipped)}.</li>" for f in skipped]
+        parts += [f"<li>Figure {fig_number(f.stem)}, {e(f.title)}: {e(f.skipped)}.</li>" for f in skipped]
         parts.append("</ul>")
     parts.append("<h2>Method</h2><ul>" + "".join(f"<li>{e(s)}</li>" for s in c.method or METHOD) + "</ul>")
     parts.append("</body></html>")

@@ -21,6 +21,7 @@ from harness.models.reward_fn import (
     try_reward_fn,
 )
 from harness.models.types import ModelError, Models, SharedTrunkValue
+from harness.schema import Tag
 from harness.tasks import Task, get_task
 from harness.tasks.data import PromptFile, data_task, with_gold
 from harness.warmstart import artifacts
@@ -149,14 +150,15 @@ def load_models(cfg: RunConfig, progress=None) -> Models:
     policy = load_lm(start.policy)
     ref = copy.deepcopy(policy).eval().requires_grad_(False)
     reward, reward_fn, rm_dir = _reward(cfg, task, start, tokenizer, progress)
-    value = None
+    value, value_init = None, "none (no value model)"
     needs_value = cfg.advantage.level == "token" or cfg.advantage.baseline == "value"
     if needs_value and cfg.model.value_trunk == "shared":
-        value = SharedTrunkValue(policy)
+        value, value_init = SharedTrunkValue(policy), "policy trunk (shared, zero-initialised head)"
     elif needs_value:
         if cfg.model.value_init == "reward" and reward is not None:
-            value = copy.deepcopy(reward)
+            value, value_init = copy.deepcopy(reward), "reward"
         else:
+            value_init = "policy" if cfg.model.value_init == "policy" else f"policy ({_why_not_reward(cfg)})"
             from transformers import AutoModelForSequenceClassification
 
             value = AutoModelForSequenceClassification.from_pretrained(start.policy, num_labels=1)
@@ -173,8 +175,23 @@ def load_models(cfg: RunConfig, progress=None) -> Models:
     tags = artifacts.provenance(task.name, "sft", start.sft_dir) if start.sft_dir is not None else {}
     if rm_dir is not None:
         tags.update(artifacts.provenance(task.name, "rm", rm_dir))
+    tags[Tag.VALUE_INIT] = value_init
+    for key in ("policy", "reward"):
+        name = getattr(cfg.model, key)
+        if not is_preset(name) and not is_callable_spec(name) and name not in ("learned", "gold") and looks_local(name):
+            tags[Tag.MODEL_SHA256.format(key)] = artifacts.weights_digest(Path(name).expanduser())
     return Models(task=task, tokenizer=tokenizer, policy=policy, ref=ref, reward=reward, value=value,
                   source=str(start.sft_dir or start.policy), provenance=tags, reward_fn=reward_fn, device=device)
+
+
+def _why_not_reward(cfg: RunConfig) -> str:
+    """Why model.value_init=reward fell back to the policy: no reward model shares the policy's tokens."""
+    r = cfg.model.reward
+    if r == "gold":
+        return "model.reward=gold: no reward model"
+    if is_callable_spec(r):
+        return "model.reward is a function: no reward model"
+    return "the reward model has another vocabulary: it scores the text"
 
 
 def _reward(cfg: RunConfig, task, start: PolicyStart, tokenizer, progress):
