@@ -101,11 +101,16 @@ def make_figures(
     factors: Sequence[str],
     style: str | Style = "default",
     out_dir: str | Path = "figures",
+    skip: dict[str, str] | None = None,
 ) -> list[FigureResult]:
-    """Draw and save every figure of ``FIGURES`` that has data; skipped ones carry the reason."""
+    """Draw and save every figure of ``FIGURES`` that has data; skipped ones carry the reason (``skip``:
+    stem -> why, figures not to draw at all)."""
     st = get_style(style)
     results = []
     for spec in FIGURES:
+        if spec.stem in (skip or {}):
+            results.append(FigureResult(spec.stem, spec.title, skipped=skip[spec.stem]))
+            continue
         with styled(st):
             out = spec.draw.explain(runs, curves, list(factors), st)  # type: ignore[attr-defined]
         res = FigureResult(spec.stem, spec.title)

@@ -115,6 +115,19 @@ def test_a_run_on_a_prompt_file_with_an_own_model_and_a_reward_function(tmp_path
     (run,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
     assert run.info.status == "FINISHED" and run.data.tags["task"] == "prompts:reviews"
     assert run.data.tags["impl"] == impl and run.data.tags["device"].split()[0] in ("cpu", "cuda:0")
+    # named and tagged after the data and its hash, never after task.name (sentiment), which it does not read
+    import hashlib
+
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    assert run.data.tags["task.data"] == str(path) and run.data.tags["task.data_sha256"] == sha
+    assert run.info.run_name == f"reviews.{sha[:8]}-{impl}-token-s0"
+    assert run.data.tags["gold.source"] == "optimised reward (no independent gold)"
+    weights = sorted(Path(policy).rglob("*.safetensors"))
+    assert weights and run.data.tags["model.policy_sha256"] == hashlib.sha256(
+        "".join(hashlib.sha256(w.read_bytes()).hexdigest() for w in weights).encode()).hexdigest()[:16]
+    # model.value_init=reward is the default, but a reward function is no model to start from: say what was done
+    assert run.data.params["model.value_init"] == "reward"
+    assert run.data.tags["value.init"] == "policy (model.reward is a function: no reward model)"
     # no model.gold: the held-out measure is the optimised function, so eval/gold == eval/proxy
     assert run.data.metrics["eval/gold"] == pytest.approx(run.data.metrics["eval/proxy"])
     assert 0 <= run.data.metrics["eval/gold"] <= 4  # words in a 4-token response
