@@ -91,6 +91,7 @@ def validate_model_keys(cfg: RunConfig) -> Task:
         if not Path(p).expanduser().exists():
             raise ModelError(f"model.policy '{p}': not a built-in preset ({', '.join(PRESETS)}) nor an existing path")
         _check_model_dir("model.policy", p, tokenizer=True)
+        _check_eos(p, load_tokenizer(str(Path(p).expanduser())))
     r = cfg.model.reward
     task = run_task(cfg)
     if uses_sft(cfg) and not task.sft_corpus:
@@ -115,6 +116,15 @@ def validate_model_keys(cfg: RunConfig) -> Task:
     if sft is None or rm is None:  # the run reads (or builds) models in the cache: only its owner may write there
         check_cache_dir()
     return task
+
+
+def _check_eos(name: str, tokenizer) -> None:
+    """A policy must be able to end a response: its tokenizer needs an EOS token (responses are cut, scored
+    and penalised at it)."""
+    if tokenizer.eos_token_id is None:
+        raise ModelError(f"model.policy '{name}': its tokenizer has no EOS token, so no response could end; "
+                         "give it one (tokenizer.add_special_tokens({'eos_token': ...}), save_pretrained) "
+                         "and resize the model's embeddings if the token is new")
 
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -147,6 +157,7 @@ def load_models(cfg: RunConfig, progress=None) -> Models:
     task = validate_model_keys(cfg)
     start = policy_start(cfg, task, progress)
     tokenizer = load_tokenizer(start.tokenizer)
+    _check_eos(cfg.model.policy, tokenizer)  # a hub id's tokenizer is first seen here
     policy = load_lm(start.policy)
     ref = copy.deepcopy(policy).eval().requires_grad_(False)
     reward, reward_fn, rm_dir = _reward(cfg, task, start, tokenizer, progress)
