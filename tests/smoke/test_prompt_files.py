@@ -195,3 +195,24 @@ def test_a_bad_dataset_through_train_exits_2_and_creates_nothing(tmp_path):
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and f"task.prompts '{value}'" in lines[0] and says in lines[0], out.stderr
         assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_an_own_model_warm_start_is_sized_to_the_data_shows_its_progress_under_q_and_is_cached(tmp_path):
+    """model.sft=task on one's own model: 12 rows -> 9 training pairs -> max(50, ceil(3 * 9 / 64)) = 50 steps
+    (not the presets' 600); under -q its progress still shows on stderr; the second run finds it cached."""
+    from tests.smoke.test_own_models import make_model
+
+    words = sorted({w for r in ROWS for w in (r["prompt"] + " " + r["response"]).split()} | {"good", "film", "bad"})
+    policy = make_model(tmp_path / "policy", "llama", words)
+    path = _write(tmp_path / "reviews.jsonl")
+    sets = _sets({"model.policy": policy, "task.prompts": path, "task.split_column": "split", "model.sft": "task",
+                  "task.completion_column": "response", "model.reward": "file_rewards:words",
+                  "task.response_length": 4, "train.missing_eos_penalty": "null"})
+    env = {"PPO_HARNESS_CACHE": str(tmp_path / "cache")}
+    first = _cli(tmp_path, "train", "-q", *sets, env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "SFT warm start: 50 steps of 64 on 9 pairs" in first.stderr, first.stderr
+    assert sum(line.startswith("SFT step ") for line in first.stderr.splitlines()) == 10
+    assert "SFT step 50/50" in first.stderr
+    again = _cli(tmp_path, "train", "-q", *sets, env=env)
+    assert again.returncode == 0 and "SFT" not in again.stderr, again.stderr  # built once, then cached
