@@ -73,7 +73,7 @@ def _estimate(held: Held, todo: int, workers: int) -> str:
     per = statistics.fmean(held.seconds)
     total = todo * per / max(1, workers)
     return (f"about {_fmt(total)} for {todo} run(s) on {workers} worker(s) "
-            f"(mean of {len(held.seconds)} finished run(s): {_fmt(per)} each)")
+            f"(mean of {len(held.seconds)} finished run(s): {_fmt(per)} each; worker start-up not counted)")
 
 
 def _fmt(s: float) -> str:
