@@ -377,7 +377,10 @@ class Worker:
         sampled configuration's are its Optuna params."""
         spec = self.spec
         if spec.sampler == "grid":
-            return self.cells.get(cid) or dict(trial.system_attrs.get("fixed_params", {}))
+            if cid in self.cells:
+                return self.cells[cid]
+            frozen = self._r(self.storage.get_trial, trial._trial_id)
+            return dict(frozen.system_attrs.get("fixed_params", {}))
         return {s.key: self._r(s.suggest, trial) for s in spec.search}
 
     def _child_tags(self, trial, cid: str, seed: int, values: dict[str, Any]) -> dict[str, Any]:

@@ -112,7 +112,7 @@ def test_nan_trial_is_failed_with_its_reason_and_the_sweep_goes_on(tmp_path):
     trials = sorted(study_trials(str(tmp_path / "runs" / "sweeps" / "nan.journal")), key=lambda t: t.number)
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
     bad = trials[0]
-    assert bad.params["ppo.lr"] == 1e30
+    assert bad.system_attrs["fixed_params"]["ppo.lr"] == 1e30  # a grid cell: its enqueued values
     assert bad.user_attrs["sweep.fail_kind"] == "nonfinite"
     assert "NonFiniteError" in bad.user_attrs["sweep.fail_reason"] and "nan" in bad.user_attrs["sweep.fail_reason"]
     assert "Traceback" in bad.user_attrs["sweep.traceback"]
