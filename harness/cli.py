@@ -472,13 +472,21 @@ def bench(
 def ui(
     runs_dir: RunsDir = Path("runs"),
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0.1.")] = 5000,
+    experiment: Annotated[str | None, typer.Option(help="Experiment whose runs the printed URL opens "
+                                                   "(default: the one updated last).")] = None,
 ) -> None:
-    """Start the MLflow UI on the project's store (loopback only) and print the URL."""
+    """Start the MLflow UI on the project's store (loopback only) and print the URL of the training-runs
+    view of an experiment (--experiment, default the one updated last)."""
     from harness.tracking import Store
 
     check_output(runs_dir, "--runs-dir", folder=True)
     store = Store(runs_dir)
-    typer.echo(f"MLflow UI for {store.where}: http://127.0.0.1:{port}  (Ctrl-C to stop)")
+    try:
+        url = store.runs_view(f"http://127.0.0.1:{port}", experiment)
+    except KeyError:
+        typer.echo(f"error: --experiment: no experiment '{experiment}' in {store.where}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"MLflow UI for {store.where}: {url}  (Ctrl-C to stop)")
     os.execvp(
         sys.executable,
         [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store.uri,

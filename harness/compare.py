@@ -186,14 +186,17 @@ def compare(
     impls = parse_impls(impls)
     seed_list = check_comparable(task, seeds, overrides, impls)
     overrides = dict(overrides or {})
-    tag = f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    from harness.config import task_label
+
+    shown = task_label(comparable_config(task, overrides, seed_list[0], impls[0]))  # task.prompts: its data
+    tag = f"{shown.replace(':', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
     rows = []
     total = len(seed_list) * len(impls)
     for seed in seed_list:
         for impl in impls:
             cfg = comparable_config(task, overrides, seed, impl)
             t0 = time.perf_counter()
-            result = execute(cfg, store, experiment=experiment, run_name=f"compare-{task}-{impl}-s{seed}",
+            result = execute(cfg, store, experiment=experiment, run_name=f"compare-{shown.split(':')[-1]}-{impl}-s{seed}",
                              tags={"compare": tag}, progress=progress)
             seconds = time.perf_counter() - t0
             row = {"impl": impl, "seed": seed, "run_id": result.run_id, "seconds": seconds}
@@ -203,7 +206,7 @@ def compare(
                  f"eval/kl {row['eval/kl']:.3f}  {row['perf/tokens_per_s']:.0f} tok/s  ({seconds:.0f} s)")
     runs = pd.DataFrame(rows)
     comparison = Comparison(runs=runs, table=summarise(runs, impls),
-                            settings={"task": task, "seeds": seed_list, "overrides": overrides, "compare": tag,
+                            settings={"task": shown, "seeds": seed_list, "overrides": overrides, "compare": tag,
                                       "impls": list(impls)})
     if out is not None:
         comparison.save(Path(out))

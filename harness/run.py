@@ -24,7 +24,7 @@ from harness.devices import resolve as resolve_device
 from harness.impls import IMPLEMENTATIONS, resolve
 from harness.ppo.update import NonFiniteError
 from harness.recording import RunResult
-from harness.schema import Tag
+from harness.schema import GOLD_OPTIMISED, Tag
 from harness.tracking import DEFAULT_EXPERIMENT, RunLogger, Store, git_commit, package_versions
 
 __all__ = ["IMPLEMENTATIONS", "NonFiniteError", "Train", "execute", "resolve", "run_tags"]
@@ -39,6 +39,8 @@ class Train(Protocol):
 def run_tags(cfg: RunConfig) -> dict[str, str]:
     return {
         Tag.TASK: task_label(cfg),
+        **data_tags(cfg),
+        Tag.GOLD_SOURCE: gold_source(cfg),
         Tag.DEVICE: describe_device(resolve_device(cfg.train.device)),
         Tag.IMPL: cfg.impl,
         Tag.LEVEL: cfg.advantage.level,
@@ -46,6 +48,39 @@ def run_tags(cfg: RunConfig) -> dict[str, str]:
         Tag.GIT_COMMIT: git_commit(),
         **package_versions(),
     }
+
+
+def data_tags(cfg: RunConfig) -> dict[str, str]:
+    """task.prompts runs: the data (file, folder or hub id) and its content hash (``harness.tasks.data.digest``)."""
+    if cfg.task.prompts is None:
+        return {}
+    from harness.tasks.data import digest
+
+    tags = {Tag.TASK_DATA: cfg.task.prompts}
+    if (d := digest(cfg.task.prompts)) is not None:
+        tags[Tag.TASK_DATA_SHA256] = d
+    return tags
+
+
+def gold_source(cfg: RunConfig) -> str:
+    """What eval/gold measures: model.gold, the task's own gold, or (task.prompts without model.gold) the
+    optimised reward itself, which is then no independent gold (``GOLD_OPTIMISED``)."""
+    if cfg.model.gold:
+        return f"model.gold {cfg.model.gold}"
+    if cfg.task.prompts is not None:
+        return GOLD_OPTIMISED
+    return f"task {cfg.task.name}"
+
+
+def default_run_name(cfg: RunConfig, tags: dict[str, str] | None = None) -> str:
+    """``<task>-<impl>-<level>-s<seed>``; a task.prompts run is named after its data and hash
+    (``reviews.3f2a1b9c-custom-token-s0``), never after task.name, which it does not read."""
+    task = cfg.task.name
+    if cfg.task.prompts is not None:
+        task = task_label(cfg).split(":", 1)[-1]
+        if sha := (tags or {}).get(Tag.TASK_DATA_SHA256):
+            task = f"{task}.{sha[:8]}"
+    return f"{task}-{cfg.impl}-{cfg.advantage.level}-s{cfg.seed}"
 
 
 def execute(
@@ -72,9 +107,10 @@ def execute(
     if resume is not None:
         logger = _reopen(store, resume, tags)
     else:
-        name = run_name or f"{cfg.task.name}-{cfg.impl}-{cfg.advantage.level}-s{cfg.seed}"
+        base_tags = run_tags(cfg)
+        name = run_name or default_run_name(cfg, base_tags)
         logger = store.start_run(
-            experiment, run_name=name, tags={**run_tags(cfg), **(tags or {})}, params=cfg.flat(),
+            experiment, run_name=name, tags={**base_tags, **(tags or {})}, params=cfg.flat(),
             parent_run_id=parent_run_id,
         )
         logger.log_text(cfg.to_yaml(), "config.yaml")

@@ -76,6 +76,16 @@ METRICS: dict[str, Metric] = {
 }
 
 
+# Logged on a sweep's parent run at the end of each invocation (harness.sweep.coordinator), at step =
+# runs done, so sweeps sort by their best cell in the MLflow UI. Not objectives: a run never logs these.
+SWEEP_METRICS: dict[str, Metric] = {
+    "sweep/best": Metric("best cell mean", "", "", "the objective's mean over the done seeds of the best cell"),
+    "sweep/best_seeds": Metric("seeds of the best cell", "", "", "seeds done of the best cell"),
+    "sweep/done": Metric("runs done", "", "", "(cell, seed) runs done"),
+    "sweep/failed": Metric("runs failed", "", "", "(cell, seed) runs whose last attempt failed"),
+}
+
+
 def label(key: str) -> str:
     """'held-out gold reward' for 'eval/gold'; the key itself when it is not in the schema."""
     m = METRICS.get(key)
@@ -90,6 +100,11 @@ class Tag:
 
     # every run (harness.run.run_tags)
     TASK = "task"
+    TASK_DATA = "task.data"  # task.prompts runs: the file, folder or hub id ...
+    TASK_DATA_SHA256 = "task.data_sha256"  # ... and its content hash (a file or folder)
+    GOLD_SOURCE = "gold.source"  # what eval/gold measures: GOLD_OPTIMISED when it is the optimised reward itself
+    VALUE_INIT = "value.init"  # what the value model was initialised from in fact (model.value_init is the request)
+    MODEL_SHA256 = "model.{}_sha256"  # model.policy / model.reward given as a local folder: its weights' hash
     DEVICE = "device"  # the run's torch device, e.g. cpu or cuda:0 (NVIDIA ...; CUDA_VISIBLE_DEVICES=3)
     IMPL = "impl"
     LEVEL = "advantage.level"
@@ -122,10 +137,14 @@ class Tag:
     SWEEP_OBJECTIVE = "sweep.objective"
     SWEEP_DIRECTION = "sweep.direction"
     SWEEP_STORAGE = "sweep.storage"
+    SWEEP_SPECS = "sweep.specs"  # a grown sweep's parent: the hashes of its specs, oldest first (JSON list)
     OPTUNA_STUDY = "optuna.study"
     OPTUNA_TRIAL = "optuna.trial"
     AXIS_PREFIX = "axis."  # child runs: axis.<dotted key> = the cell's value of that swept key
     NOTE = "mlflow.note.content"  # MLflow's run description (a sweep parent: the spec's description)
+
+
+GOLD_OPTIMISED = "optimised reward (no independent gold)"  # Tag.GOLD_SOURCE of a task.prompts run without model.gold
 
 
 def artifact_tags(kind: str) -> tuple[str, str]:
@@ -150,5 +169,7 @@ class Attr:
     NAME = "sweep.name"
     HASH = "sweep.hash"
     SPEC_PATH = "sweep.spec_path"
+    SHAPE = "sweep.shape"  # the current spec's cells, seeds and shared-settings hash (spec.spec_shape)
+    SPECS = "sweep.specs"  # every spec the study has run under: [{hash, path, at}], oldest first
     AXES = "sweep.axes"
     CREATED = "sweep.created"

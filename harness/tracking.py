@@ -45,6 +45,12 @@ DEFAULT_RUNS_DIR = Path("runs")
 DEFAULT_EXPERIMENT = "ppo-harness"
 
 
+EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"  # the UI's training-runs view
+SHARE_PARAM = "viewStateShareKey"  # the UI's URL parameter naming a shared view (an experiment tag)
+# the metric columns `ppo-harness ui` shows in the runs table (when logged), before the swept axes
+VIEW_METRICS = ("sweep/best", "eval/gold", "eval/proxy", "eval/kl", "episodes", "sweep/done", "sweep/failed")
+
+
 class Store:
     """Where runs live: a tracking URI plus the artifact root for new experiments."""
 
@@ -91,7 +97,7 @@ class Store:
             return self.client.create_experiment(
                 name,
                 artifact_location=location,
-                tags={"mlflow.experimentKind": "custom_model_development"},
+                tags={EXPERIMENT_KIND: TRAINING_KIND},
             )
         except Exception:  # another process created it first
             for _ in range(20):
@@ -100,6 +106,55 @@ class Store:
                     return exp.experiment_id
                 time.sleep(0.1)
             raise
+
+    def runs_view(self, base: str, name: str | None = None) -> str:
+        """The UI address of an experiment's training-runs view (``name``, default the experiment updated
+        last; the bare ``base`` for an empty store), newest runs first. Experiments made without the
+        training kind tag (older stores) get it, so the UI opens them as training runs, not GenAI
+        evaluations. KeyError for an unknown ``name``."""
+        exps = self.client.search_experiments(order_by=["last_update_time DESC"])
+        for e in exps:
+            if e.tags.get(EXPERIMENT_KIND) is None:
+                self.client.set_experiment_tag(e.experiment_id, EXPERIMENT_KIND, TRAINING_KIND)
+        if name is not None:
+            chosen = next((e for e in exps if e.name == name), None)
+            if chosen is None:
+                raise KeyError(name)
+        else:
+            with_runs = [e for e in exps if self.client.search_runs([e.experiment_id], max_results=1)]
+            chosen = with_runs[0] if with_runs else None
+        view = "?workflowType=machine_learning"  # the UI's "Model training" side, not its GenAI default
+        if chosen is None:
+            return f"{base}/#/{view}"
+        key = self._share_view(chosen.experiment_id)
+        return f"{base}/#/experiments/{chosen.experiment_id}/runs{view}&{SHARE_PARAM}={key}"
+
+    def _share_view(self, experiment_id: str) -> str:
+        """An MLflow UI shared view of an experiment (an experiment tag the UI reads for ``?viewStateShareKey=``):
+        the key metric columns and the swept axes shown, sweeps sorted by their best cell (``sweep/best``),
+        charts against ``episodes``. Returns its key."""
+        import hashlib
+
+        runs = self.client.search_runs([experiment_id], max_results=1000)
+        metrics = {k for r in runs for k in r.data.metrics}
+        axes: list[str] = []
+        for r in runs:
+            try:
+                axes += [a for a in json.loads(r.data.tags.get("sweep.axes", "[]")) if a not in axes]
+            except ValueError:
+                pass
+        columns = [f"metrics.`{k}`" for k in VIEW_METRICS if k in metrics] + [f"params.`{a}`" for a in axes]
+        state = {
+            "selectedColumns": columns,
+            "orderByKey": "metrics.`sweep/best`" if "sweep/best" in metrics else "attributes.start_time",
+            "orderByAsc": False,
+            "globalLineChartConfig": {"xAxisKey": "metric", "selectedXAxisMetricKey": "episodes", "lineSmoothness": 0},
+        }
+        text = json.dumps(state, sort_keys=True)
+        key = "ppo-harness-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+        self.client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{key}", text)
+        return key
+
 
     def _artifact_location(self, name: str) -> str | None:
         """``<artifact root>/<name>`` for a local store; the name must be one safe path component."""

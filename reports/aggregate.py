@@ -290,12 +290,20 @@ class NoiseStats:
 # ---- figure 5: sensitivity -----------------------------------------------------------------------
 
 
+MAX_PANELS = 6  # figure 5: panels drawn; factors beyond that are pooled (and said so)
+
+
 @dataclass(frozen=True)
 class SensitivityGrid:
-    """IQM of a final metric over ``rows`` x ``cols`` levels, one grid per panel (advantage level).
+    """IQM of a final metric over ``rows`` x ``cols`` levels, one grid per panel.
 
+    A panel is one level of the advantage factor and of every other varying factor in ``by`` (as many as
+    fit in ``MAX_PANELS``), so a square pools only the seeds of one cell; factors that did not fit are
+    ``pooled`` (a square then combines their levels, and the caption says so).
     values[i][a, b]: IQM over the runs of panel i at (row_levels[a], col_levels[b]); NaN where no run
-    ran. panels: the advantage levels ([None]: one panel of all runs). vmin, vmax: the shared scale.
+    ran; counts[i][a, b]: how many runs that is. panels: the panel's level (one panel key) or tuple of
+    levels (several; [None]: one panel of all runs); panel_keys: the columns panels are split by.
+    vmin, vmax: the shared scale.
     """
 
     rows: str
@@ -306,24 +314,46 @@ class SensitivityGrid:
     values: list[np.ndarray]
     vmin: float
     vmax: float
+    panel_keys: tuple[str, ...] = ()
+    counts: tuple[np.ndarray, ...] = ()
+    pooled: tuple[str, ...] = ()
 
 
-def sensitivity_grid(runs: pd.DataFrame, metric: str, rows: str, cols: str) -> SensitivityGrid:
-    """``SensitivityGrid`` of the runs' final ``metric``, one panel per advantage level (``advantage_column``)."""
+def sensitivity_grid(runs: pd.DataFrame, metric: str, rows: str, cols: str, by: Sequence[str] = ()) -> SensitivityGrid:
+    """``SensitivityGrid`` of the runs' final ``metric``: panels per advantage level and per level of each
+    other varying factor of ``by`` while they fit ``MAX_PANELS``."""
+    from reports.labels import in_advantage
+
     r = finite_rows(runs, metric)
     group = advantage_column(r, 1)
-    panels = sorted_levels(r[group]) if group else [None]
+    others = [k for k in dict.fromkeys(by) if k in r and r[k].nunique(dropna=True) >= 2
+              and k not in (rows, cols, group) and not in_advantage(k)]
+    keys = [group] if group else []
+    for k in others:
+        if _n_panels(r, [*keys, k]) <= MAX_PANELS:
+            keys.append(k)
+    pooled = tuple(k for k in others if k not in keys)
+    tuples = sorted({tuple(t) for t in r[keys].itertuples(index=False)}, key=lambda t: [stats._sort_key(v) for v in t])
+    combos = [None] if not keys else ([t[0] for t in tuples] if len(keys) == 1 else tuples)
     ylv, xlv = sorted_levels(r[rows]), sorted_levels(r[cols])
-    grids = []
-    for p in panels:
-        sel = r if p is None else r[r[group] == p]
-        z = np.full((len(ylv), len(xlv)), np.nan)
+    grids, counts = [], []
+    for p in combos:
+        sel = r
+        for k, v in zip(keys, (p,) if len(keys) == 1 else (p or ()), strict=True):
+            sel = sel[sel[k] == v]
+        z, n = np.full((len(ylv), len(xlv)), np.nan), np.zeros((len(ylv), len(xlv)), int)
         for (a, b), g in sel.groupby([rows, cols]):
             z[ylv.index(a), xlv.index(b)] = stats.iqm(g[metric])
+            n[ylv.index(a), xlv.index(b)] = len(g)
         grids.append(z)
+        counts.append(n)
     vmin = float(np.nanmin([np.nanmin(z) for z in grids]))
     vmax = float(np.nanmax([np.nanmax(z) for z in grids]))
-    return SensitivityGrid(rows, cols, ylv, xlv, panels, grids, vmin, vmax)
+    return SensitivityGrid(rows, cols, ylv, xlv, combos, grids, vmin, vmax, tuple(keys), tuple(counts), pooled)
+
+
+def _n_panels(r: pd.DataFrame, keys: list[str]) -> int:
+    return int(r.groupby(keys).ngroups) if keys else 1
 
 
 # ---- figure 6: custom against TRL ----------------------------------------------------------------

@@ -254,6 +254,7 @@ def _runs_frame(done: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     runs["seed"] = pd.to_numeric(first(f"tags.{Tag.SEED}", "params.seed"), errors="coerce").astype("Int64")
     runs["impl"] = first(f"tags.{Tag.IMPL}", "params.impl").fillna("custom").astype(str)
     runs["task"] = first(f"tags.{Tag.TASK}", "params.task.name").fillna("").astype(str)
+    runs["gold_source"] = first(f"tags.{Tag.GOLD_SOURCE}").fillna("").astype(str)
     for key in dict.fromkeys([*axes, *CONTEXT_KEYS]):
         if key in ("impl", "seed"):
             continue

@@ -15,7 +15,8 @@ Pure: numpy, pandas and ``harness.schema``; no I/O, no statistics, no plotting.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -27,9 +28,31 @@ ALL_RUNS = "all runs"  # the one group's label when a figure or table has no gro
 # ---- metrics -------------------------------------------------------------------------------------
 
 
+NO_GOLD = "held-out optimised reward (no independent gold)"  # eval/gold of runs whose gold.source is GOLD_OPTIMISED
+_gold_is_proxy = [False]  # set by ``no_independent_gold`` while one report is built
+
+
+@contextmanager
+def no_independent_gold(on: bool) -> Iterator[None]:
+    """While on, eval/gold is labelled ``NO_GOLD`` (its runs had no model.gold: eval/gold is the optimised
+    reward itself on held-out prompts, without the missing-EOS penalty)."""
+    before = _gold_is_proxy[0]
+    _gold_is_proxy[0] = on
+    try:
+        yield
+    finally:
+        _gold_is_proxy[0] = before
+
+
+def gold_is_proxy() -> bool:
+    return _gold_is_proxy[0]
+
+
 def metric_label(key: str) -> str:
     """The schema's label of ``key`` with its unit in parentheses ("episodes (completions)"); the key
-    itself when the schema does not know it."""
+    itself when the schema does not know it; eval/gold as ``NO_GOLD`` under ``no_independent_gold``."""
+    if key == "eval/gold" and _gold_is_proxy[0]:
+        return NO_GOLD
     m = schema.METRICS.get(key)
     if m is None:
         return schema.label(key)

@@ -442,6 +442,15 @@ class Analysis:
         return self.points.empty
 
 
+def reported_levels(summary: pd.DataFrame) -> list:
+    """The levels whose fit the findings report with numbers (a pooled fit and the per-seed α): the
+    only ones figure 8 draws, so that its legend never shows an α the report calls n/a."""
+    if summary.empty:
+        return []
+    ok = np.isfinite(summary["alpha_pooled"].to_numpy(float)) & np.isfinite(summary["alpha"].to_numpy(float))
+    return summary.loc[ok, "level"].tolist()
+
+
 def analyse(runs: pd.DataFrame, curves: pd.DataFrame | None) -> Analysis:
     """The Gao et al. analysis of a sweep (empty ``points`` when there are no eval/kl curves)."""
     pts = grouped_points(runs, curves)

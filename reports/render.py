@@ -9,6 +9,7 @@ of ``reports.findings``, with the labels of ``reports.labels``. The HTML page is
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ from reports.effects import MIN_SEEDS
 from reports.labels import COLUMN_TITLES, LATEX_COLUMNS, LATEX_FACTORS, level_label
 
 TABLE_METRICS = ("eval/gold", "eval/kl", "perf/tokens_per_s")
+# Quantities that cannot be negative (a KL divergence, a rate, a length): their intervals are shown cut at 0.
+NONNEGATIVE = frozenset({"eval/kl", "objective/kl", "perf/tokens_per_s", "response/length", "eval/length"})
 LEVEL_TABLE_NOTE = f"IQM [{stats.INTERVAL_DESCRIPTION}] over the runs of each level"
 EFFECT_TABLE_NOTE = (
     "Main effect: mean over matched cells (equal in every other factor) of the difference of cell means "
@@ -53,9 +56,10 @@ def wide_table(table: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) -> p
         for m in present:
             if m in by.index:
                 r = by.loc[m]
-                row[COLUMN_TITLES.get(m, m)] = stats.Interval(
-                    float(r["iqm"]), float(r["ci_low"]), float(r["ci_high"]), int(r["n"])
-                ).fmt()
+                low = float(r["ci_low"])
+                if m in NONNEGATIVE:  # the true value is >= 0: the interval cut at 0 covers it as often
+                    low = max(low, 0.0)
+                row[COLUMN_TITLES.get(m, m)] = stats.Interval(float(r["iqm"]), low, float(r["ci_high"]), int(r["n"])).fmt()
             else:
                 row[COLUMN_TITLES.get(m, m)] = "n/a"
         rows.append(row)
@@ -86,20 +90,21 @@ def effects_display(effects: pd.DataFrame | None) -> pd.DataFrame | None:
 
 def latex_effects(shown: pd.DataFrame, comment: str = "") -> str:
     """booktabs ``tabular`` of ``effects_display`` output."""
-    lines = [f"% {line}" for line in comment.splitlines()] if comment else []
-    lines += [
+    lines = [
         r"\begin{tabular}{ll rrr l l}",
         r"\toprule",
         r"Metric & Effect & Estimate & Low & High & Interval over & At \\",
         r"\midrule",
     ]
     for d in shown.to_dict("records"):
-        cells = [latex_escape(d["metric"]), latex_escape(d["effect"])]
+        cells = [LATEX_COLUMNS.get(d["metric"], latex_escape(d["metric"])), latex_effect(str(d["effect"]))]
         cells += [_latex_number_cell(str(d[c])) for c in ("estimate", "low", "high")]
-        cells += [latex_escape(d["interval over"]), latex_escape(d["at"])]
+        cells += [_latex_number_cell(str(d["interval over"])), _latex_number_cell(str(d["at"]))]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
+    caption = ("Factorial effects over matched cells: main effects (level b $-$ level a) and two-factor "
+               "interactions, with 95\\% $t$-intervals.")
+    return latex_wrap(lines, caption, "tab:effects", comment)
 
 
 def poi_display(poi: pd.DataFrame) -> pd.DataFrame | None:
@@ -148,9 +153,48 @@ def latex_escape(text: Any) -> str:
     return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
 
 
+_NUMBER = re.compile(r"-?\d+(?:\.\d*)?(?:e[-+]?\d+)?")
+
+
 def _latex_number_cell(text: str) -> str:
-    # A leading '-' would print as a hyphen: use a math minus (no package needed).
-    return latex_escape(text).replace("-", "$-$") if any(ch.isdigit() for ch in text) else latex_escape(text)
+    """Every number of a cell as siunitx's ``\\num{}`` (``5.88e-03`` -> ``\\num{5.88e-3}``, typeset
+    5.88 x 10^-3, a true minus sign); the text around it escaped."""
+    out, at = [], 0
+    for m in _NUMBER.finditer(text):
+        out += [latex_escape(text[at:m.start()]), r"\num{" + _exp(m.group(0)) + "}"]
+        at = m.end()
+    return "".join(out) + latex_escape(text[at:])
+
+
+def _exp(number: str) -> str:
+    mant, e, power = number.partition("e")
+    return f"{mant}e{int(power)}" if e else number
+
+
+def latex_wrap(tabular: list[str], caption: str, label: str, comment: str = "") -> str:
+    """A ``table`` float around ``tabular`` lines, with its caption and label (packages: booktabs, siunitx)."""
+    lines = [f"% {line}" for line in comment.splitlines()] if comment else []
+    lines += ["% needs booktabs and siunitx", r"\begin{table}[t]", r"\centering", r"\small",
+              r"\caption{" + caption + "}", r"\label{" + label + "}", *tabular, r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def latex_effect(effect: str) -> str:
+    """An effect's name for LaTeX: factor labels for keys (``Clip $\\epsilon$``), ``$\\times$`` for x, levels as numbers."""
+    parts = []
+    for side in effect.split(": ", 1):
+        words = []
+        for w in side.split(" "):
+            if w == "x":
+                words.append(r"$\times$")
+            elif w in LATEX_FACTORS:
+                words.append(LATEX_FACTORS[w])
+            elif w == "-":
+                words.append("$-$")
+            else:
+                words.append(_latex_number_cell(w))
+        parts.append(" ".join(words))
+    return ": ".join(parts)
 
 
 def latex_table(wide: pd.DataFrame, comment: str = "") -> str:
@@ -161,10 +205,7 @@ def latex_table(wide: pd.DataFrame, comment: str = "") -> str:
     metric_cols = [c for c in wide.columns if c not in ("factor", "level", "n")]
     titles = {v: LATEX_COLUMNS[k] for k, v in COLUMN_TITLES.items()}
     head = ["Factor", "Level", "$n$", *[titles.get(c, latex_escape(c)) for c in metric_cols]]
-    lines = []
-    if comment:
-        lines += [f"% {line}" for line in comment.splitlines()]
-    lines += [
+    lines = [
         r"\begin{tabular}{ll r" + " l" * len(metric_cols) + "}",
         r"\toprule",
         " & ".join(head) + r" \\",
@@ -175,17 +216,18 @@ def latex_table(wide: pd.DataFrame, comment: str = "") -> str:
             lines.append(r"\midrule")
         for i, d in enumerate(g.to_dict("records")):
             name = LATEX_FACTORS.get(factor, latex_escape(factor)) if i == 0 else ""
-            cells = [name, latex_escape(d["level"]), str(d["n"])]
+            cells = [name, _latex_number_cell(str(d["level"])), str(d["n"])]
             cells += [_latex_number_cell(str(d[c])) for c in metric_cols]
             lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
+    caption = ("Final metrics per factor level: IQM [95\\% interval] over the runs of each level"
+               + ("; intervals of non-negative quantities cut at 0." if set(metric_cols) & _NONNEG_TITLES else "."))
+    return latex_wrap(lines, caption, "tab:final-by-factor", comment)
 
 
 def latex_matrix(matrix: pd.DataFrame, comment: str = "") -> str:
-    """booktabs ``tabular`` of a square text matrix such as ``poi_display``."""
-    lines = [f"% {line}" for line in comment.splitlines()] if comment else []
-    lines += [
+    """booktabs ``tabular`` of a square text matrix such as ``poi_display``, in a ``table`` float."""
+    lines = [
         r"\begin{tabular}{l" + " r" * len(matrix.columns) + "}",
         r"\toprule",
         r"$P(\mathrm{row} > \mathrm{column})$ & "
@@ -194,9 +236,10 @@ def latex_matrix(matrix: pd.DataFrame, comment: str = "") -> str:
         r"\midrule",
     ]
     for idx, row in matrix.iterrows():
-        lines.append(" & ".join([latex_escape(idx), *[latex_escape(v) for v in row]]) + r" \\")
+        lines.append(" & ".join([latex_escape(idx), *[_latex_number_cell(str(v)) for v in row]]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
+    return latex_wrap(lines, "Probability of improvement on final gold reward, $P(\\mathrm{row} > \\mathrm{column})$, "
+                      "averaged over matched sweep cells.", "tab:poi-advantage", comment)
 
 
 def write_tables(
@@ -247,6 +290,9 @@ def write_tables(
     return written
 
 
+_NONNEG_TITLES = {COLUMN_TITLES.get(m, m) for m in NONNEGATIVE}
+
+
 # ---- captions ------------------------------------------------------------------------------------
 
 
@@ -271,8 +317,8 @@ def captions(
             "fig1_learning_curves": (
                 "Gold reward on held-out prompts against completions seen; one panel per swept factor, "
                 "one line per level.",
-                f"Lines: IQM over the {runs_per} of a level; bands: {band}. Runs are interpolated "
-                "onto a shared episodes axis and cut at the fewest episodes any of them reached.",
+                f"Lines: IQM over the {runs_per} of a level; bands: {band}. {POOLED_BANDS} Runs are "
+                "interpolated onto a shared episodes axis and cut at the fewest episodes any of them reached.",
             ),
             "fig2_final_reward": (
                 "Final gold reward (last evaluation) for each level of each swept factor.",
@@ -292,11 +338,13 @@ def captions(
                 ),
             ),
             "fig8_overoptimisation": (
-                "Reward vs sqrt(KL) per RM size, Gao et al. 2022 fit: gold (a) and proxy (b) reward gain "
-                "over the initial policy against d = √KL"
+                ("Reward vs sqrt(KL) per RM size" if meta.get("grouped") else "Reward vs sqrt(KL)")
+                + ", Gao et al. 2022 fit: gold (a) and proxy (b) reward gain over the initial policy against d = √KL"
                 + (", coloured by the proxy RM's training pairs." if meta.get("grouped") else "."),
                 "Thin lines: single runs' evaluations; thick lines: least-squares fit of "
-                "R(d) = d (α − β ln d) to the gold gain of all runs of an RM size (α, β in the legend; "
+                "R(d) = d (α − β ln d) to the gold gain of all runs"
+                + (" of an RM size" if meta.get("grouped") else "")
+                + " (α, β in the legend, drawn only where the findings report the fit; "
                 "peak at d* = exp(α/β − 1) when β > 0)"
                 + (
                     f"; X: the {meta['onsets']} runs' logged over-optimisation onsets "
@@ -313,10 +361,7 @@ def captions(
                 "(b) tick: mean tr(Σ) / mean |G|² over runs, bar: 95% Fieller interval; 'unresolved' where "
                 "the t-interval of the mean signal includes 0 (no ratio is drawn).",
             ),
-            "fig5_sensitivity": (
-                "Final gold reward over clip ε × KL coefficient β, one panel per advantage estimator.",
-                "Cell value: IQM over the seeds of that cell; one colour scale shared by all panels.",
-            ),
+            "fig5_sensitivity": _sensitivity_caption(meta),
             "fig6_custom_vs_trl": (
                 f"Custom PPO against TRL's PPOTrainer on the settings both ran ({meta.get('n_matched', 0)} runs): "
                 "gold reward and KL against completions seen, and throughput.",
@@ -325,11 +370,35 @@ def captions(
             "fig7_training_health": (
                 "Training health against completions seen: clip fraction, approximate KL, response length "
                 "and entropy (rows), one column per swept factor.",
-                f"Lines: IQM over the runs of a level; bands: {band}. Rising clip fraction or "
+                f"Lines: IQM over the runs of a level; bands: {band}. {POOLED_BANDS} Rising clip fraction or "
                 "approx. KL, or collapsing entropy or length, flag unstable settings.",
             ),
         }.get(fig.stem, (fig.title, f"{n} runs."))
     return out
+
+
+POOLED_BANDS = ("A level's line and band pool all its runs, across the cells of the other factors: the band "
+                "holds the spread between those cells as well as between seeds.")
+
+
+def fig_number(stem: str) -> int:
+    """A figure's one number: the N of its file ``figN_...`` (captions, headings and files agree; a figure
+    not drawn leaves its number out rather than renumbering the rest)."""
+    m = re.match(r"fig(\d+)_", stem)
+    return int(m.group(1)) if m else 0
+
+
+def _sensitivity_caption(meta: dict[str, Any]) -> tuple[str, str]:
+    """Figure 5: what a panel and a square are, and what a square pools (with n)."""
+    return (
+        "Final gold reward over clip ε × KL coefficient β, one panel per "
+        + " × ".join(meta.get("panels") or ["advantage estimator"]) + ".",
+        "Square value: IQM over the runs of that square (n = "
+        + (meta.get("n") or "?") + " runs per square; printed in a square where it differs)"
+        + (f"; each square pools the levels of {', '.join(meta['pooled'])} (too many panels to split)"
+           if meta.get("pooled") else "; a square is one cell, so it pools only seeds")
+        + "; one colour scale shared by all panels.",
+    )
 
 
 # ---- the report page -----------------------------------------------------------------------------
@@ -410,11 +479,10 @@ def report_markdown(c: ReportContent, out_dir: Path) -> str:
             markdown_table(c.poi, index=True),
         ]
     lines += ["## Figures", ""]
-    k = 0
     for fig in c.figures:
         if fig.skipped:
             continue
-        k += 1
+        k = fig_number(fig.stem)
         png = next(p for p in fig.files if p.suffix == ".png")
         pdf = next(p for p in fig.files if p.suffix == ".pdf")
         one, two = c.captions.get(fig.stem, (fig.title, ""))
@@ -430,7 +498,7 @@ def report_markdown(c: ReportContent, out_dir: Path) -> str:
     skipped = [f for f in c.figures if f.skipped]
     if skipped:
         lines += ["### Figures not drawn", ""]
-        lines += [f"- {f.title}: {f.skipped}." for f in skipped] + [""]
+        lines += [f"- Figure {fig_number(f.stem)}, {f.title}: {f.skipped}." for f in skipped] + [""]
     lines += ["## Method", ""] + [f"- {s}" for s in c.method or METHOD] + [""]
     return "\n".join(lines)
 
@@ -495,11 +563,10 @@ def report_html(c: ReportContent, out_dir: Path) -> str:
             _html_table(c.poi, index=True),
         ]
     parts.append("<h2>Figures</h2>")
-    k = 0
     for fig in c.figures:
         if fig.skipped:
             continue
-        k += 1
+        k = fig_number(fig.stem)
         png = next(p for p in fig.files if p.suffix == ".png")
         pdf = next(p for p in fig.files if p.suffix == ".pdf")
         one, two = c.captions.get(fig.stem, (fig.title, ""))
@@ -512,7 +579,7 @@ def report_html(c: ReportContent, out_dir: Path) -> str:
     skipped = [f for f in c.figures if f.skipped]
     if skipped:
         parts.append("<h3>Figures not drawn</h3><ul>")
-        parts += [f"<li>{e(f.title)}: {e(f.skipped)}.</li>" for f in skipped]
+        parts += [f"<li>Figure {fig_number(f.stem)}, {e(f.title)}: {e(f.skipped)}.</li>" for f in skipped]
         parts.append("</ul>")
     parts.append("<h2>Method</h2><ul>" + "".join(f"<li>{e(s)}</li>" for s in c.method or METHOD) + "</ul>")
     parts.append("</body></html>")

@@ -12,13 +12,14 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.schema import GOLD_OPTIMISED
 from harness.tracking import DEFAULT_RUNS_DIR, Store, UnsafeName, inside, safe_name
 from reports import effects as E
 from reports import stats
 from reports.collect import ReportError, Sweep, collect, curves_frame
 from reports.diagnostics import DIAGNOSTIC_KEYS, cell_table
 from reports.findings import findings
-from reports.labels import advantage_column, in_advantage
+from reports.labels import NO_GOLD, advantage_column, in_advantage, no_independent_gold
 from reports.render import (
     TABLE_METRICS,
     ReportContent,
@@ -92,29 +93,62 @@ def build_report(
     # the advantage factor's parts are never a stratum of its own comparison
     strata = [a for a in factors if not in_advantage(a)]
     poi = stats.poi_table(sweep.runs, adv, "eval/gold", strata=strata) if adv else None
-    figures = plots.make_figures(sweep.runs, sweep.curves, factors, style_obj, out / "figures")
-    tables = write_tables(table, poi, sweep.runs, out / "tables", effects)
-    cells = cell_table(sweep.runs, curves_frame(store, sweep.runs, sweep.axes, keys=DIAGNOSTIC_KEYS))
-    if cells is not None:
-        cells.to_csv(out / "tables" / "cells.csv", index=False)
-        tables["cells.csv"] = out / "tables" / "cells.csv"
-    content = ReportContent(
-        name=sweep.name,
-        source=_source_lines(sweep, style_obj.name),
-        findings=findings(sweep.runs, sweep.curves, factors, table, poi, sweep.excluded, effects),
-        table=wide_table(table),
-        effects=effects_display(effects),
-        cells=cells,
-        poi=poi_display(poi) if poi is not None else None,
-        figures=figures,
-        captions=captions([f for f in figures if not f.skipped], sweep.runs, factors),
-    )
+    proxy = no_gold(sweep.runs)
+    with no_independent_gold(proxy):
+        figures = plots.make_figures(sweep.runs, sweep.curves, factors, style_obj, out / "figures",
+                                     skip=NO_GOLD_SKIPS if proxy else {})
+        tables = write_tables(table, poi, sweep.runs, out / "tables", effects)
+        cells = cell_table(sweep.runs, curves_frame(store, sweep.runs, sweep.axes, keys=DIAGNOSTIC_KEYS))
+        if cells is not None:
+            cells.to_csv(out / "tables" / "cells.csv", index=False)
+            tables["cells.csv"] = out / "tables" / "cells.csv"
+        said = findings(sweep.runs, sweep.curves, factors, table, poi, sweep.excluded, effects)
+        content = ReportContent(
+            name=sweep.name,
+            source=_source_lines(sweep, style_obj.name),
+            findings=[NO_GOLD_FINDING, *(_gold_words(s) for s in said if not _overopt(s))] if proxy else said,
+            table=wide_table(table),
+            effects=effects_display(effects),
+            cells=cells,
+            poi=poi_display(poi) if poi is not None else None,
+            figures=figures,
+            captions=_captions(figures, sweep.runs, factors, proxy),
+        )
     md, page = write_report(content, out)
     if log_to_mlflow and sweep.parent_run_id:
         _log(
             store, sweep.parent_run_id, md, page, [p for f in figures for p in f.files], list(tables.values())
         )
     return md
+
+
+NO_GOLD_FINDING = (
+    "No independent gold: these runs read prompts from data without model.gold, so eval/gold is the "
+    "optimised reward itself on held-out prompts (without the missing-EOS penalty), not a separate measure. "
+    f"It is called '{NO_GOLD}' here; no over-optimisation (gold against proxy) is drawn or stated from it. "
+    "Set model.gold to a reward the policy does not optimise to measure over-optimisation."
+)
+NO_GOLD_SKIPS = {"fig8_overoptimisation": "no independent gold (eval/gold is the optimised reward): "
+                 "over-optimisation cannot be read from it"}
+
+
+def no_gold(runs) -> bool:
+    """Every run's eval/gold is its optimised reward (``Tag.GOLD_SOURCE`` = ``GOLD_OPTIMISED``)."""
+    return "gold_source" in runs and len(runs) > 0 and bool((runs["gold_source"] == GOLD_OPTIMISED).all())
+
+
+def _overopt(sentence: str) -> bool:
+    """A finding about over-optimisation (gold against proxy): not made without an independent gold."""
+    return sentence.startswith(("Gao et al.", "Peak shift")) or "over-optimis" in sentence
+
+
+def _gold_words(text: str) -> str:
+    return text.replace("held-out gold reward", NO_GOLD).replace("gold reward", "optimised reward")
+
+
+def _captions(figures, runs, factors, proxy: bool) -> dict[str, tuple[str, str]]:
+    out = captions([f for f in figures if not f.skipped], runs, factors)
+    return {k: (_gold_words(a), _gold_words(b)) for k, (a, b) in out.items()} if proxy else out
 
 
 def _safe(name: str) -> str:

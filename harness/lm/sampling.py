@@ -118,6 +118,18 @@ def truncate_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Ten
     return logits
 
 
+def cache_kwarg(model) -> str:
+    """The forward's name for the KV cache: ``cache`` (transformers' Cache API, 5.x releases that deprecate
+    ``past_key_values``), else ``past_key_values``."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _cache_of(out):
+    return out["cache"] if "cache" in out else out.past_key_values
+
+
 @torch.inference_mode()
 def sample(
     policy,
@@ -150,14 +162,15 @@ def sample(
     else:
         attn = torch.cat([prompt_mask, torch.ones((B, T), dtype=prompt_mask.dtype, device=dev)], dim=1)  # (B, P+T)
         out = policy(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids, use_cache=True)
-        cache = {"past": out.past_key_values, "len": P}
+        key = cache_kwarg(policy)
+        cache = {"past": _cache_of(out), "len": P}
         logits = out.logits[:, -1, :]
 
         def step(tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
             cache["len"] += 1
             o = policy(input_ids=tok, attention_mask=attn[:, : cache["len"]], position_ids=pos,
-                       past_key_values=cache["past"], use_cache=True)
-            cache["past"] = o.past_key_values
+                       use_cache=True, **{key: cache["past"]})
+            cache["past"] = _cache_of(o)
             return o.logits[:, -1, :]
 
     response_ids = torch.full((B, T), pad_id, dtype=torch.long, device=dev)

@@ -53,6 +53,7 @@ from harness.sweep.study import (
     ROLE_PARENT,
     SweepRefused,
     fail_stale_heartbeats,
+    grown_from,
     is_rdb,
     open_storage,
     owner_alive,
@@ -258,6 +259,9 @@ class Coordinator:
         if failed:
             print(f"marked {len(failed)} stale trial(s) of dead workers as failed; they run again now")
         queued = retry(self.storage_what, enqueue_missing, self.study, spec)
+        if before := grown_from(self.study):
+            print(f"the spec grew (study {self.study.study_name}, spec {before[-1]['hash'][:8]} -> {spec.hash[:8]}): "
+                  "runs done are kept; only the new (cell, seed)s run")
         print(
             f"sweep {self.study.study_name}: {spec.n_runs} runs ({plan_shape(spec)}); "
             f"{queued} queued now; storage {redact(self.url)}; MLflow {self.store.where} "
@@ -542,10 +546,13 @@ class Coordinator:
         print(f"sweep stopped: {failure}. Rerun the same command to resume.", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED if interrupted else EXIT_INCOMPLETE
 
-    def _end_parent(self, tags: dict[str, Any], status: str | None, files: dict[str, str] | None = None) -> None:
+    def _end_parent(self, tags: dict[str, Any], status: str | None, files: dict[str, str] | None = None,
+                    metrics: dict[str, float] | None = None) -> None:
         logger = self.store.run_logger(self.parent)
         for name, text in (files or {}).items():
             logger.log_text(text, name)
+        if metrics:  # step = runs done: the last value is the current best, its history the sweep's growth
+            logger.log_metrics(metrics, step=int(metrics.get("sweep/done", 0)))
         logger.set_tags(tags)
         if status is not None:
             logger.end(status)
@@ -562,11 +569,15 @@ class Coordinator:
         status = None if elsewhere else ("KILLED" if interrupted else ("FINISHED" if complete else "FAILED"))
         files = {"summary.md": summary_markdown(spec, rows), "summary.csv": summary_csv(spec, rows)}
         tags = {Tag.SWEEP_DONE: done, Tag.SWEEP_FAILED: c["failed"]}
-        if problem is not None or not _quietly(self.tracking_what, self._end_parent, tags, status, files,
+        metrics = {"sweep/done": done, "sweep/failed": c["failed"]}
+        if snap.best:
+            metrics.update({"sweep/best": snap.best[0], "sweep/best_seeds": snap.best[2]})
+        if problem is not None or not _quietly(self.tracking_what, self._end_parent, tags, status, files, metrics,
                                                budget=STOPPING_S if interrupted else None):
             print(f"the summary is not in MLflow ({problem or 'unreachable'}); the next run writes it", file=sys.stderr)
         print(summary_text(spec, rows, limit=10))
-        best = f"; best {spec.objective.metric} {snap.best[0]:.4g} at {snap.best[1]}" if snap.best else ""
+        best = (f"; best cell mean {spec.objective.metric} {snap.best[0]:.4g} over {snap.best[2]} seed(s) at "
+                f"{snap.best[1]}") if snap.best else ""
         print(
             f"sweep {self.study.study_name}: {done}/{spec.n_runs} done, {c['failed']} failed, "
             f"{c['running']} running elsewhere, in {fmt_s(time.time() - self.t0)}{best}. "
@@ -725,7 +736,9 @@ def ensure_parent(store, spec: AblationSpec, study_name: str, url: str) -> str:
     flt = run_filter({Tag.SWEEP_ROLE: ROLE_PARENT, Tag.SWEEP_STUDY: study_name})
     runs = store.find_runs(spec.name, flt)
     if runs:
-        return _earliest(runs)
+        parent = _earliest(runs)
+        record_growth(store, spec, parent)
+        return parent
     logger = store.start_run(
         spec.name,
         run_name=study_name,
@@ -741,6 +754,7 @@ def ensure_parent(store, spec: AblationSpec, study_name: str, url: str) -> str:
             Tag.SWEEP_OBJECTIVE: spec.objective.metric,
             Tag.SWEEP_DIRECTION: spec.objective.direction,
             Tag.SWEEP_STORAGE: redact(url),
+            Tag.SWEEP_SPECS: json.dumps([spec.hash]),
         },
         params={f"base.{k}": v for k, v in spec.base.items()},
     )
@@ -752,6 +766,29 @@ def ensure_parent(store, spec: AblationSpec, study_name: str, url: str) -> str:
     if winner != logger.run_id:
         store.delete_run(logger.run_id)
     return winner
+
+
+def record_growth(store, spec: AblationSpec, parent: str) -> bool:
+    """A parent run made under an earlier spec that this one grows: the new spec file logged beside the
+    old one (``spec/<hash8>/``), the tags brought to the new spec, its hash added to ``Tag.SWEEP_SPECS``.
+    Returns whether anything changed."""
+    tags = store.get_run(parent).data.tags
+    if tags.get(Tag.SWEEP_HASH) == spec.hash:
+        return False
+    try:
+        hashes = json.loads(tags.get(Tag.SWEEP_SPECS) or "[]")
+    except ValueError:
+        hashes = []
+    hashes = hashes or [tags.get(Tag.SWEEP_HASH)]
+    logger = store.run_logger(parent)
+    logger.log_file(spec.path, f"spec/{spec.hash[:8]}")
+    logger.set_tags({
+        Tag.SWEEP_HASH: spec.hash,
+        Tag.SWEEP_SEEDS: json.dumps(list(spec.seeds)),
+        Tag.SWEEP_RUNS: spec.n_runs,
+        Tag.SWEEP_SPECS: json.dumps([*hashes, spec.hash]),
+    })
+    return True
 
 
 def _earliest(runs) -> str:

@@ -72,7 +72,8 @@ class Display:
 
     def _line(self, s: Snapshot) -> str:
         c = s.counts
-        best = f"  best {self.spec.objective.metric} {s.best[0]:.4g} ({s.best[1]})" if s.best else ""
+        best = (f"  best cell mean over seeds done {self.spec.objective.metric} {s.best[0]:.4g} "
+                f"({s.best[1]}, {s.best[2]} seed(s))") if s.best else ""
         pruned = f"  pruned {c['pruned']}" if c["pruned"] else ""
         return (
             f"[{self.study_name}] done {c['done']}/{s.total}{pruned}  running {c['running']}  "
@@ -100,7 +101,7 @@ class Display:
         )
         lines = [head]
         if s.best:
-            lines.append(Text(f"best {self.spec.objective.metric} {s.best[0]:.4g} "
-                              f"({s.best[2]} seed(s)): {s.best[1]}"))
+            lines.append(Text(f"best cell mean over the seeds done so far: {self.spec.objective.metric} "
+                              f"{s.best[0]:.4g} ({s.best[2]} seed(s)): {s.best[1]}"))
         lines += [Text(f"  running  {r}", style="cyan") for r in s.running[:8]]
         return Group(*lines)

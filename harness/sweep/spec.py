@@ -144,6 +144,7 @@ class AblationSpec:
     objective: Objective
     prune: Prune | None
     hash: str  # of the normalised content: comments, layout and key order do not count
+    fixed_hash: str = ""  # of what every run shares (all but the cells, seeds and n_trials): growth keeps it
 
     @property
     def study_name(self) -> str:
@@ -170,6 +171,13 @@ class AblationSpec:
     def cell_for(self, values: dict[str, Any]) -> Cell:
         return Cell(cell_id(values), dict(values))
 
+    @property
+    def varying_axes(self) -> tuple[str, ...]:
+        """The grid axes with more than one value (all search keys): what tells runs apart."""
+        if self.sampler != "grid":
+            return self.axes
+        return tuple(k for k in self.axes if len(self.axis_values(k)) > 1) or self.axes
+
     def axis_values(self, key: str) -> list[Any]:
         """Distinct values of a grid axis, in cell order (the choices Optuna records)."""
         out: list[Any] = []
@@ -177,6 +185,36 @@ class AblationSpec:
             if c.values[key] not in out:
                 out.append(c.values[key])
         return out
+
+
+# ---- growth: a spec that only adds seeds, cells or levels to an earlier one -------------------------
+
+
+def spec_shape(spec: AblationSpec) -> dict[str, Any]:
+    """What a study records of its spec so that a later spec can be checked as a growth of it."""
+    return {
+        "hash": spec.hash,
+        "fixed": spec.fixed_hash,
+        "cells": [c.id for c in spec.cells],
+        "seeds": list(spec.seeds),
+        "n_trials": spec.n_trials,
+    }
+
+
+def growth_problem(old: dict[str, Any], spec: AblationSpec) -> str | None:
+    """None when ``spec`` only adds seeds, cells (levels of an axis) or sampled configurations to the
+    spec recorded as ``old`` (``spec_shape``); else what it changes, in words."""
+    if old.get("fixed") != spec.fixed_hash:
+        return "its shared settings changed (base, axes, sampler, search, objective or prune: every cell's settings)"
+    gone = [c for c in old.get("cells", []) if c not in {c.id for c in spec.cells}]
+    if gone:
+        return f"{len(gone)} cell(s) of the old spec are gone or changed (e.g. cell {gone[0]})"
+    lost = [s for s in old.get("seeds", []) if s not in spec.seeds]
+    if lost:
+        return f"seed(s) {lost} were dropped"
+    if spec.n_trials is not None and spec.n_trials < int(old.get("n_trials") or 0):
+        return f"n_trials went down ({old['n_trials']} -> {spec.n_trials})"
+    return None
 
 
 # ---- labels: how people see a cell ----------------------------------------------------------------
@@ -190,6 +228,34 @@ def fmt_value(v: Any) -> str:
 def cell_label(values: dict[str, Any]) -> str:
     """The one rendering of a cell: ``kl.coef=0.2 advantage.level=token`` (the axes in spec order)."""
     return " ".join(f"{k}={fmt_value(v)}" for k, v in values.items())
+
+
+# short names of common axes in run names; any other key goes by its last part without '_'
+_SHORT = {
+    "ppo.clip_eps": "clip", "kl.coef": "kl", "rollout.batch_size": "b", "rollout.group_size": "g",
+    "ppo.lr": "lr", "ppo.epochs": "ep", "ppo.minibatches": "mb", "train.iterations": "it",
+    "kl.estimator": "", "advantage.level": "", "advantage.baseline": "", "impl": "", "loss.agg": "",
+}
+
+
+def short_part(key: str, value: Any) -> str:
+    """One axis in a run name: ``clip0.3``, ``kl0``, ``b32``; a text value alone (``token``)."""
+    prefix = _SHORT.get(key)
+    if prefix is None:
+        prefix = "" if isinstance(value, str) else key.rsplit(".", 1)[-1].replace("_", "")[:8]
+    if isinstance(value, bool):
+        return prefix if value else f"no{prefix}"
+    text = fmt_value(value).replace("/", "_").replace(" ", "")
+    if isinstance(value, str) and "/" in value:  # a model or path: its last part
+        text = value.rstrip("/").rsplit("/", 1)[-1][:24]
+    return f"{prefix}{text}"
+
+
+def run_name(values: dict[str, Any], seed: int, axes: tuple[str, ...] | None = None) -> str:
+    """A child run's short name: its values of the swept axes (``axes``, default all) and the seed,
+    e.g. ``clip0.3-kl0-token-b32-s1`` (``slot_label`` is the long, unambiguous form, also tagged)."""
+    parts = [short_part(k, v) for k, v in values.items() if axes is None or k in axes]
+    return "-".join([*(p for p in parts if p), f"s{seed}"])[:120]
 
 
 def slot_label(values: dict[str, Any], seed: int) -> str:
@@ -273,6 +339,9 @@ def parse_spec(data: Any, path: str | Path = "<spec>") -> AblationSpec:
         "prune": prune.__dict__ if prune else None,
     }
     digest = hashlib.sha256(json.dumps(normal, sort_keys=True, default=list).encode()).hexdigest()
+    fixed = {k: v for k, v in normal.items() if k not in ("grid", "seeds", "n_trials")}
+    fixed["axes"] = sorted(axes)
+    fixed_digest = hashlib.sha256(json.dumps(fixed, sort_keys=True, default=list).encode()).hexdigest()
     return AblationSpec(
         path=Path(path),
         name=name,
@@ -287,6 +356,7 @@ def parse_spec(data: Any, path: str | Path = "<spec>") -> AblationSpec:
         objective=objective,
         prune=prune,
         hash=digest,
+        fixed_hash=fixed_digest,
     )
 
 

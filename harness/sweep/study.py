@@ -14,7 +14,9 @@ Trial user attrs (``harness.schema.Attr``; the protocol, also read by the coordi
   Attr.PRUNED               why the pruner stopped it
   Attr.RUN_ID, Attr.SECONDS the child MLflow run and the trial's wall time
   Attr.ADOPTED              the FINISHED MLflow run a trial was recorded from instead of being run again
-Study user attrs: Attr.NAME, Attr.HASH, Attr.CREATED, Attr.SPEC_PATH, Attr.AXES.
+Study user attrs: Attr.NAME, Attr.HASH, Attr.CREATED, Attr.SPEC_PATH, Attr.AXES, Attr.SHAPE (what a later
+spec is checked against: a spec that only adds seeds, cells or levels grows the same study) and
+Attr.SPECS (each spec the study ran under, oldest first).
 
 The MLflow side of the protocol: runs are found by tags (``run_filter``); ``Tag.SWEEP_ROLE`` is
 ``ROLE_PARENT`` or ``ROLE_CHILD``, ``Tag.SWEEP_WORKER`` is ``owner_tag`` of the trial's owner.
@@ -30,7 +32,7 @@ from typing import Any
 
 from harness.schema import Attr
 from harness.sweep.faults import NotAJournal, check_journal, journal_backend, repair_journal
-from harness.sweep.spec import AblationSpec
+from harness.sweep.spec import AblationSpec, growth_problem, spec_shape
 from harness.urls import redact
 
 HEARTBEAT_S = 10  # RDB storages: a worker records a heartbeat this often ...
@@ -138,27 +140,12 @@ def peek_journal(url: str):
 
 
 def resolve_study(spec: AblationSpec, storage, url: str, new: bool = False):
-    """Load this spec's study or create it; refuse a changed spec under the same name unless ``new``."""
+    """Load this spec's study or create it. A spec that only adds seeds, cells or levels to the latest
+    study's spec grows that study (its new spec recorded beside the old ones); any other change under
+    the same name is refused unless ``new``."""
     import optuna
 
-    mine = [s for s in storage.get_all_studies() if s.user_attrs.get(Attr.NAME) == spec.name]
-    names = {s.study_name for s in storage.get_all_studies()}
-    latest = max(mine, key=lambda s: s.user_attrs.get(Attr.CREATED, 0.0), default=None)
-    if new:
-        name, k = spec.study_name, 2
-        while name in names:
-            name, k = f"{spec.study_name}-r{k}", k + 1
-    elif latest is None:
-        name = spec.study_name
-    elif latest.user_attrs.get(Attr.HASH) == spec.hash:
-        name = latest.study_name
-    else:
-        old = latest.user_attrs.get(Attr.HASH, "?")[:8]
-        raise SweepRefused(
-            "name",
-            f"spec '{spec.name}' changed since study {latest.study_name} was created in {redact(url)} "
-            f"(hash {old} -> {spec.hash[:8]}): restore the spec, rename it, or pass --new to start a fresh study",
-        )
+    name, grows = _study_name(spec, storage, url, new)
     study = optuna.create_study(
         study_name=name,
         storage=storage,
@@ -167,16 +154,57 @@ def resolve_study(spec: AblationSpec, storage, url: str, new: bool = False):
         pruner=_pruner(spec),
         load_if_exists=True,
     )
+    entry = {"hash": spec.hash, "path": str(spec.path), "at": time.time()}
     if Attr.HASH not in study.user_attrs:
         for k, v in {
             Attr.NAME: spec.name,
             Attr.HASH: spec.hash,
             Attr.SPEC_PATH: str(spec.path),
             Attr.AXES: list(spec.axes),
-            Attr.CREATED: time.time(),
+            Attr.CREATED: entry["at"],
+            Attr.SHAPE: spec_shape(spec),
+            Attr.SPECS: [entry],
         }.items():
             study.set_user_attr(k, v)
+    elif grows:
+        study.set_user_attr(Attr.SPECS, [*study.user_attrs.get(Attr.SPECS, []), entry])
+        study.set_user_attr(Attr.SPEC_PATH, str(spec.path))
+        study.set_user_attr(Attr.SHAPE, spec_shape(spec))
+        study.set_user_attr(Attr.HASH, spec.hash)  # last: a crash before it leaves the growth to redo
     return study
+
+
+def _study_name(spec: AblationSpec, storage, url: str, new: bool) -> tuple[str, bool]:
+    """(the study to open, whether the spec grows it)."""
+    studies = storage.get_all_studies()
+    mine = [s for s in studies if s.user_attrs.get(Attr.NAME) == spec.name]
+    names = {s.study_name for s in studies}
+    latest = max(mine, key=lambda s: s.user_attrs.get(Attr.CREATED, 0.0), default=None)
+    if new:
+        name, k = spec.study_name, 2
+        while name in names:
+            name, k = f"{spec.study_name}-r{k}", k + 1
+        return name, False
+    if latest is None:
+        return spec.study_name, False
+    if latest.user_attrs.get(Attr.HASH) == spec.hash:
+        return latest.study_name, False
+    shape = latest.user_attrs.get(Attr.SHAPE)
+    problem = growth_problem(shape, spec) if shape else "the study does not record its spec's cells and seeds"
+    if problem is None:
+        return latest.study_name, True
+    old = latest.user_attrs.get(Attr.HASH, "?")[:8]
+    raise SweepRefused(
+        "name",
+        f"spec '{spec.name}' changed since study {latest.study_name} was created in {redact(url)} "
+        f"(hash {old} -> {spec.hash[:8]}): {problem}; a spec may only add seeds, cells or levels to go on "
+        "with a study: restore the spec, rename it, or pass --new to start a fresh study",
+    )
+
+
+def grown_from(study) -> list[dict[str, Any]]:
+    """The specs a study ran under before its current one (empty for a study never grown)."""
+    return list(study.user_attrs.get(Attr.SPECS, []))[:-1]
 
 
 def load_study(spec: AblationSpec, storage, study_name: str):

@@ -38,7 +38,7 @@ from harness.sweep.faults import (
     retry,
     tracking_problem,
 )
-from harness.sweep.spec import AblationSpec, load_spec, slot_label
+from harness.sweep.spec import AblationSpec, load_spec, run_name, slot_label
 from harness.sweep.study import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -376,11 +376,15 @@ class Worker:
         self._finish(trial, result, t0)
 
     def _values(self, trial, cid: str) -> dict[str, Any]:
-        """The trial's axis values, recorded as its Optuna params (fixed when it was enqueued)."""
+        """The trial's axis values. A grid cell's are the spec's (also the trial's enqueued fixed params;
+        they are not suggested as categorical params, whose choices could not grow with the grid); a
+        sampled configuration's are its Optuna params."""
         spec = self.spec
         if spec.sampler == "grid":
-            values = {k: self._r(trial.suggest_categorical, k, spec.axis_values(k)) for k in spec.axes}
-            return self.cells.get(cid, values)
+            if cid in self.cells:
+                return self.cells[cid]
+            frozen = self._r(self.storage.get_trial, trial._trial_id)
+            return dict(frozen.system_attrs.get("fixed_params", {}))
         return {s.key: self._r(s.suggest, trial) for s in spec.search}
 
     def _child_tags(self, trial, cid: str, seed: int, values: dict[str, Any]) -> dict[str, Any]:
@@ -412,7 +416,7 @@ class Worker:
             self.store,
             resume=resume,
             experiment=spec.name,
-            run_name=slot_label(values, seed)[:250],
+            run_name=run_name(values, seed, spec.varying_axes),
             parent_run_id=self.parent,
             tags={k: str(v) for k, v in tags.items()},
             on_eval=self._reporter(trial),

@@ -82,6 +82,25 @@ def label(value: str) -> str:
     return f"prompts:{p.stem if p.suffix.lower() in FORMATS else p.name}"
 
 
+def digest(value: str) -> str | None:
+    """A content hash of task.prompts (16 hex digits): the file's bytes, or a folder's files (relative paths
+    and bytes); None for a hub id (its content is whatever the hub or the local cache holds)."""
+    import hashlib
+
+    p = Path(value).expanduser()
+    files = [p] if p.is_file() else (sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [])
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        if f != p:
+            h.update(str(f.relative_to(p)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
 def read_source(spec: PromptFile) -> tuple[list[dict], set[int] | None]:
     """task.prompts' rows and, for a dataset with a task.eval_split split, the indices of its held-out rows
     (None: ``split_prompts`` holds out by task.split_column or task.eval_fraction)."""

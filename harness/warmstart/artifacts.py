@@ -91,11 +91,19 @@ def shipped(task: str, kind: str, key: str, root: Path | None = None) -> Path | 
     return _verified(task, kind, key, root, stamp)
 
 
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+
+
+def weights_digest(directory: Path, patterns: tuple[str, ...] = WEIGHT_FILES) -> str:
+    """A model folder's content hash (16 hex digits) over its weight files, "none" when it has none."""
+    weights = sorted({w for pat in patterns for w in directory.rglob(pat) if w.is_file()})
+    return hashlib.sha256("".join(sha256(w) for w in weights).encode()).hexdigest()[:16] if weights else "none"
+
+
 def provenance(task: str, kind: str, directory: Path, root: Path | None = None) -> dict[str, str]:
     """MLflow tags naming what one artifact is: shipped (version + checksum) or a local build (its checksum)."""
     root = root or ROOT
-    weights = sorted(directory.rglob("model.safetensors"))
-    digest = hashlib.sha256("".join(sha256(w) for w in weights).encode()).hexdigest()[:16] if weights else "none"
+    digest = weights_digest(directory, ("model.safetensors",))
     is_shipped = directory.resolve().is_relative_to(root.resolve())
     tags = {f"artifacts.{kind}": "shipped" if is_shipped else "local build", f"artifacts.{kind}_sha256": digest}
     if is_shipped:

@@ -33,7 +33,7 @@ from harness.tasks import Task
 from harness.warmstart import artifacts
 from harness.warmstart.preferences import preference_pairs
 from harness.warmstart.reward_model import RM_RECIPE, train_reward_model
-from harness.warmstart.sft import SFT_RECIPE, sft
+from harness.warmstart.sft import sft, sft_recipe
 
 CACHE_VERSION = 4  # bump when the build recipe changes (4: the RM key names its SFT by key, not by folder)
 
@@ -103,7 +103,8 @@ def _cached(out: Path, parts: dict, build) -> Path:
 def sft_parts(cfg: RunConfig, task: Task) -> dict[str, Any]:
     """What makes the SFT policy of a run: its cache key (and the shipped artifact's) hashes this."""
     name = cfg.model.policy
-    return {"v": CACHE_VERSION, "task": task.name, "policy": name, "sft": SFT_RECIPE,
+    recipe = sft_recipe(None if is_preset(name) else len(task.sft_corpus))
+    return {"v": CACHE_VERSION, "task": task.name, "policy": name, "sft": recipe,
             "preset": PRESETS.get(name), "corpus": cache_key({"sft": task.sft_corpus, "vocab": task.words()})}
 
 
@@ -167,7 +168,8 @@ def build_sft(cfg: RunConfig, task: Task, progress=None, use_shipped: bool = Tru
             model = GPT2LMHeadModel(gpt2_config({**PRESETS[name], "n_positions": n_pos}, tokenizer))
         else:
             tokenizer, model = load_pretrained_lm(name)
-        stats = sft(no_dropout(model), tokenizer, task.sft_corpus, seed=0, progress=progress)
+        stats = sft(no_dropout(model), tokenizer, task.sft_corpus, seed=0, progress=progress, recipe=parts["sft"],
+                    say=not is_preset(name))
         model.save_pretrained(tmp / "policy")
         tokenizer.save_pretrained(tmp / "tokenizer")
         return stats

@@ -23,6 +23,7 @@ from harness.models.reward_fn import (
     try_reward_fn,
 )
 from harness.models.types import ModelError, Models, SharedTrunkValue
+from harness.schema import Tag
 from harness.tasks import Task, get_task
 from harness.tasks.data import PromptFile, data_task, with_gold
 from harness.warmstart import artifacts
@@ -124,6 +125,7 @@ def validate_model_keys(cfg: RunConfig) -> Task:
         if not _exists("model.policy", p):
             raise ModelError(f"model.policy '{p}': not a built-in preset ({', '.join(PRESETS)}) nor an existing path")
         _check_model_dir("model.policy", p, tokenizer=True)
+        _check_eos(p, load_tokenizer(str(Path(p).expanduser())))
     if cfg.task.chat_template:
         _check_chat_template(p)
     if cfg.model.lora.r:
@@ -158,6 +160,15 @@ def validate_model_keys(cfg: RunConfig) -> Task:
     if sft is None or rm is None:  # the run reads (or builds) models in the cache: only its owner may write there
         check_cache_dir()
     return task
+
+
+def _check_eos(name: str, tokenizer) -> None:
+    """A policy must be able to end a response: its tokenizer needs an EOS token (responses are cut, scored
+    and penalised at it)."""
+    if tokenizer.eos_token_id is None:
+        raise ModelError(f"model.policy '{name}': its tokenizer has no EOS token, so no response could end; "
+                         "give it one (tokenizer.add_special_tokens({'eos_token': ...}), save_pretrained) "
+                         "and resize the model's embeddings if the token is new")
 
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -253,20 +264,22 @@ def load_models(cfg: RunConfig, progress=None) -> Models:
     tokenizer = load_tokenizer(start.tokenizer)
     if cfg.task.chat_template and not getattr(tokenizer, "chat_template", None):  # a hub id's, known only now
         raise ModelError(f"task.chat_template: the tokenizer of model.policy '{cfg.model.policy}' has no chat template")
+    _check_eos(cfg.model.policy, tokenizer)  # a hub id's tokenizer is first seen here
     policy = load_lm(start.policy)
     if cfg.model.lora.r:  # adapters on the policy; the reference: adapters off, the same weights
         policy, ref = with_lora(policy, cfg.model.lora)
     else:
         ref = copy.deepcopy(policy).eval().requires_grad_(False)
     reward, reward_fn, rm_dir = _reward(cfg, task, start, tokenizer, progress)
-    value = None
+    value, value_init = None, "none (no value model)"
     needs_value = cfg.advantage.level == "token" or cfg.advantage.baseline == "value"
     if needs_value and cfg.model.value_trunk == "shared":
-        value = SharedTrunkValue(policy)
+        value, value_init = SharedTrunkValue(policy), "policy trunk (shared, zero-initialised head)"
     elif needs_value:
         if cfg.model.value_init == "reward" and reward is not None:
-            value = copy.deepcopy(reward)
+            value, value_init = copy.deepcopy(reward), "reward"
         else:
+            value_init = "policy" if cfg.model.value_init == "policy" else f"policy ({_why_not_reward(cfg)})"
             from transformers import AutoModelForSequenceClassification
 
             value = AutoModelForSequenceClassification.from_pretrained(start.policy, num_labels=1)
@@ -287,8 +300,23 @@ def load_models(cfg: RunConfig, progress=None) -> Models:
     tags = artifacts.provenance(task.name, "sft", start.sft_dir) if start.sft_dir is not None else {}
     if rm_dir is not None:
         tags.update(artifacts.provenance(task.name, "rm", rm_dir))
+    tags[Tag.VALUE_INIT] = value_init
+    for key in ("policy", "reward"):
+        name = getattr(cfg.model, key)
+        if not is_preset(name) and not is_callable_spec(name) and name not in ("learned", "gold") and looks_local(name):
+            tags[Tag.MODEL_SHA256.format(key)] = artifacts.weights_digest(Path(name).expanduser())
     return Models(task=task, tokenizer=tokenizer, policy=policy, ref=ref, reward=reward, value=value,
                   source=str(start.sft_dir or start.policy), provenance=tags, reward_fn=reward_fn, device=device)
+
+
+def _why_not_reward(cfg: RunConfig) -> str:
+    """Why model.value_init=reward fell back to the policy: no reward model shares the policy's tokens."""
+    r = cfg.model.reward
+    if r == "gold":
+        return "model.reward=gold: no reward model"
+    if is_callable_spec(r):
+        return "model.reward is a function: no reward model"
+    return "the reward model has another vocabulary: it scores the text"
 
 
 def _reward(cfg: RunConfig, task, start: PolicyStart, tokenizer, progress):

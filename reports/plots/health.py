@@ -8,8 +8,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from harness.schema import METRICS
 from reports import aggregate as A
-from reports.labels import factor_label, level_label, metric_label, short
+from reports.labels import factor_label, level_label, metric_label
 from reports.plots.style import Style, band, episodes_axis, legend_above, new_figure, palette, skippable
 
 HEALTH_METRICS = ("policy/clipfrac_avg", "policy/approxkl_avg", "response/length", "objective/entropy")
@@ -30,7 +31,7 @@ def training_health(
     factors = factors[:MAX_COLUMNS]
     ncols, nrows = len(factors), len(metrics)
     width = style.double
-    fig = new_figure(style, width, nrows * 1.05 + 0.55)
+    fig = new_figure(style, width, nrows * 1.2 + 0.55)
     axes = fig.subplots(nrows, ncols, sharex="col", sharey="row", squeeze=False)
     for ci, f in enumerate(factors):
         for ri, metric in enumerate(metrics):
@@ -43,9 +44,19 @@ def training_health(
             if ri == 0:
                 legend_above(ax, handles, labels, factor_label(f), width / ncols, style)
             if ci == 0:
-                ax.set_ylabel(short(metric_label(metric)))
+                ax.set_ylabel(row_label(metric), fontsize=style.small)
             episodes_axis(ax)
             ax.yaxis.set_major_locator(MaxNLocator(3))
     fig.align_ylabels(axes[:, 0])
     fig.supxlabel(metric_label("episodes"), fontsize=style.font)
     return fig
+
+
+def row_label(metric: str) -> str:
+    """A row's y label, one short part per line so that it fits its row's height: the label, a note in
+    parentheses, the unit ("approx. KL" / "(new vs old)" / "nats/token")."""
+    m = METRICS.get(metric)
+    if m is None:
+        return metric
+    name, _, note = m.label.partition(" (")
+    return "\n".join(p for p in (name, f"({note}" if note else "", m.unit) if p)

@@ -7,11 +7,14 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
 from reports import stats
 from reports.aggregate import NoiseStats
 from reports.labels import factor_label, metric_label, short
 from reports.plots.style import Style, log_axis, new_figure, palette, skippable
+
+DODGE = 0.035  # (a): each advantage level's points shifted by this much in log B, so intervals do not hide each other
 
 
 @skippable
@@ -50,12 +53,14 @@ def _slope_text(fit: pd.Series | None) -> str:
 def _variance_panel(ax, noise: NoiseStats, color: dict, style: Style) -> None:
     """(a): per level, the geometric IQM of tr(Σ)/B at each batch size with its interval; the 1/B line."""
     handles, labels = [], []
-    for lv, g in noise.points.groupby("level", sort=False):
+    groups = list(noise.points.groupby("level", sort=False))
+    for i, (lv, g) in enumerate(groups):
         g = g.sort_values("batch_size")
         y = g["iqm"].to_numpy(float)
         low = np.maximum(g["ci_low"].to_numpy(float), y * 1e-3)  # a bound <= 0 runs off the log axis
         yerr = np.vstack([y - low, g["ci_high"].to_numpy(float) - y])
-        h = ax.errorbar(g["batch_size"], y, yerr=yerr, fmt="o-", color=color[lv], capsize=2,
+        x = g["batch_size"].to_numpy(float) * np.exp(DODGE * (i - (len(groups) - 1) / 2))  # side by side
+        h = ax.errorbar(x, y, yerr=yerr, fmt="o-", color=color[lv], capsize=2,
                         elinewidth=0.9, markersize=3.5)  # fmt: skip
         handles.append(h)
         labels.append(f"{lv}: {_slope_text(noise.slope(lv))}")
@@ -64,9 +69,13 @@ def _variance_panel(ax, noise: NoiseStats, color: dict, style: Style) -> None:
     labels.append("1/B (slope -1)")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    log_axis(ax.xaxis)
     log_axis(ax.yaxis)
-    ax.set_xlabel(factor_label("rollout.batch_size") + " B (completions)")
+    sizes = sorted(noise.points["batch_size"].unique())
+    ax.xaxis.set_major_locator(FixedLocator(sizes))  # ticks at the batch sizes run, and only there
+    ax.xaxis.set_major_formatter(FixedFormatter([f"{b:g}" for b in sizes]))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlim(sizes[0] / 1.25, sizes[-1] * 1.25)
+    ax.set_xlabel(factor_label("rollout.batch_size") + " B (completions; series offset sideways)")
     ax.set_ylabel(short(metric_label("grad/batch_variance")))
     ax.set_title("(a)", loc="left")
     ax.legend(handles, labels, loc="best", fontsize=style.small - 1)

@@ -36,8 +36,12 @@ def overoptimisation(
     pts = analysis.points
     if pts.empty:
         return "no run with both eval/kl and eval/gold histories"
+    reported = overopt.reported_levels(analysis.summary)
+    if not reported:
+        return "no Gao et al. fit is reported (too few points or seeds to fit α and β): nothing to draw through"
+    pts = pts[pts["level"].isin(reported)]
     panels = ["gold_gain"] + (["proxy_gain"] if np.isfinite(pts["proxy_gain"].to_numpy(float)).any() else [])
-    levels = analysis.summary["level"].tolist()
+    levels = reported
     color = {lv: palette(i) for i, lv in enumerate(levels)}
     fig = new_figure(style, style.double if len(panels) > 1 else style.single, style.row + 0.6)
     axes = np.atleast_1d(fig.subplots(1, len(panels), sharex=True, squeeze=False)).ravel()
@@ -65,7 +69,7 @@ def overoptimisation(
     if len(onsets):
         handles.append(onset_handle())
         labels.append("onset (run)")
-    title = factor_label(overopt.RM) + " (fit)" if analysis.grouped else "Gao et al. fit"
+    title = factor_label(overopt.RM) + " (fit)" if analysis.swept else "Gao et al. fit"
     fig.legend(handles, labels, title=title, loc="outside right center")
     return fig
 

@@ -58,7 +58,23 @@ def _frontier_meta(runs: pd.DataFrame, factors: Sequence[str]) -> dict[str, Any]
 
 
 def _overopt_meta(runs: pd.DataFrame, factors: Sequence[str]) -> dict[str, Any]:
-    return {"onsets": A.logged_onsets(runs), "grouped": overopt.RM in runs}
+    return {"onsets": A.logged_onsets(runs), "grouped": overopt.RM in runs and runs[overopt.RM].nunique() >= 2}
+
+
+def _sensitivity_meta(runs: pd.DataFrame, factors: Sequence[str]) -> dict[str, Any]:
+    """Figure 5's panels, pooled factors and runs per square (as ``sensitivity_grid`` draws them)."""
+    from reports.labels import factor_label
+
+    if A.single_level(runs, "eval/gold", ("ppo.clip_eps", "kl.coef")) is not None:
+        return {}
+    g = A.sensitivity_grid(runs, "eval/gold", "ppo.clip_eps", "kl.coef", by=factors)
+    counts = sorted({int(n) for c in g.counts for n in c.ravel() if n > 0})
+    return {
+        "panels": ["advantage estimator" if i == 0 and g.panel_keys and k.startswith("advantage") else factor_label(k)
+                   for i, k in enumerate(g.panel_keys)],
+        "pooled": [factor_label(k) for k in g.pooled],
+        "n": (f"{counts[0]}" if len(counts) == 1 else f"{counts[0]} to {counts[-1]}") if counts else "0",
+    }
 
 
 def _impl_meta(runs: pd.DataFrame, factors: Sequence[str]) -> dict[str, Any]:
@@ -70,11 +86,11 @@ FIGURES: list[FigureSpec] = [
     FigureSpec("fig2_final_reward", "Final gold reward per factor level", final_by_factor),
     FigureSpec("fig3_reward_kl_frontier", "Reward-KL frontier", reward_kl_frontier, _frontier_meta),
     FigureSpec("fig4_gradient_variance", "Policy-gradient variance", gradient_variance),
-    FigureSpec("fig5_sensitivity", "Sensitivity to clip ε and KL coefficient", sensitivity_heatmap),
+    FigureSpec("fig5_sensitivity", "Sensitivity to clip ε and KL coefficient", sensitivity_heatmap, _sensitivity_meta),
     FigureSpec("fig6_custom_vs_trl", "Custom PPO vs TRL", custom_vs_trl, _impl_meta),
     FigureSpec("fig7_training_health", "Training health", training_health),
     FigureSpec(
-        "fig8_overoptimisation", "Reward vs sqrt(KL) per RM size, Gao et al. 2022 fit", overoptimisation, _overopt_meta
+        "fig8_overoptimisation", "Reward vs sqrt(KL), Gao et al. 2022 fit", overoptimisation, _overopt_meta
     ),
 ]
 
@@ -85,11 +101,16 @@ def make_figures(
     factors: Sequence[str],
     style: str | Style = "default",
     out_dir: str | Path = "figures",
+    skip: dict[str, str] | None = None,
 ) -> list[FigureResult]:
-    """Draw and save every figure of ``FIGURES`` that has data; skipped ones carry the reason."""
+    """Draw and save every figure of ``FIGURES`` that has data; skipped ones carry the reason (``skip``:
+    stem -> why, figures not to draw at all)."""
     st = get_style(style)
     results = []
     for spec in FIGURES:
+        if spec.stem in (skip or {}):
+            results.append(FigureResult(spec.stem, spec.title, skipped=skip[spec.stem]))
+            continue
         with styled(st):
             out = spec.draw.explain(runs, curves, list(factors), st)  # type: ignore[attr-defined]
         res = FigureResult(spec.stem, spec.title)

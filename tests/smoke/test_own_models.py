@@ -155,3 +155,23 @@ def test_sft_none_with_a_preset_is_refused_in_one_line(tmp_path):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "model.sft" in lines[0] and "random-initialised" in lines[0], out.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_policy_whose_tokenizer_has_no_eos_is_refused_before_the_run(zoo, tmp_path):
+    """No EOS: no response could end (it used to fail minutes in, in the sampler); refused in one line
+    naming model.policy, exit 2, nothing logged."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "no_eos"
+    shutil.copytree(zoo["llama"], folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.eos_token = None
+    tok.save_pretrained(folder)
+    assert AutoTokenizer.from_pretrained(folder).eos_token_id is None
+    out = _train(tmp_path, f"model.policy={folder}", "model.reward=gold")
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"model.policy '{folder}'" in lines[0] and "no EOS token" in lines[0], out.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

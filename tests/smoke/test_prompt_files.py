@@ -129,6 +129,19 @@ def test_a_run_on_a_prompt_file_with_an_own_model_and_a_reward_function(tmp_path
     (run,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
     assert run.info.status == "FINISHED" and run.data.tags["task"] == "prompts:reviews"
     assert run.data.tags["impl"] == impl and run.data.tags["device"].split()[0] in ("cpu", "cuda:0")
+    # named and tagged after the data and its hash, never after task.name (sentiment), which it does not read
+    import hashlib
+
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    assert run.data.tags["task.data"] == str(path) and run.data.tags["task.data_sha256"] == sha
+    assert run.info.run_name == f"reviews.{sha[:8]}-{impl}-token-s0"
+    assert run.data.tags["gold.source"] == "optimised reward (no independent gold)"
+    weights = sorted(Path(policy).rglob("*.safetensors"))
+    assert weights and run.data.tags["model.policy_sha256"] == hashlib.sha256(
+        "".join(hashlib.sha256(w.read_bytes()).hexdigest() for w in weights).encode()).hexdigest()[:16]
+    # model.value_init=reward is the default, but a reward function is no model to start from: say what was done
+    assert run.data.params["model.value_init"] == "reward"
+    assert run.data.tags["value.init"] == "policy (model.reward is a function: no reward model)"
     # no model.gold: the held-out measure is the optimised function, so eval/gold == eval/proxy
     assert run.data.metrics["eval/gold"] == pytest.approx(run.data.metrics["eval/proxy"])
     assert 0 <= run.data.metrics["eval/gold"] <= 4  # words in a 4-token response
@@ -197,3 +210,24 @@ def test_a_bad_dataset_through_train_exits_2_and_creates_nothing(tmp_path):
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and f"task.prompts '{value}'" in lines[0] and says in lines[0], out.stderr
         assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_an_own_model_warm_start_is_sized_to_the_data_shows_its_progress_under_q_and_is_cached(tmp_path):
+    """model.sft=task on one's own model: 12 rows -> 9 training pairs -> max(50, ceil(3 * 9 / 64)) = 50 steps
+    (not the presets' 600); under -q its progress still shows on stderr; the second run finds it cached."""
+    from tests.smoke.test_own_models import make_model
+
+    words = sorted({w for r in ROWS for w in (r["prompt"] + " " + r["response"]).split()} | {"good", "film", "bad"})
+    policy = make_model(tmp_path / "policy", "llama", words)
+    path = _write(tmp_path / "reviews.jsonl")
+    sets = _sets({"model.policy": policy, "task.prompts": path, "task.split_column": "split", "model.sft": "task",
+                  "task.completion_column": "response", "model.reward": "file_rewards:words",
+                  "task.response_length": 4, "train.missing_eos_penalty": "null"})
+    env = {"PPO_HARNESS_CACHE": str(tmp_path / "cache")}
+    first = _cli(tmp_path, "train", "-q", *sets, env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "SFT warm start: 50 steps of 64 on 9 pairs" in first.stderr, first.stderr
+    assert sum(line.startswith("SFT step ") for line in first.stderr.splitlines()) == 10
+    assert "SFT step 50/50" in first.stderr
+    again = _cli(tmp_path, "train", "-q", *sets, env=env)
+    assert again.returncode == 0 and "SFT" not in again.stderr, again.stderr  # built once, then cached

@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -111,7 +112,7 @@ def test_nan_trial_is_failed_with_its_reason_and_the_sweep_goes_on(tmp_path):
     trials = sorted(study_trials(str(tmp_path / "runs" / "sweeps" / "nan.journal")), key=lambda t: t.number)
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
     bad = trials[0]
-    assert bad.params["ppo.lr"] == 1e30
+    assert bad.system_attrs["fixed_params"]["ppo.lr"] == 1e30  # a grid cell: its enqueued values
     assert bad.user_attrs["sweep.fail_kind"] == "nonfinite"
     assert "NonFiniteError" in bad.user_attrs["sweep.fail_reason"] and "nan" in bad.user_attrs["sweep.fail_reason"]
     assert "Traceback" in bad.user_attrs["sweep.traceback"]
@@ -256,3 +257,47 @@ def test_two_sweeps_share_one_postgres_study(pg_url, tmp_path):
     finished = [r for r in children if r.info.status == "FINISHED"]
     assert len(finished) == 6 and len(children) == 6
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+
+
+def test_a_spec_with_more_seeds_runs_exactly_the_new_runs_under_the_same_parent(tmp_path):
+    """seeds [0] then the same spec with seeds [0, 1]: the second invocation trains only the seed-1 runs,
+    under the first one's MLflow parent, and leaves the seed-0 runs as they were."""
+    spec = write_spec(tmp_path, "grow", grid={"kl.coef": [0.0, 0.2]}, seeds=[0])
+    first = sweep(tmp_path, spec)
+    assert first.returncode == 0, first.stdout + first.stderr
+    store, parents, before = mlflow_runs(tmp_path, "grow")
+    assert len(parents) == 1 and len(before) == 2
+    old_hash = parents[0].data.tags["sweep.hash"]
+    snapshot = {r.info.run_id: (r.info.end_time, r.data.metrics, r.data.tags["seed"]) for r in before}
+
+    spec = write_spec(tmp_path, "grow", grid={"kl.coef": [0.0, 0.2]}, seeds=[0, 1])  # edited in place
+    dry = sweep(tmp_path, spec, "--dry-run")
+    assert dry.returncode == 0 and "4 runs; 2 new (not done yet), 2 done kept" in dry.stdout, dry.stdout
+    assert "grows study grow-" in dry.stdout and "for 2 run(s) on 1 worker(s)" in dry.stdout
+    second = sweep(tmp_path, spec)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "2 queued now" in second.stdout and "the spec grew" in second.stdout
+
+    trials = study_trials(str(tmp_path / "runs" / "sweeps" / "grow.journal"))
+    assert len(trials) == 4 and len(by_slot(trials, "COMPLETE")) == 4  # two trained now, nothing again
+    store, parents, children = mlflow_runs(tmp_path, "grow")
+    assert len(parents) == 1 and parents[0].info.run_id == before[0].data.tags["mlflow.parentRunId"]
+    slots_seen = collections.Counter((r.data.tags["axis.kl.coef"], r.data.tags["seed"]) for r in children)
+    assert slots_seen == {("0.0", "0"): 1, ("0.2", "0"): 1, ("0.0", "1"): 1, ("0.2", "1"): 1}
+    for r in children:
+        if r.info.run_id in snapshot:  # the first invocation's runs: untouched
+            assert (r.info.end_time, r.data.metrics, r.data.tags["seed"]) == snapshot[r.info.run_id]
+            assert r.data.tags["sweep.hash"] == old_hash
+        else:
+            assert r.data.tags["seed"] == "1" and r.data.tags["sweep.hash"] != old_hash
+    assert sorted(r.info.run_name for r in children) == ["kl0-s0", "kl0-s1", "kl0.2-s0", "kl0.2-s1"]
+    parent = store.get_run(parents[0].info.run_id)
+    assert parent.data.tags["sweep.seeds"] == "[0, 1]" and parent.data.tags["sweep.runs"] == "4"
+    new_hash = parent.data.tags["sweep.hash"]
+    assert parent.data.tags["sweep.specs"] == f'["{old_hash}", "{new_hash}"]'
+    arts = {a.path for a in store.client.list_artifacts(parent.info.run_id, "spec")}
+    assert arts == {"spec/grow.yaml", f"spec/{new_hash[:8]}"}  # the old spec and the new one beside it
+    assert parent.data.metrics["sweep/done"] == 4 and parent.data.metrics["sweep/best_seeds"] == 2
+    means = [statistics.fmean(r.data.metrics["eval/gold"] for r in children if r.data.tags["axis.kl.coef"] == v)
+             for v in ("0.0", "0.2")]
+    assert parent.data.metrics["sweep/best"] == pytest.approx(max(means))

@@ -1,4 +1,5 @@
-"""`ppo-harness ui` serves the store; headless Chromium sees the sweep and a metric chart."""
+"""`ppo-harness ui` serves the store; headless Chromium opens the printed address and sees the training-runs
+view: the sweep's parent with its children (short names), the key metric columns, and a metric chart."""
 
 from __future__ import annotations
 
@@ -38,17 +39,24 @@ def _free_port() -> int:
 
 
 def _sweep_store(path: Path) -> tuple[str, str, str]:
-    """A sweep in the layout the runner writes: one parent, two children with metric histories."""
+    """A sweep in the layout the runner writes: one parent (its axes, its best cell mean), two children
+    named as the runner names them, with metric histories and their axis as a param."""
+    from harness.sweep.spec import run_name
+
     store = Store(path)
-    parent = store.start_run("ui-sweep", run_name="sweep-ui", tags={"sweep.role": "parent"})
+    parent = store.start_run("ui-sweep", run_name="ui-sweep-0123abcd",
+                             tags={"sweep.role": "parent", "sweep.axes": '["ppo.clip_eps"]'})
     child_ids = []
     for seed in (1, 2):
-        child = store.start_run("ui-sweep", run_name=f"cell0-seed{seed}", parent_run_id=parent.run_id,
-                                tags={"sweep.role": "child", "seed": seed})
+        values = {"ppo.clip_eps": 0.3}
+        child = store.start_run("ui-sweep", run_name=run_name(values, seed), parent_run_id=parent.run_id,
+                                tags={"sweep.role": "child", "seed": seed}, params={**values, "seed": seed})
         for step in range(6):
-            child.log_metrics({"eval/gold": 0.1 * step + 0.01 * seed, "episodes": 64.0 * step}, step=step)
+            child.log_metrics({"eval/gold": 0.1 * step + 0.01 * seed, "eval/kl": 0.02 * step,
+                               "episodes": 64.0 * step}, step=step)
         child.end()
         child_ids.append(child.run_id)
+    parent.log_metrics({"sweep/best": 0.515, "sweep/done": 2}, step=2)
     parent.end()
     return store.experiment_id("ui-sweep"), parent.run_id, child_ids[0]
 
@@ -65,7 +73,9 @@ def test_mlflow_ui_shows_the_sweep_and_renders_a_chart(tmp_path):
     base = f"http://127.0.0.1:{port}"
     try:
         first = proc.stdout.readline()
-        assert base in first  # the command prints the URL
+        assert base in first  # the command prints the URL: the experiment's training-runs view, its shared view
+        url = first.split()[first.split().index(next(w for w in first.split() if w.startswith(base)))]
+        assert url.startswith(f"{base}/#/experiments/{exp_id}/runs?workflowType=machine_learning&viewStateShareKey=")
         deadline = time.time() + 180
         while True:
             try:
@@ -81,13 +91,14 @@ def test_mlflow_ui_shows_the_sweep_and_renders_a_chart(tmp_path):
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(f"{base}/#/experiments/{exp_id}/runs", timeout=90_000)
-            page.wait_for_selector("text=sweep-ui", timeout=90_000)
+            page.goto(url, timeout=90_000)  # what a user opens: the printed address
+            page.wait_for_selector("[role=row] >> text=ui-sweep-0123abcd", timeout=90_000)
             assert page.locator("text=3 matching runs").count() == 1
-            row = page.locator("[role=row]", has_text="sweep-ui")
-            row.locator("[role=gridcell]").nth(1).locator("[role=img]").first.click(force=True, timeout=30_000)
-            page.wait_for_selector("text=cell0-seed1", timeout=30_000)
-            page.wait_for_selector("text=cell0-seed2", timeout=30_000)
+            assert page.locator("text=Model training").count() >= 1 and page.locator("text=Sort: sweep/best").count() == 1
+            page.wait_for_selector("text=clip0.3-s1", timeout=30_000)  # the children, by their short names
+            page.wait_for_selector("text=clip0.3-s2", timeout=30_000)
+            heads = set(page.locator("[role=columnheader]").all_inner_texts())
+            assert {"eval/gold", "eval/kl", "episodes", "sweep/best"} <= heads, heads  # key metric columns shown
             page.screenshot(path=str(SHOTS / "mlflow-ui-sweep.png"))
             page.goto(f"{base}/#/experiments/{exp_id}/runs/{child_id}/model-metrics", timeout=90_000)
             page.wait_for_selector(".js-plotly-plot svg.main-svg", timeout=60_000)

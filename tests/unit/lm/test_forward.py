@@ -171,3 +171,33 @@ def test_collect_tells_the_gold_reward_which_responses_ended(models):
     expected = task.gold(ro.prompts, ro.completions, [True] * len(prompts))
     assert ro.gold[ended].tolist() == pytest.approx([g for g, e in zip(expected, ended.tolist(), strict=True) if e])
     assert torch.equal(ro.scores, ro.gold)  # model.reward=gold optimises the same rule
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+def test_hf_cache_path_samples_what_a_full_forward_gives_without_deprecation_warnings(arch):
+    """Non-GPT-2 models decode through the HF forward with its cache (passed as ``cache``, transformers'
+    Cache API): the sampled tokens' log-probs equal a full forward over prompt + response, and no
+    ``past_key_values`` FutureWarning is raised."""
+    import warnings
+
+    import torch.nn.functional as F
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if arch == "llama":
+        m = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    else:
+        m = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                             num_attention_heads=2))
+    m.eval()
+    ids = torch.randint(2, 40, (3, 5))
+    mask = torch.ones_like(ids)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        resp, rmask, _, logp, _ = sampling.sample(m, ids, mask, 4, 1.0, eos_id=1, pad_id=0,
+                                                  generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = m(input_ids=torch.cat([ids, resp.clone()], 1), use_cache=False).logits[:, ids.shape[1] - 1: -1]
+    want = F.log_softmax(full.float(), -1).gather(2, resp[..., None]).squeeze(2) * rmask
+    torch.testing.assert_close(logp, want, atol=1e-5, rtol=1e-5)

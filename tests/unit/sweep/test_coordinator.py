@@ -131,6 +131,8 @@ def test_dry_run_prints_the_plan_and_creates_nothing(tmp_path, capsys):
     assert "9 cells x 2 seeds = 18 runs" in out
     assert "journal" in out and "t.journal" in out
     assert "kl.coef=0 ppo.clip_eps=0.1" in out
+    assert "9 cells (x seeds [0, 1]" in out and "kl.coef=0.2 ppo.clip_eps=0.3" in out  # every cell, the last too
+    assert "18 runs; 18 new" in out and "no estimate (no finished run to time yet)" in out
     assert not runs.exists()
     assert sorted(x.name for x in tmp_path.iterdir()) == ["s.yaml"]
 

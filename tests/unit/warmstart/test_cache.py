@@ -157,3 +157,12 @@ def test_a_failed_build_leaves_no_temp_dir(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="boom"):
         _cached(out, {}, build)
     assert sorted(p.name for p in out.parent.iterdir()) == ["rm-abc.lock"]
+
+
+def test_the_sft_recipe_is_sized_to_the_data_for_an_own_model_and_fixed_for_presets():
+    from harness.warmstart.sft import SFT_RECIPE, sft_recipe
+
+    assert sft_recipe(None) == SFT_RECIPE  # the presets' (their shipped artifacts' keys hash it)
+    assert sft_recipe(9)["steps"] == 50  # at least 50
+    assert sft_recipe(2000)["steps"] == 94 and sft_recipe(2000)["warmup"] == 4  # ceil(3 * 2000 / 64), a twentieth
+    assert sft_recipe(100_000)["steps"] == 600  # at most the presets' 600
