@@ -263,6 +263,9 @@ def split_prompts(spec: PromptFile, rows: Sequence[dict], held: set[int] | None 
     missing = [(k, c) for k, c in keys if c and c not in rows[0]]
     if missing:
         raise _fail(path, f"{missing[0][0]} '{missing[0][1]}': no such column (columns: {', '.join(map(str, rows[0]))})")
+    for n, row in enumerate(rows, 1):  # a JSON-lines file's rows need not share their keys
+        if absent := [(k, c) for k, c in keys if c and c not in row]:
+            raise _fail(path, f"{absent[0][0]} '{absent[0][1]}': row {n} has no such column")
     prompts = [spec.template.replace("{prompt}", _text(path, r, spec.prompt_column, i)) for i, r in enumerate(rows, 1)]
     held = _held_out(spec, rows) if held is None else held
     train = [p for i, p in enumerate(prompts) if i not in held]

@@ -58,7 +58,24 @@ def run_task(cfg: RunConfig) -> Task:
         gold = _text_reward("model.reward", cfg.model.reward, device)
     spec = PromptFile(t.prompts, t.prompt_column, t.split_column, t.eval_split, t.eval_fraction, t.template,
                       t.completion_column)
-    return data_task(spec, t.response_length or DATA_RESPONSE_LENGTH, gold)
+    task = data_task(spec, t.response_length or DATA_RESPONSE_LENGTH, gold)
+    if is_preset(cfg.model.policy):
+        _check_preset_prompts(t.prompts, task)
+    return task
+
+
+# A built-in preset policy is built for the prompt file: a word-level tokenizer over its words and a context of
+# 32 + the longest prompt + the response. SFT and every forward grow with that context (3000-word prompts kept
+# an SFT build running for over 15 minutes on 2 CPU cores), so a preset takes prompts of at most this many words.
+MAX_PRESET_PROMPT_WORDS = 256
+
+
+def _check_preset_prompts(path: str, task: Task) -> None:
+    longest = max(len(p.split()) for p in (*task.train_prompts, *task.eval_prompts))
+    if longest > MAX_PRESET_PROMPT_WORDS:
+        raise ModelError(f"task.prompts {path!r}: its longest prompt has {longest} words, more than the "
+                         f"{MAX_PRESET_PROMPT_WORDS} a built-in model.policy preset is built for (its context and SFT "
+                         "grow with the prompts); set model.policy to your own model for longer prompts")
 
 
 def _text_reward(key: str, name: str, device="cpu"):

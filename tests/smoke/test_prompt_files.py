@@ -98,6 +98,16 @@ def test_a_column_key_naming_nothing_is_named(tmp_path, options, says):
     assert says in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
+def test_a_column_missing_from_a_later_row_is_named(tmp_path):
+    """JSON lines need not share their keys: a split column absent from row 3 is named with its row, not taken
+    for a training row."""
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "a", "split": "train"}\n{"prompt": "b", "split": "test"}\n{"prompt": "c"}\n')
+    with pytest.raises(PromptFileError) as e:
+        split_prompts(PromptFile(str(path), split_column="split"), read_rows(str(path)))
+    assert "task.split_column 'split': row 3 has no such column" in str(e.value), str(e.value)
+
+
 REWARD = "def words(prompts, completions):\n    return [float(len(c.split())) for c in completions]\n"
 
 
@@ -231,3 +241,29 @@ def test_an_own_model_warm_start_is_sized_to_the_data_shows_its_progress_under_q
     assert "SFT step 50/50" in first.stderr
     again = _cli(tmp_path, "train", "-q", *sets, env=env)
     assert again.returncode == 0 and "SFT" not in again.stderr, again.stderr  # built once, then cached
+
+
+def test_prompts_too_long_for_a_preset_policy_are_refused_before_anything_is_built(tmp_path):
+    """A preset policy's context and SFT grow with the longest prompt: 257 words is refused in one line naming
+    task.prompts, exit 2, and nothing is created (no run, no model cache entry); 256 words pass the check."""
+    long = " ".join(["word"] * 257)
+    _write(tmp_path / "long.jsonl", [{"prompt": long if i == 5 else f"review {i} :"} for i in range(8)])
+    cache = tmp_path / "cache"
+    out = _cli(tmp_path, "train", *_sets({"task.prompts": tmp_path / "long.jsonl", "model.reward": "file_rewards:words"}),
+               env={"PPO_HARNESS_CACHE": str(cache)})
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "task.prompts" in lines[0] and "257 words, more than the 256" in lines[0], out.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert not cache.exists() or not any(cache.rglob("*.safetensors"))
+    from harness.config import build_config
+    from harness.warmstart.load import run_task
+
+    _write(tmp_path / "ok.jsonl", [{"prompt": " ".join(["word"] * 256) if i == 5 else f"review {i} :"} for i in range(8)])
+    (tmp_path / "file_rewards.py").write_text(REWARD)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        task = run_task(build_config(None, {"task.prompts": str(tmp_path / "ok.jsonl"), "model.reward": "file_rewards:words"}))
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert max(len(p.split()) for p in (*task.train_prompts, *task.eval_prompts)) == 256
