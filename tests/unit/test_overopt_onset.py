@@ -18,7 +18,8 @@ from harness.tracking import Store
 
 def test_segment_contrast_by_hand():
     lo, mid, hi = O.segments(3)  # lengths 1..2: ([0],[1]), ([1],[2]), ([0,1],[2]), ([0],[1,2])
-    got = dict(zip(zip(lo.tolist(), mid.tolist(), hi.tolist()), O.contrasts([0.0, 1.0, 0.4], [0.1, 0.1, 0.2]).tolist()))
+    keys = zip(lo.tolist(), mid.tolist(), hi.tolist(), strict=True)
+    got = dict(zip(keys, O.contrasts([0.0, 1.0, 0.4], [0.1, 0.1, 0.2]).tolist(), strict=True))
     assert set(got) == {(0, 1, 2), (1, 2, 3), (0, 2, 3), (0, 1, 3)}
     assert got[1, 2, 3] == pytest.approx(0.6 / math.sqrt(0.01 + 0.04))
     assert got[0, 2, 3] == pytest.approx((0.5 - 0.4) / math.sqrt((0.01 + 0.01) / 4 + 0.04))
