@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from harness.onset import onset_index
 from reports import effects as E
 from reports import overopt as O
 from reports import stats
@@ -27,9 +28,6 @@ from reports.effects import MIN_CELLS, MIN_SEEDS
 from reports.labels import ADVANTAGE, advantage_column, level_label, with_advantage
 from reports.stats import Interval
 
-# Over-optimisation: gold peaked before the last evaluation and then lost at least this share
-# of its gain over the initial policy, while the proxy reward was still rising.
-OVEROPT_DROP = 0.25  # a clear fall: at least a quarter of the gain over the initial policy
 IV = "95% Yuen interval"  # the per-level interval (stats.interval), coverage measured by a test
 T_IV = "95% t-interval"
 
@@ -364,43 +362,65 @@ def poi_sentences(poi: pd.DataFrame, what: str = "final gold reward") -> list[st
     return out
 
 
-def overoptimised_runs(curves: pd.DataFrame) -> pd.DataFrame:
-    """Per run: peak step of gold, gold gain and drop after the peak, proxy rise after it, flag."""
-    cols = ["run_id", "peak_step", "gain", "drop", "proxy_rise", "overoptimised"]
+def overoptimised_runs(curves: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per run: the over-optimisation test (``harness.onset``) on its eval/gold, eval/gold_se and eval/proxy.
+
+    Columns: run_id, peak_step (the evaluation with the highest gold), gain (peak gold minus the
+    first), drop (peak minus last), proxy_rise (last proxy minus the proxy at the peak), onset_step
+    (the evaluation at which the fall was called; NaN when never), overoptimised, tested (False
+    when the run logged no eval/gold_se: no noise to test against). The test calls a fall only
+    beyond what the evaluations' standard errors allow, at a 5% run-wide false-alarm rate for a
+    run of that many evaluations; ``eval.prompts`` (from ``runs``) sets the calibration.
+    """
+    cols = ["run_id", "peak_step", "gain", "drop", "proxy_rise", "onset_step", "overoptimised", "tested"]
     if curves is None or curves.empty:
         return pd.DataFrame(columns=cols)
-    gold = curves[curves["metric"] == "eval/gold"]
-    proxy = curves[curves["metric"] == "eval/proxy"]
+    wide = curves[curves["metric"].isin(["eval/gold", "eval/gold_se", "eval/proxy"])].pivot_table(
+        index=["run_id", "step"], columns="metric", values="value", aggfunc="last")
+    if "eval/gold" not in wide:
+        return pd.DataFrame(columns=cols)
+    prompts = runs.set_index("run_id")["eval.prompts"] if runs is not None and "eval.prompts" in runs else None
     rows = []
-    for rid, g in gold.groupby("run_id"):
-        g = g.sort_values("step")
-        v = g["value"].to_numpy(float)
+    for rid, g in wide.groupby(level="run_id"):
+        g = g.dropna(subset=["eval/gold"])
+        v = g["eval/gold"].to_numpy(float)
         if v.size < 3:
             continue
+        steps = g.index.get_level_values("step").to_numpy(int)
+        p = g["eval/proxy"].to_numpy(float) if "eval/proxy" in g else np.full(v.size, np.nan)
+        se = g["eval/gold_se"].to_numpy(float) if "eval/gold_se" in g else np.full(v.size, np.nan)
         k = int(np.argmax(v))
-        gain, drop = v[k] - v[0], v[k] - v[-1]
-        p = proxy[proxy["run_id"] == rid].set_index("step")["value"]
-        peak_step, last_step = int(g["step"].iloc[k]), int(g["step"].iloc[-1])
-        rise = float(p.get(last_step, np.nan) - p.get(peak_step, np.nan)) if len(p) else np.nan
-        flag = bool(
-            k < v.size - 1 and gain > 0 and drop >= OVEROPT_DROP * gain and np.isfinite(rise) and rise > 0
-        )
-        rows.append([rid, peak_step, gain, drop, rise, flag])
+        n_p = prompts.get(rid) if prompts is not None else None
+        n_p = int(n_p) if n_p is not None and np.isfinite(n_p) else None
+        at = onset_index(v, se, p, prompts=n_p)
+        rows.append([rid, int(steps[k]), v[k] - v[0], v[k] - v[-1], p[-1] - p[k],
+                     float(steps[at]) if at is not None else np.nan, at is not None, bool(np.isfinite(se).any())])  # fmt: skip
     return pd.DataFrame(rows, columns=cols)
 
 
+OVEROPT_RULE = (
+    "gold reward fell, between two stretches of consecutive evaluations, by more than their standard "
+    "errors allow (a segment scan with a 5% false-alarm rate per run, harness/onset.py) while the proxy "
+    "reward rose between the same stretches"
+)
+
+
 def over_optimisation(runs: pd.DataFrame, curves: pd.DataFrame, factors: Sequence[str]) -> str | None:
-    o = overoptimised_runs(curves)
+    o = overoptimised_runs(curves, runs)
     if o.empty or o["proxy_rise"].isna().all():
         return None
-    rule = (
-        f"gold reward peaked before the last evaluation and then lost at least {OVEROPT_DROP:.0%} "
-        "of its gain while the proxy reward kept rising"
-    )
-    bad = o[o["overoptimised"]]
+    untested = int((~o["tested"].astype(bool)).sum())
+    o = o[o["tested"].astype(bool)]
+    if o.empty:
+        return (f"Over-optimisation is not tested: none of the {untested} runs logged eval/gold_se, the "
+                "evaluation noise a fall must exceed.")
+    bad = o[o["overoptimised"].astype(bool)]
+    expected = 0.05 * len(o)
+    tail = f" ({untested} run{_s(untested)} without eval/gold_se not tested.)" if untested else ""
     if bad.empty:
-        return f"No run over-optimised the proxy reward (criterion: {rule})."
-    s = f"{len(bad)} of {len(o)} runs over-optimised the proxy reward: their {rule}."
+        return f"No run over-optimised the proxy reward (criterion: {OVEROPT_RULE}).{tail}"
+    s = (f"{len(bad)} of {len(o)} runs over-optimised the proxy reward: their {OVEROPT_RULE}; with no "
+         f"over-optimisation at all at most 5% ({stats.fmt_number(expected, 2)} of {len(o)}) would be called.{tail}")
     hue = frontier_hue(runs, factors)
     if hue:
         per = runs.set_index("run_id").loc[bad["run_id"], hue].value_counts()
@@ -506,8 +526,8 @@ def peak_shift_sentence(shift: O.PeakShift) -> str:
 def onset_sentence(analysis: O.Analysis) -> str:
     """How many runs per RM size and kl.coef logged an over-optimisation onset, at what median KL."""
     rule = (
-        f"{O.ONSET}, logged at the first evaluation at which gold had fallen for two consecutive "
-        "evaluations while the proxy rose"
+        f"{O.ONSET}, logged at the first evaluation at which gold had fallen by more than its "
+        "standard errors allow while the proxy rose; 5% false alarms per run on gold curves without a fall"
     )
     o = analysis.onsets
     if o.empty or not o["onset"].any():
@@ -544,10 +564,11 @@ def custom_vs_trl(runs: pd.DataFrame) -> str | None:
         f"IQM {a.fmt()} and TRL {b.fmt()}; {verdict}."
     )
     if "perf/tokens_per_s" in m and np.isfinite(m["perf/tokens_per_s"]).any():
-        x, y = stats.interval(c["perf/tokens_per_s"]), stats.interval(t["perf/tokens_per_s"])
+        x, y = (stats.interval(f["perf/tokens_per_s"]).at_least(0.0) for f in (c, t))
         if np.isfinite(x.point) and np.isfinite(y.point) and y.point > 0:
             s += (
-                f" Throughput: custom IQM {x.fmt()} tokens/s, TRL {y.fmt()} "
+                f" Throughput (each run's mean over its iterations, the noise probe's time left out): "
+                f"custom IQM {x.fmt()} tokens/s, TRL {y.fmt()} "
                 f"({stats.fmt_number(x.point / y.point, 2)}x)."
             )
     return s
