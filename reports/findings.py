@@ -194,6 +194,9 @@ def effect_sentences(effects: pd.DataFrame, metric: str = "eval/gold") -> list[s
         return out
     what = {"eval/gold": "gold reward", "eval/kl": "KL"}.get(metric, metric)
     for r in effects[effects["metric"] == metric].itertuples(index=False):
+        if r.over == E.FIXED:
+            out.append(_fixed_sentence(r, what))
+            continue
         seeds = r.over == E.SEEDS
         kind = ("Difference" if seeds else "Main effect") if r.term == "main" else "Interaction"
         head = f"{kind} {r.effect} on {what} ({r.at})"
@@ -212,6 +215,34 @@ def effect_sentences(effects: pd.DataFrame, metric: str = "eval/gold") -> list[s
             verdict = f"the {tiv} includes 0, so the sweep does not resolve it"
         out.append(f"{head}: {iv.fmt()} over {have}; {verdict}.")
     return out
+
+
+FIXED_HOW = ("fixed-effects 95% t-interval: cell means, within-cell variance pooled over every cell, "
+             "assuming independent runs, normal within a cell, one common variance")
+
+
+def _fixed_sentence(r, what: str) -> str:
+    """An effect read by the fixed-effects analysis, with its unequal-variance (Welch-Satterthwaite) check."""
+    kind = "Main effect" if r.term == "main" else "Interaction"
+    head = f"{kind} {r.effect} on {what} ({r.at})"
+    cells = f"{int(r.n_matched)} matched cell{_s(int(r.n_matched))}" if r.term == "main" else (
+        f"{int(r.n_matched)} matched quadruple{_s(int(r.n_matched))}")  # fmt: skip
+    have = f"{int(r.n_runs)} runs, {cells}, {r.df:g} error df"
+    if r.note:
+        est = f"{stats.fmt_number(r.estimate)} " if np.isfinite(r.estimate) else ""
+        return f"{head}: {est}over {have}, not called: {r.note.split('; ', 1)[-1]}."
+    iv = Interval(float(r.estimate), float(r.low), float(r.high), int(r.n_runs))
+    check = Interval(float(r.estimate), float(r.check_low), float(r.check_high), int(r.n_runs))
+    sides = [iv.low > 0 or iv.high < 0, check.low > 0 or check.high < 0] if np.isfinite(check.low) else None
+    if sides is not None and sides[0] != sides[1]:
+        verdict = (f"the equal-variance interval {'excludes' if sides[0] else 'includes'} 0 but the unequal-"
+                   f"variance check {check.fmt()} does not agree, so it is not called")
+    elif sides is not None and sides[0] or sides is None and (iv.low > 0 or iv.high < 0):
+        verdict = f"it excludes 0, so it is {'positive' if r.estimate > 0 else 'negative'}"
+    else:
+        verdict = "it includes 0, so the sweep does not resolve it"
+    chk = f"; unequal-variance check {check.fmt()}" if np.isfinite(check.low) else ""
+    return f"{head}: {iv.fmt()} over {have} ({FIXED_HOW}{chk}); {verdict}."
 
 
 def batch_variance_scaling(runs: pd.DataFrame) -> str | None:

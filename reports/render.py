@@ -72,15 +72,21 @@ def effects_display(effects: pd.DataFrame | None) -> pd.DataFrame | None:
             "estimate": stats.fmt_number(r.estimate),
             "low": stats.fmt_number(r.low),
             "high": stats.fmt_number(r.high),
-            "interval over": (
-                f"{int(r.n_runs)} seeds per level (Welch, one cell)" if r.over == "seeds" and r.n_runs == r.n_runs
-                else f"{int(r.n_matched)} matched cells"
-            ),
+            "interval over": _interval_over(r),
             "at": r.at,
         }
         for r in effects.itertuples(index=False)
     ]
     return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
+
+
+def _interval_over(r) -> str:
+    """What an effect's interval is taken over, for the effects table."""
+    if r.over == "seeds" and r.n_runs == r.n_runs:
+        return f"{int(r.n_runs)} seeds per level (Welch, one cell)"
+    if r.over == "cells and seeds":
+        return f"{int(r.n_runs)} runs, {r.df:g} error df (fixed effects, pooled within-cell variance)"
+    return f"{int(r.n_matched)} matched cells"
 
 
 def latex_effects(shown: pd.DataFrame, comment: str = "") -> str:

@@ -64,7 +64,9 @@ def test_main_effect_is_the_mean_of_matched_cell_differences_by_hand():
     assert d.to_dict() == {"x": 3.0, "y": 3.0}  # cell z has only A=1: not matched
     t = E.main_effects(runs, None, ["A", "B"], "eval/gold")
     row = t[t["factor"] == "A"].iloc[0]
-    assert row["estimate"] == 3.0 and row["n_matched"] == 2 and "needs 2 more" in row["note"]
+    # 7 runs in 5 cells: 2 error df for the fixed-effects interval (more than the matched cells' 1)
+    assert row["estimate"] == 3.0 and row["n_matched"] == 2 and row["over"] == E.FIXED and row["df"] == 2
+    assert "needs 1 more run to call it" in row["note"]
 
 
 def test_interaction_is_half_the_difference_of_effects():
@@ -146,7 +148,7 @@ def test_budget_factor_is_compared_at_matched_episodes():
 
 
 def test_effect_from_too_few_matched_cells_is_not_called():
-    runs = factorial(effect_a=0.3, c_levels=(1,))  # only 2 matched cells for A
+    runs = factorial(effect_a=0.3, c_levels=(1,), seeds=1)  # only 2 matched cells for A, no within-cell df
     t = E.effects_table(runs, None, ["A", "B", "C"])
     out = findings.effect_sentences(t)
     a = next(s for s in out if s.startswith("Main effect A: 1 - 0"))
@@ -154,6 +156,10 @@ def test_effect_from_too_few_matched_cells_is_not_called():
     assert "excludes 0" not in a
     four = findings.effect_sentences(E.effects_table(factorial(effect_a=0.3), None, ["A", "B", "C"]))
     assert any(s.startswith("Main effect A: 1 - 0") and "excludes 0, so it is positive" in s for s in four)
+    # the same 2 matched cells with 3 seeds each: the seeds give the fixed-effects interval 8 error df
+    seeded = findings.effect_sentences(E.effects_table(factorial(effect_a=0.3, c_levels=(1,)), None, ["A", "B", "C"]))
+    a3 = next(s for s in seeded if s.startswith("Main effect A: 1 - 0"))
+    assert "8 error df" in a3 and "so it is positive" in a3
 
 
 def test_small_samples_sentence_says_how_many_more_seeds():
