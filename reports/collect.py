@@ -81,6 +81,7 @@ class Sweep:
     runs: pd.DataFrame
     curves: pd.DataFrame = field(default_factory=pd.DataFrame)
     excluded: dict[str, int] = field(default_factory=dict)  # status -> child runs left out
+    lost: pd.DataFrame = field(default_factory=pd.DataFrame)  # those child runs: axes, cell, status
     where: str = ""  # the store, for messages
 
     @property
@@ -179,6 +180,10 @@ def collect(
     sweep = Sweep(
         name, parent_id, axes, runs, excluded={k: int(v) for k, v in excluded.items()}, where=store.where
     )
+    not_done = children[status != "FINISHED"]
+    if len(not_done):
+        lost = _runs_frame(not_done, axes)
+        sweep.lost = lost.assign(status=lost["run_id"].map(dict(zip(not_done["run_id"], status[status != "FINISHED"], strict=True))))
     sweep.curves = curves_frame(store, sweep.runs, axes, curve_keys)
     sweep.runs = mean_throughput(sweep.runs, sweep.curves)
     return sweep

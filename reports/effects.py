@@ -311,6 +311,41 @@ def comparison_frame(
     return runs, "final (sample budgets differ)"
 
 
+def level_table(
+    runs: pd.DataFrame, curves: pd.DataFrame | None, factors: Sequence[str], metrics: Sequence[str]
+) -> pd.DataFrame:
+    """``stats.summarise_factors`` with each factor compared where its budgets allow, plus how cells pool.
+
+    A factor whose levels see different numbers of episodes is summarised at the matched episode
+    count (``comparison_frame``; perf/* metrics, not curves of learning, stay as they are). Extra
+    columns: at ('final', 'at E episodes' or 'final (sample budgets differ)'), cells (the level's
+    cells) and unmatched (True when the levels' cells differ in the other factors' settings, so a
+    level's pooled runs mix settings the other level lacks).
+    """
+    curves = curves if curves is not None else pd.DataFrame()
+    parts = []
+    for f in factors:
+        for m in metrics:
+            if finite_rows(runs, m).empty or f not in runs:
+                continue
+            frame, at = (runs, "final") if m.startswith("perf/") else comparison_frame(runs, curves, m, f, factors)
+            t = stats.summarise_by(frame, f, m)
+            if t.empty:
+                continue
+            fr = finite_rows(frame, m)
+            keys = _key(fr, _others(fr, factors, f))
+            combos = keys.groupby(fr[f].map(level_label)).agg(frozenset)
+            t.insert(0, "metric", m)
+            t.insert(0, "factor", f)
+            t["at"] = at
+            t["cells"] = [len(combos.get(level_label(v), ())) for v in t["level"]]
+            t["unmatched"] = combos.nunique() > 1
+            parts.append(t)
+    cols = ["factor", "level", "metric", "n", "iqm", "ci_low", "ci_high", "mean", "median", "std", "note",
+            "at", "cells", "unmatched"]  # fmt: skip
+    return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
+
+
 # ---- effects -------------------------------------------------------------------------------------
 
 

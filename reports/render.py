@@ -37,11 +37,14 @@ EFFECT_COLUMNS = ["metric", "effect", "estimate", "low", "high", "interval over"
 # ---- tables --------------------------------------------------------------------------------------
 
 
-def wide_table(table: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) -> pd.DataFrame:
-    """Long ``stats.summarise_factors`` output -> one row per (factor, level), 'IQM [low, high]' cells.
+def wide_table(table: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS, counts: dict | None = None) -> pd.DataFrame:
+    """Long ``stats.summarise_factors`` (or ``effects.level_table``) output -> one row per (factor, level).
 
     Columns: factor, level, n (runs with a final gold reward, else the largest n), then one
-    column per metric present, titled by ``COLUMN_TITLES``.
+    column per metric present, titled by ``COLUMN_TITLES``; with ``effects.level_table`` columns,
+    'compared at' (final values, or the matched episode count when the factor changes the sample
+    budget) and 'cells' (marked 'unmatched' when the levels' cells differ in the other factors);
+    with ``counts`` ({factor: ``attrition.level_counts``}), 'failed' and 'missing' runs per level.
     """
     present = [m for m in metrics if m in set(table["metric"])]
     rows = []
@@ -57,8 +60,26 @@ def wide_table(table: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) -> p
                 ).fmt()
             else:
                 row[COLUMN_TITLES.get(m, m)] = "n/a"
+        if "at" in g:
+            first = by.loc["eval/gold"] if "eval/gold" in by.index else g.iloc[0]
+            row["compared at"] = str(first["at"])
+            row["cells"] = f"{int(first['cells'])}" + (" (unmatched)" if bool(first["unmatched"]) else "")
+        if counts is not None and factor in counts:
+            c = counts[factor]
+            lab = level_label(level)
+            row["failed"] = int(c.loc[lab, "failed"]) if lab in c.index else 0
+            row["missing"] = int(c.loc[lab, "missing"]) if lab in c.index else 0
         rows.append(row)
-    return pd.DataFrame(rows, columns=["factor", "level", "n", *[COLUMN_TITLES.get(m, m) for m in present]])
+    extra = [c for c in ("compared at", "cells", "failed", "missing") if rows and c in rows[0]]
+    return pd.DataFrame(rows, columns=["factor", "level", "n", *[COLUMN_TITLES.get(m, m) for m in present], *extra])
+
+
+def _at_note(wide: pd.DataFrame) -> str:
+    """'; compared at matched episodes where the budgets differ' when a row is not at final values."""
+    if "compared at" not in wide or (wide["compared at"] == "final").all():
+        return ""
+    return ("; a factor whose levels ran different sample budgets is compared at the last episode count "
+            "all its runs reached ('compared at'), or says 'sample budgets differ'")
 
 
 def effects_display(effects: pd.DataFrame | None) -> pd.DataFrame | None:
@@ -210,13 +231,17 @@ def write_tables(
     runs: pd.DataFrame,
     out_dir: str | Path,
     effects: pd.DataFrame | None = None,
+    counts: dict | None = None,
+    cells: pd.DataFrame | None = None,
 ) -> dict[str, Path]:
     """Write tables/<name>.{csv,md,tex}; returns {relative name: path}.
 
     final_by_factor.csv is the long numeric table (one row per factor, level, metric);
     the .md / .tex files are its formatted wide form. effects.* (``effects.effects_table``)
     when given and not empty. poi_advantage.* when there are two or more advantage levels.
-    runs.csv is one row per run with its final metrics.
+    runs.csv is one row per run with its final metrics. ``counts`` ({factor: level counts}) adds
+    failed / missing runs per level to final_by_factor; ``cells`` (``attrition.cell_counts``) writes
+    runs_by_cell.* (planned, finished, failed, missing per cell).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -227,14 +252,19 @@ def write_tables(
         path.write_text(text)
         written[name] = path
 
-    wide = wide_table(table)
+    wide = wide_table(table, counts=counts)
     table.to_csv(out / "final_by_factor.csv", index=False)
     written["final_by_factor.csv"] = out / "final_by_factor.csv"
     put("final_by_factor.md", markdown_table(wide))
     put(
         "final_by_factor.tex",
-        latex_table(wide, f"{LEVEL_TABLE_NOTE}: final metrics per factor level."),
+        latex_table(wide, f"{LEVEL_TABLE_NOTE}: final metrics per factor level{_at_note(wide)}."),
     )
+    if cells is not None and not cells.empty:
+        shown_cells = cells.reset_index()
+        shown_cells.to_csv(out / "runs_by_cell.csv", index=False)
+        written["runs_by_cell.csv"] = out / "runs_by_cell.csv"
+        put("runs_by_cell.md", markdown_table(shown_cells))
     shown_effects = effects_display(effects)
     if shown_effects is not None:
         effects.to_csv(out / "effects.csv", index=False)

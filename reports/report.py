@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.tracking import DEFAULT_RUNS_DIR, Store, UnsafeName, inside, safe_name
+from reports import attrition, stats
 from reports import effects as E
-from reports import stats
 from reports.collect import ReportError, Sweep, collect
 from reports.findings import findings
 from reports.labels import advantage_column, in_advantage
@@ -83,19 +83,21 @@ def build_report(
     out = Path(out_dir).resolve() if out_dir else _default_out(sweep.name)
 
     factors = sweep.factors
-    table = stats.summarise_factors(sweep.runs, factors, TABLE_METRICS)
+    table = E.level_table(sweep.runs, sweep.curves, factors, TABLE_METRICS)
+    counts = {f: attrition.level_counts(sweep.runs, sweep.lost, f) for f in factors}
     effects = E.effects_table(sweep.runs, sweep.curves, factors)
     adv = advantage_column(sweep.runs)
     # the advantage factor's parts are never a stratum of its own comparison
     strata = [a for a in factors if not in_advantage(a)]
     poi = stats.poi_table(sweep.runs, adv, "eval/gold", strata=strata) if adv else None
     figures = plots.make_figures(sweep.runs, sweep.curves, factors, style_obj, out / "figures")
-    tables = write_tables(table, poi, sweep.runs, out / "tables", effects)
+    tables = write_tables(table, poi, sweep.runs, out / "tables", effects, counts,
+                          attrition.cell_counts(sweep.runs, sweep.lost))
     content = ReportContent(
         name=sweep.name,
         source=_source_lines(sweep, style_obj.name),
-        findings=findings(sweep.runs, sweep.curves, factors, table, poi, sweep.excluded, effects),
-        table=wide_table(table),
+        findings=findings(sweep.runs, sweep.curves, factors, table, poi, sweep.excluded, effects, sweep.lost),
+        table=wide_table(table, counts=counts),
         effects=effects_display(effects),
         poi=poi_display(poi) if poi is not None else None,
         figures=figures,

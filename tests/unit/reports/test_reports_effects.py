@@ -226,18 +226,25 @@ def test_log_log_slope_of_batch_variance():
     assert "flatter than -1" in flat and "consistent" not in flat
 
 
-def test_baseline_lowers_the_sample_variance_at_matched_settings():
+def test_baseline_is_compared_on_the_scale_free_noise_scale():
+    """Whitening divides each baseline's advantages by a different std: here RLOO's tr(Sigma) reads 2x
+    baseline none's (its advantages were scaled up) while its signal reads 4x, so its B_simple is half.
+    The finding compares B_simple (scale-free), never tr(Sigma)."""
     rows = []
-    for adv, scale in (("sequence/none", 1.0), ("sequence/rloo", 0.5)):
+    for adv, var, sig in (("sequence/none", 1.0, 1.0), ("sequence/rloo", 2.0, 4.0)):
         for kl, s in itertools.product((0.0, 0.01, 0.05, 0.1), range(2)):
-            rows.append(
-                {"advantage": adv, "kl.coef": kl, "seed": s, E.SAMPLE_VAR: scale * (10 + kl * 100 + s)}
-            )
+            v = var * (10 + kl * 100 + s)
+            rows.append({"advantage": adv, "kl.coef": kl, "seed": s, E.SAMPLE_VAR: v, E.SIGNAL: sig,
+                         E.NOISE_SCALE: v / sig})  # fmt: skip
     runs = pd.DataFrame(rows)
     (s,) = findings.baseline_variance(runs, ["kl.coef", "advantage"])
-    iv, cells, over = E.variance_ratio(runs, "advantage", "sequence/none", "sequence/rloo", ["kl.coef", "advantage"])
+    iv, cells, over = E.variance_ratio(runs, "advantage", "sequence/none", "sequence/rloo", ["kl.coef", "advantage"],
+                                       value=E.NOISE_SCALE)
     assert iv.point == pytest.approx(0.5) and cells == 4 and over == E.CELLS
-    assert s.startswith("Baseline: sequence/rloo against sequence/none") and s.endswith("lower.")
+    assert s.startswith("Baseline: sequence/rloo against sequence/none: noise scale B_simple") and s.endswith("lower.")
+    assert "scale-free" in s and "ratio 0.50" in s
+    raw, _, _ = E.variance_ratio(runs, "advantage", "sequence/none", "sequence/rloo", ["kl.coef", "advantage"])
+    assert raw.point == pytest.approx(2.0)  # what a tr(Sigma) comparison would have read: "higher"
     (few,) = findings.baseline_variance(runs[runs["kl.coef"] < 0.05], ["kl.coef", "advantage"])
     assert "needs 2 more matched cells" in few
 
