@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from reports import stats
-from reports.effects import MIN_SEEDS
+from reports.effects import MIN_SEEDS, budget_differs
 from reports.labels import COLUMN_TITLES, LATEX_COLUMNS, LATEX_FACTORS, level_label
 
 TABLE_METRICS = ("eval/gold", "eval/kl", "perf/tokens_per_s")
@@ -72,6 +72,15 @@ def wide_table(table: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS, coun
         rows.append(row)
     extra = [c for c in ("compared at", "cells", "failed", "missing") if rows and c in rows[0]]
     return pd.DataFrame(rows, columns=["factor", "level", "n", *[COLUMN_TITLES.get(m, m) for m in present], *extra])
+
+
+def _budget_caption(runs: pd.DataFrame, factors: Sequence[str]) -> str:
+    """' Budgets differ: ...' for the factors whose levels ran different sample budgets ('' when none)."""
+    differ = [f for f in factors if f in runs and "episodes" in runs and budget_differs(runs, f, factors)]
+    if not differ:
+        return ""
+    return (f" Sample budgets differ between the levels of {', '.join(differ)}: these final values compare "
+            "budgets as well as settings (the table and findings compare them at matched episodes).")
 
 
 def _at_note(wide: pd.DataFrame) -> str:
@@ -311,7 +320,7 @@ def captions(
             ),
             "fig2_final_reward": (
                 "Final gold reward (last evaluation) for each level of each swept factor.",
-                f"Tick: IQM over {runs_per}; bar: {ci}.",
+                f"Tick: IQM over {runs_per}; bar: {ci}, pooled over the level's cells." + _budget_caption(runs, factors),
             ),
             "fig3_reward_kl_frontier": (
                 ("Gold (left) and proxy (right) reward" if meta.get("proxy", True) else "Gold reward")

@@ -316,3 +316,80 @@ def test_axes_that_move_together_are_one_factor():
     assert sweep.factors == ["kl.coef", "rollout.batch_size"]
     crossed = pd.DataFrame([{**r, "train.iterations": it} for r in rows for it in (20, 40)])
     assert Sweep("x", None, ["kl.coef", "rollout.batch_size", "train.iterations"], crossed).moves_with == {}
+
+
+# ---- budgets and lost runs in the tables ----------------------------------------------------------------
+
+
+def test_the_level_table_compares_a_budget_factor_at_matched_episodes():
+    """final_by_factor: batch 16 vs 32 at equal iterations reads 0.16 vs 0.32 from final values (the budget
+    alone); the level table compares at 160 episodes (0.16 vs 0.21) and says so, the figure caption too."""
+    from reports import render
+
+    runs, curves = _budget_sweep()
+    factors = ["rollout.batch_size", "ppo.clip_eps"]
+    t = E.level_table(runs, curves, factors, ["eval/gold"])
+    bs = t[t["factor"] == "rollout.batch_size"].set_index("level")
+    assert (bs["at"] == "at 160 episodes").all()
+    assert bs.loc[16, "iqm"] == pytest.approx(0.16) and bs.loc[32, "iqm"] == pytest.approx(0.21)
+    assert (t.loc[t["factor"] == "ppo.clip_eps", "at"] == "final").all()
+    wide = render.wide_table(t, metrics=["eval/gold"])
+    assert list(wide.loc[wide["factor"] == "rollout.batch_size", "compared at"]) == ["at 160 episodes"] * 2
+    fig = type("F", (), {"stem": "fig2_final_reward", "meta": {}, "title": ""})()
+    caps = render.captions([fig], runs, factors)
+    assert "Sample budgets differ between the levels of rollout.batch_size" in caps["fig2_final_reward"][1]
+
+
+def _lossy(drop_worst: int = 0, drop_cell: bool = False):
+    """2 x 2 (A x B), 10 seeds a cell, no effect of A; optionally the ``drop_worst`` worst runs at A = 1
+    fail (lost), or the whole cell A = 1, B = y fails."""
+    rng = np.random.default_rng(4)
+    rows = [{"A": a, "B": b, "seed": s, "run_id": f"{a}{b}{s}", "cell": f"A={a}, B={b}",
+             "eval/gold": (0.3 if b == "y" else 0.0) + rng.normal(0, 0.1)}
+            for a, b in itertools.product((0, 1), ("x", "y")) for s in range(10)]  # fmt: skip
+    runs = pd.DataFrame(rows)
+    lost = runs.iloc[0:0]
+    if drop_worst:
+        worst = runs[runs["A"] == 1].nsmallest(drop_worst, "eval/gold").index
+        lost, runs = runs.loc[worst], runs.drop(worst)
+    if drop_cell:
+        gone = (runs["A"] == 1) & (runs["B"] == "y")
+        lost, runs = runs[gone], runs[~gone]
+    return runs.reset_index(drop=True), lost.drop(columns=["eval/gold"]).assign(status="FAILED")
+
+
+def test_failed_runs_are_counted_per_cell_and_level_and_unequal_losses_refuse_the_call():
+    from reports import attrition, render
+
+    runs, lost = _lossy(drop_worst=8)
+    cells = attrition.cell_counts(runs, lost)
+    assert cells["planned"].eq(10).all() and cells["failed"].sum() == 8 and cells["missing"].sum() == 0
+    levels = attrition.level_counts(runs, lost, "A")
+    assert levels.loc["0", "failed"] == 0 and levels.loc["1", "failed"] == 8 and levels.loc["1", "finished"] == 12
+    why = attrition.unequal_loss(runs, lost, "A")
+    assert why.startswith("not called: the levels lost different shares") and "1 lost 8 of 20" in why
+    assert attrition.unequal_loss(runs, lost, "B") is None or "B" not in why
+    table = E.level_table(runs, None, ["A", "B"], ["eval/gold"])
+    effects = E.effects_table(runs, None, ["A", "B"], metrics=("eval/gold",))
+    refused = {"A": why}
+    a = next(s for s in findings.effect_sentences(effects, refused=refused) if s.startswith("Main effect A"))
+    assert "not called: the levels lost different shares" in a and "positive" not in a
+    # the survivors at A = 1 are its best runs: a positive estimate for an effect that is 0 by construction
+    assert effects.set_index("factor").loc["A", "estimate"] > 0.04
+    level = findings.factor_level(runs, pd.DataFrame(), ["A", "B"], table, "A", why)
+    assert "lost different shares" in level
+    cov = findings.coverage(runs, {"FAILED": 8}, lost)
+    assert "Runs lost per cell (A=1, B=" in cov and "failed, 0 missing of 10" in cov
+    wide = render.wide_table(table, metrics=["eval/gold"], counts={"A": levels})
+    assert list(wide.loc[wide["factor"] == "A", "failed"]) == [0, 8]
+    # a seed that never started is missing: one cell with 5 runs of the 6 the others hold
+    short = runs.drop(runs[(runs["A"] == 0) & (runs["B"] == "x")].index[:1])
+    assert attrition.cell_counts(short, lost).loc["A=0, B=x", "missing"] == 1
+
+
+def test_a_level_that_lost_a_whole_cell_is_compared_on_matched_cells_only():
+    runs, lost = _lossy(drop_cell=True)
+    table = E.level_table(runs, None, ["A", "B"], ["eval/gold"])
+    assert table.loc[table["factor"] == "A", "unmatched"].all()
+    s = findings.factor_level(runs, pd.DataFrame(), ["A", "B"], table, "A")
+    assert "only the 1 matched cell settings are compared (10 runs left out)" in s
