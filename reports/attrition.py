@@ -26,8 +26,21 @@ def _cells(frame: pd.DataFrame | None) -> pd.Series:
     return frame["cell"].astype(str)
 
 
+def retried(runs: pd.DataFrame, lost: pd.DataFrame | None) -> pd.DataFrame | None:
+    """``lost`` without the runs whose (cell, seed) finished on a later attempt (a resumed sweep's retries)."""
+    if lost is None or lost.empty or "seed" not in lost or "seed" not in runs or "cell" not in runs:
+        return lost
+    done = set(zip(runs["cell"].astype(str), runs["seed"].astype(str), strict=True))
+    keep = [(c, s) not in done for c, s in zip(lost["cell"].astype(str), lost["seed"].astype(str), strict=True)]
+    return lost[keep]
+
+
 def cell_counts(runs: pd.DataFrame, lost: pd.DataFrame | None) -> pd.DataFrame:
-    """One row per cell: planned, finished, failed (not finished), missing (never started). Index: cell."""
+    """One row per cell: planned, finished, failed (not finished), missing (never started). Index: cell.
+
+    A failed attempt whose (cell, seed) finished later (a resumed sweep) is not a loss.
+    """
+    lost = retried(runs, lost)
     fin = _cells(runs).value_counts()
     bad = _cells(lost).value_counts()
     cells = sorted(set(fin.index) | set(bad.index))
@@ -43,6 +56,7 @@ def cell_counts(runs: pd.DataFrame, lost: pd.DataFrame | None) -> pd.DataFrame:
 def level_counts(runs: pd.DataFrame, lost: pd.DataFrame | None, factor: str) -> pd.DataFrame:
     """Per level of ``factor`` (labels): planned, finished, failed, missing summed over its cells. Index: level."""
     counts = cell_counts(runs, lost)
+    lost = retried(runs, lost)
     frames = [f for f in (runs, lost) if f is not None and not f.empty and factor in f and "cell" in f]
     if counts.empty or not frames:
         return pd.DataFrame(columns=COUNT_COLUMNS)

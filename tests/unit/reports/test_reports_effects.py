@@ -382,7 +382,11 @@ def test_failed_runs_are_counted_per_cell_and_level_and_unequal_losses_refuse_th
     assert "Runs lost per cell (A=1, B=" in cov and "failed, 0 missing of 10" in cov
     wide = render.wide_table(table, metrics=["eval/gold"], counts={"A": levels})
     assert list(wide.loc[wide["factor"] == "A", "failed"]) == [0, 8]
-    # a seed that never started is missing: one cell with 5 runs of the 6 the others hold
+    # an attempt that failed and then finished on a resume is not a loss
+    again = lost.iloc[:1].assign(status="KILLED")
+    assert attrition.cell_counts(runs, again.assign(seed=runs["seed"].iloc[0], cell=runs["cell"].iloc[0]))[
+        "failed"].sum() == 0
+    # a seed that never started is missing: one cell with 9 runs of the 10 the others hold
     short = runs.drop(runs[(runs["A"] == 0) & (runs["B"] == "x")].index[:1])
     assert attrition.cell_counts(short, lost).loc["A=0, B=x", "missing"] == 1
 
