@@ -111,3 +111,18 @@ def test_the_recorder_logs_the_onset_once_with_its_kl(tmp_path, monkeypatch):
     run = store.get_run(logger.run_id)
     assert run.data.tags["overopt.onset_iteration"] == "3" and float(run.data.tags["overopt.onset_kl"]) == 6.0
     assert store.metric_history(logger.run_id, "eval/overopt_onset_kl") == [(3, 6.0)]
+
+
+def test_the_evaluation_logs_the_standard_error_of_gold_over_its_prompts():
+    """eval/gold_se = sd / sqrt(n) of the per-prompt gold scores, recomputed from the samples it returns."""
+    from harness.lm.rollout import make_score_fn
+    from harness.warmstart.load import load_models
+    from tests.conftest import TINY
+
+    cfg = build_config(None, {**TINY, "eval.prompts": 12})
+    m = load_models(cfg)
+    em, rows = harness.evaluate.evaluate(m.policy, m.ref, m.tokenizer, m.task, make_score_fn(m.reward, m.task.gold),
+                                         n_prompts=12, response_length=6, temperature=1.0, missing_eos_penalty=None)
+    gold = np.array([r["gold"] for r in rows])
+    assert gold.size == 12 and em["eval/gold"] == pytest.approx(gold.mean())
+    assert em["eval/gold_se"] == pytest.approx(gold.std(ddof=1) / math.sqrt(12), rel=1e-6)

@@ -158,3 +158,25 @@ def test_per_completion_noise_does_not_grow_with_the_microbatch():
         assert exact > 0 and read(agg, 8, 1) == pytest.approx(exact, rel=1e-9)  # b = 1: any split
         ratios[agg] = np.mean([read(agg, 2, s) for s in range(16)]) / exact
     assert all(0.5 < r < 1.6 for r in ratios.values()), ratios
+
+
+def test_throughput_and_update_time_leave_the_probe_out(monkeypatch):
+    """perf/tokens_per_s and perf/update_s time training only: a probe made 5 s slower moves neither by 5 s
+    (the tiny model's whole iteration takes well under that)."""
+    import time
+
+    import harness.ppo.loop as loop
+
+    real = loop._probe
+
+    def slow(*args, **kwargs):
+        time.sleep(5.0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_probe", slow)
+    hist, _ = _history({"probe.every": 1, "probe.microbatches": 4}, iterations=1)
+    m = hist[0]
+    assert set(KEYS) <= set(m)
+    tokens = m["response/length"] * 8  # batch of 8
+    assert tokens / m["perf/tokens_per_s"] < 5.0 and m["perf/update_s"] < 5.0
+    assert tokens / m["perf/tokens_per_s"] >= m["perf/rollout_s"]  # the rollout is still timed
