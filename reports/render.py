@@ -26,9 +26,12 @@ LEVEL_TABLE_NOTE = f"IQM [{stats.INTERVAL_DESCRIPTION}] over the runs of each le
 EFFECT_TABLE_NOTE = (
     "Main effect: mean over matched cells (equal in every other factor) of the difference of cell means "
     "(level b - level a); interaction: half the difference of A's effect at B's two levels, over matched "
-    "quadruples. low/high: Student's 95% t-interval over the matched differences; where only one cell "
-    "holds both levels (no other factor varies), Welch's 95% t-interval over that cell's seeds. Intervals are per comparison (no multiplicity "
-    "correction). 'at': final "
+    "quadruples. low/high: where the seeds give more error df than the matched cells, the fixed-effects "
+    "95% t-interval (cell means, within-cell variance pooled over every cell, N - cells df; assumes "
+    "independent runs, normal within a cell, one common variance; effects.csv holds the unequal-variance "
+    "Welch-Satterthwaite check); else Student's 95% t-interval over the matched differences; where only one "
+    "cell holds both levels (no other factor varies), Welch's 95% t-interval over that cell's seeds. "
+    "Intervals are per comparison; the findings state the family and Holm's adjusted call. 'at': final "
     "values, or at the last episode count all runs reached when the factor changes the sample budget."
 )
 EFFECT_COLUMNS = ["metric", "effect", "estimate", "low", "high", "interval over", "at"]

@@ -107,3 +107,35 @@ def test_holm_by_hand():
     # sorted 0.005, 0.01, 0.03, 0.04 (k = 4): 4*0.005, 3*0.01, max(2*0.03, .), max(1*0.04, 0.06)
     assert adj[[4, 0, 2, 1]] == pytest.approx([0.02, 0.03, 0.06, 0.06]) and np.isnan(adj[3])
     assert F.p_from_interval(1.0, 0.0, 2.0, 10) == pytest.approx(2 * st.t.sf(st.t.ppf(0.975, 10), 10))
+
+
+def test_multiplicity_states_the_family_and_holm_keeps_only_what_survives():
+    runs = two_by_two(effect=2.0, seed=3)
+    effects = E.effects_table(runs, None, ["A", "B"], metrics=("eval/gold",))
+    p = effects.set_index("factor")["p"]
+    assert p["A"] < 0.01 and p["B"] > 0.05  # a 2-sd effect of A, none of B
+    sentences = findings.effect_sentences(effects)
+    s = findings.multiplicity(sentences, effects)
+    assert s.startswith(f"Multiplicity: these findings make {sum(x.count('95%') for x in sentences)} statements")
+    holm = F.holm(effects["p"].to_numpy(float))
+    assert "Holm's adjustment over the 3 effects" in s and f"A: 1 - 0 on eval/gold (Holm p = " in s
+    assert "B: 1 - 0" not in s and holm.max() > 0.05
+
+
+def test_a_level_iqm_order_that_the_main_effect_contradicts_gets_a_sentence():
+    """At B = 1 most runs read 0.9 against 1.0 at B = 0, but one run of cell (A = 1, B = 1) reads 20: the
+    pooled IQM trims it away and puts B = 0 ahead, the cell means (the main effect) put B = 1 ahead."""
+    rows = []
+    for a, b in itertools.product((0, 1), (0, 1)):
+        for s in range(6):
+            v = 20.0 if (a, b, s) == (1, 1, 5) else (0.9 if b else 1.0) + 0.001 * s
+            rows.append({"A": a, "B": b, "seed": s, "eval/gold": v})
+    runs = pd.DataFrame(rows)
+    table = E.level_table(runs, None, ["A", "B"], ["eval/gold"])
+    effects = E.effects_table(runs, None, ["A", "B"], metrics=("eval/gold",))
+    iqm = table[table["factor"] == "B"].set_index("level")["iqm"]
+    est = effects.set_index("factor").loc["B", "estimate"]
+    assert iqm[1] < iqm[0] and est > 0
+    s = findings.iqm_mean_disagree(table, effects, "B")
+    assert s.startswith("B: the level IQMs put 0 ahead") and "opposite signs" in s
+    assert findings.iqm_mean_disagree(table, effects, "A") is None
