@@ -118,7 +118,7 @@ def test_multiplicity_states_the_family_and_holm_keeps_only_what_survives():
     s = findings.multiplicity(sentences, effects)
     assert s.startswith(f"Multiplicity: these findings make {sum(x.count('95%') for x in sentences)} statements")
     holm = F.holm(effects["p"].to_numpy(float))
-    assert "Holm's adjustment over the 3 effects" in s and f"A: 1 - 0 on eval/gold (Holm p = " in s
+    assert "Holm's adjustment over the 3 effects" in s and "A: 1 - 0 on eval/gold (Holm p = " in s
     assert "B: 1 - 0" not in s and holm.max() > 0.05
 
 
