@@ -126,3 +126,29 @@ def test_the_evaluation_logs_the_standard_error_of_gold_over_its_prompts():
     gold = np.array([r["gold"] for r in rows])
     assert gold.size == 12 and em["eval/gold"] == pytest.approx(gold.mean())
     assert em["eval/gold_se"] == pytest.approx(gold.std(ddof=1) / math.sqrt(12), rel=1e-6)
+
+
+def old_rule_rate(kind: str, n: int, sd: float, draws: int, rng, fall: float = 0.1) -> float:
+    """The rule this test replaced (gold fell twice in a row while the proxy rose), for comparison."""
+    g = mean_curve(kind, n, fall) + sd * rng.standard_normal((draws, n))
+    falls = (g[:, :-2] > g[:, 1:-1]) & (g[:, 1:-1] > g[:, 2:])  # the proxy rises every evaluation here
+    return float(falls.any(axis=1).mean())
+
+
+def onset_table(draws: int = 4000, seed: int = 2026) -> str:
+    """The full false-alarm and power table (Markdown): python -m tests.unit.test_overopt_onset."""
+    rng = np.random.default_rng(seed)
+    out = ["| noise sd (prompts) | evaluations | plateau | rising | saturating | peak, fall 0.1 | fall 0.2 | fall 0.3 "
+           "| old rule: plateau / fall 0.1 |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for sd, prompts in NOISE:
+        for n in (5, 9, 13, 21):
+            row = [alarm_rate(k, n, sd, prompts, draws, rng) for k in NULLS]
+            row += [alarm_rate("peak", n, sd, prompts, draws, rng, fall=f) for f in (0.1, 0.2, 0.3)]
+            old = (old_rule_rate("plateau", n, sd, draws, rng), old_rule_rate("peak", n, sd, draws, rng))
+            out.append(f"| {sd} ({prompts}) | {n} | " + " | ".join(f"{x:.3f}" for x in row)
+                       + f" | {old[0]:.2f} / {old[1]:.2f} |")  # fmt: skip
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(onset_table())
