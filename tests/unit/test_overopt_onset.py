@@ -73,7 +73,7 @@ def alarm_rate(kind: str, n: int, sd: float, prompts: int, draws: int, rng, fall
 def test_false_alarms_at_most_five_percent_on_curves_without_a_fall(n):
     """<= 5% false alarms (up to Monte Carlo error: the rate's 99% lower bound must be <= 5%) on plateau,
     rising and saturating gold at the measured noise levels; the power on a 0.3 fall is printed and
-    must beat the false alarms. scripts/onset_simulation.py runs the full table."""
+    must beat the false alarms. python -m tests.unit.test_overopt_onset prints the full table."""
     rng = np.random.default_rng(n)
     draws = 3000
     for sd, prompts in NOISE:
