@@ -332,8 +332,8 @@ def captions(
                 "Dots: final values of single runs; lines: IQM path over evaluations; a star marks a gold "
                 "peak before the end, past which the proxy still rises while gold falls (over-optimisation)"
                 + (
-                    f"; X: the {meta['onsets']} runs' logged over-optimisation onsets (gold fell at two "
-                    "consecutive evaluations while the proxy rose)."
+                    f"; X: the {meta['onsets']} runs' logged over-optimisation onsets (gold fell by more "
+                    "than its standard errors allow while the proxy rose; 5% false alarms per run without a fall)."
                     if meta.get("onsets")
                     else "."
                 ),
