@@ -93,3 +93,21 @@ def loss_note(runs: pd.DataFrame, lost: pd.DataFrame | None) -> str:
     c = c[(c["failed"] > 0) | (c["missing"] > 0)]
     parts = [f"{cell}: {r.failed} failed, {r.missing} missing of {r.planned}" for cell, r in c.iterrows()]
     return "; ".join(parts)
+
+
+def with_losses(effects: pd.DataFrame, runs: pd.DataFrame, lost: pd.DataFrame | None) -> pd.DataFrame:
+    """``effects`` with a 'lost' column for main effects: each compared level's failed + missing of planned runs."""
+    if effects is None or effects.empty:
+        return effects
+    out = effects.copy()
+    texts = []
+    for r in out.itertuples(index=False):
+        t = level_counts(runs, lost, r.factor) if r.term == "main" else pd.DataFrame()
+        if t.empty:
+            texts.append("")
+            continue
+        parts = [f"{lv}: {int(t.loc[lv, 'failed'] + t.loc[lv, 'missing'])} of {int(t.loc[lv, 'planned'])}"
+                 for lv in (r.level_a, r.level_b) if lv in t.index]  # fmt: skip
+        texts.append(", ".join(parts))
+    out["lost"] = texts
+    return out

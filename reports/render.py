@@ -107,10 +107,11 @@ def effects_display(effects: pd.DataFrame | None) -> pd.DataFrame | None:
             "high": stats.fmt_number(r.high),
             "interval over": _interval_over(r),
             "at": r.at,
+            **({"runs lost": r.lost} if "lost" in effects else {}),
         }
         for r in effects.itertuples(index=False)
     ]
-    return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
+    return pd.DataFrame(rows, columns=[*EFFECT_COLUMNS, *(["runs lost"] if "lost" in effects else [])])
 
 
 def _interval_over(r) -> str:

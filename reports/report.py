@@ -85,7 +85,7 @@ def build_report(
     factors = sweep.factors
     table = E.level_table(sweep.runs, sweep.curves, factors, TABLE_METRICS)
     counts = {f: attrition.level_counts(sweep.runs, sweep.lost, f) for f in factors}
-    effects = E.effects_table(sweep.runs, sweep.curves, factors)
+    effects = attrition.with_losses(E.effects_table(sweep.runs, sweep.curves, factors), sweep.runs, sweep.lost)
     adv = advantage_column(sweep.runs)
     # the advantage factor's parts are never a stratum of its own comparison
     strata = [a for a in factors if not in_advantage(a)]

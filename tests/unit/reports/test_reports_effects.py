@@ -382,6 +382,8 @@ def test_failed_runs_are_counted_per_cell_and_level_and_unequal_losses_refuse_th
     assert "Runs lost per cell (A=1, B=" in cov and "failed, 0 missing of 10" in cov
     wide = render.wide_table(table, metrics=["eval/gold"], counts={"A": levels})
     assert list(wide.loc[wide["factor"] == "A", "failed"]) == [0, 8]
+    shown = render.effects_display(attrition.with_losses(effects, runs, lost)).set_index("effect")
+    assert shown.loc["A: 1 - 0", "runs lost"] == "0: 0 of 20, 1: 8 of 20"
     # an attempt that failed and then finished on a resume is not a loss
     again = lost.iloc[:1].assign(status="KILLED")
     assert attrition.cell_counts(runs, again.assign(seed=runs["seed"].iloc[0], cell=runs["cell"].iloc[0]))[
