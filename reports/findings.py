@@ -32,7 +32,8 @@ from reports.stats import Interval
 
 # the per-level interval (stats.interval): it pools the level's cells, so the other factors' spread
 # counts as noise (coverage measured 91.5-92% on such mixtures, below the nominal 95%)
-IV = "95% Yuen interval (pooled over the level's cells)"
+IV = "95% Yuen interval"
+IVS = "95% Yuen intervals (each pooled over its level's cells)"
 T_IV = "95% t-interval"
 
 
@@ -128,9 +129,9 @@ def best_level(
     elif (more := needs_more(n_min, MIN_SEEDS, "seeds per level")) is not None:
         verdict = f"not called: {n_min} run{_s(n_min)} at the smallest level, {more} to call a difference"
     elif a.overlaps(b):
-        verdict = f"the {IV}s overlap, so this sweep does not separate them"
+        verdict = f"the {IVS} overlap, so this sweep does not separate them"
     else:
-        verdict = f"the {IV}s do not overlap"
+        verdict = f"the {IVS} do not overlap"
     return (
         f"{factor} = {level_label(best['level'])} gives the {word} {what}{where}: IQM {a.fmt()} against "
         f"{b.fmt()} for {factor} = {level_label(nxt['level'])}, the next best; {verdict}."
@@ -216,7 +217,7 @@ def kl_driver(table: pd.DataFrame, factors: Sequence[str], runs: pd.DataFrame | 
     if (more := needs_more(n_min, MIN_SEEDS, "seeds per level")) is not None:
         return s + f"; not called a difference: {more}."
     verdict = "overlap" if _iv(lo).overlaps(_iv(hi)) else "do not overlap"
-    s += f"; the {IV}s {verdict}"
+    s += f"; the {IVS} {verdict}"
     if runs is not None and E.budget_differs(runs, f, factors):
         s += ", but the levels' sample budgets differ, so this also measures how long each level trained"
     return s + "."
@@ -693,7 +694,7 @@ def custom_vs_trl(runs: pd.DataFrame) -> str | None:
     if (more := needs_more(min(a.n, b.n), MIN_SEEDS, "seeds per level")) is not None:
         verdict = f"not called: {more}"
     else:
-        verdict = f"the {IV}s overlap" if a.overlaps(b) else f"the {IV}s do not overlap"
+        verdict = f"the {IVS} overlap" if a.overlaps(b) else f"the {IVS} do not overlap"
     s = (
         f"At the {key.nunique()} settings both implementations ran, custom PPO reaches final gold reward "
         f"IQM {a.fmt()} and TRL {b.fmt()}; {verdict}."
