@@ -307,9 +307,11 @@ class KLConfig(_Section):
     )
     placement: Literal["reward", "loss"] = Field(
         default="reward",
-        description="reward: -coef * kl_t enters the reward (token level) or R (sequence level); every estimator then "
-        "penalises KL(pi || ref). loss: coef * agg(kl_t) is added to the loss and only its gradient matters: k2 gives "
-        "the gradient of KL(pi || ref), k3 that of KL(ref || pi) (Tang and Munos 2025); k1 is refused (zero expected gradient); "
+        description="reward: -coef * kl_t enters the reward (token level) or R (sequence level); with k1 the policy "
+        "gradient is exactly that of the sequence KL(pi || ref) (what objective/kl reports); k3's value is unbiased for it "
+        "but its gradient is not, k2 penalises E[(log pi/ref)^2 / 2]. loss: coef * agg(kl_t) is added to the loss and only "
+        "its gradient matters, prefixes held fixed: k2 gives the per-token KL(pi || ref) gradient (not the sequence KL's; "
+        "Tang and Munos 2025), k3 the per-token KL(ref || pi) one; k1 is refused (zero expected gradient); "
         "k1+ and k3+ take k2's gradient with their own value.",
     )
     target: float | None = Field(

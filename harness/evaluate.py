@@ -1,7 +1,8 @@
 """Held-out evaluation shared by every implementation (custom core and TRL baseline).
 
 Fixed prompts (the task's eval split) and a fixed sampling seed, so two
-evaluations differ only by the policy. ``eval/kl`` is the summed k1 estimate of
+evaluations differ only by the policy. ``eval/gold_se`` is eval/gold's standard error over the
+prompts (the noise the over-optimisation onset test, ``harness.onset``, allows for). ``eval/kl`` is the summed k1 estimate of
 KL(pi || ref) over sampled responses: an unbiased estimate of the sequence KL.
 """
 
@@ -12,22 +13,22 @@ import itertools
 import torch
 
 from harness.lm.rollout import ScoreFn, collect
+from harness.onset import onset_index
 
 EVAL_SEED = 20240607  # the same sampling noise at every evaluation of every run
 
 
-def overopt_onset(gold: list[float], proxy: list[float]) -> int | None:
-    """Index of the first evaluation at which gold has fallen for two consecutive evaluations while
-    the proxy rose over both, i.e. the first k >= 2 with gold[k-2] > gold[k-1] > gold[k] and
-    proxy[k-2] < proxy[k-1] < proxy[k]; None when that never happens.
+def overopt_onset(gold: list[float], se: list[float], proxy: list[float], n_total: int | None = None,
+                  prompts: int | None = None) -> int | None:
+    """Index of the first evaluation at which the gold reward has fallen by more than the evaluation
+    noise allows while the proxy rose (``harness.onset.onset_index``: a segment scan with a run-wide
+    false-alarm rate of ``harness.onset.ALPHA`` on any gold curve without a fall); None when it never
+    happens. ``se``: each evaluation's ``eval/gold_se``; ``n_total``: the evaluations the run makes.
 
     The over-optimisation onset of Gao et al. 2022's picture: optimising the proxy past the point
     where it stops tracking the gold reward.
     """
-    for k in range(2, min(len(gold), len(proxy))):
-        if gold[k - 2] > gold[k - 1] > gold[k] and proxy[k - 2] < proxy[k - 1] < proxy[k]:
-            return k
-    return None
+    return onset_index(gold, se, proxy, n_total=n_total, prompts=prompts)
 
 
 def eval_prompts(task, n: int) -> list[str]:
@@ -50,8 +51,10 @@ def evaluate(
     batch_size: int = 128,
     options: dict | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
-    """Returns (metrics, samples): eval/gold, eval/proxy, eval/kl, eval/length (held-out mean tokens).
+    """Returns (metrics, samples): eval/gold, eval/gold_se, eval/proxy, eval/kl, eval/length (held-out mean tokens).
 
+    eval/gold_se is the standard error of eval/gold from the per-prompt gold scores (sd / sqrt(n),
+    NaN for one prompt): the evaluation noise the over-optimisation onset test reads.
     ``options``: ``collect``'s generation keywords (``sampling.generation_options``): the policy as it samples."""
     was_training = policy.training
     policy.eval()
@@ -72,8 +75,11 @@ def evaluate(
             samples.append({"prompt": p, "completion": c, "proxy": sc, "gold": gd})
     if was_training:
         policy.train()
+    gold_all = torch.cat(gold).double()
+    n = gold_all.numel()
     metrics = {
-        "eval/gold": float(torch.cat(gold).mean()),
+        "eval/gold": float(gold_all.mean()),
+        "eval/gold_se": float(gold_all.std(unbiased=True) / n**0.5) if n > 1 else float("nan"),
         "eval/proxy": float(torch.cat(proxy).mean()),
         "eval/kl": float(torch.cat(kl).mean()),
         "eval/length": float(torch.cat(length).mean()),

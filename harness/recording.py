@@ -42,6 +42,12 @@ def sample_iterations(n: int, every: int) -> set[int]:
     return {evals[0], evals[len(evals) // 2], evals[-1]}
 
 
+def n_evaluations(cfg: RunConfig) -> int:
+    """How many evaluations a run makes: iteration 0, every ``eval.every``, and after the last."""
+    n = cfg.train.iterations
+    return len({0, n, *range(cfg.eval.every, n + 1, cfg.eval.every)})
+
+
 def eval_due(cfg: RunConfig, it: int) -> bool:
     """Evaluate after iteration ``it``: every ``eval.every`` iterations and after the last."""
     return it % cfg.eval.every == 0 or it == cfg.train.iterations
@@ -88,7 +94,9 @@ class Recorder:
             self.samples.extend({"iteration": it, **r} for r in rows[:SAMPLE_ROWS])
         self.evals.append(em)
         if self.onset is None:
-            k = E.overopt_onset([e["eval/gold"] for e in self.evals], [e["eval/proxy"] for e in self.evals])
+            gold, proxy = [e["eval/gold"] for e in self.evals], [e["eval/proxy"] for e in self.evals]
+            se = [e.get("eval/gold_se", float("nan")) for e in self.evals]
+            k = E.overopt_onset(gold, se, proxy, n_total=n_evaluations(self.cfg), prompts=self.cfg.eval.prompts)
             if k is not None:  # logged once, at the evaluation that shows it
                 self.onset = it
                 em = {**em, "eval/overopt_onset_kl": em["eval/kl"]}

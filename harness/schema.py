@@ -66,12 +66,13 @@ METRICS: dict[str, Metric] = {
     "eval/gold": Metric("held-out gold reward", "", "max", "mean gold reward on held-out prompts"),
     "eval/proxy": Metric("held-out proxy score", "", "max", "mean optimised score on held-out prompts"),
     "eval/kl": Metric("held-out KL to reference", "nats", "min", "mean sum_t (logp - ref) on held-out prompts (k1)"),
-    "eval/overopt_onset_kl": Metric("over-optimisation onset KL", "nats", "", "eval/kl at the first evaluation where gold fell twice in a row while proxy rose; logged once"),
+    "eval/gold_se": Metric("held-out gold reward s.e.", "", "", "standard error of eval/gold over the evaluation prompts (per-prompt sd / sqrt(n))"),
+    "eval/overopt_onset_kl": Metric("over-optimisation onset KL", "nats", "", "eval/kl at the first evaluation where gold has fallen beyond its noise (harness.onset, 5% run-wide false alarms) while proxy rose; logged once"),
     "eval/length": Metric("held-out response length", "tokens", "", "mean held-out response tokens"),
     # ---- time and progress
-    "perf/tokens_per_s": Metric("throughput", "tokens/s", "max", "generated tokens per second of the iteration"),
+    "perf/tokens_per_s": Metric("throughput", "tokens/s", "max", "generated tokens per second of the iteration, the noise probe's time left out"),
     "perf/rollout_s": Metric("rollout time", "s", "min", "seconds spent in steps 1-3 (custom core: with the training forward that measures the rollout-vs-train mismatch)"),
-    "perf/update_s": Metric("update time", "s", "min", "seconds spent in step 6"),
+    "perf/update_s": Metric("update time", "s", "min", "seconds spent in step 6's update (the noise probe's time left out)"),
     "episodes": Metric("episodes", "completions", "", "completions sampled so far"),
 }
 

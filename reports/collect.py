@@ -44,10 +44,11 @@ class ReportError(ValueError):
 
 
 # Params always carried into ``runs`` (even when not swept): figures group by them.
-CONTEXT_KEYS = (*ADVANTAGE_PARTS, "rollout.batch_size", "ppo.clip_eps", "kl.coef")
+CONTEXT_KEYS = (*ADVANTAGE_PARTS, "rollout.batch_size", "ppo.clip_eps", "kl.coef", "eval.prompts")
 # Metrics fetched as full histories for curves (only those a run actually logged).
 CURVE_KEYS = (
     "eval/gold",
+    "eval/gold_se",  # the evaluation noise the over-optimisation test reads (reports.findings)
     "eval/proxy",
     "eval/kl",
     "response/length",
@@ -62,6 +63,8 @@ CURVE_KEYS = (
     # logged once, at the evaluation where over-optimisation started: its step places the onset
     # on the run's curves (reports.overopt.onset_table)
     "eval/overopt_onset_kl",
+    # a run's throughput is the mean over its iterations (``mean_throughput``), never the last one
+    "perf/tokens_per_s",
 )
 ID_COLUMNS = ("run_id", "seed", "impl", "task", ADVANTAGE, "cell")
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own tag naming a nested run's parent
@@ -78,6 +81,7 @@ class Sweep:
     runs: pd.DataFrame
     curves: pd.DataFrame = field(default_factory=pd.DataFrame)
     excluded: dict[str, int] = field(default_factory=dict)  # status -> child runs left out
+    lost: pd.DataFrame = field(default_factory=pd.DataFrame)  # those child runs: axes, cell, status
     where: str = ""  # the store, for messages
 
     @property
@@ -176,8 +180,32 @@ def collect(
     sweep = Sweep(
         name, parent_id, axes, runs, excluded={k: int(v) for k, v in excluded.items()}, where=store.where
     )
+    not_done = children[status != "FINISHED"]
+    if len(not_done):
+        lost = _runs_frame(not_done, axes)
+        sweep.lost = lost.assign(status=lost["run_id"].map(dict(zip(not_done["run_id"], status[status != "FINISHED"], strict=True))))
     sweep.curves = curves_frame(store, sweep.runs, axes, curve_keys)
+    sweep.runs = mean_throughput(sweep.runs, sweep.curves)
     return sweep
+
+
+def mean_throughput(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with ``perf/tokens_per_s`` replaced by each run's mean over its iterations.
+
+    The last iteration's value alone swings with the machine's load at that moment (a loaded
+    machine gave 0.29-2.83x the run's mean); the mean is the run's throughput. Runs without a
+    history keep their value.
+    """
+    key = "perf/tokens_per_s"
+    if key not in runs or curves is None or curves.empty or "metric" not in curves:
+        return runs
+    c = curves[(curves["metric"] == key) & np.isfinite(curves["value"])]
+    if c.empty:
+        return runs
+    out = runs.copy()
+    means = out["run_id"].map(c.groupby("run_id")["value"].mean())
+    out[key] = means.where(means.notna(), out[key]).astype(float)
+    return out
 
 
 def _no_experiment(store: Store, name: str) -> bool:

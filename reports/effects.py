@@ -30,6 +30,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
+from reports import factorial as F
 from reports import stats
 from reports.labels import ALL_RUNS, level_label
 from reports.stats import Interval, finite_rows, sorted_levels
@@ -39,8 +40,11 @@ MIN_CELLS = 4  # ... and a main effect or interaction only over at least this ma
 TOP_INTERACTIONS = 3  # interactions are estimated among the factors with the largest |main effect|
 
 EFFECT_COLUMNS = ["metric", "term", "effect", "factor", "level_a", "level_b", "estimate", "low", "high",
-                  "n_matched", "n_runs", "over", "at", "note"]  # fmt: skip
-CELLS, SEEDS = "matched cells", "seeds"  # what an interval is taken over (the ``over`` column)
+                  "n_matched", "n_runs", "over", "at", "note", "df", "p", "check_low", "check_high"]  # fmt: skip
+# what an interval is taken over (the ``over`` column): matched cells' differences, the seeds of
+# one cell (Welch), or every run (fixed effects: cell means, pooled within-cell variance)
+CELLS, SEEDS, FIXED = "matched cells", "seeds", "cells and seeds"
+MIN_DF = MIN_CELLS - 1  # a fixed-effects call needs as many error df as the matched-cell rule allows
 # Per-run means over probes (columns added to ``runs`` by ``with_noise``).
 SIGNAL, SAMPLE_VAR, BATCH_VAR, NOISE_SCALE, N_PROBES = (
     "noise/signal",
@@ -131,6 +135,106 @@ def interaction_differences(
     return (((m[1, 1] - m[0, 1]) - (m[1, 0] - m[0, 0])) / 2).dropna()
 
 
+# ---- fixed effects (cells and seeds) -------------------------------------------------------------
+
+
+def cell_table(runs: pd.DataFrame, value: str, factors: Sequence[str]) -> pd.DataFrame:
+    """One row per cell (combination of the ``factors`` present): n, mean, var (ddof 1) of ``value``.
+
+    Index: the cell's text key (``_key`` over the factors, in order).
+    """
+    df = finite_rows(runs, value)
+    cols = [f for f in factors if f in df]
+    g = df.groupby(_key(df, cols))[value]
+    return pd.DataFrame({"n": g.size(), "mean": g.mean(), "var": g.var(ddof=1)})
+
+
+def _cell_keys(df: pd.DataFrame, factors: Sequence[str], **at) -> pd.Series:
+    """The cell key of each row of ``df`` with the factors in ``at`` set to the given labels."""
+    cols = [f for f in factors if f in df]
+    return _key(df.assign(**{f: [lab] * len(df) for f, lab in at.items()}), cols)
+
+
+def fixed_effect(runs: pd.DataFrame, value: str, factors: Sequence[str], weights: dict[str, float]) -> dict:
+    """The contrast sum_j w_j mu_j over cells (``weights``: cell key -> weight) by the fixed-effects analysis.
+
+    Returns dict(iv=pooled Interval (n = runs), df, p, check=Welch-Satterthwaite Interval): see
+    ``reports.factorial``. The pooled variance uses every cell of ``runs``.
+    """
+    cells = cell_table(runs, value, factors)
+    w = cells.index.map(lambda k: weights.get(k, 0.0)).to_numpy(float)
+    args = (cells["mean"].to_numpy(float), cells["var"].to_numpy(float), cells["n"].to_numpy(float), w)
+    est, low, high, df, p = F.pooled_contrast(*args)
+    _, wl, wh, wdf, _ = F.welch_contrast(*args)
+    n = int(cells["n"].sum())
+    return dict(iv=Interval(est, low, high, n), df=df, p=p, check=Interval(est, wl, wh, n), check_df=wdf)
+
+
+def main_weights(runs: pd.DataFrame, factor: str, a, b, value: str, factors: Sequence[str]) -> dict[str, float]:
+    """Cell weights of the main effect b - a over the matched cells: +1/M at b, -1/M at a."""
+    d = matched_differences(runs, factor, a, b, value, factors)
+    df = finite_rows(runs, value)
+    others = _others(df, factors, factor)
+    keep = df[_key(df, others).isin(set(d.index))].drop_duplicates(others) if others else df.head(1)
+    M = len(d)
+    w = {}
+    for lab, sign in ((level_label(a), -1.0), (level_label(b), 1.0)):
+        for k in _cell_keys(keep.assign(**{factor: keep[factor].map(level_label)}), factors, **{factor: lab}):
+            w[k] = sign / M
+    return w
+
+
+def interaction_weights(runs: pd.DataFrame, fa: str, a: tuple, fb: str, b: tuple, value: str,
+                        factors: Sequence[str]) -> dict[str, float]:
+    """Cell weights of the A x B contrast ((y11 - y01) - (y10 - y00)) / 2 averaged over Q matched quadruples."""
+    d = interaction_differences(runs, fa, a, fb, b, value, factors)
+    df = finite_rows(runs, value)
+    others = _others(df, factors, fa, fb)
+    keep = df[_key(df, others).isin(set(d.index))].drop_duplicates(others) if others else df.head(1)
+    keep = keep.assign(**{fa: keep[fa].map(level_label), fb: keep[fb].map(level_label)})
+    Q = len(d)
+    w = {}
+    for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        sign = 1.0 if i == j else -1.0
+        for k in _cell_keys(keep, factors, **{fa: level_label(a[i]), fb: level_label(b[j])}):
+            w[k] = sign / (2 * Q)
+    return w
+
+
+def choose(matched: tuple[Interval, int, str], fixed: dict | None, seeds_dfree: float = float("nan")) -> dict:
+    """The interval an effect is read from: fixed effects when it has more error df than the matched cells.
+
+    The matched-cell t-interval has M - 1 df (the seeds only sharpen each cell mean); the fixed-
+    effects one has N - J. The matched-cell interval stays where it has as many df or more (many
+    cells, one seed each), and with one matched cell (Welch over its seeds). Returns dict(iv, cells,
+    over, df, p, check): check is the Welch-Satterthwaite interval of the fixed-effects contrast.
+    """
+    iv, cells, over = matched
+    nan = float("nan")
+    if over == CELLS and fixed is not None and cells >= 1 and np.isfinite(fixed["df"]) and fixed["df"] > cells - 1:
+        return dict(iv=fixed["iv"], cells=cells, over=FIXED, df=fixed["df"], p=fixed["p"], check=fixed["check"])
+    dfree = cells - 1.0 if over == CELLS else seeds_dfree
+    return dict(iv=iv, cells=cells, over=over, df=dfree, p=F.p_from_interval(iv.point, iv.low, iv.high, dfree),
+                check=Interval(nan, nan, nan, 0))
+
+
+def seeds_df(runs: pd.DataFrame, factor: str, a, b, value: str, factors: Sequence[str]) -> float:
+    """Welch-Satterthwaite df of the one-matched-cell comparison (``difference_interval`` over seeds)."""
+    d = matched_differences(runs, factor, a, b, value, factors)
+    if len(d) != 1:
+        return float("nan")
+    df = finite_rows(runs, value)
+    cell = df[_key(df, _others(df, factors, factor)) == d.index[0]]
+    lab = cell[factor].map(level_label)
+    x, y = (cell.loc[lab == level_label(v), value].to_numpy(float) for v in (a, b))
+    if min(x.size, y.size) < 2:
+        return float("nan")
+    va, vb = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    if va + vb == 0:
+        return float("nan")
+    return float((va + vb) ** 2 / (va**2 / (x.size - 1) + vb**2 / (y.size - 1)))
+
+
 # ---- matched sample budgets ----------------------------------------------------------------------
 
 
@@ -207,16 +311,59 @@ def comparison_frame(
     return runs, "final (sample budgets differ)"
 
 
+def level_table(
+    runs: pd.DataFrame, curves: pd.DataFrame | None, factors: Sequence[str], metrics: Sequence[str]
+) -> pd.DataFrame:
+    """``stats.summarise_factors`` with each factor compared where its budgets allow, plus how cells pool.
+
+    A factor whose levels see different numbers of episodes is summarised at the matched episode
+    count (``comparison_frame``; perf/* metrics, not curves of learning, stay as they are). Extra
+    columns: at ('final', 'at E episodes' or 'final (sample budgets differ)'), cells (the level's
+    cells) and unmatched (True when the levels' cells differ in the other factors' settings, so a
+    level's pooled runs mix settings the other level lacks).
+    """
+    curves = curves if curves is not None else pd.DataFrame()
+    parts = []
+    for f in factors:
+        for m in metrics:
+            if finite_rows(runs, m).empty or f not in runs:
+                continue
+            frame, at = (runs, "final") if m.startswith("perf/") else comparison_frame(runs, curves, m, f, factors)
+            t = stats.summarise_by(frame, f, m)
+            if t.empty:
+                continue
+            fr = finite_rows(frame, m)
+            keys = _key(fr, _others(fr, factors, f))
+            combos = keys.groupby(fr[f].map(level_label)).agg(frozenset)
+            t.insert(0, "metric", m)
+            t.insert(0, "factor", f)
+            t["at"] = at
+            t["cells"] = [len(combos.get(level_label(v), ())) for v in t["level"]]
+            t["unmatched"] = combos.nunique() > 1
+            parts.append(t)
+    cols = ["factor", "level", "metric", "n", "iqm", "ci_low", "ci_high", "mean", "median", "std", "note",
+            "at", "cells", "unmatched"]  # fmt: skip
+    return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
+
+
 # ---- effects -------------------------------------------------------------------------------------
 
 
-def _row(metric, term, effect, factor, la, lb, iv: Interval, cells: int, over: str, at: str) -> dict:
-    need, have = (MIN_SEEDS, iv.n) if over == SEEDS else (MIN_CELLS, cells)
-    note = "" if have >= need else f"{have} {over if over == CELLS else 'runs per level'}; needs {need - have} more to call it"
+def _row(metric, term, effect, factor, la, lb, e: dict, at: str) -> dict:
+    """One ``EFFECT_COLUMNS`` row from ``choose``'s reading ``e``."""
+    iv, cells, over = e["iv"], e["cells"], e["over"]
+    if over == FIXED:
+        have, need = e["df"], MIN_DF
+        k = need - have
+        note = "" if have >= need else f"{have:g} error df; needs {k:g} more run{'' if k == 1 else 's'} to call it"
+    else:
+        need, have = (MIN_SEEDS, iv.n) if over == SEEDS else (MIN_CELLS, cells)
+        note = "" if have >= need else f"{have} {over if over == CELLS else 'runs per level'}; needs {need - have} more to call it"
     low, high = (iv.low, iv.high) if iv.n >= 2 else (np.nan, np.nan)  # no replicate: no interval
     return dict(metric=metric, term=term, effect=effect, factor=factor, level_a=la, level_b=lb,
-                estimate=iv.point, low=low, high=high, n_matched=cells, n_runs=iv.n if over == SEEDS else np.nan,
-                over=over, at=at, note=note)  # fmt: skip
+                estimate=iv.point, low=low, high=high, n_matched=cells,
+                n_runs=iv.n if over in (SEEDS, FIXED) else np.nan, over=over, at=at, note=note,
+                df=e["df"], p=e["p"], check_low=e["check"].low, check_high=e["check"].high)  # fmt: skip
 
 
 def main_effects(
@@ -236,9 +383,12 @@ def main_effects(
             continue
         levels = sorted_levels(frame[f])
         for b in levels[1:]:
-            iv, cells, over = difference_interval(frame, f, levels[0], b, metric, factors)
+            matched = difference_interval(frame, f, levels[0], b, metric, factors)
+            w = main_weights(frame, f, levels[0], b, metric, factors) if matched[1] >= 1 else {}
+            fixed = fixed_effect(frame, metric, factors, w) if w else None
+            e = choose(matched, fixed, seeds_df(frame, f, levels[0], b, metric, factors))
             la, lb = level_label(levels[0]), level_label(b)
-            rows.append(_row(metric, "main", f"{f}: {lb} - {la}", f, la, lb, iv, cells, over, at))
+            rows.append(_row(metric, "main", f"{f}: {lb} - {la}", f, la, lb, e, at))
     return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
 
 
@@ -277,8 +427,10 @@ def interactions(
         d = interaction_differences(labelled, fa, contrast[fa], fb, contrast[fb], metric, factors)
         (a0, a1), (b0, b1) = contrast[fa], contrast[fb]
         effect = f"{fa} x {fb}: ({a1} - {a0}) x ({b1} - {b0})"
-        iv = stats.mean_interval(d.to_numpy(float))
-        rows.append(_row(metric, "interaction", effect, f"{fa} x {fb}", "", "", iv, len(d), CELLS, at))
+        w = interaction_weights(labelled, fa, contrast[fa], fb, contrast[fb], metric, factors) if len(d) else {}
+        fixed = fixed_effect(labelled, metric, factors, w) if w else None
+        e = choose((stats.mean_interval(d.to_numpy(float)), len(d), CELLS), fixed)
+        rows.append(_row(metric, "interaction", effect, f"{fa} x {fb}", "", "", e, at))
     return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
 
 

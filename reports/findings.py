@@ -19,7 +19,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from harness.onset import onset_index
+from reports import attrition as A
 from reports import effects as E
+from reports import factorial as F
 from reports import overopt as O
 from reports import stats
 from reports.aggregate import frontier_hue, matched_impl_runs
@@ -27,10 +30,10 @@ from reports.effects import MIN_CELLS, MIN_SEEDS
 from reports.labels import ADVANTAGE, advantage_column, level_label, with_advantage
 from reports.stats import Interval
 
-# Over-optimisation: gold peaked before the last evaluation and then lost at least this share
-# of its gain over the initial policy, while the proxy reward was still rising.
-OVEROPT_DROP = 0.25  # a clear fall: at least a quarter of the gain over the initial policy
-IV = "95% Yuen interval"  # the per-level interval (stats.interval), coverage measured by a test
+# the per-level interval (stats.interval): it pools the level's cells, so the other factors' spread
+# counts as noise (coverage measured 91.5-92% on such mixtures, below the nominal 95%)
+IV = "95% Yuen interval"
+IVS = "95% Yuen intervals (each pooled over its level's cells)"
 T_IV = "95% t-interval"
 
 
@@ -42,20 +45,24 @@ def findings(
     poi: pd.DataFrame,
     excluded: dict[str, int] | None = None,
     effects: pd.DataFrame | None = None,
+    lost: pd.DataFrame | None = None,
 ) -> list[str]:
     """All findings, in reading order.
 
-    ``table`` from ``stats.summarise_factors``, ``poi`` from ``stats.poi_table``, ``effects``
-    from ``effects.effects_table`` (computed here when None).
+    ``table`` from ``stats.summarise_factors`` or ``effects.level_table``, ``poi`` from
+    ``stats.poi_table``, ``effects`` from ``effects.effects_table`` (computed here when None),
+    ``lost`` the child runs that did not finish (``reports.attrition``).
     """
     if effects is None:
         effects = E.effects_table(runs, curves, factors)
     noisy = E.with_noise(runs, curves)
-    out = [coverage(runs, excluded or {})]
+    refused = {f: why for f in factors if (why := A.unequal_loss(runs, lost, f))}
+    out = [coverage(runs, excluded or {}, lost)]
     out += [s for s in [small_samples(table, runs)] if s]
-    out += [s for f in factors if (s := factor_level(runs, curves, factors, table, f))]
+    out += [s for f in factors if (s := factor_level(runs, curves, factors, table, f, refused.get(f)))]
     out += [s for s in [kl_driver(table, factors, runs)] if s]
-    out += effect_sentences(effects)
+    out += effect_sentences(effects, refused=refused)
+    out += [s for f in factors if (s := iqm_mean_disagree(table, effects, f))]
     out = reconcile(out, factors)
     out += [s for s in [batch_variance_scaling(noisy)] if s]
     out += [s for s in [noise_scale(noisy)] if s]
@@ -65,6 +72,7 @@ def findings(
     out += [s for s in [over_optimisation(runs, curves, factors)] if s]
     out += gao_sentences(runs, curves)
     out += [s for s in [custom_vs_trl(runs)] if s]
+    out += [s for s in [multiplicity(out, effects)] if s]
     return out
 
 
@@ -73,7 +81,8 @@ def reconcile(out: list[str], factors: Sequence[str]) -> list[str]:
     said that factor's level intervals overlap: the two answer different questions."""
     done = list(out)
     for f in factors:
-        overlap = any(x.startswith(f"{f} = ") and "s overlap, so this sweep does not separate them" in x for x in out)
+        overlap = any(x.startswith(f"{f} = ") and f"the {IVS} overlap, so this sweep does not separate them" in x
+                      for x in out)
         hit = next((i for i, x in enumerate(done) if x.startswith(f"Main effect {f}: ") and " on gold reward " in x
                     and "excludes 0" in x), None)
         if overlap and hit is not None:
@@ -104,7 +113,7 @@ def needs_more(n: int, minimum: int, what: str) -> str | None:
     return f"needs {k} more {what if k != 1 else what.replace('seeds', 'seed').replace('cells', 'cell')}"
 
 
-def coverage(runs: pd.DataFrame, excluded: dict[str, int]) -> str:
+def coverage(runs: pd.DataFrame, excluded: dict[str, int], lost: pd.DataFrame | None = None) -> str:
     cells = runs.groupby("cell").size() if "cell" in runs and len(runs) else pd.Series([len(runs)])
     lo, hi = int(cells.min()), int(cells.max())
     seeds = f"{lo} seed{_s(lo)}" if lo == hi else f"{lo} to {hi} seeds"
@@ -112,11 +121,14 @@ def coverage(runs: pd.DataFrame, excluded: dict[str, int]) -> str:
     if excluded:
         parts = [f"{n} {status.lower()}" for status, n in sorted(excluded.items())]
         s += f" Left out: {', '.join(parts)} child run{_s(sum(excluded.values()))}."
+    if note := A.loss_note(runs, lost):
+        s += f" Runs lost per cell ({note}); tables/runs_by_cell.md counts them."
     return s
 
 
 def best_level(
-    table: pd.DataFrame, factor: str, metric: str, what: str, higher: bool = True, where: str = ""
+    table: pd.DataFrame, factor: str, metric: str, what: str, higher: bool = True, where: str = "",
+    refused: str | None = None,
 ) -> str | None:
     """'<factor> = <level> gives the highest <what>: IQM [interval] vs ... for the next best; verdict.'
 
@@ -132,12 +144,14 @@ def best_level(
     a, b = _iv(best), _iv(nxt)
     word = "highest" if higher else "lowest"
     n_min = int(t["n"].min())
-    if (more := needs_more(n_min, MIN_SEEDS, "seeds per level")) is not None:
+    if refused:
+        verdict = refused
+    elif (more := needs_more(n_min, MIN_SEEDS, "seeds per level")) is not None:
         verdict = f"not called: {n_min} run{_s(n_min)} at the smallest level, {more} to call a difference"
     elif a.overlaps(b):
-        verdict = f"the {IV}s overlap, so this sweep does not separate them"
+        verdict = f"the {IVS} overlap, so this sweep does not separate them"
     else:
-        verdict = f"the {IV}s do not overlap"
+        verdict = f"the {IVS} do not overlap"
     return (
         f"{factor} = {level_label(best['level'])} gives the {word} {what}{where}: IQM {a.fmt()} against "
         f"{b.fmt()} for {factor} = {level_label(nxt['level'])}, the next best; {verdict}."
@@ -145,32 +159,57 @@ def best_level(
 
 
 def factor_level(
-    runs: pd.DataFrame, curves: pd.DataFrame, factors: Sequence[str], table: pd.DataFrame, factor: str
+    runs: pd.DataFrame, curves: pd.DataFrame, factors: Sequence[str], table: pd.DataFrame, factor: str,
+    refused: str | None = None,
 ) -> str | None:
     """``best_level`` on gold reward, at matched episodes when ``factor`` changes the sample budget.
 
     Budgets are read from the runs' ``episodes`` (``effects.budget_differs``). With curves the
     levels are compared at the last episode count all runs reached; without, the sentence says
-    that the budgets differ.
+    that the budgets differ. When the levels' cells differ in the other factors (a cell lost all
+    its runs), only the matched cells are compared, and the sentence says so. ``refused``: why the
+    levels cannot be compared (``attrition.unequal_loss``).
     """
     metric, what = "eval/gold", "final gold reward"
     frame, at = E.comparison_frame(runs, curves, metric, factor, factors)
-    if at == "final":
-        return best_level(table, factor, metric, what)
-    if at.startswith("at "):
+    kept = _matched_cells(frame, factor, factors)
+    pooled = "" if kept is None else (
+        f"; the levels' cells differ in the other factors, so only the {kept[1]} matched cell settings are "
+        f"compared ({kept[2]} runs left out)")  # fmt: skip
+    if kept is not None:
+        frame = kept[0]
+    if at == "final" and kept is None:
+        return best_level(table, factor, metric, what, refused=refused)
+    if at == "final" or at.startswith("at "):
+        where = f" {at} (the last count all runs reached)" if at.startswith("at ") else ""
         t = stats.summarise_by(frame, factor, metric).assign(factor=factor, metric=metric)
-        s = best_level(t, factor, metric, "gold reward", where=f" {at} (the last count all runs reached)")
-        return (
-            None if s is None else s[:-1] + f"; the levels' sample budgets differ, so they are compared {at}."
-        )
+        s = best_level(t, factor, metric, "gold reward" if where else what, where=where, refused=refused)
+        budgets = f"; the levels' sample budgets differ, so they are compared {at}" if where else ""
+        return None if s is None else s[:-1] + budgets + pooled + "."
     eps = runs.groupby(runs[factor].map(level_label))["episodes"].median()
     budgets = ", ".join(f"{k}: {v:g}" for k, v in eps.items())
-    s = best_level(table, factor, metric, what)
+    s = best_level(table, factor, metric, what, refused=refused)
     return (
         None
         if s is None
-        else s[:-1] + f"; the sample budgets differ (final episodes {budgets}): unequal budgets."
+        else s[:-1] + f"; the sample budgets differ (final episodes {budgets}): unequal budgets{pooled}."
     )
+
+
+def _matched_cells(frame: pd.DataFrame, factor: str, factors: Sequence[str]):
+    """(frame restricted to the other-factor settings every level ran, settings kept, runs dropped), or
+    None when every level ran the same settings."""
+    others = [f for f in factors if f != factor and f in frame]
+    df = stats.finite_rows(frame, "eval/gold")
+    if not others or factor not in df or df.empty:
+        return None
+    key = df[others].astype(str).agg("|".join, axis=1)
+    sets = key.groupby(df[factor].map(level_label)).agg(frozenset)
+    if sets.nunique() <= 1:
+        return None
+    common = frozenset.intersection(*sets)
+    keep = key.isin(common)
+    return df[keep], len(common), int((~keep).sum())
 
 
 def kl_driver(table: pd.DataFrame, factors: Sequence[str], runs: pd.DataFrame | None = None) -> str | None:
@@ -198,23 +237,32 @@ def kl_driver(table: pd.DataFrame, factors: Sequence[str], runs: pd.DataFrame | 
     if (more := needs_more(n_min, MIN_SEEDS, "seeds per level")) is not None:
         return s + f"; not called a difference: {more}."
     verdict = "overlap" if _iv(lo).overlaps(_iv(hi)) else "do not overlap"
-    s += f"; the {IV}s {verdict}"
+    s += f"; the {IVS} {verdict}"
     if runs is not None and E.budget_differs(runs, f, factors):
         s += ", but the levels' sample budgets differ, so this also measures how long each level trained"
     return s + "."
 
 
-def effect_sentences(effects: pd.DataFrame, metric: str = "eval/gold") -> list[str]:
+def effect_sentences(effects: pd.DataFrame, metric: str = "eval/gold", refused: dict | None = None) -> list[str]:
     """One sentence per main effect and interaction on ``metric`` (rows of ``effects.effects_table``).
 
     Fewer than ``MIN_CELLS`` matched cells: not called, with how many more are needed. Sweeps
     with one factor (no matched cells to speak of) are left to the per-level findings.
+    ``refused``: {factor: why its levels cannot be compared} (``attrition.unequal_loss``).
     """
     out = []
     if effects is None or effects.empty:
         return out
     what = {"eval/gold": "gold reward", "eval/kl": "KL"}.get(metric, metric)
     for r in effects[effects["metric"] == metric].itertuples(index=False):
+        why = [refused[f] for f in str(r.factor).split(" x ") if refused and f in refused]
+        if why:
+            kind = "Main effect" if r.term == "main" else "Interaction"
+            out.append(f"{kind} {r.effect} on {what} ({r.at}): {stats.fmt_number(r.estimate)}, {why[0]}.")
+            continue
+        if r.over == E.FIXED:
+            out.append(_fixed_sentence(r, what))
+            continue
         seeds = r.over == E.SEEDS
         kind = ("Difference" if seeds else "Main effect") if r.term == "main" else "Interaction"
         head = f"{kind} {r.effect} on {what} ({r.at})"
@@ -233,6 +281,80 @@ def effect_sentences(effects: pd.DataFrame, metric: str = "eval/gold") -> list[s
             verdict = f"the {tiv} includes 0, so the sweep does not resolve it"
         out.append(f"{head}: {iv.fmt()} over {have}; {verdict}.")
     return out
+
+
+FIXED_HOW = ("fixed-effects 95% t-interval: cell means, within-cell variance pooled over every cell, "
+             "assuming independent runs, normal within a cell, one common variance")
+
+
+def _fixed_sentence(r, what: str) -> str:
+    """An effect read by the fixed-effects analysis, with its unequal-variance (Welch-Satterthwaite) check."""
+    kind = "Main effect" if r.term == "main" else "Interaction"
+    head = f"{kind} {r.effect} on {what} ({r.at})"
+    cells = f"{int(r.n_matched)} matched cell{_s(int(r.n_matched))}" if r.term == "main" else (
+        f"{int(r.n_matched)} matched quadruple{_s(int(r.n_matched))}")  # fmt: skip
+    have = f"{int(r.n_runs)} runs, {cells}, {r.df:g} error df"
+    if r.note:
+        est = f"{stats.fmt_number(r.estimate)} " if np.isfinite(r.estimate) else ""
+        return f"{head}: {est}over {have}, not called: {r.note.split('; ', 1)[-1]}."
+    iv = Interval(float(r.estimate), float(r.low), float(r.high), int(r.n_runs))
+    check = Interval(float(r.estimate), float(r.check_low), float(r.check_high), int(r.n_runs))
+    sides = [iv.low > 0 or iv.high < 0, check.low > 0 or check.high < 0] if np.isfinite(check.low) else None
+    if sides is not None and sides[0] != sides[1]:
+        verdict = (f"the equal-variance interval {'excludes' if sides[0] else 'includes'} 0 but the unequal-"
+                   f"variance check {check.fmt()} does not agree, so it is not called")
+    elif sides is not None and sides[0] or sides is None and (iv.low > 0 or iv.high < 0):
+        verdict = f"it excludes 0, so it is {'positive' if r.estimate > 0 else 'negative'}"
+    else:
+        verdict = "it includes 0, so the sweep does not resolve it"
+    chk = f"; unequal-variance check {check.fmt()}" if np.isfinite(check.low) else ""
+    return f"{head}: {iv.fmt()} over {have} ({FIXED_HOW}{chk}); {verdict}."
+
+
+def iqm_mean_disagree(table: pd.DataFrame, effects: pd.DataFrame | None, factor: str) -> str | None:
+    """A sentence when the levels' IQMs (pooled over cells) and the main effect (matched cells) order a
+    two-level factor's levels in opposite directions on gold reward."""
+    if effects is None or effects.empty or table is None or table.empty:
+        return None
+    t = table[(table["factor"] == factor) & (table["metric"] == "eval/gold")].dropna(subset=["iqm"])
+    e = effects[(effects["metric"] == "eval/gold") & (effects["term"] == "main") & (effects["factor"] == factor)]
+    if len(t) != 2 or len(e) != 1:
+        return None
+    r = e.iloc[0]
+    iqm = t.set_index(t["level"].map(level_label))["iqm"]
+    if r.level_a not in iqm.index or r.level_b not in iqm.index or not np.isfinite(r.estimate):
+        return None
+    gap = float(iqm[r.level_b] - iqm[r.level_a])
+    if gap == 0 or r.estimate == 0 or np.sign(gap) == np.sign(r.estimate):
+        return None
+    return (
+        f"{factor}: the level IQMs put {r.level_b if gap > 0 else r.level_a} ahead (IQM difference "
+        f"{r.level_b} - {r.level_a} = {stats.fmt_number(gap)}) but the main effect {r.level_b} - {r.level_a} "
+        f"is {stats.fmt_number(r.estimate)}: the IQM trims each level's runs pooled over its cells, the main "
+        "effect averages cell means over matched cells, so they weigh runs differently; opposite signs "
+        "mean neither orders the levels reliably."
+    )
+
+
+def multiplicity(sentences: Sequence[str], effects: pd.DataFrame | None) -> str | None:
+    """The family of interval statements the findings make, and Holm's adjusted call over the effects table."""
+    n_iv = sum(s.count("95%") for s in sentences)
+    if n_iv < 2:
+        return None
+    s = (f"Multiplicity: these findings make {n_iv} statements with a 95% interval each (per-level "
+         "comparisons, effects, ratios, fits), each at its own 95%; about 1 in 20 of them may exclude its "
+         "true value by chance alone.")
+    if effects is None or effects.empty or "p" not in effects:
+        return s
+    e = effects[np.isfinite(pd.to_numeric(effects["p"], errors="coerce")) & (effects["note"].fillna("") == "")]
+    if e.empty:
+        return s
+    adj = F.holm(e["p"].to_numpy(float))
+    called = [f"{r.effect} on {r.metric} (Holm p = {stats.fmt_number(p, 2)})"
+              for r, p in zip(e.itertuples(index=False), adj, strict=True) if p <= 0.05]  # fmt: skip
+    head = (f" Holm's adjustment over the {len(e)} effects of the effects table (the family; family-wise "
+            "error 5%): ")
+    return s + head + ("; ".join(called) + " stay called." if called else "none stays called.")
 
 
 def batch_variance_scaling(runs: pd.DataFrame) -> str | None:
@@ -280,7 +402,12 @@ def noise_scale(runs: pd.DataFrame) -> str | None:
     )
 
 
-def _ratio_sentence(what: str, lb: str, la: str, result: tuple[Interval, int, str]) -> str:
+TR_SIGMA = "per-completion gradient variance tr(Σ)"
+B_SIMPLE = ("noise scale B_simple = tr(Σ)/|G|² (scale-free: whitening, which rescales each baseline's "
+            "advantages by a different std, leaves it unchanged; tr(Σ) alone would not be comparable)")
+
+
+def _ratio_sentence(what: str, lb: str, la: str, result: tuple[Interval, int, str], quantity: str = TR_SIGMA) -> str:
     iv, cells, over = result
     head = f"{what}: {lb} against {la}"
     seeds = over == E.SEEDS
@@ -300,13 +427,18 @@ def _ratio_sentence(what: str, lb: str, la: str, result: tuple[Interval, int, st
         if seeds
         else f"geometric mean over {have}, {T_IV} of the log ratio"
     )
-    return f"{head}: per-completion gradient variance tr(Σ) ratio {iv.fmt(2)} ({how}): {verdict}."
+    return f"{head}: {quantity} ratio {iv.fmt(2)} ({how}): {verdict}."
 
 
 def baseline_variance(runs: pd.DataFrame, factors: Sequence[str]) -> list[str]:
-    """Whether each sequence baseline lowers tr(Sigma) against baseline ``none`` at matched settings."""
+    """Whether each sequence baseline lowers the noise scale B_simple against baseline ``none`` at matched settings.
+
+    B_simple = tr(Sigma) / |G|^2 per run (``effects.NOISE_SCALE``), not tr(Sigma): with
+    ``advantage.whiten`` each baseline's advantages are divided by a different std, which scales
+    tr(Sigma) by 1/std^2 and says nothing about the baseline; the ratio to the signal cancels it.
+    """
     col = advantage_column(runs)
-    if col != ADVANTAGE or E.SAMPLE_VAR not in runs or "sequence/none" not in set(runs[col]):
+    if col != ADVANTAGE or "sequence/none" not in set(runs[col]):
         return []
     others = [
         lv
@@ -314,8 +446,11 @@ def baseline_variance(runs: pd.DataFrame, factors: Sequence[str]) -> list[str]:
         if str(lv).startswith("sequence/") and lv != "sequence/none"
     ]
     fs = with_advantage(factors, col)
+    if E.NOISE_SCALE not in runs:
+        return []
     return [
-        _ratio_sentence("Baseline", lv, "sequence/none", E.variance_ratio(runs, col, "sequence/none", lv, fs))
+        _ratio_sentence("Baseline", lv, "sequence/none",
+                        E.variance_ratio(runs, col, "sequence/none", lv, fs, value=E.NOISE_SCALE), B_SIMPLE)
         for lv in others
     ]
 
@@ -383,43 +518,65 @@ def poi_sentences(poi: pd.DataFrame, what: str = "final gold reward") -> list[st
     return out
 
 
-def overoptimised_runs(curves: pd.DataFrame) -> pd.DataFrame:
-    """Per run: peak step of gold, gold gain and drop after the peak, proxy rise after it, flag."""
-    cols = ["run_id", "peak_step", "gain", "drop", "proxy_rise", "overoptimised"]
+def overoptimised_runs(curves: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per run: the over-optimisation test (``harness.onset``) on its eval/gold, eval/gold_se and eval/proxy.
+
+    Columns: run_id, peak_step (the evaluation with the highest gold), gain (peak gold minus the
+    first), drop (peak minus last), proxy_rise (last proxy minus the proxy at the peak), onset_step
+    (the evaluation at which the fall was called; NaN when never), overoptimised, tested (False
+    when the run logged no eval/gold_se: no noise to test against). The test calls a fall only
+    beyond what the evaluations' standard errors allow, at a 5% run-wide false-alarm rate for a
+    run of that many evaluations; ``eval.prompts`` (from ``runs``) sets the calibration.
+    """
+    cols = ["run_id", "peak_step", "gain", "drop", "proxy_rise", "onset_step", "overoptimised", "tested"]
     if curves is None or curves.empty:
         return pd.DataFrame(columns=cols)
-    gold = curves[curves["metric"] == "eval/gold"]
-    proxy = curves[curves["metric"] == "eval/proxy"]
+    wide = curves[curves["metric"].isin(["eval/gold", "eval/gold_se", "eval/proxy"])].pivot_table(
+        index=["run_id", "step"], columns="metric", values="value", aggfunc="last")
+    if "eval/gold" not in wide:
+        return pd.DataFrame(columns=cols)
+    prompts = runs.set_index("run_id")["eval.prompts"] if runs is not None and "eval.prompts" in runs else None
     rows = []
-    for rid, g in gold.groupby("run_id"):
-        g = g.sort_values("step")
-        v = g["value"].to_numpy(float)
+    for rid, g in wide.groupby(level="run_id"):
+        g = g.dropna(subset=["eval/gold"])
+        v = g["eval/gold"].to_numpy(float)
         if v.size < 3:
             continue
+        steps = g.index.get_level_values("step").to_numpy(int)
+        p = g["eval/proxy"].to_numpy(float) if "eval/proxy" in g else np.full(v.size, np.nan)
+        se = g["eval/gold_se"].to_numpy(float) if "eval/gold_se" in g else np.full(v.size, np.nan)
         k = int(np.argmax(v))
-        gain, drop = v[k] - v[0], v[k] - v[-1]
-        p = proxy[proxy["run_id"] == rid].set_index("step")["value"]
-        peak_step, last_step = int(g["step"].iloc[k]), int(g["step"].iloc[-1])
-        rise = float(p.get(last_step, np.nan) - p.get(peak_step, np.nan)) if len(p) else np.nan
-        flag = bool(
-            k < v.size - 1 and gain > 0 and drop >= OVEROPT_DROP * gain and np.isfinite(rise) and rise > 0
-        )
-        rows.append([rid, peak_step, gain, drop, rise, flag])
+        n_p = prompts.get(rid) if prompts is not None else None
+        n_p = int(n_p) if n_p is not None and np.isfinite(n_p) else None
+        at = onset_index(v, se, p, prompts=n_p)
+        rows.append([rid, int(steps[k]), v[k] - v[0], v[k] - v[-1], p[-1] - p[k],
+                     float(steps[at]) if at is not None else np.nan, at is not None, bool(np.isfinite(se).any())])  # fmt: skip
     return pd.DataFrame(rows, columns=cols)
 
 
+OVEROPT_RULE = (
+    "gold reward fell, between two stretches of consecutive evaluations, by more than their standard "
+    "errors allow (a segment scan with a 5% false-alarm rate per run, harness/onset.py) while the proxy "
+    "reward rose between the same stretches"
+)
+
+
 def over_optimisation(runs: pd.DataFrame, curves: pd.DataFrame, factors: Sequence[str]) -> str | None:
-    o = overoptimised_runs(curves)
+    o = overoptimised_runs(curves, runs)
     if o.empty or o["proxy_rise"].isna().all():
         return None
-    rule = (
-        f"gold reward peaked before the last evaluation and then lost at least {OVEROPT_DROP:.0%} "
-        "of its gain while the proxy reward kept rising"
-    )
-    bad = o[o["overoptimised"]]
+    untested = int((~o["tested"].astype(bool)).sum())
+    o = o[o["tested"].astype(bool)]
+    if o.empty:
+        return (f"Over-optimisation is not tested: none of the {untested} runs logged eval/gold_se, the "
+                "evaluation noise a fall must exceed.")
+    bad = o[o["overoptimised"].astype(bool)]
+    expected = 0.05 * len(o)
+    tail = f" ({untested} run{_s(untested)} without eval/gold_se not tested.)" if untested else ""
     if bad.empty:
-        return f"No run over-optimised the proxy reward (criterion: {rule})."
-    s = f"{len(bad)} of {len(o)} runs over-optimised the proxy reward: their {rule}."
+        return f"No run over-optimised the proxy reward (criterion: {OVEROPT_RULE}).{tail}"
+    s = (f"{len(bad)} of {len(o)} runs over-optimised the proxy reward: their {OVEROPT_RULE}; with no "
+         f"over-optimisation at all at most 5% ({stats.fmt_number(expected, 2)} of {len(o)}) would be called.{tail}")
     hue = frontier_hue(runs, factors)
     if hue:
         per = runs.set_index("run_id").loc[bad["run_id"], hue].value_counts()
@@ -525,8 +682,8 @@ def peak_shift_sentence(shift: O.PeakShift) -> str:
 def onset_sentence(analysis: O.Analysis) -> str:
     """How many runs per RM size and kl.coef logged an over-optimisation onset, at what median KL."""
     rule = (
-        f"{O.ONSET}, logged at the first evaluation at which gold had fallen for two consecutive "
-        "evaluations while the proxy rose"
+        f"{O.ONSET}, logged at the first evaluation at which gold had fallen by more than its "
+        "standard errors allow while the proxy rose; 5% false alarms per run on gold curves without a fall"
     )
     o = analysis.onsets
     if o.empty or not o["onset"].any():
@@ -557,16 +714,17 @@ def custom_vs_trl(runs: pd.DataFrame) -> str | None:
     if (more := needs_more(min(a.n, b.n), MIN_SEEDS, "seeds per level")) is not None:
         verdict = f"not called: {more}"
     else:
-        verdict = f"the {IV}s overlap" if a.overlaps(b) else f"the {IV}s do not overlap"
+        verdict = f"the {IVS} overlap" if a.overlaps(b) else f"the {IVS} do not overlap"
     s = (
         f"At the {key.nunique()} settings both implementations ran, custom PPO reaches final gold reward "
         f"IQM {a.fmt()} and TRL {b.fmt()}; {verdict}."
     )
     if "perf/tokens_per_s" in m and np.isfinite(m["perf/tokens_per_s"]).any():
-        x, y = stats.interval(c["perf/tokens_per_s"]), stats.interval(t["perf/tokens_per_s"])
+        x, y = (stats.interval(f["perf/tokens_per_s"]).at_least(0.0) for f in (c, t))
         if np.isfinite(x.point) and np.isfinite(y.point) and y.point > 0:
             s += (
-                f" Throughput: custom IQM {x.fmt()} tokens/s, TRL {y.fmt()} "
+                f" Throughput (each run's mean over its iterations, the noise probe's time left out): "
+                f"custom IQM {x.fmt()} tokens/s, TRL {y.fmt()} "
                 f"({stats.fmt_number(x.point / y.point, 2)}x)."
             )
     return s

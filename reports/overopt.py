@@ -33,8 +33,8 @@ Pure: numpy, pandas, ``reports.stats`` and ``reports.labels``; no I/O, no plotti
 - Peak shift with more RM data: ln KL* at the largest minus the smallest ``model.rm_pairs`` over
   seeds, Welch's t-interval (``stats.welch_interval``), exponentiated to a ratio KL*_large / KL*_small.
 - Onsets: ``eval/overopt_onset_kl``, logged once by a run at the evaluation where over-optimisation
-  started (gold had fallen at two consecutive evaluations while the proxy rose); absent when it never
-  happened. Its step is that metric's step in ``curves`` when collected, else the evaluation whose
+  started (gold had fallen by more than its standard errors allow while the proxy rose:
+  ``harness.onset``, 5% run-wide false alarms on curves without a fall); absent when it never happened. Its step is that metric's step in ``curves`` when collected, else the evaluation whose
   KL matches it.
 """
 

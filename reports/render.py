@@ -20,7 +20,7 @@ import pandas as pd
 
 from reports import stats
 from reports.diagnostics import CELL_NOTE
-from reports.effects import MIN_SEEDS
+from reports.effects import MIN_SEEDS, budget_differs
 from reports.labels import COLUMN_TITLES, LATEX_COLUMNS, LATEX_FACTORS, level_label
 
 TABLE_METRICS = ("eval/gold", "eval/kl", "perf/tokens_per_s")
@@ -30,9 +30,12 @@ LEVEL_TABLE_NOTE = f"IQM [{stats.INTERVAL_DESCRIPTION}] over the runs of each le
 EFFECT_TABLE_NOTE = (
     "Main effect: mean over matched cells (equal in every other factor) of the difference of cell means "
     "(level b - level a); interaction: half the difference of A's effect at B's two levels, over matched "
-    "quadruples. low/high: Student's 95% t-interval over the matched differences; where only one cell "
-    "holds both levels (no other factor varies), Welch's 95% t-interval over that cell's seeds. Intervals are per comparison (no multiplicity "
-    "correction). 'at': final "
+    "quadruples. low/high: where the seeds give more error df than the matched cells, the fixed-effects "
+    "95% t-interval (cell means, within-cell variance pooled over every cell, N - cells df; assumes "
+    "independent runs, normal within a cell, one common variance; effects.csv holds the unequal-variance "
+    "Welch-Satterthwaite check); else Student's 95% t-interval over the matched differences; where only one "
+    "cell holds both levels (no other factor varies), Welch's 95% t-interval over that cell's seeds. "
+    "Intervals are per comparison; the findings state the family and Holm's adjusted call. 'at': final "
     "values, or at the last episode count all runs reached when the factor changes the sample budget."
 )
 EFFECT_COLUMNS = ["metric", "effect", "estimate", "low", "high", "interval over", "at"]
@@ -41,11 +44,14 @@ EFFECT_COLUMNS = ["metric", "effect", "estimate", "low", "high", "interval over"
 # ---- tables --------------------------------------------------------------------------------------
 
 
-def wide_table(table: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) -> pd.DataFrame:
-    """Long ``stats.summarise_factors`` output -> one row per (factor, level), 'IQM [low, high]' cells.
+def wide_table(table: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS, counts: dict | None = None) -> pd.DataFrame:
+    """Long ``stats.summarise_factors`` (or ``effects.level_table``) output -> one row per (factor, level).
 
     Columns: factor, level, n (runs with a final gold reward, else the largest n), then one
-    column per metric present, titled by ``COLUMN_TITLES``.
+    column per metric present, titled by ``COLUMN_TITLES``; with ``effects.level_table`` columns,
+    'compared at' (final values, or the matched episode count when the factor changes the sample
+    budget) and 'cells' (marked 'unmatched' when the levels' cells differ in the other factors);
+    with ``counts`` ({factor: ``attrition.level_counts``}), 'failed' and 'missing' runs per level.
     """
     present = [m for m in metrics if m in set(table["metric"])]
     rows = []
@@ -62,8 +68,35 @@ def wide_table(table: pd.DataFrame, metrics: Sequence[str] = TABLE_METRICS) -> p
                 row[COLUMN_TITLES.get(m, m)] = stats.Interval(float(r["iqm"]), low, float(r["ci_high"]), int(r["n"])).fmt()
             else:
                 row[COLUMN_TITLES.get(m, m)] = "n/a"
+        if "at" in g:
+            first = by.loc["eval/gold"] if "eval/gold" in by.index else g.iloc[0]
+            row["compared at"] = str(first["at"])
+            row["cells"] = f"{int(first['cells'])}" + (" (unmatched)" if bool(first["unmatched"]) else "")
+        if counts is not None and factor in counts:
+            c = counts[factor]
+            lab = level_label(level)
+            row["failed"] = int(c.loc[lab, "failed"]) if lab in c.index else 0
+            row["missing"] = int(c.loc[lab, "missing"]) if lab in c.index else 0
         rows.append(row)
-    return pd.DataFrame(rows, columns=["factor", "level", "n", *[COLUMN_TITLES.get(m, m) for m in present]])
+    extra = [c for c in ("compared at", "cells", "failed", "missing") if rows and c in rows[0]]
+    return pd.DataFrame(rows, columns=["factor", "level", "n", *[COLUMN_TITLES.get(m, m) for m in present], *extra])
+
+
+def _budget_caption(runs: pd.DataFrame, factors: Sequence[str]) -> str:
+    """' Budgets differ: ...' for the factors whose levels ran different sample budgets ('' when none)."""
+    differ = [f for f in factors if f in runs and "episodes" in runs and budget_differs(runs, f, factors)]
+    if not differ:
+        return ""
+    return (f" Sample budgets differ between the levels of {', '.join(differ)}: these final values compare "
+            "budgets as well as settings (the table and findings compare them at matched episodes).")
+
+
+def _at_note(wide: pd.DataFrame) -> str:
+    """'; compared at matched episodes where the budgets differ' when a row is not at final values."""
+    if "compared at" not in wide or (wide["compared at"] == "final").all():
+        return ""
+    return ("; a factor whose levels ran different sample budgets is compared at the last episode count "
+            "all its runs reached ('compared at'), or says 'sample budgets differ'")
 
 
 def effects_display(effects: pd.DataFrame | None) -> pd.DataFrame | None:
@@ -77,15 +110,22 @@ def effects_display(effects: pd.DataFrame | None) -> pd.DataFrame | None:
             "estimate": stats.fmt_number(r.estimate),
             "low": stats.fmt_number(r.low),
             "high": stats.fmt_number(r.high),
-            "interval over": (
-                f"{int(r.n_runs)} seeds per level (Welch, one cell)" if r.over == "seeds" and r.n_runs == r.n_runs
-                else f"{int(r.n_matched)} matched cells"
-            ),
+            "interval over": _interval_over(r),
             "at": r.at,
+            **({"runs lost": r.lost} if "lost" in effects else {}),
         }
         for r in effects.itertuples(index=False)
     ]
-    return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
+    return pd.DataFrame(rows, columns=[*EFFECT_COLUMNS, *(["runs lost"] if "lost" in effects else [])])
+
+
+def _interval_over(r) -> str:
+    """What an effect's interval is taken over, for the effects table."""
+    if r.over == "seeds" and r.n_runs == r.n_runs:
+        return f"{int(r.n_runs)} seeds per level (Welch, one cell)"
+    if r.over == "cells and seeds":
+        return f"{int(r.n_runs)} runs, {r.df:g} error df (fixed effects, pooled within-cell variance)"
+    return f"{int(r.n_matched)} matched cells"
 
 
 def latex_effects(shown: pd.DataFrame, comment: str = "") -> str:
@@ -248,13 +288,17 @@ def write_tables(
     runs: pd.DataFrame,
     out_dir: str | Path,
     effects: pd.DataFrame | None = None,
+    counts: dict | None = None,
+    cells: pd.DataFrame | None = None,
 ) -> dict[str, Path]:
     """Write tables/<name>.{csv,md,tex}; returns {relative name: path}.
 
     final_by_factor.csv is the long numeric table (one row per factor, level, metric);
     the .md / .tex files are its formatted wide form. effects.* (``effects.effects_table``)
     when given and not empty. poi_advantage.* when there are two or more advantage levels.
-    runs.csv is one row per run with its final metrics.
+    runs.csv is one row per run with its final metrics. ``counts`` ({factor: level counts}) adds
+    failed / missing runs per level to final_by_factor; ``cells`` (``attrition.cell_counts``) writes
+    runs_by_cell.* (planned, finished, failed, missing per cell).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -265,14 +309,19 @@ def write_tables(
         path.write_text(text)
         written[name] = path
 
-    wide = wide_table(table)
+    wide = wide_table(table, counts=counts)
     table.to_csv(out / "final_by_factor.csv", index=False)
     written["final_by_factor.csv"] = out / "final_by_factor.csv"
     put("final_by_factor.md", markdown_table(wide))
     put(
         "final_by_factor.tex",
-        latex_table(wide, f"{LEVEL_TABLE_NOTE}: final metrics per factor level."),
+        latex_table(wide, f"{LEVEL_TABLE_NOTE}: final metrics per factor level{_at_note(wide)}."),
     )
+    if cells is not None and not cells.empty:
+        shown_cells = cells.reset_index()
+        shown_cells.to_csv(out / "runs_by_cell.csv", index=False)
+        written["runs_by_cell.csv"] = out / "runs_by_cell.csv"
+        put("runs_by_cell.md", markdown_table(shown_cells))
     shown_effects = effects_display(effects)
     if shown_effects is not None:
         effects.to_csv(out / "effects.csv", index=False)
@@ -322,7 +371,7 @@ def captions(
             ),
             "fig2_final_reward": (
                 "Final gold reward (last evaluation) for each level of each swept factor.",
-                f"Tick: IQM over {runs_per}; bar: {ci}.",
+                f"Tick: IQM over {runs_per}; bar: {ci}, pooled over the level's cells." + _budget_caption(runs, factors),
             ),
             "fig3_reward_kl_frontier": (
                 ("Gold (left) and proxy (right) reward" if meta.get("proxy", True) else "Gold reward")
@@ -331,8 +380,8 @@ def captions(
                 "Dots: final values of single runs; lines: IQM path over evaluations; a star marks a gold "
                 "peak before the end, past which the proxy still rises while gold falls (over-optimisation)"
                 + (
-                    f"; X: the {meta['onsets']} runs' logged over-optimisation onsets (gold fell at two "
-                    "consecutive evaluations while the proxy rose)."
+                    f"; X: the {meta['onsets']} runs' logged over-optimisation onsets (gold fell by more "
+                    "than its standard errors allow while the proxy rose; 5% false alarms per run without a fall)."
                     if meta.get("onsets")
                     else "."
                 ),

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from harness.schema import GOLD_OPTIMISED
 from harness.tracking import DEFAULT_RUNS_DIR, Store, UnsafeName, inside, safe_name
+from reports import attrition, stats
 from reports import effects as E
-from reports import stats
 from reports.collect import ReportError, Sweep, collect, curves_frame
 from reports.diagnostics import DIAGNOSTIC_KEYS, cell_table
 from reports.findings import findings
@@ -87,8 +87,9 @@ def build_report(
     out = Path(out_dir).resolve() if out_dir else _default_out(sweep.name)
 
     factors = sweep.factors
-    table = stats.summarise_factors(sweep.runs, factors, TABLE_METRICS)
-    effects = E.effects_table(sweep.runs, sweep.curves, factors)
+    table = E.level_table(sweep.runs, sweep.curves, factors, TABLE_METRICS)
+    counts = {f: attrition.level_counts(sweep.runs, sweep.lost, f) for f in factors}
+    effects = attrition.with_losses(E.effects_table(sweep.runs, sweep.curves, factors), sweep.runs, sweep.lost)
     adv = advantage_column(sweep.runs)
     # the advantage factor's parts are never a stratum of its own comparison
     strata = [a for a in factors if not in_advantage(a)]
@@ -97,17 +98,18 @@ def build_report(
     with no_independent_gold(proxy):
         figures = plots.make_figures(sweep.runs, sweep.curves, factors, style_obj, out / "figures",
                                      skip=NO_GOLD_SKIPS if proxy else {})
-        tables = write_tables(table, poi, sweep.runs, out / "tables", effects)
+        tables = write_tables(table, poi, sweep.runs, out / "tables", effects, counts,
+                              attrition.cell_counts(sweep.runs, sweep.lost))
         cells = cell_table(sweep.runs, curves_frame(store, sweep.runs, sweep.axes, keys=DIAGNOSTIC_KEYS))
         if cells is not None:
             cells.to_csv(out / "tables" / "cells.csv", index=False)
             tables["cells.csv"] = out / "tables" / "cells.csv"
-        said = findings(sweep.runs, sweep.curves, factors, table, poi, sweep.excluded, effects)
+        said = findings(sweep.runs, sweep.curves, factors, table, poi, sweep.excluded, effects, sweep.lost)
         content = ReportContent(
             name=sweep.name,
             source=_source_lines(sweep, style_obj.name),
             findings=[NO_GOLD_FINDING, *(_gold_words(s) for s in said if not _overopt(s))] if proxy else said,
-            table=wide_table(table),
+            table=wide_table(table, counts=counts),
             effects=effects_display(effects),
             cells=cells,
             poi=poi_display(poi) if poi is not None else None,

@@ -132,6 +132,7 @@ def ppo_iteration(
     # 6. the noise probe when due, then ppo.epochs x ppo.minibatches of the clipped surrogate
     t_update = time.perf_counter()
     probe = _probe(cfg, models, st, batch)
+    t_probe = time.perf_counter() - t_update  # measurement, not training: left out of the timings
     stats = update(cfg, models, st, batch)
     t_end = time.perf_counter()
     # the next iteration's beta: fixed, or the adaptive controller on this batch's KL
@@ -140,8 +141,8 @@ def ppo_iteration(
     st.episodes += ro.size
 
     # 7. metrics (the keys of harness/schema.py) -> the caller, which logs them and evaluates
-    perf = {"perf/rollout_s": t_rollout, "perf/update_s": t_end - t_update,
-            "perf/tokens_per_s": float(ro.mask.sum()) / (t_end - t_start)}
+    perf = {"perf/rollout_s": t_rollout, "perf/update_s": t_end - t_update - t_probe,
+            "perf/tokens_per_s": float(ro.mask.sum()) / (t_end - t_start - t_probe)}
     metrics = _metrics(cfg, models, st, ro, kl, coef_used, batch, adv_raw, stats, perf, {**probe, **sampled,
                                                                                          **corr.metrics})
     for key in ("loss/policy_avg", "objective/scores", "objective/kl"):

@@ -143,8 +143,9 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str) -> Tensor
         k2  = 0.5 * log(pi/ref)^2
         k3  = ref/pi - 1 - log(ref/pi)
         kX+ = k2 - sg[k2] + sg[kX]        value of kX exactly, gradient of k2
-    (sg = stop-gradient). As a loss term k2's gradient is that of KL(pi || ref) on on-policy
-    samples; the "+" variants keep that gradient while reporting the lower-variance k3 (or the
+    (sg = stop-gradient). As a loss term k2's gradient is that of the per-token KL(pi || ref) at
+    each sampled prefix on on-policy samples (prefixes held fixed: not the sequence KL's gradient,
+    Tang and Munos 2025; README "KL: what each combination optimises"); the "+" variants keep that gradient while reporting the lower-variance k3 (or the
     unbiased k1) value. In a reward (no gradient) kX+ is just kX.
     Returns (B, T). No masking: multiply by the response mask before summing.
     k1 is unbiased but can be negative per token; k2 and k3 are >= 0; k3 is unbiased

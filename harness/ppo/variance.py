@@ -19,6 +19,13 @@ The probe draws its microbatch split from a generator of its own: turning it on 
 changes the training trajectory. Cost: K forward/backward passes every ``probe.every``
 iterations (K = B gives per-completion gradients, the finest resolution).
 
+Aggregations that sum over completions (``loss.agg=token-sum``: no division by the rows) make a
+microbatch's gradient a sum of b per-completion gradients, whose covariance grows like b rather
+than falling like 1/b. The probe divides such a microbatch gradient by b (``ROW_SUM_AGGS``), so
+every aggregation's g_k is a mean over its completions and tr(Sigma) is the per-completion noise,
+the same at every K; grad/signal is then |G|^2 of that mean (the update's token-sum gradient over
+B completions is B times it; B_simple, a ratio, is unchanged).
+
 Caveat: with ``loss.agg=token-mean`` a microbatch's gradient is a ratio (a sum over tokens
 divided by their count), so b * tr(Cov_mb) is tr(Sigma) of that ratio estimator, which
 matches the per-completion picture up to the spread of response lengths.
@@ -43,6 +50,9 @@ KEYS = (
     "grad/cosine",
     "grad/mean_norm",
 )
+
+# Aggregations whose loss is a sum over the rows handed in (not a mean): the probe rescales by 1 / b.
+ROW_SUM_AGGS = frozenset({"token-sum"})
 
 # The probe's generator is seeded from the run seed and this offset, apart from the training one.
 PROBE_SEED_OFFSET = 0x9E3779B9
@@ -131,6 +141,8 @@ def probe_gradient_variance(
         w = None if weights is None else weights[idx]
         loss, _ = L.policy_loss(logp, ro.logprobs[idx], advantages[idx], loss_mask[idx], clip_eps, agg, **loss_options,
                                 weights=w)
+        if agg in ROW_SUM_AGGS:  # a sum over the b completions -> their mean: per-completion noise at every K
+            loss = loss / b
         g = torch.autograd.grad(loss, params, allow_unused=True)
         grads.append(torch.cat([(x if x is not None else torch.zeros_like(p)).reshape(-1) for x, p in zip(g, params, strict=True)]))
     return gradient_stats(torch.stack(grads), b)

@@ -18,7 +18,11 @@ from harness.sweep.study import sampled_cells, slots
 
 
 def best_cell(spec: AblationSpec, table, cells) -> tuple[float, str, int] | None:
-    """(mean objective over done seeds, cell label, seeds done) of the best cell so far."""
+    """(mean objective over done seeds, cell label, seeds done) of the best cell so far.
+
+    The objective is a final value: when the cells' sample budgets differ (``budget_note``) the
+    label says so, since the best cell may only have trained longest.
+    """
     sign = 1 if spec.objective.direction == "maximize" else -1
     best = None
     for cid, values in cells.items():
@@ -28,7 +32,27 @@ def best_cell(spec: AblationSpec, table, cells) -> tuple[float, str, int] | None
             m = statistics.fmean(vals)
             if best is None or sign * m > sign * best[0]:
                 best = (m, cell_label(values), len(vals))
-    return best
+    note = budget_note(spec, cells) if best else ""
+    return (best[0], f"{best[1]} ({note})", best[2]) if best and note else best
+
+
+def cell_episodes(spec: AblationSpec, values: dict) -> int | None:
+    """Completions a run of this cell samples (rollout.batch_size x train.iterations); None if unknown."""
+    from harness.config import build_config
+
+    try:
+        cfg = build_config(None, {**spec.base, **values})
+    except Exception:  # a cell the config refuses has no budget to compare
+        return None
+    return int(cfg.rollout.batch_size) * int(cfg.train.iterations)
+
+
+def budget_note(spec: AblationSpec, cells: dict) -> str:
+    """'' when every cell samples the same number of completions, else a note saying the budgets differ."""
+    eps = {e for values in cells.values() if (e := cell_episodes(spec, values)) is not None}
+    if len(eps) < 2:
+        return ""
+    return f"final values; the cells' sample budgets differ, {min(eps)} to {max(eps)} episodes"
 
 
 def _value(trials) -> float | None:
@@ -91,9 +115,11 @@ def summary_csv(spec: AblationSpec, rows) -> str:
 def summary_markdown(spec: AblationSpec, rows) -> str:
     metric = spec.objective.metric
     head = ["cell", *spec.axes, "seeds", f"{metric} mean", "std", "min", "max", "failed"]
+    note = budget_note(spec, {r["cell"]: {a: r.get(a) for a in spec.axes} for r in rows})
     lines = [
         f"# {spec.name}: {spec.objective.direction} final {metric} over seeds {list(spec.seeds)}",
         "",
+        *([f"Note: {note}: a cell's final value also reflects how long it trained.", ""] if note else []),
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]

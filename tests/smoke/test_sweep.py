@@ -103,25 +103,26 @@ def test_grid_with_two_workers_runs_every_cell_and_seed_once(tmp_path):
 
 
 def test_nan_trial_is_failed_with_its_reason_and_the_sweep_goes_on(tmp_path):
-    # ppo.lr=1e30 really blows the policy up: the trainer raises NonFiniteError at iteration 1
-    spec = write_spec(tmp_path, "nan", grid={"ppo.lr": [1.0e30, 3.0e-4]}, seeds=[0])
+    # kl.coef=1e30 really blows the run up: -beta * kl makes the value loss inf, and the trainer raises
+    # NonFiniteError (ppo.lr=1e30, the old way, is now refused by its bound before anything runs)
+    spec = write_spec(tmp_path, "nan", grid={"kl.coef": [1.0e30, 0.0]}, seeds=[0])
     out = sweep(tmp_path, spec, "--workers", "1")
     assert out.returncode == 1, out.stdout + out.stderr  # incomplete: a rerun would retry the failed run
-    assert "1 run(s) failed" in out.stdout and "nan" in out.stdout
+    assert "1 run(s) failed" in out.stdout and "inf" in out.stdout
 
     trials = sorted(study_trials(str(tmp_path / "runs" / "sweeps" / "nan.journal")), key=lambda t: t.number)
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
     bad = trials[0]
-    assert bad.system_attrs["fixed_params"]["ppo.lr"] == 1e30  # a grid cell: its enqueued values
+    assert bad.system_attrs["fixed_params"]["kl.coef"] == 1e30  # a grid cell: its enqueued values
     assert bad.user_attrs["sweep.fail_kind"] == "nonfinite"
-    assert "NonFiniteError" in bad.user_attrs["sweep.fail_reason"] and "nan" in bad.user_attrs["sweep.fail_reason"]
+    assert "NonFiniteError" in bad.user_attrs["sweep.fail_reason"] and "inf" in bad.user_attrs["sweep.fail_reason"]
     assert "Traceback" in bad.user_attrs["sweep.traceback"]
 
     store, parents, children = mlflow_runs(tmp_path, "nan")
-    status = {r.data.tags["axis.ppo.lr"]: r for r in children}
+    status = {r.data.tags["axis.kl.coef"]: r for r in children}
     assert status["1e+30"].info.status == "FAILED"
     assert "NonFiniteError" in status["1e+30"].data.tags["failure.reason"]
-    assert status["0.0003"].info.status == "FINISHED"
+    assert status["0.0"].info.status == "FINISHED"
     assert parents[0].info.status == "FAILED" and parents[0].data.tags["sweep.failed"] == "1"
 
 

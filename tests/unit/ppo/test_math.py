@@ -606,3 +606,43 @@ def test_k3_in_the_loss_is_the_gradient_of_the_reverse_kl():
     expected, fwd, rev = _expected_kl_loss_gradient("k3")
     assert_close(expected, rev)
     assert not torch.allclose(expected, fwd)
+
+
+def test_what_each_kl_placement_optimises_over_enumerated_two_token_sequences():
+    """Over every two-token sequence of a small autoregressive categorical policy, exactly: k1 in the reward
+    (policy gradient through the returns) is the gradient of the sequence KL that objective/kl reports;
+    k2 in the loss is the per-token KL's gradient with prefixes held fixed, which is not (Tang and Munos
+    2025). The README says so."""
+    import itertools
+    from pathlib import Path
+
+    from harness.ppo import math as M
+
+    torch.manual_seed(0)
+    V = 3
+    l1, l2 = torch.randn(V, dtype=torch.float64, requires_grad=True), torch.randn(V, V, dtype=torch.float64, requires_grad=True)
+    r1, r2 = torch.randn(V, dtype=torch.float64).log_softmax(-1), torch.randn(V, V, dtype=torch.float64).log_softmax(-1)
+    lp1, lp2 = l1.log_softmax(-1), l2.log_softmax(-1)
+    seqs = list(itertools.product(range(V), repeat=2))
+    logp = torch.stack([torch.stack([lp1[a], lp2[a, b]]) for a, b in seqs])  # (S, 2) per-token log pi
+    ref = torch.stack([torch.stack([r1[a], r2[a, b]]) for a, b in seqs])
+    p = logp.sum(1).exp()  # (S,) sequence probabilities
+    params = [l1, l2]
+
+    def grad(x):
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(x, params, retain_graph=True)])
+
+    seq_kl = (p * (logp - ref).sum(1)).sum()
+    g_seq = grad(seq_kl)
+    w = p.detach()  # on-policy samples: the sampling distribution carries no gradient in a loss
+    k1 = M.kl_penalty(logp, ref, "k1").detach().sum(1)  # reward: no gradient through the penalty's value
+    g_reward_k1 = grad((w * logp.sum(1) * k1).sum())  # REINFORCE on -(-k1): the returns carry the whole KL
+    assert torch.allclose(g_reward_k1, g_seq, atol=1e-12)
+    g_loss_k2 = grad((w * M.kl_penalty(logp, ref, "k2").sum(1)).sum())
+    # per-token KL at each prefix, prefixes held fixed: token 1's KL plus E_{a1}[KL(pi(.|a1) || ref(.|a1))]
+    kl1 = (lp1.exp() * (lp1 - r1)).sum()
+    kl2 = (lp1.exp().detach() * (lp2.exp() * (lp2 - r2)).sum(1)).sum()
+    assert torch.allclose(g_loss_k2, grad(kl1 + kl2), atol=1e-12)
+    assert (g_loss_k2 - g_seq).norm() > 0.05 * g_seq.norm()  # not the sequence KL's gradient
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    assert "the per-token KL's gradient, not the sequence KL's" in readme

@@ -128,3 +128,55 @@ def test_the_probe_reads_per_completion_gradients_when_K_is_the_batch():
     # b = 1: the per-sample noise is the microbatch covariance itself; batch variance = tr / B
     assert s["grad/sample_variance"] == pytest.approx(s["grad/variance"])
     assert s["grad/batch_variance"] == pytest.approx(s["grad/variance"] / 8)
+
+
+
+def test_per_completion_noise_does_not_grow_with_the_microbatch():
+    """tr(Sigma) = b tr(Cov_mb) is the per-completion noise for every aggregation: its mean over random
+    splits into K = 2 parts (b = 4) matches the K = 8 reading (b = 1, exact for any split). For a
+    random partition E[b tr(Cov_mb)] is the rows' sample variance whatever K (the randomisation ANOVA
+    identity), so only the splits' noise separates them; a sum over rows would read ~b = 4x larger."""
+    from harness.ppo.loop import _rollout, _sequence_advantages
+    from harness.ppo.math import AGG_MODES, sequence_return
+    from harness.ppo.variance import probe_gradient_variance
+
+    cfg = build_config(None, {**TINY, "advantage.level": "sequence", "advantage.baseline": "none", "seed": 3})
+    m = load_models(cfg)
+    ro = _rollout(cfg, m, init_state(cfg, m), make_score_fn(m.reward, m.task.gold), None)
+    batch, _ = _sequence_advantages(cfg, ro, sequence_return(ro.scores, ro.mask * 0.0, 0.0))
+    m.policy.train()
+    assert ro.size == 8 and float(batch.adv.abs().sum()) > 0
+
+    def read(agg: str, k: int, seed: int) -> float:
+        g = torch.Generator().manual_seed(seed)
+        return probe_gradient_variance(m.policy, batch.ro, batch.adv, 0.2, agg, 1.0, k, g,
+                                       mask=batch.loss_mask)["grad/sample_variance"]
+
+    ratios = {}
+    for agg in AGG_MODES:
+        exact = read(agg, 8, 0)
+        assert exact > 0 and read(agg, 8, 1) == pytest.approx(exact, rel=1e-9)  # b = 1: any split
+        ratios[agg] = np.mean([read(agg, 2, s) for s in range(16)]) / exact
+    assert all(0.5 < r < 1.6 for r in ratios.values()), ratios
+
+
+def test_throughput_and_update_time_leave_the_probe_out(monkeypatch):
+    """perf/tokens_per_s and perf/update_s time training only: a probe made 5 s slower moves neither by 5 s
+    (the tiny model's whole iteration takes well under that)."""
+    import time
+
+    import harness.ppo.loop as loop
+
+    real = loop._probe
+
+    def slow(*args, **kwargs):
+        time.sleep(5.0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_probe", slow)
+    hist, _ = _history({"probe.every": 1, "probe.microbatches": 4}, iterations=1)
+    m = hist[0]
+    assert set(KEYS) <= set(m)
+    tokens = m["response/length"] * 8  # batch of 8
+    assert tokens / m["perf/tokens_per_s"] < 5.0 and m["perf/update_s"] < 5.0
+    assert tokens / m["perf/tokens_per_s"] >= m["perf/rollout_s"]  # the rollout is still timed

@@ -64,7 +64,9 @@ def test_main_effect_is_the_mean_of_matched_cell_differences_by_hand():
     assert d.to_dict() == {"x": 3.0, "y": 3.0}  # cell z has only A=1: not matched
     t = E.main_effects(runs, None, ["A", "B"], "eval/gold")
     row = t[t["factor"] == "A"].iloc[0]
-    assert row["estimate"] == 3.0 and row["n_matched"] == 2 and "needs 2 more" in row["note"]
+    # 7 runs in 5 cells: 2 error df for the fixed-effects interval (more than the matched cells' 1)
+    assert row["estimate"] == 3.0 and row["n_matched"] == 2 and row["over"] == E.FIXED and row["df"] == 2
+    assert "needs 1 more run to call it" in row["note"]
 
 
 def test_interaction_is_half_the_difference_of_effects():
@@ -146,7 +148,7 @@ def test_budget_factor_is_compared_at_matched_episodes():
 
 
 def test_effect_from_too_few_matched_cells_is_not_called():
-    runs = factorial(effect_a=0.3, c_levels=(1,))  # only 2 matched cells for A
+    runs = factorial(effect_a=0.3, c_levels=(1,), seeds=1)  # only 2 matched cells for A, no within-cell df
     t = E.effects_table(runs, None, ["A", "B", "C"])
     out = findings.effect_sentences(t)
     a = next(s for s in out if s.startswith("Main effect A: 1 - 0"))
@@ -154,6 +156,10 @@ def test_effect_from_too_few_matched_cells_is_not_called():
     assert "excludes 0" not in a
     four = findings.effect_sentences(E.effects_table(factorial(effect_a=0.3), None, ["A", "B", "C"]))
     assert any(s.startswith("Main effect A: 1 - 0") and "excludes 0, so it is positive" in s for s in four)
+    # the same 2 matched cells with 3 seeds each: the seeds give the fixed-effects interval 8 error df
+    seeded = findings.effect_sentences(E.effects_table(factorial(effect_a=0.3, c_levels=(1,)), None, ["A", "B", "C"]))
+    a3 = next(s for s in seeded if s.startswith("Main effect A: 1 - 0"))
+    assert "8 error df" in a3 and "so it is positive" in a3
 
 
 def test_small_samples_sentence_says_how_many_more_seeds():
@@ -220,18 +226,25 @@ def test_log_log_slope_of_batch_variance():
     assert "flatter than -1" in flat and "consistent" not in flat
 
 
-def test_baseline_lowers_the_sample_variance_at_matched_settings():
+def test_baseline_is_compared_on_the_scale_free_noise_scale():
+    """Whitening divides each baseline's advantages by a different std: here RLOO's tr(Sigma) reads 2x
+    baseline none's (its advantages were scaled up) while its signal reads 4x, so its B_simple is half.
+    The finding compares B_simple (scale-free), never tr(Sigma)."""
     rows = []
-    for adv, scale in (("sequence/none", 1.0), ("sequence/rloo", 0.5)):
+    for adv, var, sig in (("sequence/none", 1.0, 1.0), ("sequence/rloo", 2.0, 4.0)):
         for kl, s in itertools.product((0.0, 0.01, 0.05, 0.1), range(2)):
-            rows.append(
-                {"advantage": adv, "kl.coef": kl, "seed": s, E.SAMPLE_VAR: scale * (10 + kl * 100 + s)}
-            )
+            v = var * (10 + kl * 100 + s)
+            rows.append({"advantage": adv, "kl.coef": kl, "seed": s, E.SAMPLE_VAR: v, E.SIGNAL: sig,
+                         E.NOISE_SCALE: v / sig})  # fmt: skip
     runs = pd.DataFrame(rows)
     (s,) = findings.baseline_variance(runs, ["kl.coef", "advantage"])
-    iv, cells, over = E.variance_ratio(runs, "advantage", "sequence/none", "sequence/rloo", ["kl.coef", "advantage"])
+    iv, cells, over = E.variance_ratio(runs, "advantage", "sequence/none", "sequence/rloo", ["kl.coef", "advantage"],
+                                       value=E.NOISE_SCALE)
     assert iv.point == pytest.approx(0.5) and cells == 4 and over == E.CELLS
-    assert s.startswith("Baseline: sequence/rloo against sequence/none") and s.endswith("lower.")
+    assert s.startswith("Baseline: sequence/rloo against sequence/none: noise scale B_simple") and s.endswith("lower.")
+    assert "scale-free" in s and "ratio 0.50" in s
+    raw, _, _ = E.variance_ratio(runs, "advantage", "sequence/none", "sequence/rloo", ["kl.coef", "advantage"])
+    assert raw.point == pytest.approx(2.0)  # what a tr(Sigma) comparison would have read: "higher"
     (few,) = findings.baseline_variance(runs[runs["kl.coef"] < 0.05], ["kl.coef", "advantage"])
     assert "needs 2 more matched cells" in few
 
@@ -303,3 +316,86 @@ def test_axes_that_move_together_are_one_factor():
     assert sweep.factors == ["kl.coef", "rollout.batch_size"]
     crossed = pd.DataFrame([{**r, "train.iterations": it} for r in rows for it in (20, 40)])
     assert Sweep("x", None, ["kl.coef", "rollout.batch_size", "train.iterations"], crossed).moves_with == {}
+
+
+# ---- budgets and lost runs in the tables ----------------------------------------------------------------
+
+
+def test_the_level_table_compares_a_budget_factor_at_matched_episodes():
+    """final_by_factor: batch 16 vs 32 at equal iterations reads 0.16 vs 0.32 from final values (the budget
+    alone); the level table compares at 160 episodes (0.16 vs 0.21) and says so, the figure caption too."""
+    from reports import render
+
+    runs, curves = _budget_sweep()
+    factors = ["rollout.batch_size", "ppo.clip_eps"]
+    t = E.level_table(runs, curves, factors, ["eval/gold"])
+    bs = t[t["factor"] == "rollout.batch_size"].set_index("level")
+    assert (bs["at"] == "at 160 episodes").all()
+    assert bs.loc[16, "iqm"] == pytest.approx(0.16) and bs.loc[32, "iqm"] == pytest.approx(0.21)
+    assert (t.loc[t["factor"] == "ppo.clip_eps", "at"] == "final").all()
+    wide = render.wide_table(t, metrics=["eval/gold"])
+    assert list(wide.loc[wide["factor"] == "rollout.batch_size", "compared at"]) == ["at 160 episodes"] * 2
+    fig = type("F", (), {"stem": "fig2_final_reward", "meta": {}, "title": ""})()
+    caps = render.captions([fig], runs, factors)
+    assert "Sample budgets differ between the levels of rollout.batch_size" in caps["fig2_final_reward"][1]
+
+
+def _lossy(drop_worst: int = 0, drop_cell: bool = False):
+    """2 x 2 (A x B), 10 seeds a cell, no effect of A; optionally the ``drop_worst`` worst runs at A = 1
+    fail (lost), or the whole cell A = 1, B = y fails."""
+    rng = np.random.default_rng(4)
+    rows = [{"A": a, "B": b, "seed": s, "run_id": f"{a}{b}{s}", "cell": f"A={a}, B={b}",
+             "eval/gold": (0.3 if b == "y" else 0.0) + rng.normal(0, 0.1)}
+            for a, b in itertools.product((0, 1), ("x", "y")) for s in range(10)]  # fmt: skip
+    runs = pd.DataFrame(rows)
+    lost = runs.iloc[0:0]
+    if drop_worst:
+        worst = runs[runs["A"] == 1].nsmallest(drop_worst, "eval/gold").index
+        lost, runs = runs.loc[worst], runs.drop(worst)
+    if drop_cell:
+        gone = (runs["A"] == 1) & (runs["B"] == "y")
+        lost, runs = runs[gone], runs[~gone]
+    return runs.reset_index(drop=True), lost.drop(columns=["eval/gold"]).assign(status="FAILED")
+
+
+def test_failed_runs_are_counted_per_cell_and_level_and_unequal_losses_refuse_the_call():
+    from reports import attrition, render
+
+    runs, lost = _lossy(drop_worst=8)
+    cells = attrition.cell_counts(runs, lost)
+    assert cells["planned"].eq(10).all() and cells["failed"].sum() == 8 and cells["missing"].sum() == 0
+    levels = attrition.level_counts(runs, lost, "A")
+    assert levels.loc["0", "failed"] == 0 and levels.loc["1", "failed"] == 8 and levels.loc["1", "finished"] == 12
+    why = attrition.unequal_loss(runs, lost, "A")
+    assert why.startswith("not called: the levels lost different shares") and "1 lost 8 of 20" in why
+    assert attrition.unequal_loss(runs, lost, "B") is None or "B" not in why
+    table = E.level_table(runs, None, ["A", "B"], ["eval/gold"])
+    effects = E.effects_table(runs, None, ["A", "B"], metrics=("eval/gold",))
+    refused = {"A": why}
+    a = next(s for s in findings.effect_sentences(effects, refused=refused) if s.startswith("Main effect A"))
+    assert "not called: the levels lost different shares" in a and "positive" not in a
+    # the survivors at A = 1 are its best runs: a positive estimate for an effect that is 0 by construction
+    assert effects.set_index("factor").loc["A", "estimate"] > 0.04
+    level = findings.factor_level(runs, pd.DataFrame(), ["A", "B"], table, "A", why)
+    assert "lost different shares" in level
+    cov = findings.coverage(runs, {"FAILED": 8}, lost)
+    assert "Runs lost per cell (A=1, B=" in cov and "failed, 0 missing of 10" in cov
+    wide = render.wide_table(table, metrics=["eval/gold"], counts={"A": levels})
+    assert list(wide.loc[wide["factor"] == "A", "failed"]) == [0, 8]
+    shown = render.effects_display(attrition.with_losses(effects, runs, lost)).set_index("effect")
+    assert shown.loc["A: 1 - 0", "runs lost"] == "0: 0 of 20, 1: 8 of 20"
+    # an attempt that failed and then finished on a resume is not a loss
+    again = lost.iloc[:1].assign(status="KILLED")
+    assert attrition.cell_counts(runs, again.assign(seed=runs["seed"].iloc[0], cell=runs["cell"].iloc[0]))[
+        "failed"].sum() == 0
+    # a seed that never started is missing: one cell with 9 runs of the 10 the others hold
+    short = runs.drop(runs[(runs["A"] == 0) & (runs["B"] == "x")].index[:1])
+    assert attrition.cell_counts(short, lost).loc["A=0, B=x", "missing"] == 1
+
+
+def test_a_level_that_lost_a_whole_cell_is_compared_on_matched_cells_only():
+    runs, lost = _lossy(drop_cell=True)
+    table = E.level_table(runs, None, ["A", "B"], ["eval/gold"])
+    assert table.loc[table["factor"] == "A", "unmatched"].all()
+    s = findings.factor_level(runs, pd.DataFrame(), ["A", "B"], table, "A")
+    assert "only the 1 matched cell settings are compared (10 runs left out)" in s

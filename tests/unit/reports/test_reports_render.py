@@ -107,22 +107,30 @@ def test_best_level_says_whether_cis_overlap():
 
 
 def test_over_optimisation_detected_from_curves():
-    def curve(rid, gold, proxy):
+    def curve(rid, gold, proxy, se):
         rows = [(rid, s, "eval/gold", g) for s, g in enumerate(gold)]
         rows += [(rid, s, "eval/proxy", p) for s, p in enumerate(proxy)]
+        rows += [(rid, s, "eval/gold_se", se) for s in range(len(gold))]
         return pd.DataFrame(rows, columns=["run_id", "step", "metric", "value"])
 
+    rise = [0.1, 0.5, 0.9, 1.3, 1.7]
     curves = pd.concat(
         [
-            curve("a", [0.2, 0.6, 0.4], [0.1, 0.5, 0.9]),  # gold peaks then falls, proxy rises
-            curve("b", [0.2, 0.4, 0.6], [0.1, 0.5, 0.9]),  # both rise
+            curve("a", [0.2, 0.6, 0.6, 0.3, 0.3], rise, 0.02),  # a fall of 15 standard errors, proxy rises
+            curve("b", [0.2, 0.4, 0.6, 0.6, 0.7], rise, 0.02),  # both rise
+            # the old rule's case: a quarter of a small gain lost, but within the noise (se 0.06)
+            curve("c", [0.50, 0.56, 0.55, 0.52, 0.51], rise, 0.06),
         ]
     )
-    runs = pd.DataFrame({"run_id": ["a", "b"], "kl.coef": [0.01, 0.1]})
-    o = findings.overoptimised_runs(curves).set_index("run_id")
-    assert o.loc["a", "overoptimised"] and not o.loc["b", "overoptimised"]
+    runs = pd.DataFrame({"run_id": ["a", "b", "c"], "kl.coef": [0.01, 0.1, 0.1], "eval.prompts": [64] * 3})
+    o = findings.overoptimised_runs(curves, runs).set_index("run_id")
+    assert o.loc["a", "overoptimised"] and o.loc["a", "onset_step"] == 3
+    assert not o.loc["b", "overoptimised"] and not o.loc["c", "overoptimised"]
+    assert o.loc["c", "drop"] >= 0.25 * o.loc["c", "gain"]  # what the old quarter-of-the-gain rule flagged
     s = findings.over_optimisation(runs, curves, ["kl.coef"])
-    assert s.startswith("1 of 2 runs over-optimised") and "1 of 1 at 0.01" in s
+    assert s.startswith("1 of 3 runs over-optimised") and "1 of 1 at 0.01" in s and "at most 5% (0.15 of 3)" in s
+    no_se = curves[curves["metric"] != "eval/gold_se"]
+    assert findings.over_optimisation(runs, no_se, ["kl.coef"]).startswith("Over-optimisation is not tested")
 
 
 def test_findings_cover_every_factor(frames, table):
