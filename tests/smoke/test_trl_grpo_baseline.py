@@ -32,6 +32,21 @@ MAPPED = (
 )
 
 # one refused value per refused key (and what else it needs to be a valid config)
+# what neither sequence-level trainer can express, each refused by its key
+BOTH = {
+    "ppo.loss_mode": {"ppo.loss_mode": "sapo"},
+    "rollout.staleness": {"rollout.staleness": 2},
+    "rollout.correction": {"rollout.correction": "tis"},
+    "rollout.filter_groups": {"rollout.filter_groups": True},
+    "train.overlong_buffer": {"train.overlong_buffer": 4},
+    "train.checkpoint_every": {"train.checkpoint_every": 5},
+    "rollout.min_new_tokens": {"rollout.min_new_tokens": 2},
+    "rollout.stop": {"rollout.stop": ["."]},
+    "task.chat_template": {"task.chat_template": True},
+    "ppo.micro_batch_size": {"ppo.micro_batch_size": 2},
+    "model.lora.r": {"model.lora.r": 4},
+}
+
 REFUSALS = {
     "trl-grpo": {
         "advantage.level": {"advantage.level": "token"},
@@ -47,17 +62,7 @@ REFUSALS = {
         "ppo.entropy_coef": {"ppo.entropy_coef": 0.01},
         "ppo.target_kl": {"ppo.target_kl": 0.02},
         "train.device": {"train.device": "cuda:1"},
-        "ppo.loss_mode": {"ppo.loss_mode": "sapo"},
-        "rollout.staleness": {"rollout.staleness": 2},
-        "rollout.correction": {"rollout.correction": "tis"},
-        "rollout.filter_groups": {"rollout.filter_groups": True},
-        "train.overlong_buffer": {"train.overlong_buffer": 4},
-        "train.checkpoint_every": {"train.checkpoint_every": 5},
-        "rollout.min_new_tokens": {"rollout.min_new_tokens": 2},
-        "rollout.stop": {"rollout.stop": ["."]},
-        "task.chat_template": {"task.chat_template": True},
-        "ppo.micro_batch_size": {"ppo.micro_batch_size": 2},
-        "model.lora.r": {"model.lora.r": 4},
+        **BOTH,
     },
     "trl-rloo": {
         "advantage.level": {"advantage.level": "token"},
@@ -73,17 +78,7 @@ REFUSALS = {
         "ppo.entropy_coef": {"ppo.entropy_coef": 0.01},
         "ppo.target_kl": {"ppo.target_kl": 0.02},
         "train.device": {"train.device": "cuda:1"},
-        "ppo.loss_mode": {"ppo.loss_mode": "sapo"},
-        "rollout.staleness": {"rollout.staleness": 2},
-        "rollout.correction": {"rollout.correction": "tis"},
-        "rollout.filter_groups": {"rollout.filter_groups": True},
-        "train.overlong_buffer": {"train.overlong_buffer": 4},
-        "train.checkpoint_every": {"train.checkpoint_every": 5},
-        "rollout.min_new_tokens": {"rollout.min_new_tokens": 2},
-        "rollout.stop": {"rollout.stop": ["."]},
-        "task.chat_template": {"task.chat_template": True},
-        "ppo.micro_batch_size": {"ppo.micro_batch_size": 2},
-        "model.lora.r": {"model.lora.r": 4},
+        **BOTH,
     },
 }
 
