@@ -298,7 +298,7 @@ def test_a_logged_config_yaml_reads_back_as_the_same_config(tmp_path):
     assert load_config(p) == cfg
 
 
-# ---- issue 14: ratio level, clip-higher, dual clip, aggregation, straight-through KL, truncation ---------
+# ---- ratio level, clip-higher, dual clip, aggregation, straight-through KL, truncation ---------
 
 LEVEL_KEYS = ("ppo.ratio_level", "ppo.clip_eps_high", "ppo.dual_clip", "loss.norm_length", "train.truncated")
 

@@ -1,4 +1,4 @@
-"""Issue 14's pure functions in harness/ppo/math.py, by hand on small tensors: the sequence (GSPO) and
+"""The ratio-level, clip and aggregation functions of harness/ppo/math.py, by hand on small tensors: the sequence (GSPO) and
 GSPO-token ratios, asymmetric and dual clip with their statistics, the token-sum and
 seq-mean-token-sum-norm aggregations on ragged masks, the straight-through KL estimators and the
 REINFORCE++ baselines."""

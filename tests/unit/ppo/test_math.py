@@ -389,7 +389,7 @@ def test_aggregate_by_hand():
     empty_row = t([[1, 1, 1], [0, 0, 0]])
     assert_close(aggregate(loss, empty_row, "seq-mean-token-mean"), t(1.0))
     assert_close(aggregate(loss, empty_row, "seq-mean-token-sum"), t(3.0))
-    with pytest.raises(ValueError, match="'token-max'"):  # token-sum became a mode (issue 14)
+    with pytest.raises(ValueError, match="'token-max'"):  # token-sum is a mode of its own
         aggregate(loss, mask, "token-max")
 
 

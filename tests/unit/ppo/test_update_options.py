@@ -1,4 +1,4 @@
-"""Issue 14's options through the REAL update: ``harness.ppo.loop.ppo_iteration`` on the tiny cached models.
+"""The ratio, clip and aggregation options through the REAL update: ``harness.ppo.loop.ppo_iteration`` on the tiny cached models.
 
 Each test says which wrong wiring makes it fail. ``math.policy_loss`` / ``math.value_loss`` are wrapped by
 spies that record their arguments and call the original (the update calls them as ``M.policy_loss``),
@@ -6,7 +6,7 @@ so what is checked is what the real update computed, recomputed here by hand fro
 
 Keys covered: ppo.ratio_level, ppo.clip_eps_high, ppo.dual_clip, kl.estimator k1+ / k3+,
 train.truncated, the policy/clipfrac_low / clipfrac_high / dualclip_frac metrics, and the default
-config's numbers (recorded before issue 14's change) staying what they were.
+config's numbers (recorded before those axes were added) staying what they were.
 """
 
 from __future__ import annotations
@@ -295,7 +295,7 @@ def test_the_probe_uses_the_updates_policy_loss_options_and_mask(monkeypatch):
     """probe.every=1 with GSPO, clip-higher, dual clip and train.truncated=mask: the probe's policy_loss
     calls (the first K, before the update's) get exactly ``policy_loss_kwargs(cfg, task)`` and the
     update's mask (all rows truncated here: empty). Fails if the probe is handed only clip_eps / agg
-    (the pre-issue-14 call) or the response mask."""
+    (the call before these options) or the response mask."""
     calls = _spy(monkeypatch, "policy_loss")
     over = {**GSPO, "ppo.dual_clip": 2.0, "train.truncated": "mask", "probe.every": 1, "probe.microbatches": 2}
     cfg, m, hist = _run(over)
