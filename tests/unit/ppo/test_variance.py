@@ -142,8 +142,9 @@ def test_per_completion_noise_does_not_grow_with_the_microbatch():
 
     cfg = build_config(None, {**TINY, "advantage.level": "sequence", "advantage.baseline": "none", "seed": 3})
     m = load_models(cfg)
-    ro = _rollout(cfg, m, init_state(cfg, m), make_score_fn(m.reward, m.task.gold), None)
-    batch, _ = _sequence_advantages(cfg, ro, sequence_return(ro.scores, ro.mask * 0.0, 0.0))
+    ro, _ = _rollout(cfg, m, init_state(cfg, m), make_score_fn(m.reward, m.task.gold), None)
+    kl = ro.mask * 0.0  # (B, T) no KL: the return is the score
+    batch, _ = _sequence_advantages(cfg, ro, sequence_return(ro.scores, kl, 0.0), kl, 0.0)
     m.policy.train()
     assert ro.size == 8 and float(batch.adv.abs().sum()) > 0
 
