@@ -47,8 +47,7 @@ from baselines.trl_ppo import ClippedAdam, NotExpressible
 from baselines.trl_reward import ScoredBatch
 from harness.config import RunConfig, response_length
 from harness.ppo import math as M
-from harness.ppo.schedules import scheduler_kind
-from harness.ppo.update import lr_schedule
+from harness.ppo.schedules import lr_schedule, scheduler_kind
 from harness.ppo.variance import KEYS as VARIANCE_KEYS
 from harness.recording import RunResult
 

@@ -66,8 +66,7 @@ from harness.config import RunConfig, response_length
 from harness.devices import resolve as resolve_device
 from harness.fast.flat import clip_norm_
 from harness.lm.rollout import make_score_fn
-from harness.ppo.schedules import scheduler_kind
-from harness.ppo.update import lr_schedule
+from harness.ppo.schedules import lr_schedule, scheduler_kind
 from harness.ppo.variance import KEYS as VARIANCE_KEYS  # the probe owns its key list
 from harness.recording import Recorder, RunResult
 

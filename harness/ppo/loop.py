@@ -29,6 +29,7 @@ from harness.ppo import kl_control
 from harness.ppo import math as M
 from harness.ppo import rollouts as R
 from harness.ppo.estimators import BASELINES
+from harness.ppo.schedules import lr_schedule
 from harness.ppo.update import (
     Batch,
     NonFiniteError,
@@ -37,7 +38,6 @@ from harness.ppo.update import (
     autocast,
     check,
     loss_mode_kwargs,
-    lr_schedule,
     policy_loss_kwargs,
     update,
 )

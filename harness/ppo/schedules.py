@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-__all__ = ["KINDS", "lr_factor", "scheduler_kind"]
+__all__ = ["KINDS", "lr_factor", "lr_schedule", "scheduler_kind"]
 
 KINDS = ("constant", "constant_with_warmup", "linear", "cosine")
 
@@ -49,3 +49,10 @@ def lr_factor(kind: str, iterations: int, warmup: int = 0) -> Callable[[int], fl
         return max(0.0, 0.5 * (1.0 + math.cos(math.pi * p)))
 
     return factor
+
+
+def lr_schedule(cfg) -> Callable[[int], float]:
+    """A run config's learning-rate factor after i iterations (``ppo.lr_scheduler_type``,
+    ``ppo.warmup_iterations``, or ``ppo.lr_decay``): the custom core's and the TRL references' one schedule."""
+    kind = scheduler_kind(cfg.ppo.lr_scheduler_type, cfg.ppo.lr_decay)
+    return lr_factor(kind, cfg.train.iterations, cfg.ppo.warmup_iterations)

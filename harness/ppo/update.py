@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple, Protocol
 
@@ -31,11 +31,10 @@ from harness.models.types import Models, SharedTrunkValue
 from harness.ppo import losses as L
 from harness.ppo import math as M
 from harness.ppo.accumulate import accumulate
-from harness.ppo.schedules import lr_factor, scheduler_kind
 
 __all__ = [
-    "Batch", "NonFiniteError", "SideThread", "UpdateState", "UpdateStats", "autocast", "check", "linear_decay",
-    "loss_mode_kwargs", "lr_schedule", "norm_length", "policy_loss_kwargs", "update",
+    "Batch", "NonFiniteError", "SideThread", "UpdateState", "UpdateStats", "autocast", "check",
+    "loss_mode_kwargs", "norm_length", "policy_loss_kwargs", "update",
 ]
 
 
@@ -53,20 +52,6 @@ def autocast(cfg: RunConfig, model: torch.nn.Module):
     """bf16 autocast on the model's device when ``train.autocast=bf16``; a no-op otherwise."""
     device = next(model.parameters()).device.type
     return torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.train.autocast == "bf16")
-
-
-def lr_schedule(cfg: RunConfig) -> Callable[[int], float]:
-    """The run's learning-rate factor after i iterations (``ppo.lr_scheduler_type``, ``ppo.warmup_iterations``,
-    or ``ppo.lr_decay``; ``harness.ppo.schedules``)."""
-    kind = scheduler_kind(cfg.ppo.lr_scheduler_type, cfg.ppo.lr_decay)
-    return lr_factor(kind, cfg.train.iterations, cfg.ppo.warmup_iterations)
-
-
-def linear_decay(iterations: int, enabled: bool) -> Callable[[int], float]:
-    """The LR factor of iteration i (0-based): 1 - i / n, floored at 0 (cleanRL anneal_lr), or 1 throughout."""
-    if enabled:
-        return lambda i: max(0.0, 1.0 - i / iterations)
-    return lambda i: 1.0
 
 
 class SideThread:
