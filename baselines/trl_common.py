@@ -48,8 +48,8 @@ from baselines.trl_reward import ScoredBatch
 from harness.config import RunConfig, response_length
 from harness.ppo import math as M
 from harness.ppo.schedules import lr_schedule, scheduler_kind
-from harness.ppo.variance import KEYS as VARIANCE_KEYS
 from harness.recording import RunResult
+from harness.schema import PROBE_KEYS as VARIANCE_KEYS
 
 __all__ = [
     "GROUP_ABSENT", "TRL_KEYS", "HarnessReward", "Refusals", "TrainerNotExpressible", "check_table", "common_args",

@@ -34,7 +34,7 @@ fall under kl.estimator and loss.agg), train.device=cuda:N with N > 0 or mps (ac
 models; train.device=cuda / cuda:0 / auto -> use_cpu=False, the GPU CUDA_VISIBLE_DEVICES shows first).
 
 Accepted with metrics absent (not faked): probe.every > 0 (the gradient-variance probe cannot run
-inside TRL's loop: none of harness.ppo.variance.KEYS is logged), and
+inside TRL's loop: none of harness.schema.PROBE_KEYS is logged), and
 val/explained_var, adv/mean, adv/std (TRL does not expose advantages or returns).
 
 Known differences inside TRL's loop (documented, not patched; see tests/parity/test_trl_ppo_parity.py):
@@ -67,8 +67,8 @@ from harness.devices import resolve as resolve_device
 from harness.fast.flat import clip_norm_
 from harness.lm.rollout import make_score_fn
 from harness.ppo.schedules import lr_schedule, scheduler_kind
-from harness.ppo.variance import KEYS as VARIANCE_KEYS  # the probe owns its key list
 from harness.recording import Recorder, RunResult
+from harness.schema import PROBE_KEYS as VARIANCE_KEYS
 
 __all__ = [
     "ABSENT", "REFUSED", "ClippedAdam", "NotExpressible", "check_expressible", "group_collator", "make_optimizer",

@@ -18,6 +18,18 @@ class Metric(NamedTuple):
     meaning: str
 
 
+# the gradient-noise probe's keys (harness/ppo/variance.py logs them; a reference that has no probe names them absent)
+PROBE_KEYS = (
+    "grad/variance",
+    "grad/signal",
+    "grad/rel_variance",
+    "grad/noise_scale",
+    "grad/sample_variance",
+    "grad/batch_variance",
+    "grad/cosine",
+    "grad/mean_norm",
+)
+
 METRICS: dict[str, Metric] = {
     # ---- the rollout's batch
     "objective/scores": Metric("proxy score", "", "max", "mean optimised score (proxy RM or gold; missing-EOS penalty applied under train.truncated=penalty)"),

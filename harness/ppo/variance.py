@@ -38,18 +38,9 @@ import torch
 from harness.lm.forward import policy_forward
 from harness.lm.rollout import Rollout
 from harness.ppo import losses as L
+from harness.schema import PROBE_KEYS
 
-# Keys this probe logs (documented in harness/schema.py).
-KEYS = (
-    "grad/variance",
-    "grad/signal",
-    "grad/rel_variance",
-    "grad/noise_scale",
-    "grad/sample_variance",
-    "grad/batch_variance",
-    "grad/cosine",
-    "grad/mean_norm",
-)
+KEYS = PROBE_KEYS  # the keys this probe logs (spelled in harness/schema.py)
 
 # Aggregations whose loss is a sum over the rows handed in (not a mean): the probe rescales by 1 / b.
 ROW_SUM_AGGS = frozenset({"token-sum"})
