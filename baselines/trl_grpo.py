@@ -53,6 +53,7 @@ Known differences (documented, not patched; see tests/parity/test_trl_grpo_parit
 
 from __future__ import annotations
 
+from baselines import trl_common
 from baselines.trl_common import (
     GROUP_ABSENT,
     TRL_KEYS,
@@ -68,7 +69,6 @@ from baselines.trl_common import (
 )
 from baselines.trl_ppo import NotExpressible
 from harness.config import RunConfig
-from harness.recording import RunResult
 
 __all__ = ["ABSENT", "LOSS_TYPES", "REFUSED", "NotExpressible", "check_expressible", "train", "trl_args"]
 
@@ -130,7 +130,11 @@ def iteration_metrics(cfg: RunConfig, logs: list[dict], batch: dict[str, float])
     return m
 
 
-def train(cfg: RunConfig, logger, on_eval=None, progress: bool = True) -> RunResult:
-    """``impl=trl-grpo``: train ``cfg`` with TRL's GRPOTrainer and log it into ``logger``'s run."""
-    return train_group(cfg, logger, on_eval, progress, name="trl-grpo", trainer=TRAINER, check=check_expressible,
-                       absent=ABSENT, make_args=trl_args, metrics=iteration_metrics)
+def set_up(cfg: RunConfig, logger) -> None:
+    """Before the models load: this trainer's refusals, its environment, the tags of what it cannot log."""
+    trl_common.set_up(cfg, logger, check_expressible, ABSENT, TRAINER)
+
+
+def train(cfg: RunConfig, models, rec) -> None:
+    """``impl=trl-grpo``: train ``cfg`` with TRL's GRPOTrainer on the run's ``models``, recorded by ``rec``."""
+    train_group(cfg, models, rec, name="trl-grpo", trainer=TRAINER, make_args=trl_args, metrics=iteration_metrics)

@@ -267,7 +267,7 @@ def train(
     profile: dict = {}
     try:
         cfg, profile = _config_with_profile(config, overrides)
-        validate_model_keys(cfg)
+        task = validate_model_keys(cfg)  # once, before the store exists; execute is handed the result
     except (ConfigError, ModelError) as e:
         raise fail(str(e)) from None
     from harness.impls import check_expressible
@@ -287,7 +287,7 @@ def train(
         typer.echo(f"impl {cfg.impl}: its default profile sets {' '.join(as_overrides(profile))}", err=True)
     store = Store(runs_dir, tracking_uri)
     tags = {Tag.IMPL_PROFILE: " ".join(as_overrides(profile))} if profile else None
-    _train_and_report(lambda: execute(cfg, store, experiment=experiment, tags=tags,
+    _train_and_report(lambda: execute(cfg, store, experiment=experiment, tags=tags, task=task,
                                       progress=not quiet and sys.stderr.isatty()), store, experiment)
 
 

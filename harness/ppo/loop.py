@@ -1,8 +1,9 @@
 """The PPO loop, readable top to bottom. No MLflow calls, no CLI, no files of its own.
 
 ``PPOState`` holds what persists across iterations; ``ppo_iteration`` runs the seven steps of
-README.md once and returns a flat metrics dict; ``train`` is ``impl=custom``: models, state,
-then ``train.iterations`` iterations with held-out evaluation and logging (``harness.recording``).
+README.md once and returns a flat metrics dict; ``train`` is ``impl=custom``: state, then
+``train.iterations`` iterations on the run's models, recorded by its ``Recorder`` (``harness.run``
+loads the models and owns the run around it).
 
 Where each piece lives: the math (rewards, returns, GAE, baselines, losses) in
 ``harness.ppo.math``, the KL coefficient's controller in ``harness.ppo.kl_control``, the epochs x
@@ -20,9 +21,8 @@ import torch
 
 from harness.checkpoint import Checkpoints
 from harness.config import RunConfig, response_length
-from harness.export import finish_run
 from harness.fast.flat import FlatParams
-from harness.lm.rollout import Rollout, ScoreFn, collect, make_score_fn
+from harness.lm.rollout import Rollout, ScoreFn, collect
 from harness.lm.sampling import generation_options
 from harness.models.types import Models, SharedTrunkValue
 from harness.ppo import kl_control
@@ -42,7 +42,7 @@ from harness.ppo.update import (
     update,
 )
 from harness.ppo.variance import probe_generator, probe_gradient_variance
-from harness.recording import Recorder, RunResult
+from harness.recording import Recorder
 
 __all__ = ["NonFiniteError", "PPOState", "init_state", "ppo_iteration", "train"]
 
@@ -269,29 +269,19 @@ def _metrics(cfg: RunConfig, models: Models, st: PPOState, ro: Rollout, kl: torc
     return {**metrics, **probe}
 
 
-def train(cfg: RunConfig, logger, on_eval=None, progress: bool = True) -> RunResult:
-    """``impl=custom``: load the models, evaluate at 0, then ``train.iterations`` PPO iterations, each
-    logged into ``logger``'s run and evaluated every ``eval.every`` and at the last (``Recorder``)."""
-    # imported when a run starts, not with the loop (load_models brings transformers)
-    from harness.progress import RunProgress
-    from harness.warmstart.load import load_models
-
-    n = cfg.train.iterations
-    with RunProgress(n, enabled=progress, title=f"{cfg.task.name} {cfg.advantage.level} seed {cfg.seed}") as bar:
-        models = load_models(cfg, progress=bar.status)
-        score_fn = make_score_fn(models.reward, models.task.gold, models.reward_fn)
-        st = init_state(cfg, models)
-        rec = Recorder(cfg, logger, models, score_fn, response_length(cfg, models.task), bar=bar, on_eval=on_eval)
-        ckpt = Checkpoints(cfg, logger)  # train.checkpoint_every; a resumed run continues after its newest
-        try:
-            start = ckpt.resume(models, st, rec)
-            if start == 0:
-                rec.begin()
-            for it in range(start + 1, n + 1):
-                t0 = time.perf_counter()
-                metrics = ppo_iteration(cfg, models, st, score_fn)
-                rec.step(it, metrics, seconds=time.perf_counter() - t0)
-                ckpt.after(it, models, st, rec)
-        finally:
-            st.close()
-        return finish_run(cfg, models, logger, rec.result())  # train.save_policy
+def train(cfg: RunConfig, models: Models, rec: Recorder) -> None:
+    """``impl=custom``: evaluate at 0, then ``train.iterations`` PPO iterations on ``models``, each recorded
+    into ``rec`` (evaluated every ``eval.every`` and at the last); checkpoints every ``train.checkpoint_every``."""
+    st = init_state(cfg, models)
+    ckpt = Checkpoints(cfg, rec.logger)  # train.checkpoint_every; a resumed run continues after its newest
+    try:
+        start = ckpt.resume(models, st, rec)
+        if start == 0:
+            rec.begin()
+        for it in range(start + 1, cfg.train.iterations + 1):
+            t0 = time.perf_counter()
+            metrics = ppo_iteration(cfg, models, st, rec.score_fn)
+            rec.step(it, metrics, seconds=time.perf_counter() - t0)
+            ckpt.after(it, models, st, rec)
+    finally:
+        st.close()

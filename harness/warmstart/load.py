@@ -274,9 +274,11 @@ def safetensors_problem(path: Path) -> str | None:
     return None
 
 
-def load_models(cfg: RunConfig, progress=None) -> Models:
-    """Everything one run needs, built or loaded from the cache."""
-    task = validate_model_keys(cfg)
+def load_models(cfg: RunConfig, progress=None, task: Task | None = None) -> Models:
+    """Everything one run needs, built or loaded from the cache. ``task``: what ``validate_model_keys(cfg)``
+    returned when the run's owner checked the keys already; else they are checked now."""
+    if task is None:
+        task = validate_model_keys(cfg)
     start = policy_start(cfg, task, progress)
     tokenizer = load_tokenizer(start.tokenizer)
     if cfg.task.chat_template and not getattr(tokenizer, "chat_template", None):  # a hub id's, known only now
