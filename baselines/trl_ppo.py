@@ -65,6 +65,7 @@ import torch
 from baselines.trl_menu import menu_refusals
 from harness.config import RunConfig, response_length
 from harness.devices import resolve as resolve_device
+from harness.errors import InputError
 from harness.fast.flat import clip_norm_
 from harness.ppo.schedules import lr_schedule, scheduler_kind
 from harness.recording import Recorder
@@ -121,7 +122,7 @@ _TRL_KEYS = {
 ABSENT = (*VARIANCE_KEYS, "val/explained_var", "adv/mean", "adv/std")
 
 
-class NotExpressible(ValueError):
+class NotExpressible(InputError):
     """A config value TRL's PPOTrainer cannot express; the message is one line naming the key."""
 
     def __init__(self, key: str, value, why: str):

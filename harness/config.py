@@ -18,6 +18,7 @@ from typing import Any, Literal, NamedTuple, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness.errors import InputError
 from harness.ppo.estimators import BASELINES
 from harness.ppo.losses import POLICY_LOSSES
 from harness.ppo.offpolicy import CORRECTIONS
@@ -29,7 +30,7 @@ from harness.yamlio import YAMLInputError, loads, read_yaml, show_key
 SEED_LIMIT = 2**32
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A bad config: the message is one line naming the key and the problem (also as .key / .problem)."""
 
     def __init__(self, message: str, key: str | None = None, problem: str | None = None):
@@ -697,7 +698,7 @@ def did_you_mean(word: str, options, quote: str = "'") -> str:
     return f" (did you mean {quote}{close[0]}{quote}?)" if close else ""
 
 
-class SpeltTwice(ValueError):
+class SpeltTwice(InputError):
     """One dotted key written two ways in one mapping (``kl.coef: ...`` beside ``kl: {coef: ...}``)."""
 
     def __init__(self, key: str, first: str, second: str):

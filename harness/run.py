@@ -23,6 +23,7 @@ import torch
 from harness.config import RunConfig, response_length, task_label
 from harness.devices import describe as describe_device
 from harness.devices import resolve as resolve_device
+from harness.errors import describe
 from harness.impls import IMPLEMENTATIONS, get, load, resolve
 from harness.ppo.update import NonFiniteError
 from harness.recording import OnEval, Recorder, RunResult
@@ -134,7 +135,7 @@ def execute(
                 logger.end("KILLED")
         raise
     except BaseException as e:
-        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        reason = describe(e)
         with _signals_deferred(redeliver=True):
             try:
                 logger.set_tags({Tag.FAILURE: reason[:500]})

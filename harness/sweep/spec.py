@@ -54,6 +54,7 @@ from harness.config import (
     flat_items,
     known_keys,
 )
+from harness.errors import InputError
 from harness.impls import check_expressible
 from harness.impls import get as get_impl
 from harness.schema import METRICS
@@ -67,7 +68,7 @@ TOP_KEYS = ("name", "description", "base", "grid", "seeds", "sampler", "n_trials
 _MAX_RUNS = 100_000  # a typo like 10 axes x 10 values should be refused, not enqueued
 
 
-class SpecError(ValueError):
+class SpecError(InputError):
     """One problem with a spec: ``key`` is the spec key (dotted, with [i] for list items)."""
 
     def __init__(self, key: str, problem: str):

@@ -28,13 +28,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from harness.errors import InputError
+
 # PPO_HARNESS_SHIPPED points at another shipped tree (tests of a corrupted copy; a lab's own release)
 ROOT = Path(os.environ.get("PPO_HARNESS_SHIPPED") or Path(__file__).resolve().parents[1] / "shipped")
 MANIFEST = "manifest.json"
 VERSION = "1"  # bump when the shipped artifacts are rebuilt with a different recipe
 
 
-class ArtifactError(ValueError):
+class ArtifactError(InputError):
     """A shipped artifact is missing or does not match its manifest; one line naming the file."""
 
 

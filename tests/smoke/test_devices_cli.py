@@ -76,9 +76,10 @@ def test_each_sweep_worker_runs_pinned_to_its_device(tmp_path):
     """The coordinator's pinning through the real sweep (run_sweep; the CLI's check that the devices exist
     is skipped so a CPU machine can run it): each child run's tag shows its worker's CUDA_VISIBLE_DEVICES."""
     from harness.sweep.coordinator import run_sweep
+    from harness.sweep.study import SweepEnd
 
-    code = run_sweep(_spec(tmp_path), workers=2, runs_dir=tmp_path / "runs", devices=["0", "1"])
-    assert code == 0
+    end = run_sweep(_spec(tmp_path), workers=2, runs_dir=tmp_path / "runs", devices=["0", "1"])
+    assert end is SweepEnd.DONE
     _, runs = _runs(tmp_path)
     children = [r for r in runs if r.data.tags.get("sweep.role") == "child"]
     assert len(children) == 2
