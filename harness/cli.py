@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from harness.errors import EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, InputError, describe
+from harness.schema import IMPLEMENTATIONS
 
 app = typer.Typer(
     add_completion=False,
@@ -234,7 +235,7 @@ def train(
                                          "`ppo-harness config` lists every key with its type, default and meaning."),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (same as --set seed=N).")] = None,
-    impl: Annotated[str | None, typer.Option(help="custom | trl (same as --set impl=...).")] = None,
+    impl: Annotated[str | None, typer.Option(help=f"{' | '.join(IMPLEMENTATIONS)} (same as --set impl=...).")] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "ppo-harness",
     runs_dir: RunsDir = Path("runs"),
     tracking_uri: TrackingUri = None,
@@ -512,7 +513,7 @@ def compare(
     task: Annotated[str, typer.Option(help="Task name (see `ppo-harness tasks`).")] = "sentiment",
     seeds: Annotated[int, typer.Option(help="Seeds 0..N-1, each trained by every implementation.")] = 5,
     impl: Annotated[str, typer.Option("--impl", help="Implementations to compare, a comma list of at least two "
-                                      "(custom, trl, trl-grpo, trl-rloo); the others are set against the first.")]
+                                      f"({', '.join(IMPLEMENTATIONS)}); the others are set against the first.")]
     = "custom,trl",
     set_: Annotated[
         list[str] | None, typer.Option("--set", "-s", help="Override a config key for both: dotted.key=value. Repeatable.")

@@ -22,6 +22,7 @@ from harness.errors import InputError
 from harness.ppo.estimators import BASELINES
 from harness.ppo.losses import POLICY_LOSSES
 from harness.ppo.offpolicy import CORRECTIONS
+from harness.schema import IMPLEMENTATIONS, REFERENCE_IMPL
 from harness.yamlio import YAMLInputError, loads, read_yaml, show_key
 
 # numpy.random.seed takes 0 <= seed < 2**32 and TRL's runs seed numpy (transformers.set_seed);
@@ -446,10 +447,9 @@ class RunConfig(_Section):
     seed: int = Field(
         default=0, description="Seed of prompt sampling, token sampling, shuffles and initialisation (0 <= seed < 2**32)."
     )
-    impl: Literal["custom", "trl", "trl-grpo", "trl-rloo"] = Field(
-        default="custom",
-        description="custom = the harness's PPO core; trl = TRL's PPOTrainer; trl-grpo = TRL's GRPOTrainer; "
-        "trl-rloo = TRL's RLOOTrainer.",
+    impl: Literal[tuple(IMPLEMENTATIONS)] = Field(  # type: ignore[valid-type]
+        default=REFERENCE_IMPL,
+        description="; ".join(f"{name} = {what}" for name, (_, what) in IMPLEMENTATIONS.items()) + ".",
     )
     task: TaskConfig = TaskConfig()
     model: ModelConfig = ModelConfig()

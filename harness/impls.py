@@ -12,46 +12,42 @@ sweep's spec check all go through ``check_expressible``.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any
+
+from harness.registry import Registry, load
+from harness.schema import IMPLEMENTATIONS as NAMES
 
 __all__ = ["IMPLEMENTATIONS", "Implementation", "check_expressible", "get", "load", "resolve"]
 
 
 @dataclass(frozen=True)
 class Implementation:
-    """One ``cfg.impl`` value: its label in reports and its lazy targets."""
+    """One ``cfg.impl`` value (named, with its label, in ``harness.schema.IMPLEMENTATIONS``): its lazy targets."""
 
     name: str
-    label: str  # how figures and tables name it
     train: str  # "module:function": train(cfg, models, recorder) -> None
     set_up: str | None = None  # "module:function": set_up(cfg, logger), before the models load
     check: str | None = None  # "module:function": check_expressible(cfg), before any run
 
 
-def load(target: str) -> Any:
-    """The object a ``"module:object"`` target names (its module imported now)."""
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-IMPLEMENTATIONS: dict[str, Implementation] = {i.name: i for i in (
-    Implementation("custom", "custom core", "harness.ppo.loop:train"),
-    Implementation("trl", "TRL PPOTrainer", "baselines.trl_ppo:train", "baselines.trl_ppo:set_up",
-                   "baselines.trl_ppo:check_expressible"),
-    Implementation("trl-grpo", "TRL GRPOTrainer", "baselines.trl_grpo:train", "baselines.trl_grpo:set_up",
+IMPLEMENTATIONS: Registry[Implementation] = Registry("impl")
+for _impl in (
+    Implementation("custom", "harness.ppo.loop:train"),
+    Implementation("trl", "baselines.trl_ppo:train", "baselines.trl_ppo:set_up", "baselines.trl_ppo:check_expressible"),
+    Implementation("trl-grpo", "baselines.trl_grpo:train", "baselines.trl_grpo:set_up",
                    "baselines.trl_grpo:check_expressible"),
-    Implementation("trl-rloo", "TRL RLOOTrainer", "baselines.trl_rloo:train", "baselines.trl_rloo:set_up",
+    Implementation("trl-rloo", "baselines.trl_rloo:train", "baselines.trl_rloo:set_up",
                    "baselines.trl_rloo:check_expressible"),
-)}
+):
+    IMPLEMENTATIONS.add(_impl.name, _impl)
+if IMPLEMENTATIONS.names() != tuple(NAMES):  # a name in one and not the other: refused at import
+    raise ValueError(f"harness.impls registers {IMPLEMENTATIONS.names()}, harness.schema names {tuple(NAMES)}")
 
 
 def get(impl: str) -> Implementation:
-    try:
-        return IMPLEMENTATIONS[impl]
-    except KeyError:
-        raise ValueError(f"unknown impl {impl!r}; expected one of {sorted(IMPLEMENTATIONS)}") from None
+    """The registered implementation ``impl`` (``UnknownName``, with the closest name, when none)."""
+    return IMPLEMENTATIONS[impl]
 
 
 def resolve(impl: str) -> Any:

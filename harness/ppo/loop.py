@@ -204,17 +204,16 @@ def _sequence_advantages(cfg: RunConfig, ro: Rollout, seq_return: torch.Tensor, 
     """(the update's batch, advantages before whitening): one baseline-subtracted scalar per completion
     (B,), scaled (not centred) when ``advantage.whiten``, broadcast to its response tokens; or, for the
     per-token estimators (REINFORCE++ as published, ``harness.ppo.estimators``), their (B, T) advantages."""
-    baseline = cfg.advantage.baseline
-    entry = BASELINES[baseline]
+    entry = BASELINES[cfg.advantage.baseline]  # the baseline's function and properties (harness.ppo.estimators)
     if entry.props["per_token"]:
         adv = entry.fn(ro.scores, kl, ro.mask, beta, cfg.rollout.group_size, cfg.advantage.gamma)
         returns, vmask = M.sequence_value_targets(seq_return, ro.mask)
         return Batch(ro, adv, returns, vmask), adv
-    v0 = ro.values[:, 0] if baseline == "value" else None  # V(prompt)
+    v0 = ro.values[:, 0] if entry.props["value"] else None  # V(prompt)
     # REINFORCE++ normalises over the batch's response tokens: each completion weighs its token count
-    a_seq = M.sequence_advantages(seq_return, baseline, cfg.rollout.group_size, values=v0, weights=ro.mask.sum(1))
+    a_seq = entry.fn(seq_return, cfg.rollout.group_size, values=v0, weights=ro.mask.sum(1))
     adv_raw = a_seq[:, None] * ro.mask
-    if cfg.advantage.whiten and not baseline.startswith("reinforce_pp"):  # those are normalised already
+    if cfg.advantage.whiten and not entry.props["normalised"]:  # those are normalised already
         a_seq = M.scale_whiten(a_seq)
     returns, vmask = M.sequence_value_targets(seq_return, ro.mask)
     return Batch(ro, a_seq[:, None] * ro.mask, returns, vmask), adv_raw

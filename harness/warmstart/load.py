@@ -24,6 +24,7 @@ from harness.models.reward_fn import (
     try_reward_fn,
 )
 from harness.models.types import ModelError, Models, SharedTrunkValue
+from harness.ppo.estimators import BASELINES
 from harness.schema import Tag
 from harness.tasks import Task, get_task
 from harness.tasks.data import PromptFile, data_task, with_gold
@@ -292,7 +293,7 @@ def load_models(cfg: RunConfig, progress=None, task: Task | None = None) -> Mode
         ref = copy.deepcopy(policy).eval().requires_grad_(False)
     reward, reward_fn, rm_dir = _reward(cfg, task, start, tokenizer, progress)
     value, value_init = None, "none (no value model)"
-    needs_value = cfg.advantage.level == "token" or cfg.advantage.baseline == "value"
+    needs_value = cfg.advantage.level == "token" or BASELINES[cfg.advantage.baseline].props["value"]
     if needs_value and cfg.model.value_trunk == "shared":
         value, value_init = SharedTrunkValue(policy), "policy trunk (shared, zero-initialised head)"
     elif needs_value:

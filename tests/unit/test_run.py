@@ -19,7 +19,13 @@ from tests.conftest import TINY
 
 
 def test_every_impl_resolves_lazily_to_a_train_with_the_registry_signature():
-    assert set(R.IMPLEMENTATIONS) == {"custom", "trl", "trl-grpo", "trl-rloo"}  # the values config's impl allows
+    from typing import get_args
+
+    from harness.config import RunConfig
+    from harness.schema import IMPLEMENTATIONS
+
+    # one list of names: the schema's (with the labels), the registry's targets, the values config's impl allows
+    assert tuple(R.IMPLEMENTATIONS) == tuple(IMPLEMENTATIONS) == get_args(RunConfig.model_fields["impl"].annotation)
     for impl in R.IMPLEMENTATIONS:
         fn = R.resolve(impl)
         assert fn.__name__ == "train"
@@ -52,7 +58,7 @@ def fake_impl(monkeypatch):
 
     mod.train = train
     monkeypatch.setitem(sys.modules, "fake_impl", mod)
-    monkeypatch.setitem(R.IMPLEMENTATIONS, "custom", Implementation("custom", "fake", "fake_impl:train"))
+    monkeypatch.setitem(R.IMPLEMENTATIONS._entries, "custom", Implementation("custom", "fake_impl:train"))
     return mod
 
 
