@@ -53,7 +53,7 @@ from harness.schema import PROBE_KEYS as VARIANCE_KEYS
 __all__ = [
     "GROUP_ABSENT", "TRL_KEYS", "HarnessReward", "Refusals", "TrainerNotExpressible", "check_table", "common_args",
     "expressibility_check", "geometry", "group_callback", "group_refusals", "kl_refusals", "logged_means",
-    "DEVICE_WHY", "device_refused", "make_policy_optimizer", "opt", "use_cpu", "prompt_dataset", "set_up", "train_group",
+    "DEVICE_WHY", "device_refused", "make_policy_optimizer", "value_of", "use_cpu", "prompt_dataset", "set_up", "train_group",
 ]
 
 # key -> (is it refused?, why)
@@ -68,17 +68,16 @@ class TrainerNotExpressible(NotExpressible):
         self.key = key
 
 
-def opt(cfg: RunConfig, key: str, default=None):
-    """``cfg``'s value of a dotted key, ``default`` while the key does not exist (yet) in RunConfig."""
-    section, _, name = key.partition(".")
-    return getattr(getattr(cfg, section), name, default)
+def value_of(cfg: RunConfig, key: str):
+    """``cfg``'s value of a dotted key (a KeyError for a key RunConfig does not have: a typo is a bug)."""
+    return cfg.flat()[key]
 
 
 def check_table(cfg: RunConfig, refused: Refusals, trainer: str) -> None:
     """Raise TrainerNotExpressible for the first key of ``refused`` whose test says so."""
     for key, (is_refused, why) in refused.items():
         if is_refused(cfg):
-            raise TrainerNotExpressible(key, cfg.flat().get(key, opt(cfg, key)), why, trainer)
+            raise TrainerNotExpressible(key, value_of(cfg, key), why, trainer)
 
 
 def expressibility_check(refused: Refusals, trainer: str) -> Callable[[RunConfig], None]:
@@ -133,8 +132,8 @@ def common_args(cfg: RunConfig, response_length: int, output_dir: str) -> dict:
         "warmup_steps": 0,
         "beta": cfg.kl.coef,
         "epsilon": cfg.ppo.clip_eps,
-        "epsilon_high": opt(cfg, "ppo.clip_eps_high"),
-        "mask_truncated_completions": opt(cfg, "train.truncated", "penalty") == "mask",
+        "epsilon_high": cfg.ppo.clip_eps_high,
+        "mask_truncated_completions": cfg.train.truncated == "mask",
         "log_completions": False,
         "disable_dropout": True,
     }
@@ -143,7 +142,7 @@ def common_args(cfg: RunConfig, response_length: int, output_dir: str) -> dict:
 def use_cpu(cfg: RunConfig) -> bool:
     """TRL's models on the CPU unless train.device resolves to a GPU (accelerate's; CUDA_VISIBLE_DEVICES
     picks it), as baselines/trl_ppo.py places them."""
-    device = opt(cfg, "train.device", "cpu")
+    device = cfg.train.device
     if device == "cpu":
         return True
     from harness.devices import resolve
@@ -153,7 +152,7 @@ def use_cpu(cfg: RunConfig) -> bool:
 
 def device_refused(c: RunConfig) -> bool:
     """accelerate places TRL's models on cpu or cuda:0 only (baselines/trl_ppo.py's rule)."""
-    return opt(c, "train.device", "auto") not in ("auto", "cpu", "cuda", "cuda:0")
+    return c.train.device not in ("auto", "cpu", "cuda", "cuda:0")
 
 
 DEVICE_WHY = "accelerate places TRL's models on cpu or cuda:0; pin another GPU with CUDA_VISIBLE_DEVICES or sweep --devices"

@@ -41,7 +41,6 @@ from baselines.trl_common import (
     group_refusals,
     kl_refusals,
     logged_means,
-    opt,
     train_group,
 )
 from baselines.trl_ppo import NotExpressible
@@ -58,8 +57,8 @@ REFUSED: Refusals = group_refusals("RLOO", {
     "advantage.baseline": (lambda c: c.advantage.baseline != "rloo", "RLOO's baseline is the leave-one-out mean"),
     "ppo.epochs": (lambda c: c.ppo.epochs != 1, _ON_POLICY),
     "ppo.minibatches": (lambda c: c.ppo.minibatches != 1, _ON_POLICY),
-    "ppo.ratio_level": (lambda c: opt(c, "ppo.ratio_level", "token") != "token", _ON_POLICY),
-    "ppo.dual_clip": (lambda c: opt(c, "ppo.dual_clip") is not None, "RLOOTrainer has no dual clip"),
+    "ppo.ratio_level": (lambda c: c.ppo.ratio_level != "token", _ON_POLICY),
+    "ppo.dual_clip": (lambda c: c.ppo.dual_clip is not None, "RLOOTrainer has no dual clip"),
     "loss.agg": (lambda c: c.loss.agg != "seq-mean-token-sum",
                  "RLOO's gradient is the per-completion sum of token gradients, averaged over completions"),
     **kl_refusals(placement=("reward", "RLOO puts the KL in the reward"),
