@@ -195,3 +195,20 @@ def test_trl_references_map_bf16_and_refuse_fp16_on_the_cpu(impl, tmp_path):
         mod.check_expressible(cfg)
         ppo_cfg = mod.trl_args(cfg, 6, str(tmp_path))
         assert ppo_cfg.bf16 and not ppo_cfg.fp16
+
+
+def test_the_loss_scale_is_part_of_a_checkpoint(tmp_path):
+    """An fp16 run resumes with its scale, good-step count and skips (else its steps after a resume would
+    differ from the uninterrupted run's)."""
+    from harness import checkpoint
+
+    cfg = build_config(None, {**TINY, "train.dtype": "fp16", "train.device": "cpu"})
+    m = load_models(cfg)
+    st = init_state(cfg, m)
+    st.iteration = 3
+    st.scaler.load_state_dict({"scale": 2.0**13, "good_steps": 7, "skipped": 3})
+    path = checkpoint.save(tmp_path, m, st, {}, cfg.to_yaml(), keep=1)
+    fresh = init_state(cfg, m)
+    assert fresh.scaler.state_dict() == {"scale": 2.0**16, "good_steps": 0, "skipped": 0}
+    checkpoint.restore(path, m, fresh)
+    assert fresh.scaler.state_dict() == {"scale": 2.0**13, "good_steps": 7, "skipped": 3}
