@@ -107,8 +107,7 @@ def test_a_planted_overflow_skips_exactly_one_step_and_halves_the_scale():
     assert len(taken) == 1  # 2 minibatches, the first skipped
     assert metrics["amp/skipped_steps"] == 1.0 and metrics["amp/loss_scale"] == 2.0**15
     assert st.scaler.skipped == 1 and st.scaler.good_steps == 1
-    assert all(math.isfinite(v) for k, v in metrics.items() if not k.startswith("grad/") or k in ("grad/norm",
-                                                                                                   "grad/value_norm"))
+    assert all(math.isfinite(v) for v in metrics.values())  # grad/norm: the mean over the step taken
     assert int(st.optimizer.state[st.params.flat[0]]["step"]) == 1  # Adam counted the step taken only
 
 
@@ -175,7 +174,6 @@ def test_trl_references_map_bf16_and_refuse_fp16_on_the_cpu(impl, tmp_path):
     import importlib
 
     from harness.impls import CHECKS
-
     from harness.profiles import PROFILES
 
     mod = importlib.import_module(CHECKS[impl])
