@@ -94,7 +94,7 @@ def run_bench(
         try:
             write_json(doc, Path(json))
         except OSError as e:
-            raise OSError(e.errno, f"--json '{json}': not written ({e.strerror or e})") from None
+            raise OSError(f"--json '{json}': not written ({e.strerror or e})") from None
     return doc
 
 
