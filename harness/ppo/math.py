@@ -564,11 +564,11 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
 
 
 def low_reward_length(lengths: Tensor, gold: Tensor) -> float:
-    """Mean of ``lengths`` (B,) over the completions whose ``gold`` (B,) is below the batch's median gold:
+    """Mean of ``lengths`` (B,) over the completions whose ``gold`` (B,) is below the batch's mean gold:
     the length of the low-reward responses (Liu et al. 2025, "Understanding R1-Zero-Like Training", whose
-    length bias shows as incorrect responses growing longer). NaN when no completion is below the median
-    (every gold equal)."""
-    low = gold < gold.median()
+    length bias shows as incorrect responses growing longer; with a right / wrong gold these are the wrong
+    ones). NaN when no completion is below the mean (every gold equal)."""
+    low = gold < gold.float().mean()
     if not bool(low.any()):
         return float("nan")
     return float(lengths[low].float().mean())
