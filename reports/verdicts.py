@@ -8,7 +8,8 @@ With the per-seed values of Q, the interval is Student's t-interval of their mea
 - **contradicted** when the whole interval lies outside it (past one end);
 - **unresolved** otherwise, with the number of seeds at which an interval of the observed spread
   would end on one side: the smallest n' with t_{n'-1} s / sqrt(n') below the distance from the
-  estimate to the nearest end of the region (s the seeds' standard deviation). An estimate exactly
+  estimate to the nearest end of the region (s the seeds' standard deviation), and the side the
+  estimate itself is on. An estimate exactly
   on an end, or fewer than 2 finite values, has no such count.
 
 Pure functions over numbers; no I/O.
@@ -66,6 +67,7 @@ class Verdict:
     interval: Interval
     seeds_needed: int | None  # unresolved: the seeds an interval of this spread needs to end on one side
     note: str = ""
+    leans: str = ""  # unresolved: the side the estimate itself is on (reproduced / contradicted)
 
     @property
     def more_seeds(self) -> int | None:
@@ -78,7 +80,8 @@ class Verdict:
         n = self.interval.n
         if self.seeds_needed is None:
             return f"unresolved at {n} seed{'s' if n != 1 else ''} ({self.note})"
-        return (f"unresolved at {n} seed{'s' if n != 1 else ''} (about {self.seeds_needed} would resolve it: "
+        lean = f"the estimate leans {self.leans}; " if self.leans else ""
+        return (f"unresolved at {n} seed{'s' if n != 1 else ''} ({lean}about {self.seeds_needed} would resolve it: "
                 f"{self.more_seeds} more)")
 
 
@@ -112,7 +115,7 @@ def verdict(values: Sequence[float], rule: Rule, confidence: float = CONFIDENCE)
     need = seeds_to_resolve(float(x.std(ddof=1)), rule.distance(iv.point), iv.n, confidence)
     note = "" if need is not None else (f"no count up to {MAX_SEEDS} seeds resolves it: the estimate is at or "
                                         "too near the rule's boundary")
-    return Verdict(UNRESOLVED, iv, need, note)
+    return Verdict(UNRESOLVED, iv, need, note, REPRODUCED if rule.inside(iv.point) else CONTRADICTED)
 
 
 def combined(verdicts: Sequence[Verdict]) -> str:

@@ -46,7 +46,8 @@ def test_noise_at_three_seeds_is_unresolved_with_the_seeds_that_would_resolve_it
     assert n is not None and n > 3 and v.more_seeds == n - 3
     # the count by hand: the half-width at n seeds is below the distance, at n - 1 it is not
     assert st.t.ppf(0.975, n - 1) * s / math.sqrt(n) < d <= st.t.ppf(0.975, n - 2) * s / math.sqrt(n - 1)
-    assert f"about {n} would resolve it: {n - 3} more" in v.text()
+    assert f"(the estimate leans reproduced; about {n} would resolve it: {n - 3} more)" in v.text()
+    assert verdict([-a for a in x], Rule(0.0)).leans == CONTRADICTED
 
 
 def test_the_seed_count_is_honest_about_what_cannot_be_resolved():
