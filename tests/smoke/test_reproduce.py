@@ -66,7 +66,7 @@ def test_one_claim_end_to_end_at_tiny_size(tmp_path):
     }, sort_keys=False))
     out = tmp_path / "claims"
     r = run_cli("reproduce", "variance-1-over-b", "--spec", str(spec), "--workers", "2", "--runs-dir",
-                str(tmp_path / "runs"), "--out", str(out), cwd=tmp_path, timeout=300)
+                str(tmp_path / "runs"), "--out", str(out), cwd=tmp_path, timeout=600)
     print(r.stdout[-3000:], r.stderr[-3000:], file=sys.stderr)
     assert r.returncode == 0
     table = pd.read_csv(out / "claims.csv")
