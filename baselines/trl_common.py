@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import torch
 
 from baselines.trl_menu import menu_refusals
-from baselines.trl_ppo import ClippedAdam, NotExpressible
+from baselines.trl_ppo import FP16_WHY, ClippedAdam, NotExpressible, fp16_on_cpu, precision_args
 from baselines.trl_reward import ScoredBatch
 from harness.config import RunConfig, response_length
 from harness.ppo import math as M
@@ -111,8 +111,7 @@ def common_args(cfg: RunConfig, response_length: int, output_dir: str) -> dict:
         "output_dir": output_dir,
         "seed": cfg.seed,
         "use_cpu": use_cpu(cfg),
-        "bf16": cfg.train.autocast == "bf16",
-        "fp16": False,
+        **precision_args(cfg),
         "activation_checkpointing": cfg.train.gradient_checkpointing,  # named as transformers 5 wants
         "report_to": [],
         "push_to_hub": False,
@@ -190,6 +189,7 @@ def group_refusals(name: str, own: Refusals, *, entropy_why: str, early_stop_by:
         "ppo.entropy_coef": (lambda c: c.ppo.entropy_coef > 0, entropy_why),
         "ppo.target_kl": (lambda c: c.ppo.target_kl is not None, f"{early_stop_by} has no early stop on approx KL"),
         "train.device": (device_refused, DEVICE_WHY),
+        "train.dtype": (fp16_on_cpu, FP16_WHY),
         **menu_refusals(f"{name}Trainer"),
         "train.checkpoint_every": (lambda c: c.train.checkpoint_every > 0, CHECKPOINT_WHY),
         "rollout.min_new_tokens": (lambda c: c.rollout.min_new_tokens > 0,

@@ -26,7 +26,7 @@ Key mapping (RunConfig -> GRPOConfig; geometry and optimiser in ``baselines/trl_
         max_steps = iterations x epochs x minibatches: one harness iteration = one generation batch
     task.response_length -> max_completion_length   rollout.temperature -> temperature (top_p 1, top_k 0)
     ppo.lr / adam_eps / lr_decay / max_grad_norm -> the optimizer handed in (trl_common)
-    seed -> seed   train.autocast=bf16 -> bf16=True
+    seed -> seed   train.dtype=bf16 -> bf16=True; fp16 -> fp16=True on a GPU, refused on the CPU
     model.reward learned | gold | package.module:function -> the reward function HarnessReward
 
 Refused (GRPOTrainer has no equivalent): see REFUSED, its own rows here and the ones RLOO shares

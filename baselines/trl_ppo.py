@@ -24,7 +24,9 @@ Key mapping (RunConfig -> PPOConfig / PPOTrainer argument):
     train.missing_eos_penalty -> applied by the reward model (baselines/trl_reward.py) with the
         custom core's REPLACE semantics; TRL's own missing_eos_penalty (which SUBTRACTS) stays unset.
     model.reward=gold -> the gold reward wrapped as a module TRL's get_reward accepts.
-    train.autocast=bf16 -> PPOConfig(bf16=True): accelerate's bf16 autocast around TRL's forwards.
+    train.dtype=bf16 -> PPOConfig(bf16=True): accelerate's bf16 autocast around TRL's forwards;
+        fp16 -> fp16=True on a GPU (accelerate's autocast and GradScaler, which unscales before
+        ClippedAdam clips); refused on the CPU (accelerate would run it in fp32).
 
 Refused (TRL has no equivalent): advantage.level=sequence, advantage.whiten=false (TRL always
 whitens advantages), kl.estimator=k2, kl.placement=loss, kl.target (adaptive KL), loss.agg other
@@ -71,9 +73,22 @@ from harness.recording import Recorder, RunResult
 from harness.schema import PROBE_KEYS as VARIANCE_KEYS
 
 __all__ = [
-    "ABSENT", "REFUSED", "ClippedAdam", "NotExpressible", "check_expressible", "group_collator", "make_optimizer",
-    "prompt_dataset", "train", "trl_args",
+    "ABSENT", "FP16_WHY", "REFUSED", "ClippedAdam", "NotExpressible", "check_expressible", "fp16_on_cpu",
+    "group_collator", "make_optimizer", "precision_args", "prompt_dataset", "train", "trl_args",
 ]
+
+# accelerate on the CPU with mixed_precision=fp16 sets up neither autocast nor a GradScaler: the run would be fp32
+FP16_WHY = "accelerate runs fp16 on the CPU with neither autocast nor loss scaling (it would train in fp32); use bf16 or a GPU"
+
+
+def fp16_on_cpu(c: RunConfig) -> bool:
+    return c.train.dtype == "fp16" and resolve_device(c.train.device).type == "cpu"
+
+
+def precision_args(c: RunConfig) -> dict[str, bool]:
+    """TrainingArguments' bf16 / fp16 of ``train.dtype`` (fp32: both off; TRL's configs default bf16 on)."""
+    return {"bf16": c.train.dtype == "bf16", "fp16": c.train.dtype == "fp16"}
+
 
 # key -> (is it refused?, why), checked in this order
 REFUSED: dict[str, tuple[Callable[[RunConfig], bool], str]] = {
@@ -94,6 +109,7 @@ REFUSED: dict[str, tuple[Callable[[RunConfig], bool], str]] = {
     "ppo.clip_eps_high": (lambda c: c.ppo.clip_eps_high is not None, "TRL's PPO clip range is symmetric (cliprange)"),
     "ppo.dual_clip": (lambda c: c.ppo.dual_clip is not None, "TRL's PPO has no dual clip"),
     "train.truncated": (lambda c: c.train.truncated != "penalty", "TRL's PPO has no masking of truncated completions"),
+    "train.dtype": (fp16_on_cpu, FP16_WHY),
     **menu_refusals("PPOTrainer"),
     "rollout.top_k": (lambda c: c.rollout.top_k > 0, "PPOTrainer samples the full distribution (top_k=0)"),
     "rollout.top_p": (lambda c: c.rollout.top_p < 1.0, "PPOTrainer samples the full distribution (top_p=1)"),
@@ -149,8 +165,7 @@ def trl_args(cfg: RunConfig, response_length: int, output_dir: str):
         output_dir=output_dir,
         seed=cfg.seed,
         use_cpu=resolve_device(cfg.train.device).type == "cpu",  # else accelerate's GPU (CUDA_VISIBLE_DEVICES picks it)
-        bf16=cfg.train.autocast == "bf16",  # PPOConfig defaults to bf16 autocast; the harness to fp32
-        fp16=False,
+        **precision_args(cfg),  # PPOConfig defaults to bf16 autocast; the harness to fp32
         activation_checkpointing=cfg.train.gradient_checkpointing,  # PPOConfig default True; the harness's False
         report_to=[],
         push_to_hub=False,

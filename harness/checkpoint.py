@@ -8,8 +8,8 @@ A checkpoint is a folder ``<runs-dir>/checkpoints/<run id>/iter-NNNNNN/`` holdin
   with ``weights_only=True`` reads them back);
 - ``rng.pt``: the prompt sampler's ``random.Random`` state, the token-sampling / shuffle generator, the
   noise probe's generator, torch's global CPU generator (and CUDA's when the run is on a GPU);
-- ``state.json``: the iteration, the KL controller's coefficient, the episodes, and what the
-  recorder keeps across iterations (metric history, evaluations, samples, the over-optimisation onset);
+- ``state.json``: the iteration, the KL controller's coefficient, the episodes, fp16's loss scale (its
+  scale, good steps and skipped steps), and what the recorder keeps across iterations (metric history, evaluations, samples, the over-optimisation onset);
 - ``config.yaml``: the run's config (``--resume`` reads it from here).
 
 It is written into ``.iter-NNNNNN.tmp`` and renamed when whole, so a kill mid-write leaves the
@@ -116,7 +116,8 @@ def save(folder: Path, models: Any, st: Any, recorder: dict[str, Any], config_ya
     torch.save(st.optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(st.scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(_rng_state(st), tmp / "rng.pt")
-    state = {"iteration": st.iteration, "kl_coef": st.kl_coef, "episodes": st.episodes, "recorder": recorder}
+    state = {"iteration": st.iteration, "kl_coef": st.kl_coef, "episodes": st.episodes,
+             "loss_scaler": st.scaler.state_dict(), "recorder": recorder}
     (tmp / "state.json").write_text(json.dumps(state))
     (tmp / "config.yaml").write_text(config_yaml)
     for f in tmp.iterdir():  # on disk before the rename makes the checkpoint visible
@@ -144,6 +145,8 @@ def restore(path: Path, models: Any, st: Any) -> dict[str, Any]:
     _set_rng_state(st, torch.load(path / "rng.pt", weights_only=True))
     state = json.loads((path / "state.json").read_text())
     st.iteration, st.kl_coef, st.episodes = state["iteration"], state["kl_coef"], state["episodes"]
+    if "loss_scaler" in state:
+        st.scaler.load_state_dict(state["loss_scaler"])
     return state["recorder"]
 
 

@@ -420,10 +420,12 @@ class TrainConfig(_Section):
     log_model: bool = Field(
         default=False, description="impl=custom: also log the saved policy to the MLflow run as the artifact folder policy/."
     )
-    autocast: Literal["none", "bf16"] = Field(
-        default="none",
-        description="bf16: rollout and update forwards under torch.autocast(bfloat16); weights, optimiser and evaluation "
-        "stay fp32. Changes the math: sampler and learner logprobs then differ by bf16 rounding.",
+    dtype: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32",
+        description="Precision of the rollout and update forwards: bf16 / fp16 run them under torch.autocast of that "
+        "dtype on the run's device; weights, optimiser and evaluation stay fp32. fp16 adds dynamic loss scaling "
+        "(an overflowing step is skipped and the scale halved; logged as amp/loss_scale, amp/skipped_steps). Changes "
+        "the math: sampler and learner logprobs then differ by the rounding.",
     )
 
 
@@ -739,12 +741,22 @@ def _spelling(path: tuple[str, ...]) -> str:
     return f"'{text}'"
 
 
+# keys that were renamed: refused with what to write instead (one way to say each thing)
+RENAMED = {"train.autocast": "renamed: write train.dtype (none -> fp32, bf16 -> bf16; fp16 is also offered)"}
+
+
+def _unknown(key: str) -> ConfigError:
+    if key in RENAMED:
+        return _refuse(key, RENAMED[key])
+    return _refuse(key, f"unknown key{did_you_mean(key, known_keys())}")
+
+
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     """tree[a][b][c] = value for key 'a.b.c'; unknown keys are refused by name, with the nearest known one."""
     if key in sections():
         raise _refuse(key, f"a section: expected a mapping of {key}.* keys, got {_got(value)}")
-    if key not in (known := known_keys()):
-        raise _refuse(key, f"unknown key{did_you_mean(key, known)}")
+    if key not in known_keys():
+        raise _unknown(key)
     node = tree
     parts = key.split(".")
     for p in parts[:-1]:
@@ -784,8 +796,8 @@ def check_value(key: str, value: Any) -> None:
 
     Raises a one-line ConfigError naming the key, as ``build_config`` would.
     """
-    if key not in (known := known_keys()):
-        raise _refuse(key, f"unknown key{did_you_mean(key, known)}")
+    if key not in known_keys():
+        raise _unknown(key)
     section, _, leaf = key.rpartition(".")
     model: Any = RunConfig
     for part in section.split(".") if section else []:  # model.lora.r: two sections deep
@@ -809,7 +821,7 @@ def _error_line(err: ValidationError, prefix: str = "") -> ConfigError:
     if isinstance(inner, _KeyProblem):
         return _refuse(inner.key, inner.problem)
     if e["type"] == "extra_forbidden":
-        return _refuse(loc, f"unknown key{did_you_mean(loc, known_keys())}")
+        return _unknown(loc)
     got = e.get("input")
     msg = e["msg"]
     if e["type"] == "finite_number":

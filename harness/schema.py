@@ -65,6 +65,9 @@ METRICS: dict[str, Metric] = {
     "val/explained_var": Metric("explained variance", "", "max", "1 - Var[R - V] / Var[R] on the batch"),
     "grad/norm": Metric("policy gradient norm", "", "", "the policy's gradient L2 norm before clipping"),
     "grad/value_norm": Metric("value gradient norm", "", "", "the value model's gradient L2 norm before clipping"),
+    # ---- train.dtype=fp16's dynamic loss scaling (harness/ppo/scaler.py); absent in fp32 and bf16
+    "amp/loss_scale": Metric("loss scale", "", "", "fp16 loss scale after the iteration's update (halves on overflow, doubles after 2000 good steps)"),
+    "amp/skipped_steps": Metric("skipped steps", "steps", "min", "optimiser steps of the iteration skipped because a gradient overflowed (inf/NaN) in fp16"),
     # ---- the gradient-noise probe (harness/ppo/variance.py): K microbatches of b completions
     "grad/variance": Metric("microbatch gradient variance", "", "min", "tr(Cov_mb): variance of a b-completion gradient, unbiased over K"),
     "grad/signal": Metric("gradient signal", "", "", "||g_bar||^2 - tr(Cov_mb)/K: unbiased |G|^2; <= 0 = unresolved"),

@@ -29,8 +29,8 @@ IMPLS = ("custom", "trl")
 VARIANTS: dict[str, dict[str, str]] = {
     "equal": {},
     "shared-trunk": {"model.value_trunk": "shared"},
-    "bf16": {"train.autocast": "bf16"},
-    "shared-trunk+bf16": {"model.value_trunk": "shared", "train.autocast": "bf16"},
+    "bf16": {"train.dtype": "bf16"},
+    "shared-trunk+bf16": {"model.value_trunk": "shared", "train.dtype": "bf16"},
 }
 
 # The equal-math RunConfig (TRL PPOTrainer semantics), shared by both sides: the custom core runs it,
@@ -65,7 +65,7 @@ EQUAL_MATH: dict[str, object] = {
 
 
 def uses_bf16(variant: str) -> bool:
-    return VARIANTS[variant].get("train.autocast") == "bf16"
+    return VARIANTS[variant].get("train.dtype") == "bf16"
 
 
 def uses_shared_trunk(variant: str) -> bool:
@@ -77,7 +77,7 @@ def run_config(n_iterations: int, threads: int, variant: str = "equal", impl: st
     custom core; for TRL only bf16 autocast (its loop keeps a separate value model)."""
     from harness.config import build_config
 
-    switches = VARIANTS[variant] if impl == "custom" else ({"train.autocast": "bf16"} if uses_bf16(variant) else {})
+    switches = VARIANTS[variant] if impl == "custom" else ({"train.dtype": "bf16"} if uses_bf16(variant) else {})
     return build_config(None, {**EQUAL_MATH, "train.iterations": n_iterations, "train.threads": threads, **switches})
 
 

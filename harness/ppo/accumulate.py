@@ -32,9 +32,10 @@ def micro_weights(agg: str, mask: Tensor, chunks: list[Tensor]) -> list[float]:
 
 
 def accumulate(cfg, models, kl_coef: float, b, idx: Tensor, policy_objective: Callable, value_loss: Callable,
-               check: Callable, it: int) -> tuple[Tensor, dict, Tensor | None, dict | None]:
+               check: Callable, it: int, scale_loss: Callable[[Tensor], Tensor] = lambda loss: loss,
+               ) -> tuple[Tensor, dict, Tensor | None, dict | None]:
     """Forward and backward of minibatch rows ``idx`` in micro-batches; the gradients accumulate in the
-    parameters' ``.grad``. Returns (policy loss, its stats, value loss or None, its stats or None), each the
+    parameters' ``.grad`` (each micro-batch's backward is of ``scale_loss`` of its loss: fp16's loss scale). Returns (policy loss, its stats, value loss or None, its stats or None), each the
     minibatch's (weighted sums of the micro-batches')."""
     chunks = list(idx.split(cfg.ppo.micro_batch_size))
     use_value = models.value is not None
@@ -53,12 +54,12 @@ def accumulate(cfg, models, kl_coef: float, b, idx: Tensor, policy_objective: Ca
         pg_total = pg_total + w_p * pg_loss.detach().cpu()
         _add(pst_total, pst, s_p)
         if use_value:
-            v_loss, vst = value_loss(cfg, models, b, c, False, v_shared)
+            v_loss, vst = value_loss(cfg, models, b, c, None, v_shared)
             check("loss/value", v_loss.detach(), it)
             total = total + cfg.ppo.vf_coef * w_v * v_loss
             v_total = v_total + w_v * v_loss.detach().cpu()
             _add(vst_total, vst, s_v)
-        total.backward()
+        scale_loss(total).backward()
     return pg_total, pst_total, v_total, vst_total
 
 

@@ -29,6 +29,7 @@ from harness.ppo import kl_control
 from harness.ppo import math as M
 from harness.ppo import rollouts as R
 from harness.ppo.estimators import BASELINES
+from harness.ppo.scaler import LossScaler
 from harness.ppo.schedules import lr_schedule
 from harness.ppo.update import (
     Batch,
@@ -59,6 +60,7 @@ class PPOState:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     params: FlatParams  # policy + value parameters, stepped as flat buffers
     side: SideThread = field(default_factory=SideThread)  # the value model's thread in the update
+    scaler: LossScaler = field(default_factory=lambda: LossScaler(enabled=False))  # train.dtype=fp16's loss scale
     behaviour: R.Behaviour | None = None  # the sampler of rollout.staleness > 0 (created on first use)
 
     def close(self) -> None:
@@ -93,6 +95,7 @@ def init_state(cfg: RunConfig, models: Models) -> PPOState:
         optimizer=opt,
         scheduler=sched,
         params=flat,
+        scaler=LossScaler(enabled=cfg.train.dtype == "fp16"),
     )
 
 

@@ -9,6 +9,10 @@ steps once per iteration. ``update`` returns the means over the steps taken (``U
 With a separate value model on CPU and >= 2 intra-op threads, the value model's forward and
 backward run on a side thread beside the policy's (``SideThread``, owned by the caller's state,
 not by this module): disjoint parameters, so the gradients are exactly those of the summed loss.
+
+Under ``train.dtype=fp16`` every backward (the step's, the side thread's, each micro-batch's) is of the
+loss times the state's loss scale (``harness/ppo/scaler.py``); the gradients are unscaled before the
+clipping, and a step whose gradients overflowed is skipped (not a NonFiniteError: the scale backs off).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from harness.models.types import Models, SharedTrunkValue
 from harness.ppo import losses as L
 from harness.ppo import math as M
 from harness.ppo.accumulate import accumulate
+from harness.ppo.scaler import LossScaler
 
 __all__ = [
     "Batch", "NonFiniteError", "SideThread", "UpdateState", "UpdateStats", "autocast", "check",
@@ -48,10 +53,14 @@ def check(name: str, value: Tensor, it: int) -> None:
         raise NonFiniteError(f"{name} became {float(value)} at iteration {it}")
 
 
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def autocast(cfg: RunConfig, model: torch.nn.Module):
-    """bf16 autocast on the model's device when ``train.autocast=bf16``; a no-op otherwise."""
+    """Autocast of ``train.dtype`` (bf16, fp16) on the model's device; a no-op for fp32."""
     device = next(model.parameters()).device.type
-    return torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.train.autocast == "bf16")
+    dtype = _AUTOCAST.get(cfg.train.dtype)
+    return torch.autocast(device, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
 class SideThread:
@@ -101,6 +110,7 @@ class UpdateState(Protocol):
     scheduler: torch.optim.lr_scheduler.LRScheduler
     params: FlatParams
     side: SideThread
+    scaler: LossScaler  # train.dtype=fp16's loss scale (disabled otherwise)
 
 
 class Batch(NamedTuple):
@@ -164,6 +174,8 @@ class UpdateStats(NamedTuple):
     clipfrac_high: float | None = None  # policy/clipfrac_high (always set by ``update``)
     dualclip_frac: float | None = None  # policy/dualclip_frac, only with ppo.dual_clip
     cov_frac: float | None = None  # policy/cov_frac, only with ppo.loss_mode=clip_cov / kl_cov
+    loss_scale: float | None = None  # amp/loss_scale after the update, only with train.dtype=fp16
+    skipped: int = 0  # amp/skipped_steps: optimiser steps skipped for overflow (fp16)
 
     def metrics(self) -> dict[str, float]:
         """The schema keys of these means (harness/schema.py)."""
@@ -176,6 +188,8 @@ class UpdateStats(NamedTuple):
         if self.value_loss is not None:
             out.update({"loss/value_avg": self.value_loss, "val/clipfrac_avg": self.value_clipfrac,
                         "grad/value_norm": self.value_grad_norm})
+        if self.loss_scale is not None:
+            out.update({"amp/loss_scale": self.loss_scale, "amp/skipped_steps": float(self.skipped)})
         return out
 
 
@@ -185,7 +199,7 @@ class _Step(NamedTuple):
     approxkl: Tensor
     clipfrac: Tensor
     policy_loss: Tensor
-    grad_norm: Tensor
+    grad_norm: Tensor | None  # None: the step was skipped (fp16 overflow)
     value_loss: Tensor | None
     value_clipfrac: Tensor | None
     value_grad_norm: Tensor | None
@@ -220,8 +234,20 @@ def update(cfg: RunConfig, models: Models, st: UpdateState, batch: Batch) -> Upd
                 break
     st.scheduler.step()
     models.policy.eval()
-    means = {f: _mean([getattr(s, f) for s in steps]) for f in _Step._fields}
-    return UpdateStats(**means, early_stop=stopped, steps=len(steps), seconds=time.perf_counter() - t0)
+    means = {f: _mean([getattr(s, f) for s in steps]) for f in _Step._fields if f not in _NORMS}
+    # gradient norms: means over the steps taken (fp16 skips overflowed ones); NaN when none was taken
+    taken = [s for s in steps if s.grad_norm is not None]
+    nan = float("nan")
+    means["grad_norm"] = _mean([s.grad_norm for s in taken]) if taken else nan
+    means["value_grad_norm"] = _mean([s.value_grad_norm for s in taken]) if taken else (
+        nan if models.value is not None else None)
+    skipped = len(steps) - len(taken)
+    scale = st.scaler.scale if st.scaler.enabled else None
+    return UpdateStats(**means, early_stop=stopped, steps=len(steps), seconds=time.perf_counter() - t0,
+                       loss_scale=scale, skipped=skipped)
+
+
+_NORMS = ("grad_norm", "value_grad_norm")
 
 
 def _mean(values: list[Tensor | None]) -> float | None:
@@ -240,31 +266,46 @@ def _step(cfg: RunConfig, models: Models, st: UpdateState, b: Batch, idx: Tensor
     st.params.zero_grad()
     if cfg.ppo.micro_batch_size and cfg.ppo.micro_batch_size < len(idx):  # gradient accumulation
         pg_loss, pst, v_loss, vst = accumulate(cfg, models, st.kl_coef, b, idx, _policy_objective, _value_loss,
-                                               check, it)
+                                               check, it, st.scaler.scale_loss)
         return _clip_and_step(cfg, st, it, use_value, pg_loss, pst, v_loss, vst)
     # the value model's forward + backward beside the policy's, when there is a side thread
-    pending = worker.submit(_value_loss, cfg, models, b, idx, True) if worker is not None else None
+    pending = worker.submit(_value_loss, cfg, models, b, idx, st.scaler) if worker is not None else None
     loss, pg_loss, pst, v_shared = _policy_objective(cfg, models, st.kl_coef, b, idx)
     v_loss, vst = torch.zeros(()), {"clipfrac": torch.zeros(())}
     if pending is not None:
         try:
             check("loss/policy", pg_loss.detach(), it)
-            loss.backward()
+            st.scaler.scale_loss(loss).backward()
         finally:
             v_loss, vst = pending.result()
         check("loss/value", v_loss.detach(), it)
     else:
         if use_value:  # one backward through both losses (shared trunk: one forward too)
-            v_loss, vst = _value_loss(cfg, models, b, idx, False, v_shared)
+            v_loss, vst = _value_loss(cfg, models, b, idx, None, v_shared)
             loss = loss + cfg.ppo.vf_coef * v_loss
         check("loss/policy", pg_loss.detach(), it)
         check("loss/value", v_loss.detach(), it)
-        loss.backward()
+        st.scaler.scale_loss(loss).backward()
     return _clip_and_step(cfg, st, it, use_value, pg_loss, pst, v_loss, vst)
 
 
 def _clip_and_step(cfg: RunConfig, st: UpdateState, it: int, use_value: bool, pg_loss, pst, v_loss, vst) -> _Step:
-    """Clip the accumulated gradients (policy and value apart), one Adam step; the step's statistics."""
+    """Unscale (fp16), clip the accumulated gradients (policy and value apart), one Adam step; the step's
+    statistics. An fp16 step whose gradients overflowed is skipped: no clipping, no Adam step, norms None."""
+    gnorm = vnorm = None
+    finite = st.scaler.unscale_(st.params.grads())  # True without fp16
+    if finite:
+        gnorm, vnorm = _clip(cfg, st, it, use_value)
+        st.optimizer.step()
+    st.scaler.update(finite)
+    clip = (pst["clipfrac_low"], pst["clipfrac_high"], pst.get("dualclip_frac"), pst.get("cov_frac"))
+    if not use_value:
+        return _Step(pst["approxkl"], pst["clipfrac"], pg_loss, gnorm, None, None, None, *clip)
+    return _Step(pst["approxkl"], pst["clipfrac"], pg_loss, gnorm, v_loss, vst["clipfrac"], vnorm, *clip)
+
+
+def _clip(cfg: RunConfig, st: UpdateState, it: int, use_value: bool) -> tuple[Tensor, Tensor | None]:
+    """Clip the policy's and the value's gradients apart; their norms before clipping."""
     # Policy and value gradients are clipped apart (same max norm): with one global norm the value
     # gradient would eat the policy's clipping budget, and the policy's step would depend on
     # whether a value model is present (token level) or not (sequence level).
@@ -274,11 +315,7 @@ def _clip_and_step(cfg: RunConfig, st: UpdateState, it: int, use_value: bool, pg
     if use_value:
         vnorm = clip_norm_(st.params.group_grads("value"), cfg.ppo.max_grad_norm)
         check("grad/value_norm", vnorm, it)
-    st.optimizer.step()
-    clip = (pst["clipfrac_low"], pst["clipfrac_high"], pst.get("dualclip_frac"), pst.get("cov_frac"))
-    if not use_value:
-        return _Step(pst["approxkl"], pst["clipfrac"], pg_loss, gnorm, None, None, None, *clip)
-    return _Step(pst["approxkl"], pst["clipfrac"], pg_loss, gnorm, v_loss, vst["clipfrac"], vnorm, *clip)
+    return gnorm, vnorm
 
 
 def _policy_objective(cfg: RunConfig, models: Models, kl_coef: float, b: Batch, idx: Tensor):
@@ -308,14 +345,16 @@ def _policy_objective(cfg: RunConfig, models: Models, kl_coef: float, b: Batch, 
     return loss, pg_loss, pst, v_shared
 
 
-def _value_loss(cfg: RunConfig, models: Models, b: Batch, idx: Tensor, backward: bool, v_new: Tensor | None = None):
-    """The value loss of rows ``idx`` (and, on the side thread, its backward): (loss, stats)."""
+def _value_loss(cfg: RunConfig, models: Models, b: Batch, idx: Tensor, backward: LossScaler | None,
+                v_new: Tensor | None = None):
+    """The value loss of rows ``idx`` (and, on the side thread, its backward, the loss scaled by ``backward``):
+    (loss, stats)."""
     ro, vmask = b.ro, b.vmask[idx]
     if v_new is None:
         with autocast(cfg, models.value):  # autocast state is per thread
             v_new = token_values(models.value, ro.prompt_ids[idx], ro.prompt_mask[idx], ro.response_ids[idx], vmask)
     v_loss, vst = M.value_loss(v_new, ro.values[idx], b.returns[idx], vmask, cfg.ppo.value_clip, cfg.loss.agg,
                                norm_length(cfg, models.task))
-    if backward:
-        (cfg.ppo.vf_coef * v_loss).backward()
+    if backward is not None:
+        backward.scale_loss(cfg.ppo.vf_coef * v_loss).backward()
     return v_loss, vst

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import (
+    RENAMED,
     ConfigError,
     RunConfig,
     SpeltTwice,
@@ -583,6 +584,8 @@ def _parse_range(key: str, rng: dict[str, Any], where: str) -> SearchParam:
 def _check_key(key: str, where: str) -> None:
     if key == "seed":
         raise SpecError(where, "the seed is its own axis: list it under the top-level seeds")
+    if key in RENAMED:
+        raise SpecError(where, f"config key {key}: {RENAMED[key]}")
     if key not in known_keys():
         raise SpecError(where, f"unknown config key{_did_you_mean(key, known_keys())}")
 

@@ -42,6 +42,30 @@ def test_train_logs_one_complete_run(tmp_path):
     assert {"config.yaml", "samples.parquet", "samples.md"} <= artifacts
 
 
+@pytest.mark.slow
+def test_an_fp16_run_logs_its_loss_scale(tmp_path):
+    """train.dtype=fp16 through the CLI: a FINISHED run whose metrics are finite, with the loss scale and the
+    skipped steps logged at every iteration (2^16 or halved by overflows: a power of two)."""
+    import math
+
+    runs = tmp_path / "runs"
+    r = run_cli("train", *tiny_args({"train.dtype": "fp16", "train.device": "cpu"}), "--runs-dir", str(runs),
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run_id = r.stdout.split("run id", 1)[1].split()[0]
+    store = Store(runs)
+    run = store.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["train.dtype"] == "fp16"
+    scales = store.metric_history(run_id, "amp/loss_scale")
+    skipped = store.metric_history(run_id, "amp/skipped_steps")
+    assert [s for s, _ in scales] == [1, 2] and [s for s, _ in skipped] == [1, 2]
+    for _, v in scales:
+        assert v <= 2.0**16 and math.log2(v).is_integer()
+    assert all(0 <= v <= 2 for _, v in skipped)  # TINY: 2 optimiser steps an iteration
+    for key in ("loss/policy_avg", "loss/value_avg", "objective/kl", "eval/gold", "grad/norm"):
+        assert all(math.isfinite(v) for _, v in store.metric_history(run_id, key)), key
+
+
 @pytest.mark.parametrize(
     "args, key",
     [
@@ -53,6 +77,9 @@ def test_train_logs_one_complete_run(tmp_path):
         (["--config", "missing.yaml"], "missing.yaml"),
         (["--set", "model.policy=./no/such/model"], "model.policy"),
         (["--task", "chess"], "task.name"),
+        (["--set", "train.autocast=bf16"], "train.autocast"),
+        (["--set", "train.dtype=fp8"], "train.dtype"),
+        (["--impl", "trl", "--set", "train.device=cpu", "--set", "train.dtype=fp16"], "train.dtype"),
     ],
 )
 def test_bad_input_exits_2_and_logs_nothing(tmp_path, monkeypatch, capsys, args, key):

@@ -41,6 +41,7 @@ REFUSALS = {
     "train.overlong_buffer": {"train.overlong_buffer": 4},
     "train.device": {"train.device": "cuda:1"},
     "train.checkpoint_every": {"train.checkpoint_every": 5},
+    "train.dtype": {"train.dtype": "fp16", "train.device": "cpu"},
     "rollout.top_k": {"rollout.top_k": 5},
     "rollout.top_p": {"rollout.top_p": 0.9},
     "rollout.min_new_tokens": {"rollout.min_new_tokens": 2},

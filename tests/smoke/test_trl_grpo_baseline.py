@@ -37,6 +37,7 @@ BOTH = {
     "rollout.filter_groups": {"rollout.filter_groups": True},
     "train.overlong_buffer": {"train.overlong_buffer": 4},
     "train.checkpoint_every": {"train.checkpoint_every": 5},
+    "train.dtype": {"train.dtype": "fp16", "train.device": "cpu"},
     "rollout.min_new_tokens": {"rollout.min_new_tokens": 2},
     "rollout.stop": {"rollout.stop": ["."]},
     "task.chat_template": {"task.chat_template": True},

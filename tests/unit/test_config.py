@@ -54,7 +54,7 @@ def test_public_dotted_keys_exist():
         "ppo.max_grad_norm", "ppo.vf_coef", "ppo.value_clip", "ppo.entropy_coef", "ppo.target_kl", "kl.coef",
         "kl.estimator", "kl.placement", "kl.target", "advantage.level", "advantage.baseline", "advantage.gamma",
         "advantage.lam", "advantage.whiten", "loss.agg", "train.iterations", "eval.every", "eval.prompts",
-        "probe.every", "probe.microbatches", "model.value_trunk", "train.autocast",
+        "probe.every", "probe.microbatches", "model.value_trunk", "train.dtype",
     ):
         assert k in keys, k
 

@@ -19,8 +19,8 @@ PACKAGES = ("harness", "baselines", "reports")
 # bottom to top; an entry is a module or a package prefix (a group)
 LAYERS: list[list[str]] = [
     ["harness.schema", "harness.onset", "harness.tasks", "harness.fast", "harness.locks", "harness.urls", "harness.ppo.math",
-     "harness.ppo.kl_control", "harness.ppo.schedules", "harness.ppo.accumulate", "harness.yamlio", "harness.devices",
-     "harness.impls", "harness.ppo.registry"],
+     "harness.ppo.kl_control", "harness.ppo.schedules", "harness.ppo.accumulate", "harness.ppo.scaler", "harness.yamlio",
+     "harness.devices", "harness.impls", "harness.ppo.registry"],
     ["harness.ppo.losses", "harness.ppo.estimators", "harness.ppo.offpolicy", "harness.ppo.dapo"],
     ["harness.config", "harness.tracking", "harness.progress"],
     ["harness.lm", "harness.models", "reports", "harness.profiles"],

@@ -63,8 +63,8 @@ def test_same_seed_same_metrics():
         {"ppo.max_grad_norm": None, "advantage.whiten": False},
         {"model.value_trunk": "shared"},
         {"model.value_trunk": "shared", "advantage.level": "sequence", "advantage.baseline": "value"},
-        {"train.autocast": "bf16"},
-        {"train.autocast": "bf16", "model.value_trunk": "shared", "ppo.entropy_coef": 0.01},
+        {"train.dtype": "bf16"},
+        {"train.dtype": "bf16", "model.value_trunk": "shared", "ppo.entropy_coef": 0.01},
     ],
 )
 def test_every_option_runs_and_stays_finite(overrides):
@@ -114,15 +114,15 @@ def test_shared_value_trunk_trains_one_trunk_and_a_head():
 
 
 def test_bf16_autocast_is_used_in_the_loop_and_only_when_asked():
-    """train.autocast=bf16 against the default at the same seed: the same sampling distribution up to
+    """train.dtype=bf16 against the default at the same seed: the same sampling distribution up to
     bf16 rounding (entropies close but not equal); fp32 twice gives identical numbers."""
     ent = {}
-    for mode in ("none", "bf16"):
-        _, _, hist, _ = _run({"train.autocast": mode}, iterations=1)
+    for mode in ("fp32", "bf16"):
+        _, _, hist, _ = _run({"train.dtype": mode}, iterations=1)
         ent[mode] = hist[-1]["objective/entropy"]
     _, _, again, _ = _run({}, iterations=1)
-    assert again[-1]["objective/entropy"] == ent["none"]
-    assert 1e-6 < abs(ent["bf16"] - ent["none"]) < 0.05 * ent["none"], ent
+    assert again[-1]["objective/entropy"] == ent["fp32"]
+    assert 1e-6 < abs(ent["bf16"] - ent["fp32"]) < 0.05 * ent["fp32"], ent
 
 
 def test_the_policy_step_does_not_depend_on_a_value_model_being_there():

@@ -21,7 +21,7 @@ iterations, probe.every / microbatches.
 
 Skipped, covered elsewhere or pure plumbing: eval.* (evaluate.py and the smoke tests),
 task.name (tests/unit/test_tasks.py), model.* (model building and caching, models.py;
-model.value_trunk=shared in test_loop.py), train.autocast (test_loop.py's bf16 test),
+model.value_trunk=shared in test_loop.py), train.dtype (test_loop.py's bf16 test, test_precision.py),
 train.threads (run.py sets torch's thread count; no effect on the math), impl (run.py's
 registry; the TRL baseline has its own tests).
 """
