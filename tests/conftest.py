@@ -66,18 +66,6 @@ def main_exit(capsys, *argv: str) -> tuple[object, str, str]:
     return e.value.code, out, err
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
-    """Under pytest-xdist (``-n 2 --dist loadgroup`` in pyproject.toml) tests are spread over processes; the
-    tests of a module that share one of its module-scoped fixtures (a sweep, a server, a model zoo) are kept
-    on one process, so that fixture is built once rather than once per process."""
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        defs = [d for ds in (info.name2fixturedefs.values() if info else ()) for d in ds]
-        if any(d.scope == "module" and d.baseid for d in defs):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
-
-
 @pytest.fixture(scope="module")
 def postgres():
     """A throwaway PostgreSQL server on 127.0.0.1 (``tests/servers.py``), started; one per test module.
