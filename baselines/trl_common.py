@@ -48,13 +48,12 @@ from baselines.trl_reward import ScoredBatch
 from harness.config import RunConfig, response_length
 from harness.ppo import math as M
 from harness.ppo.schedules import lr_schedule, scheduler_kind
-from harness.recording import RunResult
 from harness.schema import PROBE_KEYS as VARIANCE_KEYS
 
 __all__ = [
     "GROUP_ABSENT", "TRL_KEYS", "HarnessReward", "Refusals", "TrainerNotExpressible", "check_table", "common_args",
     "expressibility_check", "geometry", "group_callback", "group_refusals", "kl_refusals", "logged_means",
-    "DEVICE_WHY", "device_refused", "make_policy_optimizer", "opt", "use_cpu", "prompt_dataset", "set_up", "train_group",
+    "DEVICE_WHY", "device_refused", "make_policy_optimizer", "value_of", "use_cpu", "prompt_dataset", "set_up", "train_group",
 ]
 
 # key -> (is it refused?, why)
@@ -69,17 +68,16 @@ class TrainerNotExpressible(NotExpressible):
         self.key = key
 
 
-def opt(cfg: RunConfig, key: str, default=None):
-    """``cfg``'s value of a dotted key, ``default`` while the key does not exist (yet) in RunConfig."""
-    section, _, name = key.partition(".")
-    return getattr(getattr(cfg, section), name, default)
+def value_of(cfg: RunConfig, key: str):
+    """``cfg``'s value of a dotted key (a KeyError for a key RunConfig does not have: a typo is a bug)."""
+    return cfg.flat()[key]
 
 
 def check_table(cfg: RunConfig, refused: Refusals, trainer: str) -> None:
     """Raise TrainerNotExpressible for the first key of ``refused`` whose test says so."""
     for key, (is_refused, why) in refused.items():
         if is_refused(cfg):
-            raise TrainerNotExpressible(key, cfg.flat().get(key, opt(cfg, key)), why, trainer)
+            raise TrainerNotExpressible(key, value_of(cfg, key), why, trainer)
 
 
 def expressibility_check(refused: Refusals, trainer: str) -> Callable[[RunConfig], None]:
@@ -133,8 +131,8 @@ def common_args(cfg: RunConfig, response_length: int, output_dir: str) -> dict:
         "warmup_steps": 0,
         "beta": cfg.kl.coef,
         "epsilon": cfg.ppo.clip_eps,
-        "epsilon_high": opt(cfg, "ppo.clip_eps_high"),
-        "mask_truncated_completions": opt(cfg, "train.truncated", "penalty") == "mask",
+        "epsilon_high": cfg.ppo.clip_eps_high,
+        "mask_truncated_completions": cfg.train.truncated == "mask",
         "log_completions": False,
         "disable_dropout": True,
     }
@@ -143,7 +141,7 @@ def common_args(cfg: RunConfig, response_length: int, output_dir: str) -> dict:
 def use_cpu(cfg: RunConfig) -> bool:
     """TRL's models on the CPU unless train.device resolves to a GPU (accelerate's; CUDA_VISIBLE_DEVICES
     picks it), as baselines/trl_ppo.py places them."""
-    device = opt(cfg, "train.device", "cpu")
+    device = cfg.train.device
     if device == "cpu":
         return True
     from harness.devices import resolve
@@ -153,7 +151,7 @@ def use_cpu(cfg: RunConfig) -> bool:
 
 def device_refused(c: RunConfig) -> bool:
     """accelerate places TRL's models on cpu or cuda:0 only (baselines/trl_ppo.py's rule)."""
-    return opt(c, "train.device", "auto") not in ("auto", "cpu", "cuda", "cuda:0")
+    return c.train.device not in ("auto", "cpu", "cuda", "cuda:0")
 
 
 DEVICE_WHY = "accelerate places TRL's models on cpu or cuda:0; pin another GPU with CUDA_VISIBLE_DEVICES or sweep --devices"
@@ -383,7 +381,8 @@ def group_callback(cfg: RunConfig, reward: HarnessReward, optimizer: ClippedAdam
 
 
 def set_up(cfg: RunConfig, logger, check, absent, trainer: str) -> None:
-    """Refuse what TRL cannot express, quiet the hub and TRL, tag what this run cannot log."""
+    """Before the models load: refuse what TRL cannot express, quiet the hub and TRL, tag what this run
+    cannot log."""
     check(cfg)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -422,37 +421,21 @@ def _train(trainer_cls, args, models, reward, optimizers, callback, task, k: int
         trainer.train()
 
 
-def train_group(cfg: RunConfig, logger, on_eval, progress: bool, *, name: str, trainer: str, check, absent,
-                make_args, metrics) -> RunResult:
-    """``impl=trl-grpo`` / ``trl-rloo``: ``set_up`` (``check``, ``absent``), load the harness models, run TRL's
-    ``trainer``, record."""
-    set_up(cfg, logger, check, absent, trainer)  # refused before anything is imported or loaded
-
+def train_group(cfg: RunConfig, models, rec, *, name: str, trainer: str, make_args, metrics) -> None:
+    """``impl=trl-grpo`` / ``trl-rloo``: TRL's ``trainer`` on the run's ``models``, recorded by ``rec``."""
     from transformers import set_seed
 
-    from harness.lm.rollout import make_score_fn
-    from harness.progress import RunProgress
-    from harness.recording import Recorder
-    from harness.warmstart.load import load_models
-
-    with RunProgress(cfg.train.iterations, enabled=progress, title=f"{cfg.task.name} {name} seed {cfg.seed}") as bar:
-        models = load_models(cfg, progress=bar.status)
-        tok, task = models.tokenizer, models.task
-        if tok.pad_token_id == tok.eos_token_id:
-            raise TrainerNotExpressible("model.policy", cfg.model.policy, "its tokenizer pads with EOS", trainer)
-        T = response_length(cfg, task)
-        rec = Recorder(cfg, logger, models, make_score_fn(models.reward, task.gold, models.reward_fn), T, bar=bar,
-                       on_eval=on_eval)
-        set_seed(cfg.seed)
-        masked = opt(cfg, "train.truncated", "penalty") == "mask"
-        reward = HarnessReward(models, T, None if masked else cfg.train.missing_eos_penalty)
-        models.policy.generation_config.pad_token_id = tok.pad_token_id
-        models.policy.generation_config.eos_token_id = tok.eos_token_id
-        optimizer, scheduler = make_policy_optimizer(cfg, models.policy)
-        callback = group_callback(cfg, reward, optimizer, rec, lambda logs, batch: metrics(cfg, logs, batch))
-        trainer_cls = getattr(importlib.import_module("trl"), trainer)
-        with tempfile.TemporaryDirectory(prefix=f"ppo-harness-{name}-") as out_dir:
-            run_trainer(trainer_cls, make_args(cfg, T, out_dir), models, reward, (optimizer, scheduler), callback)
-        from harness.export import finish_run
-
-        return finish_run(cfg, models, logger, rec.result())  # train.save_policy
+    tok, task = models.tokenizer, models.task
+    if tok.pad_token_id == tok.eos_token_id:
+        raise TrainerNotExpressible("model.policy", cfg.model.policy, "its tokenizer pads with EOS", trainer)
+    T = response_length(cfg, task)
+    set_seed(cfg.seed)
+    masked = cfg.train.truncated == "mask"
+    reward = HarnessReward(models, T, None if masked else cfg.train.missing_eos_penalty)
+    models.policy.generation_config.pad_token_id = tok.pad_token_id
+    models.policy.generation_config.eos_token_id = tok.eos_token_id
+    optimizer, scheduler = make_policy_optimizer(cfg, models.policy)
+    callback = group_callback(cfg, reward, optimizer, rec, lambda logs, batch: metrics(cfg, logs, batch))
+    trainer_cls = getattr(importlib.import_module("trl"), trainer)
+    with tempfile.TemporaryDirectory(prefix=f"ppo-harness-{name}-") as out_dir:
+        run_trainer(trainer_cls, make_args(cfg, T, out_dir), models, reward, (optimizer, scheduler), callback)

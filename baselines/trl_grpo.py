@@ -53,6 +53,7 @@ Known differences (documented, not patched; see tests/parity/test_trl_grpo_parit
 
 from __future__ import annotations
 
+from baselines import trl_common
 from baselines.trl_common import (
     GROUP_ABSENT,
     TRL_KEYS,
@@ -63,12 +64,10 @@ from baselines.trl_common import (
     kl_refusals,
     logged_means,
     mean_of,
-    opt,
     train_group,
 )
 from baselines.trl_ppo import NotExpressible
 from harness.config import RunConfig
-from harness.recording import RunResult
 
 __all__ = ["ABSENT", "LOSS_TYPES", "REFUSED", "NotExpressible", "check_expressible", "train", "trl_args"]
 
@@ -78,8 +77,8 @@ SCALE_REWARDS = {"group_norm": "group", "group_mean": "none"}
 
 
 def _dual_clip_too_low(c: RunConfig) -> bool:
-    dual = opt(c, "ppo.dual_clip")
-    high = opt(c, "ppo.clip_eps_high") or c.ppo.clip_eps
+    dual = c.ppo.dual_clip
+    high = c.ppo.clip_eps_high or c.ppo.clip_eps
     return dual is not None and dual <= 1.0 + high
 
 
@@ -88,12 +87,12 @@ REFUSED: Refusals = group_refusals("GRPO", {
     "advantage.baseline": (lambda c: c.advantage.baseline not in SCALE_REWARDS,
                            "GRPO's baseline is the group mean, with (group_norm) or without (group_mean) the std"),
     "advantage.whiten": (lambda c: c.advantage.whiten, "TRL does not rescale the group advantages by their batch std"),
-    "ppo.ratio_level": (lambda c: opt(c, "ppo.ratio_level", "token") not in ("token", "sequence"),
+    "ppo.ratio_level": (lambda c: c.ppo.ratio_level not in ("token", "sequence"),
                         "importance_sampling_level is token or sequence"),
     "ppo.dual_clip": (_dual_clip_too_low, "TRL's delta is the dual clip only above 1 + epsilon_high"),
     "loss.agg": (lambda c: c.loss.agg not in LOSS_TYPES,
                  "loss_type grpo / bnpo / dr_grpo = seq-mean-token-mean / token-mean / seq-mean-token-sum-norm"),
-    "loss.norm_length": (lambda c: opt(c, "loss.norm_length") not in (None, c.task.response_length),
+    "loss.norm_length": (lambda c: c.loss.norm_length not in (None, c.task.response_length),
                          "dr_grpo divides by max_completion_length, the response length"),
     **kl_refusals(placement=("loss", "GRPO's KL (beta) is a term of the loss"),
                   estimator=("k3", "GRPO's KL in the loss is k3")),
@@ -110,8 +109,8 @@ def trl_args(cfg: RunConfig, response_length: int, output_dir: str):
     return GRPOConfig(
         **common_args(cfg, response_length, output_dir),
         loss_type=LOSS_TYPES[cfg.loss.agg],
-        importance_sampling_level=opt(cfg, "ppo.ratio_level", "token"),
-        delta=opt(cfg, "ppo.dual_clip"),
+        importance_sampling_level=cfg.ppo.ratio_level,
+        delta=cfg.ppo.dual_clip,
         scale_rewards=SCALE_REWARDS[cfg.advantage.baseline],
         multi_objective_aggregation="sum_then_normalize",
         top_entropy_quantile=1.0,
@@ -130,7 +129,11 @@ def iteration_metrics(cfg: RunConfig, logs: list[dict], batch: dict[str, float])
     return m
 
 
-def train(cfg: RunConfig, logger, on_eval=None, progress: bool = True) -> RunResult:
-    """``impl=trl-grpo``: train ``cfg`` with TRL's GRPOTrainer and log it into ``logger``'s run."""
-    return train_group(cfg, logger, on_eval, progress, name="trl-grpo", trainer=TRAINER, check=check_expressible,
-                       absent=ABSENT, make_args=trl_args, metrics=iteration_metrics)
+def set_up(cfg: RunConfig, logger) -> None:
+    """Before the models load: this trainer's refusals, its environment, the tags of what it cannot log."""
+    trl_common.set_up(cfg, logger, check_expressible, ABSENT, TRAINER)
+
+
+def train(cfg: RunConfig, models, rec) -> None:
+    """``impl=trl-grpo``: train ``cfg`` with TRL's GRPOTrainer on the run's ``models``, recorded by ``rec``."""
+    train_group(cfg, models, rec, name="trl-grpo", trainer=TRAINER, make_args=trl_args, metrics=iteration_metrics)

@@ -2,8 +2,9 @@
 
 ``check_expressible(cfg)`` refuses, before anything starts, every key TRL cannot express
 (one-line ValueError naming it); ``trl_args(cfg, ...)`` maps every key it can; ``train`` (the
-``impl=trl`` entry of ``harness.run.IMPLEMENTATIONS``) runs TRL's unmodified training loop and logs
-through the harness logger, evaluation and logging driven by ``harness.recording.Recorder``.
+``impl=trl`` entry of ``harness.impls.IMPLEMENTATIONS``) runs TRL's unmodified training loop on the
+run's models, evaluation and logging driven by the run's ``harness.recording.Recorder`` (both handed in
+by ``harness.run``).
 
 Key mapping (RunConfig -> PPOConfig / PPOTrainer argument):
 
@@ -66,10 +67,10 @@ import torch
 from baselines.trl_menu import menu_refusals
 from harness.config import RunConfig, response_length
 from harness.devices import resolve as resolve_device
+from harness.errors import InputError
 from harness.fast.flat import clip_norm_
-from harness.lm.rollout import make_score_fn
 from harness.ppo.schedules import lr_schedule, scheduler_kind
-from harness.recording import Recorder, RunResult
+from harness.recording import Recorder
 from harness.schema import PROBE_KEYS as VARIANCE_KEYS
 
 __all__ = [
@@ -137,7 +138,7 @@ _TRL_KEYS = {
 ABSENT = (*VARIANCE_KEYS, "val/explained_var", "adv/mean", "adv/std")
 
 
-class NotExpressible(ValueError):
+class NotExpressible(InputError):
     """A config value TRL's PPOTrainer cannot express; the message is one line naming the key."""
 
     def __init__(self, key: str, value, why: str):
@@ -332,8 +333,8 @@ def _trl_callback(**kw):
     return HarnessCallback(**kw)
 
 
-def _set_up(cfg: RunConfig, logger) -> None:
-    """Refuse what TRL cannot express, quiet the hub, tag what this run cannot log."""
+def set_up(cfg: RunConfig, logger) -> None:
+    """Before the models load: refuse what TRL cannot express, quiet the hub, tag what this run cannot log."""
     check_expressible(cfg)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -371,33 +372,22 @@ def _run_trainer(cfg: RunConfig, models, reward, optimizers, callback, T: int, P
             trainer.train()
 
 
-def train(cfg: RunConfig, logger, on_eval=None, progress: bool = True) -> RunResult:
-    """``impl=trl``: train ``cfg`` with TRL's PPOTrainer and log it into ``logger``'s run."""
-    _set_up(cfg, logger)
+def train(cfg: RunConfig, models, rec: Recorder) -> None:
+    """``impl=trl``: train ``cfg`` with TRL's PPOTrainer on the run's ``models``, recorded by ``rec``."""
     from transformers import set_seed
 
     from baselines.trl_reward import RewardAdapter
-    from harness.progress import RunProgress
-    from harness.warmstart.load import load_models
 
-    with RunProgress(cfg.train.iterations, enabled=progress, title=f"{cfg.task.name} trl seed {cfg.seed}") as bar:
-        models = load_models(cfg, progress=bar.status)
-        tok, task = models.tokenizer, models.task
-        if tok.pad_token_id == tok.eos_token_id:
-            raise NotExpressible("model.policy", cfg.model.policy, "its tokenizer pads with EOS; TRL would drop EOS "
-                                 "from the response mask")
-        T = response_length(cfg, models.task)
-        P = max(len(tok.encode(p, add_special_tokens=False)) for p in task.train_prompts)
-        score_fn = make_score_fn(models.reward, task.gold, models.reward_fn)
-        rec = Recorder(cfg, logger, models, score_fn, T, bar=bar, on_eval=on_eval)
-
-        set_seed(cfg.seed)  # python, numpy (TRL's minibatch permutations) and torch
-        reward = RewardAdapter(models.reward, tok, task.gold, P, cfg.train.missing_eos_penalty, task.train_prompts,
-                               reward_fn=models.reward_fn)
-        models.policy.generation_config.pad_token_id = tok.pad_token_id
-        optimizer, scheduler = make_optimizer(cfg, models.policy, models.value)
-        callback = _trl_callback(cfg=cfg, reward=reward, optimizer=optimizer, recorder=rec)
-        _run_trainer(cfg, models, reward, (optimizer, scheduler), callback, T, P)
-        from harness.export import finish_run
-
-        return finish_run(cfg, models, logger, rec.result())  # train.save_policy
+    tok, task = models.tokenizer, models.task
+    if tok.pad_token_id == tok.eos_token_id:
+        raise NotExpressible("model.policy", cfg.model.policy, "its tokenizer pads with EOS; TRL would drop EOS "
+                             "from the response mask")
+    T = response_length(cfg, models.task)
+    P = max(len(tok.encode(p, add_special_tokens=False)) for p in task.train_prompts)
+    set_seed(cfg.seed)  # python, numpy (TRL's minibatch permutations) and torch
+    reward = RewardAdapter(models.reward, tok, task.gold, P, cfg.train.missing_eos_penalty, task.train_prompts,
+                           reward_fn=models.reward_fn)
+    models.policy.generation_config.pad_token_id = tok.pad_token_id
+    optimizer, scheduler = make_optimizer(cfg, models.policy, models.value)
+    callback = _trl_callback(cfg=cfg, reward=reward, optimizer=optimizer, recorder=rec)
+    _run_trainer(cfg, models, reward, (optimizer, scheduler), callback, T, P)

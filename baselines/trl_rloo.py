@@ -31,6 +31,7 @@ train.truncated=mask TRL sums the KL over the masked rows (0 for a truncated com
 
 from __future__ import annotations
 
+from baselines import trl_common
 from baselines.trl_common import (
     GROUP_ABSENT,
     TRL_KEYS,
@@ -40,12 +41,10 @@ from baselines.trl_common import (
     group_refusals,
     kl_refusals,
     logged_means,
-    opt,
     train_group,
 )
 from baselines.trl_ppo import NotExpressible
 from harness.config import RunConfig
-from harness.recording import RunResult
 
 __all__ = ["ABSENT", "REFUSED", "NotExpressible", "check_expressible", "train", "trl_args"]
 
@@ -58,8 +57,8 @@ REFUSED: Refusals = group_refusals("RLOO", {
     "advantage.baseline": (lambda c: c.advantage.baseline != "rloo", "RLOO's baseline is the leave-one-out mean"),
     "ppo.epochs": (lambda c: c.ppo.epochs != 1, _ON_POLICY),
     "ppo.minibatches": (lambda c: c.ppo.minibatches != 1, _ON_POLICY),
-    "ppo.ratio_level": (lambda c: opt(c, "ppo.ratio_level", "token") != "token", _ON_POLICY),
-    "ppo.dual_clip": (lambda c: opt(c, "ppo.dual_clip") is not None, "RLOOTrainer has no dual clip"),
+    "ppo.ratio_level": (lambda c: c.ppo.ratio_level != "token", _ON_POLICY),
+    "ppo.dual_clip": (lambda c: c.ppo.dual_clip is not None, "RLOOTrainer has no dual clip"),
     "loss.agg": (lambda c: c.loss.agg != "seq-mean-token-sum",
                  "RLOO's gradient is the per-completion sum of token gradients, averaged over completions"),
     **kl_refusals(placement=("reward", "RLOO puts the KL in the reward"),
@@ -89,7 +88,11 @@ def iteration_metrics(cfg: RunConfig, logs: list[dict], batch: dict[str, float])
     return logged_means(logs, batch, _TRL_KEYS)
 
 
-def train(cfg: RunConfig, logger, on_eval=None, progress: bool = True) -> RunResult:
-    """``impl=trl-rloo``: train ``cfg`` with TRL's RLOOTrainer and log it into ``logger``'s run."""
-    return train_group(cfg, logger, on_eval, progress, name="trl-rloo", trainer=TRAINER, check=check_expressible,
-                       absent=ABSENT, make_args=trl_args, metrics=iteration_metrics)
+def set_up(cfg: RunConfig, logger) -> None:
+    """Before the models load: this trainer's refusals, its environment, the tags of what it cannot log."""
+    trl_common.set_up(cfg, logger, check_expressible, ABSENT, TRAINER)
+
+
+def train(cfg: RunConfig, models, rec) -> None:
+    """``impl=trl-rloo``: train ``cfg`` with TRL's RLOOTrainer on the run's ``models``, recorded by ``rec``."""
+    train_group(cfg, models, rec, name="trl-rloo", trainer=TRAINER, make_args=trl_args, metrics=iteration_metrics)

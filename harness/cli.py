@@ -11,6 +11,9 @@ from typing import Annotated
 
 import typer
 
+from harness.errors import EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, InputError, describe
+from harness.schema import IMPLEMENTATIONS
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -24,8 +27,9 @@ TrackingUri = Annotated[
 ]
 
 
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """One line on stderr (``error: ...``) and the exit to raise: 2 bad input, 1 the work failed, 130 interrupted."""
+def fail(message: str, code: int = EXIT_INPUT) -> typer.Exit:
+    """One line on stderr (``error: ...``) and the exit to raise (``harness.errors``): EXIT_INPUT bad input,
+    EXIT_FAILED the work failed, EXIT_INTERRUPTED interrupted."""
     typer.echo(f"error: {one_line(message)}", err=True)
     return typer.Exit(code)
 
@@ -231,7 +235,7 @@ def train(
                                          "`ppo-harness config` lists every key with its type, default and meaning."),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (same as --set seed=N).")] = None,
-    impl: Annotated[str | None, typer.Option(help="custom | trl (same as --set impl=...).")] = None,
+    impl: Annotated[str | None, typer.Option(help=f"{' | '.join(IMPLEMENTATIONS)} (same as --set impl=...).")] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "ppo-harness",
     runs_dir: RunsDir = Path("runs"),
     tracking_uri: TrackingUri = None,
@@ -267,7 +271,7 @@ def train(
     profile: dict = {}
     try:
         cfg, profile = _config_with_profile(config, overrides)
-        validate_model_keys(cfg)
+        task = validate_model_keys(cfg)  # once, before the store exists; execute is handed the result
     except (ConfigError, ModelError) as e:
         raise fail(str(e)) from None
     from harness.impls import check_expressible
@@ -287,7 +291,7 @@ def train(
         typer.echo(f"impl {cfg.impl}: its default profile sets {' '.join(as_overrides(profile))}", err=True)
     store = Store(runs_dir, tracking_uri)
     tags = {Tag.IMPL_PROFILE: " ".join(as_overrides(profile))} if profile else None
-    _train_and_report(lambda: execute(cfg, store, experiment=experiment, tags=tags,
+    _train_and_report(lambda: execute(cfg, store, experiment=experiment, tags=tags, task=task,
                                       progress=not quiet and sys.stderr.isatty()), store, experiment)
 
 
@@ -343,9 +347,9 @@ def _train_and_report(run, store, experiment: str) -> None:
         with sigterm_as_interrupt():
             result = run()
     except KeyboardInterrupt:
-        raise fail("interrupted; the run is marked KILLED", 130) from None
+        raise fail("interrupted; the run is marked KILLED", EXIT_INTERRUPTED) from None
     except Exception as e:  # the run is already marked FAILED with the reason
-        raise fail(f"run failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", 1) from None
+        raise fail(f"run failed: {describe(e)}", EXIT_FAILED) from None
     typer.echo(f"run id   {result.run_id}")
     typer.echo(f"stored   {store.where} (experiment '{experiment}')")
     for key in ("eval/gold", "eval/proxy", "eval/kl", "eval/length", "objective/entropy"):
@@ -384,9 +388,12 @@ def sweep(
             check_devices(pinned)
     except DeviceError as e:
         raise fail(str(e)) from None
-    code = run_sweep(spec, workers=workers, storage=storage, tracking_uri=tracking_uri, runs_dir=runs_dir,
-                     dry_run=dry_run, new=new, devices=pinned)
-    raise typer.Exit(code)
+    from harness.sweep.study import SweepEnd
+
+    end = run_sweep(spec, workers=workers, storage=storage, tracking_uri=tracking_uri, runs_dir=runs_dir,
+                    dry_run=dry_run, new=new, devices=pinned)  # bad input: an InputError, one line from main()
+    raise typer.Exit({SweepEnd.DONE: EXIT_OK, SweepEnd.INCOMPLETE: EXIT_FAILED,
+                      SweepEnd.INTERRUPTED: EXIT_INTERRUPTED}[end])
 
 
 @app.command()
@@ -410,9 +417,13 @@ def report(
         check_output(out, "--out", folder=True)
     if tracking_uri:
         check_tracking_uri(tracking_uri)
-    code = make_report(spec, experiment=experiment, parent_run=parent_run, out=out, style=style,
-                       runs_dir=runs_dir, tracking_uri=tracking_uri)
-    raise typer.Exit(code)
+    try:  # bad input: a ReportError (an InputError), one line from main()
+        md = make_report(spec, experiment=experiment, parent_run=parent_run, out=out, style=style,
+                         runs_dir=runs_dir, tracking_uri=tracking_uri)
+    except OSError as e:  # the work itself: a full disk, a folder that vanished
+        raise fail(f"report failed: {e}", EXIT_FAILED) from None
+    typer.echo(f"report: {md}")
+    typer.echo(f"html:   {md.with_suffix('.html')}")
 
 
 @app.command()
@@ -464,8 +475,11 @@ def bench(
 
     if json_out is not None:
         check_output(json_out, "--json", folder=False)
-    raise typer.Exit(run_bench(size=size, vs=vs, iterations=iterations, warmup=warmup, repeats=repeats,
-                               threads=threads, variant=variant, json=json_out))
+    try:  # a bad option: a BenchInputError (an InputError), one line from main()
+        run_bench(size=size, vs=vs, iterations=iterations, warmup=warmup, repeats=repeats, threads=threads,
+                  variant=variant, json=json_out)
+    except (RuntimeError, OSError) as e:  # a child failed, the JSON could not be written
+        raise fail(str(e), EXIT_FAILED) from None
 
 
 @app.command()
@@ -499,7 +513,7 @@ def compare(
     task: Annotated[str, typer.Option(help="Task name (see `ppo-harness tasks`).")] = "sentiment",
     seeds: Annotated[int, typer.Option(help="Seeds 0..N-1, each trained by every implementation.")] = 5,
     impl: Annotated[str, typer.Option("--impl", help="Implementations to compare, a comma list of at least two "
-                                      "(custom, trl, trl-grpo, trl-rloo); the others are set against the first.")]
+                                      f"({', '.join(IMPLEMENTATIONS)}); the others are set against the first.")]
     = "custom,trl",
     set_: Annotated[
         list[str] | None, typer.Option("--set", "-s", help="Override a config key for both: dotted.key=value. Repeatable.")
@@ -545,9 +559,9 @@ def compare(
             result = run_compare(task, seed_list, overrides, store, experiment=experiment, out=folder,
                                  progress=not quiet and sys.stderr.isatty(), echo=typer.echo, impls=impls)
     except KeyboardInterrupt:
-        raise fail("interrupted; the current run is marked KILLED", 130) from None
+        raise fail("interrupted; the current run is marked KILLED", EXIT_INTERRUPTED) from None
     except Exception as e:  # a run failed; it is marked FAILED with the reason
-        raise fail(f"run failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", 1) from None
+        raise fail(f"run failed: {describe(e)}", EXIT_FAILED) from None
     typer.echo("")
     typer.echo(result.markdown(), nl=False)
     typer.echo(f"saved    {folder / 'compare.md'}, {folder / 'compare.csv'}, {folder / 'runs.csv'}")
@@ -612,44 +626,22 @@ def main(argv: list[str] | None = None) -> None:
         code = app(args=argv, prog_name="ppo-harness", standalone_mode=False)
     except click_errors.NoArgsIsHelpError as e:  # a bare command group: its help, as typer shows it
         typer.echo(e.ctx.get_help() if e.ctx else "", err=True)
-        code = 2
+        code = EXIT_INPUT
     except click_errors.UsageError as e:  # unknown option, bad value, missing argument
         where = f"{e.ctx.command_path}: " if e.ctx else ""
         typer.echo(f"error: {where}{one_line(e.format_message())} (see --help)", err=True)
-        code = 2
+        code = EXIT_INPUT
     except (typer.Abort, KeyboardInterrupt):  # Ctrl-C at a prompt, or outside a command
         typer.echo("error: interrupted", err=True)
-        code = 130
-    except Exception as e:
-        if not isinstance(e, input_errors()):
-            raise  # a bug: the traceback, exit 1
-        typer.echo(f"error: {one_line(e)}", err=True)  # bad input a command did not catch itself
-        code = 2
-    if code == 130:
+        code = EXIT_INTERRUPTED
+    except InputError as e:  # bad input a command did not catch itself (any other exception is a bug: its traceback)
+        typer.echo(f"error: {one_line(e)}", err=True)
+        code = e.exit_code
+    if code == EXIT_INTERRUPTED:
         from harness.sweep.faults import forget_handled_interrupt
 
         forget_handled_interrupt()
     sys.exit(code or 0)
-
-
-# the exceptions that mean bad input (each a ValueError with a one-line message naming the key or path)
-INPUT_ERRORS = (
-    ("harness.config", "ConfigError"), ("harness.config", "SpeltTwice"), ("harness.sweep.spec", "SpecError"),
-    ("harness.sweep.study", "SweepRefused"), ("harness.models.types", "ModelError"),
-    ("harness.warmstart.artifacts", "ArtifactError"), ("reports.collect", "ReportError"),
-    ("baselines.trl_ppo", "NotExpressible"), ("harness.export", "ExportError"), ("harness.urls", "UnsafeName"), ("harness.tasks.data", "PromptFileError"),
-)
-
-
-def input_errors() -> tuple[type[BaseException], ...]:
-    """The bad-input exception classes of the modules already imported (one never imported cannot have
-    raised), and every exception class ``harness.yamlio`` (the strict YAML reader) defines."""
-    found = [getattr(sys.modules[m], name, None) for m, name in INPUT_ERRORS if m in sys.modules]
-    yamlio = sys.modules.get("harness.yamlio")
-    if yamlio is not None:
-        found += [v for k, v in vars(yamlio).items() if isinstance(v, type) and issubclass(v, Exception)
-                  and v.__module__ == yamlio.__name__ and not k.startswith("_")]
-    return tuple(c for c in found if isinstance(c, type))
 
 
 if __name__ == "__main__":  # pragma: no cover

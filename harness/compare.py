@@ -23,6 +23,7 @@ import pandas as pd
 
 from harness.config import RunConfig, build_config
 from harness.impls import IMPLEMENTATIONS, check_expressible
+from harness.schema import IMPLEMENTATIONS as SCHEMA_IMPLS
 
 IMPLS = ("custom", "trl")  # the default comparison: the custom core against TRL's PPOTrainer
 # (metric, how one run is summarised): the final evaluation, or the mean over iterations
@@ -46,7 +47,7 @@ def parse_impls(text: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
-LABELS = {"trl": "TRL", "trl-grpo": "TRL GRPO", "trl-rloo": "TRL RLOO"}
+LABELS = {name: label for name, (label, _) in SCHEMA_IMPLS.items()}
 
 
 @dataclass

@@ -18,9 +18,11 @@ from typing import Any, Literal, NamedTuple, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness.errors import InputError
 from harness.ppo.estimators import BASELINES
 from harness.ppo.losses import POLICY_LOSSES
 from harness.ppo.offpolicy import CORRECTIONS
+from harness.schema import IMPLEMENTATIONS, REFERENCE_IMPL
 from harness.yamlio import YAMLInputError, loads, read_yaml, show_key
 
 # numpy.random.seed takes 0 <= seed < 2**32 and TRL's runs seed numpy (transformers.set_seed);
@@ -29,7 +31,7 @@ from harness.yamlio import YAMLInputError, loads, read_yaml, show_key
 SEED_LIMIT = 2**32
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A bad config: the message is one line naming the key and the problem (also as .key / .problem)."""
 
     def __init__(self, message: str, key: str | None = None, problem: str | None = None):
@@ -447,10 +449,9 @@ class RunConfig(_Section):
     seed: int = Field(
         default=0, description="Seed of prompt sampling, token sampling, shuffles and initialisation (0 <= seed < 2**32)."
     )
-    impl: Literal["custom", "trl", "trl-grpo", "trl-rloo"] = Field(
-        default="custom",
-        description="custom = the harness's PPO core; trl = TRL's PPOTrainer; trl-grpo = TRL's GRPOTrainer; "
-        "trl-rloo = TRL's RLOOTrainer.",
+    impl: Literal[tuple(IMPLEMENTATIONS)] = Field(  # type: ignore[valid-type]
+        default=REFERENCE_IMPL,
+        description="; ".join(f"{name} = {what}" for name, (_, what) in IMPLEMENTATIONS.items()) + ".",
     )
     task: TaskConfig = TaskConfig()
     model: ModelConfig = ModelConfig()
@@ -699,7 +700,7 @@ def did_you_mean(word: str, options, quote: str = "'") -> str:
     return f" (did you mean {quote}{close[0]}{quote}?)" if close else ""
 
 
-class SpeltTwice(ValueError):
+class SpeltTwice(InputError):
     """One dotted key written two ways in one mapping (``kl.coef: ...`` beside ``kl: {coef: ...}``)."""
 
     def __init__(self, key: str, first: str, second: str):

@@ -14,11 +14,13 @@ from __future__ import annotations
 import os
 import re
 
+from harness.errors import InputError
+
 SPELLING = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,3})?)$")
 VISIBLE = "CUDA_VISIBLE_DEVICES"
 
 
-class DeviceError(ValueError):
+class DeviceError(InputError):
     """A device this run cannot use: one line naming the key (``train.device``) or option (``--devices``)."""
 
 

@@ -16,11 +16,12 @@ from typing import Any
 
 from harness import checkpoint
 from harness.config import RunConfig, load_config
+from harness.errors import InputError
 
 __all__ = ["ExportError", "export_run", "finish_run", "model_card", "policy_folder", "save_policy", "save_run_policy"]
 
 
-class ExportError(ValueError):
+class ExportError(InputError):
     """A run that cannot be exported (one line naming the run id or the folder)."""
 
 

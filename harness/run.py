@@ -1,10 +1,12 @@
-"""One run: config -> an implementation's training loop -> one MLflow run.
+"""One run: config -> models -> an implementation's training loop -> one MLflow run.
 
-``execute`` is what ``ppo-harness train``, ``compare`` and every sweep trial call. It owns the
-MLflow run's life only: started with the config and tags, FINISHED on success, FAILED (tag
-``failure.reason``, artifact ``error.txt``) on an exception, KILLED on Ctrl-C. What runs inside
-is ``cfg.impl``, resolved through ``harness.impls.IMPLEMENTATIONS`` (lazy ``"module:function"``
-targets: nothing here depends on the loops), each ``train(cfg, logger, on_eval, progress) -> RunResult``.
+``execute`` is what ``ppo-harness train``, ``compare`` and every sweep trial call, and the one owner of
+a run: it validates the model keys once (before the run exists), owns the MLflow run's life (started
+with the config and tags, FINISHED on success, FAILED with tag ``failure.reason`` and artifact
+``error.txt`` on an exception, KILLED on Ctrl-C) and, inside it, loads the models, builds the score
+function with the run's own reward (model, tokenizer or function), opens the progress line and the
+``Recorder``, and hands them to ``cfg.impl``'s ``train(cfg, models, recorder)`` (``harness.impls``:
+lazy targets, nothing here depends on the loops), which owns only its training loop.
 """
 
 from __future__ import annotations
@@ -14,26 +16,31 @@ import signal
 import threading
 import traceback
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from harness.config import RunConfig, task_label
+from harness.config import RunConfig, response_length, task_label
 from harness.devices import describe as describe_device
 from harness.devices import resolve as resolve_device
-from harness.impls import IMPLEMENTATIONS, resolve
+from harness.errors import describe
+from harness.impls import IMPLEMENTATIONS, get, load, resolve
 from harness.ppo.update import NonFiniteError
-from harness.recording import RunResult
+from harness.recording import OnEval, Recorder, RunResult
 from harness.schema import GOLD_OPTIMISED, Tag
 from harness.tracking import DEFAULT_EXPERIMENT, RunLogger, Store, git_commit, package_versions
 
-__all__ = ["IMPLEMENTATIONS", "NonFiniteError", "Train", "execute", "resolve", "run_tags"]
+if TYPE_CHECKING:
+    from harness.models.types import Models
+    from harness.tasks import Task
+
+__all__ = ["IMPLEMENTATIONS", "NonFiniteError", "Train", "execute", "resolve", "run_tags", "train"]
+
 
 class Train(Protocol):
-    """The signature every implementation has."""
+    """The signature every implementation has: its loop on the run's models, recording into ``recorder``."""
 
-    def __call__(self, cfg: RunConfig, logger: RunLogger, on_eval: Callable[[int, dict[str, float]], None] | None,
-                 progress: bool) -> RunResult: ...
+    def __call__(self, cfg: RunConfig, models: Models, recorder: Recorder) -> None: ...
 
 
 def run_tags(cfg: RunConfig) -> dict[str, str]:
@@ -94,14 +101,18 @@ def execute(
     on_eval: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = True,
     resume: str | None = None,
+    task: Task | None = None,
 ) -> RunResult:
     """Train one configuration with its implementation and log it as one MLflow run.
 
     ``resume``: the id of an existing run to continue (back to RUNNING, its newest checkpoint loaded by the
-    loop) instead of a new run; ``run_name``, ``parent_run_id`` and ``tags`` are then the run's own already."""
-    from harness.warmstart.load import validate_model_keys
+    loop) instead of a new run; ``run_name``, ``parent_run_id`` and ``tags`` are then the run's own already.
+    ``task``: what ``validate_model_keys(cfg)`` returned, when the caller checked the keys already (the CLI,
+    before the store exists); else they are checked here, before any run exists, and only here."""
+    if task is None:
+        from harness.warmstart.load import validate_model_keys
 
-    validate_model_keys(cfg)  # a bad path fails before any run exists
+        task = validate_model_keys(cfg)  # a bad path fails before any run exists
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if resume is not None:
@@ -115,7 +126,7 @@ def execute(
         )
         logger.log_text(cfg.to_yaml(), "config.yaml")
     try:
-        result = resolve(cfg.impl)(cfg, logger, on_eval, progress)
+        result = train(cfg, logger, task, on_eval=on_eval, progress=progress)
     except KeyboardInterrupt:
         with _signals_deferred():  # a second Ctrl-C / SIGTERM must not leave the run RUNNING
             try:
@@ -124,7 +135,7 @@ def execute(
                 logger.end("KILLED")
         raise
     except BaseException as e:
-        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        reason = describe(e)
         with _signals_deferred(redeliver=True):
             try:
                 logger.set_tags({Tag.FAILURE: reason[:500]})
@@ -134,6 +145,28 @@ def execute(
         raise
     logger.end("FINISHED")
     return result
+
+
+def train(cfg: RunConfig, logger: RunLogger, task: Task, on_eval: OnEval | None = None,
+          progress: bool = True) -> RunResult:
+    """Inside the run: ``cfg.impl``'s set-up, the models, the score function (always the run's own reward),
+    the progress line and the ``Recorder``; the implementation's loop; then ``train.save_policy``."""
+    # imported when a run starts (load_models brings transformers, the progress line rich)
+    from harness.export import finish_run
+    from harness.lm.rollout import make_score_fn
+    from harness.progress import RunProgress
+    from harness.warmstart.load import load_models
+
+    impl = get(cfg.impl)
+    if impl.set_up is not None:
+        load(impl.set_up)(cfg, logger)  # refused, environment and tags before anything loads
+    shown = cfg.advantage.level if cfg.impl == "custom" else cfg.impl
+    with RunProgress(cfg.train.iterations, enabled=progress, title=f"{cfg.task.name} {shown} seed {cfg.seed}") as bar:
+        models = load_models(cfg, progress=bar.status, task=task)
+        score_fn = make_score_fn(models.reward, models.task.gold, models.reward_fn)
+        rec = Recorder(cfg, logger, models, score_fn, response_length(cfg, models.task), bar=bar, on_eval=on_eval)
+        load(impl.train)(cfg, models, rec)
+        return finish_run(cfg, models, logger, rec.result())  # train.save_policy
 
 
 def _reopen(store: Store, run_id: str, tags: dict[str, str] | None):

@@ -161,6 +161,22 @@ class Tag:
     NOTE = "mlflow.note.content"  # MLflow's run description (a sweep parent: the spec's description)
 
 
+# cfg.impl's values, in order, with how reports and the CLI name them: spelled here only. The reference
+# implementation of every comparison is the first; harness.impls registers each one's lazy targets.
+IMPLEMENTATIONS: dict[str, tuple[str, str]] = {  # name -> (short label, what it is)
+    "custom": ("custom", "the harness's PPO core"),
+    "trl": ("TRL", "TRL's PPOTrainer"),
+    "trl-grpo": ("TRL GRPO", "TRL's GRPOTrainer"),
+    "trl-rloo": ("TRL RLOO", "TRL's RLOOTrainer"),
+}
+REFERENCE_IMPL = next(iter(IMPLEMENTATIONS))
+
+
+def impl_label(name: str) -> str:
+    """How figures and tables name an implementation (its own name when unknown)."""
+    return IMPLEMENTATIONS[name][0] if name in IMPLEMENTATIONS else name
+
+
 GOLD_OPTIMISED = "optimised reward (no independent gold)"  # Tag.GOLD_SOURCE of a task.prompts run without model.gold
 
 

@@ -32,6 +32,7 @@ import mlflow  # noqa: E402
 from mlflow.entities import RunStatus  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from harness.errors import first_line
 from harness.locks import locked  # noqa: E402
 from harness.urls import UnsafeName, inside, redact, redact_text, safe_name  # noqa: E402
 
@@ -414,7 +415,7 @@ def check_tracking_uri(uri: str) -> None:
     try:
         scheme = uri if uri in ("databricks", "databricks-uc", "uc") else get_uri_scheme(uri)
     except Exception as e:  # MlflowException: an unsupported database type
-        raise ValueError(f"not a tracking URI MLflow accepts ({str(e).splitlines()[0][:160]})") from None
+        raise ValueError(f"not a tracking URI MLflow accepts ({first_line(e)[:160]})") from None
     known = set(_tracking_store_registry._registry) & set(_get_store_registry()._registry)
     if scheme not in known:
         shown = ", ".join(sorted(s for s in known if s))
@@ -449,7 +450,7 @@ def check_database_url(uri: str) -> None:
         url = make_url(uri)
         dialect = url.get_dialect()
     except Exception as e:  # ArgumentError (malformed), NoSuchModuleError (unknown dialect), ValueError (port)
-        raise ValueError(f"not a valid database URL ({str(e).splitlines()[0][:160]})") from None
+        raise ValueError(f"not a valid database URL ({first_line(e)[:160]})") from None
     try:
         port = url.port
     except ValueError:

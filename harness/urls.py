@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from harness.errors import InputError
+
 MASK = "***"
 HIDDEN = "<url hidden: not parsable>"  # what redact returns when it cannot take a URL apart
 
@@ -190,7 +192,7 @@ def remember_secrets(value: object) -> None:
 # ---- names that become path components ---------------------------------------------------------------
 
 
-class UnsafeName(ValueError):
+class UnsafeName(InputError):
     """A name that cannot be a folder (``..``, ``a/b``, empty, too long): ``what 'name': expected ...``."""
 
 

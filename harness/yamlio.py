@@ -30,6 +30,8 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from harness.errors import InputError
+
 MAX_BYTES = 1_000_000
 MAX_NODES = 100_000
 MAX_DEPTH = 64
@@ -38,7 +40,7 @@ _TAG = "tag:yaml.org,2002:"
 _ALLOWED_TAGS = frozenset(_TAG + t for t in ("str", "int", "float", "bool", "null", "seq", "map"))
 
 
-class YAMLInputError(ValueError):
+class YAMLInputError(InputError):
     """A YAML input refused: ``str(e)`` is ``<source>: <detail>``, one line.
 
     ``problem`` is the refusal without its location, ``key`` the dotted path of the offending key

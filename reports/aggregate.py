@@ -25,6 +25,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from harness.schema import IMPLEMENTATIONS, REFERENCE_IMPL
 from reports import effects, overopt, stats
 from reports.labels import advantage_column
 from reports.stats import finite_rows, sorted_levels
@@ -359,6 +360,15 @@ def _n_panels(r: pd.DataFrame, keys: list[str]) -> int:
 # ---- figure 6: custom against TRL ----------------------------------------------------------------
 
 
+def impls_present(runs: pd.DataFrame) -> list[str]:
+    """The registered implementations (``harness.schema.IMPLEMENTATIONS``, in its order) the runs hold, when the
+    reference (the first) is among them and at least one other; else []."""
+    held = set(runs["impl"]) if "impl" in runs else set()
+    present = [i for i in IMPLEMENTATIONS if i in held]
+    return present if REFERENCE_IMPL in present and len(present) >= 2 else []
+
+
 def matched_impl_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Runs of settings (apart from impl and seed) that both custom and trl finished."""
-    return stats.matched(runs, "impl", ["custom", "trl"])
+    """Runs of settings (apart from impl and seed) that every implementation present finished."""
+    present = impls_present(runs)
+    return stats.matched(runs, "impl", present) if present else runs.iloc[0:0]

@@ -34,12 +34,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from harness.errors import InputError, first_line
 from harness.schema import Tag
 from harness.tracking import DEFAULT_EXPERIMENT, Store
 from reports.labels import ADVANTAGE, ADVANTAGE_PARTS, advantage_label
 
 
-class ReportError(ValueError):
+class ReportError(InputError):
     """A report cannot be built; the message is one line saying why."""
 
 
@@ -133,7 +134,7 @@ def spec_name(spec: str | Path) -> str:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ReportError(f"ablation spec '{spec}' is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise ReportError(f"ablation spec '{spec}' is not valid YAML: {first_line(e)}") from None
     name = data.get("name") if isinstance(data, dict) else None
     if not name or not isinstance(name, str):
         raise ReportError(f"ablation spec '{spec}' has no 'name' field")

@@ -20,12 +20,13 @@ import numpy as np
 import pandas as pd
 
 from harness.onset import onset_index
+from harness.schema import impl_label
 from reports import attrition as A
 from reports import effects as E
 from reports import factorial as F
 from reports import overopt as O
 from reports import stats
-from reports.aggregate import frontier_hue, matched_impl_runs
+from reports.aggregate import frontier_hue, impls_present, matched_impl_runs
 from reports.effects import MIN_CELLS, MIN_SEEDS
 from reports.labels import ADVANTAGE, advantage_column, level_label, with_advantage
 from reports.stats import Interval
@@ -704,28 +705,37 @@ def onset_sentence(analysis: O.Analysis) -> str:
 
 
 def custom_vs_trl(runs: pd.DataFrame) -> str | None:
-    """Custom PPO against TRL at the settings both ran: gold reward (and throughput) per implementation."""
+    """Custom PPO against every other implementation the sweep ran, at the settings all ran: gold reward (and
+    throughput) per implementation, each other one's interval set against custom's."""
     m = matched_impl_runs(runs)
     if m.empty or "eval/gold" not in m:
         return None
     key = m["cell"].map(lambda c: ", ".join(p for p in str(c).split(", ") if not p.startswith("impl=")))
-    c, t = m[m["impl"] == "custom"], m[m["impl"] == "trl"]
-    a, b = stats.interval(c["eval/gold"]), stats.interval(t["eval/gold"])
-    if (more := needs_more(min(a.n, b.n), MIN_SEEDS, "seeds per level")) is not None:
-        verdict = f"not called: {more}"
-    else:
-        verdict = f"the {IVS} overlap" if a.overlaps(b) else f"the {IVS} do not overlap"
+    ref, *others = impls_present(m)
+    c = m[m["impl"] == ref]
+    a = stats.interval(c["eval/gold"])
+    gold = {o: stats.interval(m[m["impl"] == o]["eval/gold"]) for o in others}
+    verdicts = []
+    for o, b in gold.items():
+        if (more := needs_more(min(a.n, b.n), MIN_SEEDS, "seeds per level")) is not None:
+            v = f"not called: {more}"
+        else:
+            v = f"the {IVS} overlap" if a.overlaps(b) else f"the {IVS} do not overlap"
+        verdicts.append(v if len(others) == 1 else f"{impl_label(o)}: {v}")
+    reached = " and ".join([", ".join(f"{impl_label(o)} {b.fmt()}" for o, b in gold.items())])
     s = (
-        f"At the {key.nunique()} settings both implementations ran, custom PPO reaches final gold reward "
-        f"IQM {a.fmt()} and TRL {b.fmt()}; {verdict}."
+        f"At the {key.nunique()} settings {'both' if len(others) == 1 else 'all'} implementations ran, custom PPO "
+        f"reaches final gold reward IQM {a.fmt()} and {reached}; {'; '.join(verdicts)}."
     )
     if "perf/tokens_per_s" in m and np.isfinite(m["perf/tokens_per_s"]).any():
-        x, y = (stats.interval(f["perf/tokens_per_s"]).at_least(0.0) for f in (c, t))
-        if np.isfinite(x.point) and np.isfinite(y.point) and y.point > 0:
+        x = stats.interval(c["perf/tokens_per_s"]).at_least(0.0)
+        tps = {o: stats.interval(m[m["impl"] == o]["perf/tokens_per_s"]).at_least(0.0) for o in others}
+        shown = [f"{impl_label(o)} {y.fmt()} ({stats.fmt_number(x.point / y.point, 2)}x)" for o, y in tps.items()
+                 if np.isfinite(x.point) and np.isfinite(y.point) and y.point > 0]
+        if shown:
             s += (
                 f" Throughput (each run's mean over its iterations, the noise probe's time left out): "
-                f"custom IQM {x.fmt()} tokens/s, TRL {y.fmt()} "
-                f"({stats.fmt_number(x.point / y.point, 2)}x)."
+                f"custom IQM {x.fmt()} tokens/s, {', '.join(shown)}."
             )
     return s
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.schema import IMPLEMENTATIONS
 from reports import stats
 from reports.diagnostics import CELL_NOTE
 from reports.effects import MIN_SEEDS, budget_differs
@@ -412,7 +413,7 @@ def captions(
             ),
             "fig5_sensitivity": _sensitivity_caption(meta),
             "fig6_custom_vs_trl": (
-                f"Custom PPO against TRL's PPOTrainer on the settings both ran ({meta.get('n_matched', 0)} runs): "
+                f"Custom PPO against {_impls_caption(meta)} ({meta.get('n_matched', 0)} runs): "
                 "gold reward and KL against completions seen, and throughput.",
                 f"Lines: IQM over runs; bands: {band}; bars: {ci}.",
             ),
@@ -673,3 +674,9 @@ def write_report(c: ReportContent, out_dir: str | Path) -> tuple[Path, Path]:
     md.write_text(report_markdown(c, out))
     page.write_text(report_html(c, out))
     return md, page
+
+
+def _impls_caption(meta: dict) -> str:
+    """"TRL's PPOTrainer on the settings both ran", or several implementations on the settings all ran."""
+    others = [IMPLEMENTATIONS[i][1] for i in meta.get("impls", ["custom", "trl"])[1:] if i in IMPLEMENTATIONS]
+    return f"{' and '.join(others)} on the settings {'both' if len(others) == 1 else 'all'} ran"

@@ -1,13 +1,12 @@
 """Build one report: collect (MLflow) -> stats -> aggregate -> plots -> findings -> render, then log it
 to the sweep.
 
-``make_report`` is what ``ppo-harness report`` calls (keyword arguments, an exit code, one line on
-stderr for an error); ``build_report`` is the same work for a caller holding a ``Store``.
+``make_report`` is what ``ppo-harness report`` calls (keyword arguments; the report's path, or a
+``ReportError`` for bad input); ``build_report`` is the same work for a caller holding a ``Store``.
 """
 
 from __future__ import annotations
 
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,29 +228,19 @@ def make_report(
     runs_dir: str | Path = DEFAULT_RUNS_DIR,
     tracking_uri: str | None = None,
     log_to_mlflow: bool = True,
-) -> int:
-    """Write the report of one sweep (``build_report``) and say where it is; returns the exit code.
+) -> Path:
+    """Write the report of one sweep (``build_report``); the path of its report.md (report.html beside it).
 
     Exactly one of ``spec`` (an ablation spec: its ``name`` is the MLflow experiment),
     ``experiment`` or ``parent_run`` names the sweep. The store is ``tracking_uri`` when given, else
-    the local store under ``runs_dir``. Prints the paths of report.md and report.html and returns 0.
-    Bad input (no or several sources, an unknown style, an unusable spec, out or tracking URI, no
-    store, an unknown experiment or run, a sweep with nothing to report: every ``ReportError``) is
-    one line on stderr and 2, before anything is written; a failure to write the report, one line and 1.
+    the local store under ``runs_dir``. Bad input (no or several sources, an unknown style, an unusable
+    spec, out or tracking URI, no store, an unknown experiment or run, a sweep with nothing to report)
+    raises ``ReportError`` (an ``InputError``) before anything is written; a failure to write the report
+    (a full disk, a folder that vanished) raises its ``OSError``.
     """
-    try:
-        source = _check_arguments(spec, experiment, parent_run, out, style, runs_dir, tracking_uri)
-        store = Store(runs_dir, tracking_uri=tracking_uri or None)
-        md = build_report(source, out, style, store, log_to_mlflow=log_to_mlflow)
-    except ReportError as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except OSError as e:  # the work itself: a full disk, a folder that vanished
-        print(f"error: report failed: {_one_line(e)}", file=sys.stderr)
-        return 1
-    print(f"report: {md}")
-    print(f"html:   {md.with_suffix('.html')}")
-    return 0
+    source = _check_arguments(spec, experiment, parent_run, out, style, runs_dir, tracking_uri)
+    store = Store(runs_dir, tracking_uri=tracking_uri or None)
+    return build_report(source, out, style, store, log_to_mlflow=log_to_mlflow)
 
 
 def _check_arguments(spec, experiment, parent_run, out, style, runs_dir, tracking_uri) -> Source:
@@ -294,6 +283,3 @@ def _shown(path) -> str:
     text = str(path)
     return f"'{text}'" if text.isprintable() else repr(text)
 
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())

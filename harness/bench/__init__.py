@@ -51,5 +51,5 @@ Modules:
 - ``peak``: the machine's fp32 matmul peak
 - ``child``: one implementation in a fresh subprocess (``spawn``; the child side is ``__main__``)
 - ``results``: rows -> summaries, the JSON document, the printed table
-- ``run``: ``run_bench(**options) -> exit code``, what ``ppo-harness bench`` calls
+- ``run``: ``run_bench(**options) -> the result document`` (``BenchInputError`` for a bad option), what ``ppo-harness bench`` calls
 """

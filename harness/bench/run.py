@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ from harness.bench.child import spawn
 from harness.bench.peak import matmul_peak_gflops
 from harness.bench.results import document, print_table, write_json
 from harness.bench.workload import SIZES, VARIANTS, make_tokenizer
+from harness.errors import InputError
 
 REFERENCES = ("trl",)  # --vs
 
@@ -74,27 +74,19 @@ def measure(size: str, iterations: int, warmup: int, threads: int, impls: list[s
 def run_bench(
     *, size: str = "S", vs: str | None = None, iterations: int = 5, warmup: int = 1, repeats: int = 1,
     threads: int = 2, variant: str = "equal", json: Path | None = None,
-) -> int:
+) -> dict[str, Any]:
     """Benchmark the custom core (and TRL's PPOTrainer with ``vs="trl"``); print the table, write
-    ``json`` if given. Exit code: 0, 2 for an invalid option (before any work), 1 if a child failed or the
-    JSON could not be written, 130 when interrupted."""
+    ``json`` if given; the result document. An invalid option raises ``BenchInputError`` before any work;
+    a failed child ``RuntimeError``; JSON that could not be written ``OSError`` (naming --json)."""
     try:
         check_options(size=size, vs=vs, iterations=iterations, warmup=warmup, repeats=repeats, threads=threads,
                       variant=variant)
         check_json_path(json)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise BenchInputError(str(e)) from None
     impls = ["custom", "trl"] if vs == "trl" else ["custom"]
     load_before = os.getloadavg()[0]
-    try:
-        runs, peaks = measure(size, iterations, warmup, threads, impls, repeats, variant)
-    except RuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    runs, peaks = measure(size, iterations, warmup, threads, impls, repeats, variant)
     doc = document(size=size, variant=variant, iterations=iterations, warmup=warmup, repeats=repeats,
                    threads=threads, vocab=len(make_tokenizer()), runs=runs, peaks=peaks, load_before=load_before)
     print_table(doc)
@@ -102,6 +94,9 @@ def run_bench(
         try:
             write_json(doc, Path(json))
         except OSError as e:
-            print(f"error: --json '{json}': not written ({e.strerror or e})", file=sys.stderr)
-            return 1
-    return 0
+            raise OSError(f"--json '{json}': not written ({e.strerror or e})") from None
+    return doc
+
+
+class BenchInputError(InputError):
+    """An invalid benchmark option: one line naming it."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from harness.errors import first_line
 from harness.models.presets import no_dropout
 from harness.models.types import ModelError
 
@@ -111,7 +112,7 @@ def load_pretrained_lm(name: str):
         tokenizer = AutoTokenizer.from_pretrained(name)
         model = AutoModelForCausalLM.from_pretrained(name)
     except Exception as e:  # offline, missing path, wrong format
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e) or type(e).__name__
         raise ModelError(f"model.policy '{name}': cannot load ({first[:160]})") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

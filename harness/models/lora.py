@@ -11,6 +11,7 @@ import importlib.util
 
 from torch import nn
 
+from harness.errors import first_line
 from harness.models.types import ModelError
 
 __all__ = ["AdapterDisabled", "check_peft", "with_lora"]
@@ -81,5 +82,5 @@ def with_lora(policy: nn.Module, lora) -> tuple[nn.Module, nn.Module]:
     try:
         peft_policy = get_peft_model(policy, config)
     except ValueError as e:  # target modules not found, or no default for the architecture
-        raise ModelError(f"model.lora.target_modules: {str(e).splitlines()[0]}") from None
+        raise ModelError(f"model.lora.target_modules: {first_line(e)}") from None
     return peft_policy, AdapterDisabled(peft_policy)

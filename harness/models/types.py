@@ -8,10 +8,11 @@ from typing import Any
 
 from torch import nn
 
+from harness.errors import InputError
 from harness.tasks import Task
 
 
-class ModelError(ValueError):
+class ModelError(InputError):
     """A model that cannot be built or loaded; one line naming the key or path."""
 
 

@@ -1,5 +1,8 @@
 """The advantage estimators of the sequence level (``advantage.baseline``), one registry entry each.
 
+One function and one registry entry per baseline; its properties are what the rest of the house reads
+(``per_token``, ``grouped``: needs rollout.group_size >= 2, ``value``: subtracts V(prompt), so the run
+needs a value model, ``normalised``: already normalised, so advantage.whiten leaves it alone).
 Two kinds (``Entry.props["per_token"]``):
 - per completion: one return R_i = score_i - beta * sum_t kl_it minus a baseline, the same on every token
   of the completion (``harness.ppo.math.sequence_advantages``);
@@ -108,28 +111,30 @@ _SEQ = (
     ("group_norm", "GRPO, Shao et al. 2024 (DeepSeekMath)", "grpo", "grpo", "group_norm", True),
     ("group_mean", "Dr. GRPO, Liu et al. 2025", "grpo (norm_adv_by_std_in_grpo=False)", "dr_grpo (scale_rewards=none)",
      "dr_grpo", True),
-    ("value", "A = R - V(prompt)", None, None, None, False),
 )
 for _name, _paper, _verl, _trl, _orl, _grouped in _SEQ:
     BASELINES.register(_name, paper=_paper, verl=_verl, trl=_trl, openrlhf=_orl, per_token=False,
-                       grouped=_grouped)(_per_completion(_name))
+                       grouped=_grouped, value=False, normalised=False)(_per_completion(_name))
+BASELINES.register("value", paper="A = R - V(prompt)", per_token=False, grouped=False, value=True,
+                   normalised=False)(_per_completion("value"))
 
 
 @BASELINES.register("reinforce_pp", paper="REINFORCE++, Hu 2025, arXiv 2501.03262", verl="reinforce_plus_plus",
-                    openrlhf="reinforce", per_token=True, grouped=False)
+                    openrlhf="reinforce", per_token=True, grouped=False, value=False, normalised=True)
 def _reinforce_pp(scores, kl, mask, beta, group_size, gamma):
     """Published REINFORCE++: token return-to-go of the KL, batch-normalised (n convention)."""
     return reinforce_pp(scores, kl, mask, beta, group_size=group_size, gamma=gamma)
 
 
 @BASELINES.register("reinforce_pp_baseline", paper="REINFORCE++-baseline, Hu 2025, arXiv 2501.03262",
-                    verl="reinforce_plus_plus_baseline", openrlhf="reinforce_baseline", per_token=True, grouped=True)
+                    verl="reinforce_plus_plus_baseline", openrlhf="reinforce_baseline", per_token=True, grouped=True,
+                    value=False, normalised=True)
 def _reinforce_pp_baseline(scores, kl, mask, beta, group_size, gamma):
     """Group mean of the raw score subtracted, then as ``reinforce_pp``."""
     return reinforce_pp(scores, kl, mask, beta, group_size=group_size, baseline=True, gamma=gamma)
 
 
 BASELINES.register("reinforce_pp_seq", paper="REINFORCE++ at sequence level (the whole KL sum on every token)",
-                   per_token=False, grouped=False)(_per_completion("reinforce_pp_seq"))
+                   per_token=False, grouped=False, value=False, normalised=True)(_per_completion("reinforce_pp_seq"))
 BASELINES.register("reinforce_pp_baseline_seq", paper="REINFORCE++-baseline at sequence level", per_token=False,
-                   grouped=True)(_per_completion("reinforce_pp_baseline_seq"))
+                   grouped=True, value=False, normalised=True)(_per_completion("reinforce_pp_baseline_seq"))

@@ -1,8 +1,9 @@
 """The PPO loop, readable top to bottom. No MLflow calls, no CLI, no files of its own.
 
 ``PPOState`` holds what persists across iterations; ``ppo_iteration`` runs the seven steps of
-README.md once and returns a flat metrics dict; ``train`` is ``impl=custom``: models, state,
-then ``train.iterations`` iterations with held-out evaluation and logging (``harness.recording``).
+README.md once and returns a flat metrics dict; ``train`` is ``impl=custom``: state, then
+``train.iterations`` iterations on the run's models, recorded by its ``Recorder`` (``harness.run``
+loads the models and owns the run around it).
 
 Where each piece lives: the math (rewards, returns, GAE, baselines, losses) in
 ``harness.ppo.math``, the KL coefficient's controller in ``harness.ppo.kl_control``, the epochs x
@@ -20,9 +21,8 @@ import torch
 
 from harness.checkpoint import Checkpoints
 from harness.config import RunConfig, response_length
-from harness.export import finish_run
 from harness.fast.flat import FlatParams
-from harness.lm.rollout import Rollout, ScoreFn, collect, make_score_fn
+from harness.lm.rollout import Rollout, ScoreFn, collect
 from harness.lm.sampling import generation_options
 from harness.models.types import Models, SharedTrunkValue
 from harness.ppo import kl_control
@@ -43,7 +43,7 @@ from harness.ppo.update import (
     update,
 )
 from harness.ppo.variance import probe_generator, probe_gradient_variance
-from harness.recording import Recorder, RunResult
+from harness.recording import Recorder
 
 __all__ = ["NonFiniteError", "PPOState", "init_state", "ppo_iteration", "train"]
 
@@ -207,17 +207,16 @@ def _sequence_advantages(cfg: RunConfig, ro: Rollout, seq_return: torch.Tensor, 
     """(the update's batch, advantages before whitening): one baseline-subtracted scalar per completion
     (B,), scaled (not centred) when ``advantage.whiten``, broadcast to its response tokens; or, for the
     per-token estimators (REINFORCE++ as published, ``harness.ppo.estimators``), their (B, T) advantages."""
-    baseline = cfg.advantage.baseline
-    entry = BASELINES[baseline]
+    entry = BASELINES[cfg.advantage.baseline]  # the baseline's function and properties (harness.ppo.estimators)
     if entry.props["per_token"]:
         adv = entry.fn(ro.scores, kl, ro.mask, beta, cfg.rollout.group_size, cfg.advantage.gamma)
         returns, vmask = M.sequence_value_targets(seq_return, ro.mask)
         return Batch(ro, adv, returns, vmask), adv
-    v0 = ro.values[:, 0] if baseline == "value" else None  # V(prompt)
+    v0 = ro.values[:, 0] if entry.props["value"] else None  # V(prompt)
     # REINFORCE++ normalises over the batch's response tokens: each completion weighs its token count
-    a_seq = M.sequence_advantages(seq_return, baseline, cfg.rollout.group_size, values=v0, weights=ro.mask.sum(1))
+    a_seq = entry.fn(seq_return, cfg.rollout.group_size, values=v0, weights=ro.mask.sum(1))
     adv_raw = a_seq[:, None] * ro.mask
-    if cfg.advantage.whiten and not baseline.startswith("reinforce_pp"):  # those are normalised already
+    if cfg.advantage.whiten and not entry.props["normalised"]:  # those are normalised already
         a_seq = M.scale_whiten(a_seq)
     returns, vmask = M.sequence_value_targets(seq_return, ro.mask)
     return Batch(ro, a_seq[:, None] * ro.mask, returns, vmask), adv_raw
@@ -275,29 +274,19 @@ def _metrics(cfg: RunConfig, models: Models, st: PPOState, ro: Rollout, kl: torc
     return {**metrics, **probe}
 
 
-def train(cfg: RunConfig, logger, on_eval=None, progress: bool = True) -> RunResult:
-    """``impl=custom``: load the models, evaluate at 0, then ``train.iterations`` PPO iterations, each
-    logged into ``logger``'s run and evaluated every ``eval.every`` and at the last (``Recorder``)."""
-    # imported when a run starts, not with the loop (load_models brings transformers)
-    from harness.progress import RunProgress
-    from harness.warmstart.load import load_models
-
-    n = cfg.train.iterations
-    with RunProgress(n, enabled=progress, title=f"{cfg.task.name} {cfg.advantage.level} seed {cfg.seed}") as bar:
-        models = load_models(cfg, progress=bar.status)
-        score_fn = make_score_fn(models.reward, models.task.gold, models.reward_fn)
-        st = init_state(cfg, models)
-        rec = Recorder(cfg, logger, models, score_fn, response_length(cfg, models.task), bar=bar, on_eval=on_eval)
-        ckpt = Checkpoints(cfg, logger)  # train.checkpoint_every; a resumed run continues after its newest
-        try:
-            start = ckpt.resume(models, st, rec)
-            if start == 0:
-                rec.begin()
-            for it in range(start + 1, n + 1):
-                t0 = time.perf_counter()
-                metrics = ppo_iteration(cfg, models, st, score_fn)
-                rec.step(it, metrics, seconds=time.perf_counter() - t0)
-                ckpt.after(it, models, st, rec)
-        finally:
-            st.close()
-        return finish_run(cfg, models, logger, rec.result())  # train.save_policy
+def train(cfg: RunConfig, models: Models, rec: Recorder) -> None:
+    """``impl=custom``: evaluate at 0, then ``train.iterations`` PPO iterations on ``models``, each recorded
+    into ``rec`` (evaluated every ``eval.every`` and at the last); checkpoints every ``train.checkpoint_every``."""
+    st = init_state(cfg, models)
+    ckpt = Checkpoints(cfg, rec.logger)  # train.checkpoint_every; a resumed run continues after its newest
+    try:
+        start = ckpt.resume(models, st, rec)
+        if start == 0:
+            rec.begin()
+        for it in range(start + 1, cfg.train.iterations + 1):
+            t0 = time.perf_counter()
+            metrics = ppo_iteration(cfg, models, st, rec.score_fn)
+            rec.step(it, metrics, seconds=time.perf_counter() - t0)
+            ckpt.after(it, models, st, rec)
+    finally:
+        st.close()

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from harness.registry import Registry as _Registry
+
 __all__ = ["Entry", "Registry"]
 
 
@@ -35,36 +37,19 @@ class Entry:
         return ", ".join(names) or "no peer name"
 
 
-class Registry:
-    """An ordered name -> Entry map, filled by the ``register`` decorator at import time."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what  # "policy loss mode", for error messages
-        self._entries: dict[str, Entry] = {}
+class Registry(_Registry[Entry]):
+    """The house registry (``harness.registry``) of one option's values, filled by the ``register``
+    decorator at import time."""
 
     def register(self, name: str, *, paper: str, verl: str | None = None, trl: str | None = None,
                  openrlhf: str | None = None, **props) -> Callable[[Callable], Callable]:
         """Decorator: register ``fn`` under ``name``; a name registered twice is a bug (ValueError)."""
 
         def deco(fn: Callable) -> Callable:
-            if name in self._entries:
-                raise ValueError(f"{self.what} {name!r} registered twice")
-            self._entries[name] = Entry(name, fn, paper, verl, trl, openrlhf, dict(props))
+            self.add(name, Entry(name, fn, paper, verl, trl, openrlhf, dict(props)))
             return fn
 
         return deco
-
-    def names(self) -> tuple[str, ...]:
-        return tuple(self._entries)
-
-    def __getitem__(self, name: str) -> Entry:
-        try:
-            return self._entries[name]
-        except KeyError:
-            raise ValueError(f"unknown {self.what} {name!r}; expected one of {self.names()}") from None
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._entries
 
     def doc(self) -> str:
         """'name (peer names; paper); ...' for every entry: the config's description of the key."""

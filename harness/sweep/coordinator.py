@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.devices import worker_env
+from harness.errors import InputError
 from harness.schema import Attr, Tag
 from harness.sweep.display import Display, Snapshot, fmt_s
 from harness.sweep.faults import (
@@ -43,14 +44,13 @@ from harness.sweep.faults import (
 from harness.sweep.plan import plan_shape, print_plan
 from harness.sweep.spec import AblationSpec, SpecError, cell_label, load_spec, slot_label
 from harness.sweep.study import (
-    EXIT_INCOMPLETE,
-    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_OUTAGE,
     EXIT_USAGE,
     OUTAGE_MARK,
     ROLE_CHILD,
     ROLE_PARENT,
+    SweepEnd,
     SweepRefused,
     fail_stale_heartbeats,
     grown_from,
@@ -71,7 +71,7 @@ from harness.sweep.study import (
 )
 from harness.sweep.summary import best_cell, summary_csv, summary_markdown, summary_rows, summary_text
 from harness.sweep.worker import THREAD_VARS, payload_bytes, storage_what, tracking_what, worker_command
-from harness.urls import redact, redact_text
+from harness.urls import redact
 
 ORPHAN_S = 120  # a RUNNING trial that never recorded its worker is stale after this long
 POLL_S = 1.0  # progress refresh
@@ -87,28 +87,29 @@ def run_sweep(
     dry_run: bool = False,
     new: bool = False,
     devices: list[str] | None = None,
-) -> int:
-    """Validate, then run (or resume) the sweep; returns the process exit code."""
+) -> SweepEnd:
+    """Validate, then run (or resume) the sweep; how it ended. Bad input (the spec, --workers, the journal, a
+    changed spec under the same name) raises ``SweepInputError`` before anything is written."""
     try:
         spec = load_spec(spec_path)
         check_models(spec)
     except SpecError as e:
-        return _usage_error(spec_path, e.key, e.problem)
+        raise SweepInputError(spec_path, e.key, e.problem) from None
     if workers < 1:
-        return _usage_error(spec_path, "--workers", f"expected at least 1, got {workers}")
+        raise SweepInputError(spec_path, "--workers", f"expected at least 1, got {workers}")
     url = storage_url(spec, storage, runs_dir)
     if not is_rdb(url):
         try:  # a user's file, a link or a FIFO given (or planted) as the journal: refused, left untouched
             check_journal(url)
         except NotAJournal as e:
             shown = repr(url) if not url.isprintable() else f"'{url}'"
-            return _usage_error(spec_path, "--storage" if storage else "journal", f"{shown}: {e}")
+            raise SweepInputError(spec_path, "--storage" if storage else "journal", f"{shown}: {e}") from None
     threads = threads_per_worker(workers)
     if dry_run:
         print_plan(spec, url, tracking_uri, runs_dir, workers, threads)
         if devices:
             print(f"devices   worker k on CUDA device [{', '.join(devices)}][k % {len(devices)}] (CUDA_VISIBLE_DEVICES)")
-        return EXIT_OK
+        return SweepEnd.DONE
     quiet_optuna()
     quiet_store_logs()
     where = storage_what(url)
@@ -117,21 +118,23 @@ def run_sweep(
         study = retry(where, resolve_study, spec, st, url, new=new)
         coordinator = Coordinator(spec, st, url, study, tracking_uri, Path(runs_dir), workers, threads, devices or [])
     except SweepRefused as e:
-        return _usage_error(spec_path, e.key, e.problem)
+        raise SweepInputError(spec_path, e.key, e.problem) from None
     except Outage as e:
         print(f"sweep stopped: {e}. Rerun the same command to resume.", file=sys.stderr)
-        return EXIT_INCOMPLETE
+        return SweepEnd.INCOMPLETE
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume")
-        return EXIT_INTERRUPTED
+        return SweepEnd.INTERRUPTED
     return coordinator.run()
 
 
-def _usage_error(path: str | Path, key: str, problem: str) -> int:
-    """One line: the spec path (its repr() when it holds a newline or another invisible character), key, problem."""
-    shown = str(path) if str(path).isprintable() else repr(str(path))
-    print(" ".join(redact_text(f"error: {shown}: {key}: {problem}").split()), file=sys.stderr)
-    return EXIT_USAGE
+class SweepInputError(InputError):
+    """Bad input to a sweep: the spec path (its repr() when it holds a newline or another invisible
+    character), the key or option, the problem."""
+
+    def __init__(self, path: str | Path, key: str, problem: str):
+        shown = str(path) if str(path).isprintable() else repr(str(path))
+        super().__init__(f"{shown}: {key}: {problem}", key=key, problem=problem)
 
 
 def check_models(spec: AblationSpec) -> None:
@@ -228,7 +231,7 @@ class Coordinator:
         self.said_waiting = False
 
     # -- the whole invocation --
-    def run(self) -> int:
+    def run(self) -> SweepEnd:
         old = self.stop.install()
         failure = None
         try:
@@ -513,7 +516,7 @@ class Coordinator:
         return snap
 
     # -- the end --
-    def _end(self, failure: str | None) -> int:
+    def _end(self, failure: str | None) -> SweepEnd:
         """Stop the workers, leave nothing RUNNING, then the summary (or the one line saying what stopped it)."""
         interrupted = self.stop.signals > 0
         self._stop_workers()
@@ -534,7 +537,7 @@ class Coordinator:
             return self._stopped(str(e), interrupted, tracking_ok=problem is None)
         return self._finish(trials, interrupted, problem)
 
-    def _stopped(self, failure: str | None, interrupted: bool, tracking_ok: bool) -> int:
+    def _stopped(self, failure: str | None, interrupted: bool, tracking_ok: bool) -> SweepEnd:
         """The one line of a sweep that could not go on (no traceback), the parent run ended if reachable."""
         if tracking_ok and self.parent is not None:
             status = "KILLED" if interrupted else "FAILED"
@@ -542,9 +545,9 @@ class Coordinator:
                      say=False)
         if failure is None:
             print("interrupted: rerun the same command to resume")
-            return EXIT_INTERRUPTED
+            return SweepEnd.INTERRUPTED
         print(f"sweep stopped: {failure}. Rerun the same command to resume.", file=sys.stderr, flush=True)
-        return EXIT_INTERRUPTED if interrupted else EXIT_INCOMPLETE
+        return SweepEnd.INTERRUPTED if interrupted else SweepEnd.INCOMPLETE
 
     def _end_parent(self, tags: dict[str, Any], status: str | None, files: dict[str, str] | None = None,
                     metrics: dict[str, float] | None = None) -> None:
@@ -557,7 +560,7 @@ class Coordinator:
         if status is not None:
             logger.end(status)
 
-    def _finish(self, trials, interrupted: bool, problem: str | None) -> int:
+    def _finish(self, trials, interrupted: bool, problem: str | None) -> SweepEnd:
         spec = self.spec
         table = slots(trials)
         snap = self.snapshot(trials)
@@ -583,13 +586,13 @@ class Coordinator:
             f"{c['running']} running elsewhere, in {fmt_s(time.time() - self.t0)}{best}. "
             f"Summary: MLflow parent run {self.parent} (summary.md)."
         )
-        return self._exit_code(interrupted, table, done, c["failed"], elsewhere)
+        return self._ending(interrupted, table, done, c["failed"], elsewhere)
 
-    def _exit_code(self, interrupted: bool, table, done: int, failed: int, elsewhere: bool) -> int:
-        """Say what is left to do and return the exit code of the invocation."""
+    def _ending(self, interrupted: bool, table, done: int, failed: int, elsewhere: bool) -> SweepEnd:
+        """Say what is left to do; how the invocation ended."""
         if interrupted:
             print("interrupted: rerun the same command to resume")
-            return EXIT_INTERRUPTED
+            return SweepEnd.INTERRUPTED
         if failed:
             reasons = [
                 ts[-1].user_attrs.get(Attr.FAIL_REASON, "unknown")
@@ -597,14 +600,14 @@ class Coordinator:
                 if slot_state(ts) == "failed"
             ]
             print(f"{failed} run(s) failed (e.g. {reasons[0]}); rerun the same command to retry them")
-            return EXIT_INCOMPLETE
+            return SweepEnd.INCOMPLETE
         if elsewhere:
             print("the rest is still running in other processes sharing this study; rerun to wait for them")
-            return EXIT_INCOMPLETE
+            return SweepEnd.INCOMPLETE
         if done != self.spec.n_runs:
             print(f"{self.spec.n_runs - done} run(s) not started; rerun the same command to run them")
-            return EXIT_INCOMPLETE
-        return EXIT_OK
+            return SweepEnd.INCOMPLETE
+        return SweepEnd.DONE
 
 
 def _quietly(what: str, fn, *args, budget: float | None = STOPPING_S, say: bool = True, **kwargs):

@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.errors import InputError, describe
 from harness.urls import redact, redact_text
 
 OUTAGE_S = float(os.environ.get("PPO_HARNESS_OUTAGE_S", "60"))  # how long transient errors are retried
@@ -87,14 +88,11 @@ def is_transient(e: BaseException) -> bool:
 
 
 def one_line(e: BaseException, n: int = 300) -> str:
-    """``Type: first line`` of an error (and of its root cause), URLs redacted."""
-    def line(x: BaseException) -> str:
-        msg = str(x).strip().splitlines()
-        return f"{type(x).__name__}: {msg[0] if msg else ''}".strip().rstrip(":")
-
+    """``Type: first line`` of an error (``harness.errors.describe``; of its root cause after its own type),
+    URLs redacted."""
     chain = _chain(e)
     causes = [x for x in chain[1:] if str(x).strip()]  # the deepest one that says something
-    text = f"{type(e).__name__}: {line(causes[-1])}" if causes else line(e)  # wrappers' own words are boilerplate
+    text = f"{type(e).__name__}: {describe(causes[-1])}" if causes else describe(e)  # wrappers' words: boilerplate
     return redact_text(text)[:n]
 
 
@@ -177,7 +175,7 @@ def http_problem(uri: str) -> str | None:
 # ---- torn journal records ----------------------------------------------------------------------------
 
 
-class NotAJournal(ValueError):
+class NotAJournal(InputError):
     """A journal path the harness will not write to (a user's file, a link, a FIFO): the problem, one line."""
 
 

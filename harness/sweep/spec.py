@@ -25,8 +25,8 @@ used by every message, log line, table and display of the sweep.
 The file is read by ``harness.yamlio`` (UTF-8, no duplicate keys, no aliases, bounded size);
 values are typed strictly (no ``true`` or ``"2"`` for an int, no inf or nan); the grid's size is
 checked before a cell is enumerated; a cell with a TRL impl (``trl``, ``trl-grpo``, ``trl-rloo``) is
-checked against what that TRL trainer can express (its baseline module's ``check_expressible``, listed
-in ``TRL_CHECKS`` and imported only then).
+checked against what that TRL trainer can express (its baseline module's ``check_expressible``, named
+in ``harness.impls`` and imported only then).
 
 Nothing here imports torch, Optuna or MLflow at import time (only a spec with a TRL impl pulls
 torch, through the TRL baseline's check).
@@ -55,7 +55,9 @@ from harness.config import (
     flat_items,
     known_keys,
 )
-from harness.impls import CHECKS, check_expressible
+from harness.errors import InputError
+from harness.impls import check_expressible
+from harness.impls import get as get_impl
 from harness.schema import METRICS
 from harness.urls import NAME as _NAME  # the one rule for names that become folders
 from harness.yamlio import YAMLInputError, read_yaml, show_key
@@ -67,7 +69,7 @@ TOP_KEYS = ("name", "description", "base", "grid", "seeds", "sampler", "n_trials
 _MAX_RUNS = 100_000  # a typo like 10 axes x 10 values should be refused, not enqueued
 
 
-class SpecError(ValueError):
+class SpecError(InputError):
     """One problem with a spec: ``key`` is the spec key (dotted, with [i] for list items)."""
 
     def __init__(self, key: str, problem: str):
@@ -627,7 +629,7 @@ def _check_config(base: dict, values: dict, seed: int, where_of, cell: dict | No
     spec key that set the offending value, and the cell."""
     try:
         cfg = build_config(None, {**base, **values, "seed": seed})
-        if cfg.impl in CHECKS:
+        if get_impl(cfg.impl).check is not None:
             _check_trl(cfg)
         return cfg
     except ConfigError as e:

@@ -24,12 +24,14 @@ The MLflow side of the protocol: runs are found by tags (``run_filter``); ``Tag.
 
 from __future__ import annotations
 
+import enum
 import socket
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
+from harness.errors import InputError
 from harness.schema import Attr
 from harness.sweep.faults import NotAJournal, check_journal, journal_backend, repair_journal
 from harness.sweep.spec import AblationSpec, growth_problem, spec_shape
@@ -39,15 +41,24 @@ HEARTBEAT_S = 10  # RDB storages: a worker records a heartbeat this often ...
 GRACE_S = 60  # ... and a RUNNING trial without one for this long is stale
 HOST = socket.gethostname()
 
-EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# a worker process's exit status (its protocol with the coordinator)
+EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 EXIT_OUTAGE = 3  # a worker's own code: a store stayed unreachable (its last line says which)
+
+
+class SweepEnd(enum.Enum):
+    """How one ``run_sweep`` invocation ended (the CLI picks the exit code)."""
+
+    DONE = "done"  # every run of the spec done (or a dry run)
+    INCOMPLETE = "incomplete"  # runs failed, not started, or still running elsewhere: rerun to resume
+    INTERRUPTED = "interrupted"  # stopped by Ctrl-C / SIGTERM: rerun to resume
 OUTAGE_MARK = "outage: "  # ... and that line starts so
 RETRY_KINDS = ("stale", "outage", "interrupted")  # failures re-queued within the same invocation
 
 ROLE_PARENT, ROLE_CHILD = "parent", "child"  # values of Tag.SWEEP_ROLE
 
 
-class SweepRefused(Exception):
+class SweepRefused(InputError):
     """The sweep cannot start (e.g. the spec changed under the same name): ``key: problem``."""
 
     def __init__(self, key: str, problem: str):

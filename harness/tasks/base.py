@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 
+from harness.registry import Registry, suggest
+
 
 @dataclass(frozen=True)
 class Task:
@@ -63,8 +65,19 @@ class Task:
 TaskFactory = Callable[[], Task]
 ENTRY_POINT_GROUP = "ppo_harness.tasks"
 BUILT_IN = "built-in"
-_REGISTRY: dict[str, tuple[str, TaskFactory]] = {}
-_SOURCES: dict[str, str] = {}  # name -> "built-in" | "plugin <distribution> (<module:object>)"
+
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """One registered task: what it is, the factory that builds it, where it comes from."""
+
+    description: str
+    factory: TaskFactory
+    source: str  # "built-in" | "plugin <distribution> (<module:object>)"
+
+
+TASKS: Registry[TaskEntry] = Registry("task")  # built-ins at import, plugins on first look-up
 _CACHE: dict[str, Task] = {}
 _PROBLEMS: dict[str, str] = {}  # entry-point name -> why it was left out
 _PLUGINS_LOOKED_UP = [False]
@@ -72,10 +85,7 @@ _PLUGINS_LOOKED_UP = [False]
 
 def register(name: str, description: str, source: str = BUILT_IN) -> Callable[[TaskFactory], TaskFactory]:
     def deco(fn: TaskFactory) -> TaskFactory:
-        if name in _REGISTRY:
-            raise ValueError(f"task '{name}' is registered twice")
-        _REGISTRY[name] = (description, fn)
-        _SOURCES[name] = source
+        TASKS.add(name, TaskEntry(description, fn, source))  # a second registration: ValueError
         return fn
 
     return deco
@@ -85,8 +95,8 @@ def _plugin(ep: metadata.EntryPoint) -> tuple[Task, str]:
     """(the entry point's task, where it comes from); ValueError saying what is wrong with it."""
     dist = getattr(ep, "dist", None)
     source = f"plugin {dist.name if dist is not None else '?'} ({ep.value})"
-    if ep.name in _REGISTRY:
-        raise ValueError(f"{source}: the name '{ep.name}' is taken by the {_SOURCES[ep.name]} task")
+    if ep.name in TASKS:
+        raise ValueError(f"{source}: the name '{ep.name}' is taken by the {TASKS[ep.name].source} task")
     try:
         obj = ep.load()
         task = obj() if callable(obj) and not isinstance(obj, Task) else obj
@@ -116,28 +126,29 @@ def load_plugins() -> None:
 
 def get_task(name: str) -> Task:
     load_plugins()
-    if name not in _REGISTRY:
-        raise KeyError(f"task.name '{name}': unknown task (known: {', '.join(sorted(_REGISTRY))})")
+    if name not in TASKS:
+        raise KeyError(f"task.name '{name}': unknown task (known: {', '.join(sorted(TASKS))})"
+                       f"{suggest(name, TASKS.names())}")
     if name not in _CACHE:
-        _CACHE[name] = _REGISTRY[name][1]()
+        _CACHE[name] = TASKS[name].factory()
     return _CACHE[name]
 
 
 def list_tasks() -> dict[str, str]:
     """Every task, built-in and plugin: name -> description."""
     load_plugins()
-    return {n: d for n, (d, _) in sorted(_REGISTRY.items())}
+    return {n: e.description for n, e in sorted(TASKS.items())}
 
 
 def builtin_tasks() -> dict[str, str]:
     """The tasks that ship with the harness (and its artifacts): name -> description."""
-    return {n: d for n, (d, _) in sorted(_REGISTRY.items()) if _SOURCES[n] == BUILT_IN}
+    return {n: e.description for n, e in sorted(TASKS.items()) if e.source == BUILT_IN}
 
 
 def task_source(name: str) -> str:
     """'built-in', or 'plugin <distribution> (<module:object>)'."""
     load_plugins()
-    return _SOURCES[name]
+    return TASKS[name].source
 
 
 def plugin_problems() -> dict[str, str]:

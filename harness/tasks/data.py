@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from harness.errors import InputError
 from harness.tasks.base import Task
 
 FORMATS = (".jsonl", ".csv", ".parquet")
@@ -49,7 +50,7 @@ ACCEPTED = ("a .jsonl, .csv or .parquet file, a datasets save_to_disk folder, a 
             "or a Hugging Face dataset id owner/name")
 
 
-class PromptFileError(ValueError):
+class PromptFileError(InputError):
     """A prompt file that cannot define a task: one line naming the file (``task.prompts``) and the problem."""
 
 

@@ -28,13 +28,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from harness.errors import InputError
+from harness.schema import Tag, artifact_tags
+
 # PPO_HARNESS_SHIPPED points at another shipped tree (tests of a corrupted copy; a lab's own release)
 ROOT = Path(os.environ.get("PPO_HARNESS_SHIPPED") or Path(__file__).resolve().parents[1] / "shipped")
 MANIFEST = "manifest.json"
 VERSION = "1"  # bump when the shipped artifacts are rebuilt with a different recipe
 
 
-class ArtifactError(ValueError):
+class ArtifactError(InputError):
     """A shipped artifact is missing or does not match its manifest; one line naming the file."""
 
 
@@ -105,9 +108,10 @@ def provenance(task: str, kind: str, directory: Path, root: Path | None = None) 
     root = root or ROOT
     digest = weights_digest(directory, ("model.safetensors",))
     is_shipped = directory.resolve().is_relative_to(root.resolve())
-    tags = {f"artifacts.{kind}": "shipped" if is_shipped else "local build", f"artifacts.{kind}_sha256": digest}
+    source_tag, checksum_tag = artifact_tags(kind)
+    tags = {source_tag: "shipped" if is_shipped else "local build", checksum_tag: digest}
     if is_shipped:
-        tags["artifacts.version"] = str((read_manifest(root) or {}).get("version", "?"))
+        tags[Tag.ARTIFACTS_VERSION] = str((read_manifest(root) or {}).get("version", "?"))
     return tags
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from harness.config import RunConfig
 from harness.devices import DeviceError
 from harness.devices import resolve as resolve_device
+from harness.errors import first_line
 from harness.models.loading import load_classifier, load_lm, load_tokenizer, looks_local
 from harness.models.lora import check_peft, with_lora
 from harness.models.presets import PRESETS, is_preset, no_dropout
@@ -23,6 +24,7 @@ from harness.models.reward_fn import (
     try_reward_fn,
 )
 from harness.models.types import ModelError, Models, SharedTrunkValue
+from harness.ppo.estimators import BASELINES
 from harness.schema import Tag
 from harness.tasks import Task, get_task
 from harness.tasks.data import PromptFile, data_task, with_gold
@@ -89,7 +91,7 @@ def _text_reward(key: str, name: str, device="cpu"):
     try:
         model, tokenizer = _frozen(load_classifier(Path(name) if looks_local(name) else name)), load_tokenizer(name)
     except Exception as e:
-        raise ModelError(f"{key} '{name}': cannot load ({str(e).splitlines()[0][:160]})") from None
+        raise ModelError(f"{key} '{name}': cannot load ({first_line(e)[:160]})") from None
     return text_reward_fn(model.to(device), tokenizer, name, key)
 
 
@@ -219,7 +221,7 @@ def _check_model_dir(key: str, name: str, tokenizer: bool) -> None:
     try:
         AutoConfig.from_pretrained(folder, local_files_only=True)
     except Exception as e:  # not JSON, no model_type, an unknown architecture
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e) or type(e).__name__
         raise ModelError(f"{key} {shown}: config.json does not load ({first[:160]})") from None
     if not any((folder / w).is_file() for w in WEIGHTS):
         raise ModelError(f"{key} {shown}: no weights in this folder (expected one of {', '.join(WEIGHTS)})")
@@ -237,7 +239,7 @@ def _check_model_dir(key: str, name: str, tokenizer: bool) -> None:
         try:
             AutoTokenizer.from_pretrained(folder, local_files_only=True)
         except Exception as e:  # a tokenizer.json that is not JSON, a missing vocabulary ...
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e) or type(e).__name__
             raise ModelError(f"{key} {shown}: its tokenizer does not load ({first[:160]})") from None
 
 
@@ -274,9 +276,11 @@ def safetensors_problem(path: Path) -> str | None:
     return None
 
 
-def load_models(cfg: RunConfig, progress=None) -> Models:
-    """Everything one run needs, built or loaded from the cache."""
-    task = validate_model_keys(cfg)
+def load_models(cfg: RunConfig, progress=None, task: Task | None = None) -> Models:
+    """Everything one run needs, built or loaded from the cache. ``task``: what ``validate_model_keys(cfg)``
+    returned when the run's owner checked the keys already; else they are checked now."""
+    if task is None:
+        task = validate_model_keys(cfg)
     start = policy_start(cfg, task, progress)
     tokenizer = load_tokenizer(start.tokenizer)
     if cfg.task.chat_template and not getattr(tokenizer, "chat_template", None):  # a hub id's, known only now
@@ -289,7 +293,7 @@ def load_models(cfg: RunConfig, progress=None) -> Models:
         ref = copy.deepcopy(policy).eval().requires_grad_(False)
     reward, reward_fn, rm_dir = _reward(cfg, task, start, tokenizer, progress)
     value, value_init = None, "none (no value model)"
-    needs_value = cfg.advantage.level == "token" or cfg.advantage.baseline == "value"
+    needs_value = cfg.advantage.level == "token" or BASELINES[cfg.advantage.baseline].props["value"]
     if needs_value and cfg.model.value_trunk == "shared":
         value, value_init = SharedTrunkValue(policy), "policy trunk (shared, zero-initialised head)"
     elif needs_value:
@@ -353,7 +357,7 @@ def _reward(cfg: RunConfig, task, start: PolicyStart, tokenizer, progress):
         reward = _frozen(load_classifier(Path(r) if looks_local(r) else r))
         own = load_tokenizer(r) if _has_tokenizer(r) else None
     except Exception as e:
-        raise ModelError(f"model.reward '{r}': cannot load ({str(e).splitlines()[0][:160]})") from None
+        raise ModelError(f"model.reward '{r}': cannot load ({first_line(e)[:160]})") from None
     if own is not None and not same_vocabulary(own, tokenizer):
         return None, text_reward_fn(reward.to(resolve_device(cfg.train.device)), own, r), None
     return reward, None, None

@@ -1,4 +1,4 @@
-"""Figure 6: custom PPO against TRL on the settings both ran."""
+"""Figure 6: custom PPO against every other registered implementation the sweep ran, on the settings all ran."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from harness.schema import REFERENCE_IMPL
 from reports import aggregate as A
 from reports.labels import metric_label
 from reports.plots.style import (
@@ -22,17 +23,16 @@ from reports.plots.style import (
 )
 from reports.stats import finite_rows
 
-IMPLS = ["custom", "trl"]
-
 
 @skippable
 def custom_vs_trl(
     runs: pd.DataFrame, curves: pd.DataFrame, factors: Sequence[str], style: Style
 ) -> Figure | str:
-    """Custom vs TRL on matched settings: gold and KL vs episodes, and throughput."""
+    """Custom vs the other implementations on matched settings: gold and KL vs episodes, and throughput."""
     m = A.matched_impl_runs(runs)
     if m.empty:
-        return "the sweep has no cell run by both custom and trl"
+        return "the sweep has no cell run by both custom and another implementation"
+    impls = A.impls_present(m)
     ids = set(m["run_id"])
     panels = [k for k in ("eval/gold", "eval/kl") if not A.metric_curves(curves, k).empty]
     has_tps = not finite_rows(m, "perf/tokens_per_s").empty
@@ -45,19 +45,19 @@ def custom_vs_trl(
     for ax, metric in zip(axes, panels, strict=False):
         c = A.metric_curves(curves, metric)
         handles = []
-        for impl, j, b in A.split_bands(A.curve_bands(c[c["run_id"].isin(ids)], "impl", IMPLS)):
+        for impl, j, b in A.split_bands(A.curve_bands(c[c["run_id"].isin(ids)], "impl", impls)):
             line = band(ax, b.x, b.point, b.low, b.high, palette(j), impl)
-            line.set_linestyle("-" if impl == "custom" else "--")  # visible where the two coincide
+            line.set_linestyle("-" if impl == REFERENCE_IMPL else "--")  # visible where they coincide
             handles.append(line)
         ax.set_ylabel(metric_label(metric))
         ax.set_xlabel(metric_label("episodes"))
         episodes_axis(ax)
     if has_tps:
         ax = axes[-1]
-        rows = A.interval_rows(m, "impl", "perf/tokens_per_s", IMPLS)
+        rows = A.interval_rows(m, "impl", "perf/tokens_per_s", impls)
         interval_bars(ax, rows, [palette(j) for j in rows["order"]], rows["level"].tolist())
         ax.set_xlabel(metric_label("perf/tokens_per_s"))
         thousands_axis(ax.xaxis)
     if handles:
-        fig.legend(handles, IMPLS[: len(handles)], loc="outside upper center", ncol=2)
+        fig.legend(handles, impls[: len(handles)], loc="outside upper center", ncol=len(impls))
     return fig

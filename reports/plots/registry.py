@@ -1,6 +1,6 @@
 """The figure registry: every figure of a report, in order, with the caption facts it carries.
 
-``FIGURES`` is the ordered list the report iterates: (stem, title, draw, meta). ``draw`` takes
+``FIGURES`` is the ordered registry (``harness.registry``) the report iterates: stem -> (stem, title, draw, meta). ``draw`` takes
 ``(runs, curves, factors, style)`` and returns a Figure or None (``draw.explain`` says why not);
 ``meta(runs, factors)`` returns the facts its caption quotes. ``make_figures`` draws and saves
 all of them.
@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 from matplotlib.figure import Figure
 
+from harness.registry import Registry
 from reports import aggregate as A
 from reports import overopt
 from reports.plots.curves import final_by_factor, learning_curves
@@ -78,10 +79,12 @@ def _sensitivity_meta(runs: pd.DataFrame, factors: Sequence[str]) -> dict[str, A
 
 
 def _impl_meta(runs: pd.DataFrame, factors: Sequence[str]) -> dict[str, Any]:
-    return {"n_matched": len(A.matched_impl_runs(runs))}
+    m = A.matched_impl_runs(runs)
+    return {"n_matched": len(m), "impls": A.impls_present(m)}
 
 
-FIGURES: list[FigureSpec] = [
+FIGURES: Registry[FigureSpec] = Registry("figure")  # stem -> spec, in the report's order
+for _spec in (
     FigureSpec("fig1_learning_curves", "Learning curves", learning_curves),
     FigureSpec("fig2_final_reward", "Final gold reward per factor level", final_by_factor),
     FigureSpec("fig3_reward_kl_frontier", "Reward-KL frontier", reward_kl_frontier, _frontier_meta),
@@ -92,7 +95,8 @@ FIGURES: list[FigureSpec] = [
     FigureSpec(
         "fig8_overoptimisation", "Reward vs sqrt(KL), Gao et al. 2022 fit", overoptimisation, _overopt_meta
     ),
-]
+):
+    FIGURES.add(_spec.stem, _spec)  # a new figure: its draw function in reports/plots/, one line here
 
 
 def make_figures(
@@ -107,7 +111,7 @@ def make_figures(
     stem -> why, figures not to draw at all)."""
     st = get_style(style)
     results = []
-    for spec in FIGURES:
+    for spec in FIGURES.values():
         if spec.stem in (skip or {}):
             results.append(FigureResult(spec.stem, spec.title, skipped=skip[spec.stem]))
             continue

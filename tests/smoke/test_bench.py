@@ -113,9 +113,11 @@ def test_bench_refuses_a_bad_option_before_any_work(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(bench_run, "measure", no_work)
     monkeypatch.setattr(bench_run, "matmul_peak_gflops", no_work)
     out = tmp_path / "out.json"
-    assert bench_run.run_bench(**options, json=out) == 2
+    with pytest.raises(bench_run.BenchInputError) as e:
+        bench_run.run_bench(**options, json=out)
+    assert str(e.value) == message and e.value.exit_code == 2
     captured = capsys.readouterr()
-    assert captured.err == f"error: {message}\n" and captured.out == ""
+    assert captured.err == "" and captured.out == ""
     assert not out.exists()
 
 

@@ -68,9 +68,19 @@ def _history(tmp_path: Path, key: str) -> list[float]:
     return [m.value for m in client.get_metric_history(runs[0].info.run_id, key)]
 
 
-@pytest.mark.parametrize("impl", ["custom", "trl"])
+# what each TRL group trainer needs on top of TINY to be expressible
+GROUP = {
+    "trl-grpo": {"advantage.level": "sequence", "advantage.baseline": "group_norm", "advantage.whiten": "false",
+                 "kl.placement": "loss", "kl.estimator": "k3", "kl.coef": 0.05},
+    "trl-rloo": {"advantage.level": "sequence", "advantage.baseline": "rloo", "loss.agg": "seq-mean-token-sum",
+                 "ppo.minibatches": 1},
+}
+
+
+@pytest.mark.parametrize("impl", ["custom", "trl", "trl-grpo", "trl-rloo"])
 def test_the_function_is_the_optimised_reward(rewards_path, tmp_path, impl):
-    out = _train(rewards_path, tmp_path, "my_rewards:half", "--set", f"impl={impl}")
+    extra = [a for k, v in GROUP.get(impl, {}).items() for a in ("--set", f"{k}={v}")]
+    out = _train(rewards_path, tmp_path, "my_rewards:half", "--set", f"impl={impl}", *extra)
     assert out.returncode == 0, out.stdout + out.stderr
     scores = _history(tmp_path, "objective/scores")
     assert len(scores) == TINY["train.iterations"]

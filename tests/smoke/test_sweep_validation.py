@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from harness.errors import InputError
+
 HEAD = """\
 name: bad
 base:
@@ -53,10 +55,11 @@ def test_malformed_spec_exits_2_naming_the_key_and_creates_nothing(case, tmp_pat
     spec = tmp_path / f"{case}.yaml"
     spec.write_text(body)
     monkeypatch.chdir(tmp_path)  # the default runs dir ("runs") would appear here
-    assert run_sweep(spec, workers=2) == 2
-    err = capsys.readouterr().err.strip()
+    with pytest.raises(InputError) as e:
+        run_sweep(spec, workers=2)
+    err = str(e.value)
     assert len(err.splitlines()) == 1, err
-    assert err.startswith(f"error: {spec}: {key}"), err
+    assert err.startswith(f"{spec}: {key}"), err
     assert [p.name for p in tmp_path.iterdir()] == [spec.name]  # no runs/, no journal, no mlflow.db
 
 
@@ -81,6 +84,6 @@ def test_bad_worker_count_is_a_usage_error(tmp_path, capsys):
 
     spec = tmp_path / "ok.yaml"
     spec.write_text(HEAD + "grid: {kl.coef: [0.1]}\nseeds: [0]\n")
-    assert run_sweep(spec, workers=0, runs_dir=tmp_path / "runs") == 2
-    assert "--workers" in capsys.readouterr().err
+    with pytest.raises(InputError, match="--workers"):
+        run_sweep(spec, workers=0, runs_dir=tmp_path / "runs")
     assert not (tmp_path / "runs").exists()

@@ -12,17 +12,24 @@ import pytest
 
 import harness.run as R
 from harness.config import build_config
-from harness.recording import RunResult
+from harness.impls import Implementation
 from harness.schema import Tag
 from harness.tracking import Store
+from tests.conftest import TINY
 
 
 def test_every_impl_resolves_lazily_to_a_train_with_the_registry_signature():
-    assert set(R.IMPLEMENTATIONS) == {"custom", "trl", "trl-grpo", "trl-rloo"}  # the values config's impl allows
+    from typing import get_args
+
+    from harness.config import RunConfig
+    from harness.schema import IMPLEMENTATIONS
+
+    # one list of names: the schema's (with the labels), the registry's targets, the values config's impl allows
+    assert tuple(R.IMPLEMENTATIONS) == tuple(IMPLEMENTATIONS) == get_args(RunConfig.model_fields["impl"].annotation)
     for impl in R.IMPLEMENTATIONS:
         fn = R.resolve(impl)
         assert fn.__name__ == "train"
-        assert list(inspect.signature(fn).parameters) == ["cfg", "logger", "on_eval", "progress"]
+        assert list(inspect.signature(fn).parameters) == ["cfg", "models", "rec"]
     from baselines import trl_ppo
     from harness.ppo import loop
 
@@ -40,19 +47,18 @@ def test_run_py_imports_no_implementation():
 
 @pytest.fixture
 def fake_impl(monkeypatch):
-    """impl=custom pointed at a module of this test: it logs one metric, or raises what it is told."""
+    """impl=custom pointed at a module of this test: it records one metric, or raises what it is told."""
     mod = types.ModuleType("fake_impl")
     mod.raise_ = None
 
-    def train(cfg, logger, on_eval, progress):
-        logger.log_metrics({"eval/gold": 0.5}, step=0)
+    def train(cfg, models, rec):
+        rec.log(0, {"eval/gold": 0.5})
         if mod.raise_ is not None:
             raise mod.raise_
-        return RunResult(run_id=logger.run_id, final={"eval/gold": 0.5})
 
     mod.train = train
     monkeypatch.setitem(sys.modules, "fake_impl", mod)
-    monkeypatch.setitem(R.IMPLEMENTATIONS, "custom", "fake_impl:train")
+    monkeypatch.setitem(R.IMPLEMENTATIONS._entries, "custom", Implementation("custom", "fake_impl:train"))
     return mod
 
 
@@ -78,3 +84,25 @@ def test_execute_owns_the_runs_status(tmp_path, fake_impl, raise_, status, reaso
     assert run.data.tags.get(Tag.FAILURE) == reason
     artifacts = {a.path for a in store.client.list_artifacts(run_id)}
     assert "config.yaml" in artifacts and (("error.txt" in artifacts) == (status == "FAILED"))
+
+
+def test_train_validates_the_model_keys_once(tmp_path, monkeypatch):
+    """``ppo-harness train``: the CLI checks the model keys before the store exists and hands the result on;
+    neither ``execute`` nor ``load_models`` checks them again."""
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+    from harness.warmstart import load
+
+    calls = []
+    real = load.validate_model_keys
+
+    def counted(cfg):
+        calls.append(cfg.seed)
+        return real(cfg)
+
+    monkeypatch.setattr(load, "validate_model_keys", counted)
+    sets = [a for k, v in {**TINY, "train.iterations": 1}.items() for a in ("--set", f"{k}={v}")]
+    out = CliRunner().invoke(app, ["train", *sets, "--seed", "3", "-q", "--runs-dir", str(tmp_path / "runs")])
+    assert out.exit_code == 0, out.output
+    assert calls == [3]

@@ -170,15 +170,19 @@ class _Logger:
 
 
 def test_train_runs_the_iterations_evaluates_and_closes_its_state(monkeypatch):
-    """``train`` (impl=custom): evaluation at 0 and every eval.every, one log per iteration, on_eval after
-    each evaluation, and the state's side thread released at the end (also when a hook raises)."""
+    """``train`` (impl=custom, inside the run's owner ``harness.run.train``): evaluation at 0 and every
+    eval.every, one log per iteration, on_eval after each evaluation, and the state's side thread released
+    at the end (also when a hook raises)."""
     from harness.ppo import loop
+    from harness.run import train
+    from harness.warmstart.load import validate_model_keys
 
     closed = []
     monkeypatch.setattr(loop.PPOState, "close", lambda self: closed.append(self.iteration))
     cfg = build_config(None, {**TINY, "train.iterations": 3, "eval.every": 2})
     logger, seen = _Logger(), []
-    result = loop.train(cfg, logger, on_eval=lambda it, em: seen.append((it, sorted(em))), progress=False)
+    task = validate_model_keys(cfg)
+    result = train(cfg, logger, task, on_eval=lambda it, em: seen.append((it, sorted(em))), progress=False)
     assert logger.steps == [0, 1, 2, 3] and closed == [3]
     assert [it for it, _ in seen] == [0, 2, 3] and all(k.startswith("eval/") for _, keys in seen for k in keys)
     assert [s for s, _ in result.history["eval/gold"]] == [0, 2, 3]
@@ -189,7 +193,7 @@ def test_train_runs_the_iterations_evaluates_and_closes_its_state(monkeypatch):
             raise RuntimeError("pruned")
 
     with pytest.raises(RuntimeError, match="pruned"):
-        loop.train(cfg, _Logger(), on_eval=stop, progress=False)
+        train(cfg, _Logger(), task, on_eval=stop, progress=False)
     assert closed == [3, 2]
 
 

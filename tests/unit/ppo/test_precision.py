@@ -173,10 +173,10 @@ def test_a_sweep_axis_on_train_autocast_is_refused_by_name():
 def test_trl_references_map_bf16_and_refuse_fp16_on_the_cpu(impl, tmp_path):
     import importlib
 
-    from harness.impls import CHECKS
+    from harness.impls import get
     from harness.profiles import PROFILES
 
-    mod = importlib.import_module(CHECKS[impl])
+    mod = importlib.import_module(get(impl).check.partition(":")[0])
     base = dict(PROFILES.get(impl, {}))  # the implementation's faithful defaults: expressible
     mod.check_expressible(build_config(None, {**base, "impl": impl, "train.device": "cpu"}))
     with pytest.raises(ValueError) as e:

@@ -22,7 +22,7 @@ def drawn(frames, tmp_path_factory):
 
 def test_every_figure_is_written_as_pdf_and_png(drawn):
     results, out = drawn
-    assert [r.stem for r in results] == [f.stem for f in registry.FIGURES]
+    assert [r.stem for r in results] == [f.stem for f in registry.FIGURES.values()]
     assert all(r.skipped is None for r in results), [(r.stem, r.skipped) for r in results]
     for r in results:
         pdf, png = out / f"{r.stem}.pdf", out / f"{r.stem}.png"
@@ -44,7 +44,7 @@ def test_png_is_300_dpi_at_venue_width(drawn):
 def test_the_registry_is_ordered_and_carries_caption_facts(drawn, frames):
     runs, _ = frames
     results, _ = drawn
-    assert [f.stem for f in registry.FIGURES] == [f"fig{i}_{name}" for i, name in enumerate(
+    assert [f.stem for f in registry.FIGURES.values()] == [f"fig{i}_{name}" for i, name in enumerate(
         ["learning_curves", "final_reward", "reward_kl_frontier", "gradient_variance", "sensitivity",
          "custom_vs_trl", "training_health", "overoptimisation"], start=1)]  # fmt: skip
     meta = {r.stem: r.meta for r in results}

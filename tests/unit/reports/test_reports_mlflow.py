@@ -46,7 +46,7 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def built(store, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    assert report.make_report(experiment=NAME, runs_dir=store.runs_dir, out=out, style="icml") == 0
+    assert report.make_report(experiment=NAME, runs_dir=store.runs_dir, out=out, style="icml") == out / "report.md"
     return out
 
 
@@ -176,21 +176,24 @@ def test_build_report_by_parent_run_rejects_unknown_style(store, tmp_path):
         report.build_report(report.Source(parent_run=store.parent_id), tmp_path, "acl", store)
 
 
-def test_make_report_errors(store, capsys, tmp_path):
-    """Bad input is 2 everywhere (1 is a failure of the work itself), one line, nothing written."""
-    assert report.make_report(experiment="nope", runs_dir=store.runs_dir) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: no MLflow experiment 'nope'") and "\n" not in err
-    assert report.make_report(runs_dir=store.runs_dir) == 2
-    assert capsys.readouterr().err.strip() == "error: give exactly one of: SPEC, --experiment NAME, --parent-run ID"
-    assert report.make_report(experiment=NAME, parent_run="abc", runs_dir=store.runs_dir) == 2
-    assert capsys.readouterr().err.startswith("error: give exactly one of")
-    assert report.make_report(experiment=NAME, runs_dir=tmp_path / "empty") == 2
-    assert capsys.readouterr().err.strip().startswith("error: no MLflow store at")
-    assert report.make_report(parent_run="deadbeef", runs_dir=store.runs_dir) == 2
-    assert capsys.readouterr().err.strip().startswith("error: no MLflow run with id 'deadbeef'")
-    assert report.make_report(experiment=NAME, style="acl", out=tmp_path / "out", runs_dir=store.runs_dir) == 2
-    assert "unknown style 'acl'" in capsys.readouterr().err and not (tmp_path / "out").exists()
+def test_make_report_errors(store, tmp_path):
+    """Bad input is a ReportError (an InputError: exit 2 from the CLI), one line, nothing written."""
+    from harness.errors import EXIT_INPUT, InputError
+
+    def refused(**kw) -> str:
+        with pytest.raises(ReportError) as e:
+            report.make_report(**kw)
+        assert isinstance(e.value, InputError) and e.value.exit_code == EXIT_INPUT
+        assert "\n" not in str(e.value)
+        return str(e.value)
+
+    assert refused(experiment="nope", runs_dir=store.runs_dir).startswith("no MLflow experiment 'nope'")
+    assert refused(runs_dir=store.runs_dir) == "give exactly one of: SPEC, --experiment NAME, --parent-run ID"
+    assert refused(experiment=NAME, parent_run="abc", runs_dir=store.runs_dir).startswith("give exactly one of")
+    assert refused(experiment=NAME, runs_dir=tmp_path / "empty").startswith("no MLflow store at")
+    assert refused(parent_run="deadbeef", runs_dir=store.runs_dir).startswith("no MLflow run with id 'deadbeef'")
+    assert "unknown style 'acl'" in refused(experiment=NAME, style="acl", out=tmp_path / "out", runs_dir=store.runs_dir)
+    assert not (tmp_path / "out").exists()
     assert not (tmp_path / "empty").exists()
 
 
@@ -254,7 +257,7 @@ def test_report_of_a_zipped_level_baseline_sweep_has_one_advantage_factor(tmp_pa
     sweep = collect(s, experiment="baselines")
     assert sweep.factors == ["advantage"]
     out = tmp_path / "report"
-    assert report.make_report(experiment="baselines", runs_dir=s.runs_dir, out=out) == 0
+    assert report.make_report(experiment="baselines", runs_dir=s.runs_dir, out=out) == out / "report.md"
     table = pd.read_csv(out / "tables" / "final_by_factor.csv")
     assert set(table["factor"]) == {"advantage"}
     assert set(table["level"]) == {"token", "sequence/rloo", "sequence/none"}

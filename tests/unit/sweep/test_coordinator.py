@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from harness.sweep.spec import load_spec
+from harness.sweep.study import SweepEnd
 from tests.unit.sweep.specs import spec, write_spec
 
 # ---- the trial protocol: enqueue, claim, duplicates, stale owners -----------------------------------
@@ -126,7 +127,7 @@ def test_dry_run_prints_the_plan_and_creates_nothing(tmp_path, capsys):
 
     p = write_spec(tmp_path / "s.yaml", spec(grid={"kl.coef": [0.0, 0.1, 0.2], "ppo.clip_eps": [0.1, 0.2, 0.3]}))
     runs = tmp_path / "runs"
-    assert run_sweep(p, dry_run=True, runs_dir=runs, workers=2) == 0
+    assert run_sweep(p, dry_run=True, runs_dir=runs, workers=2) is SweepEnd.DONE
     out = capsys.readouterr().out
     assert "9 cells x 2 seeds = 18 runs" in out
     assert "journal" in out and "t.journal" in out
