@@ -17,8 +17,10 @@ from pathlib import Path
 
 import yaml
 
+from harness.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, InputError
 from harness.sweep.coordinator import run_sweep
 from harness.sweep.spec import SpecError, load_spec
+from harness.sweep.study import SweepEnd
 from harness.tracking import Store
 from harness.yamlio import read_yaml
 from reports import claims as C
@@ -30,30 +32,30 @@ MAX_SEEDS = 1000
 
 
 def check_claim(name: str) -> C.Claim:
-    """The claim called ``name``; ValueError naming CLAIM with a suggestion otherwise."""
+    """The claim called ``name``; InputError naming CLAIM with a suggestion otherwise."""
     if name not in C.CLAIMS:
-        raise ValueError(f"CLAIM '{name}': no such claim{C.did_you_mean(name)}; `ppo-harness reproduce --list` "
+        raise InputError(f"CLAIM '{name}': no such claim{C.did_you_mean(name)}; `ppo-harness reproduce --list` "
                          "lists them")
     return C.CLAIMS[name]
 
 
 def check_seeds(seeds: int | None) -> None:
     if seeds is not None and not 2 <= seeds <= MAX_SEEDS:
-        raise ValueError(f"--seeds: expected 2 to {MAX_SEEDS} (an interval needs 2 seeds), got {seeds}")
+        raise InputError(f"--seeds: expected 2 to {MAX_SEEDS} (an interval needs 2 seeds), got {seeds}")
 
 
 def check_own_spec(spec: Path, names: list[str] | None) -> None:
     """``--spec`` needs one CLAIM, and a valid spec whose grid has every axis of that claim's shipped spec."""
     if not names:
-        raise ValueError("--spec: name the CLAIM it is a variant of")
+        raise InputError("--spec: name the CLAIM it is a variant of")
     try:
         own = load_spec(spec)
     except SpecError as e:
-        raise ValueError(f"--spec {spec}: {e}") from None
+        raise InputError(f"--spec {spec}: {e}") from None
     shipped = load_spec(C.CLAIMS[names[0]].spec)
     missing = [a for a in shipped.axes if a not in own.axes]
     if missing:
-        raise ValueError(f"--spec {spec}: its grid lacks {', '.join(missing)}, an axis of claim '{names[0]}'")
+        raise InputError(f"--spec {spec}: its grid lacks {', '.join(missing)}, an axis of claim '{names[0]}'")
 
 
 def listing() -> str:
@@ -105,9 +107,9 @@ def reproduce(names: list[str], seeds: int | None, workers: int, runs_dir: Path,
         path = seeded_spec(claim, seeds, runs_dir, spec)
         echo(f"claim    {claim.name}: {claim.statement} ({claim.paper})")
         t0 = time.monotonic()
-        code = run_sweep(path, workers=workers, tracking_uri=tracking_uri, runs_dir=runs_dir)
-        if code:
-            return code
+        end = run_sweep(path, workers=workers, tracking_uri=tracking_uri, runs_dir=runs_dir)
+        if end is not SweepEnd.DONE:  # failed or unstarted runs, or interrupted: a rerun resumes
+            return EXIT_INTERRUPTED if end is SweepEnd.INTERRUPTED else EXIT_FAILED
         wall[name] = _wall(time.monotonic() - t0)
         sweep = collect(store, spec=path)
         results += C.evaluate(claim, sweep.runs, sweep.curves)
@@ -120,7 +122,7 @@ def reproduce(names: list[str], seeds: int | None, workers: int, runs_dir: Path,
     echo("")
     echo(markdown_table(shown.drop(columns=["paper"])))
     echo(f"saved    {out / 'claims.md'}, {out / 'claims.csv'}")
-    return 0
+    return EXIT_OK
 
 
 __all__ = ["check_claim", "check_seeds", "listing", "reproduce", "seeded_spec"]
