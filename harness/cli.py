@@ -567,6 +567,47 @@ def compare(
     typer.echo(f"saved    {folder / 'compare.md'}, {folder / 'compare.csv'}, {folder / 'runs.csv'}")
 
 
+@app.command()
+def reproduce(
+    claim: Annotated[str | None, typer.Argument(help="A claim (see --list); default: every claim, one after another.")] = None,
+    seeds: Annotated[int | None, typer.Option(help="Seeds 0..N-1 instead of the spec's (a copy of it under its "
+                                              "own name).")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes of each claim's sweep.")] = 1,
+    list_: Annotated[bool, typer.Option("--list", help="Print the claims, their papers and costs; run nothing.")] = False,
+    spec: Annotated[Path | None, typer.Option(help="Check CLAIM on your own variant of its spec (the same grid "
+                                              "axes; your task, models or sizes) instead of the shipped one.")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder: <out>/<claim>/report.md and <out>/claims.md.")]
+    = Path("reports/out/claims"),
+    runs_dir: RunsDir = Path("runs"),
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Check published findings on the shipped benchmark: run each claim's spec as a sweep, then its quantity
+    with a 95% interval and a verdict (reproduced / contradicted / unresolved at this many seeds)."""
+    from harness import reproduce as R
+
+    try:
+        names = [R.check_claim(claim).name] if claim is not None else None
+        R.check_seeds(seeds)
+        if spec is not None:
+            check_input_file(spec, "--spec")
+            R.check_own_spec(spec, names)
+    except ValueError as e:
+        raise fail(str(e)) from None
+    if list_:
+        typer.echo(R.listing())
+        return
+    if workers < 1:
+        raise fail(f"--workers: expected at least 1, got {workers}")
+    check_output(runs_dir, "--runs-dir", folder=True)
+    check_output(out, "--out", folder=True)
+    if tracking_uri:
+        check_tracking_uri(tracking_uri)
+    with sigterm_as_interrupt():
+        code = R.reproduce(names or list(R.C.CLAIMS), seeds, workers, runs_dir, tracking_uri, out, echo=typer.echo,
+                           spec=spec)
+    raise typer.Exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
     """The ``ppo-harness`` entry point: a usage error is one line naming the option, exit 2."""
     try:  # typer >= 0.20 parses with its own copy of click

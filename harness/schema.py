@@ -39,6 +39,7 @@ METRICS: dict[str, Metric] = {
     "objective/kl_coef": Metric("KL coefficient", "", "", "beta used this iteration (adaptive controller: before its update)"),
     "objective/entropy": Metric("entropy", "nats/token", "", "mean per-token entropy of the sampling policy"),
     "response/length": Metric("response length", "tokens", "", "mean response tokens, EOS included"),
+    "response/length_low": Metric("low-reward response length", "tokens", "", "mean response tokens of the completions whose gold is below the batch's mean gold (Dr. GRPO's length bias); left out when every gold is equal"),
     "response/eos_frac": Metric("EOS fraction", "", "max", "share of responses that emitted EOS"),
     "adv/mean": Metric("advantage mean", "", "", "masked mean of the advantages before whitening"),
     "adv/std": Metric("advantage std", "", "", "masked std of the advantages before whitening"),

@@ -53,7 +53,9 @@ CURVE_KEYS = (
     "eval/proxy",
     "eval/kl",
     "response/length",
+    "response/length_low",  # Dr. GRPO's length bias (reports.claims)
     "policy/clipfrac_avg",
+    "policy/clipfrac_high",
     "policy/approxkl_avg",
     "objective/entropy",
     # gradient-noise probe (harness/ppo/variance.py): a run's noise reading is the mean over all

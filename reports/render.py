@@ -468,6 +468,8 @@ class ReportContent:
     method: list[str] = field(default_factory=list)
     effects: pd.DataFrame | None = None  # effects_display output
     cells: pd.DataFrame | None = None  # diagnostics.cell_table output
+    claims: pd.DataFrame | None = None  # reports.claims.table output (a claim's sweep)
+    claim_figure: Path | None = None  # its PNG, when the claim has a figure
 
 
 METHOD = [
@@ -497,10 +499,38 @@ def _rel(path: Path, out_dir: Path) -> str:
     return Path(path).resolve().relative_to(out_dir).as_posix()
 
 
+CLAIMS_NOTE = (
+    "The claim's quantity is measured once per seed; estimate = the mean over seeds with Student's 95% "
+    "t-interval. Verdict (the rule fixed before the runs): reproduced when the whole interval satisfies the "
+    "rule, contradicted when none of it does, else unresolved, with the seeds at which an interval of the "
+    "observed spread would end on one side. File: `tables/claims.{csv,md}`."
+)
+
+
+def claims_markdown(c: ReportContent, out_dir: Path) -> list[str]:
+    if c.claims is None:
+        return []
+    lines = ["## Claims", "", CLAIMS_NOTE, "", markdown_table(c.claims)]
+    if c.claim_figure is not None:
+        lines += [f"![claim figure]({_rel(c.claim_figure, out_dir)})", ""]
+    return lines
+
+
+def claims_html(c: ReportContent, out_dir: Path) -> list[str]:
+    if c.claims is None:
+        return []
+    e = html.escape
+    parts = ["<h2>Claims</h2>", f'<p class="muted">{e(CLAIMS_NOTE)}</p>', _html_table(c.claims)]
+    if c.claim_figure is not None:
+        parts.append(f'<figure><img src="{e(_rel(c.claim_figure, out_dir))}" alt="claim figure"></figure>')
+    return parts
+
+
 def report_markdown(c: ReportContent, out_dir: Path) -> str:
     lines = [f"# PPO ablation report: {c.name}", ""]
     lines += [f"- {s}" for s in c.source] + ["", "## Findings", ""]
     lines += [f"- {s}" for s in c.findings] + [""]
+    lines += claims_markdown(c, out_dir)
     lines += [
         "## Final metrics per factor level",
         "",
@@ -594,6 +624,7 @@ def report_html(c: ReportContent, out_dir: Path) -> str:
         '<ul class="muted">' + "".join(f"<li>{e(s)}</li>" for s in c.source) + "</ul>",
         "<h2>Findings</h2>",
         "<ul>" + "".join(f"<li>{e(s)}</li>" for s in c.findings) + "</ul>",
+        *claims_html(c, out_dir),
         "<h2>Final metrics per factor level</h2>",
         f'<p class="muted">{e(LEVEL_TABLE_NOTE)}; n = runs with a final gold reward.</p>',
         _html_table(c.table),

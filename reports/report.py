@@ -24,6 +24,7 @@ from reports.render import (
     ReportContent,
     captions,
     effects_display,
+    markdown_table,
     poi_display,
     wide_table,
     write_report,
@@ -60,6 +61,7 @@ def build_report(
     style: str = "default",
     store: Store | None = None,
     log_to_mlflow: bool = True,
+    claim: str | None = None,
 ) -> Path:
     """Write the report of one sweep and return the path of its report.md.
 
@@ -68,6 +70,7 @@ def build_report(
     and listed in the report), ``tables/final_by_factor.{csv,md,tex}``,
     ``tables/effects.{csv,md,tex}`` (factorial effects over matched cells), ``tables/poi_advantage.{csv,md,tex}``
     (two or more advantage levels) and ``tables/runs.csv``.
+    A claim's sweep (``claim``, else ``reports.claims.for_sweep``) adds ``tables/claims.{csv,md}`` and its figure.
     The same files are logged to the sweep's parent run under ``report/`` (not for plain runs
     without a parent). Raises ``ReportError`` (a ValueError, one line) when the sweep,
     experiment or run is missing or has no finished runs.
@@ -115,12 +118,34 @@ def build_report(
             figures=figures,
             captions=_captions(figures, sweep.runs, factors, proxy),
         )
+    content.claims, content.claim_figure = claim_section(sweep, style_obj, out, tables, claim)
     md, page = write_report(content, out)
     if log_to_mlflow and sweep.parent_run_id:
         _log(
             store, sweep.parent_run_id, md, page, [p for f in figures for p in f.files], list(tables.values())
         )
     return md
+
+
+def claim_section(sweep: Sweep, style, out: Path, tables: dict, name: str | None = None) -> tuple:
+    """(claims table, figure PNG or None) of a claim's sweep, written under ``out``; (None, None) otherwise."""
+    from reports import claims as C
+    from reports.plots.claims import FIGURES
+    from reports.plots.style import save_figure
+
+    claim = C.CLAIMS[name] if name else C.for_sweep(sweep.name)
+    if claim is None:
+        return None, None
+    results = C.evaluate(claim, sweep.runs, sweep.curves)
+    shown = C.table(results)
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    C.table(results, numbers=True).to_csv(out / "tables" / "claims.csv", index=False)
+    (out / "tables" / "claims.md").write_text(markdown_table(shown))
+    tables.update({"claims.csv": out / "tables" / "claims.csv", "claims.md": out / "tables" / "claims.md"})
+    draw = FIGURES.get(claim.figure or "")
+    fig = draw(sweep.runs, sweep.curves, style) if draw else None
+    png = save_figure(fig, out / "figures", f"claim_{claim.name}", style)[1] if fig is not None else None
+    return shown, png
 
 
 NO_GOLD_FINDING = (

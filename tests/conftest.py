@@ -54,6 +54,18 @@ def run_cli(*args: str, cwd: Path, timeout: int = 600, env: dict | None = None) 
     )
 
 
+def main_exit(capsys, *argv: str) -> tuple[object, str, str]:
+    """(exit code, stdout, stderr) of ``ppo-harness ARGS`` run in this process: ``harness.cli.main(argv)``, the
+    function the installed script calls, without the seconds of imports a fresh Python costs."""
+    from harness.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
 @pytest.fixture(scope="module")
 def postgres():
     """A throwaway PostgreSQL server on 127.0.0.1 (``tests/servers.py``), started; one per test module.

@@ -264,6 +264,9 @@ def _metrics(cfg: RunConfig, models: Models, st: PPOState, ro: Rollout, kl: torc
         **perf,
         "episodes": float(st.episodes),
     }
+    low = M.low_reward_length(mask.sum(1), ro.gold)
+    if low == low:  # NaN (every gold equal) is left out, never logged
+        metrics["response/length_low"] = low
     if cfg.ppo.target_kl is not None:
         metrics["policy/early_stop"] = float(stats.early_stop)
     if models.value is not None:

@@ -450,6 +450,17 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
     return torch.logsumexp(z, dim=-1) - (p * z_safe).sum(dim=-1)
 
 
+def low_reward_length(lengths: Tensor, gold: Tensor) -> float:
+    """Mean of ``lengths`` (B,) over the completions whose ``gold`` (B,) is below the batch's mean gold:
+    the length of the low-reward responses (Liu et al. 2025, "Understanding R1-Zero-Like Training", whose
+    length bias shows as incorrect responses growing longer; with a right / wrong gold these are the wrong
+    ones). NaN when no completion is below the mean (every gold equal)."""
+    low = gold < gold.float().mean()
+    if not bool(low.any()):
+        return float("nan")
+    return float(lengths[low].float().mean())
+
+
 def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
     """Fraction of the variance of the returns that the value predictions explain.
 

@@ -157,6 +157,8 @@ def panel_grid(n: int, style: Style, max_cols: int | None = None) -> tuple[int, 
 
 def legend_above(ax, handles, labels, title: str, width_in: float, style: Style) -> None:
     """A legend in a band above the axes, as many columns as fit the panel width."""
+    if not labels:  # nothing drawn in this panel (e.g. runs of one iteration: no curve to band)
+        return
     char_w = style.small / 72 * 0.55  # average glyph width, inches
     widths = [0.35 + len(lab) * char_w for lab in labels]
     ncol = len(labels)

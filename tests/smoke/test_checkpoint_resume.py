@@ -16,7 +16,7 @@ import pytest
 
 from harness import checkpoint
 from harness.tracking import Store
-from tests.conftest import run_cli, tiny_args
+from tests.conftest import main_exit, run_cli, tiny_args
 
 N, KILL_AT = 6, 3
 ARGS = ["--task", "sentiment", "--seed", "3", *tiny_args({"train.iterations": N, "eval.every": 2,
@@ -54,7 +54,7 @@ def _killed_run(runs: Path, cwd: Path) -> str:
 
 
 @pytest.mark.slow
-def test_killed_and_resumed_equals_uninterrupted(tmp_path):
+def test_killed_and_resumed_equals_uninterrupted(tmp_path, capsys, monkeypatch):
     runs = tmp_path / "runs"
     full = run_cli("train", *ARGS, "--runs-dir", str(tmp_path / "full"), cwd=tmp_path)
     assert full.returncode == 0, full.stderr
@@ -86,16 +86,18 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path):
     assert got == want  # bit-identical, every step of every metric
     assert sorted(want["eval/gold"]) == [0, 2, 4, 6] and len(want["objective/kl"]) == N
 
-    # a FINISHED run is not resumed again; an unknown id is one line, exit 2
-    again = run_cli("train", "--resume", killed, "--runs-dir", str(runs), cwd=tmp_path)
-    assert again.returncode == 2 and "FINISHED" in again.stderr and len(again.stderr.strip().splitlines()) == 1
-    none = run_cli("train", "--resume", "0" * 32, "--runs-dir", str(runs), cwd=tmp_path)
-    assert none.returncode == 2 and "no checkpoint" in none.stderr
+    # a FINISHED run is not resumed again; an unknown id is one line, exit 2 (these and the export through the
+    # entry point main(argv) in this process: a fresh Python per call costs seconds)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = main_exit(capsys, "train", "--resume", killed, "--runs-dir", str(runs))
+    assert code == 2 and "FINISHED" in err and len(err.strip().splitlines()) == 1
+    code, _, err = main_exit(capsys, "train", "--resume", "0" * 32, "--runs-dir", str(runs))
+    assert code == 2 and "no checkpoint" in err
 
     # the newest checkpoint's policy, exported and loaded by transformers in a fresh process
     out = tmp_path / "exported"
-    e = run_cli("export", killed, str(out), "--runs-dir", str(runs), cwd=tmp_path)
-    assert e.returncode == 0, e.stderr
+    code, _, err = main_exit(capsys, "export", killed, str(out), "--runs-dir", str(runs))
+    assert code == 0, err
     card = (out / "README.md").read_text()
     assert killed in card and "seed: 3" in card and "eval/gold" in card
     code = (

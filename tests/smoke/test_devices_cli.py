@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import TINY
+from tests.conftest import TINY, main_exit
 
 CUDA = torch.cuda.is_available()
 
@@ -21,6 +21,12 @@ def _cli(tmp_path: Path, *args: str, runs: str = "runs") -> subprocess.Completed
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
     return subprocess.run([sys.executable, "-m", "harness.cli", *args, "--runs-dir", str(tmp_path / runs)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
+
+
+def _refused(tmp_path: Path, capsys, monkeypatch, *args: str) -> tuple[object, str, str]:
+    """A command expected to stop before any work, through the entry point ``main(argv)`` in this process."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    return main_exit(capsys, *args, "--runs-dir", str(tmp_path / "runs"))
 
 
 def _sets(extra: dict) -> list[str]:
@@ -48,11 +54,11 @@ def test_cpu_and_auto_are_the_same_run_on_a_machine_without_cuda_and_tag_the_dev
 
 
 @pytest.mark.skipif(CUDA, reason="this machine has CUDA: the refusal of cuda is for machines without it")
-def test_cuda_on_a_machine_without_it_is_one_line_and_nothing_is_created(tmp_path):
-    out = _cli(tmp_path, "train", *_sets({"train.device": "cuda"}))
-    assert out.returncode == 2
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: train.device 'cuda': no CUDA device"), out.stderr
+def test_cuda_on_a_machine_without_it_is_one_line_and_nothing_is_created(tmp_path, capsys, monkeypatch):
+    code, _, err = _refused(tmp_path, capsys, monkeypatch, "train", *_sets({"train.device": "cuda"}))
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: train.device 'cuda': no CUDA device"), err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
@@ -88,12 +94,12 @@ def test_each_sweep_worker_runs_pinned_to_its_device(tmp_path):
 
 
 @pytest.mark.skipif(CUDA, reason="this machine has CUDA devices")
-def test_sweep_devices_that_do_not_exist_are_refused_and_dry_run_shows_the_pinning(tmp_path):
+def test_sweep_devices_that_do_not_exist_are_refused_and_dry_run_shows_the_pinning(tmp_path, capsys, monkeypatch):
     spec = _spec(tmp_path)
-    out = _cli(tmp_path, "sweep", str(spec), "--devices", "0,1")
-    assert out.returncode == 2 and out.stderr.strip() == "error: --devices: CUDA device 0 does not exist on this machine (0 visible)"
+    code, _, err = _refused(tmp_path, capsys, monkeypatch, "sweep", str(spec), "--devices", "0,1")
+    assert code == 2 and err.strip() == "error: --devices: CUDA device 0 does not exist on this machine (0 visible)"
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
-    out = _cli(tmp_path, "sweep", str(spec), "--devices", "x")
-    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "--devices" in out.stderr
-    out = _cli(tmp_path, "sweep", str(spec), "--devices", "0,1", "--dry-run")
-    assert out.returncode == 0 and "worker k on CUDA device [0, 1][k % 2]" in out.stdout, out.stdout + out.stderr
+    code, _, err = _refused(tmp_path, capsys, monkeypatch, "sweep", str(spec), "--devices", "x")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--devices" in err
+    code, out, err = _refused(tmp_path, capsys, monkeypatch, "sweep", str(spec), "--devices", "0,1", "--dry-run")
+    assert code == 0 and "worker k on CUDA device [0, 1][k % 2]" in out, out + err

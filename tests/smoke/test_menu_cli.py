@@ -8,7 +8,7 @@ from harness.ppo.estimators import BASELINES
 from harness.ppo.losses import POLICY_LOSSES
 from harness.ppo.offpolicy import CORRECTIONS
 from harness.tracking import Store
-from tests.conftest import ROOT, run_cli, tiny_args
+from tests.conftest import ROOT, main_exit, run_cli, tiny_args
 
 OFFPOLICY_KEYS = ("offpolicy/kl_k1", "offpolicy/kl_k3", "offpolicy/is_mean", "offpolicy/is_max",
                   "offpolicy/is_truncated_frac", "offpolicy/is_masked_frac")
@@ -50,10 +50,10 @@ def test_config_lists_every_new_key_and_value():
     (["--set", "rollout.correction=icepop", "--set", "rollout.correction_level=sequence"], "rollout.correction_level"),
     (["--set", "ppo.loss_mode=sapo", "--impl", "trl"], "ppo.loss_mode"),
 ])
-def test_impossible_combinations_exit_2_in_one_line(tmp_path, args, key):
+def test_impossible_combinations_exit_2_in_one_line(tmp_path, capsys, args, key):
     runs = tmp_path / "runs"
-    r = run_cli("train", *args, "--runs-dir", str(runs), cwd=tmp_path, timeout=120)
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
+    code, out, err = main_exit(capsys, "train", *args, "--runs-dir", str(runs))  # the entry point, in-process
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and key in lines[0] and lines[0].startswith("error:"), lines
     assert not runs.exists()

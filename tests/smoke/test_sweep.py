@@ -131,7 +131,9 @@ def test_killed_worker_then_resume_completes_every_slot_once(tmp_path):
 
     from harness.sweep.study import open_storage
 
-    base = dict(TINY, **{"train.iterations": 40})  # a few seconds per trial: time to kill one mid-run
+    # eval/gold reported at every iteration (eval.every=1): a trial is mid-run for 7 of its 8 iterations, and the
+    # journal is polled every 0.2 s (tests/faults run the same catch on 6 iterations)
+    base = dict(TINY, **{"train.iterations": 8})
     spec = write_spec(tmp_path, "kill", base=base, grid={"kl.coef": [0.0, 0.2]})
     journal = tmp_path / "runs" / "sweeps" / "kill.journal"
     proc = sweep(tmp_path, spec, "--workers", "2", background=True)

@@ -6,7 +6,7 @@ import pytest
 
 from harness.ppo.variance import KEYS as VARIANCE_KEYS
 from harness.tracking import Store
-from tests.conftest import ROOT, run_cli, tiny_args
+from tests.conftest import ROOT, main_exit, run_cli, tiny_args
 
 SCHEMA = (
     "objective/scores", "objective/gold", "objective/kl", "objective/rlhf_reward", "objective/kl_coef",
@@ -82,19 +82,22 @@ def test_an_fp16_run_logs_its_loss_scale(tmp_path):
         (["--impl", "trl", "--set", "train.device=cpu", "--set", "train.dtype=fp16"], "train.dtype"),
     ],
 )
-def test_bad_input_exits_2_and_logs_nothing(tmp_path, args, key):
+def test_bad_input_exits_2_and_logs_nothing(tmp_path, monkeypatch, capsys, args, key):
+    """Through ``ppo-harness``'s entry point ``main(argv)`` in this process (a subprocess per row would add
+    seconds of imports; tests/smoke/test_bad_input.py runs rows through the installed script too)."""
     runs = tmp_path / "runs"
-    r = run_cli("train", *args, "--runs-dir", str(runs), cwd=tmp_path, timeout=120)
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
+    monkeypatch.chdir(tmp_path)  # where --config missing.yaml is looked for
+    code, out, err = main_exit(capsys, "train", *args, "--runs-dir", str(runs))
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and key in lines[0] and lines[0].startswith("error:")
     assert not runs.exists()
 
 
 @pytest.mark.parametrize("cmd", ["train", "tasks", "compare", "sweep", "report", "bench", "ui"])
-def test_every_command_has_help(cmd):
-    r = run_cli(cmd, "--help", cwd=ROOT, timeout=120)
-    assert r.returncode == 0 and "Usage" in r.stdout
+def test_every_command_has_help(cmd, capsys):
+    code, out, _ = main_exit(capsys, cmd, "--help")
+    assert code == 0 and "Usage" in out
 
 
 def test_tasks_lists_the_builtin_tasks():

@@ -9,7 +9,7 @@ pytest.importorskip("trl.experimental.ppo")
 from baselines.trl_ppo import ABSENT, REFUSED, check_expressible  # noqa: E402
 from harness.config import build_config  # noqa: E402
 from harness.tracking import Store  # noqa: E402
-from tests.conftest import run_cli, tiny_args  # noqa: E402
+from tests.conftest import main_exit, run_cli, tiny_args  # noqa: E402
 
 # the schema keys (harness/schema.py) the TRL baseline maps; ABSENT lists the ones TRL cannot produce
 MAPPED = (
@@ -97,13 +97,13 @@ def test_check_expressible_names_the_refused_key_in_one_line(key):
 
 
 @pytest.mark.parametrize("cmd, key", [("train", "advantage.level"), ("compare", "kl.estimator")])
-def test_refused_key_exits_2_before_any_run(tmp_path, cmd, key):
+def test_refused_key_exits_2_before_any_run(tmp_path, capsys, cmd, key):
     runs = tmp_path / "runs"
     args = ["--set", f"{key}={next(iter(REFUSALS[key].values()))}", "--runs-dir", str(runs)]
     if cmd == "train":
         args += ["--impl", "trl"]
-    r = run_cli(cmd, *args, cwd=tmp_path, timeout=180)
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
+    code, out, err = main_exit(capsys, cmd, *args)  # the entry point, in-process
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and f"'{key}'" in lines[0], lines
     assert not runs.exists()

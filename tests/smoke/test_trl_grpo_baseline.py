@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 pytest.importorskip("trl")
@@ -13,7 +10,7 @@ pytest.importorskip("trl")
 from baselines import trl_grpo, trl_rloo  # noqa: E402
 from harness.config import build_config  # noqa: E402
 from harness.tracking import Store  # noqa: E402
-from tests.conftest import run_cli, tiny_args  # noqa: E402
+from tests.conftest import main_exit, run_cli, tiny_args  # noqa: E402
 
 # what each impl needs on top of TINY to be expressible; missing_eos_penalty off so that TINY's
 # 6-token completions (which rarely end) still get distinct scores and a non-zero update
@@ -137,26 +134,26 @@ def test_check_expressible_names_the_refused_key_in_one_line(impl, key):
 
 
 @pytest.mark.parametrize("impl", sorted(SETTINGS))
-def test_refused_key_exits_2_before_any_run(tmp_path, impl):
+def test_refused_key_exits_2_before_any_run(tmp_path, capsys, impl):
     runs = tmp_path / "runs"
-    r = run_cli("train", "--impl", impl, "--set", "advantage.level=token", "--runs-dir", str(runs), cwd=tmp_path,
-                timeout=180)
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
+    code, out, err = main_exit(capsys, "train", "--impl", impl, "--set", "advantage.level=token",
+                               "--runs-dir", str(runs))  # the entry point, in-process
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "'advantage.level'" in lines[0], lines
     assert not runs.exists()
 
 
 @pytest.mark.parametrize("impl", sorted(SETTINGS))
-def test_a_sweep_cell_is_checked_at_spec_time(tmp_path, impl):
+def test_a_sweep_cell_is_checked_at_spec_time(tmp_path, capsys, impl):
     """A sweep whose grid makes a cell TRL's trainer cannot express exits 2 naming the grid key."""
     _, extra = SETTINGS[impl]
     base = "\n".join(f"  {k}: {v}" for k, v in as_cli({**extra, "impl": impl}).items())
     spec = tmp_path / "s.yaml"
     spec.write_text(f"name: t\nbase:\n{base}\ngrid:\n  ppo.target_kl: [null, 0.02]\nseeds: [0]\n")
-    out = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(spec), "--runs-dir", str(tmp_path / "r"),
-                          "--storage", str(tmp_path / "j.journal")], capture_output=True, text=True, timeout=180)
-    assert out.returncode == 2, out.stderr
-    line = out.stderr.strip()
+    code, _, err = main_exit(capsys, "sweep", str(spec), "--runs-dir", str(tmp_path / "r"),
+                             "--storage", str(tmp_path / "j.journal"))  # the entry point, in-process
+    assert code == 2, err
+    line = err.strip()
     assert "\n" not in line and "grid.ppo.target_kl" in line and "in cell ppo.target_kl=0.02" in line, line
     assert not (tmp_path / "r").exists()

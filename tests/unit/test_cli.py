@@ -31,7 +31,7 @@ def test_a_usage_error_is_one_line_naming_the_option(argv, names, capsys, tmp_pa
     assert list(tmp_path.iterdir()) == []  # nothing created
 
 
-@pytest.mark.parametrize("command", ["train", "sweep", "report", "compare", "bench", "ui", "tasks", "config"])
+@pytest.mark.parametrize("command", ["train", "sweep", "report", "reproduce", "compare", "bench", "ui", "tasks", "config"])
 def test_every_command_has_help(command, capsys):
     code, out, _ = run([command, "--help"], capsys)
     assert code == 0 and "Usage: ppo-harness " + command in " ".join(out.split())

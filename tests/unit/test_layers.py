@@ -34,6 +34,7 @@ LAYERS: list[list[str]] = [
     ["harness.ppo.loop", "baselines"],
     ["harness.run"],
     ["harness.sweep", "harness.compare", "harness.bench"],
+    ["harness.reproduce"],
     ["harness.cli"],
 ]
 ROOTS = {"harness": -1, "harness.ppo": -1, "baselines": -1, "reports": -1}  # empty package __init__s

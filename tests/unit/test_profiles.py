@@ -9,7 +9,7 @@ import pytest
 from harness.config import build_config
 from harness.impls import check_expressible
 from harness.profiles import PROFILES, applied, as_overrides, user_keys
-from tests.conftest import run_cli
+from tests.conftest import main_exit
 
 TRL_DEFAULTS = {  # the TRL config attribute each profile key stands for -> the harness key and its value
     "trl-grpo": {"num_generations": ("rollout.group_size", 8), "num_iterations": ("ppo.epochs", 1),
@@ -50,12 +50,13 @@ def test_user_set_keys_are_never_replaced(tmp_path):
     assert applied("custom", set()) == {}
 
 
-def test_train_refuses_an_inexpressible_value_the_user_set(tmp_path):
-    r = run_cli("train", "--impl", "trl-rloo", "--set", "ppo.epochs=4", "--runs-dir", str(tmp_path / "runs"),
-                cwd=tmp_path, timeout=180)
-    assert r.returncode == 2 and "'ppo.epochs'" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+def test_train_refuses_an_inexpressible_value_the_user_set(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # through the entry point main(argv), in this process
+    code, _, err = main_exit(capsys, "train", "--impl", "trl-rloo", "--set", "ppo.epochs=4",
+                             "--runs-dir", str(tmp_path / "runs"))
+    assert code == 2 and "'ppo.epochs'" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "runs").exists()
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("impl: trl-grpo\nadvantage:\n  level: token\n")
-    r = run_cli("train", "--config", str(cfg_file), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path, timeout=180)
-    assert r.returncode == 2 and "'advantage.level'" in r.stderr, r.stderr
+    code, _, err = main_exit(capsys, "train", "--config", str(cfg_file), "--runs-dir", str(tmp_path / "runs"))
+    assert code == 2 and "'advantage.level'" in err, err

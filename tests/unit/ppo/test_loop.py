@@ -195,3 +195,11 @@ def test_train_runs_the_iterations_evaluates_and_closes_its_state(monkeypatch):
     with pytest.raises(RuntimeError, match="pruned"):
         train(cfg, _Logger(), task, on_eval=stop, progress=False)
     assert closed == [3, 2]
+
+
+def test_the_low_reward_length_is_logged_within_the_response_budget():
+    # sort: gold = fraction of positions right, varied across a batch (TINY's 6 tokens never end: all equal)
+    _, _, hist, _ = _run({"task.name": "sort", "task.response_length": 10})
+    got = [h["response/length_low"] for h in hist if "response/length_low" in h]
+    assert len(got) == len(hist), "response/length_low not logged"
+    assert all(1 <= v <= 10 for v in got)

@@ -646,3 +646,14 @@ def test_what_each_kl_placement_optimises_over_enumerated_two_token_sequences():
     assert (g_loss_k2 - g_seq).norm() > 0.05 * g_seq.norm()  # not the sequence KL's gradient
     readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
     assert "the per-token KL's gradient, not the sequence KL's" in readme
+
+
+def test_low_reward_length_by_hand():
+    from harness.ppo import math as M
+
+    lengths = torch.tensor([3, 9, 5, 7, 4])
+    gold = torch.tensor([0.2, 0.1, 0.9, 0.5, 0.6])  # mean 0.46: completions 0 and 1 are below it
+    assert M.low_reward_length(lengths, gold) == pytest.approx(6.0)
+    # right / wrong: the wrong ones, also when they are the majority (a median would miss them)
+    assert M.low_reward_length(torch.tensor([2, 4, 6, 10]), torch.tensor([0.0, 0.0, 0.0, 1.0])) == pytest.approx(4.0)
+    assert math.isnan(M.low_reward_length(lengths, torch.full((5,), 0.3)))  # every gold equal: nothing below
