@@ -45,9 +45,9 @@ import torch
 from baselines.trl_menu import menu_refusals
 from baselines.trl_ppo import FP16_WHY, ClippedAdam, NotExpressible, fp16_on_cpu, precision_args
 from baselines.trl_reward import ScoredBatch
+from harness.algos import math as M
+from harness.algos.schedules import lr_schedule, scheduler_kind
 from harness.config import RunConfig, response_length
-from harness.ppo import math as M
-from harness.ppo.schedules import lr_schedule, scheduler_kind
 from harness.schema import PROBE_KEYS as VARIANCE_KEYS
 
 __all__ = [

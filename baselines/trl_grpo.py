@@ -67,9 +67,9 @@ from baselines.trl_common import (
     train_group,
 )
 from baselines.trl_ppo import NotExpressible
+from harness.algos.aggregations import AGGREGATIONS
+from harness.algos.ratio_levels import RATIO_LEVELS
 from harness.config import RunConfig
-from harness.ppo.aggregations import AGGREGATIONS
-from harness.ppo.ratio_levels import RATIO_LEVELS
 
 __all__ = ["ABSENT", "LOSS_TYPES", "REFUSED", "NotExpressible", "check_expressible", "train", "trl_args"]
 

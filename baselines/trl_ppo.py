@@ -65,12 +65,12 @@ from collections.abc import Callable
 import torch
 
 from baselines.trl_menu import menu_refusals
+from harness.algos.kl_estimators import KL_ESTIMATORS
+from harness.algos.schedules import lr_schedule, scheduler_kind
 from harness.config import RunConfig, response_length
 from harness.devices import resolve as resolve_device
 from harness.errors import InputError
 from harness.fast.flat import clip_norm_
-from harness.ppo.kl_estimators import KL_ESTIMATORS
-from harness.ppo.schedules import lr_schedule, scheduler_kind
 from harness.recording import Recorder
 from harness.schema import PROBE_KEYS as VARIANCE_KEYS
 

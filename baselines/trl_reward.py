@@ -17,7 +17,7 @@ custom core would give that completion:
   over positions (so TRL's "last real token" pick returns it);
 - ``model.reward=package.module:function``: that function of the decoded text, broadcast the same way;
 - ``train.missing_eos_penalty=c``: rows with no EOS get the score ``c`` (REPLACED:
-  ``harness.ppo.math.missing_eos_score``, as in ``harness.lm.rollout.collect``). TRL's own
+  ``harness.algos.math.missing_eos_score``, as in ``harness.lm.rollout.collect``). TRL's own
   ``missing_eos_penalty=p`` would instead give ``score - p``; no ``p`` makes that equal to a
   replacement for every score, so the baseline leaves TRL's option unset and applies the
   custom semantics here.
@@ -35,8 +35,8 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
+from harness.algos import math as M
 from harness.lm.sampling import decode, response_mask
-from harness.ppo import math as M
 
 
 @dataclass

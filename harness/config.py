@@ -18,13 +18,13 @@ from typing import Any, Literal, NamedTuple, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness.algos.aggregations import AGGREGATIONS
+from harness.algos.estimators import BASELINES
+from harness.algos.kl_estimators import KL_ESTIMATORS
+from harness.algos.losses import POLICY_LOSSES
+from harness.algos.offpolicy import CORRECTIONS
+from harness.algos.ratio_levels import RATIO_LEVELS
 from harness.errors import InputError
-from harness.ppo.aggregations import AGGREGATIONS
-from harness.ppo.estimators import BASELINES
-from harness.ppo.kl_estimators import KL_ESTIMATORS
-from harness.ppo.losses import POLICY_LOSSES
-from harness.ppo.offpolicy import CORRECTIONS
-from harness.ppo.ratio_levels import RATIO_LEVELS
 from harness.schema import IMPLEMENTATIONS, REFERENCE_IMPL
 from harness.yamlio import YAMLInputError, loads, read_yaml, show_key
 
@@ -159,7 +159,7 @@ class RolloutConfig(_Section):
     )
     correction: Literal[CORRECTIONS.names()] = Field(  # type: ignore[valid-type]
         default="none",
-        description="Rollout correction of rho = pi_old / pi_rollout (harness/ppo/offpolicy.py): "
+        description="Rollout correction of rho = pi_old / pi_rollout (harness/algos/offpolicy.py): "
         + CORRECTIONS.doc() + ". Any value but none recomputes pi_old by the training forward, also at staleness 0.",
     )
     correction_level: Literal["token", "sequence"] = Field(
@@ -254,7 +254,7 @@ class PPOConfig(_Section):
     )
     lr_scheduler_type: Literal["constant", "constant_with_warmup", "linear", "cosine"] | None = Field(
         default=None,
-        description="The learning-rate schedule, per iteration, as TRL's lr_scheduler_type names it (harness/ppo/"
+        description="The learning-rate schedule, per iteration, as TRL's lr_scheduler_type names it (harness/algos/"
         "schedules.py): constant, constant_with_warmup, linear (to 0 at the last iteration), cosine (half a cosine "
         "to 0), the last three after ppo.warmup_iterations of linear warmup; null = ppo.lr_decay decides.",
     )
@@ -275,7 +275,7 @@ class PPOConfig(_Section):
     )
     loss_mode: Literal[POLICY_LOSSES.names()] = Field(  # type: ignore[valid-type]
         default="vanilla",
-        description="Policy loss (harness/ppo/losses.py; veRL actor policy_loss.loss_mode, TRL GRPOConfig.loss_type): "
+        description="Policy loss (harness/algos/losses.py; veRL actor policy_loss.loss_mode, TRL GRPOConfig.loss_type): "
         + POLICY_LOSSES.doc() + ". geo_mean reads ppo.clip_eps / clip_eps_high as log-space ranges.",
     )
     sapo_tau_pos: float | None = Field(
@@ -578,7 +578,7 @@ _MODE_KEYS = {"sapo_tau_pos": ("sapo",), "sapo_tau_neg": ("sapo",), "cov_ratio":
 
 def _consistent_loss_mode(cfg: RunConfig) -> None:
     """What ppo.loss_mode combines with: the ratio levels, clip-higher, dual clip and aggregations its registry
-    entry accepts (harness/ppo/losses.py), and its own option keys only with it."""
+    entry accepts (harness/algos/losses.py), and its own option keys only with it."""
     p, mode = cfg.ppo, cfg.ppo.loss_mode
     props = POLICY_LOSSES[mode].props
     if p.ratio_level not in props["ratio_levels"]:

@@ -50,7 +50,7 @@ METRICS: dict[str, Metric] = {
     "policy/clipfrac_high": Metric("upper clip fraction", "", "", "share of tokens with r > 1 + clip_eps_high and A > 0 (the upper bound active)"),
     "policy/dualclip_frac": Metric("dual-clip fraction", "", "", "share of tokens with A < 0 whose loss the dual clip -c A bounded (ppo.dual_clip set)"),
     "policy/cov_frac": Metric("covariance-selected fraction", "", "", "share of tokens ppo.loss_mode=clip_cov cut from the gradient or kl_cov penalised (Cui et al. 2025)"),
-    # ---- the rollout: off-policy mismatch and its correction (harness/ppo/offpolicy.py), dynamic sampling
+    # ---- the rollout: off-policy mismatch and its correction (harness/algos/offpolicy.py), dynamic sampling
     "offpolicy/kl_k1": Metric("rollout-vs-train KL (k1)", "nats/token", "", "masked mean of log pi_rollout - log pi_old: sampling policy (stale and / or its code path) vs the training forward"),
     "offpolicy/kl_k3": Metric("rollout-vs-train KL (k3)", "nats/token", "", "masked mean of rho - 1 - log rho, rho = pi_old / pi_rollout per token"),
     "offpolicy/is_mean": Metric("IS weight mean", "", "", "masked mean of rho = pi_old / pi_rollout (rollout.correction_level) before the correction"),
@@ -66,7 +66,7 @@ METRICS: dict[str, Metric] = {
     "val/explained_var": Metric("explained variance", "", "max", "1 - Var[R - V] / Var[R] on the batch"),
     "grad/norm": Metric("policy gradient norm", "", "", "the policy's gradient L2 norm before clipping"),
     "grad/value_norm": Metric("value gradient norm", "", "", "the value model's gradient L2 norm before clipping"),
-    # ---- train.dtype=fp16's dynamic loss scaling (harness/ppo/scaler.py); absent in fp32 and bf16
+    # ---- train.dtype=fp16's dynamic loss scaling (harness/algos/scaler.py); absent in fp32 and bf16
     "amp/loss_scale": Metric("loss scale", "", "", "fp16 loss scale after the iteration's update (halves on overflow, doubles after 2000 good steps)"),
     "amp/skipped_steps": Metric("skipped steps", "steps", "min", "optimiser steps of the iteration skipped because a gradient overflowed (inf/NaN) in fp16"),
     # ---- the gradient-noise probe (harness/ppo/variance.py): K microbatches of b completions

@@ -12,10 +12,10 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from harness.algos import math as M
 from harness.fast import gpt2
 from harness.fast.gemm import linear
 from harness.lm.sampling import sequence_inputs
-from harness.ppo import math as M
 
 
 def forward_logits(model, prompt_ids, prompt_mask, response_ids) -> torch.Tensor:

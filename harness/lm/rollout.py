@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.algos import math as M
 from harness.lm.forward import policy_forward, sequence_scores, token_values
 from harness.lm.sampling import (
     Truncation,
@@ -22,7 +23,6 @@ from harness.lm.sampling import (
     sample,
     sequence_inputs,
 )
-from harness.ppo import math as M
 
 
 @dataclass

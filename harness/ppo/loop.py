@@ -6,7 +6,7 @@ README.md once and returns a flat metrics dict; ``train`` is ``impl=custom``: st
 loads the models and owns the run around it).
 
 Where each piece lives: the math (rewards, returns, GAE, baselines, losses) in
-``harness.ppo.math``, the KL coefficient's controller in ``harness.ppo.kl_control``, the epochs x
+``harness.algos.math``, the KL coefficient's controller in ``harness.algos.kl_control``, the epochs x
 minibatches update in ``harness.ppo.update``, the gradient-noise probe in ``harness.ppo.variance``,
 sampling and scoring (steps 1-3) in ``harness.lm.rollout``.
 """
@@ -19,18 +19,18 @@ from dataclasses import dataclass, field
 
 import torch
 
+from harness.algos import kl_control
+from harness.algos import math as M
+from harness.algos.estimators import BASELINES
+from harness.algos.scaler import LossScaler
+from harness.algos.schedules import lr_schedule
 from harness.checkpoint import Checkpoints
 from harness.config import RunConfig, response_length
 from harness.fast.flat import FlatParams
 from harness.lm.rollout import Rollout, ScoreFn, collect
 from harness.lm.sampling import generation_options
 from harness.models.types import Models, SharedTrunkValue
-from harness.ppo import kl_control
-from harness.ppo import math as M
 from harness.ppo import rollouts as R
-from harness.ppo.estimators import BASELINES
-from harness.ppo.scaler import LossScaler
-from harness.ppo.schedules import lr_schedule
 from harness.ppo.update import (
     Batch,
     NonFiniteError,
@@ -206,8 +206,8 @@ def _sequence_advantages(cfg: RunConfig, ro: Rollout, seq_return: torch.Tensor, 
                          beta: float) -> tuple[Batch, torch.Tensor]:
     """(the update's batch, advantages before whitening): one baseline-subtracted scalar per completion
     (B,), scaled (not centred) when ``advantage.whiten``, broadcast to its response tokens; or, for the
-    per-token estimators (REINFORCE++ as published, ``harness.ppo.estimators``), their (B, T) advantages."""
-    entry = BASELINES[cfg.advantage.baseline]  # the baseline's function and properties (harness.ppo.estimators)
+    per-token estimators (REINFORCE++ as published, ``harness.algos.estimators``), their (B, T) advantages."""
+    entry = BASELINES[cfg.advantage.baseline]  # the baseline's function and properties (harness.algos.estimators)
     if entry.props["per_token"]:
         adv = entry.fn(ro.scores, kl, ro.mask, beta, cfg.rollout.group_size, cfg.advantage.gamma)
         returns, vmask = M.sequence_value_targets(seq_return, ro.mask)

@@ -20,11 +20,11 @@ from typing import NamedTuple
 
 import torch
 
+from harness.algos import dapo
+from harness.algos import offpolicy as O
 from harness.config import RunConfig, response_length
 from harness.lm.forward import policy_forward
 from harness.lm.rollout import Rollout
-from harness.ppo import dapo
-from harness.ppo import offpolicy as O
 
 __all__ = ["Behaviour", "Correction", "concat", "correct_rollout", "fill_groups", "off_policy", "overlong"]
 

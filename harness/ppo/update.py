@@ -11,7 +11,7 @@ backward run on a side thread beside the policy's (``SideThread``, owned by the 
 not by this module): disjoint parameters, so the gradients are exactly those of the summed loss.
 
 Under ``train.dtype=fp16`` every backward (the step's, the side thread's, each micro-batch's) is of the
-loss times the state's loss scale (``harness/ppo/scaler.py``); the gradients are unscaled before the
+loss times the state's loss scale (``harness/algos/scaler.py``); the gradients are unscaled before the
 clipping, and a step whose gradients overflowed is skipped (not a NonFiniteError: the scale backs off).
 """
 
@@ -27,15 +27,15 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import Tensor
 
+from harness.algos import losses as L
+from harness.algos import math as M
+from harness.algos.scaler import LossScaler
 from harness.config import RunConfig, response_length
 from harness.fast.flat import FlatParams, clip_norm_
 from harness.lm.forward import policy_forward, token_values
 from harness.lm.rollout import Rollout
 from harness.models.types import Models, SharedTrunkValue
-from harness.ppo import losses as L
-from harness.ppo import math as M
 from harness.ppo.accumulate import accumulate
-from harness.ppo.scaler import LossScaler
 
 __all__ = [
     "Batch", "NonFiniteError", "SideThread", "UpdateState", "UpdateStats", "autocast", "check",
@@ -123,7 +123,7 @@ class Batch(NamedTuple):
     # where the policy loss (and entropy / KL terms) look; None = ro.mask. train.truncated=mask: rows
     # without EOS are 0 here and in vmask
     loss_mask: Tensor | None = None
-    # rollout.correction: per-token factors of the policy loss (harness/ppo/offpolicy.py); None = 1
+    # rollout.correction: per-token factors of the policy loss (harness/algos/offpolicy.py); None = 1
     weights: Tensor | None = None
 
     def policy_mask(self) -> Tensor:

@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import torch
 
+from harness.algos import losses as L
 from harness.lm.forward import policy_forward
 from harness.lm.rollout import Rollout
-from harness.ppo import losses as L
 from harness.schema import PROBE_KEYS
 
 KEYS = PROBE_KEYS  # the keys this probe logs (spelled in harness/schema.py)
@@ -116,7 +116,7 @@ def probe_gradient_variance(
     ``math.policy_loss``'s keyword arguments (ratio level, clip-higher, dual clip, norm length),
     the caller's ``harness.ppo.update.policy_loss_kwargs``, with ppo.loss_mode and its options
     (``loss_mode_kwargs``) and the rollout correction's ``weights`` (B, T) (sliced per microbatch):
-    the probe differentiates the update's loss (``harness.ppo.losses.policy_loss``).
+    the probe differentiates the update's loss (``harness.algos.losses.policy_loss``).
     """
     weights = loss_options.pop("weights", None)
     B = ro.size

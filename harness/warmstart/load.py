@@ -9,6 +9,7 @@ from pathlib import Path
 
 from torch import nn
 
+from harness.algos.estimators import BASELINES
 from harness.config import RunConfig
 from harness.devices import DeviceError
 from harness.devices import resolve as resolve_device
@@ -24,7 +25,6 @@ from harness.models.reward_fn import (
     try_reward_fn,
 )
 from harness.models.types import ModelError, Models, SharedTrunkValue
-from harness.ppo.estimators import BASELINES
 from harness.schema import Tag
 from harness.tasks import Task, get_task
 from harness.tasks.data import PromptFile, data_task, with_gold

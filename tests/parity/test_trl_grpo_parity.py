@@ -4,11 +4,11 @@ TRL's own ``GRPOTrainer._compute_loss`` and ``RLOOTrainer._compute_loss`` run un
 trainer object (``object.__new__``, only the attributes those methods read set by hand); the one
 model call in them, ``_get_per_token_logps_and_entropies``, is replaced on the instance by a stub
 returning hand-made log-probs (a leaf tensor), so the loss and its gradient w.r.t. the log-probs
-are TRL's computation on exactly the tensors ``harness.ppo.math`` receives.
+are TRL's computation on exactly the tensors ``harness.algos.math`` receives.
 
 The advantages are TRL's too: ``GRPOTrainer._generate_and_score_completions`` /
 ``RLOOTrainer._generate_and_score_completions`` run on the tiny cached models, and the advantages
-they return are compared with ``harness.ppo.math.sequence_advantages`` on the rewards they saw.
+they return are compared with ``harness.algos.math.sequence_advantages`` on the rewards they saw.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ pytest.importorskip("trl")
 from trl import GRPOTrainer, RLOOTrainer  # noqa: E402
 
 from baselines import trl_grpo, trl_rloo  # noqa: E402
+from harness.algos import math as M  # noqa: E402
 from harness.config import build_config  # noqa: E402
-from harness.ppo import math as M  # noqa: E402
 
 B, T = 6, 7
 EPS, EPS_HIGH = 0.2, 0.28

@@ -29,11 +29,11 @@ from trl.trainer.utils import selective_log_softmax  # noqa: E402
 
 from baselines.trl_ppo import ClippedAdam, check_expressible, group_collator, make_optimizer, trl_args  # noqa: E402
 from baselines.trl_reward import RewardAdapter  # noqa: E402
+from harness.algos import math as M  # noqa: E402
 from harness.config import build_config  # noqa: E402
 from harness.lm import forward, rollout, sampling  # noqa: E402
 from harness.lm.rollout import make_score_fn  # noqa: E402
 from harness.ppo import loop  # noqa: E402
-from harness.ppo import math as M  # noqa: E402
 from harness.ppo.loop import init_state, ppo_iteration  # noqa: E402
 from harness.warmstart.load import load_models  # noqa: E402
 from tests.conftest import TINY  # noqa: E402

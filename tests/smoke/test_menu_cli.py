@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.ppo.estimators import BASELINES
-from harness.ppo.losses import POLICY_LOSSES
-from harness.ppo.offpolicy import CORRECTIONS
+from harness.algos.estimators import BASELINES
+from harness.algos.losses import POLICY_LOSSES
+from harness.algos.offpolicy import CORRECTIONS
 from harness.tracking import Store
 from tests.conftest import ROOT, main_exit, run_cli, tiny_args
 

@@ -20,14 +20,14 @@ PACKAGES = ("harness", "baselines", "reports")
 LAYERS: list[list[str]] = [
     ["harness.errors"],  # the error vocabulary: below everything that refuses input
     ["harness.registry"],  # the one registry style, below every registry
-    ["harness.schema", "harness.onset", "harness.tasks", "harness.fast", "harness.locks", "harness.urls", "harness.ppo.masked",
-     "harness.ppo.kl_control", "harness.ppo.schedules", "harness.ppo.accumulate", "harness.ppo.scaler", "harness.yamlio",
-     "harness.devices", "harness.ppo.registry"],
-    ["harness.ppo.kl_estimators", "harness.ppo.aggregations", "harness.ppo.ratio_levels"],  # option registries of the math
-    ["harness.ppo.math"],
-    ["harness.impls", "harness.ppo.losses", "harness.ppo.estimators", "harness.ppo.offpolicy", "harness.ppo.dapo"],
+    ["harness.schema", "harness.onset", "harness.tasks", "harness.fast", "harness.locks", "harness.urls", "harness.algos.masked",
+     "harness.algos.kl_control", "harness.algos.schedules", "harness.algos.scaler", "harness.yamlio",
+     "harness.devices", "harness.algos.registry"],
+    ["harness.algos.kl_estimators", "harness.algos.aggregations", "harness.algos.ratio_levels"],  # option registries of the math
+    ["harness.algos.math"],
+    ["harness.impls", "harness.algos.losses", "harness.algos.estimators", "harness.algos.offpolicy", "harness.algos.dapo"],
     ["harness.config", "harness.tracking", "harness.progress"],
-    ["harness.lm", "harness.models", "reports", "harness.profiles"],
+    ["harness.lm", "harness.models", "reports", "harness.profiles", "harness.ppo.accumulate"],
     ["harness.warmstart", "harness.evaluate", "harness.ppo.variance", "harness.ppo.update", "harness.ppo.rollouts",
      "harness.checkpoint"],
     ["harness.recording", "harness.export"],
@@ -37,12 +37,12 @@ LAYERS: list[list[str]] = [
     ["harness.reproduce"],
     ["harness.cli"],
 ]
-ROOTS = {"harness": -1, "harness.ppo": -1, "baselines": -1, "reports": -1}  # empty package __init__s
+ROOTS = {"harness": -1, "harness.algos": -1, "harness.ppo": -1, "baselines": -1, "reports": -1}  # empty package __init__s
 REPORTS_MAY_IMPORT = ("harness.errors", "harness.registry", "harness.schema", "harness.tracking", "harness.onset")  # reports reads MLflow, never the trainer
 MAX_FUNCTION_LINES = 80
-# the custom core's own machinery: a reference implementation (baselines/) shares the math below it, never these
-CUSTOM_CORE = ("harness.ppo.loop", "harness.ppo.update", "harness.ppo.variance", "harness.ppo.rollouts",
-               "harness.ppo.accumulate")
+# the custom core's own machinery (the loop, the update, the probe, the rollouts, accumulation): a reference
+# implementation (baselines/) shares the pure math of harness/algos/ below it, never this package
+CUSTOM_CORE = "harness.ppo"
 
 
 def modules() -> dict[str, Path]:
@@ -76,7 +76,7 @@ def imports(path: Path, name: str, known: set[str]) -> set[str]:
         else:
             continue
         for t in targets:
-            while t and t not in known:  # "harness.ppo.math.gae" -> "harness.ppo.math"
+            while t and t not in known:  # "harness.algos.math.gae" -> "harness.algos.math"
                 t = t.rpartition(".")[0]
             if t and t != name:
                 found.add(t)
@@ -147,10 +147,25 @@ def test_reports_read_only_tracking_and_the_schema():
 
 
 def test_the_references_never_import_the_custom_core():
-    """baselines/ may import the pure math, the KL controller and the schedules, never the custom core's loop,
-    update, probe or rollouts: a reference must stay independent of the code it is compared with."""
+    """baselines/ may import the pure math (harness/algos/: the KL controller and the schedules included), never
+    the custom core's loop, update, probe or rollouts: a reference must stay independent of the code it is
+    compared with."""
     bad = [f"{m} imports {d}" for m, deps in graph().items() if m.startswith("baselines")
-           for d in deps if d in CUSTOM_CORE]
+           for d in deps if d == CUSTOM_CORE or d.startswith(CUSTOM_CORE + ".")]
+    assert not bad, "\n".join(sorted(bad))
+
+
+def test_each_folder_is_one_layer():
+    """The pure math (harness/algos/) sits wholly below the loop (harness/ppo/): every algos module's layer is
+    lower than every ppo module's, algos imports nothing of ppo, and the shared language-model layer
+    (harness/lm/) imports the math from algos, never from the loop's package."""
+    g = graph()
+    algos = [m for m in g if m.startswith("harness.algos.")]
+    ppo = [m for m in g if m.startswith(CUSTOM_CORE + ".")]
+    assert algos and ppo
+    assert max(place(m)[0] for m in algos) < min(place(m)[0] for m in ppo)
+    bad = [f"{m} imports {d}" for m in g if m.startswith(("harness.algos", "harness.lm"))
+           for d in g[m] if d == CUSTOM_CORE or d.startswith(CUSTOM_CORE + ".")]
     assert not bad, "\n".join(sorted(bad))
 
 
@@ -183,27 +198,29 @@ def test_functions_stay_short():
 def test_the_checker_sees_an_upward_import(tmp_path, monkeypatch):
     """The checker itself: a planted upward import and a planted circle are reported."""
     pkg = tmp_path / "harness"
-    (pkg / "ppo").mkdir(parents=True)
+    (pkg / "algos").mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
-    (pkg / "ppo" / "__init__.py").write_text("")
-    (pkg / "ppo" / "math.py").write_text("def f():\n    from harness import run\n")
-    (pkg / "run.py").write_text("from harness.ppo import math\n")
+    (pkg / "algos" / "__init__.py").write_text("")
+    (pkg / "algos" / "math.py").write_text("def f():\n    from harness import run\n")
+    (pkg / "run.py").write_text("from harness.algos import math\n")
     monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
     monkeypatch.setattr(__import__(__name__), "PACKAGES", ("harness",))
-    with pytest.raises(AssertionError, match=r"harness.ppo.math .layer \d+. imports harness.run"):
+    with pytest.raises(AssertionError, match=r"harness.algos.math .layer \d+. imports harness.run"):
         test_every_import_points_down()
-    with pytest.raises(AssertionError, match="harness.ppo.math -> harness.run -> harness.ppo.math"):
+    with pytest.raises(AssertionError, match="harness.algos.math -> harness.run -> harness.algos.math"):
         test_no_circles()
 
 
 def test_the_checker_sees_a_reference_importing_the_custom_core(tmp_path, monkeypatch):
     """A planted ``from harness.ppo.update import ...`` in baselines/ is reported, though it points down."""
     (tmp_path / "harness" / "ppo").mkdir(parents=True)
+    (tmp_path / "harness" / "algos").mkdir()
     (tmp_path / "baselines").mkdir()
-    for p in ("harness/__init__.py", "harness/ppo/__init__.py", "baselines/__init__.py", "harness/ppo/math.py"):
+    for p in ("harness/__init__.py", "harness/ppo/__init__.py", "harness/algos/__init__.py", "baselines/__init__.py",
+              "harness/algos/math.py"):
         (tmp_path / p).write_text("")
-    (tmp_path / "harness" / "ppo" / "update.py").write_text("from harness.ppo import math\n")
-    (tmp_path / "baselines" / "trl_x.py").write_text("from harness.ppo import math\nfrom harness.ppo.update import f\n")
+    (tmp_path / "harness" / "ppo" / "update.py").write_text("from harness.algos import math\n")
+    (tmp_path / "baselines" / "trl_x.py").write_text("from harness.algos import math\nfrom harness.ppo.update import f\n")
     monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
     monkeypatch.setattr(__import__(__name__), "PACKAGES", ("harness", "baselines"))
     test_every_import_points_down()  # downward: the layer rule alone lets it through

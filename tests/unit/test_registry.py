@@ -38,10 +38,10 @@ def test_targets_are_loaded_only_when_used():
 
 def test_every_registry_speaks_the_same_style():
     """Implementations, tasks, figures and the option values are all ``harness.registry.Registry``s."""
+    from harness.algos.estimators import BASELINES
+    from harness.algos.losses import POLICY_LOSSES
+    from harness.algos.offpolicy import CORRECTIONS
     from harness.impls import IMPLEMENTATIONS
-    from harness.ppo.estimators import BASELINES
-    from harness.ppo.losses import POLICY_LOSSES
-    from harness.ppo.offpolicy import CORRECTIONS
     from harness.tasks.base import TASKS
     from reports.plots.registry import FIGURES
 

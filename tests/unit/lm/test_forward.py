@@ -108,8 +108,8 @@ def test_packed_forwards_equal_the_padded_hf_forward(models, monkeypatch):
     """The loop's packed forwards (no padding, nothing after the last read token, filler rows for
     oneDNN's shapes) against the padded HF forward: the same logprobs, entropies, values and
     scores on the real tokens, zeros elsewhere, and the same gradients."""
+    from harness.algos import math as M
     from harness.fast import gemm, gpt2
-    from harness.ppo import math as M
 
     tok, policy = models.tokenizer, models.policy
     was_training = policy.training

@@ -16,13 +16,13 @@ import dataclasses
 import pytest
 import torch
 
+import harness.algos.math as M
+import harness.algos.offpolicy as O
 import harness.ppo.loop as TR
-import harness.ppo.math as M
-import harness.ppo.offpolicy as O
+from harness.algos import losses as L
 from harness.config import build_config
 from harness.lm.forward import policy_forward
 from harness.lm.rollout import make_score_fn
-from harness.ppo import losses as L
 from harness.ppo.loop import init_state, ppo_iteration
 from harness.warmstart.load import load_models
 from tests.conftest import TINY

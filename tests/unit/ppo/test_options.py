@@ -5,7 +5,7 @@ tiny cached models and checks what an option must do against a hand computation:
 rewards matrix handed to GAE, the advantages that reach ``policy_loss``, the gradients and
 learning rates the optimiser steps with, the controller's coefficient, the policy's entropy
 or KL after a step. The functions the loop calls through module attributes
-(``harness.ppo.math.*``, called as ``M.fn`` by ``harness.ppo.loop`` and ``harness.ppo.update``;
+(``harness.algos.math.*``, called as ``M.fn`` by ``harness.ppo.loop`` and ``harness.ppo.update``;
 ``collect`` and ``probe_gradient_variance``, globals of ``harness.ppo.loop``) are wrapped by spies
 that record their arguments and call the original: the loop is the real one, only observed.
 
@@ -35,8 +35,8 @@ import random
 import pytest
 import torch
 
+import harness.algos.math as M
 import harness.ppo.loop as TR
-import harness.ppo.math as M
 from harness.config import build_config
 from harness.lm import forward, rollout, sampling
 from harness.lm.rollout import make_score_fn

@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
+from harness.algos.scaler import LossScaler
 from harness.config import ConfigError, build_config
 from harness.lm.rollout import make_score_fn
 from harness.ppo.loop import init_state, ppo_iteration
-from harness.ppo.scaler import LossScaler
 from harness.ppo.update import NonFiniteError
 from harness.warmstart.load import load_models
 from tests.conftest import TINY

@@ -80,7 +80,7 @@ def test_a_dropped_owner_shuts_its_executor_down(two_threads):
 
 @pytest.mark.parametrize("enabled, expected", [(True, [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]), (False, [1.0] * 6)])
 def test_linear_decay_by_hand(enabled, expected):
-    from harness.ppo.schedules import lr_factor, scheduler_kind
+    from harness.algos.schedules import lr_factor, scheduler_kind
 
     f = lr_factor(scheduler_kind(None, enabled), 4)
     assert [f(i) for i in range(6)] == expected

@@ -14,8 +14,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+import harness.algos.math as M
 import harness.ppo.loop as TR
-import harness.ppo.math as M
 from harness.config import build_config
 from harness.lm.rollout import make_score_fn
 from harness.ppo.loop import init_state, ppo_iteration

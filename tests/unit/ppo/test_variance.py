@@ -136,8 +136,8 @@ def test_per_completion_noise_does_not_grow_with_the_microbatch():
     splits into K = 2 parts (b = 4) matches the K = 8 reading (b = 1, exact for any split). For a
     random partition E[b tr(Cov_mb)] is the rows' sample variance whatever K (the randomisation ANOVA
     identity), so only the splits' noise separates them; a sum over rows would read ~b = 4x larger."""
+    from harness.algos.math import AGGREGATIONS, sequence_return
     from harness.ppo.loop import _rollout, _sequence_advantages
-    from harness.ppo.math import AGGREGATIONS, sequence_return
     from harness.ppo.variance import probe_gradient_variance
 
     cfg = build_config(None, {**TINY, "advantage.level": "sequence", "advantage.baseline": "none", "seed": 3})

@@ -9,7 +9,7 @@ handed in (one optimiser minibatch in the update); the names are veRL's ``loss_a
     seq-mean-token-sum-norm  (1/(B L)) sum_{b,t} l*m,  L = norm_length (Dr. GRPO's fixed MAX_TOKENS), or
                              T = mask.shape[-1] when None (veRL's default)
 The seq-mean modes divide by B, all rows; a row with an empty mask contributes 0. How the references split
-these over micro-batches: ``harness.ppo.math.aggregate``.
+these over micro-batches: ``harness.algos.math.aggregate``.
 
 What each aggregation is (``Entry.props``, read by ``harness.config`` and the TRL baselines):
 denominator (what the token sum is divided by), length_biased (each completion's sum is divided by its OWN
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from harness.ppo.registry import Registry
+from harness.algos.registry import Registry
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -39,7 +39,7 @@ _VERL = "veRL agg_loss (loss_agg_mode)"
                        trl="bnpo", denominator="the minibatch's token count", length_biased=False,
                        reads_norm_length=False)
 def token_mean(loss_mat: Tensor, mask: Tensor, norm_length: int | None = None) -> Tensor:
-    from harness.ppo.masked import masked_mean
+    from harness.algos.masked import masked_mean
 
     return masked_mean(loss_mat, mask)
 
@@ -48,7 +48,7 @@ def token_mean(loss_mat: Tensor, mask: Tensor, norm_length: int | None = None) -
                        trl="grpo", denominator="B x each completion's own length", length_biased=True,
                        reads_norm_length=False)
 def seq_mean_token_mean(loss_mat: Tensor, mask: Tensor, norm_length: int | None = None) -> Tensor:
-    from harness.ppo.masked import masked_mean
+    from harness.algos.masked import masked_mean
 
     return masked_mean(loss_mat, mask, dim=-1).mean()  # (B,) -> ()
 
@@ -56,7 +56,7 @@ def seq_mean_token_mean(loss_mat: Tensor, mask: Tensor, norm_length: int | None 
 @AGGREGATIONS.register("seq-mean-token-sum", paper=_VERL + "; RLOO, Ahmadian et al. 2024", verl="seq-mean-token-sum",
                        denominator="B", length_biased=False, reads_norm_length=False)
 def seq_mean_token_sum(loss_mat: Tensor, mask: Tensor, norm_length: int | None = None) -> Tensor:
-    from harness.ppo.masked import masked_terms
+    from harness.algos.masked import masked_terms
 
     lm, _ = masked_terms(loss_mat, mask)
     return lm.sum(dim=-1).mean()  # (B,) -> ()
@@ -65,7 +65,7 @@ def seq_mean_token_sum(loss_mat: Tensor, mask: Tensor, norm_length: int | None =
 @AGGREGATIONS.register("token-sum", paper=_VERL, verl="token-sum", denominator="1", length_biased=False,
                        reads_norm_length=False)
 def token_sum(loss_mat: Tensor, mask: Tensor, norm_length: int | None = None) -> Tensor:
-    from harness.ppo.masked import masked_terms
+    from harness.algos.masked import masked_terms
 
     lm, _ = masked_terms(loss_mat, mask)
     return lm.sum()
@@ -75,7 +75,7 @@ def token_sum(loss_mat: Tensor, mask: Tensor, norm_length: int | None = None) ->
                        verl="seq-mean-token-sum-norm", trl="dr_grpo", denominator="B x loss.norm_length",
                        length_biased=False, reads_norm_length=True)
 def seq_mean_token_sum_norm(loss_mat: Tensor, mask: Tensor, norm_length: int | None = None) -> Tensor:
-    from harness.ppo.masked import masked_terms
+    from harness.algos.masked import masked_terms
 
     lm, _ = masked_terms(loss_mat, mask)
     L = mask.shape[-1] if norm_length is None else norm_length

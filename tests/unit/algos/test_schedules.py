@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from harness.algos.schedules import lr_factor, scheduler_kind
 from harness.config import ConfigError, build_config
-from harness.ppo.schedules import lr_factor, scheduler_kind
 from tests.unit.ppo.test_options import _run
 
 HF_NAMES = {"constant": "constant", "constant_with_warmup": "constant_with_warmup", "linear": "linear",

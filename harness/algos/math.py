@@ -28,10 +28,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from harness.ppo.aggregations import AGGREGATIONS
-from harness.ppo.kl_estimators import KL_ESTIMATORS
-from harness.ppo.masked import EPS, masked_mean, masked_var, masked_whiten
-from harness.ppo.ratio_levels import RATIO_LEVELS
+from harness.algos.aggregations import AGGREGATIONS
+from harness.algos.kl_estimators import KL_ESTIMATORS
+from harness.algos.masked import EPS, masked_mean, masked_var, masked_whiten
+from harness.algos.ratio_levels import RATIO_LEVELS
 
 __all__ = [
     "AGGREGATIONS",
@@ -79,7 +79,7 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str) -> Tensor
     with low variance. Unlike veRL we do not clamp k3.
     """
     log_ratio = logprobs - ref_logprobs  # log pi/pi_ref, (B, T)
-    return KL_ESTIMATORS[estimator].fn(log_ratio)  # harness.ppo.kl_estimators
+    return KL_ESTIMATORS[estimator].fn(log_ratio)  # harness.algos.kl_estimators
 
 
 # --------------------------------------------------------------------------- scores, rewards, returns
@@ -197,7 +197,7 @@ def sequence_advantages(
       "reinforce_pp_seq"           A = batch_normalise(R)              (REINFORCE++ at sequence level)
       "reinforce_pp_baseline_seq"  A = batch_normalise(R_i - mean_g R)
     The two REINFORCE++ entries here put the sequence's whole KL sum on every token; the published
-    estimators (token-level return-to-go of the KL) are ``harness.ppo.estimators``.
+    estimators (token-level return-to-go of the KL) are ``harness.algos.estimators``.
     batch_normalise is OpenRLHF's global advantage normalisation (``replay_buffer.normalize``,
     called for advantage_estimator "reinforce" and "reinforce_baseline"; the group mean is
     subtracted first in ``experience_maker.process_experiences`` for "reinforce_baseline", whose
@@ -227,7 +227,7 @@ def sequence_advantages(
             raise ValueError(f"baseline 'value' needs values of shape {tuple(returns.shape)}, got {got}")
         return returns - values  # A_i = R_i - V(x_i)
     if baseline not in ("rloo", "group_mean", "group_norm", "reinforce_pp_baseline_seq"):
-        raise ValueError(f"unknown baseline {baseline!r} (the registered ones: harness.ppo.estimators.BASELINES)")
+        raise ValueError(f"unknown baseline {baseline!r} (the registered ones: harness.algos.estimators.BASELINES)")
     if group_size < 2:
         raise ValueError(f"baseline {baseline!r} needs group_size >= 2, got {group_size}")
     k = group_size
@@ -302,7 +302,7 @@ def aggregate(loss_mat: Tensor, mask: Tensor, agg: str, norm_length: int | None 
     (veRL would give NaN for seq-mean-token-mean there).
     Returns a 0-dim tensor.
     """
-    return AGGREGATIONS[agg].fn(loss_mat, mask, norm_length)  # harness.ppo.aggregations
+    return AGGREGATIONS[agg].fn(loss_mat, mask, norm_length)  # harness.algos.aggregations
 
 
 def importance_ratio(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor, level: str = "token") -> Tensor:
@@ -321,7 +321,7 @@ def importance_ratio(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor, level
     Padded positions get log-ratio 0 (ratio 1 at token level); an empty row gets s_i = 1.
     Unlike veRL we do not clamp the log-ratio. Returns (B, T).
     """
-    return RATIO_LEVELS[level].fn(logprobs, old_logprobs, mask)  # harness.ppo.ratio_levels
+    return RATIO_LEVELS[level].fn(logprobs, old_logprobs, mask)  # harness.algos.ratio_levels
 
 
 def policy_loss(
@@ -350,7 +350,7 @@ def policy_loss(
         l_t = max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high))         (cleanRL pg_loss1 / pg_loss2)
         l_t = min(l_t, -c A)      where A < 0, when dual_clip is set    (veRL compute_policy_loss)
     weights: (B, T) or (B, 1) per-token factors of the loss (the rollout-correction importance weights,
-    ``harness.ppo.offpolicy``; no gradient), applied before aggregation; None = 1.
+    ``harness.algos.offpolicy``; no gradient), applied before aggregation; None = 1.
     The defaults are today's symmetric token-level PPO loss, bit for bit.
     Returns (loss, stats); stats are detached 0-dim tensors, shares of the masked tokens:
       "approxkl"      0.5 * masked_mean((logp - old)^2)   (TRL; token-level k2 of new vs old)

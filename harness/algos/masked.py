@@ -1,6 +1,6 @@
 """Masked statistics of tensors: the mean, variance and whitening over the real (unpadded) response tokens.
 
-Pure functions of tensors (torch only), below every option registry and ``harness.ppo.math`` (which
+Pure functions of tensors (torch only), below every option registry and ``harness.algos.math`` (which
 re-exports them). A ``mask`` is 1 (or True) on real response tokens and 0 on padding; bool or float.
 Source: TRL ``experimental/ppo/ppo_trainer.py`` (masked mean / var / whiten).
 """

@@ -3,7 +3,7 @@
 A registry maps a config value (``ppo.loss_mode=cispo``) to the function that implements it and to
 what a researcher needs to place it: the peers' names for it (veRL, TRL, OpenRLHF), the paper, and
 which other axes it can combine with. ``harness/config.py`` reads its allowed values from here, so a
-value is accepted exactly when it is registered (``tests/unit/ppo/test_registry.py`` checks both ways).
+value is accepted exactly when it is registered (``tests/unit/algos/test_registry.py`` checks both ways).
 
     @POLICY_LOSSES.register("cispo", verl="cispo", trl="cispo", paper="MiniMax 2025, arXiv 2506.13585")
     def cispo_loss(...): ...

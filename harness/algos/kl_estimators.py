@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from harness.ppo.registry import Registry
+from harness.algos.registry import Registry
 
 if TYPE_CHECKING:
     from torch import Tensor

@@ -5,19 +5,19 @@ One function and one registry entry per baseline; its properties are what the re
 needs a value model, ``normalised``: already normalised, so advantage.whiten leaves it alone).
 Two kinds (``Entry.props["per_token"]``):
 - per completion: one return R_i = score_i - beta * sum_t kl_it minus a baseline, the same on every token
-  of the completion (``harness.ppo.math.sequence_advantages``);
+  of the completion (``harness.algos.math.sequence_advantages``);
 - per token: REINFORCE++ as published (Hu 2025, arXiv 2501.03262; OpenRLHF ``advantage_estimator``
   reinforce / reinforce_baseline, veRL ``adv_estimator`` reinforce_plus_plus / _baseline): token t's
   advantage is the return-to-go of the KL-shaped reward, then normalised over the batch's tokens.
 
-Pure functions of tensors (torch only), shapes as in ``harness.ppo.math``.
+Pure functions of tensors (torch only), shapes as in ``harness.algos.math``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from harness.ppo.registry import Registry
+from harness.algos.registry import Registry
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -78,7 +78,7 @@ def reinforce_pp(scores: Tensor, kl: Tensor, mask: Tensor, beta: float, *, group
     normalise_batch: ``token_normalise`` over every response token of the batch (biased n by default,
     as OpenRLHF; unbiased=True gives veRL's n - 1). Returns (B, T), 0 after EOS.
     """
-    from harness.ppo import math as M
+    from harness.algos import math as M
 
     s = scores
     if baseline:
@@ -95,7 +95,7 @@ def reinforce_pp(scores: Tensor, kl: Tensor, mask: Tensor, beta: float, *, group
 
 def _per_completion(name: str):
     def fn(returns: Tensor, group_size: int, values: Tensor | None = None, weights: Tensor | None = None) -> Tensor:
-        from harness.ppo import math as M
+        from harness.algos import math as M
 
         return M.sequence_advantages(returns, name, group_size, values=values, weights=weights)
 

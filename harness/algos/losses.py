@@ -1,7 +1,7 @@
 """Policy-loss modes (``ppo.loss_mode``), one registered function each (veRL ``policy_loss.loss_mode``).
 
 Every mode has one signature: ``fn(logprobs, old_logprobs, advantages, mask, **kw) -> (loss, stats)``
-with the tensors of ``harness.ppo.math.policy_loss`` ((B, T); advantages (B, T) or (B, 1)), and the
+with the tensors of ``harness.algos.math.policy_loss`` ((B, T); advantages (B, T) or (B, 1)), and the
 keywords of ``harness.ppo.update.policy_loss_kwargs``: clip_eps, clip_eps_high, ratio_level, dual_clip,
 agg, norm_length, weights (the rollout correction's per-token factors, no gradient; None = 1), the
 mode's own options (sapo_tau_pos / sapo_tau_neg, cov_ratio, clip_cov_lb / clip_cov_ub, kl_cov_coef) and
@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from harness.ppo.ratio_levels import RATIO_LEVELS
-from harness.ppo.registry import Registry
+from harness.algos.ratio_levels import RATIO_LEVELS
+from harness.algos.registry import Registry
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -44,7 +44,7 @@ def policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask
     Called as ``math.policy_loss`` is (clip_eps and agg positional or by keyword), plus ``mode``, the mode's
     options and ``weights``. vanilla hands ``math.policy_loss`` exactly its own arguments (``weights`` only
     when set, the mode options dropped), so the default is today's loss, call for call."""
-    from harness.ppo import math as M
+    from harness.algos import math as M
 
     if mode == "vanilla":
         extra = ("sapo_tau_pos", "sapo_tau_neg", "cov_ratio", "clip_cov_lb", "clip_cov_ub", "kl_cov_coef", "generator")
@@ -60,7 +60,7 @@ def _log_ratio(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor) -> Tensor:
 
 def _finish(loss_mat: Tensor, mask: Tensor, kw: dict, stats: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
     """Weights, then aggregation (``math.aggregate``); the stats detached."""
-    from harness.ppo import math as M
+    from harness.algos import math as M
 
     w = kw.get("weights")
     if w is not None:
@@ -70,7 +70,7 @@ def _finish(loss_mat: Tensor, mask: Tensor, kw: dict, stats: dict[str, Tensor]) 
 
 
 def _base_stats(log_ratio: Tensor, ratio: Tensor, mask: Tensor, low: Tensor, high: Tensor) -> dict[str, Tensor]:
-    from harness.ppo import math as M
+    from harness.algos import math as M
 
     f = ratio.dtype
     lo, hi = M.masked_mean(low.to(f), mask), M.masked_mean(high.to(f), mask)
@@ -171,7 +171,7 @@ def _covariance(advantages: Tensor, logprobs: Tensor, mask: Tensor) -> Tensor:
     """cov_t = (A_t - mean_m A) (logp_t - mean_m logp) per token (Cui et al. 2025), no gradient; (B, T)."""
     import torch
 
-    from harness.ppo import math as M
+    from harness.algos import math as M
 
     a = torch.broadcast_to(advantages, logprobs.shape).detach()
     lp = logprobs.detach()
@@ -189,7 +189,7 @@ def clip_cov(logprobs, old_logprobs, advantages, mask, **kw):
     """
     import torch
 
-    from harness.ppo import math as M
+    from harness.algos import math as M
 
     eps_lo = kw["clip_eps"]
     eps_hi = kw.get("clip_eps_high") or eps_lo
@@ -225,7 +225,7 @@ def kl_cov(logprobs, old_logprobs, advantages, mask, **kw):
     updates drive entropy down. No clip (clipfrac 0); cov_frac = the share penalised."""
     import torch
 
-    from harness.ppo import math as M
+    from harness.algos import math as M
 
     ratio_cov = kw.get("cov_ratio") or COV_RATIO
     coef = kw.get("kl_cov_coef") if kw.get("kl_cov_coef") is not None else KL_COV_COEF

@@ -11,14 +11,14 @@ policy loss and a mask of the tokens that stay in it:
     sequence level: rho_i = exp(sum_t m_t (old_t - mu_t)), the same on every token of completion i
     (log rho clamped to [-20, 20] before exp, veRL's safety bound).
 
-Pure functions of tensors (torch only); shapes (B, T) as in ``harness.ppo.math``.
+Pure functions of tensors (torch only); shapes (B, T) as in ``harness.algos.math``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from harness.ppo.registry import Registry
+from harness.algos.registry import Registry
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -104,7 +104,7 @@ def mismatch_metrics(old_logprobs: Tensor, behaviour_logprobs: Tensor, mask: Ten
     """
     import torch
 
-    from harness.ppo import math as M
+    from harness.algos import math as M
 
     m = mask != 0
     d = (old_logprobs - behaviour_logprobs).masked_fill(~m, 0.0)

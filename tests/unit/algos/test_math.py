@@ -1,4 +1,4 @@
-"""Unit tests for harness/ppo/math.py: hand-computed tensors, independent routes
+"""Unit tests for harness/algos/math.py: hand-computed tensors, independent routes
 (naive loops, numpy, TRL's own helpers), masked vs unmasked, and autograd checks."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from harness.ppo.math import (
+from harness.algos.math import (
     aggregate,
     entropy_from_logits,
     explained_variance,
@@ -616,7 +616,7 @@ def test_what_each_kl_placement_optimises_over_enumerated_two_token_sequences():
     import itertools
     from pathlib import Path
 
-    from harness.ppo import math as M
+    from harness.algos import math as M
 
     torch.manual_seed(0)
     V = 3
@@ -649,7 +649,7 @@ def test_what_each_kl_placement_optimises_over_enumerated_two_token_sequences():
 
 
 def test_low_reward_length_by_hand():
-    from harness.ppo import math as M
+    from harness.algos import math as M
 
     lengths = torch.tensor([3, 9, 5, 7, 4])
     gold = torch.tensor([0.2, 0.1, 0.9, 0.5, 0.6])  # mean 0.46: completions 0 and 1 are below it

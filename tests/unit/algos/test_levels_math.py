@@ -1,4 +1,4 @@
-"""The ratio-level, clip and aggregation functions of harness/ppo/math.py, by hand on small tensors: the sequence (GSPO) and
+"""The ratio-level, clip and aggregation functions of harness/algos/math.py, by hand on small tensors: the sequence (GSPO) and
 GSPO-token ratios, asymmetric and dual clip with their statistics, the token-sum and
 seq-mean-token-sum-norm aggregations on ragged masks, the straight-through KL estimators and the
 REINFORCE++ baselines."""
@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from harness.ppo import math as M
+from harness.algos import math as M
 
 
 def t(x, dtype=torch.float64):

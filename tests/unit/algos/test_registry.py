@@ -1,4 +1,4 @@
-"""The option registries (harness/ppo/registry.py) and the config agree name for name; what each value cannot
+"""The option registries (harness/algos/registry.py) and the config agree name for name; what each value cannot
 combine with is refused in one line naming the key; the TRL baselines refuse every value they cannot express."""
 
 from __future__ import annotations
@@ -11,6 +11,13 @@ import torch
 import baselines.trl_grpo as trl_grpo
 import baselines.trl_ppo as trl_ppo
 import baselines.trl_rloo as trl_rloo
+from harness.algos.aggregations import AGGREGATIONS
+from harness.algos.estimators import BASELINES
+from harness.algos.kl_estimators import KL_ESTIMATORS
+from harness.algos.losses import POLICY_LOSSES
+from harness.algos.offpolicy import CORRECTIONS
+from harness.algos.ratio_levels import RATIO_LEVELS
+from harness.algos.registry import Registry
 from harness.config import (
     AdvantageConfig,
     ConfigError,
@@ -21,13 +28,6 @@ from harness.config import (
     build_config,
     describe,
 )
-from harness.ppo.aggregations import AGGREGATIONS
-from harness.ppo.estimators import BASELINES
-from harness.ppo.kl_estimators import KL_ESTIMATORS
-from harness.ppo.losses import POLICY_LOSSES
-from harness.ppo.offpolicy import CORRECTIONS
-from harness.ppo.ratio_levels import RATIO_LEVELS
-from harness.ppo.registry import Registry
 from tests.conftest import ROOT
 
 KEYS = [("ppo.loss_mode", PPOConfig, "loss_mode", POLICY_LOSSES),
@@ -82,10 +82,10 @@ def test_the_registries_import_without_torch_and_math_dispatches_through_them():
     import subprocess
     import sys
 
-    from harness.ppo import math
+    from harness.algos import math
 
-    code = ("import sys, harness.ppo.losses, harness.ppo.estimators, harness.ppo.offpolicy, harness.ppo.kl_estimators, "
-            "harness.ppo.aggregations, harness.ppo.ratio_levels, harness.config; "
+    code = ("import sys, harness.algos.losses, harness.algos.estimators, harness.algos.offpolicy, harness.algos.kl_estimators, "
+            "harness.algos.aggregations, harness.algos.ratio_levels, harness.config; "
             "assert 'torch' not in sys.modules; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from harness.ppo.registry import Registry
+from harness.algos.registry import Registry
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -41,7 +41,7 @@ def _log_ratio(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor) -> Tensor:
 
 
 def _log_s(log_ratio: Tensor, mask: Tensor) -> Tensor:
-    from harness.ppo.masked import masked_mean
+    from harness.algos.masked import masked_mean
 
     return masked_mean(log_ratio, mask, dim=-1)[:, None]  # (B, 1): log s_i
 

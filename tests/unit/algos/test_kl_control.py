@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.ppo import kl_control
+from harness.algos import kl_control
 
 
 def test_fixed_keeps_beta():

@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from harness.ppo import dapo
-from harness.ppo import losses as L
-from harness.ppo import math as M
-from harness.ppo import offpolicy as O
-from harness.ppo.estimators import reinforce_pp, returns_to_go, token_normalise
+from harness.algos import dapo
+from harness.algos import losses as L
+from harness.algos import math as M
+from harness.algos import offpolicy as O
+from harness.algos.estimators import reinforce_pp, returns_to_go, token_normalise
 
 
 def t(x):

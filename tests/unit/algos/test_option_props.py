@@ -10,11 +10,11 @@ from torch.testing import assert_close
 
 import baselines.trl_grpo as trl_grpo
 import baselines.trl_ppo as trl_ppo
+from harness.algos import math as M
+from harness.algos.aggregations import AGGREGATIONS
+from harness.algos.kl_estimators import KL_ESTIMATORS
+from harness.algos.ratio_levels import RATIO_LEVELS
 from harness.config import ConfigError, build_config
-from harness.ppo import math as M
-from harness.ppo.aggregations import AGGREGATIONS
-from harness.ppo.kl_estimators import KL_ESTIMATORS
-from harness.ppo.ratio_levels import RATIO_LEVELS
 
 P = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)  # pi over four tokens
 Q = torch.tensor([0.25, 0.25, 0.4, 0.1], dtype=torch.float64)  # pi_ref
