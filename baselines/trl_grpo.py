@@ -68,11 +68,13 @@ from baselines.trl_common import (
 )
 from baselines.trl_ppo import NotExpressible
 from harness.config import RunConfig
+from harness.ppo.aggregations import AGGREGATIONS
+from harness.ppo.ratio_levels import RATIO_LEVELS
 
 __all__ = ["ABSENT", "LOSS_TYPES", "REFUSED", "NotExpressible", "check_expressible", "train", "trl_args"]
 
 TRAINER = "GRPOTrainer"
-LOSS_TYPES = {"seq-mean-token-mean": "grpo", "token-mean": "bnpo", "seq-mean-token-sum-norm": "dr_grpo"}
+LOSS_TYPES = {name: e.trl for name, e in AGGREGATIONS.items() if e.trl}  # loss.agg -> TRL loss_type
 SCALE_REWARDS = {"group_norm": "group", "group_mean": "none"}
 
 
@@ -87,11 +89,11 @@ REFUSED: Refusals = group_refusals("GRPO", {
     "advantage.baseline": (lambda c: c.advantage.baseline not in SCALE_REWARDS,
                            "GRPO's baseline is the group mean, with (group_norm) or without (group_mean) the std"),
     "advantage.whiten": (lambda c: c.advantage.whiten, "TRL does not rescale the group advantages by their batch std"),
-    "ppo.ratio_level": (lambda c: c.ppo.ratio_level not in ("token", "sequence"),
-                        "importance_sampling_level is token or sequence"),
+    "ppo.ratio_level": (lambda c: RATIO_LEVELS[c.ppo.ratio_level].trl is None, "importance_sampling_level is "
+                        + " or ".join(e.trl for e in RATIO_LEVELS.values() if e.trl)),
     "ppo.dual_clip": (_dual_clip_too_low, "TRL's delta is the dual clip only above 1 + epsilon_high"),
     "loss.agg": (lambda c: c.loss.agg not in LOSS_TYPES,
-                 "loss_type grpo / bnpo / dr_grpo = seq-mean-token-mean / token-mean / seq-mean-token-sum-norm"),
+                 "loss_type " + " / ".join(f"{t} = {n}" for n, t in LOSS_TYPES.items())),
     "loss.norm_length": (lambda c: c.loss.norm_length not in (None, c.task.response_length),
                          "dr_grpo divides by max_completion_length, the response length"),
     **kl_refusals(placement=("loss", "GRPO's KL (beta) is a term of the loss"),
@@ -109,7 +111,7 @@ def trl_args(cfg: RunConfig, response_length: int, output_dir: str):
     return GRPOConfig(
         **common_args(cfg, response_length, output_dir),
         loss_type=LOSS_TYPES[cfg.loss.agg],
-        importance_sampling_level=cfg.ppo.ratio_level,
+        importance_sampling_level=RATIO_LEVELS[cfg.ppo.ratio_level].trl,
         delta=cfg.ppo.dual_clip,
         scale_rewards=SCALE_REWARDS[cfg.advantage.baseline],
         multi_objective_aggregation="sum_then_normalize",

@@ -69,6 +69,7 @@ from harness.config import RunConfig, response_length
 from harness.devices import resolve as resolve_device
 from harness.errors import InputError
 from harness.fast.flat import clip_norm_
+from harness.ppo.kl_estimators import KL_ESTIMATORS
 from harness.ppo.schedules import lr_schedule, scheduler_kind
 from harness.recording import Recorder
 from harness.schema import PROBE_KEYS as VARIANCE_KEYS
@@ -95,7 +96,8 @@ def precision_args(c: RunConfig) -> dict[str, bool]:
 REFUSED: dict[str, tuple[Callable[[RunConfig], bool], str]] = {
     "advantage.level": (lambda c: c.advantage.level != "token", "TRL's PPO is token level (GAE) only"),
     "advantage.whiten": (lambda c: not c.advantage.whiten, "TRL always whitens advantages"),
-    "kl.estimator": (lambda c: c.kl.estimator not in ("k1", "k3"), "TRL offers k1 and k3 only"),
+    "kl.estimator": (lambda c: KL_ESTIMATORS[c.kl.estimator].trl is None,
+                     f"TRL offers {' and '.join(e.trl for e in KL_ESTIMATORS.values() if e.trl)} only"),
     "kl.placement": (lambda c: c.kl.placement != "reward", "TRL puts the KL penalty in the reward"),
     "kl.target": (lambda c: c.kl.target is not None, "TRL's kl_coef is fixed (no adaptive controller)"),
     "loss.agg": (lambda c: c.loss.agg != "token-mean", "TRL's losses are token means"),
@@ -199,7 +201,7 @@ def trl_args(cfg: RunConfig, response_length: int, output_dir: str):
         cliprange_value=cfg.ppo.value_clip if cfg.ppo.value_clip is not None else math.inf,
         vf_coef=cfg.ppo.vf_coef,
         kl_coef=cfg.kl.coef,
-        kl_estimator=cfg.kl.estimator,
+        kl_estimator=KL_ESTIMATORS[cfg.kl.estimator].trl,
         gamma=cfg.advantage.gamma,
         lam=cfg.advantage.lam,
         whiten_rewards=False,

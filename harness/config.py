@@ -19,9 +19,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.errors import InputError
+from harness.ppo.aggregations import AGGREGATIONS
 from harness.ppo.estimators import BASELINES
+from harness.ppo.kl_estimators import KL_ESTIMATORS
 from harness.ppo.losses import POLICY_LOSSES
 from harness.ppo.offpolicy import CORRECTIONS
+from harness.ppo.ratio_levels import RATIO_LEVELS
 from harness.schema import IMPLEMENTATIONS, REFERENCE_IMPL
 from harness.yamlio import YAMLInputError, loads, read_yaml, show_key
 
@@ -223,13 +226,13 @@ class PPOConfig(_Section):
         description="Dual clip c > 1 (Ye et al. 2020; veRL clip_ratio_c, 3 there): for A < 0 the per-token loss is "
         "min(max(-A r, -A clip(r)), -c A), nothing changes for A >= 0; null = off.",
     )
-    ratio_level: Literal["token", "sequence", "sequence-token"] = Field(
+    ratio_level: Literal[RATIO_LEVELS.names()] = Field(  # type: ignore[valid-type]
         default="token",
         description="Importance ratio: token = pi/pi_old per token (PPO); sequence = GSPO (Zheng et al. 2025), "
         "s_i = exp(mean_t log(pi/pi_old)) per completion, clipped and used on all its tokens; sequence-token = "
         "GSPO-token (the value of s_i, a per-token gradient). GSPO's clip ranges are orders of magnitude smaller "
         "than token-level ones (3e-4 / 4e-4 in the paper: s_i is a geometric mean): ppo.clip_eps and "
-        "ppo.clip_eps_high must be <= 0.01 there.",
+        "ppo.clip_eps_high must be <= its max_clip there. Names: " + RATIO_LEVELS.doc(max_clip="max_clip") + ".",
     )
     epochs: int = Field(default=4, ge=1, le=1000, description="Passes over each rollout batch (at most 1000).")
     minibatches: int = Field(default=4, ge=1, le=65_536, description="Minibatches per epoch (must divide rollout.batch_size).")
@@ -301,11 +304,12 @@ class PPOConfig(_Section):
 
 class KLConfig(_Section):
     coef: float = Field(default=0.05, ge=0.0, description="KL coefficient beta (the start value under the adaptive controller).")
-    estimator: Literal["k1", "k2", "k3", "k1+", "k3+"] = Field(
+    estimator: Literal[KL_ESTIMATORS.names()] = Field(  # type: ignore[valid-type]
         default="k1",
         description="Schulman's estimator of KL(pi || ref) per sampled token: k1 = log(pi/ref), k2 = 0.5 log(pi/ref)^2, "
         "k3 = ref/pi - 1 - log(ref/pi); k1+ / k3+ = straight-through (veRL kl_loss_type): the value of k1 / k3, "
-        "the gradient of k2 (kl.placement=loss only).",
+        "the gradient of k2 (kl.placement=loss only). Names: " + KL_ESTIMATORS.doc(unbiased="unbiased",
+                                                                                 non_negative="non-negative") + ".",
     )
     placement: Literal["reward", "loss"] = Field(
         default="reward",
@@ -348,11 +352,12 @@ class AdvantageConfig(_Section):
 
 
 class LossConfig(_Section):
-    agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "token-sum", "seq-mean-token-sum-norm"] = Field(
+    agg: Literal[AGGREGATIONS.names()] = Field(  # type: ignore[valid-type]
         default="token-mean",
         description="How per-token losses become one number per minibatch (veRL loss_agg_mode): the mean over all tokens, "
         "the mean over sequences of their token mean, the mean over sequences of their token sum, the sum over all "
-        "tokens, or the sum over all tokens / (B * loss.norm_length) (Dr. GRPO; TRL loss_type=dr_grpo).",
+        "tokens, or the sum over all tokens / (B * loss.norm_length) (Dr. GRPO; TRL loss_type=dr_grpo). Names: "
+        + AGGREGATIONS.doc(length_biased="length-biased") + ".",
     )
     norm_length: int | None = Field(
         default=None, ge=1,
@@ -492,11 +497,11 @@ class RunConfig(_Section):
             raise _KeyProblem(
                 "probe.microbatches", f"{self.probe.microbatches} does not divide rollout.batch_size={r.batch_size}"
             )
-        if self.kl.placement == "loss" and self.kl.estimator == "k1":
+        if self.kl.placement == "loss" and KL_ESTIMATORS[self.kl.estimator].props["loss_gradient"] is None:
             raise _KeyProblem(
                 "kl.estimator",
-                "k1 with kl.placement=loss has zero expected gradient on on-policy samples (the term does "
-                "nothing); use k2 (gradient of KL(pi||ref)) or k3 (gradient of KL(ref||pi))",
+                f"{self.kl.estimator} with kl.placement=loss has zero expected gradient on on-policy samples (the term "
+                "does nothing); use k2 (gradient of KL(pi||ref)) or k3 (gradient of KL(ref||pi))",
             )
         if p.warmup_iterations and p.lr_scheduler_type in (None, "constant"):
             raise _KeyProblem(
@@ -540,30 +545,29 @@ def _consistent_lifecycle(cfg: RunConfig) -> None:
                           "their covariance over the whole minibatch, which micro-batches would split")
 
 
-# GSPO's sequence ratios are geometric means of token ratios: its clip ranges are ~1e-4..1e-3
-GSPO_MAX_CLIP = 0.01
-
-
 def _consistent_levels(cfg: RunConfig) -> None:
     """The rules across the ratio-level, clip, aggregation and straight-through KL keys."""
     p = cfg.ppo
-    if p.ratio_level != "token":
+    max_clip = RATIO_LEVELS[p.ratio_level].props["max_clip"]
+    if max_clip is not None:
         for key, eps in (("ppo.clip_eps", p.clip_eps), ("ppo.clip_eps_high", p.clip_eps_high)):
-            if eps is not None and eps > GSPO_MAX_CLIP:
+            if eps is not None and eps > max_clip:
                 raise _KeyProblem(
                     key,
-                    f"with ppo.ratio_level={p.ratio_level} it must be <= {GSPO_MAX_CLIP}: GSPO's clip ranges are "
+                    f"with ppo.ratio_level={p.ratio_level} it must be <= {max_clip}: GSPO's clip ranges are "
                     f"~1e-4..1e-3 (sequence ratios are geometric means); got {eps}",
                 )
-    if cfg.loss.norm_length is not None and cfg.loss.agg != "seq-mean-token-sum-norm":
+    if cfg.loss.norm_length is not None and not AGGREGATIONS[cfg.loss.agg].props["reads_norm_length"]:
+        readers = " / ".join(n for n, e in AGGREGATIONS.items() if e.props["reads_norm_length"])
         raise _KeyProblem(
-            "loss.norm_length", f"only loss.agg=seq-mean-token-sum-norm reads it (loss.agg is {cfg.loss.agg}); set it null"
+            "loss.norm_length", f"only loss.agg={readers} reads it (loss.agg is {cfg.loss.agg}); set it null"
         )
-    if cfg.kl.estimator.endswith("+") and cfg.kl.placement == "reward":
+    kl = KL_ESTIMATORS[cfg.kl.estimator]
+    if kl.props["straight_through"] and cfg.kl.placement == "reward":
         raise _KeyProblem(
             "kl.estimator",
             f"{cfg.kl.estimator} with kl.placement=reward: the + variants only change the gradient of a KL loss term "
-            f"(use kl.placement=loss, or {cfg.kl.estimator[:-1]})",
+            f"(use kl.placement=loss, or {kl.props['value_of']})",
         )
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from harness.ppo.ratio_levels import RATIO_LEVELS
 from harness.ppo.registry import Registry
 
 if TYPE_CHECKING:
@@ -28,9 +29,6 @@ if TYPE_CHECKING:
 __all__ = ["POLICY_LOSSES", "policy_loss"]
 
 POLICY_LOSSES = Registry("policy loss mode")
-# math.RATIO_LEVELS spelt here: harness/config.py reads this registry, and importing it must not import torch
-# (torch is imported inside the functions; tests/unit/ppo/test_registry.py checks the two spellings agree)
-RATIO_LEVELS = ("token", "sequence", "sequence-token")
 
 # defaults of the mode options (the papers' / veRL's), used when the config leaves them null
 SAPO_TAU_POS, SAPO_TAU_NEG = 1.0, 1.05  # TRL sapo_temperature_pos / _neg, veRL tau_pos / tau_neg
@@ -82,7 +80,7 @@ def _base_stats(log_ratio: Tensor, ratio: Tensor, mask: Tensor, low: Tensor, hig
 
 @POLICY_LOSSES.register("vanilla", paper="PPO clipped surrogate, Schulman et al. 2017 (+ GSPO ratio levels, "
                         "clip-higher, dual clip)", verl="vanilla", trl="grpo / bnpo / dr_grpo / dapo",
-                        ratio_levels=RATIO_LEVELS, clip_high=True, dual_clip=True, aggs=None)
+                        ratio_levels=RATIO_LEVELS.names(), clip_high=True, dual_clip=True, aggs=None)
 def vanilla(logprobs, old_logprobs, advantages, mask, **kw):
     """``math.policy_loss``: max(-A r, -A clip(r, 1 - eps, 1 + eps_high)) [dual clip] at the configured ratio level
     (``policy_loss`` calls ``math.policy_loss`` itself for this mode, with the caller's arguments as given)."""

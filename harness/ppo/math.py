@@ -28,8 +28,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from harness.ppo.aggregations import AGGREGATIONS
+from harness.ppo.kl_estimators import KL_ESTIMATORS
+from harness.ppo.masked import EPS, masked_mean, masked_var, masked_whiten
+from harness.ppo.ratio_levels import RATIO_LEVELS
+
 __all__ = [
-    "AGG_MODES",
+    "AGGREGATIONS",
     "KL_ESTIMATORS",
     "RATIO_LEVELS",
     "aggregate",
@@ -50,80 +55,6 @@ __all__ = [
     "token_rewards",
     "value_loss",
 ]
-
-KL_ESTIMATORS = ("k1", "k2", "k3", "k1+", "k3+")
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "token-sum", "seq-mean-token-sum-norm")
-RATIO_LEVELS = ("token", "sequence", "sequence-token")
-
-# Added to the variance before rsqrt in whitening (TRL masked_whiten) and to the
-# group std in group_norm (TRL GRPOTrainer / DeepSeekMath): keeps a constant
-# batch / group finite instead of dividing by zero.
-_EPS = 1e-8
-
-
-# --------------------------------------------------------------------------- masked statistics
-
-
-def _masked_terms(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """x * mask with masked-out positions forced to exactly 0, and the mask broadcast to it.
-
-    torch.where (rather than a bare product) keeps a non-finite value at a padded
-    position (e.g. a -inf logprob) from turning the sum into NaN: 0 * inf = nan.
-    """
-    m = mask.to(x.dtype)
-    xm = torch.where(m != 0, x * m, torch.zeros((), dtype=x.dtype, device=x.device))
-    return xm, torch.broadcast_to(m, xm.shape)
-
-
-def masked_mean(x: Tensor, mask: Tensor, dim: int | tuple[int, ...] | None = None) -> Tensor:
-    """Mean of ``x`` over the positions where ``mask`` is non-zero.
-
-    x: any shape; mask: broadcastable to x (bool or float weights).
-    dim: None -> scalar over all elements; an int / tuple -> reduced over those dims.
-    Returns 0 (not NaN) wherever the mask sums to 0.
-    """
-    # mean = sum(x * m) / sum(m)      (TRL masked_mean, made safe for an empty mask)
-    xm, m = _masked_terms(x, mask)
-    num = xm.sum() if dim is None else xm.sum(dim=dim)
-    den = m.sum() if dim is None else m.sum(dim=dim)
-    empty = den == 0
-    return torch.where(empty, torch.zeros_like(num), num / torch.where(empty, torch.ones_like(den), den))
-
-
-def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
-    """Variance of ``x`` over all masked elements (a scalar).
-
-    x: any shape; mask: broadcastable to x.
-    unbiased=True applies Bessel's correction n / (n - 1) with n = sum(mask), as TRL's
-    masked_var; it raises ValueError when n < 2 (TRL would divide by zero and return NaN).
-    unbiased=False with an empty mask returns 0.
-    """
-    # var = mean_m((x - mean_m(x))^2) * n / (n - 1)      (TRL masked_var)
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    if unbiased:
-        n = torch.broadcast_to(mask.to(x.dtype), torch.broadcast_shapes(x.shape, mask.shape)).sum()
-        if n < 2:  # one host sync; same as TRL's `if mask_sum == 0` check
-            raise ValueError(f"masked_var(unbiased=True) needs at least 2 masked elements, got {float(n):g}")
-        var = var * (n / (n - 1))
-    return var
-
-
-def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
-    """Whiten ``x`` with the mean and (unbiased) variance of its masked elements.
-
-    x: any shape (typically (B, T) advantages); mask: broadcastable to x. Returns x's shape.
-    As in TRL, the same affine map is applied to EVERY position: positions where mask
-    is 0 are transformed too, not zeroed. Multiply by the mask if you need zeros there.
-    shift_mean=False adds the mean back (only rescales), as TRL does for rewards.
-    """
-    # x_w = (x - mu) / sqrt(var + 1e-8);  if not shift_mean: x_w += mu
-    # (TRL masked_whiten; advantage whitening: "The N implementation details of RLHF with PPO")
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
-    whitened = (x - mean) * torch.rsqrt(var + _EPS)
-    if not shift_mean:
-        whitened = whitened + mean
-    return whitened
 
 
 # --------------------------------------------------------------------------- KL estimators
@@ -148,22 +79,7 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str) -> Tensor
     with low variance. Unlike veRL we do not clamp k3.
     """
     log_ratio = logprobs - ref_logprobs  # log pi/pi_ref, (B, T)
-    base = estimator[:-1] if estimator in ("k1+", "k3+") else estimator
-    if base == "k1":
-        value = log_ratio  # k1 = log(p/q)
-    elif base == "k2":
-        value = 0.5 * log_ratio**2  # k2 = 0.5 * (log(p/q))^2
-    elif base == "k3":
-        d = -log_ratio  # d = log(q/p)
-        # k3 = q/p - 1 - log(q/p) = expm1(d) - d; expm1 keeps precision when d ~ 0 (and k3 >= 0)
-        value = torch.expm1(d) - d
-    else:
-        raise ValueError(f"unknown KL estimator {estimator!r}; expected one of {KL_ESTIMATORS}")
-    if base == estimator:
-        return value
-    # straight-through (veRL): backward_score - sg[backward_score] + sg[forward_score], backward = k2
-    k2 = 0.5 * log_ratio**2
-    return k2 - k2.detach() + value.detach()
+    return KL_ESTIMATORS[estimator].fn(log_ratio)  # harness.ppo.kl_estimators
 
 
 # --------------------------------------------------------------------------- scores, rewards, returns
@@ -327,7 +243,7 @@ def sequence_advantages(
         return _batch_normalise((grouped - mean).reshape(B), weights)
     # group_norm: GRPO (DeepSeekMath); torch.std is unbiased (n - 1), as TRL GRPOTrainer
     std = grouped.std(dim=1, keepdim=True)  # (G, 1)
-    return ((grouped - mean) / (std + _EPS)).reshape(B)
+    return ((grouped - mean) / (std + EPS)).reshape(B)
 
 
 def _batch_normalise(x: Tensor, weights: Tensor | None) -> Tensor:
@@ -336,7 +252,7 @@ def _batch_normalise(x: Tensor, weights: Tensor | None) -> Tensor:
     n = w.sum()
     mu = (w * x).sum() / n
     var = (w * (x - mu) ** 2).sum() / n  # biased, as OpenRLHF: sum(mask * (x - mu)^2) / count
-    return (x - mu) * torch.rsqrt(var.clamp(min=_EPS))
+    return (x - mu) * torch.rsqrt(var.clamp(min=EPS))
 
 
 def scale_whiten(x: Tensor) -> Tensor:
@@ -347,7 +263,7 @@ def scale_whiten(x: Tensor) -> Tensor:
     is subtracted, and centring here would quietly turn baseline "none" into "batch_mean"
     (and shift RLOO / group baselines by the batch mean). Only the step size is normalised.
     """
-    return x / (x.std() + _EPS)
+    return x / (x.std() + EPS)
 
 
 # --------------------------------------------------------------------------- losses
@@ -386,21 +302,7 @@ def aggregate(loss_mat: Tensor, mask: Tensor, agg: str, norm_length: int | None 
     (veRL would give NaN for seq-mean-token-mean there).
     Returns a 0-dim tensor.
     """
-    if agg == "token-mean":
-        return masked_mean(loss_mat, mask)
-    if agg == "seq-mean-token-mean":
-        return masked_mean(loss_mat, mask, dim=-1).mean()  # (B,) -> ()
-    if agg not in AGG_MODES:
-        raise ValueError(f"unknown loss aggregation {agg!r}; expected one of {AGG_MODES}")
-    lm, _ = _masked_terms(loss_mat, mask)
-    if agg == "seq-mean-token-sum":
-        return lm.sum(dim=-1).mean()  # (B,) -> ()
-    if agg == "token-sum":
-        return lm.sum()
-    L = mask.shape[-1] if norm_length is None else norm_length
-    if L < 1:
-        raise ValueError(f"norm_length must be >= 1, got {L}")
-    return lm.sum() / (lm.shape[0] * L)  # TRL dr_grpo: sum / (B * max_completion_length)
+    return AGGREGATIONS[agg].fn(loss_mat, mask, norm_length)  # harness.ppo.aggregations
 
 
 def importance_ratio(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor, level: str = "token") -> Tensor:
@@ -419,18 +321,7 @@ def importance_ratio(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor, level
     Padded positions get log-ratio 0 (ratio 1 at token level); an empty row gets s_i = 1.
     Unlike veRL we do not clamp the log-ratio. Returns (B, T).
     """
-    valid = mask != 0
-    log_ratio = (logprobs - old_logprobs).masked_fill(~valid, 0.0)  # (B, T)
-    if level == "token":
-        return torch.exp(log_ratio)
-    if level not in RATIO_LEVELS:
-        raise ValueError(f"unknown ratio level {level!r}; expected one of {RATIO_LEVELS}")
-    log_s = masked_mean(log_ratio, mask, dim=-1)[:, None]  # (B, 1): log s_i
-    if level == "sequence":
-        return torch.exp(log_s).expand_as(log_ratio)
-    zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
-    own = torch.where(valid, logprobs - logprobs.detach(), zero)
-    return torch.exp(log_s.detach() + own)  # value s_i, d/dlogp_it = s_i
+    return RATIO_LEVELS[level].fn(logprobs, old_logprobs, mask)  # harness.ppo.ratio_levels
 
 
 def policy_loss(

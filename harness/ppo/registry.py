@@ -51,6 +51,14 @@ class Registry(_Registry[Entry]):
 
         return deco
 
-    def doc(self) -> str:
-        """'name (peer names; paper); ...' for every entry: the config's description of the key."""
-        return "; ".join(f"{e.name} ({e.peers()}; {e.paper})" for e in self._entries.values())
+    def doc(self, **shown: str) -> str:
+        """'name (peer names; paper); ...' for every entry: the config's description of the key.
+
+        ``shown`` maps a property to its label in the text: a true property gives the label, a false or
+        None one nothing, any other value 'label value' ('name (veRL k3; unbiased; paper)')."""
+        def props(e: Entry) -> str:
+            words = [label if v is True else f"{label} {v}" for k, label in shown.items()
+                     if (v := e.props.get(k)) not in (None, False)]
+            return "".join(f"; {w}" for w in words)
+
+        return "; ".join(f"{e.name} ({e.peers()}{props(e)}; {e.paper})" for e in self._entries.values())

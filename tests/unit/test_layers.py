@@ -20,9 +20,11 @@ PACKAGES = ("harness", "baselines", "reports")
 LAYERS: list[list[str]] = [
     ["harness.errors"],  # the error vocabulary: below everything that refuses input
     ["harness.registry"],  # the one registry style, below every registry
-    ["harness.schema", "harness.onset", "harness.tasks", "harness.fast", "harness.locks", "harness.urls", "harness.ppo.math",
+    ["harness.schema", "harness.onset", "harness.tasks", "harness.fast", "harness.locks", "harness.urls", "harness.ppo.masked",
      "harness.ppo.kl_control", "harness.ppo.schedules", "harness.ppo.accumulate", "harness.ppo.scaler", "harness.yamlio",
      "harness.devices", "harness.ppo.registry"],
+    ["harness.ppo.kl_estimators", "harness.ppo.aggregations", "harness.ppo.ratio_levels"],  # option registries of the math
+    ["harness.ppo.math"],
     ["harness.impls", "harness.ppo.losses", "harness.ppo.estimators", "harness.ppo.offpolicy", "harness.ppo.dapo"],
     ["harness.config", "harness.tracking", "harness.progress"],
     ["harness.lm", "harness.models", "reports", "harness.profiles"],

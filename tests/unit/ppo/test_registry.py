@@ -11,16 +11,45 @@ import torch
 import baselines.trl_grpo as trl_grpo
 import baselines.trl_ppo as trl_ppo
 import baselines.trl_rloo as trl_rloo
-from harness.config import AdvantageConfig, ConfigError, PPOConfig, RolloutConfig, build_config, describe
+from harness.config import (
+    AdvantageConfig,
+    ConfigError,
+    KLConfig,
+    LossConfig,
+    PPOConfig,
+    RolloutConfig,
+    build_config,
+    describe,
+)
+from harness.ppo.aggregations import AGGREGATIONS
 from harness.ppo.estimators import BASELINES
+from harness.ppo.kl_estimators import KL_ESTIMATORS
 from harness.ppo.losses import POLICY_LOSSES
 from harness.ppo.offpolicy import CORRECTIONS
+from harness.ppo.ratio_levels import RATIO_LEVELS
 from harness.ppo.registry import Registry
 from tests.conftest import ROOT
 
 KEYS = [("ppo.loss_mode", PPOConfig, "loss_mode", POLICY_LOSSES),
         ("rollout.correction", RolloutConfig, "correction", CORRECTIONS),
-        ("advantage.baseline", AdvantageConfig, "baseline", BASELINES)]
+        ("advantage.baseline", AdvantageConfig, "baseline", BASELINES),
+        ("kl.estimator", KLConfig, "estimator", KL_ESTIMATORS),
+        ("loss.agg", LossConfig, "agg", AGGREGATIONS),
+        ("ppo.ratio_level", PPOConfig, "ratio_level", RATIO_LEVELS)]
+ALL = [POLICY_LOSSES, CORRECTIONS, BASELINES, KL_ESTIMATORS, AGGREGATIONS, RATIO_LEVELS]
+
+
+def _valid_with(key: str, name: str) -> dict:
+    """The other keys a registered value needs to make a valid config (the rules of harness.config)."""
+    if key == "advantage.baseline":
+        return {"advantage.level": "sequence"}
+    if key == "ppo.loss_mode" and name == "geo_mean":
+        return {"loss.agg": "seq-mean-token-mean"}
+    if key == "kl.estimator" and KL_ESTIMATORS[name].props["loss_gradient"] is not None:
+        return {"kl.placement": "loss"}
+    if key == "ppo.ratio_level" and RATIO_LEVELS[name].props["max_clip"] is not None:
+        return {"ppo.clip_eps": RATIO_LEVELS[name].props["max_clip"]}
+    return {}
 
 
 @pytest.mark.parametrize("key, section, field, registry", KEYS)
@@ -33,13 +62,12 @@ def test_config_values_are_the_registry_names(key, section, field, registry):
     for name in registry.names():
         assert name in doc.type.split(" | ")
         assert name in doc.description
-        build_config(None, {key: name, **({"advantage.level": "sequence"} if key == "advantage.baseline" else {}),
-                            **({"loss.agg": "seq-mean-token-mean"} if name == "geo_mean" else {})})
+        build_config(None, {key: name, **_valid_with(key, name)})
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         build_config(None, {key: "not_registered"})
 
 
-@pytest.mark.parametrize("registry", [POLICY_LOSSES, CORRECTIONS, BASELINES])
+@pytest.mark.parametrize("registry", ALL)
 def test_every_entry_cites_a_paper_and_the_readme_names_it(registry):
     readme = (ROOT / "README.md").read_text()
     for name in registry.names():
@@ -48,19 +76,22 @@ def test_every_entry_cites_a_paper_and_the_readme_names_it(registry):
         assert f"`{name}`" in readme, name
 
 
-def test_the_registries_import_without_torch_and_spell_the_ratio_levels_as_math():
+def test_the_registries_import_without_torch_and_math_dispatches_through_them():
     """harness.config reads the registries: importing them must not import torch (the sweep spec's import
-    checks the same from above); losses.RATIO_LEVELS is math.RATIO_LEVELS spelt again for that reason."""
+    checks the same from above); math's KL, aggregation and ratio functions are the registered ones."""
     import subprocess
     import sys
 
-    from harness.ppo import losses, math
+    from harness.ppo import math
 
-    code = ("import sys, harness.ppo.losses, harness.ppo.estimators, harness.ppo.offpolicy, harness.config; "
+    code = ("import sys, harness.ppo.losses, harness.ppo.estimators, harness.ppo.offpolicy, harness.ppo.kl_estimators, "
+            "harness.ppo.aggregations, harness.ppo.ratio_levels, harness.config; "
             "assert 'torch' not in sys.modules; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
-    assert losses.RATIO_LEVELS == math.RATIO_LEVELS
+    assert math.KL_ESTIMATORS is KL_ESTIMATORS and math.AGGREGATIONS is AGGREGATIONS
+    assert math.RATIO_LEVELS is RATIO_LEVELS
+    assert POLICY_LOSSES["vanilla"].props["ratio_levels"] == RATIO_LEVELS.names()
 
 
 def test_registry_refuses_a_second_registration_and_names_unknown_values():

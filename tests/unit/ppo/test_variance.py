@@ -137,7 +137,7 @@ def test_per_completion_noise_does_not_grow_with_the_microbatch():
     random partition E[b tr(Cov_mb)] is the rows' sample variance whatever K (the randomisation ANOVA
     identity), so only the splits' noise separates them; a sum over rows would read ~b = 4x larger."""
     from harness.ppo.loop import _rollout, _sequence_advantages
-    from harness.ppo.math import AGG_MODES, sequence_return
+    from harness.ppo.math import AGGREGATIONS, sequence_return
     from harness.ppo.variance import probe_gradient_variance
 
     cfg = build_config(None, {**TINY, "advantage.level": "sequence", "advantage.baseline": "none", "seed": 3})
@@ -154,7 +154,7 @@ def test_per_completion_noise_does_not_grow_with_the_microbatch():
                                        mask=batch.loss_mask)["grad/sample_variance"]
 
     ratios = {}
-    for agg in AGG_MODES:
+    for agg in AGGREGATIONS.names():
         exact = read(agg, 8, 0)
         assert exact > 0 and read(agg, 8, 1) == pytest.approx(exact, rel=1e-9)  # b = 1: any split
         ratios[agg] = np.mean([read(agg, 2, s) for s in range(16)]) / exact
