@@ -137,7 +137,7 @@ def test_every_output_file_exists(built):
     assert not (built / "figures" / "fig5_sensitivity.png").exists()
     assert not (built / "figures" / "fig6_custom_vs_trl.png").exists()
     md = (built / "report.md").read_text()
-    assert "a single ppo.clip_eps level" in md and "no cell run by both custom and trl" in md
+    assert "a single ppo.clip_eps level" in md and "no cell run by both custom and another implementation" in md
     assert md.count("![Figure") == len(drawn) and "Left out: 1 failed child run." in md
 
 
