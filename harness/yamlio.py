@@ -18,7 +18,7 @@ hex, ``1e-4`` (an exponent without a dot, a string in YAML 1.1) is a float, and 
 stays a string instead of a ``datetime.date``. Booleans and null resolve as ``yaml.safe_load`` does.
 A control character or NUL anywhere in the text is refused with its position.
 
-Layer 0: imports only yaml and the standard library.
+Layer 0: imports only yaml, the standard library and ``harness.errors``.
 """
 
 from __future__ import annotations

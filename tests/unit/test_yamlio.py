@@ -141,8 +141,11 @@ def test_show_key_makes_odd_characters_visible():
     assert show_key("a b") == "'a b'" and show_key("a\tb") == "'a\\tb'" and show_key(1) == "1"
 
 
-def test_layer_0_imports_only_yaml_and_the_standard_library():
+def test_layer_0_imports_only_yaml_the_standard_library_and_the_error_vocabulary():
     tree = ast.parse(Path(yamlio.__file__).read_text())
-    roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    roots |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    harness = {m for m in names if m.split(".")[0] == "harness"}
+    assert harness <= {"harness.errors"}, harness  # the bottom of the house, itself standard library only
+    roots = {m.split(".")[0] for m in names - harness}
     assert roots <= {"__future__", "re", "pathlib", "typing", "yaml"}, roots
