@@ -11,10 +11,38 @@ def _readme_commands() -> list[str]:
     return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
 
 
+CPU_TORCH = "2.13.0"  # installed before the project by the README's commands, CI and nox: the CPU build
+
+
+def test_torch_is_a_range_that_holds_the_cpu_build():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (spec,) = [Requirement(d).specifier for d in deps if Requirement(d).name == "torch"]
+    assert not any(s.operator in ("==", "===") for s in spec), "a range, so that a GPU machine keeps its own torch"
+    assert CPU_TORCH in spec and "2.11.0" in spec and "2.14.1" in spec, spec  # the versions the tests ran on
+
+
 def test_readme_opens_with_the_two_commands():
     main_job, tests = _readme_commands()[:2]
     assert "ppo-harness sweep ablations/quick.yaml" in main_job and "ppo-harness report" in main_job
     assert tests.rstrip().endswith("pytest -q")
+    # torch first: with torch already installed, the editable install keeps it instead of
+    # taking the newest release in the range (a CUDA build of several GB)
+    for command, editable in ((main_job, "pip install -q -e ."), (tests, "pip install -q -e '.[test]'")):
+        steps = [s.strip() for s in command.split("&&")]
+        assert f"pip install -q torch=={CPU_TORCH}" in steps and editable in steps, command
+        assert steps.index(f"pip install -q torch=={CPU_TORCH}") < steps.index(editable), command
+
+
+def test_nox_installs_the_cpu_torch_before_the_project():
+    nox = (ROOT / "noxfile.py").read_text()
+    for session in ("def tests(", "def demo("):
+        body = nox.split(session, 1)[1].split("\n@nox.session", 1)[0]
+        assert "CPU_TORCH" in body and body.index("CPU_TORCH") < body.index('"-e"'), session
+    assert f'CPU_TORCH = "torch=={CPU_TORCH}"' in nox
 
 
 def test_ci_runs_exactly_the_readme_test_command():
