@@ -26,8 +26,11 @@ def test_micro_batches_give_the_minibatch_step(monkeypatch, agg):
     scale = float(whole.abs().max())
     assert scale > 0
     assert float((micro - whole).abs().max()) < 1e-4 * scale  # float rounding only
-    for key in ("loss/policy_avg", "policy/approxkl_avg", "policy/clipfrac_avg", "loss/value_avg"):
+    for key in ("policy/approxkl_avg", "policy/clipfrac_avg", "loss/value_avg"):
         assert h_micro[key] == pytest.approx(h_whole[key], rel=1e-4, abs=1e-7), key
+    # the policy loss (~5e-3 here) is what is left of larger per-token terms that cancel: the two orders of
+    # summation differ in steps of 2.4e-7 (float32's ulp between 2 and 4), seen 1 to 3 steps across torch builds
+    assert h_micro["loss/policy_avg"] == pytest.approx(h_whole["loss/policy_avg"], rel=1e-4, abs=2e-6)
     if agg == "token-mean":  # 1 / n_micro per micro-batch (veRL's) is another gradient when lengths differ
         monkeypatch.setattr(A, "micro_weights", lambda agg, mask, chunks: [1 / len(chunks)] * len(chunks))
         naive, _ = _grads(monkeypatch, {**over, "ppo.micro_batch_size": 2})
