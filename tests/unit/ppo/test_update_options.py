@@ -128,8 +128,9 @@ def test_gspo_token_steps_like_gspo_exactly_when_advantages_are_per_sequence(lev
     seq, tok = out["sequence"][0], out["sequence-token"][0]
     diff = max(float((a - b).abs().max()) for a, b in zip(seq, tok, strict=True))
     assert (diff < 1e-6) is same, diff
-    if same:  # same trajectory: the same logged loss too
-        assert out["sequence"][1]["loss/policy_avg"] == pytest.approx(out["sequence-token"][1]["loss/policy_avg"], rel=1e-5)
+    if same:  # same trajectory: the same logged loss too, to float32 rounding of its larger, cancelling terms
+        assert out["sequence"][1]["loss/policy_avg"] == pytest.approx(out["sequence-token"][1]["loss/policy_avg"],
+                                                                      rel=1e-5, abs=2e-7)
     # and the token-level ratio steps differently from both (the option reaches the update at all)
     assert max(float((a - b).abs().max()) for a, b in zip(seq, out["token"][0], strict=True)) > 1e-6 or not same
 
