@@ -302,6 +302,8 @@ def train(
         raise fail(f"impl '{cfg.impl}': the TRL baseline is not available in this installation") from None
     except ValueError as e:
         raise fail(str(e)) from None
+    if launch is not None:
+        _check_launch(cfg, launch.size, launch.nproc)
     if profile:
         from harness.profiles import as_overrides
 
@@ -351,10 +353,9 @@ def _launch_options(nproc: int | None, nnodes: int, node_rank: int, endpoint: st
 
 
 def _launch(cfg, launch, experiment: str, runs_dir: Path, tracking_uri: str | None, quiet: bool) -> None:
-    """``train --nproc-per-node``: the launch checked against the config and this machine, then the ranks."""
+    """``train --nproc-per-node``: the ranks of a launch checked against the config and this machine."""
     from harness.launch import RanksFailed, run
 
-    _check_launch(cfg, launch.size, launch.nproc)
     try:
         with sigterm_as_interrupt():
             run(cfg, launch, experiment=experiment, runs_dir=runs_dir, tracking_uri=tracking_uri, quiet=quiet)

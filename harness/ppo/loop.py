@@ -46,7 +46,7 @@ from harness.ppo.update import (
 from harness.ppo.variance import probe_generator, probe_gradient_variance
 from harness.recording import Recorder
 
-__all__ = ["NonFiniteError", "PPOState", "init_state", "ppo_iteration", "train"]
+__all__ = ["NonFiniteError", "PPOState", "init_state", "learn", "ppo_iteration", "train"]
 
 
 @dataclass
@@ -123,6 +123,14 @@ def ppo_iteration(
     # 2. score them (proxy RM or gold; no EOS -> train.missing_eos_penalty unless train.truncated=mask)
     # 3. old and reference logprobs at the sampling temperature; values
     ro, sampled = _rollout(cfg, models, st, score_fn, timings)
+    return learn(cfg, models, st, ro, sampled, t_start)
+
+
+def learn(cfg: RunConfig, models: Models, st: PPOState, ro: Rollout, sampled: dict[str, float] | None = None,
+          t_start: float | None = None) -> dict[str, float]:
+    """Steps 4-7 of the iteration on this rank's rollout ``ro`` (its rollout/* metrics ``sampled``, the
+    iteration's start ``t_start``): the rollout correction, rewards, advantages, the update, the metrics."""
+    t_start = time.perf_counter() if t_start is None else t_start
     # the training forward: pi_old of off-policy runs, the rollout correction, the sampling-vs-training mismatch
     corr = R.correct_rollout(cfg, models.policy, ro, autocast(cfg, models.policy))
     t_rollout = time.perf_counter() - t_start
@@ -151,8 +159,9 @@ def ppo_iteration(
     # 7. metrics (the keys of harness/schema.py) -> the caller, which logs them and evaluates
     perf = {"perf/rollout_s": t_rollout, "perf/update_s": t_end - t_update - t_probe,
             "perf/tokens_per_s": float(whole.mask.sum()) / (t_end - t_start - t_probe)}
-    local_means = _rank_mean({**sampled, **corr.metrics}, st.world)  # rollout/*, offpolicy/*: per-rank means
-    metrics = _metrics(cfg, models, st, whole, kl, coef_used, batch, adv_raw, stats, perf, {**probe, **local_means})
+    # rollout/* (means over each rank's equal share of groups), offpolicy/* (token means, maxima): over the ranks
+    means = {**_over_ranks(sampled or {}, 1.0, st.world), **_over_ranks(corr.metrics, float(ro.mask.sum()), st.world)}
+    metrics = _metrics(cfg, models, st, whole, kl, coef_used, batch, adv_raw, stats, perf, {**probe, **means})
     for key in ("loss/policy_avg", "objective/scores", "objective/kl"):
         check(key, torch.tensor(metrics[key]), st.iteration)
     return metrics
@@ -183,13 +192,20 @@ def _own_rows(batch: Batch, ro: Rollout, w: dist.World) -> Batch:
     return Batch(ro, *mine)
 
 
-def _rank_mean(metrics: dict[str, float], w: dist.World) -> dict[str, float]:
-    """Per-rank means (every rank the same number of rows) averaged over the ranks; ``metrics`` for one process."""
+def _over_ranks(metrics: dict[str, float], weight: float, w: dist.World) -> dict[str, float]:
+    """Each rank's means (weighing ``weight``: its tokens, or 1 for equal shares) as the means over every rank;
+    ``*_max`` keys the maximum over the ranks. ``metrics`` itself for one process."""
     if not w.parallel or not metrics:
         return metrics
-    keys = sorted(metrics)
-    total = dist.sum_(torch.tensor([metrics[k] for k in keys], dtype=torch.float64), w)
-    return {k: float(v) / w.size for k, v in zip(keys, total.tolist(), strict=True)}
+    parts = dist.gather_objects((weight, metrics), w)
+    total = sum(p[0] for p in parts)
+    out = {}
+    for k in metrics:
+        if k.endswith("_max"):
+            out[k] = max(p[1][k] for p in parts)
+        else:
+            out[k] = sum(p[0] * p[1][k] for p in parts) / total if total else 0.0
+    return out
 
 
 def _advantages(cfg: RunConfig, ro: Rollout, kl_coef: float) -> tuple[torch.Tensor, Batch, torch.Tensor]:
@@ -207,7 +223,7 @@ def _advantages(cfg: RunConfig, ro: Rollout, kl_coef: float) -> tuple[torch.Tens
 
 
 def _rollout(cfg: RunConfig, models: Models, st: PPOState, score_fn: ScoreFn, timings) -> tuple[Rollout, dict]:
-    """Steps 1-3: B / k prompts from ``st.rng``, each sampled k times (by the policy of rollout.staleness
+    """Steps 1-3: B / k prompts (B / (k N) on each of N ranks) from ``st.rng``, each sampled k times (by the policy of rollout.staleness
     iterations ago), scored (+ train.overlong_buffer), with ref logprobs and values; rollout.filter_groups:
     DAPO's dynamic sampling. Returns (the rollout, its rollout/* metrics)."""
     k = cfg.rollout.group_size
@@ -218,9 +234,10 @@ def _rollout(cfg: RunConfig, models: Models, st: PPOState, score_fn: ScoreFn, ti
     def draw(groups: int) -> Rollout:
         return R.overlong(cfg, models.task, _collect(cfg, models, st, score_fn, timings, sampler, groups))
 
+    groups = cfg.rollout.batch_size // k // st.world.size  # over N ranks, each samples B / N (whole groups)
     if not cfg.rollout.filter_groups:
-        return draw(cfg.rollout.batch_size // k), {}
-    return R.fill_groups(draw, cfg.rollout.batch_size // k, k, cfg.rollout.filter_rounds, models.tokenizer.pad_token_id)
+        return draw(groups), {}
+    return R.fill_groups(draw, groups, k, cfg.rollout.filter_rounds, models.tokenizer.pad_token_id)
 
 
 def _collect(cfg: RunConfig, models: Models, st: PPOState, score_fn: ScoreFn, timings, sampler, groups: int) -> Rollout:
@@ -284,9 +301,11 @@ def _mask_truncated(cfg: RunConfig, batch: Batch) -> Batch:
     return batch._replace(loss_mask=batch.ro.mask * keep, vmask=batch.vmask * keep)
 
 
-def _probe(cfg: RunConfig, models: Models, st: PPOState, batch: Batch) -> dict[str, float]:
+def _probe(cfg: RunConfig, models: Models, st: PPOState, batch: Batch, split: torch.Tensor | None = None
+           ) -> dict[str, float]:
     """The gradient-noise probe's metrics on iterations 1, 1 + every, ... (``probe.every``); {} otherwise.
-    It differentiates the update's policy loss: the same options (``policy_loss_kwargs``) and mask."""
+    It differentiates the update's policy loss: the same options (``policy_loss_kwargs``) and mask.
+    ``split``: the parts' rows (``probe_gradient_variance``) instead of a random split."""
     if not cfg.probe.every or (st.iteration - 1) % cfg.probe.every:
         return {}
     models.policy.train()
@@ -296,7 +315,7 @@ def _probe(cfg: RunConfig, models: Models, st: PPOState, batch: Batch) -> dict[s
     gather = (lambda g: dist.gather_equal(g, w)) if w.parallel else None
     return probe_gradient_variance(models.policy, batch.ro, batch.adv, clip_eps, agg, cfg.rollout.temperature,
                                    cfg.probe.microbatches // w.size, st.probe_generator, mask=batch.loss_mask,
-                                   gather=gather, **kw)
+                                   gather=gather, split=split, **kw)
 
 
 def _metrics(cfg: RunConfig, models: Models, st: PPOState, ro: Rollout, kl: torch.Tensor, coef_used: float,
