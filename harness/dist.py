@@ -104,8 +104,13 @@ def sum_(t: Tensor, w: World) -> Tensor:
     """``t`` summed over the ranks, in place (the identity for one process). Returns ``t``."""
     import torch
 
-    if w.parallel:
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+    if not w.parallel:
+        return t
+    if t.device.type == "cpu" and torch.distributed.get_backend() == "nccl":  # NCCL reduces device tensors only
+        moved = t.cuda()
+        torch.distributed.all_reduce(moved, op=torch.distributed.ReduceOp.SUM)
+        return t.copy_(moved.cpu())
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
     return t
 
 

@@ -56,6 +56,7 @@ def run_tags(cfg: RunConfig) -> dict[str, str]:
         Tag.IMPL: cfg.impl,
         Tag.LEVEL: cfg.advantage.level,
         Tag.SEED: str(cfg.seed),
+        Tag.WORLD_SIZE: str(dist.world().size),  # sampling differs with it: a run is reproducible per world size
         Tag.GIT_COMMIT: git_commit(),
         **package_versions(),
     }
