@@ -428,6 +428,12 @@ class TrainConfig(_Section):
     log_model: bool = Field(
         default=False, description="impl=custom: also log the saved policy to the MLflow run as the artifact folder policy/."
     )
+    dist_timeout_s: int = Field(
+        default=600, ge=1, le=86_400,
+        description="A run over several processes (ppo-harness train --nproc-per-node, torchrun): seconds a rank "
+        "waits at a collective for the others before the run ends FAILED (a rank that died or hangs). It must "
+        "exceed the longest stretch one rank works alone: an evaluation, an iteration's sampling.",
+    )
     dtype: Literal["fp32", "bf16", "fp16"] = Field(
         default="fp32",
         description="Precision of the rollout and update forwards: bf16 / fp16 run them under torch.autocast of that "

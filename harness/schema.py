@@ -123,6 +123,7 @@ class Tag:
     VALUE_INIT = "value.init"  # what the value model was initialised from in fact (model.value_init is the request)
     MODEL_SHA256 = "model.{}_sha256"  # model.policy / model.reward given as a local folder: its weights' hash
     DEVICE = "device"  # the run's torch device, e.g. cpu or cuda:0 (NVIDIA ...; CUDA_VISIBLE_DEVICES=3)
+    WORLD_SIZE = "world_size"  # the processes one run spans (train --nproc-per-node x --nnodes, torchrun); 1 = one
     IMPL = "impl"
     LEVEL = "advantage.level"
     SEED = "seed"
