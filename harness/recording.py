@@ -123,6 +123,10 @@ class Recorder:
         em = self.evaluate(it) if eval_due(self.cfg, it) else None
         if em is not None:
             metrics = {**metrics, **em}
+        if getattr(self.models.device, "type", None) == "cuda":  # every implementation's peak, the same way
+            import torch
+
+            metrics["perf/max_memory_gb"] = torch.cuda.max_memory_allocated(self.models.device) / 2**30
         self.log(it, metrics)
         self._report(it, metrics, em, seconds)
         return metrics
