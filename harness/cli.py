@@ -50,8 +50,15 @@ def shown(value: object) -> str:
 @contextlib.contextmanager
 def sigterm_as_interrupt():
     """SIGTERM (``timeout``, ``kill``, a batch scheduler) stops a run as Ctrl-C does: KeyboardInterrupt, so
-    the run is marked KILLED, a half-built warm start is removed and the exit code is 130."""
+    the run is marked KILLED, a half-built warm start is removed and the exit code is 130. A rank of a run
+    over several processes is sent SIGTERM by its launcher when another rank failed: the run is FAILED."""
+    from harness import dist
+
+    parallel = dist.launched().parallel
+
     def stop(signum, frame):
+        if parallel:
+            raise dist.Stopped("stopped by the launcher: another rank failed, or the launch was stopped")
         raise KeyboardInterrupt
 
     try:
@@ -243,6 +250,15 @@ def train(
     resume: Annotated[str | None, typer.Option(
         "--resume", help="Continue the run RUN_ID from its newest checkpoint (train.checkpoint_every), in the same "
         "MLflow run; its config is the checkpoint's.")] = None,
+    nproc_per_node: Annotated[int | None, typer.Option(
+        "--nproc-per-node", help="One run over N processes on this machine (torch's elastic launcher, as "
+        "torchrun): each samples B / N of the batch, gradients summed; one process per GPU. impl=custom.")] = None,
+    nnodes: Annotated[int, typer.Option("--nnodes", help="Machines of a run over several (with "
+                                        "--nproc-per-node and --rdzv-endpoint); run the same command on each.")] = 1,
+    node_rank: Annotated[int, typer.Option("--node-rank", help="This machine's index, 0 .. nnodes - 1 (0 holds "
+                                           "rank 0, which logs to MLflow).")] = 0,
+    rdzv_endpoint: Annotated[str | None, typer.Option(
+        "--rdzv-endpoint", help="HOST:PORT of machine 0, where the machines of a run meet (--nnodes > 1).")] = None,
 ) -> None:
     """Train one configuration and log it as one MLflow run.
 
@@ -263,10 +279,14 @@ def train(
     else:
         check_output(runs_dir, "--runs-dir", folder=True)
     check_experiment(experiment)
+    launch = _launch_options(nproc_per_node, nnodes, node_rank, rdzv_endpoint)
     if resume is not None:
         if config is not None or overrides:
             raise fail("--resume: the run's config is its checkpoint's; --config, --set, --task, --seed and --impl "
                        "cannot be given with it")
+        if launch is not None:
+            raise fail("--resume: a run over several processes writes no checkpoints; --nproc-per-node cannot be "
+                       "given with it")
         return _resume(resume, runs_dir, tracking_uri, quiet)
     profile: dict = {}
     try:
@@ -282,17 +302,85 @@ def train(
         raise fail(f"impl '{cfg.impl}': the TRL baseline is not available in this installation") from None
     except ValueError as e:
         raise fail(str(e)) from None
+    if launch is not None:
+        _check_launch(cfg, launch.size, launch.nproc)
+    if profile:
+        from harness.profiles import as_overrides
+
+        typer.echo(f"impl {cfg.impl}: its default profile sets {' '.join(as_overrides(profile))}", err=True)
+    if launch is not None:
+        return _launch(cfg, launch, experiment, runs_dir, tracking_uri, quiet)
+    _train_here(cfg, profile, task, experiment, runs_dir, tracking_uri, quiet)
+
+
+def _train_here(cfg, profile: dict, task, experiment: str, runs_dir: Path, tracking_uri: str | None,
+                quiet: bool) -> None:
+    """The run in this process: one process, or one rank of torchrun's (rank 0 alone opens the store)."""
+    from harness import dist
     from harness.profiles import as_overrides
     from harness.run import execute
     from harness.schema import Tag
     from harness.tracking import Store
 
-    if profile:
-        typer.echo(f"impl {cfg.impl}: its default profile sets {' '.join(as_overrides(profile))}", err=True)
-    store = Store(runs_dir, tracking_uri)
+    world = dist.launched()
+    if world.parallel:  # a rank of torchrun's: every rank refuses a launch the config cannot have, the same way
+        _check_launch(cfg, world.size, int(os.environ.get("LOCAL_WORLD_SIZE", world.size)))
+    store = Store(runs_dir, tracking_uri) if world.main else None
     tags = {Tag.IMPL_PROFILE: " ".join(as_overrides(profile))} if profile else None
     _train_and_report(lambda: execute(cfg, store, experiment=experiment, tags=tags, task=task,
                                       progress=not quiet and sys.stderr.isatty()), store, experiment)
+
+
+def _launch_options(nproc: int | None, nnodes: int, node_rank: int, endpoint: str | None):
+    """``--nproc-per-node`` and its companions, checked; None when the run is one process (or torchrun's)."""
+    from harness import dist
+    from harness.launch import Launch, LaunchError, check_options
+
+    if nproc is None:
+        for option, value, default in (("--nnodes", nnodes, 1), ("--node-rank", node_rank, 0),
+                                       ("--rdzv-endpoint", endpoint, None)):
+            if value != default:
+                raise fail(f"{option}: only with --nproc-per-node")
+        return None
+    if dist.launched().parallel:
+        raise fail("--nproc-per-node: this process is a rank of a launch already (torchrun); leave it out")
+    launch = Launch(nproc, nnodes, node_rank, endpoint)
+    try:
+        check_options(launch)
+    except LaunchError as e:
+        raise fail(str(e)) from None
+    return launch
+
+
+def _launch(cfg, launch, experiment: str, runs_dir: Path, tracking_uri: str | None, quiet: bool) -> None:
+    """``train --nproc-per-node``: the ranks of a launch checked against the config and this machine."""
+    from harness.launch import RanksFailed, run
+
+    try:
+        with sigterm_as_interrupt():
+            run(cfg, launch, experiment=experiment, runs_dir=runs_dir, tracking_uri=tracking_uri, quiet=quiet)
+    except KeyboardInterrupt:
+        raise fail("interrupted; the ranks were stopped", EXIT_INTERRUPTED) from None
+    except RanksFailed as e:
+        raise fail(f"run failed: {e}", EXIT_FAILED) from None
+
+
+def _check_launch(cfg, size: int, local: int) -> None:
+    """``launch.check`` against this machine's devices: one line and exit 2 when the run cannot have it."""
+    from harness.devices import resolve
+    from harness.launch import LaunchError, check
+
+    device = resolve(cfg.train.device)
+    try:
+        check(cfg, size, local, device.type, _cuda_count() if device.type == "cuda" else 0)
+    except LaunchError as e:
+        raise fail(str(e)) from None
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def _config_with_profile(config: Path | None, overrides: list[str]):
@@ -350,6 +438,8 @@ def _train_and_report(run, store, experiment: str) -> None:
         raise fail("interrupted; the run is marked KILLED", EXIT_INTERRUPTED) from None
     except Exception as e:  # the run is already marked FAILED with the reason
         raise fail(f"run failed: {describe(e)}", EXIT_FAILED) from None
+    if result.run_id is None:  # a rank other than 0 of a run over several processes: rank 0 reports
+        return
     typer.echo(f"run id   {result.run_id}")
     typer.echo(f"stored   {store.where} (experiment '{experiment}')")
     for key in ("eval/gold", "eval/proxy", "eval/kl", "eval/length", "objective/entropy"):

@@ -23,7 +23,7 @@ from harness.algos.estimators import BASELINES
 from harness.algos.kl_estimators import KL_ESTIMATORS
 from harness.algos.losses import POLICY_LOSSES
 from harness.algos.offpolicy import CORRECTIONS
-from harness.algos.ratio_levels import RATIO_LEVELS
+from harness.algos.ratio_levels import CORRECTION_LEVELS, RATIO_LEVELS
 from harness.errors import InputError
 from harness.schema import IMPLEMENTATIONS, REFERENCE_IMPL
 from harness.yamlio import YAMLInputError, loads, read_yaml, show_key
@@ -162,10 +162,11 @@ class RolloutConfig(_Section):
         description="Rollout correction of rho = pi_old / pi_rollout (harness/algos/offpolicy.py): "
         + CORRECTIONS.doc() + ". Any value but none recomputes pi_old by the training forward, also at staleness 0.",
     )
-    correction_level: Literal["token", "sequence"] = Field(
+    correction_level: Literal[CORRECTION_LEVELS] = Field(  # type: ignore[valid-type]
         default="token",
         description="rho per token, or per completion (the product of its token ratios) on all its tokens "
-        "(veRL rollout_is token / sequence, TRL token_* / sequence_*); icepop is token level only.",
+        "(veRL rollout_is token / sequence, TRL token_* / sequence_*); icepop is token level only. The ratio "
+        "levels a correction is taken at (harness/algos/ratio_levels.py): " + " / ".join(CORRECTION_LEVELS) + ".",
     )
     is_threshold: float | None = Field(
         default=None, gt=0.0,
@@ -426,6 +427,12 @@ class TrainConfig(_Section):
     )
     log_model: bool = Field(
         default=False, description="impl=custom: also log the saved policy to the MLflow run as the artifact folder policy/."
+    )
+    dist_timeout_s: int = Field(
+        default=600, ge=1, le=86_400,
+        description="A run over several processes (ppo-harness train --nproc-per-node, torchrun): seconds a rank "
+        "waits at a collective for the others before the run ends FAILED (a rank that died or hangs). It must "
+        "exceed the longest stretch one rank works alone: an evaluation, an iteration's sampling.",
     )
     dtype: Literal["fp32", "bf16", "fp16"] = Field(
         default="fp32",

@@ -12,6 +12,7 @@ import itertools
 
 import torch
 
+from harness import dist
 from harness.lm.rollout import ScoreFn, collect
 from harness.onset import onset_index
 
@@ -50,16 +51,21 @@ def evaluate(
     missing_eos_penalty: float | None,
     batch_size: int = 128,
     options: dict | None = None,
+    world: dist.World | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
     """Returns (metrics, samples): eval/gold, eval/gold_se, eval/proxy, eval/kl, eval/length (held-out mean tokens).
 
     eval/gold_se is the standard error of eval/gold from the per-prompt gold scores (sd / sqrt(n),
     NaN for one prompt): the evaluation noise the over-optimisation onset test reads.
-    ``options``: ``collect``'s generation keywords (``sampling.generation_options``): the policy as it samples."""
+    ``options``: ``collect``'s generation keywords (``sampling.generation_options``): the policy as it samples.
+    Over N ranks (``world``) each rank samples a contiguous share of the prompts (rank r with seed EVAL_SEED + r)
+    and every rank returns the metrics and samples of all of them, in prompt order."""
+    w = world or dist.World()
     was_training = policy.training
     policy.eval()
-    g = torch.Generator(device=next(policy.parameters()).device).manual_seed(EVAL_SEED)
+    g = torch.Generator(device=next(policy.parameters()).device).manual_seed(EVAL_SEED + w.rank)
     prompts = eval_prompts(task, n_prompts)
+    prompts = prompts[len(prompts) * w.rank // w.size : len(prompts) * (w.rank + 1) // w.size]
     gold, proxy, kl, length, samples = [], [], [], [], []
     for s in range(0, len(prompts), batch_size):
         ro = collect(
@@ -75,6 +81,11 @@ def evaluate(
             samples.append({"prompt": p, "completion": c, "proxy": sc, "gold": gd})
     if was_training:
         policy.train()
+    if w.parallel:  # every rank's rows, in rank (= prompt) order
+        parts = dist.gather_objects([torch.cat(x).cpu() if x else torch.zeros(0) for x in (gold, proxy, kl, length)]
+                                    + [samples], w)
+        gold, proxy, kl, length = ([p[i] for p in parts] for i in range(4))
+        samples = [row for p in parts for row in p[4]]
     gold_all = torch.cat(gold).double()
     n = gold_all.numel()
     metrics = {

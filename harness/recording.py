@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from harness import dist
 from harness import evaluate as E
 from harness.config import RunConfig
 from harness.lm.sampling import generation_options
@@ -89,6 +90,7 @@ class Recorder:
             n_prompts=self.cfg.eval.prompts, response_length=self.response_length,
             temperature=self.cfg.rollout.temperature, missing_eos_penalty=self.cfg.train.missing_eos_penalty,
             options=generation_options(self.cfg),  # rollout.top_k / top_p / min_new_tokens / stop, task.chat_template
+            world=dist.world(),  # over N ranks: each samples its share of the prompts, all get every row
         )
         if it in self.sample_at:
             self.samples.extend({"iteration": it, **r} for r in rows[:SAMPLE_ROWS])
@@ -121,6 +123,10 @@ class Recorder:
         em = self.evaluate(it) if eval_due(self.cfg, it) else None
         if em is not None:
             metrics = {**metrics, **em}
+        if getattr(self.models.device, "type", None) == "cuda":  # every implementation's peak, the same way
+            import torch
+
+            metrics["perf/max_memory_gb"] = torch.cuda.max_memory_allocated(self.models.device) / 2**30
         self.log(it, metrics)
         self._report(it, metrics, em, seconds)
         return metrics

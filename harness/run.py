@@ -12,6 +12,7 @@ lazy targets, nothing here depends on the loops), which owns only its training l
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import traceback
@@ -20,15 +21,18 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from harness import dist
 from harness.config import RunConfig, response_length, task_label
 from harness.devices import describe as describe_device
 from harness.devices import resolve as resolve_device
 from harness.errors import describe
 from harness.impls import IMPLEMENTATIONS, get, load, resolve
+from harness.launch import check as check_launch
+from harness.launch import note_run
 from harness.ppo.update import NonFiniteError
 from harness.recording import OnEval, Recorder, RunResult
 from harness.schema import GOLD_OPTIMISED, Tag
-from harness.tracking import DEFAULT_EXPERIMENT, RunLogger, Store, git_commit, package_versions
+from harness.tracking import DEFAULT_EXPERIMENT, NullLogger, RunLogger, Store, git_commit, package_versions
 
 if TYPE_CHECKING:
     from harness.models.types import Models
@@ -52,6 +56,7 @@ def run_tags(cfg: RunConfig) -> dict[str, str]:
         Tag.IMPL: cfg.impl,
         Tag.LEVEL: cfg.advantage.level,
         Tag.SEED: str(cfg.seed),
+        Tag.WORLD_SIZE: str(dist.world().size),  # sampling differs with it: a run is reproducible per world size
         Tag.GIT_COMMIT: git_commit(),
         **package_versions(),
     }
@@ -113,9 +118,12 @@ def execute(
         from harness.warmstart.load import validate_model_keys
 
         task = validate_model_keys(cfg)  # a bad path fails before any run exists
+    world = _join(cfg)  # over N ranks (torchrun): the launch checked, the process group joined
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    if resume is not None:
+    if not world.main:  # rank 0 alone talks to MLflow and shows progress
+        logger, progress = NullLogger(), False
+    elif resume is not None:
         logger = _reopen(store, resume, tags)
     else:
         base_tags = run_tags(cfg)
@@ -125,6 +133,7 @@ def execute(
             parent_run_id=parent_run_id,
         )
         logger.log_text(cfg.to_yaml(), "config.yaml")
+        note_run(logger.run_id)  # a launched run: where its launcher finds it
     try:
         result = train(cfg, logger, task, on_eval=on_eval, progress=progress)
     except KeyboardInterrupt:
@@ -143,8 +152,23 @@ def execute(
             finally:
                 logger.end("FAILED")
         raise
+    finally:
+        dist.close()
     logger.end("FINISHED")
     return result
+
+
+def _join(cfg: RunConfig) -> dist.World:
+    """A process of a run over several (torchrun's environment): the launch checked (LaunchError before any
+    run exists, the same on every rank), then the process group joined; ``World()`` for one process."""
+    w = dist.launched()
+    if not w.parallel:
+        return w
+    device = resolve_device(cfg.train.device)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", w.size))
+    devices = torch.cuda.device_count() if device.type == "cuda" else 0
+    check_launch(cfg, w.size, local, device.type, devices)
+    return dist.init(device.type, cfg.train.dist_timeout_s)
 
 
 def train(cfg: RunConfig, logger: RunLogger, task: Task, on_eval: OnEval | None = None,
@@ -166,6 +190,8 @@ def train(cfg: RunConfig, logger: RunLogger, task: Task, on_eval: OnEval | None 
         score_fn = make_score_fn(models.reward, models.task.gold, models.reward_fn)
         rec = Recorder(cfg, logger, models, score_fn, response_length(cfg, models.task), bar=bar, on_eval=on_eval)
         load(impl.train)(cfg, models, rec)
+        if not dist.world().main:  # the other ranks' replicas are rank 0's: nothing of theirs to save
+            return rec.result()
         return finish_run(cfg, models, logger, rec.result())  # train.save_policy
 
 

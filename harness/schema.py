@@ -88,6 +88,7 @@ METRICS: dict[str, Metric] = {
     # ---- time and progress
     "perf/tokens_per_s": Metric("throughput", "tokens/s", "max", "generated tokens per second of the iteration, the noise probe's time left out"),
     "perf/rollout_s": Metric("rollout time", "s", "min", "seconds spent in steps 1-3 (custom core: with the training forward that measures the rollout-vs-train mismatch)"),
+    "perf/max_memory_gb": Metric("peak GPU memory", "GiB", "min", "torch.cuda.max_memory_allocated of the run's device so far (CUDA runs only; rank 0's on several)"),
     "perf/update_s": Metric("update time", "s", "min", "seconds spent in step 6's update (the noise probe's time left out)"),
     "episodes": Metric("episodes", "completions", "", "completions sampled so far"),
 }
@@ -123,6 +124,7 @@ class Tag:
     VALUE_INIT = "value.init"  # what the value model was initialised from in fact (model.value_init is the request)
     MODEL_SHA256 = "model.{}_sha256"  # model.policy / model.reward given as a local folder: its weights' hash
     DEVICE = "device"  # the run's torch device, e.g. cpu or cuda:0 (NVIDIA ...; CUDA_VISIBLE_DEVICES=3)
+    WORLD_SIZE = "world_size"  # the processes one run spans (train --nproc-per-node x --nnodes, torchrun); 1 = one
     IMPL = "impl"
     LEVEL = "advantage.level"
     SEED = "seed"

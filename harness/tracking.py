@@ -363,6 +363,18 @@ class RunLogger:
             self.end("FINISHED")
 
 
+class NullLogger:
+    """A run's logger on the ranks other than 0 of a run over several processes: every call does nothing
+    (rank 0 alone talks to MLflow)."""
+
+    run_id = None
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: None
+
+
 def _param_str(v: Any) -> str:
     s = "null" if v is None else str(v)
     return s[:6000]

@@ -5,7 +5,8 @@ One function and one registry entry per baseline; its properties are what the re
 needs a value model, ``normalised``: already normalised, so advantage.whiten leaves it alone).
 Two kinds (``Entry.props["per_token"]``):
 - per completion: one return R_i = score_i - beta * sum_t kl_it minus a baseline, the same on every token
-  of the completion (``harness.algos.math.sequence_advantages``);
+  of the completion: ``fn(returns, group_size, values=None, weights=None) -> (B,)``
+  (``sequence_advantages`` calls one by name);
 - per token: REINFORCE++ as published (Hu 2025, arXiv 2501.03262; OpenRLHF ``advantage_estimator``
   reinforce / reinforce_baseline, veRL ``adv_estimator`` reinforce_plus_plus / _baseline): token t's
   advantage is the return-to-go of the KL-shaped reward, then normalised over the batch's tokens.
@@ -22,7 +23,7 @@ from harness.algos.registry import Registry
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["BASELINES", "reinforce_pp", "returns_to_go", "token_normalise"]
+__all__ = ["BASELINES", "batch_normalise", "reinforce_pp", "returns_to_go", "sequence_advantages", "token_normalise"]
 
 BASELINES = Registry("sequence baseline")
 
@@ -90,33 +91,105 @@ def reinforce_pp(scores: Tensor, kl: Tensor, mask: Tensor, beta: float, *, group
     return token_normalise(returns_to_go(rewards, mask, gamma), mask, unbiased)
 
 
-# --------------------------------------------------------------------------- the registry
+# --------------------------------------------------------------------------- per completion
+# fn(returns, group_size, values=None, weights=None) -> (B,): returns (B,) laid out group by group (completions
+# [g k, (g + 1) k) share a prompt, k = group_size, B % k == 0); values (B,) V(prompt), read by "value" only;
+# weights (B,) the completions' token counts, read by the REINFORCE++ ones only (None = each weighs 1).
+# Broadcast to tokens with ``adv[:, None] * mask``.
 
 
-def _per_completion(name: str):
-    def fn(returns: Tensor, group_size: int, values: Tensor | None = None, weights: Tensor | None = None) -> Tensor:
-        from harness.algos import math as M
+def _rows(returns: Tensor, group_size: int) -> int:
+    """B, after checking that returns is (B,) and holds whole groups."""
+    if returns.dim() != 1:
+        raise ValueError(f"returns must be 1-D (B,), got shape {tuple(returns.shape)}")
+    B = returns.shape[0]
+    if group_size < 1 or B % group_size != 0:
+        raise ValueError(f"batch size {B} is not a multiple of group_size {group_size}")
+    return B
 
-        return M.sequence_advantages(returns, name, group_size, values=values, weights=weights)
 
-    fn.__name__ = f"baseline_{name}"
-    fn.__doc__ = f"``math.sequence_advantages(R, {name!r})`` (B,)."
-    return fn
+def _groups(returns: Tensor, group_size: int, name: str) -> Tensor:
+    """returns as (G, k); a group baseline needs k >= 2 (with one completion per prompt it is undefined or 0)."""
+    B = _rows(returns, group_size)
+    if group_size < 2:
+        raise ValueError(f"baseline {name!r} needs group_size >= 2, got {group_size}")
+    return returns.view(B // group_size, group_size)
 
 
-_SEQ = (
-    ("none", "no baseline: A = R", None, None, None, False),
-    ("batch_mean", "A = R - mean_batch R", None, None, None, False),
-    ("rloo", "leave-one-out, Ahmadian et al. 2024", "rloo", "rloo", "rloo", True),
-    ("group_norm", "GRPO, Shao et al. 2024 (DeepSeekMath)", "grpo", "grpo", "group_norm", True),
-    ("group_mean", "Dr. GRPO, Liu et al. 2025", "grpo (norm_adv_by_std_in_grpo=False)", "dr_grpo (scale_rewards=none)",
-     "dr_grpo", True),
-)
-for _name, _paper, _verl, _trl, _orl, _grouped in _SEQ:
-    BASELINES.register(_name, paper=_paper, verl=_verl, trl=_trl, openrlhf=_orl, per_token=False,
-                       grouped=_grouped, value=False, normalised=False)(_per_completion(_name))
-BASELINES.register("value", paper="A = R - V(prompt)", per_token=False, grouped=False, value=True,
-                   normalised=False)(_per_completion("value"))
+def batch_normalise(x: Tensor, weights: Tensor | None) -> Tensor:
+    """OpenRLHF's global advantage normalisation (``replay_buffer.normalize``) over the batch, (B,).
+
+    OpenRLHF normalises per-token advantages over every response token of the batch, so a completion
+    weighs its token count w_i (weights; None = 1 each):
+        mu = sum_i w_i x_i / sum_i w_i,   var = sum_i w_i (x_i - mu)^2 / sum_i w_i   (biased)
+        A_i = (x_i - mu) * rsqrt(max(var, 1e-8))
+    """
+    import torch
+
+    w = torch.ones_like(x) if weights is None else weights.to(x.dtype)
+    n = w.sum()
+    mu = (w * x).sum() / n
+    var = (w * (x - mu) ** 2).sum() / n  # biased, as OpenRLHF: sum(mask * (x - mu)^2) / count
+    return (x - mu) * torch.rsqrt(var.clamp(min=_EPS))
+
+
+@BASELINES.register("none", paper="no baseline: A = R", per_token=False, grouped=False, value=False, normalised=False)
+def no_baseline(returns: Tensor, group_size: int, values: Tensor | None = None, weights: Tensor | None = None) -> Tensor:
+    """A_i = R_i."""
+    _rows(returns, group_size)
+    return returns.clone()
+
+
+@BASELINES.register("batch_mean", paper="A = R - mean_batch R", per_token=False, grouped=False, value=False,
+                    normalised=False)
+def batch_mean(returns: Tensor, group_size: int, values: Tensor | None = None, weights: Tensor | None = None) -> Tensor:
+    """A_i = R_i - mean_j R_j over the batch."""
+    _rows(returns, group_size)
+    return returns - returns.mean()
+
+
+@BASELINES.register("rloo", paper="leave-one-out, Ahmadian et al. 2024", verl="rloo", trl="rloo", openrlhf="rloo",
+                    per_token=False, grouped=True, value=False, normalised=False)
+def rloo(returns: Tensor, group_size: int, values: Tensor | None = None, weights: Tensor | None = None) -> Tensor:
+    """A_i = R_i - (sum_group R - R_i) / (k - 1): the leave-one-out mean of the other k - 1 completions
+    (Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization ...")."""
+    grouped = _groups(returns, group_size, "rloo")  # (G, k)
+    loo = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)  # (G, k)
+    return (grouped - loo).reshape(-1)
+
+
+@BASELINES.register("group_norm", paper="GRPO, Shao et al. 2024 (DeepSeekMath)", verl="grpo", trl="grpo",
+                    openrlhf="group_norm", per_token=False, grouped=True, value=False, normalised=False)
+def group_norm(returns: Tensor, group_size: int, values: Tensor | None = None, weights: Tensor | None = None) -> Tensor:
+    """A_i = (R_i - mean_g) / (std_g + 1e-8), std_g the UNBIASED (n - 1) group std, as torch.std and TRL's
+    GRPOTrainer (DeepSeekMath GRPO)."""
+    grouped = _groups(returns, group_size, "group_norm")  # (G, k)
+    mean = grouped.mean(dim=1, keepdim=True)  # (G, 1)
+    std = grouped.std(dim=1, keepdim=True)  # (G, 1)
+    return ((grouped - mean) / (std + _EPS)).reshape(-1)
+
+
+@BASELINES.register("group_mean", paper="Dr. GRPO, Liu et al. 2025", verl="grpo (norm_adv_by_std_in_grpo=False)",
+                    trl="dr_grpo (scale_rewards=none)", openrlhf="dr_grpo", per_token=False, grouped=True, value=False,
+                    normalised=False)
+def group_mean(returns: Tensor, group_size: int, values: Tensor | None = None, weights: Tensor | None = None) -> Tensor:
+    """A_i = R_i - mean_g: Dr. GRPO (Liu et al. 2025), GRPO without the std division (TRL scale_rewards="none",
+    veRL norm_adv_by_std_in_grpo=False)."""
+    grouped = _groups(returns, group_size, "group_mean")  # (G, k)
+    return (grouped - grouped.mean(dim=1, keepdim=True)).reshape(-1)
+
+
+@BASELINES.register("value", paper="A = R - V(prompt)", per_token=False, grouped=False, value=True, normalised=False)
+def value_baseline(returns: Tensor, group_size: int, values: Tensor | None = None, weights: Tensor | None = None) -> Tensor:
+    """A_i = R_i - V(x_i), V read at the prompt's last token."""
+    _rows(returns, group_size)
+    if values is None or values.shape != returns.shape:
+        got = None if values is None else tuple(values.shape)
+        raise ValueError(f"baseline 'value' needs values of shape {tuple(returns.shape)}, got {got}")
+    return returns - values
+
+
+# --------------------------------------------------------------------------- per token
 
 
 @BASELINES.register("reinforce_pp", paper="REINFORCE++, Hu 2025, arXiv 2501.03262", verl="reinforce_plus_plus",
@@ -134,7 +207,35 @@ def _reinforce_pp_baseline(scores, kl, mask, beta, group_size, gamma):
     return reinforce_pp(scores, kl, mask, beta, group_size=group_size, baseline=True, gamma=gamma)
 
 
-BASELINES.register("reinforce_pp_seq", paper="REINFORCE++ at sequence level (the whole KL sum on every token)",
-                   per_token=False, grouped=False, value=False, normalised=True)(_per_completion("reinforce_pp_seq"))
-BASELINES.register("reinforce_pp_baseline_seq", paper="REINFORCE++-baseline at sequence level", per_token=False,
-                   grouped=True, value=False, normalised=True)(_per_completion("reinforce_pp_baseline_seq"))
+# --------------------------------------------------------------------------- REINFORCE++ per completion
+# The sequence's whole KL sum on every token (the published estimators above take the token-level
+# return-to-go of the KL); the group mean is subtracted before the normalisation, as OpenRLHF's
+# ``experience_maker.process_experiences`` does for "reinforce_baseline" (its comment: GRPO's / std dropped),
+# so the normalisation re-centres (mu is generally != 0 under length weighting).
+
+
+@BASELINES.register("reinforce_pp_seq", paper="REINFORCE++ at sequence level (the whole KL sum on every token)",
+                    per_token=False, grouped=False, value=False, normalised=True)
+def reinforce_pp_seq(returns: Tensor, group_size: int, values: Tensor | None = None,
+                     weights: Tensor | None = None) -> Tensor:
+    """A = batch_normalise(R)."""
+    _rows(returns, group_size)
+    return batch_normalise(returns, weights)
+
+
+@BASELINES.register("reinforce_pp_baseline_seq", paper="REINFORCE++-baseline at sequence level", per_token=False,
+                    grouped=True, value=False, normalised=True)
+def reinforce_pp_baseline_seq(returns: Tensor, group_size: int, values: Tensor | None = None,
+                              weights: Tensor | None = None) -> Tensor:
+    """A = batch_normalise(R_i - mean_g R)."""
+    grouped = _groups(returns, group_size, "reinforce_pp_baseline_seq")  # (G, k)
+    return batch_normalise((grouped - grouped.mean(dim=1, keepdim=True)).reshape(-1), weights)
+
+
+def sequence_advantages(returns: Tensor, baseline: str, group_size: int = 1, values: Tensor | None = None,
+                        weights: Tensor | None = None) -> Tensor:
+    """A per-completion baseline by name: ``BASELINES[baseline].fn(returns, group_size, values=, weights=)``, (B,)."""
+    entry = BASELINES[baseline]
+    if entry.props["per_token"]:
+        raise ValueError(f"baseline {baseline!r} is per token: call BASELINES[{baseline!r}].fn with the KL and mask")
+    return entry.fn(returns, group_size, values=values, weights=weights)

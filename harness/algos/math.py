@@ -1,5 +1,5 @@
 """Pure tensor functions for PPO in RLHF: masked statistics, KL estimators,
-rewards and returns, GAE, sequence-level baselines, loss aggregation, clipped policy / value losses.
+rewards and returns, GAE, loss aggregation, clipped policy / value losses.
 
 Everything here is a pure function of tensors (torch only): no modules, no
 optimisers, no config objects, no I/O. Shapes use B = batch (completions),
@@ -12,14 +12,11 @@ Sources of the tricks, cited again where used:
 - Huang et al. 2023, "The N implementation details of RLHF with PPO" (whitening, value clipping).
 - J. Schulman, "Approximating KL divergence" (2020 note): k1 / k2 / k3 estimators.
 - veRL ``trainer/ppo/core_algos.py`` ``agg_loss`` (loss_agg_mode names and semantics).
-- Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization..." (RLOO).
-- Shao et al. 2024, DeepSeekMath (GRPO group normalisation).
 - Liu et al. 2025, "Understanding R1-Zero-Like Training" (Dr. GRPO: no std division, fixed-length
   normalisation of the token sum).
 - Zheng et al. 2025, "Group Sequence Policy Optimization" (GSPO: sequence-level ratio, GSPO-token).
 - Yu et al. 2025, DAPO (clip-higher: an upper clip range of its own).
 - Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep RL" (dual clip; veRL ``clip_ratio_c``).
-- Hu 2025, "REINFORCE++" (OpenRLHF ``advantage_estimator`` reinforce / reinforce_baseline).
 - veRL ``kl_penalty`` with a ``+`` suffix (straight-through KL: the value of k1 / k3, the gradient of k2).
 """
 
@@ -49,7 +46,6 @@ __all__ = [
     "missing_eos_score",
     "policy_loss",
     "scale_whiten",
-    "sequence_advantages",
     "sequence_return",
     "sequence_value_targets",
     "token_rewards",
@@ -172,94 +168,11 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
     return advantages, returns
 
 
-def sequence_advantages(
-    returns: Tensor,
-    baseline: str,
-    group_size: int = 1,
-    values: Tensor | None = None,
-    weights: Tensor | None = None,
-) -> Tensor:
-    """Sequence-level (bandit) advantages: one scalar return per completion minus a baseline.
-
-    returns: (B,), laid out group by group: completions [g*k, (g+1)*k) share a prompt,
-    k = group_size, and B % k must be 0. values: (B,), only for baseline "value".
-    weights: (B,) token counts of the completions, read only by the REINFORCE++ baselines
-    (None = every completion weighs 1).
-    baseline:
-      "none"        A_i = R_i
-      "batch_mean"  A_i = R_i - mean_j R_j
-      "rloo"        A_i = R_i - (sum_group R - R_i) / (k - 1)     (Ahmadian et al. 2024)
-      "group_norm"  A_i = (R_i - mean_g) / (std_g + 1e-8), std_g the UNBIASED (n - 1)
-                    group std, as torch.std and TRL's GRPOTrainer (DeepSeekMath GRPO)
-      "group_mean"  A_i = R_i - mean_g: Dr. GRPO (Liu et al. 2025), GRPO without the std
-                    division (TRL scale_rewards="none", veRL norm_adv_by_std_in_grpo=False)
-      "value"       A_i = R_i - values_i
-      "reinforce_pp_seq"           A = batch_normalise(R)              (REINFORCE++ at sequence level)
-      "reinforce_pp_baseline_seq"  A = batch_normalise(R_i - mean_g R)
-    The two REINFORCE++ entries here put the sequence's whole KL sum on every token; the published
-    estimators (token-level return-to-go of the KL) are ``harness.algos.estimators``.
-    batch_normalise is OpenRLHF's global advantage normalisation (``replay_buffer.normalize``,
-    called for advantage_estimator "reinforce" and "reinforce_baseline"; the group mean is
-    subtracted first in ``experience_maker.process_experiences`` for "reinforce_baseline", whose
-    comment says it drops GRPO's / std). OpenRLHF normalises the per-token advantages over every
-    response token of the batch, so a completion weighs its token count w_i:
-        mu = sum_i w_i x_i / sum_i w_i,   var = sum_i w_i (x_i - mu)^2 / sum_i w_i   (biased)
-        A_i = (x_i - mu) * rsqrt(max(var, 1e-8))
-    It re-centres after the group baseline (mu is generally != 0 under length weighting).
-    The group baselines ("rloo", "group_norm", "group_mean", "reinforce_pp_baseline_seq") need
-    group_size >= 2: with one completion per prompt they are undefined or identically 0.
-    Returns (B,). Broadcast to tokens with ``adv[:, None] * mask``.
-    """
-    if returns.dim() != 1:
-        raise ValueError(f"returns must be 1-D (B,), got shape {tuple(returns.shape)}")
-    B = returns.shape[0]
-    if group_size < 1 or B % group_size != 0:
-        raise ValueError(f"batch size {B} is not a multiple of group_size {group_size}")
-    if baseline == "none":
-        return returns.clone()
-    if baseline == "batch_mean":
-        return returns - returns.mean()  # A_i = R_i - mean(R)
-    if baseline == "reinforce_pp_seq":
-        return _batch_normalise(returns, weights)
-    if baseline == "value":
-        if values is None or values.shape != returns.shape:
-            got = None if values is None else tuple(values.shape)
-            raise ValueError(f"baseline 'value' needs values of shape {tuple(returns.shape)}, got {got}")
-        return returns - values  # A_i = R_i - V(x_i)
-    if baseline not in ("rloo", "group_mean", "group_norm", "reinforce_pp_baseline_seq"):
-        raise ValueError(f"unknown baseline {baseline!r} (the registered ones: harness.algos.estimators.BASELINES)")
-    if group_size < 2:
-        raise ValueError(f"baseline {baseline!r} needs group_size >= 2, got {group_size}")
-    k = group_size
-    grouped = returns.view(B // k, k)  # (G, k)
-    if baseline == "rloo":
-        # leave-one-out mean of the other k-1 completions (Ahmadian et al. 2024, RLOO)
-        loo = (grouped.sum(dim=1, keepdim=True) - grouped) / (k - 1)  # (G, k)
-        return (grouped - loo).reshape(B)
-    mean = grouped.mean(dim=1, keepdim=True)  # (G, 1)
-    if baseline == "group_mean":
-        return (grouped - mean).reshape(B)  # Dr. GRPO: no std division
-    if baseline == "reinforce_pp_baseline_seq":
-        return _batch_normalise((grouped - mean).reshape(B), weights)
-    # group_norm: GRPO (DeepSeekMath); torch.std is unbiased (n - 1), as TRL GRPOTrainer
-    std = grouped.std(dim=1, keepdim=True)  # (G, 1)
-    return ((grouped - mean) / (std + EPS)).reshape(B)
-
-
-def _batch_normalise(x: Tensor, weights: Tensor | None) -> Tensor:
-    """(x - mu_w) * rsqrt(max(var_w, 1e-8)) over the batch, weights w (B,) or 1 (OpenRLHF normalize)."""
-    w = torch.ones_like(x) if weights is None else weights.to(x.dtype)
-    n = w.sum()
-    mu = (w * x).sum() / n
-    var = (w * (x - mu) ** 2).sum() / n  # biased, as OpenRLHF: sum(mask * (x - mu)^2) / count
-    return (x - mu) * torch.rsqrt(var.clamp(min=EPS))
-
-
 def scale_whiten(x: Tensor) -> Tensor:
     """Divide sequence advantages by their std: whitening of the SCALE only, no centring.
 
     x: (B,) sequence advantages. Returns x / (std(x) + 1e-8), std the unbiased (n - 1) std.
-    The mean is kept on purpose: the baseline (``sequence_advantages``) already decided what
+    The mean is kept on purpose: the baseline (``harness.algos.estimators.BASELINES``) already decided what
     is subtracted, and centring here would quietly turn baseline "none" into "batch_mean"
     (and shift RLOO / group baselines by the batch mean). Only the step size is normalised.
     """

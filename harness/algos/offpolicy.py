@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from harness.algos.ratio_levels import CORRECTION_LEVELS
 from harness.algos.registry import Registry
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ def importance_ratio(old_logprobs: Tensor, behaviour_logprobs: Tensor, mask: Ten
     if level == "sequence":
         d = d.sum(-1, keepdim=True).expand_as(d)
     elif level != "token":
-        raise ValueError(f"unknown correction level {level!r}; expected token or sequence")
+        raise ValueError(f"unknown correction level {level!r}; expected one of {' / '.join(CORRECTION_LEVELS)}")
     return torch.exp(d.clamp(-_BOUND, _BOUND)).masked_fill(mask == 0, 1.0)
 
 

@@ -15,7 +15,11 @@ log-ratio is not clamped.
 What each level is (``Entry.props``, read by ``harness.config``): per_sequence (one ratio value per
 completion), max_clip (the largest ppo.clip_eps / clip_eps_high it accepts: GSPO's ranges are ~1e-4..1e-3,
 orders of magnitude below token-level ones, because s_i is a geometric mean; None = no bound beyond the
-key's own). ``Entry.trl`` is TRL GRPOConfig's ``importance_sampling_level``, ``Entry.verl`` veRL's loss mode.
+key's own), correction (``rollout.correction_level`` may name it: the rollout correction's rho = pi_old / mu
+at that level, ``harness.algos.offpolicy.importance_ratio``: per token, or per completion the product of its
+token ratios, as veRL's rollout_is sequence and TRL's sequence_* (not GSPO's geometric mean); sequence-token
+differs from sequence in its gradient only, and rho carries none). ``CORRECTION_LEVELS`` lists those.
+``Entry.trl`` is TRL GRPOConfig's ``importance_sampling_level``, ``Entry.verl`` veRL's loss mode.
 
 Torch is imported inside the functions: ``harness.config`` reads this registry without importing torch.
 """
@@ -29,7 +33,7 @@ from harness.algos.registry import Registry
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["GSPO_MAX_CLIP", "RATIO_LEVELS"]
+__all__ = ["CORRECTION_LEVELS", "GSPO_MAX_CLIP", "RATIO_LEVELS"]
 
 RATIO_LEVELS = Registry("ratio level")
 GSPO_MAX_CLIP = 0.01  # GSPO's clip ranges are ~1e-4..1e-3 (3e-4 / 4e-4 in the paper)
@@ -47,14 +51,15 @@ def _log_s(log_ratio: Tensor, mask: Tensor) -> Tensor:
 
 
 @RATIO_LEVELS.register("token", paper="PPO, Schulman et al. 2017", verl="vanilla", trl="token",
-                       per_sequence=False, max_clip=None)
+                       per_sequence=False, max_clip=None, correction=True)
 def token(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor) -> Tensor:
     import torch
 
     return torch.exp(_log_ratio(logprobs, old_logprobs, mask))
 
 
-@RATIO_LEVELS.register("sequence", paper=_GSPO, trl="sequence", per_sequence=True, max_clip=GSPO_MAX_CLIP)
+@RATIO_LEVELS.register("sequence", paper=_GSPO, trl="sequence", per_sequence=True, max_clip=GSPO_MAX_CLIP,
+                       correction=True)
 def sequence(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor) -> Tensor:
     import torch
 
@@ -63,7 +68,7 @@ def sequence(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor) -> Tensor:
 
 
 @RATIO_LEVELS.register("sequence-token", paper=_GSPO + " (GSPO-token)", verl="gspo", per_sequence=True,
-                       max_clip=GSPO_MAX_CLIP)
+                       max_clip=GSPO_MAX_CLIP, correction=False)
 def sequence_token(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor) -> Tensor:
     import torch
 
@@ -72,3 +77,7 @@ def sequence_token(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor) -> Tens
     zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
     own = torch.where(valid, logprobs - logprobs.detach(), zero)
     return torch.exp(log_s.detach() + own)  # value s_i, d/dlogp_it = s_i
+
+
+# the levels a rollout correction's rho is taken at (``rollout.correction_level``)
+CORRECTION_LEVELS = tuple(name for name, e in RATIO_LEVELS.items() if e.props["correction"])

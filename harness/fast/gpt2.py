@@ -9,8 +9,10 @@ when nothing is padded), cache objects, output dataclasses, HF's ``gelu_new`` as
 separate elementwise passes (``F.gelu(approximate="tanh")`` is the same function in
 one pass). Differences to the HF forward are float rounding (~1e-6 on logits).
 
-``supports(model)`` says when this path applies (GPT-2 architecture, no active
-dropout, a known activation); ``rollout.py`` falls back to the HF forward otherwise.
+``packable(model)`` says whether a model is one these forwards read (GPT-2 architecture, a
+known activation, no adapters), ``supports(model)`` whether they apply now (also: CPU tensors,
+no active dropout); ``harness.lm.backbones`` and ``harness.lm.sampling`` take the Hugging
+Face forward otherwise.
 
 ``pack`` + ``packed_hidden`` is the training and scoring forward: only the tokens that
 matter are computed (no prompt padding, nothing after the last response token read), on
@@ -41,11 +43,9 @@ def _trunk_of(model: nn.Module) -> nn.Module:
 _INFO: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (architecture ok, active dropout)
 
 
-def supports(model: nn.Module) -> bool:
-    """GPT-2 weights, no cross-attention, a GELU we know, and no active dropout in training mode.
-
-    Read once per model (dropout probabilities are set at load time, ``models.no_dropout``).
-    """
+def _info(model: nn.Module) -> tuple[bool, bool]:
+    """(architecture ok, active dropout), read once per model (dropout probabilities are set at load time,
+    ``models.no_dropout``)."""
     info = _INFO.get(model)
     if info is None:
         cfg = getattr(model, "config", None)
@@ -59,8 +59,20 @@ def supports(model: nn.Module) -> bool:
         )
         dropout = any(m.p > 0 for m in model.modules() if isinstance(m, nn.Dropout))
         info = _INFO[model] = (arch, dropout)
+    return info
+
+
+def packable(model: nn.Module) -> bool:
+    """GPT-2 weights, no cross-attention, a GELU we know, no LoRA adapters, no gradient checkpointing:
+    what the model is, read once per model."""
+    return _info(model)[0]
+
+
+def supports(model: nn.Module) -> bool:
+    """``packable`` and, now, no active dropout in training mode and the parameters on the CPU."""
+    arch, dropout = _info(model)
     # the packed forwards are the CPU fast path; on other devices the generic Hugging Face path runs
-    return info[0] and not (model.training and info[1]) and next(model.parameters()).device.type == "cpu"
+    return arch and not (model.training and dropout) and next(model.parameters()).device.type == "cpu"
 
 
 def _checkpointing(model: nn.Module) -> bool:

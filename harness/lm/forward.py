@@ -1,8 +1,9 @@
 """Differentiable forwards on sampled responses: logprobs, entropies, values and reward scores.
 
-GPT-2 models run the packed forward (``harness.fast.gpt2``: only the tokens that are read);
-any other causal LM runs its Hugging Face forward over the padded batch. Both give the same
-values to float rounding (tests/unit/lm/test_forward.py).
+Each function says what is read (which positions, which tokens are fed) and hands the batch to the
+model's backbone (``harness.lm.backbones``: GPT-2's packed forward, only the tokens that are read, or
+any causal LM's Hugging Face forward over the padded batch), chosen once per model. Both give the
+same values to float rounding (tests/unit/lm/test_forward.py).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from harness.algos import math as M
-from harness.fast import gpt2
 from harness.fast.gemm import linear
+from harness.lm.backbones import backbone
 from harness.lm.sampling import sequence_inputs
 
 
@@ -26,11 +27,7 @@ def forward_logits(model, prompt_ids, prompt_mask, response_ids) -> torch.Tensor
     """
     P = prompt_ids.shape[1]
     input_ids, attn, pos = sequence_inputs(prompt_ids, prompt_mask, response_ids[:, :-1])
-    if gpt2.supports(model):
-        h = gpt2.hidden_states(model, input_ids, attn, pos)[:, P - 1 :]  # (B, T, H)
-        return model.lm_head(h)  # (B, T, V): the head only where it is read
-    logits = model(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=False).logits
-    return logits[:, P - 1 :, :]  # (B, T, V)
+    return backbone(model).logits(model, input_ids, attn, pos, P - 1)  # (B, T, V)
 
 
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -39,15 +36,17 @@ def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature
     return logp.gather(-1, tokens[..., None]).squeeze(-1)
 
 
-def _pack_next_token(prompt_ids, prompt_mask, response_ids, mask, width: int) -> gpt2.Packed:
-    """Feed the real prompt and response tokens up to l_b - 2; read positions P - 1 + t for mask[b, t]."""
-    B, P = prompt_ids.shape
+def next_token_reads(prompt_ids, prompt_mask, response_ids, mask):
+    """What predicting the response tokens where ``mask`` is 1 reads: (input_ids, attn, pos, keep, out), each
+    (B, P+T-1), the last response token not fed. ``keep``: the real prompt tokens and response token t when
+    token t + 1 is read; ``out``: positions P - 1 + t for mask[b, t]."""
+    P = prompt_ids.shape[1]
     m = mask.bool()
-    fed = torch.zeros_like(m)
-    fed[:, :-1] = m[:, 1:]  # response token t is fed when token t + 1 is read
-    out = torch.zeros((B, P + m.shape[1]), dtype=torch.bool, device=m.device)
-    out[:, P - 1 : -1] = m
-    return gpt2.pack(torch.cat([prompt_ids, response_ids], 1), torch.cat([prompt_mask.bool(), fed], 1), out, width)
+    input_ids, attn, pos = sequence_inputs(prompt_ids, prompt_mask, response_ids[:, :-1])
+    keep = torch.cat([prompt_mask.bool(), m[:, 1:]], 1)  # response token t is fed when token t + 1 is read
+    out = torch.zeros_like(keep)
+    out[:, P - 1 :] = m
+    return input_ids, attn, pos, keep, out
 
 
 def _unpack(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -58,19 +57,8 @@ def _unpack(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def _read_hidden(model, prompt_ids, prompt_mask, response_ids, mask) -> tuple[torch.Tensor, int]:
     """Last hidden states at the positions predicting the response tokens where ``mask`` is 1:
-    (rows, d) with the first n of them the real ones, row-major as mask's 1s; returns (rows, n).
-
-    GPT-2 models run the packed forward (no padding, nothing after the last read token; rows
-    past n are filler, kept so the head's product has a bounded set of shapes); other models
-    their trunk over the padded batch.
-    """
-    if gpt2.supports(model):
-        pk = _pack_next_token(prompt_ids, prompt_mask, response_ids, mask, model.config.n_embd)
-        return gpt2.packed_hidden(model, pk), pk.n_out  # (N_out_pad, d)
-    P = prompt_ids.shape[1]
-    h = backbone_hidden(model, prompt_ids, prompt_mask, response_ids[:, :-1])[:, P - 1 :]  # (B, T, d)
-    h = h[mask.bool()]  # (N_out, d)
-    return h, h.shape[0]
+    (rows, d) with the first n of them the real ones, row-major as mask's 1s; returns (rows, n)."""
+    return backbone(model).read(model, *next_token_reads(prompt_ids, prompt_mask, response_ids, mask))
 
 
 class PolicyOut(NamedTuple):
@@ -96,22 +84,6 @@ def policy_forward(
     return PolicyOut(_unpack(logp, mask), ent, values)
 
 
-def backbone_hidden(model, prompt_ids, prompt_mask, response_ids) -> torch.Tensor:
-    """Last hidden states of a model's trunk over the padded batch, (B, P+T, H)."""
-    input_ids, attn, pos = sequence_inputs(prompt_ids, prompt_mask, response_ids)
-    if gpt2.supports(model):
-        return gpt2.hidden_states(model, input_ids, attn, pos)
-    trunk = _trunk(model)
-    return trunk(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
-
-
-def _trunk(model):
-    """A model's trunk; a peft (LoRA) model's is its base model's, the adapters injected in it."""
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return getattr(model, model.base_model_prefix)
-
-
 def token_values(value_model, prompt_ids, prompt_mask, response_ids, mask) -> torch.Tensor:
     """V(s_t) for each response token t where ``mask`` (a prefix of each row) is 1: the score
     head on the state before it, (B, T), 0 elsewhere. Only the states read are computed."""
@@ -122,16 +94,12 @@ def token_values(value_model, prompt_ids, prompt_mask, response_ids, mask) -> to
 def sequence_scores(reward_model, prompt_ids, prompt_mask, response_ids, mask) -> torch.Tensor:
     """Reward-model score at the last real response token (EOS when present), (B,)."""
     B, P = prompt_ids.shape
+    T = response_ids.shape[1]
     n = mask.sum(1).long().clamp(min=1)  # (B,) response tokens read, EOS included
-    if gpt2.supports(reward_model):
-        T = response_ids.shape[1]
-        fed = torch.arange(T, device=n.device)[None, :] < n[:, None]  # (B, T)
-        out = torch.zeros((B, P + T), dtype=torch.bool, device=n.device)
-        out[torch.arange(B), P + n - 1] = True
-        pk = gpt2.pack(
-            torch.cat([prompt_ids, response_ids], 1), torch.cat([prompt_mask.bool(), fed], 1), out, reward_model.config.n_embd
-        )
-        return reward_model.score(gpt2.packed_hidden(reward_model, pk)[: pk.n_out]).squeeze(-1).float()
-    h = backbone_hidden(reward_model, prompt_ids, prompt_mask, response_ids)  # (B, P+T, H)
-    h_last = h[torch.arange(B, device=h.device), P + n - 1]  # (B, H)
-    return reward_model.score(h_last).squeeze(-1).float()
+    input_ids, attn, pos = sequence_inputs(prompt_ids, prompt_mask, response_ids)  # (B, P+T)
+    fed = torch.arange(T, device=n.device)[None, :] < n[:, None]  # (B, T): the response up to the last read token
+    out = torch.zeros((B, P + T), dtype=torch.bool, device=n.device)
+    out[torch.arange(B, device=n.device), P + n - 1] = True
+    keep = torch.cat([prompt_mask.bool(), fed], 1)
+    h, rows = backbone(reward_model).read(reward_model, input_ids, attn, pos, keep, out)  # (B + filler, H)
+    return reward_model.score(h[:rows]).squeeze(-1).float()

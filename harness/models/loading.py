@@ -23,6 +23,7 @@ def quiet_transformers() -> None:
 quiet_transformers()
 
 
+TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")  # a folder holds one
 HEAD_FILE = "score_head.safetensors"  # the reward head (weight, bias) beside the model: tensors, never a pickle
 LEGACY_HEAD_FILE = "score_head.pt"  # what builds before it wrote (the shipped v1 RMs): read weights-only, or refused
 # torch < 2.6 let this variable turn an explicit weights_only=True into a full unpickle; later ones do not

@@ -1,9 +1,11 @@
-"""What one run's models are: the ``Models`` bundle, the shared-trunk value head, the error type."""
+"""What one run's models are: the ``Models`` bundle, where its policy starts, the shared-trunk value head, the
+error type."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -29,6 +31,19 @@ class Models:
     # model.reward=package.module:function: the optimised reward, (prompts, completions, ended) -> scores
     reward_fn: Callable[..., list[float]] | None = None
     device: Any = "cpu"  # the torch.device every model of the run sits on (train.device)
+
+
+@dataclass(frozen=True)
+class PolicyStart:
+    """Where a run's policy and its tokenizer load from: an SFT build (``sft_dir``), or the model as given."""
+
+    policy: str | Path
+    tokenizer: str | Path
+    sft_dir: Path | None = None
+
+    @classmethod
+    def of_sft(cls, sft_dir: Path) -> PolicyStart:
+        return cls(sft_dir / "policy", sft_dir / "tokenizer", sft_dir)
 
 
 class SharedTrunkValue(nn.Module):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from harness import dist
 from harness.algos import kl_control
 from harness.algos import math as M
 from harness.algos.estimators import BASELINES
@@ -45,7 +46,7 @@ from harness.ppo.update import (
 from harness.ppo.variance import probe_generator, probe_gradient_variance
 from harness.recording import Recorder
 
-__all__ = ["NonFiniteError", "PPOState", "init_state", "ppo_iteration", "train"]
+__all__ = ["NonFiniteError", "PPOState", "init_state", "learn", "ppo_iteration", "train"]
 
 
 @dataclass
@@ -62,13 +63,17 @@ class PPOState:
     side: SideThread = field(default_factory=SideThread)  # the value model's thread in the update
     scaler: LossScaler = field(default_factory=lambda: LossScaler(enabled=False))  # train.dtype=fp16's loss scale
     behaviour: R.Behaviour | None = None  # the sampler of rollout.staleness > 0 (created on first use)
+    world: dist.World = field(default_factory=dist.World)  # the ranks of the run (harness/dist.py)
 
     def close(self) -> None:
         """Release what the state holds beyond tensors (the update's side thread)."""
         self.side.close()
 
 
-def init_state(cfg: RunConfig, models: Models) -> PPOState:
+def init_state(cfg: RunConfig, models: Models, world: dist.World | None = None) -> PPOState:
+    """The state of iteration 0. Over N ranks (``world``): every rank starts from rank 0's weights, and
+    samples from generators of its own seed (``dist.rank_seed``: the run's seed on rank 0)."""
+    w = world or dist.World()
     torch.manual_seed(cfg.seed)
     policy_params = [p for p in models.policy.parameters() if p.requires_grad]
     if isinstance(models.value, SharedTrunkValue):
@@ -85,17 +90,23 @@ def init_state(cfg: RunConfig, models: Models) -> PPOState:
     opt = torch.optim.Adam(flat.flat, lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps, fused=fused or None)
     # default: linear decay to 0 over the run (cleanRL anneal_lr): lr_i = lr * (1 - i / n)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg))  # ppo.lr_scheduler_type, or ppo.lr_decay
+    if w.parallel:  # replicas start equal (DDP's broadcast at construction)
+        with torch.no_grad():
+            for buf in flat.flat:
+                torch.distributed.broadcast(buf.data, src=0)
+    seed = dist.rank_seed(cfg.seed, w.rank)
     return PPOState(
         iteration=0,
         kl_coef=cfg.kl.coef,
         episodes=0,
-        rng=random.Random(cfg.seed),
-        generator=torch.Generator(device=models.device).manual_seed(cfg.seed),  # sampling happens on the device
+        rng=random.Random(seed),
+        generator=torch.Generator(device=models.device).manual_seed(seed),  # sampling happens on the device
         probe_generator=probe_generator(cfg.seed),
         optimizer=opt,
         scheduler=sched,
         params=flat,
         scaler=LossScaler(enabled=cfg.train.dtype == "fp16"),
+        world=w,
     )
 
 
@@ -112,49 +123,107 @@ def ppo_iteration(
     # 2. score them (proxy RM or gold; no EOS -> train.missing_eos_penalty unless train.truncated=mask)
     # 3. old and reference logprobs at the sampling temperature; values
     ro, sampled = _rollout(cfg, models, st, score_fn, timings)
+    return learn(cfg, models, st, ro, sampled, t_start)
+
+
+def learn(cfg: RunConfig, models: Models, st: PPOState, ro: Rollout, sampled: dict[str, float] | None = None,
+          t_start: float | None = None) -> dict[str, float]:
+    """Steps 4-7 of the iteration on this rank's rollout ``ro`` (its rollout/* metrics ``sampled``, the
+    iteration's start ``t_start``): the rollout correction, rewards, advantages, the update, the metrics."""
+    t_start = time.perf_counter() if t_start is None else t_start
     # the training forward: pi_old of off-policy runs, the rollout correction, the sampling-vs-training mismatch
     corr = R.correct_rollout(cfg, models.policy, ro, autocast(cfg, models.policy))
     t_rollout = time.perf_counter() - t_start
 
-    # 4. rewards: -beta * kl_t per token + score on the last real token, or R = score - beta * sum_t kl_t
-    kl = M.kl_penalty(ro.logprobs, ro.ref_logprobs, cfg.kl.estimator) * ro.mask  # (B, T)
-    beta = st.kl_coef if cfg.kl.placement == "reward" else 0.0  # kl.placement=loss: the update adds it
-    token_level = cfg.advantage.level == "token"
-    rewards = M.token_rewards(kl, ro.scores, ro.mask, beta) if token_level else M.sequence_return(ro.scores, kl, beta)
-
-    # 5. advantages: GAE(gamma, lambda) or a sequence baseline (broadcast to the tokens); value targets
-    if token_level:
-        batch, adv_raw = _token_advantages(cfg, ro, rewards)
-    else:
-        batch, adv_raw = _sequence_advantages(cfg, ro, rewards, kl, beta)
+    # 4.-5. on the whole batch: over N ranks every rank sees every rank's rows (``_whole``), so the batch's
+    # statistics (whitening, batch baselines, the KL controller's KL, the logged means) are the global ones
+    whole = _whole(ro, st.world)
+    kl, batch, adv_raw = _advantages(cfg, whole, st.kl_coef)
     batch = _mask_truncated(cfg, batch)
-    if corr.weights is not None:  # rollout.correction: the loss's factors; masked tokens leave the policy loss
-        batch = batch._replace(weights=corr.weights, loss_mask=batch.policy_mask() * corr.keep)
     check("adv/mean", adv_raw.sum(), st.iteration)
+    local = _own_rows(batch, ro, st.world)
+    if corr.weights is not None:  # rollout.correction: the loss's factors; masked tokens leave the policy loss
+        local = local._replace(weights=corr.weights, loss_mask=local.policy_mask() * corr.keep)
 
     # 6. the noise probe when due, then ppo.epochs x ppo.minibatches of the clipped surrogate
     t_update = time.perf_counter()
-    probe = _probe(cfg, models, st, batch)
+    probe = _probe(cfg, models, st, local)
     t_probe = time.perf_counter() - t_update  # measurement, not training: left out of the timings
-    stats = update(cfg, models, st, batch)
+    stats = update(cfg, models, st, local)
     t_end = time.perf_counter()
     # the next iteration's beta: fixed, or the adaptive controller on this batch's KL
     coef_used = st.kl_coef
-    st.kl_coef = kl_control.next_coef(coef_used, float(kl.sum(1).mean()), cfg.kl.target, ro.size, cfg.kl.horizon)
-    st.episodes += ro.size
+    st.kl_coef = kl_control.next_coef(coef_used, float(kl.sum(1).mean()), cfg.kl.target, whole.size, cfg.kl.horizon)
+    st.episodes += whole.size
 
     # 7. metrics (the keys of harness/schema.py) -> the caller, which logs them and evaluates
     perf = {"perf/rollout_s": t_rollout, "perf/update_s": t_end - t_update - t_probe,
-            "perf/tokens_per_s": float(ro.mask.sum()) / (t_end - t_start - t_probe)}
-    metrics = _metrics(cfg, models, st, ro, kl, coef_used, batch, adv_raw, stats, perf, {**probe, **sampled,
-                                                                                         **corr.metrics})
+            "perf/tokens_per_s": float(whole.mask.sum()) / (t_end - t_start - t_probe)}
+    # rollout/* (means over each rank's equal share of groups), offpolicy/* (token means, maxima): over the ranks
+    means = {**_over_ranks(sampled or {}, 1.0, st.world), **_over_ranks(corr.metrics, float(ro.mask.sum()), st.world)}
+    metrics = _metrics(cfg, models, st, whole, kl, coef_used, batch, adv_raw, stats, perf, {**probe, **means})
     for key in ("loss/policy_avg", "objective/scores", "objective/kl"):
         check(key, torch.tensor(metrics[key]), st.iteration)
     return metrics
 
 
+# the rollout's fields steps 4, 5 and 7 read: gathered from every rank when the run spans several
+_WHOLE = ("response_ids", "mask", "has_eos", "logprobs", "entropy", "ref_logprobs", "values", "scores", "gold")
+
+
+def _whole(ro: Rollout, w: dist.World) -> Rollout:
+    """The whole batch of the iteration: ``ro`` itself for one process; over N ranks, every rank's rows in rank
+    order (each rank's (B_r, T_r) right-padded to the widest T, mask 0 there), prompts and texts left out."""
+    if not w.parallel:
+        return ro
+    fields = dist.gather_rows({k: getattr(ro, k) for k in _WHOLE}, w)
+    return Rollout(prompts=[], completions=[], prompt_ids=ro.prompt_ids[:0], prompt_mask=ro.prompt_mask[:0],
+                   **fields)
+
+
+def _own_rows(batch: Batch, ro: Rollout, w: dist.World) -> Batch:
+    """The update's batch of this rank: its own rows of the whole batch's targets and masks, on its own
+    rollout (a one-process run: ``batch`` itself)."""
+    if not w.parallel:
+        return batch
+    offset = sum(dist.gather_objects(ro.size, w)[: w.rank])
+    rows, width = slice(offset, offset + ro.size), ro.mask.shape[1]
+    mine = [None if t is None else t[rows, :width] for t in (batch.adv, batch.returns, batch.vmask, batch.loss_mask)]
+    return Batch(ro, *mine)
+
+
+def _over_ranks(metrics: dict[str, float], weight: float, w: dist.World) -> dict[str, float]:
+    """Each rank's means (weighing ``weight``: its tokens, or 1 for equal shares) as the means over every rank;
+    ``*_max`` keys the maximum over the ranks. ``metrics`` itself for one process."""
+    if not w.parallel or not metrics:
+        return metrics
+    parts = dist.gather_objects((weight, metrics), w)
+    total = sum(p[0] for p in parts)
+    out = {}
+    for k in metrics:
+        if k.endswith("_max"):
+            out[k] = max(p[1][k] for p in parts)
+        else:
+            out[k] = sum(p[0] * p[1][k] for p in parts) / total if total else 0.0
+    return out
+
+
+def _advantages(cfg: RunConfig, ro: Rollout, kl_coef: float) -> tuple[torch.Tensor, Batch, torch.Tensor]:
+    """Steps 4 and 5 on the whole batch: (per-token KL, the update's targets, advantages before whitening).
+
+    4. rewards: -beta * kl_t per token + score on the last real token, or R = score - beta * sum_t kl_t;
+    5. advantages: GAE(gamma, lambda) or a sequence baseline (broadcast to the tokens); value targets."""
+    kl = M.kl_penalty(ro.logprobs, ro.ref_logprobs, cfg.kl.estimator) * ro.mask  # (B, T)
+    beta = kl_coef if cfg.kl.placement == "reward" else 0.0  # kl.placement=loss: the update adds it
+    if cfg.advantage.level == "token":
+        batch, adv_raw = _token_advantages(cfg, ro, M.token_rewards(kl, ro.scores, ro.mask, beta))
+    else:
+        batch, adv_raw = _sequence_advantages(cfg, ro, M.sequence_return(ro.scores, kl, beta), kl, beta)
+    return kl, batch, adv_raw
+
+
 def _rollout(cfg: RunConfig, models: Models, st: PPOState, score_fn: ScoreFn, timings) -> tuple[Rollout, dict]:
-    """Steps 1-3: B / k prompts from ``st.rng``, each sampled k times (by the policy of rollout.staleness
+    """Steps 1-3: B / k prompts (B / (k N) on each of N ranks) from ``st.rng``, each sampled k times (by the policy of rollout.staleness
     iterations ago), scored (+ train.overlong_buffer), with ref logprobs and values; rollout.filter_groups:
     DAPO's dynamic sampling. Returns (the rollout, its rollout/* metrics)."""
     k = cfg.rollout.group_size
@@ -165,9 +234,10 @@ def _rollout(cfg: RunConfig, models: Models, st: PPOState, score_fn: ScoreFn, ti
     def draw(groups: int) -> Rollout:
         return R.overlong(cfg, models.task, _collect(cfg, models, st, score_fn, timings, sampler, groups))
 
+    groups = cfg.rollout.batch_size // k // st.world.size  # over N ranks, each samples B / N (whole groups)
     if not cfg.rollout.filter_groups:
-        return draw(cfg.rollout.batch_size // k), {}
-    return R.fill_groups(draw, cfg.rollout.batch_size // k, k, cfg.rollout.filter_rounds, models.tokenizer.pad_token_id)
+        return draw(groups), {}
+    return R.fill_groups(draw, groups, k, cfg.rollout.filter_rounds, models.tokenizer.pad_token_id)
 
 
 def _collect(cfg: RunConfig, models: Models, st: PPOState, score_fn: ScoreFn, timings, sampler, groups: int) -> Rollout:
@@ -231,16 +301,21 @@ def _mask_truncated(cfg: RunConfig, batch: Batch) -> Batch:
     return batch._replace(loss_mask=batch.ro.mask * keep, vmask=batch.vmask * keep)
 
 
-def _probe(cfg: RunConfig, models: Models, st: PPOState, batch: Batch) -> dict[str, float]:
+def _probe(cfg: RunConfig, models: Models, st: PPOState, batch: Batch, split: torch.Tensor | None = None
+           ) -> dict[str, float]:
     """The gradient-noise probe's metrics on iterations 1, 1 + every, ... (``probe.every``); {} otherwise.
-    It differentiates the update's policy loss: the same options (``policy_loss_kwargs``) and mask."""
+    It differentiates the update's policy loss: the same options (``policy_loss_kwargs``) and mask.
+    ``split``: the parts' rows (``probe_gradient_variance``) instead of a random split."""
     if not cfg.probe.every or (st.iteration - 1) % cfg.probe.every:
         return {}
     models.policy.train()
     kw = {**policy_loss_kwargs(cfg, models.task), **loss_mode_kwargs(cfg), "weights": batch.weights}
     clip_eps, agg = kw.pop("clip_eps"), kw.pop("agg")
+    w = st.world  # over N ranks: each rank's K / N parts of its own rows, the K gradients gathered
+    gather = (lambda g: dist.gather_equal(g, w)) if w.parallel else None
     return probe_gradient_variance(models.policy, batch.ro, batch.adv, clip_eps, agg, cfg.rollout.temperature,
-                                   cfg.probe.microbatches, st.probe_generator, mask=batch.loss_mask, **kw)
+                                   cfg.probe.microbatches // w.size, st.probe_generator, mask=batch.loss_mask,
+                                   gather=gather, split=split, **kw)
 
 
 def _metrics(cfg: RunConfig, models: Models, st: PPOState, ro: Rollout, kl: torch.Tensor, coef_used: float,
@@ -277,7 +352,7 @@ def _metrics(cfg: RunConfig, models: Models, st: PPOState, ro: Rollout, kl: torc
 def train(cfg: RunConfig, models: Models, rec: Recorder) -> None:
     """``impl=custom``: evaluate at 0, then ``train.iterations`` PPO iterations on ``models``, each recorded
     into ``rec`` (evaluated every ``eval.every`` and at the last); checkpoints every ``train.checkpoint_every``."""
-    st = init_state(cfg, models)
+    st = init_state(cfg, models, dist.world())
     ckpt = Checkpoints(cfg, rec.logger)  # train.checkpoint_every; a resumed run continues after its newest
     try:
         start = ckpt.resume(models, st, rec)

@@ -27,6 +27,7 @@ from typing import NamedTuple, Protocol
 import torch
 from torch import Tensor
 
+from harness import dist
 from harness.algos import losses as L
 from harness.algos import math as M
 from harness.algos.scaler import LossScaler
@@ -35,7 +36,7 @@ from harness.fast.flat import FlatParams, clip_norm_
 from harness.lm.forward import policy_forward, token_values
 from harness.lm.rollout import Rollout
 from harness.models.types import Models, SharedTrunkValue
-from harness.ppo.accumulate import accumulate
+from harness.ppo.accumulate import accumulate, combine, denominator
 
 __all__ = [
     "Batch", "NonFiniteError", "SideThread", "UpdateState", "UpdateStats", "autocast", "check",
@@ -111,6 +112,7 @@ class UpdateState(Protocol):
     params: FlatParams
     side: SideThread
     scaler: LossScaler  # train.dtype=fp16's loss scale (disabled otherwise)
+    world: dist.World  # the ranks this run's minibatches are spread over (one process: World())
 
 
 class Batch(NamedTuple):
@@ -261,32 +263,89 @@ def _mean(values: list[Tensor | None]) -> float | None:
 
 
 def _step(cfg: RunConfig, models: Models, st: UpdateState, b: Batch, idx: Tensor, worker) -> _Step:
-    """One optimiser step on rows ``idx``: losses, backward, gradients clipped apart, Adam."""
+    """One optimiser step on rows ``idx``: forward, loss, backward, gradients summed over the ranks, clipped
+    (policy and value apart), Adam; the step's statistics, reduced over the ranks."""
     it, use_value = st.iteration, models.value is not None
+    share = _shares(cfg, b, idx, st.world)  # this rank's shares of the minibatch (1.0 each for one process)
     st.params.zero_grad()
     if cfg.ppo.micro_batch_size and cfg.ppo.micro_batch_size < len(idx):  # gradient accumulation
-        pg_loss, pst, v_loss, vst = accumulate(cfg, models, st.kl_coef, b, idx, _policy_objective, _value_loss,
-                                               check, it, st.scaler.scale_loss)
-        return _clip_and_step(cfg, st, it, use_value, pg_loss, pst, v_loss, vst)
-    # the value model's forward + backward beside the policy's, when there is a side thread
-    pending = worker.submit(_value_loss, cfg, models, b, idx, st.scaler) if worker is not None else None
+        out = accumulate(cfg, models, st.kl_coef, b, idx, _policy_objective, _value_loss, check, it,
+                         st.scaler.scale_loss, rank=(share.policy, share.value))
+    else:
+        out = _losses_and_backward(cfg, models, st, b, idx, worker, share)
+    out = _reduced(st.world, share, *out)
+    if st.world.parallel:
+        for grad in st.params.grads():  # DDP's reduction, one bucket: the gradient of the global loss
+            dist.sum_(grad, st.world)
+    return _clip_and_step(cfg, st, it, use_value, *out)
+
+
+class _Shares(NamedTuple):
+    """This rank's part of a minibatch: of the policy and value losses' denominators (``loss.agg``) and of
+    the token means (the step's statistics)."""
+
+    policy: float
+    value: float
+    policy_tokens: float
+    value_tokens: float
+
+
+def _shares(cfg: RunConfig, b: Batch, idx: Tensor, w: dist.World) -> _Shares:
+    if not w.parallel:
+        return _Shares(1.0, 1.0, 1.0, 1.0)
+    pmask, vmask = b.policy_mask()[idx], b.vmask[idx]
+    counts = [denominator(cfg.loss.agg, pmask), denominator(cfg.loss.agg, vmask)]
+    own = dist.shares([float(pmask.sum()), float(vmask.sum())] + [c for c in counts if c is not None], w)
+    if counts[0] is None:  # token-sum: the global loss is the sum of the ranks' sums
+        return _Shares(1.0, 1.0, own[0], own[1])
+    return _Shares(own[2], own[3], own[0], own[1])
+
+
+def _losses_and_backward(cfg: RunConfig, models: Models, st: UpdateState, b: Batch, idx: Tensor, worker,
+                         share: _Shares) -> tuple[Tensor, dict, Tensor, dict]:
+    """Forward, loss and backward of rows ``idx`` in one piece: (policy loss, its stats, value loss, its stats).
+    The value model's forward and backward run beside the policy's when there is a side thread."""
+    it, use_value = st.iteration, models.value is not None
+    pending = None
+    if worker is not None:
+        pending = worker.submit(_value_loss, cfg, models, b, idx, st.scaler, None, share.value)
     loss, pg_loss, pst, v_shared = _policy_objective(cfg, models, st.kl_coef, b, idx)
     v_loss, vst = torch.zeros(()), {"clipfrac": torch.zeros(())}
     if pending is not None:
         try:
             check("loss/policy", pg_loss.detach(), it)
-            st.scaler.scale_loss(loss).backward()
+            st.scaler.scale_loss(combine(cfg, loss, None, share.policy)).backward()
         finally:
             v_loss, vst = pending.result()
         check("loss/value", v_loss.detach(), it)
-    else:
-        if use_value:  # one backward through both losses (shared trunk: one forward too)
-            v_loss, vst = _value_loss(cfg, models, b, idx, None, v_shared)
-            loss = loss + cfg.ppo.vf_coef * v_loss
-        check("loss/policy", pg_loss.detach(), it)
-        check("loss/value", v_loss.detach(), it)
-        st.scaler.scale_loss(loss).backward()
-    return _clip_and_step(cfg, st, it, use_value, pg_loss, pst, v_loss, vst)
+        return pg_loss, pst, v_loss, vst
+    if use_value:  # one backward through both losses (shared trunk: one forward too)
+        v_loss, vst = _value_loss(cfg, models, b, idx, None, v_shared)
+    check("loss/policy", pg_loss.detach(), it)
+    check("loss/value", v_loss.detach(), it)
+    total = combine(cfg, loss, v_loss if use_value else None, share.policy, share.value)
+    st.scaler.scale_loss(total).backward()
+    return pg_loss, pst, v_loss, vst
+
+
+def _reduced(w: dist.World, share: _Shares, pg_loss, pst, v_loss, vst):
+    """The step's losses and statistics over every rank: each rank's weighted by its share (losses by the
+    aggregation's denominator, statistics, token means, by tokens), summed; then the gradients summed."""
+    if not w.parallel:
+        return pg_loss, pst, v_loss, vst
+    p_keys = [k for k, v in pst.items() if v is not None]
+    v_keys = [k for k, v in (vst or {}).items() if v is not None]
+    parts = [share.policy * pg_loss.detach().double().cpu()]
+    parts += [share.policy_tokens * pst[k].detach().double().cpu() for k in p_keys]
+    if v_loss is not None:
+        parts += [share.value * v_loss.detach().double().cpu()]
+        parts += [share.value_tokens * vst[k].detach().double().cpu() for k in v_keys]
+    flat = dist.sum_(torch.stack(parts), w)
+    pg_loss, pst = flat[0].float(), {**pst, **{k: flat[1 + i].float() for i, k in enumerate(p_keys)}}
+    if v_loss is not None:
+        at = 1 + len(p_keys)
+        v_loss, vst = flat[at].float(), {**vst, **{k: flat[at + 1 + i].float() for i, k in enumerate(v_keys)}}
+    return pg_loss, pst, v_loss, vst
 
 
 def _clip_and_step(cfg: RunConfig, st: UpdateState, it: int, use_value: bool, pg_loss, pst, v_loss, vst) -> _Step:
@@ -346,9 +405,9 @@ def _policy_objective(cfg: RunConfig, models: Models, kl_coef: float, b: Batch, 
 
 
 def _value_loss(cfg: RunConfig, models: Models, b: Batch, idx: Tensor, backward: LossScaler | None,
-                v_new: Tensor | None = None):
-    """The value loss of rows ``idx`` (and, on the side thread, its backward, the loss scaled by ``backward``):
-    (loss, stats)."""
+                v_new: Tensor | None = None, share: float = 1.0):
+    """The value loss of rows ``idx`` (and, on the side thread, its backward: of its term of the total loss,
+    ``share`` x vf_coef x the loss, scaled by ``backward``): (loss, stats)."""
     ro, vmask = b.ro, b.vmask[idx]
     if v_new is None:
         with autocast(cfg, models.value):  # autocast state is per thread
@@ -356,5 +415,5 @@ def _value_loss(cfg: RunConfig, models: Models, b: Batch, idx: Tensor, backward:
     v_loss, vst = M.value_loss(v_new, ro.values[idx], b.returns[idx], vmask, cfg.ppo.value_clip, cfg.loss.agg,
                                norm_length(cfg, models.task))
     if backward is not None:
-        backward.scale_loss(cfg.ppo.vf_coef * v_loss).backward()
+        backward.scale_loss(combine(cfg, None, v_loss, w_v=share)).backward()
     return v_loss, vst

@@ -106,6 +106,8 @@ def probe_gradient_variance(
     microbatches: int,
     generator: torch.Generator,
     mask: torch.Tensor | None = None,
+    gather=None,
+    split: torch.Tensor | None = None,
     **loss_options,
 ) -> dict[str, float]:
     """``gradient_stats`` of the policy loss over ``microbatches`` equal, disjoint parts of the batch.
@@ -117,14 +119,20 @@ def probe_gradient_variance(
     the caller's ``harness.ppo.update.policy_loss_kwargs``, with ppo.loss_mode and its options
     (``loss_mode_kwargs``) and the rollout correction's ``weights`` (B, T) (sliced per microbatch):
     the probe differentiates the update's loss (``harness.algos.losses.policy_loss``).
+
+    Over N ranks, ``ro`` is this rank's share of the batch, ``microbatches`` its share of the K parts (K / N,
+    at least 1: N = K makes each rank's gradient of its own share one of the K, as in data-parallel
+    training) and ``gather`` stacks the ranks' (K / N, D) gradients into (K, D) in rank order. ``split``:
+    the parts' rows, (microbatches, b), instead of a random permutation from ``generator``.
     """
     weights = loss_options.pop("weights", None)
     B = ro.size
-    if microbatches < 2 or B % microbatches:
+    least = 1 if gather is not None else 2
+    if microbatches < least or B % microbatches:
         raise ValueError(f"probe.microbatches={microbatches} must be >= 2 and divide the batch of {B}")
     b = B // microbatches
     params = [p for p in policy.parameters() if p.requires_grad]
-    perm = torch.randperm(B, generator=generator)
+    perm = split.reshape(-1) if split is not None else torch.randperm(B, generator=generator)
     loss_mask = ro.mask if mask is None else mask
     grads = []
     for idx in perm.view(microbatches, b):
@@ -136,4 +144,5 @@ def probe_gradient_variance(
             loss = loss / b
         g = torch.autograd.grad(loss, params, allow_unused=True)
         grads.append(torch.cat([(x if x is not None else torch.zeros_like(p)).reshape(-1) for x, p in zip(g, params, strict=True)]))
-    return gradient_stats(torch.stack(grads), b)
+    stacked = torch.stack(grads)
+    return gradient_stats(stacked if gather is None else gather(stacked), b)

@@ -17,7 +17,6 @@ import shutil
 import stat
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from harness.locks import locked
 from harness.models.loading import load_lm, load_pretrained_lm, load_tokenizer, save_classifier
 from harness.models.presets import PRESETS, gpt2_config, is_preset, no_dropout
 from harness.models.tokenizer import build_tokenizer
-from harness.models.types import ModelError
+from harness.models.types import ModelError, PolicyStart
 from harness.tasks import Task
 from harness.warmstart import artifacts
 from harness.warmstart.preferences import preference_pairs
@@ -118,19 +117,6 @@ def start_key(cfg: RunConfig, task: Task) -> str:
     if uses_sft(cfg):
         return cache_key(sft_parts(cfg, task))
     return cache_key({"v": CACHE_VERSION, "policy": cfg.model.policy, "sft": "none"})
-
-
-@dataclass(frozen=True)
-class PolicyStart:
-    """Where a run's policy and its tokenizer load from: an SFT build (``sft_dir``), or the model as given."""
-
-    policy: str | Path
-    tokenizer: str | Path
-    sft_dir: Path | None = None
-
-    @classmethod
-    def of_sft(cls, sft_dir: Path) -> PolicyStart:
-        return cls(sft_dir / "policy", sft_dir / "tokenizer", sft_dir)
 
 
 def policy_start(cfg: RunConfig, task: Task, progress=None) -> PolicyStart:

@@ -1,36 +1,32 @@
-"""Everything one run needs, on one call: warm starts (shipped, cached or built), then the
-policy, its frozen reference, the reward and value models. The path checks made before a run exists."""
+"""A run's models on one call, and the checks made before a run exists.
+
+``validate_model_keys``: every model key, path and shipped artifact a run would read, checked before
+anything is logged (it reads the artifact manifest and the cache's keys, so it lives with the warm start).
+``load_models``: the warm start (``harness.warmstart.cache``: shipped, cached or built), then the models
+loaded from it by ``harness.models.load`` (the layer below, which loads what it is pointed at and never
+builds), then the artifacts' provenance tags."""
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
 from pathlib import Path
 
-from torch import nn
-
-from harness.algos.estimators import BASELINES
 from harness.config import RunConfig
 from harness.devices import DeviceError
 from harness.devices import resolve as resolve_device
 from harness.errors import first_line
-from harness.models.loading import load_classifier, load_lm, load_tokenizer, looks_local
-from harness.models.lora import check_peft, with_lora
-from harness.models.presets import PRESETS, is_preset, no_dropout
-from harness.models.reward_fn import (
-    is_callable_spec,
-    load_reward_fn,
-    same_vocabulary,
-    text_reward_fn,
-    try_reward_fn,
-)
-from harness.models.types import ModelError, Models, SharedTrunkValue
+from harness.models.load import check_eos, frozen, load_from_start
+from harness.models.loading import TOKENIZER, load_classifier, load_tokenizer, looks_local
+from harness.models.lora import check_peft
+from harness.models.presets import PRESETS, is_preset
+from harness.models.reward_fn import is_callable_spec, load_reward_fn, text_reward_fn, try_reward_fn
+from harness.models.types import ModelError, Models
 from harness.schema import Tag
 from harness.tasks import Task, get_task
 from harness.tasks.data import PromptFile, data_task, with_gold
 from harness.warmstart import artifacts
 from harness.warmstart.cache import (
-    PolicyStart,
     build_reward_model,
     cache_key,
     check_cache_dir,
@@ -89,7 +85,7 @@ def _text_reward(key: str, name: str, device="cpu"):
             raise ModelError(f"{key} '{name}': not a package.module:function nor an existing model path")
         _check_model_dir(key, name, tokenizer=True)
     try:
-        model, tokenizer = _frozen(load_classifier(Path(name) if looks_local(name) else name)), load_tokenizer(name)
+        model, tokenizer = frozen(load_classifier(Path(name) if looks_local(name) else name)), load_tokenizer(name)
     except Exception as e:
         raise ModelError(f"{key} '{name}': cannot load ({first_line(e)[:160]})") from None
     return text_reward_fn(model.to(device), tokenizer, name, key)
@@ -144,7 +140,7 @@ def validate_model_keys(cfg: RunConfig) -> Task:
         if not _exists("model.policy", p):
             raise ModelError(f"model.policy '{p}': not a built-in preset ({', '.join(PRESETS)}) nor an existing path")
         _check_model_dir("model.policy", p, tokenizer=True)
-        _check_eos(p, load_tokenizer(str(Path(p).expanduser())))
+        check_eos(p, load_tokenizer(str(Path(p).expanduser())))
     if cfg.task.chat_template:
         _check_chat_template(p)
     if cfg.model.lora.r:
@@ -181,17 +177,7 @@ def validate_model_keys(cfg: RunConfig) -> Task:
     return task
 
 
-def _check_eos(name: str, tokenizer) -> None:
-    """A policy must be able to end a response: its tokenizer needs an EOS token (responses are cut, scored
-    and penalised at it)."""
-    if tokenizer.eos_token_id is None:
-        raise ModelError(f"model.policy '{name}': its tokenizer has no EOS token, so no response could end; "
-                         "give it one (tokenizer.add_special_tokens({'eos_token': ...}), save_pretrained) "
-                         "and resize the model's embeddings if the token is new")
-
-
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
 def _check_chat_template(policy: str) -> None:
@@ -277,99 +263,26 @@ def safetensors_problem(path: Path) -> str | None:
 
 
 def load_models(cfg: RunConfig, progress=None, task: Task | None = None) -> Models:
-    """Everything one run needs, built or loaded from the cache. ``task``: what ``validate_model_keys(cfg)``
-    returned when the run's owner checked the keys already; else they are checked now."""
+    """Everything one run needs: the warm start (the SFT policy and the learned reward model: shipped, cached or
+    built now), the models loaded from it (``harness.models.load``), the artifacts' provenance tags. ``task``:
+    what ``validate_model_keys(cfg)`` returned when the run's owner checked the keys already; else they are
+    checked now."""
     if task is None:
         task = validate_model_keys(cfg)
     start = policy_start(cfg, task, progress)
-    tokenizer = load_tokenizer(start.tokenizer)
-    if cfg.task.chat_template and not getattr(tokenizer, "chat_template", None):  # a hub id's, known only now
-        raise ModelError(f"task.chat_template: the tokenizer of model.policy '{cfg.model.policy}' has no chat template")
-    _check_eos(cfg.model.policy, tokenizer)  # a hub id's tokenizer is first seen here
-    policy = load_lm(start.policy)
-    if cfg.model.lora.r:  # adapters on the policy; the reference: adapters off, the same weights
-        policy, ref = with_lora(policy, cfg.model.lora)
-    else:
-        ref = copy.deepcopy(policy).eval().requires_grad_(False)
-    reward, reward_fn, rm_dir = _reward(cfg, task, start, tokenizer, progress)
-    value, value_init = None, "none (no value model)"
-    needs_value = cfg.advantage.level == "token" or BASELINES[cfg.advantage.baseline].props["value"]
-    if needs_value and cfg.model.value_trunk == "shared":
-        value, value_init = SharedTrunkValue(policy), "policy trunk (shared, zero-initialised head)"
-    elif needs_value:
-        if cfg.model.value_init == "reward" and reward is not None:
-            value, value_init = copy.deepcopy(reward), "reward"
-        else:
-            value_init = "policy" if cfg.model.value_init == "policy" else f"policy ({_why_not_reward(cfg)})"
-            from transformers import AutoModelForSequenceClassification
+    built: list[Path] = []
 
-            value = AutoModelForSequenceClassification.from_pretrained(start.policy, num_labels=1)
-            value.config.pad_token_id = tokenizer.pad_token_id
-            value = no_dropout(value)
-            nn.init.zeros_(value.score.weight)
-        value.requires_grad_(True)
-        value.train()
-    if cfg.train.gradient_checkpointing:  # activations recomputed in the backward (the generic forward)
-        for m in (policy, None if isinstance(value, SharedTrunkValue) else value):
-            if m is not None:
-                m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    device = resolve_device(cfg.train.device)
-    for m in (policy, ref, reward, value):
-        if m is not None:
-            m.to(device)
-    policy.train()
+    def learned_reward() -> Path:  # built (or found) when the load reaches the reward model
+        built.append(build_reward_model(cfg, task, start, progress))
+        return built[-1] / "rm"
+
+    models = load_from_start(cfg, task, start, learned_reward)
     tags = artifacts.provenance(task.name, "sft", start.sft_dir) if start.sft_dir is not None else {}
-    if rm_dir is not None:
+    for rm_dir in built:
         tags.update(artifacts.provenance(task.name, "rm", rm_dir))
-    tags[Tag.VALUE_INIT] = value_init
+    tags.update(models.provenance)
     for key in ("policy", "reward"):
         name = getattr(cfg.model, key)
         if not is_preset(name) and not is_callable_spec(name) and name not in ("learned", "gold") and looks_local(name):
             tags[Tag.MODEL_SHA256.format(key)] = artifacts.weights_digest(Path(name).expanduser())
-    return Models(task=task, tokenizer=tokenizer, policy=policy, ref=ref, reward=reward, value=value,
-                  source=str(start.sft_dir or start.policy), provenance=tags, reward_fn=reward_fn, device=device)
-
-
-def _why_not_reward(cfg: RunConfig) -> str:
-    """Why model.value_init=reward fell back to the policy: no reward model shares the policy's tokens."""
-    r = cfg.model.reward
-    if r == "gold":
-        return "model.reward=gold: no reward model"
-    if is_callable_spec(r):
-        return "model.reward is a function: no reward model"
-    return "the reward model has another vocabulary: it scores the text"
-
-
-def _reward(cfg: RunConfig, task, start: PolicyStart, tokenizer, progress):
-    """(reward model sharing the policy's tokens or None, reward function of the text or None, proxy RM folder).
-
-    A reward model whose tokenizer maps tokens to other ids than the policy's is scored on the text
-    (``text_reward_fn``: decoded and re-tokenised for it), on the custom core and TRL alike."""
-    r = cfg.model.reward
-    if r == "gold":
-        return None, None, None
-    if is_callable_spec(r):
-        return None, load_reward_fn(r), None
-    if r == "learned":
-        rm_dir = build_reward_model(cfg, task, start, progress)
-        return _frozen(load_classifier(rm_dir / "rm")), None, rm_dir
-    try:
-        reward = _frozen(load_classifier(Path(r) if looks_local(r) else r))
-        own = load_tokenizer(r) if _has_tokenizer(r) else None
-    except Exception as e:
-        raise ModelError(f"model.reward '{r}': cannot load ({first_line(e)[:160]})") from None
-    if own is not None and not same_vocabulary(own, tokenizer):
-        return None, text_reward_fn(reward.to(resolve_device(cfg.train.device)), own, r), None
-    return reward, None, None
-
-
-def _frozen(model: nn.Module) -> nn.Module:
-    return model.requires_grad_(False).eval()
-
-
-def _has_tokenizer(name: str) -> bool:
-    """A local folder with tokenizer files, or a hub id (whose tokenizer is its own)."""
-    folder = Path(name).expanduser()
-    if not looks_local(name):
-        return True
-    return folder.is_dir() and any((folder / t).is_file() for t in TOKENIZER)
+    return dataclasses.replace(models, provenance=tags)

@@ -23,6 +23,7 @@ pytest.importorskip("trl")
 from trl import GRPOTrainer, RLOOTrainer  # noqa: E402
 
 from baselines import trl_grpo, trl_rloo  # noqa: E402
+from harness.algos import estimators as E  # noqa: E402
 from harness.algos import math as M  # noqa: E402
 from harness.config import build_config  # noqa: E402
 
@@ -270,7 +271,7 @@ def test_grpo_group_norm_advantages_are_the_harness_s_up_to_the_epsilon(generate
     assert (g.std(1) > 0).all()  # distinct scores in each group, or the comparison is vacuous
     trl_formula = ((g - g.mean(1, keepdim=True)) / (g.std(1, unbiased=True, keepdim=True) + 1e-4)).reshape(-1)
     assert torch.allclose(got["advantages"], trl_formula, atol=1e-6, rtol=0)
-    ours = M.sequence_advantages(scores, "group_norm", k)
+    ours = E.sequence_advantages(scores, "group_norm", k)
     assert torch.allclose(got["advantages"], ours, rtol=2e-4 / float(g.std(1).min()), atol=0)
     assert not torch.equal(got["advantages"], ours)
 
@@ -289,7 +290,7 @@ def test_rloo_advantages_equal_the_harness_rloo_whitened(generated):
     kl_sum = got["old_logps"] - (ref * mask).sum(1)  # sum_t k1 of the sampling policy
     assert kl_sum.abs().max() > 1e-3  # the policy was moved off the reference
     R = scores - cfg.kl.coef * kl_sum
-    A = M.sequence_advantages(R, "rloo", k)
+    A = E.sequence_advantages(R, "rloo", k)
     assert abs(float(A.mean())) < 1e-6
     assert torch.allclose(got["advantages"], A / (A.std() + 1e-4), atol=1e-6, rtol=0)
     assert torch.allclose(got["advantages"], M.scale_whiten(A), rtol=1e-3, atol=0)

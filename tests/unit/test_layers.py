@@ -22,7 +22,7 @@ LAYERS: list[list[str]] = [
     ["harness.registry"],  # the one registry style, below every registry
     ["harness.schema", "harness.onset", "harness.tasks", "harness.fast", "harness.locks", "harness.urls", "harness.algos.masked",
      "harness.algos.kl_control", "harness.algos.schedules", "harness.algos.scaler", "harness.yamlio",
-     "harness.devices", "harness.algos.registry"],
+     "harness.devices", "harness.algos.registry", "harness.dist"],
     ["harness.algos.kl_estimators", "harness.algos.aggregations", "harness.algos.ratio_levels"],  # option registries of the math
     ["harness.algos.math"],
     ["harness.impls", "harness.algos.losses", "harness.algos.estimators", "harness.algos.offpolicy", "harness.algos.dapo"],
@@ -30,12 +30,13 @@ LAYERS: list[list[str]] = [
     ["harness.lm", "harness.models", "reports", "harness.profiles", "harness.ppo.accumulate"],
     ["harness.warmstart", "harness.evaluate", "harness.ppo.variance", "harness.ppo.update", "harness.ppo.rollouts",
      "harness.checkpoint"],
-    ["harness.recording", "harness.export"],
+    ["harness.recording", "harness.export", "harness.launch"],
     ["harness.ppo.loop", "baselines"],
     ["harness.run"],
     ["harness.sweep", "harness.compare", "harness.bench"],
     ["harness.reproduce"],
     ["harness.cli"],
+    ["harness.__main__"],  # python -m harness (what torchrun runs)
 ]
 ROOTS = {"harness": -1, "harness.algos": -1, "harness.ppo": -1, "baselines": -1, "reports": -1}  # empty package __init__s
 REPORTS_MAY_IMPORT = ("harness.errors", "harness.registry", "harness.schema", "harness.tracking", "harness.onset")  # reports reads MLflow, never the trainer

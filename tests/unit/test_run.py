@@ -81,6 +81,7 @@ def test_execute_owns_the_runs_status(tmp_path, fake_impl, raise_, status, reaso
     run = store.get_run(run_id)
     assert run.info.status == status and run.data.metrics["eval/gold"] == 0.5
     assert run.data.tags[Tag.IMPL] == "custom" and run.data.tags[Tag.SEED] == "4"
+    assert run.data.tags[Tag.WORLD_SIZE] == "1"  # one process
     assert run.data.tags.get(Tag.FAILURE) == reason
     artifacts = {a.path for a in store.client.list_artifacts(run_id)}
     assert "config.yaml" in artifacts and (("error.txt" in artifacts) == (status == "FAILED"))

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from harness.algos import estimators as E
 from harness.algos import math as M
 
 
@@ -262,29 +263,29 @@ def test_k3_value_by_hand_and_unknown_estimator():
 def test_reinforce_pp_is_global_batch_normalisation_by_hand():
     R = t([1.0, 2.0, 3.0, 6.0])
     # mean 3, biased variance (4 + 1 + 0 + 9) / 4 = 3.5
-    assert_close(M.sequence_advantages(R, "reinforce_pp_seq"), (R - 3.0) / math.sqrt(3.5))
+    assert_close(E.sequence_advantages(R, "reinforce_pp_seq"), (R - 3.0) / math.sqrt(3.5))
     # token-count weights (OpenRLHF normalises over tokens): w = 2, 1, 1, 0
     # mu = (2 + 2 + 3) / 4 = 1.75; var = (2 * 0.75^2 + 0.25^2 + 1.25^2) / 4 = 0.6875
-    A = M.sequence_advantages(R, "reinforce_pp_seq", weights=t([2.0, 1.0, 1.0, 0.0]))
+    A = E.sequence_advantages(R, "reinforce_pp_seq", weights=t([2.0, 1.0, 1.0, 0.0]))
     assert_close(A, (R - 1.75) / math.sqrt(0.6875))
 
 
 def test_reinforce_pp_baseline_subtracts_the_group_mean_then_renormalises_by_hand():
     R = t([1.0, 3.0, 2.0, 6.0])  # groups of 2: means 2 and 4 -> x = -1, 1, -2, 2
     # unweighted: mean 0, biased var (1 + 1 + 4 + 4) / 4 = 2.5
-    assert_close(M.sequence_advantages(R, "reinforce_pp_baseline_seq", 2), t([-1.0, 1.0, -2.0, 2.0]) / math.sqrt(2.5))
+    assert_close(E.sequence_advantages(R, "reinforce_pp_baseline_seq", 2), t([-1.0, 1.0, -2.0, 2.0]) / math.sqrt(2.5))
     # weights 1, 1, 1, 3 re-centre it: mu = (-1 + 1 - 2 + 6) / 6 = 2/3; var = 138 / 54
-    A = M.sequence_advantages(R, "reinforce_pp_baseline_seq", 2, weights=t([1.0, 1.0, 1.0, 3.0]))
+    A = E.sequence_advantages(R, "reinforce_pp_baseline_seq", 2, weights=t([1.0, 1.0, 1.0, 3.0]))
     assert_close(A, (t([-1.0, 1.0, -2.0, 2.0]) - 2 / 3) / math.sqrt(138 / 54))
     with pytest.raises(ValueError, match="group_size >= 2"):
-        M.sequence_advantages(R, "reinforce_pp_baseline_seq", 1)
+        E.sequence_advantages(R, "reinforce_pp_baseline_seq", 1)
 
 
 def test_reinforce_pp_on_constant_returns_is_zero_and_finite():
-    A = M.sequence_advantages(t([2.0, 2.0, 2.0, 2.0]), "reinforce_pp_seq")
+    A = E.sequence_advantages(t([2.0, 2.0, 2.0, 2.0]), "reinforce_pp_seq")
     assert torch.equal(A, torch.zeros(4, dtype=torch.float64))
 
 
 def test_group_mean_is_dr_grpo_without_std_division():
     R = t([1.0, 3.0, 2.0, 10.0])
-    assert_close(M.sequence_advantages(R, "group_mean", 2), t([-1.0, 1.0, -4.0, 4.0]))
+    assert_close(E.sequence_advantages(R, "group_mean", 2), t([-1.0, 1.0, -4.0, 4.0]))

@@ -12,7 +12,7 @@ from harness.algos import dapo
 from harness.algos import losses as L
 from harness.algos import math as M
 from harness.algos import offpolicy as O
-from harness.algos.estimators import reinforce_pp, returns_to_go, token_normalise
+from harness.algos.estimators import reinforce_pp, returns_to_go, sequence_advantages, token_normalise
 
 
 def t(x):
@@ -38,7 +38,7 @@ def test_reinforce_pp_minimal_example_openrlhf_n_convention():
     A = reinforce_pp(SCORES, KL, ONES, 1.0)
     close(A, expected)
     close(A, [[0.3015113, 1.5075567], [-0.9045340, -0.9045340]], 1e-6)
-    seq = M.sequence_advantages(M.sequence_return(SCORES, KL, 1.0), "reinforce_pp_seq")
+    seq = sequence_advantages(M.sequence_return(SCORES, KL, 1.0), "reinforce_pp_seq")
     close(seq, [1.0, -1.0])
 
 

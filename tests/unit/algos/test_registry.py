@@ -67,6 +67,29 @@ def test_config_values_are_the_registry_names(key, section, field, registry):
         build_config(None, {key: "not_registered"})
 
 
+def test_correction_levels_are_the_ratio_levels_that_take_a_correction():
+    """rollout.correction_level accepts exactly the ratio levels registered with correction=True; every rollout
+    correction's levels are among them and ``offpolicy.importance_ratio`` computes each (catches a level added to
+    one list and not the other, or accepted by the config and unknown to the correction's ratio)."""
+    from harness.algos.offpolicy import importance_ratio
+
+    levels = tuple(n for n, e in RATIO_LEVELS.items() if e.props["correction"])
+    assert levels and tuple(get_args(RolloutConfig.model_fields["correction_level"].annotation)) == levels
+    doc = {d.key: d for d in describe()}["rollout.correction_level"]
+    old, mu, mask = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -1.0]]), torch.ones(1, 2)
+    for name in levels:
+        assert name in doc.type.split(" | ")
+        build_config(None, {"rollout.correction_level": name})
+        assert torch.isfinite(importance_ratio(old, mu, mask, name)).all()
+    for name, e in CORRECTIONS.items():
+        assert set(e.props["levels"]) <= set(levels), name
+    for name in set(RATIO_LEVELS.names()) - set(levels):
+        with pytest.raises(ConfigError, match=r"rollout\.correction_level"):
+            build_config(None, {"rollout.correction_level": name})
+        with pytest.raises(ValueError, match="unknown correction level"):
+            importance_ratio(old, mu, mask, name)
+
+
 @pytest.mark.parametrize("registry", ALL)
 def test_every_entry_cites_a_paper_and_the_readme_names_it(registry):
     readme = (ROOT / "README.md").read_text()

@@ -120,7 +120,8 @@ def test_packed_forwards_equal_the_padded_hf_forward(models, monkeypatch):
     assert (pmask == 0).any() and (mask == 0).any(), "the test needs padded prompts and early EOS"
     seq0 = torch.zeros_like(mask)
     seq0[:, 0] = 1  # the sequence-level value baseline reads V(prompt) only
-    pk = forward._pack_next_token(pids, pmask, rids, mask, policy.config.n_embd)
+    input_ids, _, _, keep, out = forward.next_token_reads(pids, pmask, rids, mask)
+    pk = gpt2.pack(input_ids, keep, out, policy.config.n_embd)
     assert pk.n == int(pmask.sum() + mask.sum() - len(prompts))  # exactly the tokens that are read
     if gemm.available():
         assert len(pk.ids) > pk.n, "the test needs filler rows"

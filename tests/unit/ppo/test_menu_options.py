@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ import harness.algos.math as M
 import harness.algos.offpolicy as O
 import harness.ppo.loop as TR
 from harness.algos import losses as L
+from harness.algos.estimators import BASELINES
 from harness.config import build_config
 from harness.lm.forward import policy_forward
 from harness.lm.rollout import make_score_fn
@@ -73,6 +75,15 @@ def _spy_fn(monkeypatch, module, name: str) -> list[dict]:
         return out
 
     monkeypatch.setattr(module, name, wrapper)
+    return calls
+
+
+def _spy_baseline(monkeypatch, name: str) -> list[dict]:
+    """The calls of ``BASELINES[name].fn``, the function the loop calls for advantage.baseline=name."""
+    entry = BASELINES[name]
+    holder = SimpleNamespace(fn=entry.fn)
+    calls = _spy_fn(monkeypatch, holder, "fn")
+    monkeypatch.setitem(BASELINES._entries, name, dataclasses.replace(entry, fn=holder.fn))
     return calls
 
 
@@ -268,7 +279,7 @@ def test_filter_groups_refills_the_batch_with_informative_groups(monkeypatch):
     """B = 8, k = 2: draw 4 groups (2 flat), then 2 (1 flat), then 1 (informative): 7 groups drawn, 3 dropped ->
     rollout/filtered_frac 3/7, rollout/extra_gen_frac 3/4; every group the advantages see has two scores. Catches
     the filter off, the refill skipped, and the metrics counted over the kept batch."""
-    adv = _spy_fn(monkeypatch, M, "sequence_advantages")
+    adv = _spy_baseline(monkeypatch, SEQ["advantage.baseline"])
     _, _, hist = _run({"rollout.filter_groups": True, **SEQ, "train.missing_eos_penalty": None}, score_fn=_half_constant)
     assert hist[0]["rollout/filtered_frac"] == pytest.approx(3 / 7)
     assert hist[0]["rollout/extra_gen_frac"] == pytest.approx(3 / 4)

@@ -28,15 +28,18 @@ registry; the TRL baseline has its own tests).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import harness.algos.math as M
 import harness.ppo.loop as TR
+from harness.algos.estimators import BASELINES
 from harness.config import build_config
 from harness.lm import forward, rollout, sampling
 from harness.lm.rollout import make_score_fn
@@ -118,6 +121,14 @@ class Tape:
         self.mp.setattr(module, name, wrapper)
         return calls
 
+    def spy_baseline(self, name: str) -> list[dict]:
+        """The loop calls ``BASELINES[name].fn``: that entry's function spied on, recorded under "baseline"."""
+        entry = BASELINES[name]
+        holder = SimpleNamespace(baseline=entry.fn)
+        calls = self.spy(holder, "baseline")
+        self.mp.setitem(BASELINES._entries, name, dataclasses.replace(entry, fn=holder.baseline))
+        return calls
+
     def watch_optimizer(self, st, grads: bool = False) -> None:
         """Record, at every optimiser step, the lr and the policy / value gradient norms it steps with."""
 
@@ -140,7 +151,7 @@ class Tape:
 
 
 def _run(monkeypatch, over: dict | None = None, *, perturb: float = 0.0, score_fn=None, iterations: int = 1,
-         spy: tuple[str, ...] = ("collect", "gae", "policy_loss", "value_loss", "sequence_advantages"),
+         spy: tuple[str, ...] = ("collect", "gae", "policy_loss", "value_loss", "baseline"),
          grads: bool = False):
     """``iterations`` real iterations; returns (cfg, models, state, metrics per iteration, tape)."""
     cfg = _cfg(over)
@@ -148,7 +159,10 @@ def _run(monkeypatch, over: dict | None = None, *, perturb: float = 0.0, score_f
     st = init_state(cfg, m)
     tape = Tape(monkeypatch)
     for name in spy:
-        tape.spy(TR if name == "collect" else M, name)
+        if name == "baseline":
+            tape.spy_baseline(cfg.advantage.baseline)
+        else:
+            tape.spy(TR if name == "collect" else M, name)
     tape.watch_optimizer(st, grads=grads)
     score = score_fn or make_score_fn(m.reward, m.task.gold)
     hist = [ppo_iteration(cfg, m, st, score) for _ in range(iterations)]
@@ -329,7 +343,7 @@ def test_sequence_return_has_the_kl_only_when_placed_in_the_reward(monkeypatch, 
     seq_kl = (_kl_by_hand(ro.logprobs, ro.ref_logprobs, estimator) * ro.mask).sum(1)
     assert seq_kl.abs().max() > 0.01
     expected = ro.scores.double() - (0.3 * seq_kl if placement == "reward" else 0.0)
-    (call,) = tape.calls["sequence_advantages"]
+    (call,) = tape.calls["baseline"]
     torch.testing.assert_close(call["returns"].double(), expected, atol=1e-5, rtol=1e-5)
     assert not tape.calls["gae"]  # sequence level: no GAE
 

@@ -13,7 +13,6 @@ from harness.sweep.spec import load_spec
 from reports import claims as C
 from reports.verdicts import CONTRADICTED, REPRODUCED, UNRESOLVED, Rule, seeds_to_resolve, verdict
 
-
 # ---- the verdict rule --------------------------------------------------------------------------------
 
 
