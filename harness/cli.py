@@ -360,7 +360,7 @@ def _launch(cfg, launch, experiment: str, runs_dir: Path, tracking_uri: str | No
         with sigterm_as_interrupt():
             run(cfg, launch, experiment=experiment, runs_dir=runs_dir, tracking_uri=tracking_uri, quiet=quiet)
     except KeyboardInterrupt:
-        raise fail("interrupted; the ranks were stopped", EXIT_INTERRUPTED) from None
+        raise fail("interrupted; the ranks were stopped and the run is marked KILLED", EXIT_INTERRUPTED) from None
     except RanksFailed as e:
         raise fail(f"run failed: {e}", EXIT_FAILED) from None
 

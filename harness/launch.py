@@ -110,6 +110,7 @@ def run(cfg: RunConfig, launch: Launch, *, experiment: str, runs_dir: Path, trac
         quiet: bool) -> None:
     """Start ``launch.nproc`` ranks of ``cfg`` on this machine and wait for them (and the other machines').
     Raises RanksFailed with one line when a rank fails (its run then FAILED, when this machine holds rank 0)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -124,11 +125,14 @@ def run(cfg: RunConfig, launch: Launch, *, experiment: str, runs_dir: Path, trac
         with _child_env(launch, tracking_uri, run_file), _quiet_elastic():
             try:
                 elastic_launch(lc, entrypoint=sys.executable)(*args)
+            except SignalException:  # Ctrl-C / SIGTERM to the launcher: it stopped the ranks; the run KILLED
+                _mark_ended(run_file, runs_dir, tracking_uri, "KILLED", "interrupted", ("RUNNING", "FAILED"))
+                raise KeyboardInterrupt from None
             except ChildFailedError as e:
                 rank, failure = min(e.failures.items())
                 why = f"signal {failure.signal_name()}" if failure.signal_name() != "<N/A>" else (
                     f"exit code {failure.exitcode}")
-                marked = _mark_failed(run_file, runs_dir, tracking_uri, f"rank {rank} ended with {why}")
+                marked = _mark_ended(run_file, runs_dir, tracking_uri, "FAILED", f"rank {rank} ended with {why}")
                 raise RanksFailed(f"rank {rank} ended with {why}" + (f"; run {marked} marked FAILED" if marked
                                                                       else "")) from None
 
@@ -174,9 +178,11 @@ def _quiet_elastic():
         log.setLevel(level)
 
 
-def _mark_failed(run_file: Path, runs_dir: Path, tracking_uri: str | None, reason: str) -> str | None:
-    """The run rank 0 started on this machine, still RUNNING (rank 0 itself was killed): FAILED with
-    ``reason``. Returns its id when this machine holds rank 0 and a run was started, else None."""
+def _mark_ended(run_file: Path, runs_dir: Path, tracking_uri: str | None, status: str, reason: str,
+                when: tuple[str, ...] = ("RUNNING",)) -> str | None:
+    """The run rank 0 started on this machine, when its status is one of ``when`` (still RUNNING: rank 0
+    itself was killed; FAILED: the launcher's own stop reached rank 0 as a peer's failure): ended ``status``
+    with ``reason``. Returns its id when this machine holds rank 0 and a run was started, else None."""
     if not run_file.exists():
         return None
     from harness.schema import Tag
@@ -185,9 +191,9 @@ def _mark_failed(run_file: Path, runs_dir: Path, tracking_uri: str | None, reaso
     run_id = run_file.read_text().strip()
     store = Store(runs_dir, tracking_uri)
     summary = store.run_summary(run_id)
-    if summary is not None and summary["status"] == "RUNNING":
+    if summary is not None and summary["status"] in when:
         store.run_logger(run_id).set_tags({Tag.FAILURE: reason})
-        store.set_terminated(run_id, "FAILED")
+        store.set_terminated(run_id, status)
     return run_id
 
 

@@ -40,7 +40,7 @@ class FakeBar:
 
 
 MODELS = type("M", (), {"provenance": {"artifacts.sft": "shipped"}, "policy": None, "ref": None, "tokenizer": None,
-                        "task": None})()
+                        "task": None, "device": "cpu"})()
 
 
 @pytest.fixture
