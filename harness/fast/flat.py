@@ -96,6 +96,8 @@ def clip_norm_(grads: list[torch.Tensor], max_norm: float | None) -> torch.Tenso
     g <- g * min(max_norm / (||g|| + 1e-6), 1), as ``torch.nn.utils.clip_grad_norm_``; None = no clipping.
     """
     norm = torch.nn.utils.get_total_norm(grads)
+    if hasattr(norm, "full_tensor"):  # FSDP's sharded gradients (a DTensor): the norm over every shard
+        norm = norm.full_tensor()
     if max_norm is not None:
         coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
         for g in grads:
