@@ -249,7 +249,8 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     resume: Annotated[str | None, typer.Option(
         "--resume", help="Continue the run RUN_ID from its newest checkpoint (train.checkpoint_every), in the same "
-        "MLflow run; its config is the checkpoint's.")] = None,
+        "MLflow run; its config is the checkpoint's. A run over N processes continues with --nproc-per-node N "
+        "(the world size it was written at), on the machine that holds its checkpoint.")] = None,
     nproc_per_node: Annotated[int | None, typer.Option(
         "--nproc-per-node", help="One run over N processes on this machine (torch's elastic launcher, as "
         "torchrun): each samples B / N of the batch, gradients summed; one process per GPU. impl=custom.")] = None,
@@ -284,10 +285,7 @@ def train(
         if config is not None or overrides:
             raise fail("--resume: the run's config is its checkpoint's; --config, --set, --task, --seed and --impl "
                        "cannot be given with it")
-        if launch is not None:
-            raise fail("--resume: a run over several processes writes no checkpoints; --nproc-per-node cannot be "
-                       "given with it")
-        return _resume(resume, runs_dir, tracking_uri, quiet)
+        return _resume(resume, runs_dir, tracking_uri, quiet, launch)
     profile: dict = {}
     try:
         cfg, profile = _config_with_profile(config, overrides)
@@ -317,6 +315,7 @@ def _train_here(cfg, profile: dict, task, experiment: str, runs_dir: Path, track
                 quiet: bool) -> None:
     """The run in this process: one process, or one rank of torchrun's (rank 0 alone opens the store)."""
     from harness import dist
+    from harness.launch import resumed_run
     from harness.profiles import as_overrides
     from harness.run import execute
     from harness.schema import Tag
@@ -327,7 +326,8 @@ def _train_here(cfg, profile: dict, task, experiment: str, runs_dir: Path, track
         _check_launch(cfg, world.size, int(os.environ.get("LOCAL_WORLD_SIZE", world.size)))
     store = Store(runs_dir, tracking_uri) if world.main else None
     tags = {Tag.IMPL_PROFILE: " ".join(as_overrides(profile))} if profile else None
-    _train_and_report(lambda: execute(cfg, store, experiment=experiment, tags=tags, task=task,
+    resume = resumed_run() if world.main else None  # train --resume ... --nproc-per-node: rank 0 reopens the run
+    _train_and_report(lambda: execute(cfg, store, experiment=experiment, tags=tags, task=task, resume=resume,
                                       progress=not quiet and sys.stderr.isatty()), store, experiment)
 
 
@@ -352,13 +352,16 @@ def _launch_options(nproc: int | None, nnodes: int, node_rank: int, endpoint: st
     return launch
 
 
-def _launch(cfg, launch, experiment: str, runs_dir: Path, tracking_uri: str | None, quiet: bool) -> None:
-    """``train --nproc-per-node``: the ranks of a launch checked against the config and this machine."""
+def _launch(cfg, launch, experiment: str, runs_dir: Path, tracking_uri: str | None, quiet: bool,
+            resume: str | None = None) -> None:
+    """``train --nproc-per-node``: the ranks of a launch checked against the config and this machine; ``resume``:
+    the run they continue."""
     from harness.launch import RanksFailed, run
 
     try:
         with sigterm_as_interrupt():
-            run(cfg, launch, experiment=experiment, runs_dir=runs_dir, tracking_uri=tracking_uri, quiet=quiet)
+            run(cfg, launch, experiment=experiment, runs_dir=runs_dir, tracking_uri=tracking_uri, quiet=quiet,
+                resume=resume)
     except KeyboardInterrupt:
         raise fail("interrupted; the ranks were stopped and the run is marked KILLED", EXIT_INTERRUPTED) from None
     except RanksFailed as e:
@@ -397,14 +400,20 @@ def _config_with_profile(config: Path | None, overrides: list[str]):
     return cfg, profile
 
 
-def _resume(run_id: str, runs_dir: Path, tracking_uri: str | None, quiet: bool) -> None:
-    """``train --resume RUN_ID``: the run's newest checkpoint and the run itself, checked; then continued."""
-    from harness import checkpoint
+def _resume(run_id: str, runs_dir: Path, tracking_uri: str | None, quiet: bool, launch=None) -> None:
+    """``train --resume RUN_ID [--nproc-per-node N]``: the run's newest checkpoint and the run itself, checked (the
+    world size it was written at among them); then continued, here or over the launch's ranks."""
+    from harness import checkpoint, dist
     from harness.config import ConfigError, load_config
     from harness.run import execute
     from harness.tracking import Store
     from harness.urls import UnsafeName, safe_name
 
+    if dist.launched().parallel:  # every rank would read the runs dir; the launcher's rank 0 alone reads it
+        raise fail("--resume: this process is a rank of torchrun's; continue a run over N processes with "
+                   "ppo-harness train --resume RUN_ID --nproc-per-node N")
+    if launch is not None and launch.nnodes > 1:
+        raise fail(f"--nnodes: run {shown(run_id)} continues on the one machine that holds its checkpoint")
     try:
         safe_name(run_id, "--resume")
     except UnsafeName as e:
@@ -419,14 +428,31 @@ def _resume(run_id: str, runs_dir: Path, tracking_uri: str | None, quiet: bool) 
         raise fail(f"--resume {shown(run_id)}: no such run in {store.where}")
     if summary["status"] == "FINISHED":
         raise fail(f"--resume {shown(run_id)}: the run is FINISHED already")
+    _check_resume_world(run_id, path, launch)
     try:
         cfg = load_config(path / "config.yaml")
     except ConfigError as e:
         raise fail(f"--resume {shown(run_id)}: {e}") from None
+    if launch is not None:
+        _check_launch(cfg, launch.size, launch.nproc)
     typer.echo(f"resuming run {run_id} after iteration {int(path.name.split('-')[-1])}", err=True)
     experiment = summary["experiment"]
+    if launch is not None:
+        return _launch(cfg, launch, experiment, runs_dir, tracking_uri, quiet, resume=run_id)
     _train_and_report(lambda: execute(cfg, store, experiment=experiment, resume=run_id,
                                       progress=not quiet and sys.stderr.isatty()), store, experiment)
+
+
+def _check_resume_world(run_id: str, path: Path, launch) -> None:
+    """A checkpoint continues at the world size it was written at (each rank's sampling is its own): one line
+    naming --nproc-per-node otherwise."""
+    from harness import checkpoint
+
+    written, size = checkpoint.world_size(path), 1 if launch is None else launch.size
+    if written != size:
+        hint = f"--nproc-per-node {written}" if written > 1 else "no --nproc-per-node"
+        raise fail(f"--nproc-per-node: run {shown(run_id)}'s checkpoint was written by {written} process(es), not "
+                   f"{size}; resume it with {hint}")
 
 
 def _train_and_report(run, store, experiment: str) -> None:

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["Stopped", "World", "gather_equal", "gather_objects", "gather_rows", "init", "rank_seed", "shares", "sum_", "world"]
+__all__ = ["Stopped", "World", "broadcast_", "broadcast_object", "gather_equal", "gather_objects", "gather_rows", "init",
+           "rank_seed", "shares", "sum_", "world"]
 
 
 class Stopped(RuntimeError):
@@ -118,6 +119,31 @@ def sum_(t: Tensor, w: World) -> Tensor:
         return t.copy_(moved.cpu())
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
     return t
+
+
+def broadcast_(t: Tensor, w: World) -> Tensor:
+    """Rank 0's ``t`` on every rank, in place (the identity for one process). Returns ``t``."""
+    import torch
+
+    if not w.parallel:
+        return t
+    if t.device.type == "cpu" and torch.distributed.get_backend() == "nccl":  # NCCL broadcasts device tensors only
+        moved = t.cuda()
+        torch.distributed.broadcast(moved, src=0)
+        return t.copy_(moved.cpu())
+    torch.distributed.broadcast(t, src=0)
+    return t
+
+
+def broadcast_object(obj, w: World):
+    """Rank 0's ``obj`` (picklable; tensors in it on the CPU) on every rank; ``obj`` itself for one process."""
+    import torch
+
+    if not w.parallel:
+        return obj
+    box = [obj if w.main else None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def shares(counts: list[float], w: World) -> list[float]:

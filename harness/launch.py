@@ -10,7 +10,9 @@ run created), a failed rank is one line and exit 1 (not torchrun's report), and 
 runs the same checks and refuses the same way (torchrun prints its own report around it).
 
 The ranks run ``python -m harness.cli train --config <the resolved config> ...``; the config travels as a
-temporary file (removed at the end), a tracking URI through the environment (never on a command line).
+temporary file (removed at the end), a tracking URI through the environment (never on a command line), and so
+does the id of a run continued from its checkpoint (``--resume``: rank 0 reopens it and restores the checkpoint,
+the other ranks receive it from rank 0, ``harness.checkpoint.restore_ranks``).
 With one machine the ranks meet at a free local port (torchrun --standalone); with M machines at
 ``--rdzv-endpoint`` (static rendezvous: machine R holds ranks R*N .. R*N+N-1, machine 0 rank 0).
 """
@@ -29,10 +31,11 @@ from pathlib import Path
 from harness.config import RunConfig
 from harness.errors import InputError
 
-__all__ = ["Launch", "LaunchError", "RanksFailed", "check", "run"]
+__all__ = ["Launch", "LaunchError", "RanksFailed", "check", "resumed_run", "run"]
 
 ENDPOINT = re.compile(r"^[A-Za-z0-9_.\-]+:\d{1,5}$")
 RUN_FILE = "PPO_HARNESS_RUN_FILE"  # where rank 0 writes its run id, for the launcher to mark it FAILED
+RESUME = "PPO_HARNESS_RESUME"  # ``train --resume RUN_ID --nproc-per-node N``: the run rank 0 continues
 
 
 class LaunchError(InputError):
@@ -95,9 +98,6 @@ def check(cfg: RunConfig, size: int, local: int, device_type: str, devices: int)
     if cfg.eval.prompts < size:
         raise LaunchError(key="eval.prompts", problem=f"{cfg.eval.prompts} held-out prompts cannot be shared by "
                           f"{size} ranks")
-    if cfg.train.checkpoint_every:
-        raise LaunchError(key="train.checkpoint_every", problem=f"a run over {size} ranks writes no checkpoints "
-                          "(each rank's sampling state is its own); set it 0")
     if re.fullmatch(r"cuda:\d+", cfg.train.device):
         raise LaunchError(key="train.device", problem=f"{cfg.train.device} names one device; over {size} ranks each "
                           "rank takes its local rank's CUDA device: write cuda or auto")
@@ -107,8 +107,9 @@ def check(cfg: RunConfig, size: int, local: int, device_type: str, devices: int)
 
 
 def run(cfg: RunConfig, launch: Launch, *, experiment: str, runs_dir: Path, tracking_uri: str | None,
-        quiet: bool) -> None:
+        quiet: bool, resume: str | None = None) -> None:
     """Start ``launch.nproc`` ranks of ``cfg`` on this machine and wait for them (and the other machines').
+    ``resume``: the id of the run they continue from its newest checkpoint (``cfg`` is the checkpoint's).
     Raises RanksFailed with one line when a rank fails (its run then FAILED, when this machine holds rank 0)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -117,12 +118,14 @@ def run(cfg: RunConfig, launch: Launch, *, experiment: str, runs_dir: Path, trac
     with tempfile.TemporaryDirectory(prefix="ppo-harness-launch-") as tmp:
         config, run_file = Path(tmp) / "config.yaml", Path(tmp) / "run-id"
         config.write_text(cfg.to_yaml())
+        if resume is not None:  # the run exists already: the launcher can end it however rank 0 ends
+            run_file.write_text(resume)
         args = ["-m", "harness.cli", "train", "--config", str(config), "--experiment", experiment,
                 "--runs-dir", str(runs_dir)] + (["--quiet"] if quiet else [])
         lc = LaunchConfig(min_nodes=launch.nnodes, max_nodes=launch.nnodes, nproc_per_node=launch.nproc,
                           run_id=uuid.uuid4().hex if launch.nnodes == 1 else "ppo-harness", max_restarts=0,
                           **_rendezvous(launch))
-        with _child_env(launch, tracking_uri, run_file), _quiet_elastic():
+        with _child_env(launch, tracking_uri, run_file, resume), _quiet_elastic():
             try:
                 elastic_launch(lc, entrypoint=sys.executable)(*args)
             except SignalException:  # Ctrl-C / SIGTERM to the launcher: it stopped the ranks; the run KILLED
@@ -144,10 +147,11 @@ def _rendezvous(launch: Launch) -> dict:
 
 
 @contextlib.contextmanager
-def _child_env(launch: Launch, tracking_uri: str | None, run_file: Path):
-    """The ranks' environment: the tracking URI (not on their command line), the run-id file, and one share of
-    the cores each when the user set no thread count (torchrun sets OMP_NUM_THREADS=1 likewise)."""
-    extra = {RUN_FILE: str(run_file)}
+def _child_env(launch: Launch, tracking_uri: str | None, run_file: Path, resume: str | None = None):
+    """The ranks' environment: the tracking URI (not on their command line), the run-id file, the run continued
+    (``resume``), and one share of the cores each when the user set no thread count (torchrun sets
+    OMP_NUM_THREADS=1 likewise)."""
+    extra = {RUN_FILE: str(run_file), RESUME: resume or ""}
     if tracking_uri:
         extra["MLFLOW_TRACKING_URI"] = tracking_uri
     if "OMP_NUM_THREADS" not in os.environ:
@@ -195,6 +199,11 @@ def _mark_ended(run_file: Path, runs_dir: Path, tracking_uri: str | None, status
         store.run_logger(run_id).set_tags({Tag.FAILURE: reason})
         store.set_terminated(run_id, status)
     return run_id
+
+
+def resumed_run() -> str | None:
+    """Rank 0 of a launch of ``train --resume RUN_ID --nproc-per-node N``: RUN_ID (None otherwise)."""
+    return os.environ.get(RESUME) or None
 
 
 def note_run(run_id: str) -> None:

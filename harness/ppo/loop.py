@@ -380,7 +380,7 @@ def train(cfg: RunConfig, models: Models, rec: Recorder) -> None:
     """``impl=custom``: evaluate at 0, then ``train.iterations`` PPO iterations on ``models``, each recorded
     into ``rec`` (evaluated every ``eval.every`` and at the last); checkpoints every ``train.checkpoint_every``."""
     st = init_state(cfg, models, dist.world())
-    ckpt = Checkpoints(cfg, rec.logger)  # train.checkpoint_every; a resumed run continues after its newest
+    ckpt = Checkpoints(cfg, rec.logger, st.world)  # train.checkpoint_every; a resumed run continues after its newest
     try:
         start = ckpt.resume(models, st, rec)
         if start == 0:
