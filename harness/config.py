@@ -415,7 +415,8 @@ class TrainConfig(_Section):
         default=0, ge=0,
         description="impl=custom: write a checkpoint every N iterations and after the last (policy and value weights "
         "as safetensors, optimiser and scheduler state, every RNG, the KL coefficient, the iteration) atomically into "
-        "<runs-dir>/checkpoints/<run id>/; `ppo-harness train --resume RUN_ID` continues from the newest; 0 = off.",
+        "<runs-dir>/checkpoints/<run id>/; `ppo-harness train --resume RUN_ID` continues from the newest (a run over N "
+        "processes: every rank's RNG kept, --resume RUN_ID --nproc-per-node N); 0 = off.",
     )
     keep_checkpoints: int = Field(
         default=1, ge=0, description="How many of the newest checkpoints a run keeps (older ones are deleted); 0 = all."
