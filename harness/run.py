@@ -121,20 +121,14 @@ def execute(
     world = _join(cfg)  # over N ranks (torchrun): the launch checked, the process group joined
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    held: list[int] = []  # a Ctrl-C / SIGTERM received while the run was being opened
     if not world.main:  # rank 0 alone talks to MLflow and shows progress
         logger, progress = NullLogger(), False
-    elif resume is not None:
-        logger = _reopen(store, resume, tags)
     else:
-        base_tags = run_tags(cfg)
-        name = run_name or default_run_name(cfg, base_tags)
-        logger = store.start_run(
-            experiment, run_name=name, tags={**base_tags, **(tags or {})}, params=cfg.flat(),
-            parent_run_id=parent_run_id,
-        )
-        logger.log_text(cfg.to_yaml(), "config.yaml")
-        note_run(logger.run_id)  # a launched run: where its launcher finds it
+        logger, held = _open(cfg, store, experiment, run_name, parent_run_id, tags, resume)
     try:
+        if held:  # raised here, where the run is marked KILLED
+            signal.raise_signal(held[0])
         result = train(cfg, logger, task, on_eval=on_eval, progress=progress)
     except KeyboardInterrupt:
         with _signals_deferred():  # a second Ctrl-C / SIGTERM must not leave the run RUNNING
@@ -196,6 +190,39 @@ def train(cfg: RunConfig, logger: RunLogger, task: Task, on_eval: OnEval | None 
         return finish_run(cfg, models, logger, rec.result())  # train.save_policy
 
 
+def _open(cfg: RunConfig, store: Store, experiment: str, run_name: str | None, parent_run_id: str | None,
+          tags: dict[str, str] | None, resume: str | None) -> tuple[RunLogger, list[int]]:
+    """(the run's logger, the stop signals held meanwhile): ``resume`` reopened, or a new run with the config's
+    params and tags and config.yaml.
+
+    The run is RUNNING from its first write on, and opening it takes several: a Ctrl-C / SIGTERM meanwhile
+    is held and returned, for the caller to raise where the run is marked KILLED (raised in here it would
+    leave the run RUNNING); when opening fails, it is raised at once instead (a stop is never lost)."""
+    got: list[int] = []
+    try:
+        with _signals_deferred() as got:
+            if resume is not None:
+                return _reopen(store, resume, tags), got
+            return _start(cfg, store, experiment, run_name, parent_run_id, tags), got
+    except BaseException:
+        if got:
+            signal.raise_signal(got[0])
+        raise
+
+
+def _start(cfg: RunConfig, store: Store, experiment: str, run_name: str | None, parent_run_id: str | None,
+           tags: dict[str, str] | None) -> RunLogger:
+    """A new run: the config's params, the run's tags, config.yaml; its id noted for a launcher."""
+    base_tags = run_tags(cfg)
+    logger = store.start_run(
+        experiment, run_name=run_name or default_run_name(cfg, base_tags), tags={**base_tags, **(tags or {})},
+        params=cfg.flat(), parent_run_id=parent_run_id,
+    )
+    logger.log_text(cfg.to_yaml(), "config.yaml")
+    note_run(logger.run_id)  # a launched run: where its launcher finds it
+    return logger
+
+
 def _reopen(store: Store, run_id: str, tags: dict[str, str] | None):
     """A run continued from its checkpoint: RUNNING again, ``tags`` (a sweep's trial and worker) updated,
     its failure reason dropped, ``resumed`` counting the continuations."""
@@ -209,17 +236,17 @@ def _reopen(store: Store, run_id: str, tags: dict[str, str] | None):
 
 
 @contextlib.contextmanager
-def _signals_deferred(redeliver: bool = False) -> Iterator[None]:
-    """SIGINT / SIGTERM held back while a run records how it ended (a second Ctrl-C must not leave it
-    RUNNING); ``redeliver``: raised afterwards, so a stop request is never lost (the KeyboardInterrupt
-    path needs none: it is stopping already)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+def _signals_deferred(redeliver: bool = False) -> Iterator[list[int]]:
+    """SIGINT / SIGTERM held back while a run is opened or records how it ended (a second Ctrl-C must not
+    leave it RUNNING); yields the signals held, in order. ``redeliver``: raised afterwards, so a stop
+    request is never lost (the KeyboardInterrupt path needs none: it is stopping already)."""
     got: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
     old = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield got
     finally:
         for s, h in old.items():
             if h is not None:  # None: a handler not installed from Python, nothing to put back

@@ -87,6 +87,35 @@ def test_execute_owns_the_runs_status(tmp_path, fake_impl, raise_, status, reaso
     assert "config.yaml" in artifacts and (("error.txt" in artifacts) == (status == "FAILED"))
 
 
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_sigterm_while_the_run_opens_marks_it_killed(tmp_path, fake_impl, monkeypatch, resume):
+    """SIGTERM (``train``'s handler: KeyboardInterrupt) arriving while the run is being opened, RUNNING
+    already (its params or tags being written): the run ends KILLED, not left RUNNING, and no training starts."""
+    import os
+    import signal
+
+    from harness.cli import sigterm_as_interrupt
+    from harness.tracking import RunLogger
+
+    store = Store(tmp_path / "runs")
+    cfg = build_config(None, {"seed": 4})
+    run_id = store.start_run("t").run_id if resume else None
+    real = RunLogger.set_tags if resume else RunLogger.log_params
+
+    def write_then_sigterm(self, *args):
+        real(self, *args)
+        assert store.run_summary(self.run_id)["status"] == "RUNNING"
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(RunLogger, "set_tags" if resume else "log_params", write_then_sigterm)
+    with pytest.raises(KeyboardInterrupt), sigterm_as_interrupt():
+        R.execute(cfg, store, experiment="t", progress=False, resume=run_id)
+    (run,) = store.find_runs("t")
+    run = store.get_run(run.info.run_id)
+    assert run.info.status == "KILLED" and "eval/gold" not in run.data.metrics
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def test_train_validates_the_model_keys_once(tmp_path, monkeypatch):
     """``ppo-harness train``: the CLI checks the model keys before the store exists and hands the result on;
     neither ``execute`` nor ``load_models`` checks them again."""
