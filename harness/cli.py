@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -51,25 +50,18 @@ def shown(value: object) -> str:
 def sigterm_as_interrupt():
     """SIGTERM (``timeout``, ``kill``, a batch scheduler) stops a run as Ctrl-C does: KeyboardInterrupt, so
     the run is marked KILLED, a half-built warm start is removed and the exit code is 130. A rank of a run
-    over several processes is sent SIGTERM by its launcher when another rank failed: the run is FAILED."""
+    over several processes is sent SIGTERM by its launcher when another rank failed: the run is FAILED.
+    Raised again until the run's cleanup begins (``harness.interrupts``: one dropped by a GC callback)."""
     from harness import dist
+    from harness.interrupts import stopping
 
-    parallel = dist.launched().parallel
-
-    def stop(signum, frame):
-        if parallel:
-            raise dist.Stopped("stopped by the launcher: another rank failed, or the launch was stopped")
-        raise KeyboardInterrupt
-
-    try:
-        old = signal.signal(signal.SIGTERM, stop)
-    except ValueError:  # not the main thread: nothing to install
+    if dist.launched().parallel:
+        def make() -> BaseException:
+            return dist.Stopped("stopped by the launcher: another rank failed, or the launch was stopped")
+    else:
+        make = KeyboardInterrupt
+    with stopping(make):
         yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 # ---- checks of paths and URLs, made before any work -------------------------------------------------

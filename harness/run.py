@@ -27,6 +27,7 @@ from harness.devices import describe as describe_device
 from harness.devices import resolve as resolve_device
 from harness.errors import describe
 from harness.impls import IMPLEMENTATIONS, get, load, resolve
+from harness.interrupts import acted_on
 from harness.launch import check as check_launch
 from harness.launch import note_run
 from harness.ppo.update import NonFiniteError
@@ -131,6 +132,7 @@ def execute(
             signal.raise_signal(held[0])
         result = train(cfg, logger, task, on_eval=on_eval, progress=progress)
     except KeyboardInterrupt:
+        acted_on()  # the stop is handled here: not raised again (harness.interrupts)
         with _signals_deferred():  # a second Ctrl-C / SIGTERM must not leave the run RUNNING
             try:
                 logger.set_tags({Tag.FAILURE: "interrupted"})
@@ -138,6 +140,7 @@ def execute(
                 logger.end("KILLED")
         raise
     except BaseException as e:
+        acted_on()  # a rank's Stopped is handled here too
         reason = describe(e)
         with _signals_deferred(redeliver=True):
             try:
