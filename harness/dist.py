@@ -19,17 +19,24 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["Stopped", "World", "gather_equal", "gather_objects", "gather_rows", "init", "rank_seed", "shares", "sum_", "world"]
+__all__ = ["MainStopped", "Stopped", "World", "from_main", "gather_equal", "gather_objects", "gather_rows", "init",
+           "rank_seed", "shares", "sum_", "world"]
 
 
 class Stopped(RuntimeError):
     """This rank was stopped by the launcher (SIGTERM): another rank failed, or the launch was stopped."""
+
+
+class MainStopped(RuntimeError):
+    """Raised on every rank but 0 when rank 0's hook stopped the run (a sweep's pruner, a stop request): the
+    ranks end together at the same evaluation."""
 
 
 @dataclass(frozen=True)
@@ -168,3 +175,32 @@ def gather_rows(tensors: dict[str, Tensor | None], w: World) -> dict[str, Tensor
             rows = [torch.nn.functional.pad(r, (0, width - r.shape[1])) for r in rows]
         out[k] = torch.cat(rows).to(device)
     return out
+
+
+def from_main(hook: Callable[..., None] | None, w: World) -> Callable[..., None] | None:
+    """``hook`` (the run's ``on_eval``) called on rank 0 alone, its verdict reaching every rank: what it raised is
+    broadcast, rank 0 raises it again and every other rank raises ``MainStopped``, so all of them stop at the same
+    evaluation (a pruned sweep trial) and none waits for a peer that left. ``hook`` itself for one process.
+
+    Every rank calls the returned function at the same point (``on_eval`` follows an evaluation every rank
+    runs), so the broadcast is a collective like the evaluation's own; with no hook it broadcasts "go on"."""
+    import torch
+
+    if not w.parallel:
+        return hook
+
+    def call(*args) -> None:
+        error: BaseException | None = None
+        if w.main and hook is not None:
+            try:
+                hook(*args)
+            except BaseException as e:  # TrialPruned, a stop request (KeyboardInterrupt), an outage
+                error = e
+        box = [None if error is None else f"{type(error).__name__}: {error}"]
+        torch.distributed.broadcast_object_list(box, src=0)
+        if error is not None:
+            raise error
+        if box[0] is not None:
+            raise MainStopped(f"rank 0 stopped the run ({box[0]})")
+
+    return call
