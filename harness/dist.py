@@ -86,7 +86,11 @@ def init(device_type: str, timeout_s: float) -> World:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(w.local_rank)
-        torch.distributed.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        try:
+            torch.distributed.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        except BaseException:  # a peer that never came: this process can form a group again (``close``)
+            close()
+            raise
     _WORLD = w
     return w
 
@@ -97,7 +101,12 @@ def close() -> None:
 
     global _WORLD
     if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+        torch.distributed.destroy_process_group()  # which also sets the group counter back to 0
+    else:  # an init that failed (a peer that never came) counted its group: the next group this process forms
+        # (a sweep worker's next trial) would look for keys under a name its fresh peers never write
+        c10d = torch.distributed.distributed_c10d
+        if hasattr(c10d, "_world"):
+            c10d._world.group_count = 0
     _WORLD = World()
 
 

@@ -28,14 +28,17 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from harness.config import RunConfig
+if TYPE_CHECKING:
+    from harness.config import RunConfig
 
 GRACE_S = 10.0  # after rank 0's trial ended: how long its followers get to leave on their own
 STOP_S = 5.0  # then SIGTERM, and SIGKILL after this long
 WATCH_S = 1.0  # how often a follower looks for its parent
 RANK_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 EXIT_FOLLOWER_FAILED = 1
+PARENT = "PPO_HARNESS_GROUP_PARENT"  # the worker's pid, in a follower's environment: it leaves when that is gone
 
 
 def follower_command(config: Path) -> list[str]:
@@ -74,7 +77,7 @@ class Group:
             config.write_text(self.cfg.to_yaml())
             port = free_port()
             for rank in range(1, self.size):
-                env = {**os.environ, **rank_env(rank, self.size, port)}
+                env = {**os.environ, **rank_env(rank, self.size, port), PARENT: str(os.getpid())}
                 self.procs.append(subprocess.Popen(follower_command(config), env=env, stdin=subprocess.DEVNULL))
             mine = rank_env(0, self.size, port)
             self.saved = {k: os.environ.get(k) for k in mine}
@@ -132,12 +135,20 @@ def _ending(code: int) -> str:
     return f"exit code {code}"
 
 
+def lost_rank(e: BaseException) -> bool:
+    """Whether ``e`` was raised inside torch.distributed (a collective or the rendezvous: a peer died, hung or
+    never came), which is a failure of the trial's group, not an outage of the sweep's stores."""
+    import traceback
+
+    marker = f"torch{os.sep}distributed{os.sep}"
+    return any(marker in frame.filename for frame in traceback.extract_tb(e.__traceback__))
+
+
 def _watch_parent(ppid: int) -> None:
-    """A follower whose worker is gone leaves at once (no cleanup of its own to do: it holds no run)."""
-    while True:
+    """A follower whose worker is gone (even before this thread started) leaves at once: it holds no run."""
+    while os.getppid() == ppid:
         time.sleep(WATCH_S)
-        if os.getppid() != ppid:
-            os._exit(EXIT_FOLLOWER_FAILED)
+    os._exit(EXIT_FOLLOWER_FAILED)
 
 
 def follower_main(config: str) -> int:
@@ -145,7 +156,7 @@ def follower_main(config: str) -> int:
     0 when the run finished or rank 0 stopped it (a pruned trial), 1 with one line when it failed."""
     from harness import dist
 
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    threading.Thread(target=_watch_parent, args=(int(os.environ.get(PARENT, os.getppid())),), daemon=True).start()
     rank = os.environ.get("RANK", "?")
     try:
         from harness.config import load_config

@@ -348,8 +348,18 @@ class Worker:
         except Outage:
             raise
         except Exception as e:
-            kind = "nonfinite" if isinstance(e, NonFiniteError) else ("outage" if is_transient(e) else "error")
+            kind = "nonfinite" if isinstance(e, NonFiniteError) else ("outage" if self._outage(e) else "error")
             self._fail(trial, kind, one_line(e), None if kind == "outage" else traceback.format_exc())
+
+    def _outage(self, e: Exception) -> bool:
+        """A store's transient error (the trial is retried at once); a rank of the trial's group that died or
+        timed out at a collective (``Connection closed``, ``timed out``) is not one: the trial failed."""
+        if self.procs_per_run > 1:
+            from harness.sweep.group import lost_rank
+
+            if lost_rank(e):
+                return False
+        return is_transient(e)
 
     def _interrupted(self, trial) -> None:
         """Fail the trial as "interrupted" (retried, its run KILLED), even when a later stop signal (the

@@ -120,26 +120,50 @@ def test_a_pruned_trial_stops_every_rank_at_the_same_evaluation(tmp_path, capfd)
     assert not _followers(os.getpid())
 
 
+def _wait_for_evaluation(tmp_path: Path, experiment: str, trial: int, timeout: float = 180) -> None:
+    """Until trial ``trial``'s run has logged its first evaluation (a collective: every rank has joined)."""
+    from harness.tracking import Store
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (tmp_path / "runs" / "mlflow.db").exists():
+            store = Store(tmp_path / "runs")
+            for r in store.find_runs(experiment):
+                if r.data.tags.get("optuna.trial") == str(trial) and store.metric_history(r.info.run_id, "eval/kl"):
+                    return
+        time.sleep(0.5)
+    raise AssertionError(f"trial {trial} logged no evaluation")
+
+
 def test_a_dead_follower_fails_its_trial_and_the_worker_goes_on(tmp_path):
-    spec = write_spec(tmp_path, "df", base={**BASE, "train.iterations": 6}, grid={"kl.coef": [0.0, 0.2]},
-                      seeds=[0], objective=OBJECTIVE)
+    """Trial 0's follower is killed before it joins (rank 0's rendezvous times out after train.dist_timeout_s,
+    before any run exists), trial 1's after the first evaluation (rank 0's next collective fails, the run
+    FAILED): both trials FAIL, never taken for a store outage; trial 2 then runs over two fresh ranks."""
+    spec = write_spec(tmp_path, "df", base={**BASE, "train.iterations": 6, "train.dist_timeout_s": 20},
+                      grid={"kl.coef": [0.0, 0.1, 0.2]}, seeds=[0], objective=OBJECTIVE)
     proc = sweep(tmp_path, spec, "--workers", "1", "--procs-per-run", "2", background=True)
     try:
-        victim = _wait_for_follower(proc.pid)
-        time.sleep(8)  # into the trial's iterations
-        victim.send_signal(signal.SIGKILL)
-        out, _ = proc.communicate(timeout=240 + 2 * TIMEOUT_S)
+        first = _wait_for_follower(proc.pid)
+        first.send_signal(signal.SIGKILL)  # still starting: it never joins
+        _wait_for_evaluation(tmp_path, "df", 1)
+        (second,) = _followers(proc.pid)
+        second.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 1, out  # one trial failed: a rerun would retry it
-    assert "1 run(s) failed" in out
+    assert proc.returncode == 1, out  # two trials failed: a rerun would retry them
+    assert "2 run(s) failed" in out
     trials = sorted(study_trials(str(tmp_path / "runs" / "sweeps" / "df.journal")), key=lambda t: t.number)
-    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL", "COMPLETE"]  # not re-queued as an outage
+    assert [t.user_attrs["sweep.fail_kind"] for t in trials[:2]] == ["error", "error"]
     _, _, children = mlflow_runs(tmp_path, "df")
     status = {r.data.tags["optuna.trial"]: r.info.status for r in children}
-    assert status == {"0": "FAILED", "1": "FINISHED"}
-    assert f"rank 1 (pid {victim.pid}) ended with signal SIGKILL" in _worker_log(tmp_path)
+    assert status == {"1": "FAILED", "2": "FINISHED"}  # trial 0's group never formed: no run was started
+    assert "timed out" in trials[0].user_attrs["sweep.fail_reason"].lower()
+    log = _worker_log(tmp_path)
+    for victim in (first, second):
+        assert f"rank 1 (pid {victim.pid}) ended with signal SIGKILL" in log
 
 
 def test_a_killed_worker_takes_its_followers_with_it(tmp_path):
