@@ -187,28 +187,38 @@ def test_a_killed_worker_takes_its_followers_with_it(tmp_path):
         p.kill()
 
 
-HEAD = "name: bad\nseeds: [0]\nbase:\n" + "".join(f"  {k}: {v}\n" for k, v in TINY.items())
+def _head(without: str = "") -> str:
+    return "name: bad\nseeds: [0]\nbase:\n" + "".join(f"  {k}: {v}\n" for k, v in TINY.items() if k != without)
 
 
-@pytest.mark.parametrize(("body", "args", "named"), [
-    (HEAD + "grid: {kl.coef: [0.1]}\n", ["--procs-per-run", "0"], "--procs-per-run"),
-    (HEAD + "grid: {kl.coef: [0.1]}\n", ["--procs-per-run", "3"], "base.rollout.batch_size"),
-    (HEAD + "grid: {rollout.batch_size: [8, 6]}\n", ["--procs-per-run", "2"], "grid.rollout.batch_size"),
-    (HEAD + "grid: {impl: [custom, trl]}\n", ["--procs-per-run", "2"], "grid.impl"),
+HEAD, FREE_BATCH = _head(), _head(without="rollout.batch_size")
+
+
+@pytest.mark.parametrize(("body", "args", "says"), [
+    (HEAD + "grid: {kl.coef: [0.1]}\n", ["--procs-per-run", "0"], "--procs-per-run: expected at least 1, got 0"),
+    (HEAD + "grid: {kl.coef: [0.1]}\n", ["--procs-per-run", "3"],
+     "base.rollout.batch_size: 8 does not split over 3 ranks"),
+    (FREE_BATCH + "grid: {rollout.batch_size: [8, 6]}\n", ["--procs-per-run", "2"],
+     "grid.rollout.batch_size: 6 does not split over 2 ranks"),
+    (HEAD + "grid: {impl: [custom, trl]}\n", ["--procs-per-run", "2"], "grid.impl: trl runs in one process"),
     (HEAD + "  train.checkpoint_every: 1\ngrid: {kl.coef: [0.1]}\n", ["--procs-per-run", "2"],
-     "base.train.checkpoint_every"),
-    (HEAD + "sampler: random\nn_trials: 2\nsearch: {rollout.batch_size: {low: 8, high: 16}}\n",
-     ["--procs-per-run", "2"], "search.rollout.batch_size"),
-    (HEAD + "grid: {kl.coef: [0.1]}\n", ["--procs-per-run", "2", "--devices", "0,1,2"], "--devices"),
-    (HEAD + "grid: {kl.coef: [0.1]}\n", ["--procs-per-run", "2", "--workers", "2", "--devices", "0,1"], "--devices"),
+     "base.train.checkpoint_every: a run over 2 ranks writes no checkpoints"),
+    (FREE_BATCH + "sampler: random\nn_trials: 2\nsearch: {rollout.batch_size: {low: 8, high: 16}}\n",
+     ["--procs-per-run", "2"], "search.rollout.batch_size: a range cannot be checked to split over --procs-per-run 2"),
+    (FREE_BATCH + "sampler: random\nn_trials: 2\nsearch: {rollout.batch_size: {choices: [8, 10]}}\n",
+     ["--procs-per-run", "2"], "search.rollout.batch_size: 10 does not split over 2 ranks"),
+    (HEAD + "grid: {kl.coef: [0.1]}\n", ["--procs-per-run", "2", "--devices", "0,1,2"],
+     "--devices: 3 device(s) do not split into groups of --procs-per-run 2"),
+    (HEAD + "grid: {kl.coef: [0.1]}\n", ["--procs-per-run", "2", "--workers", "2", "--devices", "0,1"],
+     "--devices: 2 worker(s) x --procs-per-run 2 need 4 devices, got 2"),
 ])
-def test_what_cannot_run_over_the_ranks_is_refused_in_one_line(tmp_path, capsys, monkeypatch, body, args, named):
+def test_what_cannot_run_over_the_ranks_is_refused_in_one_line(tmp_path, capsys, monkeypatch, body, args, says):
     spec = tmp_path / "bad.yaml"
     spec.write_text(body)
     monkeypatch.chdir(tmp_path)
     code, out, err = main_exit(capsys, "sweep", str(spec), *args)
     assert code == 2
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and named in lines[0], err
+    assert len(lines) == 1 and says in lines[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # no runs/, no journal, no mlflow.db
 
