@@ -183,6 +183,8 @@ def check_ranks(spec: AblationSpec, procs: int, devices: int) -> None:
     study or run exists. SpecError naming the spec key that set the value (base, grid or search)."""
     import itertools
 
+    import torch
+
     from harness.devices import resolve
     from harness.launch import LaunchError, check
 
@@ -201,9 +203,13 @@ def check_ranks(spec: AblationSpec, procs: int, devices: int) -> None:
     for values in variants:
         cfg = spec.config(values, spec.seeds[0])
         device = resolve(cfg.train.device)
+        # with --devices each worker sees its group of procs devices; without, every device of the machine
+        visible = (procs if devices else torch.cuda.device_count()) if device.type == "cuda" else 0
         try:
-            check(cfg, procs, procs, device.type, devices or procs)  # --devices: one group of procs per worker
+            check(cfg, procs, procs, device.type, visible)
         except LaunchError as e:
+            if e.key.startswith("--"):  # more processes than the machine's CUDA devices
+                raise SpecError("--procs-per-run", e.problem) from None
             section = "base" if e.key in spec.base else ("grid" if spec.sampler == "grid" else "search")
             where = f"{section}.{e.key}" if e.key in values or e.key in spec.base else e.key
             raise SpecError(where, f"{e.problem} (in cell {cell_label(values)})" if e.key in values
