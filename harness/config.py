@@ -434,6 +434,15 @@ class TrainConfig(_Section):
         "waits at a collective for the others before the run ends FAILED (a rank that died or hangs). It must "
         "exceed the longest stretch one rank works alone: an evaluation, an iteration's sampling.",
     )
+    parallel: Literal["ddp", "fsdp"] = Field(
+        default="ddp",
+        description="How a run over several processes holds its models. ddp: every rank holds them whole "
+        "(replicated; the gradients summed in one all-reduce). fsdp: PyTorch's FSDP2 fully_shard over the ranks, "
+        "each transformer block one unit: a rank holds 1/N of each weight, gradient and Adam moment; training "
+        "forwards gather one block at a time, sampling and evaluation gather a whole model at a time. impl=custom; "
+        "without LoRA, a shared value trunk, the noise probe, stale sampling, group filtering, fp16, checkpoints or train.save_policy. "
+        "Also one process (a 1-rank mesh).",
+    )
     dtype: Literal["fp32", "bf16", "fp16"] = Field(
         default="fp32",
         description="Precision of the rollout and update forwards: bf16 / fp16 run them under torch.autocast of that "
@@ -528,6 +537,7 @@ class RunConfig(_Section):
         _consistent_loss_mode(self)
         _consistent_rollout(self)
         _consistent_lifecycle(self)
+        _consistent_parallel(self)
         return self
 
     # ---- helpers -------------------------------------------------------------------------
@@ -540,6 +550,31 @@ class RunConfig(_Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(), sort_keys=False)
+
+
+def _consistent_parallel(cfg: RunConfig) -> None:
+    """train.parallel=fsdp against the options whose state or forwards assume whole, local weights."""
+    if cfg.train.parallel != "fsdp":
+        return
+    why = "the policy's weights are sharded (train.parallel=fsdp)"
+    rules = [
+        ("impl", cfg.impl != "custom", f"{cfg.impl} with train.parallel=fsdp: the sharded run is impl=custom"),
+        ("model.lora.r", cfg.model.lora.r > 0, "LoRA adapters are not sharded here; with train.parallel=fsdp set it 0"),
+        ("model.value_trunk", cfg.model.value_trunk == "shared", f"shared: a head on the trunk would bypass the "
+         f"sharded root's forward; {why}, use a separate value model"),
+        ("probe.every", cfg.probe.every > 0, f"the probe reads each rank's own gradients, which FSDP's backward "
+         f"reduce-scatters; {why}: set it 0 or train.parallel=ddp"),
+        ("rollout.staleness", cfg.rollout.staleness > 0, f"the stale behaviour policy is a whole copy; {why}"),
+        ("rollout.filter_groups", cfg.rollout.filter_groups, f"ranks would draw different numbers of rounds "
+         f"through sharded models; {why}"),
+        ("train.dtype", cfg.train.dtype == "fp16", f"fp16's overflow check would see one shard per rank; {why}: "
+         "use bf16"),
+        ("train.checkpoint_every", cfg.train.checkpoint_every > 0, f"sharded checkpoints are not written; {why}"),
+        ("train.save_policy", cfg.train.save_policy, f"a sharded policy is not saved whole; {why}"),
+    ]
+    for key, bad, problem in rules:
+        if bad:
+            raise _KeyProblem(key, problem)
 
 
 def _consistent_lifecycle(cfg: RunConfig) -> None:

@@ -73,21 +73,27 @@ def world() -> World:
     return _WORLD
 
 
-def init(device_type: str, timeout_s: float) -> World:
+def init(device_type: str, timeout_s: float, group: bool = False) -> World:
     """Join the process group of the torchrun launch (once; later calls return the world). gloo on the CPU,
-    NCCL on CUDA; every collective then times out after ``timeout_s`` seconds."""
+    NCCL on CUDA; every collective then times out after ``timeout_s`` seconds. ``group``: a process outside
+    torchrun gets a process group of its own too (rank 0 of 1: what FSDP2's mesh needs)."""
     import torch
 
     global _WORLD
     w = launched()
-    if not w.parallel:
+    if not w.parallel and not group:
         return w
     if not torch.distributed.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(w.local_rank)
+        timeout = datetime.timedelta(seconds=timeout_s)
         try:
-            torch.distributed.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+            if w.parallel or "MASTER_ADDR" in os.environ:
+                torch.distributed.init_process_group(backend, timeout=timeout)
+            else:  # one process, no rendezvous: a store in this process
+                torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0,
+                                                     world_size=1, timeout=timeout)
         except BaseException:  # a peer that never came: this process can form a group again (``close``)
             close()
             raise

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from harness import dist
+from harness import dist, shard
 from harness import evaluate as E
 from harness.config import RunConfig
 from harness.lm.sampling import generation_options
@@ -85,13 +85,14 @@ class Recorder:
     def evaluate(self, it: int) -> dict[str, float]:
         """Held-out evaluation of the current policy (eval/*); tags the over-optimisation onset once."""
         m = self.models
-        em, rows = E.evaluate(
-            m.policy, m.ref, m.tokenizer, m.task, self.score_fn,
-            n_prompts=self.cfg.eval.prompts, response_length=self.response_length,
-            temperature=self.cfg.rollout.temperature, missing_eos_penalty=self.cfg.train.missing_eos_penalty,
-            options=generation_options(self.cfg),  # rollout.top_k / top_p / min_new_tokens / stop, task.chat_template
-            world=dist.world(),  # over N ranks: each samples its share of the prompts, all get every row
-        )
+        with shard.gathered(m.policy, m.ref, m.reward):  # train.parallel=fsdp: ranks sample different lengths
+            em, rows = E.evaluate(
+                m.policy, m.ref, m.tokenizer, m.task, self.score_fn,
+                n_prompts=self.cfg.eval.prompts, response_length=self.response_length,
+                temperature=self.cfg.rollout.temperature, missing_eos_penalty=self.cfg.train.missing_eos_penalty,
+                options=generation_options(self.cfg),  # rollout.top_k / top_p / min_new_tokens / stop, chat template
+                world=dist.world(),  # over N ranks: each samples its share of the prompts, all get every row
+            )
         if it in self.sample_at:
             self.samples.extend({"iteration": it, **r} for r in rows[:SAMPLE_ROWS])
         self.evals.append(em)

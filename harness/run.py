@@ -163,13 +163,14 @@ def _join(cfg: RunConfig) -> dist.World:
     """A process of a run over several (torchrun's environment): the launch checked (LaunchError before any
     run exists, the same on every rank), then the process group joined; ``World()`` for one process."""
     w = dist.launched()
+    fsdp = cfg.train.parallel == "fsdp"  # FSDP2 needs a process group, of one process too
     if not w.parallel:
-        return w
+        return dist.init(resolve_device(cfg.train.device).type, cfg.train.dist_timeout_s, group=fsdp) if fsdp else w
     device = resolve_device(cfg.train.device)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", w.size))
     devices = torch.cuda.device_count() if device.type == "cuda" else 0
     check_launch(cfg, w.size, local, device.type, devices)
-    return dist.init(device.type, cfg.train.dist_timeout_s)
+    return dist.init(device.type, cfg.train.dist_timeout_s, group=fsdp)
 
 
 def train(cfg: RunConfig, logger: RunLogger, task: Task, on_eval: OnEval | None = None,

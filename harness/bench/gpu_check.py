@@ -2,8 +2,8 @@
 
 It builds a ~100M-parameter Llama-architecture policy locally (random init, the default task's tokenizer,
 ``save_pretrained`` into a temporary folder: nothing is downloaded), then trains the default sentiment task
-for a few iterations with it, in bf16, once with the custom core and once with ``impl=trl``, each in its own
-process, and prints per implementation the tokens per second of the rollout + update and
+for a few iterations with it, in bf16, with the custom core (``custom``: whole models; ``custom-fsdp``: the
+same run with ``train.parallel=fsdp``, FSDP2 on one GPU) and with ``impl=trl``, each in its own process, and prints per implementation the tokens per second of the rollout + update and
 ``torch.cuda.max_memory_allocated``. ``--nproc-per-node N`` runs the custom core over N GPUs as well.
 ``--tiny --device cpu`` is the same path on a 2-layer model, which is how it is tested without a GPU.
 """
@@ -46,7 +46,8 @@ def build_llama(folder: Path, size: str) -> int:
 def child(impl: str, folder: str, device: str, iterations: int, nproc: int, runs: str) -> dict:
     """One training run in its own process; tokens/s from its perf/* metrics, peak memory from torch."""
     rm = Path(__file__).resolve().parents[1] / "shipped" / "sentiment" / "rm" / "rm"  # the task's proxy RM, as shipped
-    sets = {"model.policy": folder, "model.sft": "none", "model.reward": str(rm), "impl": impl, "train.iterations": iterations,
+    sets = {"model.policy": folder, "model.sft": "none", "model.reward": str(rm), "impl": impl.removesuffix("-fsdp"),
+            "train.parallel": "fsdp" if impl.endswith("-fsdp") else "ddp", "train.iterations": iterations,
             "train.device": device, "train.dtype": "bf16" if device != "cpu" else "fp32", "eval.every": iterations,
             "eval.prompts": 16, "rollout.batch_size": 64}
     args = [sys.executable, "-m", "harness", "train", "--runs-dir", runs, "--quiet", "--experiment", "gpu-check"]
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     p.add_argument("--iterations", type=int, default=4)
     p.add_argument("--nproc-per-node", type=int, default=1, help="also run the custom core over N GPUs")
-    p.add_argument("--impls", default="custom,trl")
+    p.add_argument("--impls", default="custom,custom-fsdp,trl", help="custom, custom-fsdp (FSDP2), trl")
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         folder = Path(tmp) / "llama"

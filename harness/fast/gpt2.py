@@ -65,14 +65,22 @@ def _info(model: nn.Module) -> tuple[bool, bool]:
 def packable(model: nn.Module) -> bool:
     """GPT-2 weights, no cross-attention, a GELU we know, no LoRA adapters, no gradient checkpointing:
     what the model is, read once per model."""
-    return _info(model)[0]
+    return _info(model)[0] and not _fsdp(model)  # sharded weights (train.parallel=fsdp): the root's hooks gather them
 
 
 def supports(model: nn.Module) -> bool:
     """``packable`` and, now, no active dropout in training mode and the parameters on the CPU."""
     arch, dropout = _info(model)
     # the packed forwards are the CPU fast path; on other devices the generic Hugging Face path runs
-    return arch and not (model.training and dropout) and next(model.parameters()).device.type == "cpu"
+    return (arch and not (model.training and dropout) and next(model.parameters()).device.type == "cpu"
+            and not _fsdp(model))
+
+
+def _fsdp(model: nn.Module) -> bool:
+    """Whether ``model`` is sharded by FSDP2 (``harness.shard``)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
 
 
 def _checkpointing(model: nn.Module) -> bool:

@@ -14,6 +14,10 @@ the positions after. ``PACKED_GPT2`` runs ``harness.fast.gpt2``: only the tokens
 padding, the last block at the read positions only (rows past n are filler, kept so the head's product
 has a bounded set of shapes). Both give the same values to float rounding (tests/unit/lm/test_forward.py).
 
+``SHARDED`` runs a model sharded by FSDP2 (``harness.shard``, ``train.parallel=fsdp``) through its root
+forward, whose hooks gather and free the weights and reduce the gradients; the trunk's last hidden states
+are read off that forward (a hook on the trunk), the LM head's logits computed at the last position only.
+
 ``backbone(model)`` picks by what the model is (``gpt2.packable``; cached per model object, since a
 model never changes type: a LoRA policy, its reference and a shared-trunk value head are objects of
 their own) and, on each call, takes ``HF_TRUNK`` where the packed forward cannot run now (parameters
@@ -30,7 +34,7 @@ from torch import nn
 
 from harness.fast import gpt2
 
-__all__ = ["HF_TRUNK", "PACKED_GPT2", "Backbone", "backbone"]
+__all__ = ["HF_TRUNK", "PACKED_GPT2", "SHARDED", "Backbone", "backbone"]
 
 
 class Backbone(Protocol):
@@ -79,17 +83,56 @@ class PackedGPT2:
         return gpt2.packed_hidden(model, pk), pk.n_out  # (N_out_pad, d)
 
 
+class Sharded:
+    """An FSDP2-sharded model: every forward through its root module (``harness.shard``)."""
+
+    def runs(self, model: nn.Module) -> bool:
+        return True
+
+    def hidden(self, model: nn.Module, input_ids, attn, pos) -> torch.Tensor:
+        seen: list[torch.Tensor] = []
+        hook = _trunk(model).register_forward_hook(lambda mod, args, out: seen.append(out[0]))
+        try:
+            model(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=False, **_few_logits(model))
+        finally:
+            hook.remove()
+        return seen[-1]  # (B, L, H): the trunk's output, its final norm applied
+
+    def logits(self, model: nn.Module, input_ids, attn, pos, start: int) -> torch.Tensor:
+        return HF_TRUNK.logits(model, input_ids, attn, pos, start)
+
+    def read(self, model: nn.Module, input_ids, attn, pos, keep, out) -> tuple[torch.Tensor, int]:
+        h = self.hidden(model, input_ids, attn, pos)[out]
+        return h, h.shape[0]
+
+
+def _few_logits(model: nn.Module) -> dict:
+    """A causal LM's forward asked for the last position's logits only (the hidden states are what is read)."""
+    import inspect
+
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
 HF_TRUNK = HFTrunk()
+SHARDED = Sharded()
 PACKED_GPT2 = PackedGPT2()
 _CHOSEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its Backbone
 
 
 def backbone(model: nn.Module) -> Backbone:
     """The model's backbone: chosen once by its type; ``HF_TRUNK`` whenever the chosen one cannot run now."""
+    if _sharded(model):  # checked on each call: sharding changes the model object in place
+        return SHARDED
     chosen = _CHOSEN.get(model)
     if chosen is None:
         chosen = _CHOSEN[model] = PACKED_GPT2 if gpt2.packable(model) else HF_TRUNK
     return chosen if chosen.runs(model) else HF_TRUNK
+
+
+def _sharded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
 
 
 def _trunk(model: nn.Module) -> nn.Module:

@@ -1,11 +1,12 @@
 """Steps 1-3 of an iteration, shared by the custom loop, evaluation and the baselines:
 sample, score (proxy RM or gold, missing-EOS penalty), reference logprobs and values.
 
-Everything here runs under ``torch.inference_mode``; the update recomputes what it differentiates.
+Everything here runs under ``torch.inference_mode`` (``torch.no_grad`` for sharded models); the update recomputes what it differentiates.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from harness.lm.sampling import (
     sample,
     sequence_inputs,
 )
+from harness.shard import gathered, is_sharded
 
 
 @dataclass
@@ -64,7 +66,19 @@ class Rollout:
 ScoreFn = Callable[[Rollout], torch.Tensor]
 
 
-@torch.inference_mode()
+def _without_grad(fn):
+    """``fn`` under torch.inference_mode, or torch.no_grad when the policy is sharded (train.parallel=fsdp):
+    FSDP2 gathers weights into tensors that must keep their version counters, which inference mode drops."""
+
+    @functools.wraps(fn)
+    def run(policy, *args, **kwargs):
+        with torch.no_grad() if is_sharded(policy) else torch.inference_mode():
+            return fn(policy, *args, **kwargs)
+
+    return run
+
+
+@_without_grad
 def collect(
     policy,
     ref,
@@ -93,8 +107,9 @@ def collect(
     dev = next(policy.parameters()).device  # train.device: every tensor of the rollout lives there
     # task.chat_template: the policy sees each prompt as a chat turn (ro.prompts keep the plain text)
     pids, pmask = (t.to(dev) for t in encode_prompts(tokenizer, chat_prompts(tokenizer, prompts) if chat else prompts))
-    rids, mask, has_eos, logprobs, entropy = sample(policy, pids, pmask, max_new_tokens, temperature, eos, pad, generator,
-                                                  truncation)
+    with gathered(policy):  # train.parallel=fsdp: the whole weights once; ranks stop at their own lengths
+        rids, mask, has_eos, logprobs, entropy = sample(policy, pids, pmask, max_new_tokens, temperature, eos, pad,
+                                                      generator, truncation)
     if stop:  # rollout.stop: cut after a stop string; the tokens past it leave every loss
         mask, has_eos = cut_at_stop(tokenizer, rids, mask, has_eos, stop)
         logprobs, entropy = logprobs * mask, entropy * mask

@@ -45,6 +45,7 @@ from harness.ppo.update import (
 )
 from harness.ppo.variance import probe_generator, probe_gradient_variance
 from harness.recording import Recorder
+from harness.shard import ShardedParams, shard
 
 __all__ = ["NonFiniteError", "PPOState", "init_state", "learn", "ppo_iteration", "train"]
 
@@ -59,7 +60,7 @@ class PPOState:
     probe_generator: torch.Generator  # the noise probe's splits only: the probe never moves training
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    params: FlatParams  # policy + value parameters, stepped as flat buffers
+    params: FlatParams | ShardedParams  # policy + value parameters: flat buffers, or FSDP's shards
     side: SideThread = field(default_factory=SideThread)  # the value model's thread in the update
     scaler: LossScaler = field(default_factory=lambda: LossScaler(enabled=False))  # train.dtype=fp16's loss scale
     behaviour: R.Behaviour | None = None  # the sampler of rollout.staleness > 0 (created on first use)
@@ -75,25 +76,13 @@ def init_state(cfg: RunConfig, models: Models, world: dist.World | None = None) 
     samples from generators of its own seed (``dist.rank_seed``: the run's seed on rank 0)."""
     w = world or dist.World()
     torch.manual_seed(cfg.seed)
-    policy_params = [p for p in models.policy.parameters() if p.requires_grad]
-    if isinstance(models.value, SharedTrunkValue):
-        value_params = models.value.head_parameters()  # the trunk is the policy's, already in
-    elif models.value is not None:
-        value_params = [p for p in models.value.parameters() if p.requires_grad]
-    else:
-        value_params = []
-    # one buffer: Adam and zeroing in one call each; policy and value laid out apart for their own clipping
-    flat = FlatParams(policy_params + value_params, groups={"policy": policy_params, "value": value_params})
+    params = _sharded_params(cfg, models, w) if cfg.train.parallel == "fsdp" else _flat_params(models, w)
     # Adam eps 1e-5 (cleanRL; N implementation details: the eps matters for early approx-KL).
     # The fused kernel is the same update in one pass (4x faster on CPU than the per-tensor loop).
-    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in flat.flat)
-    opt = torch.optim.Adam(flat.flat, lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps, fused=fused or None)
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params.flat)
+    opt = torch.optim.Adam(params.flat, lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps, fused=fused or None)
     # default: linear decay to 0 over the run (cleanRL anneal_lr): lr_i = lr * (1 - i / n)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule(cfg))  # ppo.lr_scheduler_type, or ppo.lr_decay
-    if w.parallel:  # replicas start equal (DDP's broadcast at construction)
-        with torch.no_grad():
-            for buf in flat.flat:
-                torch.distributed.broadcast(buf.data, src=0)
     seed = dist.rank_seed(cfg.seed, w.rank)
     return PPOState(
         iteration=0,
@@ -104,10 +93,48 @@ def init_state(cfg: RunConfig, models: Models, world: dist.World | None = None) 
         probe_generator=probe_generator(cfg.seed),
         optimizer=opt,
         scheduler=sched,
-        params=flat,
+        params=params,
         scaler=LossScaler(enabled=cfg.train.dtype == "fp16"),
         world=w,
     )
+
+
+def _trainable(models: Models) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    """(the policy's trainable parameters, the value model's or the shared-trunk head's)."""
+    policy = [p for p in models.policy.parameters() if p.requires_grad]
+    if isinstance(models.value, SharedTrunkValue):
+        return policy, models.value.head_parameters()  # the trunk is the policy's, already in
+    if models.value is not None:
+        return policy, [p for p in models.value.parameters() if p.requires_grad]
+    return policy, []
+
+
+def _flat_params(models: Models, w: dist.World) -> FlatParams:
+    """train.parallel=ddp (and one process): the trainable weights in one flat buffer (Adam and zeroing in one
+    call each; policy and value laid out apart for their own clipping); over N ranks, rank 0's weights."""
+    policy, value = _trainable(models)
+    flat = FlatParams(policy + value, groups={"policy": policy, "value": value})
+    if w.parallel:  # replicas start equal (DDP's broadcast at construction)
+        with torch.no_grad():
+            for buf in flat.flat:
+                torch.distributed.broadcast(buf.data, src=0)
+    return flat
+
+
+def _sharded_params(cfg: RunConfig, models: Models, w: dist.World) -> ShardedParams:
+    """train.parallel=fsdp: every model of the run sharded over the ranks (``harness.shard``), the trainable ones
+    from rank 0's weights; their sharded parameters by group."""
+    if w.parallel:
+        with torch.no_grad():
+            for m in (models.policy, models.value):
+                for t in [] if m is None else m.state_dict().values():
+                    torch.distributed.broadcast(t, src=0)
+    dtype = torch.bfloat16 if cfg.train.dtype == "bf16" else None  # FSDP2's mixed precision: fp32 shards
+    for m in (models.policy, models.value, models.ref, models.reward):
+        if m is not None:
+            shard(m, param_dtype=dtype)
+    policy, value = _trainable(models)
+    return ShardedParams({"policy": policy, "value": value})
 
 
 def ppo_iteration(

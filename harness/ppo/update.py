@@ -37,6 +37,7 @@ from harness.lm.forward import policy_forward, token_values
 from harness.lm.rollout import Rollout
 from harness.models.types import Models, SharedTrunkValue
 from harness.ppo.accumulate import accumulate, combine, denominator
+from harness.shard import ShardedParams
 
 __all__ = [
     "Batch", "NonFiniteError", "SideThread", "UpdateState", "UpdateStats", "autocast", "check",
@@ -109,7 +110,7 @@ class UpdateState(Protocol):
     generator: torch.Generator  # minibatch shuffles
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    params: FlatParams
+    params: FlatParams | ShardedParams
     side: SideThread
     scaler: LossScaler  # train.dtype=fp16's loss scale (disabled otherwise)
     world: dist.World  # the ranks this run's minibatches are spread over (one process: World())
@@ -218,7 +219,8 @@ def update(cfg: RunConfig, models: Models, st: UpdateState, batch: Batch) -> Upd
     t0 = time.perf_counter()
     B = batch.ro.size
     mb = B // cfg.ppo.minibatches
-    side = models.value is not None and not isinstance(models.value, SharedTrunkValue)
+    # a side thread for a separate value model on the CPU; not when sharded: collectives pair up in call order
+    side = models.value is not None and not isinstance(models.value, SharedTrunkValue) and not _sharded(st)
     steps: list[_Step] = []
     stopped = False
     models.policy.train()
@@ -274,10 +276,15 @@ def _step(cfg: RunConfig, models: Models, st: UpdateState, b: Batch, idx: Tensor
     else:
         out = _losses_and_backward(cfg, models, st, b, idx, worker, share)
     out = _reduced(st.world, share, *out)
-    if st.world.parallel:
+    if st.world.parallel and not _sharded(st):  # FSDP's backward reduce-scatters the sharded gradients itself
         for grad in st.params.grads():  # DDP's reduction, one bucket: the gradient of the global loss
             dist.sum_(grad, st.world)
     return _clip_and_step(cfg, st, it, use_value, *out)
+
+
+def _sharded(st: UpdateState) -> bool:
+    """train.parallel=fsdp: the parameters are FSDP's shards (``harness.shard``)."""
+    return isinstance(st.params, ShardedParams)
 
 
 class _Shares(NamedTuple):

@@ -117,6 +117,28 @@ def test_checkpoints_and_micro_batches_refuse_what_they_do_not_cover(over, key, 
         assert build_config(None, {"rollout.batch_size": 8, "ppo.minibatches": 2, k: v}).flat()[k] == v
 
 
+@pytest.mark.parametrize("over, key, says", [
+    ({"impl": "trl"}, "impl", "impl=custom"),
+    ({"model.lora.r": 4}, "model.lora.r", "LoRA"),
+    ({"model.value_trunk": "shared"}, "model.value_trunk", "separate value model"),
+    ({"probe.every": 1, "probe.microbatches": 2}, "probe.every", "reduce-scatters"),
+    ({"rollout.staleness": 1}, "rollout.staleness", "whole copy"),
+    ({"rollout.filter_groups": True}, "rollout.filter_groups", "rounds"),
+    ({"train.dtype": "fp16"}, "train.dtype", "bf16"),
+    ({"train.checkpoint_every": 1}, "train.checkpoint_every", "sharded checkpoints"),
+    ({"train.save_policy": True}, "train.save_policy", "not saved whole"),
+])
+def test_sharding_refuses_what_assumes_whole_weights(over, key, says):
+    """train.parallel=fsdp with each option that needs whole, local weights: one line naming that option's key;
+    the option alone, and fsdp alone, are accepted."""
+    base = {"rollout.batch_size": 8, "ppo.minibatches": 2}
+    with pytest.raises(ConfigError) as e:
+        build_config(None, {**base, **over, "train.parallel": "fsdp"})
+    assert str(e.value).startswith(f"config key '{key}'") and says in str(e.value) and "\n" not in str(e.value)
+    assert build_config(None, {**base, **over}).flat()[key] == over[key]
+    assert build_config(None, {**base, "train.parallel": "fsdp"}).train.parallel == "fsdp"
+
+
 def test_every_key_is_documented_with_its_type_and_default():
     from harness.config import describe
 

@@ -22,7 +22,7 @@ LAYERS: list[list[str]] = [
     ["harness.registry"],  # the one registry style, below every registry
     ["harness.schema", "harness.onset", "harness.tasks", "harness.fast", "harness.locks", "harness.urls", "harness.algos.masked",
      "harness.algos.kl_control", "harness.algos.schedules", "harness.algos.scaler", "harness.yamlio",
-     "harness.devices", "harness.algos.registry", "harness.dist"],
+     "harness.devices", "harness.algos.registry", "harness.dist", "harness.shard"],
     ["harness.algos.kl_estimators", "harness.algos.aggregations", "harness.algos.ratio_levels"],  # option registries of the math
     ["harness.algos.math"],
     ["harness.impls", "harness.algos.losses", "harness.algos.estimators", "harness.algos.offpolicy", "harness.algos.dapo"],

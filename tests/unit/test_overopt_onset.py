@@ -98,7 +98,7 @@ def test_the_recorder_logs_the_onset_once_with_its_kl(tmp_path, monkeypatch):
     assert n_evaluations(cfg) == 5 and n_evaluations(build_config(None, {"train.iterations": 10, "eval.every": 4})) == 4
     store = Store(tmp_path / "runs")
     logger = store.start_run("t", run_name="r", tags={}, params={})
-    models = type("M", (), {"provenance": {}, "policy": None, "ref": None, "tokenizer": None, "task": None})()
+    models = type("M", (), {"provenance": {}, "policy": None, "ref": None, "reward": None, "tokenizer": None, "task": None})()
     rec = Recorder(cfg, logger, models, None, 5)
     logged = []
     for it in range(5):

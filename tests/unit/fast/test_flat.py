@@ -2,10 +2,11 @@
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
-from harness.fast.flat import FlatParams
+from harness.fast.flat import FlatParams, clip_norm_
 
 
 def _pair():
@@ -60,3 +61,17 @@ def test_grad_views_see_the_flat_gradient():
     assert all(torch.all(p.grad == 0) for p in a.parameters())
     a[0].weight.grad = None  # what set_to_none would do: the parameter leaves the flat buffer
     assert not flat.intact()
+
+
+def test_the_norm_of_a_large_flat_buffer_is_the_float64_one():
+    """One flat buffer of 422k fp32 gradients (the tiny task's policy): the norm that is logged and clips is the
+    one summed in float64, where an fp32 reduction is off in the 4th digit."""
+    g = torch.randn(422_272, generator=torch.Generator().manual_seed(0)) * 2e-3
+    g[::7] *= 40  # a spread of magnitudes, as a real gradient has
+    exact = float(g.double().norm())
+    assert float(clip_norm_([g.clone()], None)) == pytest.approx(exact, rel=1e-7)
+    parts = list(g.clone().split([100_000, 22_272, 300_000]))
+    assert float(clip_norm_(parts, None)) == pytest.approx(exact, rel=1e-7)
+    clipped = clip_norm_(parts, 1.0)
+    assert float(clipped) == pytest.approx(exact, rel=1e-7)
+    assert float(torch.cat(parts).double().norm()) == pytest.approx(1.0 / (1 + 1e-6 / exact), rel=1e-6)
