@@ -120,6 +120,7 @@ def execute(
 
         task = validate_model_keys(cfg)  # a bad path fails before any run exists
     world = _join(cfg)  # over N ranks (torchrun): the launch checked, the process group joined
+    on_eval = dist.from_main(on_eval, world)  # over N ranks: rank 0's hook decides, every rank hears it
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     held: list[int] = []  # a Ctrl-C / SIGTERM received while the run was being opened
