@@ -174,7 +174,7 @@ def test_sharded_runs_learn_as_replicated_ones(tmp_path):
         runs = tmp_path / f"runs-{n}"
         for parallel in ("ddp", "fsdp"):
             done = _train(*args, "--set", f"train.parallel={parallel}", "--runs-dir", str(runs), "--quiet",
-                          *(["--nproc-per-node", n] if n == "2" else []), cwd=tmp_path)
+                          *(["--nproc-per-node", n] if n == "2" else []), cwd=tmp_path, timeout=300)
             assert done.returncode == 0, done.stderr[-2000:]
         found = sorted(_runs(runs), key=lambda r: r.info.start_time)
         assert [r.data.params["train.parallel"] for r in found] == ["ddp", "fsdp"]
