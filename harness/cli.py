@@ -367,7 +367,7 @@ def _check_launch(cfg, size: int, local: int) -> None:
 
     device = resolve(cfg.train.device)
     try:
-        check(cfg, size, local, device.type, _cuda_count() if device.type == "cuda" else 0)
+        check(cfg, size, local, device.type, _cuda_count() if device.type == "cuda" else 0, checkpoints=True)
     except LaunchError as e:
         raise fail(str(e)) from None
 
@@ -477,7 +477,11 @@ def sweep(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate, print the cells and the storage, run nothing.")] = False,
     new: Annotated[bool, typer.Option("--new", help="Start a fresh study when the spec changed under the same name.")] = False,
     devices: Annotated[str | None, typer.Option(
-        help="CUDA devices, e.g. 0,1,2,3: worker k runs on devices[k % n] (CUDA_VISIBLE_DEVICES; cuda:0 inside it).")] = None,
+        help="CUDA devices, e.g. 0,1,2,3: worker k runs on devices[k % n] (CUDA_VISIBLE_DEVICES; cuda:0 inside it); "
+        "with --procs-per-run N on the group devices[k*N:(k+1)*N].")] = None,
+    procs_per_run: Annotated[int, typer.Option(
+        "--procs-per-run", help="Each trial one run over N processes (the worker and N - 1 more, as train "
+        "--nproc-per-node N): gloo on the CPU, one CUDA device per process. impl=custom.")] = 1,
 ) -> None:
     """Run an ablation grid (cells x seeds) with Optuna; rerun the same command to resume."""
     from harness.sweep.coordinator import run_sweep
@@ -488,10 +492,11 @@ def sweep(
         check_storage(storage)
     if tracking_uri:
         check_tracking_uri(tracking_uri, contact=not dry_run)
-    from harness.devices import DeviceError, check_devices, parse_devices
+    from harness.devices import DeviceError, check_devices, check_groups, parse_devices
 
     try:
         pinned = parse_devices(devices)
+        check_groups(pinned, procs_per_run, workers)
         if not dry_run:
             check_devices(pinned)
     except DeviceError as e:
@@ -499,7 +504,8 @@ def sweep(
     from harness.sweep.study import SweepEnd
 
     end = run_sweep(spec, workers=workers, storage=storage, tracking_uri=tracking_uri, runs_dir=runs_dir,
-                    dry_run=dry_run, new=new, devices=pinned)  # bad input: an InputError, one line from main()
+                    dry_run=dry_run, new=new, devices=pinned,
+                    procs_per_run=procs_per_run)  # bad input: an InputError, one line from main()
     raise typer.Exit({SweepEnd.DONE: EXIT_OK, SweepEnd.INCOMPLETE: EXIT_FAILED,
                       SweepEnd.INTERRUPTED: EXIT_INTERRUPTED}[end])
 

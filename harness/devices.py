@@ -5,7 +5,10 @@
 ``check_device`` refuses, before a run exists, a spelling outside that list and a device this machine
 does not have (one line naming ``train.device``). ``--devices 0,1,2,3`` gives sweep worker k the
 CUDA device ``devices[k % n]`` through ``CUDA_VISIBLE_DEVICES``: inside the worker that device is
-``cuda:0``, so specs need not name it. The CPU fast path (packed GPT-2 forwards, oneDNN GEMMs,
+``cuda:0``, so specs need not name it; with ``--procs-per-run N`` worker k gets the group
+``devices[k*N:(k+1)*N]`` and rank r of its trials ``cuda:r``. ``cuda`` (no index) is the current device, as
+``auto`` is on a CUDA machine: ``cuda:LOCAL_RANK`` in a rank of a run over several processes
+(``dist.init`` sets it), ``cuda:0`` in one process. The CPU fast path (packed GPT-2 forwards, oneDNN GEMMs,
 flat buffers) applies to CPU tensors only; elsewhere the generic Hugging Face path runs.
 """
 
@@ -47,7 +50,9 @@ def resolve(value: str):
     if not torch.cuda.is_available():
         raise DeviceError(f"train.device '{value}': no CUDA device is available to torch on this machine "
                           f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'})")
-    index = int(value.partition(":")[2] or 0)
+    if value == "cuda":  # the current device, as auto: cuda:LOCAL_RANK in a rank of a run over several processes
+        return torch.device("cuda")
+    index = int(value.partition(":")[2])
     if index >= torch.cuda.device_count():
         raise DeviceError(f"train.device '{value}': this machine has {torch.cuda.device_count()} CUDA device(s)")
     return torch.device("cuda", index)
@@ -77,9 +82,28 @@ def check_devices(devices: list[str]) -> None:
         raise DeviceError(f"--devices: CUDA device {missing[0]} does not exist on this machine ({n} visible)")
 
 
-def worker_env(devices: list[str], k: int) -> dict[str, str]:
-    """The environment pinning sweep worker ``k`` to its device: {} without --devices."""
-    return {VISIBLE: devices[k % len(devices)]} if devices else {}
+def check_groups(devices: list[str], per_run: int, workers: int) -> None:
+    """``--procs-per-run`` against ``--devices`` and ``--workers``: at least 1; over several processes each
+    worker holds a group of its own (the devices split into whole groups, enough for every worker)."""
+    if per_run < 1:
+        raise DeviceError(f"--procs-per-run: expected at least 1, got {per_run}")
+    if per_run == 1 or not devices:
+        return
+    if len(devices) % per_run:
+        raise DeviceError(f"--devices: {len(devices)} device(s) do not split into groups of --procs-per-run {per_run}")
+    if len(devices) < workers * per_run:
+        raise DeviceError(f"--devices: {workers} worker(s) x --procs-per-run {per_run} need {workers * per_run} "
+                          f"devices, got {len(devices)}")
+
+
+def worker_env(devices: list[str], k: int, per_run: int = 1) -> dict[str, str]:
+    """The environment pinning sweep worker ``k`` to its device (``devices[k % n]``), or, when each trial is a
+    run over ``per_run`` processes, to its group ``devices[k*per_run:(k+1)*per_run]`` (k modulo the groups):
+    rank r of its trials then runs on ``cuda:r``. {} without --devices."""
+    if not devices:
+        return {}
+    groups = [devices[i:i + per_run] for i in range(0, len(devices) - per_run + 1, per_run)]
+    return {VISIBLE: ",".join(groups[k % len(groups)])}
 
 
 def describe(device) -> str:
@@ -87,8 +111,9 @@ def describe(device) -> str:
     import torch
 
     visible = os.environ.get(VISIBLE)
-    notes = [torch.cuda.get_device_name(device.index or 0)] if device.type == "cuda" else []
+    n = (torch.cuda.current_device() if device.index is None else device.index) if device.type == "cuda" else 0
+    notes = [torch.cuda.get_device_name(n)] if device.type == "cuda" else []
     if visible is not None:
         notes.append(f"{VISIBLE}={visible}")
-    index = f":{device.index or 0}" if device.type == "cuda" else ""
+    index = f":{n}" if device.type == "cuda" else ""
     return f"{device.type}{index}" + (f" ({'; '.join(notes)})" if notes else "")

@@ -19,18 +19,24 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["Stopped", "World", "broadcast_", "broadcast_object", "gather_equal", "gather_objects", "gather_rows", "init",
-           "rank_seed", "shares", "sum_", "world"]
+__all__ = ["MainStopped", "Stopped", "World", "broadcast_", "broadcast_object", "from_main", "gather_equal",
+           "gather_objects", "gather_rows", "init", "rank_seed", "shares", "sum_", "world"]
 
 
 class Stopped(RuntimeError):
     """This rank was stopped by the launcher (SIGTERM): another rank failed, or the launch was stopped."""
+
+
+class MainStopped(RuntimeError):
+    """Raised on every rank but 0 when rank 0's hook stopped the run (a sweep's pruner, a stop request): the
+    ranks end together at the same evaluation."""
 
 
 @dataclass(frozen=True)
@@ -82,11 +88,15 @@ def init(device_type: str, timeout_s: float, group: bool = False) -> World:
         if backend == "nccl":
             torch.cuda.set_device(w.local_rank)
         timeout = datetime.timedelta(seconds=timeout_s)
-        if w.parallel or "MASTER_ADDR" in os.environ:
-            torch.distributed.init_process_group(backend, timeout=timeout)
-        else:  # one process, no rendezvous: a store in this process
-            torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1,
-                                                 timeout=timeout)
+        try:
+            if w.parallel or "MASTER_ADDR" in os.environ:
+                torch.distributed.init_process_group(backend, timeout=timeout)
+            else:  # one process, no rendezvous: a store in this process
+                torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0,
+                                                     world_size=1, timeout=timeout)
+        except BaseException:  # a peer that never came: this process can form a group again (``close``)
+            close()
+            raise
     _WORLD = w
     return w
 
@@ -97,7 +107,12 @@ def close() -> None:
 
     global _WORLD
     if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+        torch.distributed.destroy_process_group()  # which also sets the group counter back to 0
+    else:  # an init that failed (a peer that never came) counted its group: the next group this process forms
+        # (a sweep worker's next trial) would look for keys under a name its fresh peers never write
+        c10d = torch.distributed.distributed_c10d
+        if hasattr(c10d, "_world"):
+            c10d._world.group_count = 0
     _WORLD = World()
 
 
@@ -200,3 +215,32 @@ def gather_rows(tensors: dict[str, Tensor | None], w: World) -> dict[str, Tensor
             rows = [torch.nn.functional.pad(r, (0, width - r.shape[1])) for r in rows]
         out[k] = torch.cat(rows).to(device)
     return out
+
+
+def from_main(hook: Callable[..., None] | None, w: World) -> Callable[..., None] | None:
+    """``hook`` (the run's ``on_eval``) called on rank 0 alone, its verdict reaching every rank: what it raised is
+    broadcast, rank 0 raises it again and every other rank raises ``MainStopped``, so all of them stop at the same
+    evaluation (a pruned sweep trial) and none waits for a peer that left. ``hook`` itself for one process.
+
+    Every rank calls the returned function at the same point (``on_eval`` follows an evaluation every rank
+    runs), so the broadcast is a collective like the evaluation's own; with no hook it broadcasts "go on"."""
+    import torch
+
+    if not w.parallel:
+        return hook
+
+    def call(*args) -> None:
+        error: BaseException | None = None
+        if w.main and hook is not None:
+            try:
+                hook(*args)
+            except BaseException as e:  # TrialPruned, a stop request (KeyboardInterrupt), an outage
+                error = e
+        box = [None if error is None else f"{type(error).__name__}: {error}"]
+        torch.distributed.broadcast_object_list(box, src=0)
+        if error is not None:
+            raise error
+        if box[0] is not None:
+            raise MainStopped(f"rank 0 stopped the run ({box[0]})")
+
+    return call

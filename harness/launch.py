@@ -74,9 +74,11 @@ def check_options(launch: Launch) -> None:
         raise LaunchError(key="--rdzv-endpoint", problem=f"expected HOST:PORT, got {launch.endpoint!r}")
 
 
-def check(cfg: RunConfig, size: int, local: int, device_type: str, devices: int) -> None:
+def check(cfg: RunConfig, size: int, local: int, device_type: str, devices: int, checkpoints: bool = False) -> None:
     """Whether ``cfg`` can run over ``size`` ranks, ``local`` of them on this machine (``devices`` CUDA devices
-    when ``device_type`` is cuda). Raises LaunchError naming the key or option."""
+    when ``device_type`` is cuda). ``checkpoints``: the caller continues such a run from its checkpoints
+    (``train --resume RUN_ID --nproc-per-node N``); a sweep's trials over a process group do not yet, so without
+    it ``train.checkpoint_every`` is refused. Raises LaunchError naming the key or option."""
     if size == 1:
         return
     r = cfg.rollout
@@ -98,6 +100,9 @@ def check(cfg: RunConfig, size: int, local: int, device_type: str, devices: int)
     if cfg.eval.prompts < size:
         raise LaunchError(key="eval.prompts", problem=f"{cfg.eval.prompts} held-out prompts cannot be shared by "
                           f"{size} ranks")
+    if cfg.train.checkpoint_every and not checkpoints:
+        raise LaunchError(key="train.checkpoint_every", problem=f"a run over {size} ranks writes no checkpoints in a "
+                          "sweep (a trial over a process group is not continued from them yet); set it 0")
     if re.fullmatch(r"cuda:\d+", cfg.train.device):
         raise LaunchError(key="train.device", problem=f"{cfg.train.device} names one device; over {size} ranks each "
                           "rank takes its local rank's CUDA device: write cuda or auto")

@@ -120,6 +120,7 @@ def execute(
 
         task = validate_model_keys(cfg)  # a bad path fails before any run exists
     world = _join(cfg)  # over N ranks (torchrun): the launch checked, the process group joined
+    on_eval = dist.from_main(on_eval, world)  # over N ranks: rank 0's hook decides, every rank hears it
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     held: list[int] = []  # a Ctrl-C / SIGTERM received while the run was being opened
@@ -165,7 +166,7 @@ def _join(cfg: RunConfig) -> dist.World:
     device = resolve_device(cfg.train.device)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", w.size))
     devices = torch.cuda.device_count() if device.type == "cuda" else 0
-    check_launch(cfg, w.size, local, device.type, devices)
+    check_launch(cfg, w.size, local, device.type, devices, checkpoints=True)  # a sweep's coordinator checked first
     return dist.init(device.type, cfg.train.dist_timeout_s, group=fsdp)
 
 

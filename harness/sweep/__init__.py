@@ -20,9 +20,11 @@ Modules (this file imports none of them: ``import harness.sweep.spec`` pulls in 
   plan         the dry run: print_plan
   worker       the worker process: claim, run, heartbeat, record finished MLflow runs (worker_main,
                worker_command, payload_bytes)
+  group        a trial over N processes (--procs-per-run): the worker rank 0, N - 1 followers (Group,
+               follower_main)
   faults       what a sweep survives: retry / Outage, tracking_problem, journal repair and healing
                appends, StopRequest (signals)
-  __main__     the hidden worker entry point and its payload parser
+  __main__     the hidden worker and follower entry point and the worker's payload parser
   summary      per-cell summary rows and their CSV / Markdown / text tables, best_cell
   display      the live progress Display, its Snapshot, fmt_s
 

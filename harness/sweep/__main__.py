@@ -1,4 +1,5 @@
-"""``python -m harness.sweep --worker -``: one worker process, started by the coordinator.
+"""``python -m harness.sweep --worker -``: one worker process, started by the coordinator; ``--follower CONFIG``:
+a rank other than 0 of a trial over several processes, started by its worker (``harness.sweep.group``).
 
 Hidden: people start sweeps with ``ppo-harness sweep SPEC``. The payload is the JSON that
 ``harness.sweep.worker.payload_bytes`` writes, read from stdin (``-``): never from the command line,
@@ -38,9 +39,18 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m harness.sweep",
         description="Internal: one sweep worker process (start sweeps with `ppo-harness sweep SPEC`).",
     )
-    p.add_argument("--worker", required=True, metavar="-",
-                   help="'-': read the worker payload (JSON, written by the coordinator) from stdin")
+    role = p.add_mutually_exclusive_group(required=True)
+    role.add_argument("--worker", metavar="-",
+                      help="'-': read the worker payload (JSON, written by the coordinator) from stdin")
+    role.add_argument("--follower", metavar="CONFIG",
+                      help="a rank other than 0 of a trial over several processes (harness.sweep.group)")
     args = p.parse_args(argv)
+    if args.follower is not None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # its worker's SIGTERM ends it at once, even inside a collective
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+        from harness.sweep.group import follower_main
+
+        return follower_main(args.follower)
     try:
         # started with these blocked (by the coordinator): a stop request that came meanwhile lands here
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})

@@ -87,12 +87,17 @@ def run_sweep(
     dry_run: bool = False,
     new: bool = False,
     devices: list[str] | None = None,
+    procs_per_run: int = 1,
 ) -> SweepEnd:
-    """Validate, then run (or resume) the sweep; how it ended. Bad input (the spec, --workers, the journal, a
-    changed spec under the same name) raises ``SweepInputError`` before anything is written."""
+    """Validate, then run (or resume) the sweep; how it ended. Bad input (the spec, --workers, --procs-per-run,
+    the journal, a changed spec under the same name) raises ``SweepInputError`` before anything is written.
+    ``procs_per_run`` > 1: each trial one run over that many processes (``harness.sweep.group``)."""
+    if procs_per_run < 1:
+        raise SweepInputError(spec_path, "--procs-per-run", f"expected at least 1, got {procs_per_run}")
     try:
         spec = load_spec(spec_path)
         check_models(spec)
+        check_ranks(spec, procs_per_run, len(devices or []))
     except SpecError as e:
         raise SweepInputError(spec_path, e.key, e.problem) from None
     if workers < 1:
@@ -104,11 +109,10 @@ def run_sweep(
         except NotAJournal as e:
             shown = repr(url) if not url.isprintable() else f"'{url}'"
             raise SweepInputError(spec_path, "--storage" if storage else "journal", f"{shown}: {e}") from None
-    threads = threads_per_worker(workers)
+    threads = threads_per_worker(workers * procs_per_run)  # every rank of every worker's trial: its share
     if dry_run:
         print_plan(spec, url, tracking_uri, runs_dir, workers, threads)
-        if devices:
-            print(f"devices   worker k on CUDA device [{', '.join(devices)}][k % {len(devices)}] (CUDA_VISIBLE_DEVICES)")
+        _print_ranks(devices or [], procs_per_run)
         return SweepEnd.DONE
     quiet_optuna()
     quiet_store_logs()
@@ -116,7 +120,8 @@ def run_sweep(
     try:
         st = retry(where, open_storage, url)
         study = retry(where, resolve_study, spec, st, url, new=new)
-        coordinator = Coordinator(spec, st, url, study, tracking_uri, Path(runs_dir), workers, threads, devices or [])
+        coordinator = Coordinator(spec, st, url, study, tracking_uri, Path(runs_dir), workers, threads, devices or [],
+                                  procs_per_run)
     except SweepRefused as e:
         raise SweepInputError(spec_path, e.key, e.problem) from None
     except Outage as e:
@@ -167,6 +172,60 @@ def check_models(spec: AblationSpec) -> None:
             raise SpecError(where, f"{problem} (in cell {cell_label(values)})" if swept else problem) from None
 
 
+# the config keys launch.check reads: a searched range over one of them cannot be checked before the sweep
+RANK_KEYS = ("impl", "rollout.batch_size", "rollout.group_size", "ppo.minibatches", "probe.every",
+             "probe.microbatches", "eval.prompts", "train.checkpoint_every", "train.device")
+
+
+def check_ranks(spec: AblationSpec, procs: int, devices: int) -> None:
+    """``--procs-per-run`` > 1: every run of the sweep can run over that many ranks (``launch.check`` on each
+    grid cell, or on each combination of a search's choices; a range over a key it reads is refused), before a
+    study or run exists. SpecError naming the spec key that set the value (base, grid or search)."""
+    import itertools
+
+    import torch
+
+    from harness.devices import resolve
+    from harness.launch import LaunchError, check
+
+    if procs == 1:
+        return
+    if spec.sampler == "grid":
+        variants = [c.values for c in spec.cells]
+    else:
+        ranged = [p.key for p in spec.search if p.kind != "categorical" and p.key in RANK_KEYS]
+        if ranged:
+            raise SpecError(f"search.{ranged[0]}", f"a range cannot be checked to split over --procs-per-run {procs} "
+                            "ranks; give its values as choices")
+        chosen = [p for p in spec.search if p.kind == "categorical"]
+        variants = [dict(zip([p.key for p in chosen], combo, strict=True))
+                    for combo in itertools.product(*(p.choices for p in chosen))]
+    for values in variants:
+        cfg = spec.config(values, spec.seeds[0])
+        device = resolve(cfg.train.device)
+        # with --devices each worker sees its group of procs devices; without, every device of the machine
+        visible = (procs if devices else torch.cuda.device_count()) if device.type == "cuda" else 0
+        try:
+            check(cfg, procs, procs, device.type, visible)
+        except LaunchError as e:
+            if e.key.startswith("--"):  # more processes than the machine's CUDA devices
+                raise SpecError("--procs-per-run", e.problem) from None
+            section = "base" if e.key in spec.base else ("grid" if spec.sampler == "grid" else "search")
+            where = f"{section}.{e.key}" if e.key in values or e.key in spec.base else e.key
+            raise SpecError(where, f"{e.problem} (in cell {cell_label(values)})" if e.key in values
+                            else e.problem) from None
+
+
+def _print_ranks(devices: list[str], procs: int) -> None:
+    """The dry run's line about devices and ranks."""
+    if procs > 1:
+        where = (f"CUDA devices [{', '.join(devices)}][k*{procs}:(k+1)*{procs}], rank r on cuda:r" if devices
+                 else "this machine (gloo on the CPU, NCCL on CUDA devices)")
+        print(f"ranks     each trial one run over {procs} processes: worker k and {procs - 1} follower(s) on {where}")
+    elif devices:
+        print(f"devices   worker k on CUDA device [{', '.join(devices)}][k % {len(devices)}] (CUDA_VISIBLE_DEVICES)")
+
+
 def threads_per_worker(workers: int) -> int:
     """Torch threads per worker: this process's cores shared out (at least 1)."""
     try:
@@ -196,6 +255,7 @@ class _Proc:
     proc: subprocess.Popen
     log: Any
     path: Path
+    slot: int = 0  # its devices: worker_env(devices, slot), a dead worker's replacement takes its slot
 
 
 class Coordinator:
@@ -210,9 +270,10 @@ class Coordinator:
     """
 
     def __init__(self, spec, storage, url, study, tracking_uri, runs_dir: Path, workers: int, threads: int,
-                 devices: list[str] | None = None):
+                 devices: list[str] | None = None, procs_per_run: int = 1):
         self.spec, self.storage, self.url, self.study = spec, storage, url, study
-        self.devices = devices or []  # --devices: worker k sees CUDA device devices[k % n] only
+        self.devices = devices or []  # --devices: worker k sees CUDA device devices[k % n] only (or its group)
+        self.procs_per_run = procs_per_run  # each trial one run over this many processes, the worker rank 0
         self.tracking_uri, self.runs_dir = tracking_uri, runs_dir
         self.workers, self.threads = workers, threads
         self.storage_what = storage_what(url)
@@ -373,11 +434,13 @@ class Coordinator:
             "parent": self.parent,
             "threads": self.threads,
             "index": k,
+            "procs_per_run": self.procs_per_run,
         }
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         for var in THREAD_VARS:
             env[var] = str(self.threads)
-        env.update(worker_env(self.devices, k))
+        slot = self._slot()
+        env.update(worker_env(self.devices, slot, self.procs_per_run))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         path = self.log_dir / f"worker-{os.getpid()}-{k}.log"  # one file per process: coordinators never share one
         log = open(path, "a")  # noqa: SIM115 - closed when the worker is reaped or stopped
@@ -392,7 +455,7 @@ class Coordinator:
                                         stderr=subprocess.STDOUT, env=env)
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, held)
-            w = _Proc(k, proc, log, path)
+            w = _Proc(k, proc, log, path, slot)
             self.procs.append(w)
             self.alive.append(w)
             try:  # the payload (URLs and all) goes through the pipe, never the command line
@@ -400,6 +463,12 @@ class Coordinator:
                 proc.stdin.close()
             except OSError:  # it died at once: reaped as a dead worker
                 pass
+
+    def _slot(self) -> int:
+        """The lowest worker slot (0 .. workers - 1) no live worker holds: a replacement gets the devices of the
+        worker it replaces, never a device group another worker holds."""
+        held = {w.slot for w in self.alive}
+        return next((i for i in range(self.workers) if i not in held), self.started - 1)
 
     def _reap(self) -> int:
         """Workers that exited: an outage or a refusal stops the sweep; a dead one is replaced. Returns #dead."""

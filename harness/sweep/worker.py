@@ -11,7 +11,7 @@ a trial while the tracking store cannot take a run (``faults.tracking_problem``)
 (cell, seed) that already has a FINISHED child run in MLflow instead of running it again.
 
 The payload: spec (path), hash, study, storage (URL), tracking_uri, runs_dir, parent (run id),
-threads, index.
+threads, index, procs_per_run (each trial a run over that many processes: ``harness.sweep.group``).
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def worker_main(p: dict[str, Any]) -> int:
         storage = retry(where, open_storage, p["storage"])
         study = retry(where, load_study, spec, storage, p["study"])
         store = retry(tracking_what(p.get("tracking_uri"), p["runs_dir"]), Store, p["runs_dir"], p.get("tracking_uri"))
-        worker = Worker(spec, storage, study, store, p["parent"], threads, where)
+        worker = Worker(spec, storage, study, store, p["parent"], threads, where, int(p.get("procs_per_run", 1)))
         n = worker.loop()
         print(f"worker {p['index']}: no more work after {n} trial(s)")
         return EXIT_OK
@@ -132,9 +132,11 @@ def worker_main(p: dict[str, Any]) -> int:
 class Worker:
     """Claim a trial, run it, tell Optuna; until the queue (and the sampling budget) is empty."""
 
-    def __init__(self, spec: AblationSpec, storage, study, store, parent: str, threads: int, where: str = ""):
+    def __init__(self, spec: AblationSpec, storage, study, store, parent: str, threads: int, where: str = "",
+                 procs_per_run: int = 1):
         self.spec, self.storage, self.study, self.store = spec, storage, study, store
         self.parent, self.threads = parent, threads
+        self.procs_per_run = procs_per_run  # > 1: each trial one run over that many processes, this one rank 0
         self.where = where or "the Optuna storage"
         self.study_id = self._r(storage.get_study_id_from_name, study.study_name)
         self.me = process_owner()
@@ -346,8 +348,18 @@ class Worker:
         except Outage:
             raise
         except Exception as e:
-            kind = "nonfinite" if isinstance(e, NonFiniteError) else ("outage" if is_transient(e) else "error")
+            kind = "nonfinite" if isinstance(e, NonFiniteError) else ("outage" if self._outage(e) else "error")
             self._fail(trial, kind, one_line(e), None if kind == "outage" else traceback.format_exc())
+
+    def _outage(self, e: Exception) -> bool:
+        """A store's transient error (the trial is retried at once); a rank of the trial's group that died or
+        timed out at a collective (``Connection closed``, ``timed out``) is not one: the trial failed."""
+        if self.procs_per_run > 1:
+            from harness.sweep.group import lost_rank
+
+            if lost_rank(e):
+                return False
+        return is_transient(e)
 
     def _interrupted(self, trial) -> None:
         """Fail the trial as "interrupted" (retried, its run KILLED), even when a later stop signal (the
@@ -411,17 +423,28 @@ class Worker:
         resume = self._resumable(tags, cfg)
         if resume is not None:
             print(f"trial {trial.number}: continues MLflow run {resume} from its checkpoint", flush=True)
-        return execute(
-            cfg,
-            self.store,
-            resume=resume,
-            experiment=spec.name,
-            run_name=run_name(values, seed, spec.varying_axes),
-            parent_run_id=self.parent,
-            tags={k: str(v) for k, v in tags.items()},
-            on_eval=self._reporter(trial),
-            progress=False,
-        )
+        with self._ranks(trial, cfg):  # --procs-per-run N: this process is rank 0 of N for the trial
+            return execute(
+                cfg,
+                self.store,
+                resume=resume,
+                experiment=spec.name,
+                run_name=run_name(values, seed, spec.varying_axes),
+                parent_run_id=self.parent,
+                tags={k: str(v) for k, v in tags.items()},
+                on_eval=self._reporter(trial),
+                progress=False,
+            )
+
+    def _ranks(self, trial, cfg):
+        """The trial's other ranks (``harness.sweep.group.Group``) around its run; nothing for one process."""
+        import contextlib
+
+        if self.procs_per_run == 1:
+            return contextlib.nullcontext()
+        from harness.sweep.group import Group
+
+        return Group(cfg, self.procs_per_run, say=lambda line: print(f"trial {trial.number}: {line}", flush=True))
 
     def _resumable(self, tags: dict[str, Any], cfg) -> str | None:
         """A KILLED child run of this trial's (cell, seed) with a checkpoint of the same config (a trial killed

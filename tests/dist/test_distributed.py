@@ -175,7 +175,7 @@ def test_sharded_runs_learn_as_replicated_ones(tmp_path):
         runs = tmp_path / f"runs-{n}"
         for parallel in ("ddp", "fsdp"):
             done = _train(*args, "--set", f"train.parallel={parallel}", "--runs-dir", str(runs), "--quiet",
-                          *(["--nproc-per-node", n] if n == "2" else []), cwd=tmp_path)
+                          *(["--nproc-per-node", n] if n == "2" else []), cwd=tmp_path, timeout=300)
             assert done.returncode == 0, done.stderr[-2000:]
         found = sorted(_runs(runs), key=lambda r: r.info.start_time)
         assert [r.data.params["train.parallel"] for r in found] == ["ddp", "fsdp"]
@@ -229,14 +229,16 @@ def _wait_for_iteration(runs: Path, deadline: float) -> str:
     raise AssertionError("the run logged no iteration")
 
 
-@pytest.mark.parametrize("victim", [1, 0])
-def test_a_killed_rank_ends_the_run_failed_in_bounded_time(tmp_path, victim):
+@pytest.mark.parametrize("victim, parallel", [(1, "ddp"), (0, "ddp"), (1, "fsdp")])
+def test_a_killed_rank_ends_the_run_failed_in_bounded_time(tmp_path, victim, parallel):
     """SIGKILL to rank 1 (or rank 0, which cannot mark its own run) mid-run: the launcher exits 1 with one line,
-    the MLflow run is FAILED with a reason, within the collective timeout plus the launcher's grace."""
+    the MLflow run is FAILED with a reason, within the collective timeout plus the launcher's grace; with the
+    models sharded too (a peer then waits in FSDP's gathers)."""
     runs = tmp_path / "runs"
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness", "train", *tiny_args({"train.iterations": 200, "eval.every": 100,
-                                                              "train.dist_timeout_s": TIMEOUT_S}),
+                                                              "train.dist_timeout_s": TIMEOUT_S,
+                                                              "train.parallel": parallel}),
          "--runs-dir", str(runs), "--nproc-per-node", "2", "--quiet"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)})

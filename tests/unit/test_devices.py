@@ -37,7 +37,9 @@ def test_cuda_without_cuda_is_refused():
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device (none here)")
 def test_cuda_resolves_and_a_missing_index_is_refused():
-    assert devices.resolve("cuda").type == "cuda"
+    # cuda without an index is the current device (cuda:LOCAL_RANK in a rank of a run over several processes)
+    assert devices.resolve("cuda") == torch.device("cuda") == devices.resolve("auto")
+    assert devices.resolve("cuda:0") == torch.device("cuda", 0)
     with pytest.raises(devices.DeviceError):
         devices.resolve(f"cuda:{torch.cuda.device_count()}")
 
@@ -60,3 +62,21 @@ def test_describe_names_the_pinned_device(monkeypatch):
     assert devices.describe(torch.device("cpu")) == "cpu"
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
     assert devices.describe(torch.device("cpu")) == "cpu (CUDA_VISIBLE_DEVICES=2)"
+
+
+def test_a_worker_of_runs_over_several_processes_gets_a_group():
+    """--procs-per-run N: worker k sees devices[k*N:(k+1)*N] (k modulo the groups); refusals name the option."""
+    eight = [str(i) for i in range(8)]
+    assert [devices.worker_env(eight, k, 4) for k in range(3)] == [
+        {"CUDA_VISIBLE_DEVICES": "0,1,2,3"}, {"CUDA_VISIBLE_DEVICES": "4,5,6,7"}, {"CUDA_VISIBLE_DEVICES": "0,1,2,3"}]
+    assert devices.worker_env(["3", "1"], 0, 2) == {"CUDA_VISIBLE_DEVICES": "3,1"}
+    assert devices.worker_env([], 1, 2) == {}
+    devices.check_groups(eight, 4, 2)
+    devices.check_groups(["0"], 1, 4)  # one process per run: workers may share a device, as before
+    devices.check_groups([], 2, 3)  # the CPU: groups of processes, no devices to split
+    for args, says in (((eight, 0, 1), "--procs-per-run: expected at least 1, got 0"),
+                       ((eight[:6], 4, 1), "--devices: 6 device(s) do not split into groups of --procs-per-run 4"),
+                       ((eight, 4, 3), "--devices: 3 worker(s) x --procs-per-run 4 need 12 devices, got 8")):
+        with pytest.raises(devices.DeviceError) as e:
+            devices.check_groups(*args)
+        assert str(e.value) == says
