@@ -72,7 +72,10 @@ def test_two_ranks_step_as_one_process(equivalence, case):
     for key, v in single["metrics"].items():
         if key.startswith("grad/") and key != "grad/norm" and key != "grad/value_norm":
             continue  # the probe's parts differ (a random split in one process); compared below on one split
-        assert ranks["metrics"][key] == pytest.approx(v, rel=2e-5, abs=1e-7), key
+        # offpolicy/* at staleness 0 measure the float rounding between the sampler and the training forward
+        # (~1e-7): the sharded ranks' training forward is Hugging Face's, the one process's the packed GPT-2 one
+        noise = 2e-6 if key.startswith("offpolicy/") and case.startswith("fsdp-") else 1e-7
+        assert ranks["metrics"][key] == pytest.approx(v, rel=2e-5, abs=noise), key
     g1, g2 = single["grads"], ranks["grads"]
     scale = max(abs(x) for x in g1)
     assert max(abs(a - b) for a, b in zip(g1, g2, strict=True)) <= 1e-5 * scale

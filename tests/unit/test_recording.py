@@ -39,7 +39,7 @@ class FakeBar:
         self.events.append(("bar", it, sorted(metrics)))
 
 
-MODELS = type("M", (), {"provenance": {"artifacts.sft": "shipped"}, "policy": None, "ref": None, "tokenizer": None,
+MODELS = type("M", (), {"provenance": {"artifacts.sft": "shipped"}, "policy": None, "ref": None, "reward": None, "tokenizer": None,
                         "task": None, "device": "cpu"})()
 
 
