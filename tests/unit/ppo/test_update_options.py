@@ -262,7 +262,7 @@ def test_clip_metrics_are_logged_every_iteration(over, dual):
 # The default loss's numbers on TINY (one thread), recorded before the ratio / clip / aggregation axes were
 # added. Checked to 1e-3 relative: across CPUs (an AVX-512/AMX Xeon, where they were recorded, and an AMD
 # EPYC) kernel rounding moved them by at most 2e-4 relative (loss/policy_avg) and 2e-7 absolute
-# (objective/kl of the first iteration, ~1e-6); a change of the default loss (clip, aggregation, masks, KL,
+# (objective/kl of the first iteration, ~1e-6; 1.4e-6 on torch 2.11); a change of the default loss (clip, aggregation, masks, KL,
 # advantages) moves them by far more. A sequence-level RLOO case is not recorded here: with group size 2
 # most groups tie on their score, so whitening scales rounding noise up to unit variance and its numbers
 # differ across CPUs by 2x (measured); its math is checked by hand in test_math.py.
@@ -285,7 +285,9 @@ def test_default_numbers_are_those_recorded_before_the_change(name):
     over, params_sum, expected = BEFORE[name]
     _, m, hist = _run(over, iterations=2)
     for key, values in expected.items():
-        assert [h[key] for h in hist] == pytest.approx(values, rel=1e-3, abs=1e-6), key
+        # objective/kl of iteration 1 is rounding noise (the policy is its reference): 1.4e-6 apart on torch 2.11
+        noise = 5e-6 if key == "objective/kl" else 1e-6
+        assert [h[key] for h in hist] == pytest.approx(values, rel=1e-3, abs=noise), key
     assert float(sum(p.detach().double().sum() for p in m.policy.parameters())) == pytest.approx(params_sum, rel=1e-8)
 
 
